@@ -1,0 +1,75 @@
+"""Engine configuration: what a user sets (`EngineArgs`) and the frozen, resolved result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class EngineArgs:
+    """User-facing knobs (CLI flags and `LLM(...)` keyword arguments map 1:1 onto these)."""
+
+    model: str | None = None  # checkpoint dir; None = the embedded demo model
+    device: str = "auto"  # "cpu" | "cuda" | "auto" (cuda when available)
+    dtype: str | torch.dtype = "auto"  # "auto" = bfloat16 on cuda, float32 on cpu
+    max_num_seqs: int = 64  # most sequences in one step (also the number of state slots)
+    max_num_batched_tokens: int = 2048  # token budget per step (decode tokens + prefill chunks)
+    max_model_len: int | None = None  # None = min(model max positions, what the cache holds)
+    num_kv_blocks: int | None = None  # explicit cache size in blocks (overrides the memory budget)
+    kv_cache_memory: int | None = None  # explicit byte budget for the KV cache (CPU default 1 GiB)
+    gpu_memory_utilization: float = 0.9  # fraction of free GPU memory for the KV cache after weights
+    block_size: int | None = None  # tokens per cache block; None = smallest multiple of every ratio >= 64
+    max_queued_requests: int | None = None  # waiting requests beyond this are rejected (HTTP 429)
+    seed: int = 0
+    tensor_parallel_size: int = 1
+    served_model_name: str | None = None
+
+    def resolve_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dev = torch.device(self.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' requested but no CUDA GPU is available")
+        if dev.type not in ("cpu", "cuda"):
+            raise ValueError(f"unsupported device {self.device!r} (use 'cpu', 'cuda' or 'auto')")
+        return dev
+
+    def resolve_dtype(self, device: torch.device) -> torch.dtype:
+        if isinstance(self.dtype, torch.dtype):
+            if self.dtype not in _DTYPES.values():
+                raise ValueError(f"unsupported dtype {self.dtype}")
+            return self.dtype
+        if self.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"unsupported dtype {self.dtype!r} (float32, bfloat16, float16 or auto)")
+        return _DTYPES[self.dtype]
+
+    def validate(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError("max_num_seqs must be >= 1")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_batched_tokens must be >= 1")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError("max_model_len must be >= 1")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError("num_kv_blocks must be >= 1")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.max_queued_requests is not None and self.max_queued_requests < 0:
+            raise ValueError("max_queued_requests must be >= 0")
+        if self.tensor_parallel_size < 1:
+            raise ValueError("tensor_parallel_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int  # running sequences at most (== number of state slots)
+    max_num_batched_tokens: int  # tokens per step (decode + prefill chunks)
+    max_model_len: int  # prompt + generated tokens of one sequence at most
+    max_queued_requests: int | None = None  # waiting sequences beyond this are refused
