@@ -1,0 +1,176 @@
+"""Online load generator for any OpenAI-compatible server (streaming chat or completions).
+
+    python -m bench.serve --base-url http://127.0.0.1:8000 --num-prompts 200 --request-rate 8 \\
+        --input-len 512 1024 --output-len 128 256 --max-concurrency 64
+
+Prompts are random words from a fixed list (seeded); each request asks for exactly its sampled
+output length (`min_tokens` = `max_tokens`, `ignore_eos`) where the server supports the vLLM extras.
+Arrivals are Poisson at --request-rate (inf = all at once), capped by --max-concurrency. Reports
+TTFT, TPOT, ITL (mean/p50/p90/p99, ms), request and token throughput; the last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+WORDS = ("time person year way day thing man world life hand part child eye woman place work week case point "
+         "government company number group problem fact model server token cache layer query batch stream "
+         "window kernel block queue latency memory").split()
+
+
+@dataclass
+class Result:
+    ok: bool = False
+    error: str = ""
+    ttft: float = 0.0
+    latency: float = 0.0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    itl: list[float] = field(default_factory=list)
+
+
+def make_prompt(rng: random.Random, n_words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n_words))
+
+
+def _chunk_text(obj: dict, chat: bool) -> str:
+    choices = obj.get("choices") or []
+    if not choices:
+        return ""
+    if chat:
+        delta = choices[0].get("delta") or {}
+        return (delta.get("content") or "") + (delta.get("reasoning_content") or delta.get("reasoning") or "")
+    return choices[0].get("text") or ""
+
+
+async def one_request(client: httpx.AsyncClient, args, prompt: str, out_len: int) -> Result:
+    chat = args.endpoint == "chat"
+    body: dict = {"model": args.model, "stream": True, "max_tokens": out_len, "temperature": 0.0,
+                  "stream_options": {"include_usage": True}}
+    if not args.no_vllm_extras:
+        body.update(ignore_eos=True, min_tokens=out_len)
+    if chat:
+        body["messages"] = [{"role": "user", "content": prompt}]
+        if args.reasoning_effort:
+            body["reasoning_effort"] = args.reasoning_effort
+    else:
+        body["prompt"] = prompt
+    url = "/v1/chat/completions" if chat else "/v1/completions"
+    res = Result()
+    start = last = time.perf_counter()
+    try:
+        async with client.stream("POST", url, json=body) as resp:
+            if resp.status_code != 200:
+                res.error = f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}"
+                return res
+            async for line in resp.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                obj = json.loads(line[6:])
+                if "error" in obj:
+                    res.error = str(obj["error"].get("message"))
+                    return res
+                if obj.get("usage") and not obj.get("choices"):
+                    res.prompt_tokens = obj["usage"].get("prompt_tokens", 0)
+                    res.output_tokens = obj["usage"].get("completion_tokens", 0)
+                if _chunk_text(obj, chat):
+                    now = time.perf_counter()
+                    if res.ttft == 0.0:
+                        res.ttft = now - start
+                    else:
+                        res.itl.append(now - last)
+                    last = now
+        res.latency = time.perf_counter() - start
+        res.ok = True
+    except (httpx.HTTPError, json.JSONDecodeError) as e:
+        res.error = f"{type(e).__name__}: {e}"
+    return res
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+def _summary(name: str, xs: list[float]) -> dict:
+    ms = [x * 1000 for x in xs]
+    return {f"mean_{name}_ms": statistics.fmean(ms) if ms else 0.0,
+            **{f"p{q}_{name}_ms": _pct(ms, q) for q in (50, 90, 99)}}
+
+
+async def run(args) -> dict:
+    rng = random.Random(args.seed)
+    work = [(make_prompt(rng, rng.randint(*args.input_len)), rng.randint(*args.output_len))
+            for _ in range(args.num_prompts)]
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    limits = httpx.Limits(max_connections=args.max_concurrency or 10000, max_keepalive_connections=None)
+    sem = asyncio.Semaphore(args.max_concurrency or 10**9)
+    async with httpx.AsyncClient(base_url=args.base_url, headers=headers, timeout=args.timeout,
+                                 limits=limits) as client:
+        if not args.model:
+            args.model = (await client.get("/v1/models")).json()["data"][0]["id"]
+
+        async def guarded(prompt: str, out_len: int) -> Result:
+            async with sem:
+                return await one_request(client, args, prompt, out_len)
+
+        tasks = []
+        t0 = time.perf_counter()
+        for prompt, out_len in work:
+            tasks.append(asyncio.create_task(guarded(prompt, out_len)))
+            if args.request_rate != float("inf"):
+                await asyncio.sleep(rng.expovariate(args.request_rate))
+        results = await asyncio.gather(*tasks)
+        duration = time.perf_counter() - t0
+    ok = [r for r in results if r.ok]
+    tpot = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1]
+    out_tokens = sum(r.output_tokens for r in ok)
+    report = {"endpoint": args.endpoint, "model": args.model, "num_prompts": args.num_prompts,
+              "completed": len(ok), "failed": len(results) - len(ok), "duration_s": duration,
+              "request_rate": args.request_rate, "max_concurrency": args.max_concurrency,
+              "request_throughput": len(ok) / duration, "output_throughput": out_tokens / duration,
+              "total_token_throughput": (out_tokens + sum(r.prompt_tokens for r in ok)) / duration,
+              "total_output_tokens": out_tokens, "total_prompt_tokens": sum(r.prompt_tokens for r in ok),
+              **_summary("ttft", [r.ttft for r in ok]), **_summary("tpot", tpot),
+              **_summary("itl", [x for r in ok for x in r.itl]),
+              "errors": sorted({r.error for r in results if not r.ok})[:5]}
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--base-url", default="http://127.0.0.1:8000")
+    p.add_argument("--endpoint", choices=("chat", "completions"), default="chat")
+    p.add_argument("--model", default=None, help="model name (default: first of /v1/models)")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--num-prompts", type=int, default=100)
+    p.add_argument("--input-len", type=int, nargs=2, default=(128, 256), metavar=("MIN", "MAX"),
+                   help="prompt length range in words (about one token each)")
+    p.add_argument("--output-len", type=int, nargs=2, default=(64, 128), metavar=("MIN", "MAX"))
+    p.add_argument("--request-rate", type=float, default=float("inf"), help="Poisson arrivals per second")
+    p.add_argument("--max-concurrency", type=int, default=None)
+    p.add_argument("--reasoning-effort", default="none", help="chat only; 'none' benchmarks Non-Think")
+    p.add_argument("--no-vllm-extras", action="store_true", help="do not send ignore_eos / min_tokens")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=600.0)
+    args = p.parse_args(argv)
+    report = asyncio.run(run(args))
+    for key in ("completed", "failed", "duration_s", "request_throughput", "output_throughput",
+                "mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "p99_tpot_ms", "p50_itl_ms", "p99_itl_ms"):
+        v = report[key]
+        print(f"{key:>22}: {v:.2f}" if isinstance(v, float) else f"{key:>22}: {v}")
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

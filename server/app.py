@@ -1,0 +1,185 @@
+"""The FastAPI application: OpenAI routes, vLLM-style utility routes, auth, request ids, metrics.
+
+`create_app(engine, ...)` works with any object that implements the `AsyncLLM` interface
+(`engine/async_engine.py`); tests pass a fake. The engine is started in the background from the
+lifespan hook, so `/health` answers 503 while it warms up and 200 once `engine.is_ready`; shutdown
+(SIGTERM/SIGINT through uvicorn) stops the engine, which aborts in-flight requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager, suppress
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from server.chat_format import SpecialTokens
+from server.errors import APIError, InvalidRequest, error_body, install_exception_handlers
+from server.metrics import HttpMetricsMiddleware, ServerMetrics
+from server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from server.serving_chat import create_chat_completion, render_chat_prompt
+from server.serving_common import ServerState
+from server.serving_completion import create_completion
+
+logger = logging.getLogger("v4serve.server")
+_OPEN_PATHS = ("/health", "/metrics", "/version")
+
+
+def _version() -> str:
+    try:
+        return version("v4serve")
+    except PackageNotFoundError:
+        return "0.1.0"
+
+
+class RequestIdAuthMiddleware:
+    """Pure ASGI: echo or mint `X-Request-Id` on every response; enforce the bearer key."""
+
+    def __init__(self, app, api_key: str | None) -> None:
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:256] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def _send(message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        path = scope.get("path", "")
+        if self.api_key is not None and not path.startswith(_OPEN_PATHS) and path != "/":
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            if auth != f"Bearer {self.api_key}":
+                resp = JSONResponse(error_body(401, "Invalid or missing API key (use 'Authorization: Bearer <key>')"),
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await resp(scope, receive, _send)
+                return
+        await self.app(scope, receive, _send)
+
+
+def create_app(engine, *, served_model_name: str, api_key: str | None = None,
+               default_reasoning_effort: str | None = None, max_queued_requests: int | None = None) -> FastAPI:
+    metrics = ServerMetrics(engine.stats, served_model_name)
+    try:
+        special = SpecialTokens.from_tokenizer(engine.tokenizer)
+    except ValueError as e:  # chat is refused with a clear 400; completions still work
+        special = e
+    state = ServerState(engine=engine, served_model_name=served_model_name, metrics=metrics,
+                        default_reasoning_effort=default_reasoning_effort, special=special)
+    startup: dict[str, object] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        async def start() -> None:
+            try:
+                await engine.start()
+                logger.info("engine ready: serving %s", served_model_name)
+            except Exception as e:
+                startup["error"] = e
+                logger.exception("engine failed to start")
+        task = asyncio.create_task(start())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with suppress(BaseException):
+                await task
+            logger.info("shutting down: stopping the engine")
+            await engine.shutdown()
+
+    app = FastAPI(title="v4serve", version=_version(), lifespan=lifespan)
+    app.state.v4 = state
+    install_exception_handlers(app)
+    app.add_middleware(RequestIdAuthMiddleware, api_key=api_key)
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+
+    def check_model(model: str | None) -> None:
+        if model not in (None, "", served_model_name):
+            raise APIError(404, f"The model `{model}` does not exist.", param="model")
+
+    def check_capacity() -> None:
+        if not engine.is_ready:
+            raise APIError(503, str(startup.get("error") or "engine is starting up, retry later"))
+        if max_queued_requests is not None and engine.stats().num_waiting >= max_queued_requests:
+            raise APIError(429, "server is overloaded: request queue is full, retry later",
+                           headers={"Retry-After": "1"})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatCompletionRequest, raw_request: Request):
+        check_model(req.model)
+        check_capacity()
+        return await create_chat_completion(state, req, raw_request)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, raw_request: Request):
+        check_model(req.model)
+        check_capacity()
+        return await create_completion(state, req, raw_request)
+
+    def model_card() -> dict:
+        return {"id": served_model_name, "object": "model", "created": int(time.time()), "owned_by": "v4serve",
+                "root": served_model_name, "parent": None, "max_model_len": engine.max_model_len}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model:path}")
+    async def model(model: str):
+        check_model(model)
+        return model_card()
+
+    @app.get("/health")
+    async def health():
+        if engine.is_ready:
+            return Response(status_code=200)
+        message = str(startup.get("error") or "engine is starting up")
+        return JSONResponse(error_body(503, message), status_code=503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/version")
+    async def server_version():
+        return {"version": _version()}
+
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest):
+        check_model(req.model)
+        tok = engine.tokenizer
+        if (req.prompt is None) == (req.messages is None):
+            raise InvalidRequest("give exactly one of prompt or messages", param="prompt")
+        if req.messages is not None:
+            if isinstance(state.special, Exception):
+                raise InvalidRequest(f"this model's tokenizer cannot do chat ({state.special})", param="messages")
+            prompt, _ = render_chat_prompt(state, req)
+            tokens = tok.encode(prompt, add_special_tokens=bool(req.add_special_tokens))
+        else:
+            prompt = req.prompt
+            add = True if req.add_special_tokens is None else req.add_special_tokens
+            tokens = tok.encode(prompt, add_special_tokens=add)
+        return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.max_model_len, "prompt": prompt}
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest):
+        check_model(req.model)
+        tok = engine.tokenizer
+        bad = [t for t in req.tokens if not 0 <= t < tok.vocab_size]
+        if bad:
+            raise InvalidRequest(f"token id {bad[0]} is out of range [0, {tok.vocab_size})", param="tokens")
+        return {"prompt": tok.decode(req.tokens, skip_special_tokens=False)}
+
+    return app

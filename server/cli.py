@@ -1,0 +1,96 @@
+"""`v4serve` console script: `v4serve serve [MODEL_DIR] [options]`.
+
+Builds `EngineArgs` -> `AsyncLLM.from_engine_args` -> `create_app` -> uvicorn. Without MODEL_DIR
+the built-in demo model is served on the CPU. SIGTERM/SIGINT are handled by uvicorn: it stops
+accepting connections, lets open responses finish for a grace period, then runs the lifespan
+shutdown, which stops the engine (aborting what is still in flight); the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+_EFFORTS = ("none", "minimal", "low", "medium", "high", "max", "xhigh")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="v4serve", description="OpenAI-compatible server for DeepSeek-V4 models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="Serve a model over HTTP (OpenAI API, /metrics, /health).")
+    s.add_argument("model", nargs="?", default=None, metavar="MODEL_DIR",
+                   help="checkpoint directory (config.json, *.safetensors, tokenizer.json); omit for the demo model")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
+    s.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run the model")
+    s.add_argument("--dtype", default="auto", help="activation dtype: auto, float32, bfloat16 or float16")
+    s.add_argument("--served-model-name", default=None,
+                   help="model name clients must send (default: the checkpoint directory name)")
+    s.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize and /detokenize")
+    s.add_argument("--max-model-len", type=int, default=None, help="context length cap (prompt + completion)")
+    s.add_argument("--max-num-seqs", type=int, default=64, help="most sequences decoded in one step")
+    s.add_argument("--max-num-batched-tokens", type=int, default=2048, help="token budget of one engine step")
+    s.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="fraction of free GPU memory used for the KV cache after the weights")
+    s.add_argument("--max-queued-requests", type=int, default=None,
+                   help="waiting requests beyond this are refused with HTTP 429 (default: unbounded)")
+    s.add_argument("--default-reasoning-effort", default=None, choices=_EFFORTS,
+                   help="reasoning mode when a request names none (none = Non-Think, high, max)")
+    s.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs to shard the model over")
+    s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                   help="server log verbosity")
+    return parser
+
+
+def engine_args(ns: argparse.Namespace):
+    """EngineArgs from the parsed flags (imported lazily: torch is slow to import for --help)."""
+    from engine.config import EngineArgs
+
+    args = EngineArgs(model=ns.model, device=ns.device, dtype=ns.dtype, max_num_seqs=ns.max_num_seqs,
+                      max_num_batched_tokens=ns.max_num_batched_tokens, max_model_len=ns.max_model_len,
+                      gpu_memory_utilization=ns.gpu_memory_utilization,
+                      max_queued_requests=ns.max_queued_requests, tensor_parallel_size=ns.tensor_parallel_size,
+                      served_model_name=ns.served_model_name)
+    args.validate()
+    return args
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve(ns: argparse.Namespace) -> int:
+    import uvicorn
+
+    from engine.async_engine import AsyncLLM
+    from server.app import create_app
+
+    configure_logging(ns.log_level)
+    log = logging.getLogger("v4serve")
+    engine = AsyncLLM.from_engine_args(engine_args(ns))
+    name = ns.served_model_name or engine.model_name
+    app = create_app(engine, served_model_name=name, api_key=ns.api_key,
+                     default_reasoning_effort=ns.default_reasoning_effort,
+                     max_queued_requests=ns.max_queued_requests)
+    log.info("serving %s on http://%s:%d (max_model_len=%d)", name, ns.host, ns.port, engine.max_model_len)
+    uvicorn.run(app, host=ns.host, port=ns.port, log_level=ns.log_level, access_log=False,
+                timeout_graceful_shutdown=30)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    if ns.command == "serve":
+        try:
+            return serve(ns)
+        except ValueError as e:  # bad flag combinations, unreadable checkpoints
+            print(f"v4serve: error: {e}", file=sys.stderr)
+            return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

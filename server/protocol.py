@@ -1,0 +1,276 @@
+"""OpenAI request models (chat + legacy completions) and their mapping onto `SamplingParams`.
+
+Unknown top-level fields are ignored, as OpenAI does. Fields that we recognise but cannot honour
+(legacy `functions`, audio, guided decoding, `logit_bias`, `suffix`, ...) are rejected with a 400
+that names the parameter: `check_supported()` raises `InvalidRequest` for them. Nothing a client
+sends is silently dropped when it would change the output.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.errors import RequestTooLongError
+from engine.sampling_params import SamplingParams
+from server.errors import InvalidRequest
+
+
+class OpenAIBaseModel(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class StreamOptions(OpenAIBaseModel):
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+class FunctionDefinition(OpenAIBaseModel):
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(OpenAIBaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(OpenAIBaseModel):
+    name: str
+
+
+class NamedToolChoice(OpenAIBaseModel):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+class ResponseFormat(OpenAIBaseModel):
+    type: str
+
+
+class ContentPart(OpenAIBaseModel):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(OpenAIBaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+
+    def to_dict(self, index: int) -> dict[str, Any]:
+        """Plain dict for the chat formatter; content parts are flattened to text."""
+        content = self.content
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                if part.type != "text" or part.text is None:
+                    raise InvalidRequest(f"content part type {part.type!r} is not supported (text only)",
+                                         param=f"messages[{index}].content")
+                texts.append(part.text)
+            content = "".join(texts)
+        out: dict[str, Any] = {"role": self.role, "content": content}
+        for key in ("name", "tool_calls", "tool_call_id"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        reasoning = self.reasoning_content if self.reasoning_content is not None else self.reasoning
+        if reasoning is not None:
+            out["reasoning_content"] = reasoning
+        return out
+
+
+# known parameters we do not implement; a meaningful value is a 400 naming the parameter
+_UNSUPPORTED = (
+    "functions", "function_call", "audio", "prediction", "web_search_options", "guided_json",
+    "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend", "structured_outputs",
+    "use_beam_search", "length_penalty", "prompt_logprobs", "bad_words", "allowed_token_ids",
+    "truncate_prompt_tokens", "continue_final_message", "documents", "chat_template", "logits_processors",
+    "mm_processor_kwargs", "return_tokens_as_token_ids", "priority", "vllm_xargs", "kv_transfer_params")
+
+
+class SamplingFields(OpenAIBaseModel):
+    """Sampling fields shared by chat and completions (OpenAI ones plus the vLLM extras)."""
+
+    model: str | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1, le=128)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # vLLM extras
+    top_k: int | None = None
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, gt=0.0)
+    min_tokens: int | None = Field(None, ge=0)
+    ignore_eos: bool | None = None
+    skip_special_tokens: bool = True
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool | None = None
+
+    def check_supported(self) -> None:
+        extra = self.model_extra or {}
+        for name in _UNSUPPORTED:
+            if _is_set(extra.get(name)):
+                raise InvalidRequest(f"parameter {name!r} is not supported by this server", param=name)
+        modalities = extra.get("modalities")
+        if modalities is not None and list(modalities) != ["text"]:
+            raise InvalidRequest("only modalities=['text'] is supported", param="modalities")
+        if self.logit_bias:
+            raise InvalidRequest("logit_bias is not supported by this server", param="logit_bias")
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequest("stream_options is only allowed when stream is true", param="stream_options")
+        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        if any(s == "" for s in stops):
+            raise InvalidRequest("stop strings must be non-empty", param="stop")
+
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def common_sampling_kwargs(self) -> dict[str, Any]:
+        """Only the fields the client set; `SamplingParams` supplies its own defaults for the rest."""
+        kw: dict[str, Any] = {"n": self.n, "stop": self.stop_list(), "skip_special_tokens": self.skip_special_tokens}
+        for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p",
+                     "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids",
+                     "include_stop_str_in_output"):
+            value = getattr(self, name)
+            if value is not None:
+                kw[name] = value
+        return kw
+
+
+def _is_set(value: Any) -> bool:
+    return value not in (None, False, "", [], {})
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    reasoning_effort: str | None = None
+    thinking: bool | dict[str, Any] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: bool = True
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.response_format is not None and self.response_format.type != "text":
+            raise InvalidRequest(f"response_format type {self.response_format.type!r} is not supported "
+                                 "(no constrained decoding); only 'text'", param="response_format")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest("top_logprobs requires logprobs=true", param="top_logprobs")
+        choice = self.tool_choice
+        if choice not in (None, "none", "auto") and not self.tools:
+            raise InvalidRequest("tool_choice requires tools", param="tool_choice")
+        if choice == "required" and self.n > 1:
+            raise InvalidRequest("n > 1 is not supported with tool_choice='required'", param="n")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in {t.function.name for t in self.tools}:
+            raise InvalidRequest(f"tool_choice names unknown function {choice.function.name!r}", param="tool_choice")
+        for i, m in enumerate(self.messages):
+            if m.role == "tool" and not m.tool_call_id:
+                raise InvalidRequest("tool messages need tool_call_id", param=f"messages[{i}].tool_call_id")
+
+    def active_tools(self) -> list[dict[str, Any]] | None:
+        """Tools rendered into the prompt: none for tool_choice='none', only the named one when forced."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        tools = self.tools
+        if isinstance(self.tool_choice, NamedToolChoice):
+            tools = [t for t in tools if t.function.name == self.tool_choice.function.name]
+        return [t.model_dump(exclude_none=True) for t in tools]
+
+    def message_dicts(self) -> list[dict[str, Any]]:
+        return [m.to_dict(i) for i, m in enumerate(self.messages)]
+
+    def to_sampling_params(self, *, prompt_len: int, max_model_len: int, **engine_kw: Any) -> SamplingParams:
+        kw = self.common_sampling_kwargs()
+        kw["max_tokens"] = fit_max_tokens(self.max_completion_tokens or self.max_tokens, prompt_len, max_model_len)
+        if self.logprobs:
+            kw["logprobs"] = self.top_logprobs or 0
+        kw.update(engine_kw)
+        return SamplingParams(**kw)
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=1)  # OpenAI/vLLM default for legacy completions; null = fill context
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=20)
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=1)
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        if self.suffix:
+            raise InvalidRequest("suffix is not supported by this server", param="suffix")
+        if self.best_of is not None and self.best_of != self.n:
+            raise InvalidRequest("best_of different from n is not supported", param="best_of")
+        if isinstance(self.prompt, list) and len(self.prompt) == 0:
+            raise InvalidRequest("prompt must not be empty", param="prompt")
+        if self.stream and self.echo and self.logprobs is not None:
+            raise InvalidRequest("echo with logprobs is not supported when streaming", param="echo")
+
+    def prompts(self) -> list[str | list[int]]:
+        """The batch: one entry per prompt, text or token ids."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if all(isinstance(x, int) for x in p):
+            return [list(p)]
+        return list(p)
+
+    def to_sampling_params(self, *, prompt_len: int, max_model_len: int, **engine_kw: Any) -> SamplingParams:
+        kw = self.common_sampling_kwargs()
+        kw["max_tokens"] = fit_max_tokens(self.max_tokens, prompt_len, max_model_len)
+        if self.logprobs is not None:
+            kw["logprobs"] = self.logprobs
+            if self.echo:
+                kw["prompt_logprobs"] = self.logprobs
+        kw.update(engine_kw)
+        return SamplingParams(**kw)
+
+
+def fit_max_tokens(max_tokens: int | None, prompt_len: int, max_model_len: int) -> int:
+    """Requested completion length, or whatever the context has left; raises the vLLM too-long error."""
+    if prompt_len >= max_model_len:
+        raise RequestTooLongError.for_lengths(max_model_len, prompt_len, max_tokens)
+    if max_tokens is None:
+        return max_model_len - prompt_len
+    if prompt_len + max_tokens > max_model_len:
+        raise RequestTooLongError.for_lengths(max_model_len, prompt_len, max_tokens)
+    return max_tokens
+
+
+class TokenizeRequest(OpenAIBaseModel):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool | None = None
+    add_generation_prompt: bool = True
+    tools: list[Tool] | None = None
+    reasoning_effort: str | None = None
+    thinking: bool | dict[str, Any] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+class DetokenizeRequest(OpenAIBaseModel):
+    model: str | None = None
+    tokens: list[int]

@@ -1,0 +1,237 @@
+"""POST /v1/chat/completions: render the V4 prompt, run the engine, parse reasoning / content /
+tool calls, and answer as one JSON response or as SSE chunks.
+
+Reasoning is emitted under both `reasoning_content` and `reasoning` (serving.md §4.2). The engine
+always decodes with special tokens kept so the parser can find `</think>` and the DSML markup;
+`skip_special_tokens=false` from the client means "raw": no parsing, the text exactly as decoded.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import suppress
+from typing import Any, AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from server.chat_format import encode_messages
+from server.errors import APIError, InvalidRequest, sse_error
+from server.output_parser import StreamingParser, parse_completion
+from server.protocol import ChatCompletionRequest
+from server.reasoning import ReasoningConfig, resolve_reasoning
+from server.serving_common import (SSE_DONE, ServerState, chat_logprobs, collect, first_output, log_request,
+                                   new_id, sse)
+
+_TEMPLATE_KWARGS = {"thinking", "enable_thinking", "reasoning_effort", "drop_thinking"}
+
+
+def render_chat_prompt(state: ServerState, req: Any) -> tuple[str, ReasoningConfig]:
+    """Prompt text and reasoning mode for a chat request (also used by /tokenize)."""
+    kwargs = req.chat_template_kwargs or {}
+    unknown = sorted(set(kwargs) - _TEMPLATE_KWARGS)
+    if unknown:
+        raise InvalidRequest(f"unsupported chat_template_kwargs: {', '.join(unknown)}", param="chat_template_kwargs")
+    reasoning = resolve_reasoning(req.reasoning_effort, req.thinking, kwargs, state.default_reasoning_effort)
+    tools = req.active_tools() if isinstance(req, ChatCompletionRequest) else (
+        [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None)
+    drop = kwargs.get("drop_thinking", True)
+    if not isinstance(drop, bool):
+        raise InvalidRequest("chat_template_kwargs.drop_thinking must be a boolean", param="chat_template_kwargs")
+    messages = [m.to_dict(i) for i, m in enumerate(req.messages)]
+    text = encode_messages(messages, thinking=reasoning.thinking, reasoning_effort=reasoning.encoder_effort,
+                           tools=tools, add_generation_prompt=req.add_generation_prompt, drop_thinking=drop)
+    return text, reasoning
+
+
+def _special(state: ServerState):
+    if isinstance(state.special, Exception):
+        raise APIError(400, f"this model's tokenizer cannot do chat ({state.special}); use /v1/completions")
+    return state.special
+
+
+def _reasoning_tokens(token_ids: list[int], thinking: bool, think_end_id: int) -> int:
+    if not thinking:
+        return 0
+    try:
+        return token_ids.index(think_end_id)
+    except ValueError:
+        return len(token_ids)
+
+
+def _finish_reason(reason: str | None, has_tool_calls: bool) -> str | None:
+    return "tool_calls" if reason == "stop" and has_tool_calls else reason
+
+
+class _Ctx:
+    """Per-request constants shared by the streaming and non-streaming paths."""
+
+    def __init__(self, state: ServerState, req: ChatCompletionRequest, raw_request: Request) -> None:
+        req.check_supported()
+        self.state, self.req, self.raw_request = state, req, raw_request
+        self.special = _special(state)
+        prompt_text, self.reasoning = render_chat_prompt(state, req)
+        engine = state.engine
+        self.prompt_ids = engine.tokenizer.encode(prompt_text, add_special_tokens=False)
+        extra: dict[str, Any] = {"skip_special_tokens": False}
+        if self.reasoning.thinking and self.reasoning.budget_tokens is not None:
+            extra.update(thinking_budget=self.reasoning.budget_tokens, thinking_end_token_id=self.special.think_end_id)
+        self.params = req.to_sampling_params(prompt_len=len(self.prompt_ids), max_model_len=engine.max_model_len,
+                                             **extra)
+        self.raw = not req.skip_special_tokens
+        self.parse = not self.raw
+        self.tools_active = req.active_tools() is not None
+        self.request_id = new_id("chatcmpl")
+        self.created = int(time.time())
+        self.top_k = (req.top_logprobs or 0) if req.logprobs else 0
+        self.started = time.monotonic()
+
+    def usage(self, out) -> dict[str, Any]:
+        completion = sum(len(c.token_ids) for c in out.outputs)
+        reasoning = sum(_reasoning_tokens(c.token_ids, self.reasoning.thinking, self.special.think_end_id)
+                        for c in out.outputs)
+        return {"prompt_tokens": len(out.prompt_token_ids), "completion_tokens": completion,
+                "total_tokens": len(out.prompt_token_ids) + completion,
+                "prompt_tokens_details": {"cached_tokens": out.num_cached_tokens},
+                "completion_tokens_details": {"reasoning_tokens": reasoning}}
+
+    def log(self, out) -> None:
+        log_request(self.request_id, len(out.prompt_token_ids), sum(len(c.token_ids) for c in out.outputs),
+                    self.started, [c.finish_reason for c in out.outputs])
+
+
+async def create_chat_completion(state: ServerState, req: ChatCompletionRequest, raw_request: Request):
+    ctx = _Ctx(state, req, raw_request)
+    gen = state.engine.generate(ctx.prompt_ids, ctx.params, ctx.request_id)
+    timer = state.metrics.timer()
+    if req.stream:
+        first = await first_output(raw_request, state.engine, gen, ctx.request_id)
+        return StreamingResponse(_stream(ctx, gen, first, timer), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+    (out,) = await collect(raw_request, state.engine, [(ctx.request_id, gen)], [timer])
+    ctx.log(out)
+    return JSONResponse(_response(ctx, out))
+
+
+def _response(ctx: _Ctx, out) -> dict[str, Any]:
+    choices = []
+    for c in sorted(out.outputs, key=lambda c: c.index):
+        message: dict[str, Any] = {"role": "assistant"}
+        tool_calls: list[dict[str, Any]] = []
+        if ctx.parse:
+            parsed = parse_completion(c.text, thinking=ctx.reasoning.thinking, special=ctx.special)
+            calls = parsed.tool_calls if ctx.tools_active else []
+            if ctx.req.parallel_tool_calls is False:
+                calls = calls[:1]
+            tool_calls = [{"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments_json}}
+                          for t in calls]
+            message["content"] = parsed.content if (parsed.content or not tool_calls) else None
+            message["reasoning_content"] = message["reasoning"] = parsed.reasoning
+        else:
+            message["content"] = c.text
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        choice: dict[str, Any] = {"index": c.index, "message": message, "logprobs": None,
+                                  "finish_reason": _finish_reason(c.finish_reason, bool(tool_calls)),
+                                  "stop_reason": c.stop_reason}
+        if ctx.req.logprobs:
+            choice["logprobs"] = {"content": chat_logprobs(ctx.state, c.token_ids, c.logprobs, ctx.top_k)}
+        choices.append(choice)
+    return {"id": ctx.request_id, "object": "chat.completion", "created": ctx.created,
+            "model": ctx.state.served_model_name, "choices": choices, "usage": ctx.usage(out)}
+
+
+async def _stream(ctx: _Ctx, gen: AsyncIterator, first, timer) -> AsyncIterator[str]:
+    req, n = ctx.req, ctx.params.n
+    opts = req.stream_options
+    include_usage = bool(opts and opts.include_usage)
+    continuous = bool(opts and opts.continuous_usage_stats)
+    parsers = [StreamingParser(ctx.reasoning.thinking, ctx.special) if ctx.parse else None for _ in range(n)]
+    sent_text = [0] * n
+    sent_tokens = [0] * n
+    num_calls = [0] * n
+    base = {"id": ctx.request_id, "object": "chat.completion.chunk", "created": ctx.created,
+            "model": ctx.state.served_model_name}
+
+    def chunk(choices: list[dict[str, Any]], out) -> str:
+        body = dict(base, choices=choices)
+        if continuous and out is not None:
+            body["usage"] = ctx.usage(out)
+        return sse(body)
+
+    def delta_for(c, final: bool) -> dict[str, Any] | None:
+        k = c.index
+        new_text = c.text[sent_text[k]:]
+        sent_text[k] = len(c.text)
+        new_ids = c.token_ids[sent_tokens[k]:]
+        new_lps = (c.logprobs or [])[sent_tokens[k]:]
+        sent_tokens[k] = len(c.token_ids)
+        delta: dict[str, Any] = {}
+        if parsers[k] is None:
+            if new_text:
+                delta["content"] = new_text
+        else:
+            pieces = parsers[k].feed(new_text) if new_text else []
+            if final:
+                pieces += parsers[k].finish()
+            for p in pieces:
+                if p.reasoning:
+                    delta["reasoning_content"] = delta.get("reasoning_content", "") + p.reasoning
+                    delta["reasoning"] = delta["reasoning_content"]
+                if p.content:
+                    delta["content"] = delta.get("content", "") + p.content
+                tc = p.tool_call
+                if tc and ctx.tools_active and not (req.parallel_tool_calls is False and tc.index > 0):
+                    num_calls[k] += 1
+                    entry: dict[str, Any] = {"index": tc.index, "function": {"arguments": tc.arguments}}
+                    if tc.id is not None:
+                        entry.update(id=tc.id, type="function")
+                        entry["function"]["name"] = tc.name
+                    delta.setdefault("tool_calls", []).append(entry)
+        choice: dict[str, Any] = {"index": k, "delta": delta, "logprobs": None, "finish_reason": None}
+        if req.logprobs and new_ids:
+            choice["logprobs"] = {"content": chat_logprobs(ctx.state, new_ids, new_lps, ctx.top_k)}
+        if final:
+            choice["finish_reason"] = _finish_reason(c.finish_reason, num_calls[k] > 0)
+            choice["stop_reason"] = c.stop_reason
+            return choice
+        return choice if (delta or choice["logprobs"]) else None
+
+    out = first
+    finished = [False] * n
+    try:
+        yield chunk([{"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                      "finish_reason": None} for k in range(n)], None)
+        pending = [first] if first is not None else []
+        while True:
+            for out in pending:
+                timer.on_output(out)
+                choices = []
+                for c in out.outputs:
+                    if finished[c.index]:
+                        continue
+                    ch = delta_for(c, c.finish_reason is not None)
+                    finished[c.index] = c.finish_reason is not None
+                    if ch is not None:
+                        choices.append(ch)
+                if choices:
+                    yield chunk(choices, out)
+            if out is None or out.finished:
+                break
+            try:
+                pending = [await gen.__anext__()]
+            except StopAsyncIteration:
+                break
+        if include_usage and out is not None:
+            yield sse(dict(base, choices=[], usage=ctx.usage(out)))
+        if out is not None:
+            ctx.log(out)
+    except Exception as e:  # mid-stream failure: the status line is gone, report in-band
+        yield sse_error(e)
+    finally:
+        if out is None or not out.finished:
+            with suppress(Exception):
+                await gen.aclose()
+            with suppress(Exception):
+                await ctx.state.engine.abort(ctx.request_id)
+    yield SSE_DONE

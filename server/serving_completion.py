@@ -1,0 +1,156 @@
+"""POST /v1/completions (legacy): text or token prompts, batches of prompts, `n`, `echo`, and
+logprobs in the legacy parallel-list shape. Choice index = prompt index * n + sample index."""
+
+from __future__ import annotations
+
+import time
+from contextlib import suppress
+from typing import Any, AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from server.errors import InvalidRequest, sse_error
+from server.protocol import CompletionRequest
+from server.serving_common import (SSE_DONE, ServerState, collect, first_output, legacy_logprobs, log_request,
+                                   merge, new_id, sse)
+
+
+class _Prompt:
+    def __init__(self, text: str, ids: list[int], request_id: str, params: Any) -> None:
+        self.text, self.ids, self.request_id, self.params = text, ids, request_id, params
+
+
+def _prepare(state: ServerState, req: CompletionRequest, base_id: str) -> list[_Prompt]:
+    tok, engine = state.engine.tokenizer, state.engine
+    prompts = []
+    for i, p in enumerate(req.prompts()):
+        if isinstance(p, str):
+            ids = tok.encode(p, add_special_tokens=True)
+            text = p
+        else:
+            bad = [t for t in p if not 0 <= t < tok.vocab_size]
+            if bad:
+                raise InvalidRequest(f"token id {bad[0]} is out of range [0, {tok.vocab_size})", param="prompt")
+            ids, text = list(p), tok.decode(p, skip_special_tokens=False)
+        if not ids:
+            raise InvalidRequest("prompt must not be empty", param="prompt")
+        params = req.to_sampling_params(prompt_len=len(ids), max_model_len=engine.max_model_len)
+        prompts.append(_Prompt(text, ids, f"{base_id}-{i}", params))
+    return prompts
+
+
+def _usage(outs: list[Any]) -> dict[str, Any]:
+    prompt = sum(len(o.prompt_token_ids) for o in outs)
+    completion = sum(len(c.token_ids) for o in outs for c in o.outputs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": sum(o.num_cached_tokens for o in outs)}}
+
+
+async def create_completion(state: ServerState, req: CompletionRequest, raw_request: Request):
+    req.check_supported()
+    base_id = new_id("cmpl")
+    prompts = _prepare(state, req, base_id)
+    engine = state.engine
+    gens = [(p.request_id, engine.generate(p.ids, p.params, p.request_id)) for p in prompts]
+    timers = [state.metrics.timer() for _ in prompts]
+    started, created = time.monotonic(), int(time.time())
+    if req.stream:
+        firsts = []
+        try:
+            for rid, gen in gens:
+                firsts.append(await first_output(raw_request, engine, gen, rid))
+        except BaseException:
+            for rid, gen in gens:
+                with suppress(Exception):
+                    await gen.aclose()
+                with suppress(Exception):
+                    await engine.abort(rid)
+            raise
+        body = _stream(state, req, prompts, gens, firsts, timers, base_id, created, started)
+        return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    outs = await collect(raw_request, engine, gens, timers)
+    choices = []
+    for i, (p, out) in enumerate(zip(prompts, outs)):
+        for c in sorted(out.outputs, key=lambda c: c.index):
+            text = (p.text + c.text) if req.echo else c.text
+            logprobs = None
+            if req.logprobs is not None:
+                ids = c.token_ids
+                lps: list[Any] = list(c.logprobs or [])
+                if req.echo:
+                    ids = p.ids + ids
+                    lps = list(out.prompt_logprobs or [None] * len(p.ids)) + lps
+                logprobs = legacy_logprobs(state, ids, lps, req.logprobs, 0)
+            choices.append({"index": i * req.n + c.index, "text": text, "logprobs": logprobs,
+                            "finish_reason": c.finish_reason, "stop_reason": c.stop_reason})
+        log_request(p.request_id, len(out.prompt_token_ids), sum(len(c.token_ids) for c in out.outputs), started,
+                    [c.finish_reason for c in out.outputs])
+    return JSONResponse({"id": base_id, "object": "text_completion", "created": created,
+                         "model": state.served_model_name, "choices": choices, "usage": _usage(outs)})
+
+
+async def _rest(first: Any, gen: AsyncIterator) -> AsyncIterator[Any]:
+    if first is None:
+        return
+    yield first
+    if first.finished:
+        return
+    async for out in gen:
+        yield out
+
+
+async def _stream(state: ServerState, req: CompletionRequest, prompts: list[_Prompt], gens, firsts, timers,
+                  base_id: str, created: int, started: float) -> AsyncIterator[str]:
+    n = req.n
+    sent_text = [[0] * n for _ in prompts]
+    sent_tokens = [[0] * n for _ in prompts]
+    last: list[Any] = list(firsts)
+    opts = req.stream_options
+    base = {"id": base_id, "object": "text_completion", "created": created, "model": state.served_model_name}
+    streams = merge([_rest(f, g) for f, (_, g) in zip(firsts, gens)])
+    try:
+        async for i, out in streams:
+            last[i] = out
+            timers[i].on_output(out)
+            choices = []
+            for c in out.outputs:
+                k = c.index
+                if sent_tokens[i][k] < 0:
+                    continue  # already finished
+                text = c.text[sent_text[i][k]:]
+                if req.echo and sent_text[i][k] == 0 and sent_tokens[i][k] == 0:
+                    text = prompts[i].text + text
+                new_ids = c.token_ids[sent_tokens[i][k]:]
+                new_lps = (c.logprobs or [])[sent_tokens[i][k]:]
+                sent_text[i][k], sent_tokens[i][k] = len(c.text), len(c.token_ids)
+                if c.finish_reason is not None:
+                    sent_tokens[i][k] = -1
+                elif not text and not new_ids:
+                    continue
+                logprobs = legacy_logprobs(state, new_ids, list(new_lps), req.logprobs, 0) \
+                    if req.logprobs is not None else None
+                choices.append({"index": i * n + k, "text": text, "logprobs": logprobs,
+                                "finish_reason": c.finish_reason, "stop_reason": c.stop_reason})
+            if choices:
+                body = dict(base, choices=choices)
+                if opts and opts.continuous_usage_stats:
+                    body["usage"] = _usage([o for o in last if o is not None])
+                yield sse(body)
+        done = [o for o in last if o is not None]
+        if opts and opts.include_usage:
+            yield sse(dict(base, choices=[], usage=_usage(done)))
+        for p, o in zip(prompts, last):
+            if o is not None:
+                log_request(p.request_id, len(o.prompt_token_ids), sum(len(c.token_ids) for c in o.outputs),
+                            started, [c.finish_reason for c in o.outputs])
+    except Exception as e:
+        yield sse_error(e)
+    finally:
+        with suppress(BaseException):
+            await streams.aclose()
+        for (rid, _), o in zip(gens, last):
+            if o is None or not o.finished:
+                with suppress(Exception):
+                    await state.engine.abort(rid)
+    yield SSE_DONE

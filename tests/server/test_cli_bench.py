@@ -1,0 +1,39 @@
+"""CLI flags map onto EngineArgs; the load generator runs end to end against the fake server."""
+
+from __future__ import annotations
+
+import pytest
+from fake_engine import FakeAsyncLLM
+from server_fixture import start_server
+
+from bench.serve import main as bench_main
+from server.app import create_app
+from server.cli import build_parser, engine_args
+
+
+def test_cli_flags():
+    ns = build_parser().parse_args(["serve", "/m", "--max-model-len", "4096", "--max-num-seqs", "8",
+                                    "--max-queued-requests", "10", "--dtype", "bfloat16", "--device", "cpu",
+                                    "--default-reasoning-effort", "max", "--api-key", "k"])
+    args = engine_args(ns)
+    assert (args.model, args.max_model_len, args.max_num_seqs, args.max_queued_requests) == ("/m", 4096, 8, 10)
+    assert build_parser().parse_args(["serve"]).model is None
+    with pytest.raises(ValueError):
+        engine_args(build_parser().parse_args(["serve", "--max-num-seqs", "0"]))
+    help_text = build_parser()._subparsers._group_actions[0].choices["serve"].format_help()
+    for flag in ("--host", "--port", "--tensor-parallel-size", "--gpu-memory-utilization", "--log-level"):
+        assert flag in help_text
+
+
+def test_bench_against_fake(capsys):
+    import json
+    base_url, stop = start_server(create_app(FakeAsyncLLM(), served_model_name="fake-v4"))
+    try:
+        for endpoint in ("chat", "completions"):
+            bench_main(["--base-url", base_url, "--endpoint", endpoint, "--num-prompts", "6", "--input-len", "5",
+                        "10", "--output-len", "4", "8", "--request-rate", "200", "--max-concurrency", "3"])
+            report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+            assert report["completed"] == 6 and report["failed"] == 0, report
+            assert report["output_throughput"] > 0 and report["p99_ttft_ms"] > 0
+    finally:
+        stop()
