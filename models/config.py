@@ -395,7 +395,7 @@ def tiny_config(
         num_experts_per_tok=2, compress_ratios=tuple(compress_ratios), mtp_compress_ratios=(0,),
         head_dim=64, qk_rope_head_dim=16, num_hash_layers=num_hash_layers, routed_scaling_factor=1.5,
         sliding_window=16, index_n_heads=16, index_head_dim=32, index_topk=index_topk,
-        hc_sinkhorn_iters=20, yarn=YarnConfig(factor=4.0, original_max_position_embeddings=256),
+        hc_sinkhorn_iters=20, yarn=YarnConfig(factor=4.0, original_max_position_embeddings=1024),
         max_position_embeddings=4096,
     )
     kw.update(overrides)

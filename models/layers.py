@@ -1,0 +1,94 @@
+"""Small building blocks: RMSNorm, interleaved partial RoPE (with YaRN), plain linear weights."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig, YarnConfig
+
+
+def rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Weightless RMS normalisation over the last dim, computed in fp32, returned in x's dtype."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
+        return (self.weight.float() * y).to(x.dtype)
+
+
+class Linear(nn.Module):
+    """y = x W^T with W stored [out, in] under the official name `<module>.weight`."""
+
+    def __init__(self, in_features: int, out_features: int, fp32: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.fp32 = fp32  # compute in fp32 (reference does this for compressor and router)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp32:
+            return F.linear(x.float(), self.weight.float())
+        return F.linear(x, self.weight)
+
+
+def rope_inv_freq(rope_dim: int, base: float, yarn: YarnConfig | None) -> torch.Tensor:
+    """[rope_dim/2] inverse frequencies; YaRN blends interpolated/extrapolated ones (no mscale)."""
+    inv = 1.0 / (base ** (torch.arange(0, rope_dim, 2, dtype=torch.float64) / rope_dim))
+    if yarn is None:
+        return inv.float()
+
+    def corr_dim(n_rot: float) -> float:
+        return rope_dim * math.log(yarn.original_max_position_embeddings / (n_rot * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(corr_dim(yarn.beta_fast)), 0)
+    high = min(math.ceil(corr_dim(yarn.beta_slow)), rope_dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(rope_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+    inv = (inv / yarn.factor) * ramp + inv * (1 - ramp)
+    return inv.float()
+
+
+class Rope(nn.Module):
+    """Interleaved RoPE on the trailing `rope_dim` channels: pairs (x[2i], x[2i+1]) rotate together."""
+
+    def __init__(self, rope_dim: int, base: float, yarn: YarnConfig | None):
+        super().__init__()
+        self.rope_dim = rope_dim
+        self.register_buffer("inv_freq", rope_inv_freq(rope_dim, base, yarn), persistent=False)
+
+    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * self.inv_freq.to(positions.device)[None, :]  # [N, r/2]
+        return freqs.cos(), freqs.sin()
+
+    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """x: [N, ..., D]; cos/sin: [N, r/2] (broadcast over middle dims). Returns a new tensor."""
+        r = self.rope_dim
+        shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (r // 2,)
+        c, s = cos.view(shape), sin.view(shape)
+        if inverse:
+            s = -s
+        rot = x[..., -r:].float().unflatten(-1, (r // 2, 2))
+        x0, x1 = rot[..., 0], rot[..., 1]
+        out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2).to(x.dtype)
+        return torch.cat((x[..., :-r], out), dim=-1)
+
+
+def make_ropes(cfg: ModelConfig) -> tuple[Rope, Rope]:
+    """(main rope for sliding-only layers: theta, no YaRN; compress rope: compress theta + YaRN)."""
+    return (
+        Rope(cfg.qk_rope_head_dim, cfg.rope_theta, None),
+        Rope(cfg.qk_rope_head_dim, cfg.compress_rope_theta, cfg.yarn),
+    )

@@ -1,0 +1,160 @@
+"""DeepSeek-V4 transformer: embedding -> 4 mHC streams -> blocks (attention + MoE) -> hc_head ->
+norm -> LM head. Module and parameter names equal the official checkpoint names (`embed.weight`,
+`layers.3.attn.wq_a.weight`, `layers.3.hc_attn_fn`, ...) except the stacked routed experts.
+
+`forward(batch, state)` runs a flat batch of chunks from many sequences on cache-owned state
+(models/state.py); `logits(input_ids)` is the one-call reference path for tests.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import Attention
+from .config import ModelConfig
+from .layers import Linear, RMSNorm, make_ropes
+from .mhc import hc_head, hc_post, hc_pre
+from .moe import MoE
+from .state import ForwardBatch, ModelState, allocate_state, single_sequence_batch
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, mtp: bool = False):
+        super().__init__()
+        hc, d = cfg.hc_mult, cfg.hidden_size
+        mix = (2 + hc) * hc
+        self.cfg = cfg
+        self.attn_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.ffn_norm = RMSNorm(d, cfg.rms_norm_eps)
+        ratio = cfg.mtp_compress_ratios[layer - cfg.num_hidden_layers] if mtp else cfg.compress_ratios[layer]
+        self.attn = Attention(cfg, ratio)
+        self.ffn = MoE(cfg, hash_routed=(not mtp) and cfg.is_hash_layer(layer))
+        for site in ("attn", "ffn"):
+            self.register_parameter(f"hc_{site}_fn", nn.Parameter(torch.zeros(mix, hc * d)))
+            self.register_parameter(f"hc_{site}_base", nn.Parameter(torch.zeros(mix)))
+            self.register_parameter(f"hc_{site}_scale", nn.Parameter(torch.ones(3)))
+
+    def _pre(self, x, site):
+        c = self.cfg
+        return hc_pre(x, getattr(self, f"hc_{site}_fn"), getattr(self, f"hc_{site}_base"),
+                      getattr(self, f"hc_{site}_scale"), c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.rms_norm_eps)
+
+    def forward(self, x, batch: ForwardBatch, state, rope, cos, sin) -> torch.Tensor:
+        u, post, comb = self._pre(x, "attn")
+        x = hc_post(self.attn(self.attn_norm(u), batch, state, rope, cos, sin), x, post, comb)
+        u, post, comb = self._pre(x, "ffn")
+        return hc_post(self.ffn(self.ffn_norm(u), batch.input_ids), x, post, comb)
+
+
+class MTPBlock(Block):
+    """Multi-token-prediction module `mtp.{k}.`: weights load now; speculative decoding uses it later."""
+
+    def __init__(self, cfg: ModelConfig, k: int):
+        super().__init__(cfg, layer=cfg.num_hidden_layers + k, mtp=True)
+        d, hc = cfg.hidden_size, cfg.hc_mult
+        self.e_proj = Linear(d, d)
+        self.h_proj = Linear(d, d)
+        self.enorm = RMSNorm(d, cfg.rms_norm_eps)
+        self.hnorm = RMSNorm(d, cfg.rms_norm_eps)
+        self.norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.hc_head_fn = nn.Parameter(torch.zeros(hc, hc * d))
+        self.hc_head_base = nn.Parameter(torch.zeros(hc))
+        self.hc_head_scale = nn.Parameter(torch.ones(1))
+
+
+_EXPERT = re.compile(r"^(.*\.ffn)\.experts\.(\d+)\.(w[123])\.weight$")
+
+
+class DeepseekV4(nn.Module):
+    def __init__(self, cfg: ModelConfig, include_mtp: bool = True):
+        super().__init__()
+        d, hc = cfg.hidden_size, cfg.hc_mult
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.head = Linear(d, cfg.vocab_size)
+        self.hc_head_fn = nn.Parameter(torch.zeros(hc, hc * d))
+        self.hc_head_base = nn.Parameter(torch.zeros(hc))
+        self.hc_head_scale = nn.Parameter(torch.ones(1))
+        n_mtp = cfg.num_nextn_predict_layers if include_mtp else 0
+        self.mtp = nn.ModuleList(MTPBlock(cfg, k) for k in range(n_mtp))
+        self.rope_main, self.rope_compress = make_ropes(cfg)
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward(self, batch: ForwardBatch, state: ModelState) -> torch.Tensor:
+        """Run all layers on the batch; -> final hidden states [S, d] at batch.logits_indices."""
+        cfg = self.cfg
+        x = self.embed(batch.input_ids)
+        x = x.unsqueeze(1).expand(-1, cfg.hc_mult, -1).contiguous()  # [N, hc, d]
+        trig = {}
+        for name, rope in (("main", self.rope_main), ("compress", self.rope_compress)):
+            trig[name] = rope.cos_sin(batch.positions)
+        for i, block in enumerate(self.layers):
+            rope, name = (self.rope_main, "main") if cfg.compress_ratios[i] == 0 else (self.rope_compress, "compress")
+            x = block(x, batch, state.layers[i], rope, *trig[name])
+        x = x[batch.logits_indices]
+        return self.norm(hc_head(x, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, cfg.hc_eps,
+                                 cfg.rms_norm_eps))
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[S, d] -> [S, vocab] fp32."""
+        return self.head(hidden).float()
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor | list[int], block_size: int | None = None) -> torch.Tensor:
+        """Reference path: one sequence from position 0 in one prefill -> [T, vocab] fp32 logits."""
+        ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.embed.weight.device).reshape(-1)
+        bs = block_size or max(self.cfg.ratio_lcm, 1)
+        n_blocks = max(1, math.ceil(ids.numel() / bs))
+        state = self.new_state(num_slots=1, num_blocks=n_blocks, block_size=bs)
+        batch = single_sequence_batch(ids, 0, torch.arange(n_blocks))
+        return self.compute_logits(self.forward(batch, state))
+
+    def new_state(self, num_slots: int, num_blocks: int, block_size: int) -> ModelState:
+        w = self.embed.weight
+        return allocate_state(self.cfg, num_slots, num_blocks, block_size, w.dtype, w.device)
+
+    # ---- weights -----------------------------------------------------------------------------
+    def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy (official name, tensor) pairs into the parameters; every parameter must be covered."""
+        params = dict(self.named_parameters())
+        params.update(dict(self.named_buffers()))
+        for skip in [k for k in params if k.endswith("inv_freq")]:
+            del params[skip]
+        loaded: set[str] = set()
+        experts_seen: dict[str, int] = {}
+        for name, t in tensors:
+            m = _EXPERT.match(name)
+            if m:
+                key = f"{m.group(1)}.experts_{m.group(3)}"
+                if key not in params:
+                    raise KeyError(f"checkpoint tensor {name} has no place in the model")
+                params[key].data[int(m.group(2))].copy_(t)
+                experts_seen[key] = experts_seen.get(key, 0) + 1
+                continue
+            if name not in params:
+                raise KeyError(f"checkpoint tensor {name} has no place in the model")
+            p = params[name]
+            if tuple(p.shape) != tuple(t.shape):
+                raise ValueError(f"{name}: checkpoint shape {tuple(t.shape)} != model shape {tuple(p.shape)}")
+            p.data.copy_(t)
+            loaded.add(name)
+        for key, cnt in experts_seen.items():
+            if cnt != params[key].shape[0]:
+                raise ValueError(f"{key}: loaded {cnt} of {params[key].shape[0]} experts")
+            loaded.add(key)
+        missing = sorted(set(params) - loaded)
+        if missing:
+            raise ValueError(f"{len(missing)} model tensors were not in the checkpoint: {missing[:10]}")
+
+    def param_dtypes_fp32(self) -> list[str]:
+        """Parameters kept in fp32 regardless of the compute dtype (F32 in the checkpoint)."""
+        keep = ("hc_", "attn_sink", ".ape", "gate.bias")
+        return [n for n, _ in self.named_parameters() if any(k in n for k in keep)]
