@@ -1,0 +1,266 @@
+"""Batched sampling: one row of logits per sequence that samples this step -> one token per row.
+
+Processing order (vLLM's), all on the logits' device, batched over rows:
+
+  1. logprobs come from the RAW logits (log_softmax of the model output, before any penalty,
+     mask, temperature or truncation), as vLLM returns them by default;
+  2. min_tokens: below `min_tokens` generated tokens, EOS (even with ignore_eos) and stop_token_ids
+     are set to -inf; ignore_eos itself masks nothing (the engine just doesn't stop on EOS);
+  3. penalties: repetition (prompt + output tokens: positive logits divided, negative multiplied),
+     frequency (minus freq * count in output) and presence (minus presence if count > 0);
+  4. greedy rows take the argmax here; the other rows are divided by their temperature;
+  5. min-p, then top-k and top-p (min-p compares to the max probability, which neither truncation
+     changes, so it commutes with top-k; vLLM also applies it first);
+  6. sampling by argmax(probs / q) with q ~ Exp(1) (the exponential-race form of a categorical draw);
+     a seeded row draws q from its own generator, so its tokens do not depend on the batch;
+  7. forced tokens (thinking budget reached) replace the chosen token; their logprob entry holds the
+     forced token's raw logprob.
+
+The only host -> device traffic is `SamplingMetadata.build` (once per step); the only device -> host
+sync is building logprob dicts, and only when a row asked for logprobs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from engine.sampling_params import SamplingParams
+
+_NEG_INF = float("-inf")
+
+
+def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """A torch.Generator on `device` seeded with `seed` (any Python int; reduced to 64 bits)."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed & 0xFFFF_FFFF_FFFF_FFFF)
+    return g
+
+
+def _forced_token(p: SamplingParams, output: list[int]) -> int | None:
+    """thinking_end_token_id when the thinking budget is spent without it having been generated."""
+    if p.thinking_budget is None or len(output) < p.thinking_budget:
+        return None
+    return None if p.thinking_end_token_id in output else p.thinking_end_token_id
+
+
+@dataclass
+class SamplingMetadata:
+    """Per-step sampling tensors, S rows (one per sampling sequence); optional parts are None when
+    no row uses them, so the sampler skips that work."""
+
+    num_rows: int  # S
+    temperature: torch.Tensor  # [S] float32; 1.0 on greedy rows (never divides by zero)
+    greedy_rows: torch.Tensor | None  # [S] bool, True = argmax; None when no row is greedy
+    all_greedy: bool  # every row is greedy: skip temperature/truncation/sampling entirely
+    top_k: torch.Tensor | None  # [S] long, vocab size where disabled; None when no row uses top-k
+    max_top_k: int  # largest enabled k (0 when top_k is None)
+    top_p: torch.Tensor | None  # [S] float32, 1.0 where disabled; None when unused
+    min_p: torch.Tensor | None  # [S] float32, 0.0 where disabled; None when unused
+    generators: dict[int, torch.Generator]  # row -> generator of seeded random rows
+    # min_tokens: flat (row, token id) pairs set to -inf this step
+    banned_rows: torch.Tensor | None  # [B] long
+    banned_token_ids: torch.Tensor | None  # [B] long
+    # penalties, for the P rows that use one (counts are built for those rows only)
+    penalty_rows: torch.Tensor | None  # [P] long, row indices
+    repetition_penalty: torch.Tensor | None  # [P, 1] float32
+    seen_mask: torch.Tensor | None  # [P, V] bool: token in prompt or output; None if no repetition penalty
+    frequency_penalty: torch.Tensor | None  # [P, 1] float32
+    presence_penalty: torch.Tensor | None  # [P, 1] float32
+    output_counts: torch.Tensor | None  # [P, V] float32 occurrences in the output; None if unused
+    # thinking budget: rows whose next token is forced
+    forced_rows: torch.Tensor | None  # [F] long
+    forced_token_ids: torch.Tensor | None  # [F] long
+    num_logprobs: list[int | None]  # per row: top-k logprobs wanted (None = no logprobs)
+    max_num_logprobs: int | None  # max over rows; None when no row wants logprobs
+
+    @classmethod
+    def build(cls, params: list[SamplingParams], output_token_ids: list[list[int]],
+              prompt_token_ids: list[list[int]], generators: list[torch.Generator | None],
+              eos_token_id: int | None, vocab_size: int, device: torch.device | str) -> SamplingMetadata:
+        """Gather row values into tensors. Row i samples for a sequence with params[i], its generated
+        tokens output_token_ids[i], its prompt prompt_token_ids[i] and generator generators[i]."""
+        S, V = len(params), vocab_size
+        if not (len(output_token_ids) == len(prompt_token_ids) == len(generators) == S):
+            raise ValueError("params, output_token_ids, prompt_token_ids and generators must have one entry per row")
+
+        def f32(vals: list[float]) -> torch.Tensor:
+            return torch.tensor(vals, dtype=torch.float32).to(device, non_blocking=True)
+
+        def i64(vals: list[int]) -> torch.Tensor:
+            return torch.tensor(vals, dtype=torch.long).to(device, non_blocking=True)
+
+        greedy = [p.greedy for p in params]
+        rand = [i for i in range(S) if not greedy[i]]
+        ks = [params[i].top_k for i in rand if 0 < params[i].top_k < V]
+        top_k = i64([p.top_k if not g and 0 < p.top_k < V else V for p, g in zip(params, greedy)]) if ks else None
+        use_top_p = any(params[i].top_p < 1.0 for i in rand)
+        use_min_p = any(params[i].min_p > 0.0 for i in rand)
+
+        banned_rows, banned_ids = [], []
+        for i, (p, out) in enumerate(zip(params, output_token_ids)):
+            if len(out) < p.min_tokens:
+                ids = {t for t in p.stop_token_ids if t < V}
+                if eos_token_id is not None and eos_token_id < V:
+                    ids.add(eos_token_id)
+                banned_rows += [i] * len(ids)
+                banned_ids += sorted(ids)
+
+        pen = [i for i, p in enumerate(params) if p.needs_penalties]
+        rep = freq = pres = seen = counts = None
+        if pen:
+            pen_params = [params[i] for i in pen]
+            if any(p.repetition_penalty != 1.0 for p in pen_params):
+                rep = f32([p.repetition_penalty for p in pen_params])[:, None]
+                seen = cls._token_table(device, V, [prompt_token_ids[i] + output_token_ids[i] for i in pen]) > 0
+            if any(p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 for p in pen_params):
+                freq = f32([p.frequency_penalty for p in pen_params])[:, None]
+                pres = f32([p.presence_penalty for p in pen_params])[:, None]
+                counts = cls._token_table(device, V, [output_token_ids[i] for i in pen])
+
+        forced = [(i, t) for i, (p, out) in enumerate(zip(params, output_token_ids))
+                  if (t := _forced_token(p, out)) is not None]
+        num_logprobs = [p.logprobs for p in params]
+        wanted = [n for n in num_logprobs if n is not None]
+        return cls(
+            num_rows=S,
+            temperature=f32([1.0 if g else p.temperature for p, g in zip(params, greedy)]),
+            greedy_rows=torch.tensor(greedy, dtype=torch.bool).to(device) if any(greedy) else None,
+            all_greedy=all(greedy),
+            top_k=top_k, max_top_k=max(ks, default=0),
+            top_p=f32([1.0 if g else p.top_p for p, g in zip(params, greedy)]) if use_top_p else None,
+            min_p=f32([0.0 if g else p.min_p for p, g in zip(params, greedy)]) if use_min_p else None,
+            generators={i: generators[i] for i in rand if generators[i] is not None},
+            banned_rows=i64(banned_rows) if banned_rows else None,
+            banned_token_ids=i64(banned_ids) if banned_ids else None,
+            penalty_rows=i64(pen) if pen else None,
+            repetition_penalty=rep, seen_mask=seen, frequency_penalty=freq, presence_penalty=pres,
+            output_counts=counts,
+            forced_rows=i64([i for i, _ in forced]) if forced else None,
+            forced_token_ids=i64([t for _, t in forced]) if forced else None,
+            num_logprobs=num_logprobs, max_num_logprobs=max(wanted) if wanted else None,
+        )
+
+    @staticmethod
+    def _token_table(device: torch.device | str, vocab_size: int, rows: list[list[int]]) -> torch.Tensor:
+        """[len(rows), V] float32 counts of each token id per row (ids >= V are ignored)."""
+        row_idx = torch.tensor(list(itertools.chain.from_iterable([r] * len(ids) for r, ids in enumerate(rows))),
+                               dtype=torch.long)
+        tok_idx = torch.tensor(list(itertools.chain.from_iterable(rows)), dtype=torch.long)
+        keep = tok_idx < vocab_size
+        row_t, tok_t = row_idx[keep].to(device), tok_idx[keep].to(device)
+        table = torch.zeros(len(rows), vocab_size, dtype=torch.float32, device=device)
+        return table.index_put_((row_t, tok_t), torch.ones_like(tok_t, dtype=torch.float32), accumulate=True)
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: torch.Tensor  # [S] long, on the logits' device
+    # per row: {token_id: raw logprob} with the chosen token and the top-k; None for rows that did
+    # not ask; the whole list is None when no row asked
+    logprobs: list[dict[int, float] | None] | None
+
+
+def gather_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor,
+                    num_logprobs: list[int | None]) -> list[dict[int, float] | None]:
+    """Logprob dicts for rows of `logprobs` [N, V]: {token_ids[i]: lp} plus the top num_logprobs[i]
+    entries (the chosen token first; it may also be among the top-k). One device -> host sync.
+    Also usable for prompt logprobs (token_ids = next prompt tokens)."""
+    k = max((n for n in num_logprobs if n is not None), default=0)
+    chosen = logprobs.gather(1, token_ids.view(-1, 1)).squeeze(1).tolist()
+    ids = token_ids.tolist()
+    top_lp, top_ids = logprobs.topk(k, dim=-1) if k > 0 else (None, None)
+    top_lp = top_lp.tolist() if top_lp is not None else None
+    top_ids = top_ids.tolist() if top_ids is not None else None
+    result: list[dict[int, float] | None] = []
+    for i, n in enumerate(num_logprobs):
+        if n is None:
+            result.append(None)
+            continue
+        d = {ids[i]: chosen[i]}
+        for j in range(n):
+            d.setdefault(top_ids[i][j], top_lp[i][j])
+        result.append(d)
+    return result
+
+
+def _apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, max_top_k: int,
+                       top_p: torch.Tensor | None) -> torch.Tensor:
+    """Mask all but the top-k tokens and the smallest nucleus with mass >= top_p (per row)."""
+    V = logits.shape[-1]
+    if top_p is None:  # top-k only: threshold from a partial top-k, no full sort
+        kth = logits.topk(max_top_k, dim=-1).values  # [S, max_k] descending
+        thresh = kth.gather(1, (top_k.clamp(max=max_top_k) - 1).view(-1, 1))
+        thresh = thresh.masked_fill((top_k >= V).view(-1, 1), _NEG_INF)
+        return logits.masked_fill(logits < thresh, _NEG_INF)
+    sorted_logits, order = logits.sort(dim=-1)  # ascending
+    if top_k is not None:
+        thresh = sorted_logits.gather(1, (V - top_k).view(-1, 1))
+        sorted_logits = sorted_logits.masked_fill(sorted_logits < thresh, _NEG_INF)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    drop = cum <= (1.0 - top_p).view(-1, 1)
+    drop[:, -1] = False  # always keep the most likely token
+    sorted_logits = sorted_logits.masked_fill(drop, _NEG_INF)
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+class Sampler:
+    """Stateless; `sampler(logits, meta)` -> SamplerOutput. See the module docstring for the order."""
+
+    def __call__(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
+        if logits.dim() != 2 or logits.shape[0] != meta.num_rows:
+            raise ValueError(f"logits must be [S={meta.num_rows}, V], got {tuple(logits.shape)}")
+        if logits.dtype != torch.float32:
+            raise ValueError(f"logits must be float32, got {logits.dtype}")
+        raw_logprobs = logits.log_softmax(dim=-1) if meta.max_num_logprobs is not None else None
+
+        x = logits  # every step below is out of place: the caller's logits are never modified
+        if meta.banned_rows is not None:
+            x = x.index_put((meta.banned_rows, meta.banned_token_ids), torch.tensor(_NEG_INF, device=x.device))
+        if meta.penalty_rows is not None:
+            x = x.index_copy(0, meta.penalty_rows, self._penalize(x.index_select(0, meta.penalty_rows), meta))
+
+        if meta.all_greedy:
+            token_ids = x.argmax(dim=-1)
+        else:
+            token_ids = self._sample(x, meta)
+            if meta.greedy_rows is not None:
+                token_ids = torch.where(meta.greedy_rows, x.argmax(dim=-1), token_ids)
+        if meta.forced_rows is not None:
+            token_ids = token_ids.index_put((meta.forced_rows,), meta.forced_token_ids)
+
+        logprobs = None
+        if raw_logprobs is not None:
+            logprobs = gather_logprobs(raw_logprobs, token_ids, meta.num_logprobs)
+        return SamplerOutput(token_ids=token_ids, logprobs=logprobs)
+
+    @staticmethod
+    def _penalize(sub: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+        """Penalties on the [P, V] rows that use one."""
+        if meta.seen_mask is not None:
+            rep = meta.repetition_penalty
+            sub = torch.where(meta.seen_mask, torch.where(sub > 0, sub / rep, sub * rep), sub)
+        if meta.output_counts is not None:
+            counts = meta.output_counts
+            sub = sub - meta.frequency_penalty * counts - meta.presence_penalty * (counts > 0).float()
+        return sub
+
+    @staticmethod
+    def _sample(x: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+        """Temperature, min-p, top-k/top-p, then one categorical draw per row."""
+        x = x / meta.temperature.view(-1, 1)
+        if meta.min_p is not None:  # p < min_p * p_max  <=>  logit < max_logit + log(min_p)
+            thresh = x.amax(dim=-1, keepdim=True) + meta.min_p.log().view(-1, 1)
+            x = x.masked_fill(x < thresh, _NEG_INF)
+        if meta.top_k is not None or meta.top_p is not None:
+            x = _apply_top_k_top_p(x, meta.top_k, meta.max_top_k, meta.top_p)
+        probs = x.softmax(dim=-1)
+        q = torch.empty_like(probs).exponential_()
+        for row, gen in meta.generators.items():
+            q[row].exponential_(generator=gen)
+        # q == 0 would turn a zero-probability token into 0/0 = nan (argmax picks nan)
+        q.clamp_(min=torch.finfo(q.dtype).tiny)
+        return probs.div_(q).argmax(dim=-1)
+

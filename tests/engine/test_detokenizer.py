@@ -1,0 +1,146 @@
+"""IncrementalDetokenizer against full decodes, with a tiny byte-level BPE trained in the test."""
+
+import random
+
+import pytest
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from engine.detokenizer import IncrementalDetokenizer
+from engine.tokenizer import Tokenizer
+
+SPECIALS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "</think>"]
+CORPUS = ["Hello world, the quick brown fox jumps over the lazy dog.",
+          "你好世界，今天天气很好。中文测试",
+          "emoji 😀 🎉 👍🏽 mixed 中文 and English</think> done",
+          "stop STOP st0p ### end"] * 3
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    raw = HFTokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=330, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    raw.train_from_iterator(CORPUS, trainer)
+    return Tokenizer(raw)
+
+
+def byte_symbols(tok, text):
+    """The byte-level alphabet symbols of text's UTF-8 bytes (each is a single token)."""
+    return "".join(piece for piece, _ in tok.raw.pre_tokenizer.pre_tokenize_str(text))
+
+
+def stream(tok, ids, prompt=(), **kw):
+    d = IncrementalDetokenizer(tok, list(prompt), **kw)
+    pieces = []
+    for t in ids:
+        step = d.add_token(t)
+        pieces.append(step.new_text)
+        if step.stop_str is not None:
+            return d, pieces, step.stop_str
+    pieces.append(d.flush())
+    return d, pieces, d.stop_str
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_random_sequences_match_full_decode(tok, skip):
+    rng = random.Random(skip)
+    for _ in range(300):
+        ids = [rng.randrange(tok.vocab_size) for _ in range(rng.randrange(1, 50))]
+        prompt = [rng.randrange(tok.vocab_size) for _ in range(rng.randrange(0, 8))]
+        d, pieces, _ = stream(tok, ids, prompt, skip_special_tokens=skip)
+        full = tok.decode(ids, skip_special_tokens=skip)
+        assert "".join(pieces) == full == d.text
+        assert d.num_tokens == len(ids)
+
+
+def test_real_text_round_trip_and_special_tokens(tok):
+    text = "Hello 你好世界 😀👍🏽</think> done<｜end▁of▁sentence｜>"
+    ids = tok.encode(text)
+    assert tok.token_to_id("</think>") in ids
+    _, pieces, _ = stream(tok, ids, skip_special_tokens=False)
+    assert "".join(pieces) == text
+    _, pieces, _ = stream(tok, ids, skip_special_tokens=True)
+    assert "".join(pieces) == "Hello 你好世界 😀👍🏽 done"
+
+
+def test_multibyte_char_split_across_tokens_is_never_half_emitted(tok):
+    # force one token per byte: byte-level alphabet symbols are single tokens
+    byte_ids = [tok.token_to_id(sym) for sym in byte_symbols(tok, "你😀")]
+    assert len(byte_ids) == 7 and None not in byte_ids
+    d = IncrementalDetokenizer(tok, [])
+    steps = [d.add_token(t).new_text for t in byte_ids]
+    assert steps == ["", "", "你", "", "", "", "😀"]
+    assert "\ufffd" not in d.text
+
+
+def test_invalid_bytes_are_emitted_as_replacement_eventually(tok):
+    cont = tok.token_to_id(byte_symbols(tok, "你")[1])  # a lone UTF-8 continuation byte
+    ids = [cont] * 20 + tok.encode("ok")
+    d, pieces, _ = stream(tok, ids)
+    assert "".join(pieces) == tok.decode(ids) == "\ufffd" * 20 + "ok"
+    assert sum(len(p) for p in pieces[:-1]) > 0  # released before the end, not only at flush
+
+
+@pytest.mark.parametrize("include", [False, True])
+def test_stop_string_spanning_tokens(tok, include):
+    text = "the quick brown fox jumps over the lazy dog"
+    ids = tok.encode(text)
+    stop = "fox jumps"
+    d = IncrementalDetokenizer(tok, [], stop=[stop, "never"], include_stop_str_in_output=include)
+    emitted = ""
+    for t in ids:
+        step = d.add_token(t)
+        emitted += step.new_text
+        # nothing emitted so far may end with the beginning of a stop string
+        if step.stop_str is None:
+            assert not any(emitted.endswith(stop[:k]) for k in range(1, len(stop)))
+        else:
+            break
+    assert step.stop_str == stop and d.finished
+    assert emitted == d.text == ("the quick brown fox jumps" if include else "the quick brown ")
+    assert d.add_token(ids[-1]).new_text == "" and d.flush() == ""
+
+
+def test_random_stop_strings_match_reference(tok):
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(400):
+        ids = [rng.randrange(3, tok.vocab_size) for _ in range(rng.randrange(2, 40))]
+        full = tok.decode(ids)
+        a = rng.randrange(len(full))
+        stop = full[a:a + rng.randrange(1, 5)]
+        if "\ufffd" in stop:
+            continue
+        include = rng.random() < 0.5
+        d, pieces, stop_str = stream(tok, ids, stop=[stop], include_stop_str_in_output=include)
+        i = full.find(stop)
+        assert stop_str == stop
+        assert "".join(pieces) == (full[:i + len(stop)] if include else full[:i])
+        checked += 1
+    assert checked > 100
+
+
+def test_held_back_text_is_released_by_flush(tok):
+    ids = tok.encode("the end ##")
+    d, pieces, stop_str = stream(tok, ids, stop=["###"])
+    assert stop_str is None and pieces[-1].endswith("##") and "".join(pieces) == "the end ##"
+
+
+def test_earliest_stop_wins_and_unrelated_text_not_held(tok):
+    d = IncrementalDetokenizer(tok, [], stop=["dog", "lazy"])
+    out = d.add_tokens(tok.encode("over the lazy dog"))
+    assert out.stop_str == "lazy" and out.new_text == "over the "
+    d = IncrementalDetokenizer(tok, [], stop=["xyz"])
+    assert d.add_tokens(tok.encode("hello")).new_text == "hello"  # no char can start "xyz"
+
+
+def test_prompt_context_and_long_runs_of_skipped_specials(tok):
+    prompt = tok.encode("Hello world")
+    eos = tok.eos_token_id
+    ids = [eos] * 100 + tok.encode(" 你好") + [eos] * 3
+    d, pieces, _ = stream(tok, ids, prompt)
+    assert "".join(pieces) == " 你好"
+    assert len(d._ids) - d._prefix < 64  # the decode window stays short through 100 silent tokens
