@@ -1,0 +1,238 @@
+"""Scheduler: continuous batching with one token budget per step (vLLM v1 style).
+
+There is no prefill or decode phase. Every sequence has `num_computed_tokens` and `num_tokens`;
+each step spends `max_num_batched_tokens` to close those gaps:
+
+  1. running sequences, in priority order (earliest arrival first): a decoding sequence takes
+     1 token, a partially prefilled one takes the rest of its prompt, cut to the remaining budget;
+  2. then waiting sequences, FCFS, while slots (max_num_seqs) and budget remain; the first one
+     that does not fit stops admission so the order is kept. No admission in a step that preempted.
+
+Before a chunk is scheduled its cache is grown with `kv.allocate(seq_id, start + len)`. When a
+running sequence cannot get blocks, the lowest-priority running sequence (latest arrival, which
+may be itself) is preempted by recompute: its cache is freed, `num_computed_tokens` drops to 0 and
+it goes to the FRONT of the waiting queue. `running` is kept sorted by priority, so the victim is
+always `running[-1]` and never a sequence already scheduled in this step.
+
+The engine runs the model on `SchedulerOutput.chunks`, calls `update_after_step(output)`, appends
+the sampled tokens (`seq.append_token`) and calls `finish(...)` on stop / length.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from kvcache.manager import KVCacheManager
+
+from .config import SchedulerConfig
+from .errors import QueueFullError, RequestTooLongError  # HTTP 429 / 400 (server/errors.py maps them)
+from .sequence import Sequence, SequenceStatus
+
+__all__ = ["QueueFullError", "RequestTooLongError", "ScheduledChunk", "Scheduler", "SchedulerOutput"]
+
+_RUNNING = SequenceStatus.RUNNING
+_WAITING = SequenceStatus.WAITING
+
+
+@dataclass(slots=True, eq=False)
+class ScheduledChunk:
+    seq: Sequence
+    start: int  # first position of the chunk (== seq.num_computed_tokens when scheduled)
+    num_tokens: int  # chunk length; tokens seq.tokens(start, start + num_tokens)
+    sample: bool  # True iff the chunk ends at seq.num_tokens: the model produces the next token
+
+
+@dataclass
+class SchedulerOutput:
+    chunks: list[ScheduledChunk] = field(default_factory=list)  # running order; one chunk per sequence
+    preempted_seq_ids: list[str] = field(default_factory=list)  # preempted in this step (cache freed)
+    num_batched_tokens: int = 0  # sum of chunk lengths (<= max_num_batched_tokens)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.chunks
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+        self.config = config
+        self.kv = kv
+        self.waiting: deque[Sequence] = deque()  # FCFS; preempted sequences re-enter at the front
+        self.running: list[Sequence] = []  # sorted by priority (arrival_time, add order)
+        self._seqs: dict[str, Sequence] = {}  # every unfinished sequence
+        self._by_request: dict[str, list[str]] = {}  # request_id -> unfinished seq_ids
+        self._priority: dict[str, tuple[float, int]] = {}  # seq_id -> sort key (lower runs first)
+        self._counter = itertools.count()
+        self.num_preemptions_total = 0
+
+    # ---- admission -------------------------------------------------------------------------
+    def add(self, seq: Sequence) -> None:
+        self.add_request([seq])
+
+    def add_request(self, seqs: Iterable[Sequence]) -> None:
+        """Queue all sequences of one request, or none of them (every check runs before any is added)."""
+        seqs = list(seqs)
+        for seq in seqs:
+            self._check_admissible(seq)
+        if len({s.seq_id for s in seqs}) != len(seqs):
+            raise ValueError("duplicate seq_id within one request")
+        cap = self.config.max_queued_requests
+        if cap is not None and len(self.waiting) + len(seqs) > cap:
+            raise QueueFullError(
+                f"the server is overloaded: {len(self.waiting)} sequences are already waiting "
+                f"(max_queued_requests={cap}); retry later"
+            )
+        for seq in seqs:
+            seq.status = _WAITING
+            seq.num_computed_tokens = 0
+            self._seqs[seq.seq_id] = seq
+            self._by_request.setdefault(seq.request_id, []).append(seq.seq_id)
+            self._priority[seq.seq_id] = (seq.arrival_time, next(self._counter))
+            self.waiting.append(seq)
+
+    def _check_admissible(self, seq: Sequence) -> None:
+        if seq.seq_id in self._seqs:
+            raise ValueError(f"sequence {seq.seq_id!r} is already scheduled")
+        if seq.status != _WAITING or seq.output_token_ids or seq.num_computed_tokens:
+            raise ValueError(f"sequence {seq.seq_id!r} is not new (status {seq.status.name})")
+        num_prompt, num_out = seq.num_prompt_tokens, seq.max_tokens
+        if num_prompt == 0:
+            raise ValueError("the prompt is empty")
+        if num_out < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {num_out}")
+        total, max_len = num_prompt + num_out, self.config.max_model_len
+        if total > max_len:
+            raise RequestTooLongError.for_lengths(max_len, num_prompt, num_out)
+        cap = self.kv.capacity_tokens
+        if total > cap:
+            raise RequestTooLongError(
+                f"The KV cache can hold at most {cap} tokens. However, you requested {total} tokens "
+                f"({num_prompt} in the messages, {num_out} in the completion). "
+                "Please reduce the length of the messages or completion."
+            )
+
+    # ---- one step --------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        budget = self.config.max_num_batched_tokens
+        kv, running = self.kv, self.running
+        allocate, chunk = kv.allocate, ScheduledChunk
+        out = SchedulerOutput()
+        chunks, preempted = out.chunks, out.preempted_seq_ids
+
+        i = 0
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            start = seq.num_computed_tokens
+            total = len(seq.prompt_token_ids) + len(seq.output_token_ids)
+            n = total - start
+            if n > budget:
+                n = budget
+            if n <= 0:  # nothing to compute (the engine has not appended the sampled token yet)
+                i += 1
+                continue
+            if not allocate(seq.seq_id, start + n) and not self._make_room(seq, start + n, preempted):
+                break  # `seq` preempted itself; it was the last running sequence
+            chunks.append(chunk(seq, start, n, start + n == total))
+            budget -= n
+            i += 1
+
+        max_seqs, waiting = self.config.max_num_seqs, self.waiting
+        while not preempted and waiting and budget > 0 and len(running) < max_seqs:
+            seq = waiting[0]
+            start = seq.num_computed_tokens
+            total = seq.num_tokens
+            n = min(total - start, budget)
+            if not kv.allocate(seq.seq_id, start + n):
+                break  # keep FCFS: nobody overtakes the head of the queue
+            waiting.popleft()
+            seq.status = _RUNNING
+            bisect.insort(running, seq, key=self._key)
+            chunks.append(ScheduledChunk(seq, start, n, start + n == total))
+            budget -= n
+
+        out.num_batched_tokens = self.config.max_num_batched_tokens - budget
+        return out
+
+    def _make_room(self, seq: Sequence, num_tokens_total: int, preempted: list[str]) -> bool:
+        """Preempt from the back of `running` until `seq` fits; False if `seq` itself was preempted."""
+        while True:
+            victim = self.running.pop()
+            self._preempt(victim)
+            preempted.append(victim.seq_id)
+            if victim is seq:
+                return False
+            if self.kv.allocate(seq.seq_id, num_tokens_total):
+                return True
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.kv.free(seq.seq_id)
+        seq.num_computed_tokens = 0
+        seq.status = _WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions_total += 1
+        self.waiting.appendleft(seq)
+
+    def _key(self, seq: Sequence) -> tuple[float, int]:
+        return self._priority[seq.seq_id]
+
+    def update_after_step(self, output: SchedulerOutput) -> None:
+        """Mark the scheduled chunks as computed (sequences finished meanwhile are skipped)."""
+        for c in output.chunks:
+            seq = c.seq
+            if seq.status is not _RUNNING:
+                continue
+            if seq.num_computed_tokens != c.start:
+                raise RuntimeError(
+                    f"stale step output for {seq.seq_id!r}: chunk starts at {c.start} but "
+                    f"{seq.num_computed_tokens} tokens are computed (update_after_step called twice?)"
+                )
+            seq.num_computed_tokens = c.start + c.num_tokens
+
+    # ---- finishing -------------------------------------------------------------------------
+    def finish(self, seq_id: str, status: SequenceStatus) -> Sequence:
+        """End a sequence wherever it is (waiting, preempted or running) and free its cache."""
+        if not status.is_finished:
+            raise ValueError(f"finish() needs a finished status, got {status.name}")
+        seq = self._seqs.pop(seq_id, None)
+        if seq is None:
+            raise KeyError(f"unknown or already finished sequence {seq_id!r}")
+        if seq.status is _RUNNING:
+            self.running.remove(seq)
+        else:
+            self.waiting.remove(seq)
+        if self.kv.has(seq_id):
+            self.kv.free(seq_id)
+        seq.status = status
+        del self._priority[seq_id]
+        ids = self._by_request[seq.request_id]
+        ids.remove(seq_id)
+        if not ids:
+            del self._by_request[seq.request_id]
+        return seq
+
+    def abort_request(self, request_id: str) -> list[Sequence]:
+        """Finish every unfinished sequence of a request as FINISHED_ABORTED ([] if none is left)."""
+        ids = list(self._by_request.get(request_id, ()))
+        return [self.finish(sid, SequenceStatus.FINISHED_ABORTED) for sid in ids]
+
+    # ---- queries ---------------------------------------------------------------------------
+    def has_unfinished(self) -> bool:
+        return bool(self._seqs)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def get(self, seq_id: str) -> Sequence:
+        seq = self._seqs.get(seq_id)
+        if seq is None:
+            raise KeyError(f"unknown or already finished sequence {seq_id!r}")
+        return seq

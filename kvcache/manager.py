@@ -1,0 +1,212 @@
+"""KVCacheManager: owns the model's state tensors and decides which rows belong to which sequence.
+
+Every live sequence holds one state slot (bounded state) and a block table (growing state):
+
+    slot-scoped tensors   [num_slots, ...]     window ring + compressor tails, one row per sequence
+        slot 0: seq "a"   slot 1: seq "c"   slot 2: free   ...
+
+    block-scoped tensors  [num_blocks, ...]    compressed entries + indexer keys, one row per block
+        block table of "a": [ 7 | 2 | 9 ]            tokens [0, 3*block_size) (last block partly filled)
+        block table of "c": [ 4 ]                    tokens [0, block_size)
+
+    token t of a sequence -> block block_table[t // block_size]; a block of a layer with ratio m
+    holds block_size // m compressed entries (models/state.py gives the exact row addressing).
+
+The host mirror of all block tables is one int64 numpy array [num_slots, width] indexed by slot and
+padded with -1; it is updated in place on allocate/free (width doubles when a sequence outgrows it),
+so `block_table_tensor` is one fancy-index copy plus one host->device transfer.
+
+Accounting is all-or-nothing: `allocate(seq_id, n)` either gives the sequence a slot and
+ceil(n / block_size) blocks in total, or changes nothing and returns False. Blocks are never shared
+(ref_cnt 1) until prefix caching exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from models.config import ModelConfig
+from models.state import ModelState, allocate_state
+
+from .block_pool import BlockPool
+from .slots import SlotPool
+
+_INITIAL_TABLE_WIDTH = 16
+
+
+@dataclass(slots=True)
+class _SeqCache:
+    slot: int  # state slot (row of the slot-scoped tensors and of the host block table)
+    block_ids: list[int] = field(default_factory=list)  # block table, in token order
+
+
+class KVCacheManager:
+    def __init__(
+        self,
+        model_cfg: ModelConfig,
+        *,
+        num_blocks: int,
+        num_slots: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+        kv_format: str = "bf16",
+    ) -> None:
+        if block_size < 1 or block_size % model_cfg.ratio_lcm:
+            raise ValueError(
+                f"block_size {block_size} must be a positive multiple of every compression ratio "
+                f"{model_cfg.distinct_ratios} (i.e. of {model_cfg.ratio_lcm})"
+            )
+        if kv_format != "bf16":
+            raise ValueError(
+                f"kv_format {kv_format!r} cannot be allocated yet: models/state.py stores entries densely "
+                "in the compute dtype ('bf16' layout); 'fp8' is a sizing-only format for now"
+            )
+        self.model_cfg = model_cfg
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.num_slots = num_slots
+        self.kv_format = kv_format
+        self.device = torch.device(device)
+        self.pool = BlockPool(num_blocks)
+        self.slots = SlotPool(num_slots)
+        self.state: ModelState = allocate_state(model_cfg, num_slots, num_blocks, block_size, dtype, self.device)
+        self._seqs: dict[str, _SeqCache] = {}
+        width = min(_INITIAL_TABLE_WIDTH, num_blocks)
+        self._table = np.full((num_slots, width), -1, dtype=np.int64)  # host block tables, row = slot
+
+    # ---- queries ---------------------------------------------------------------------------
+    @property
+    def capacity_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.pool.num_free
+
+    @property
+    def num_free_slots(self) -> int:
+        return self.slots.num_free
+
+    @property
+    def usage(self) -> float:
+        """Fraction of blocks in use, 0..1."""
+        return self.pool.num_used / self.num_blocks
+
+    def has(self, seq_id: str) -> bool:
+        return seq_id in self._seqs
+
+    def slot(self, seq_id: str) -> int:
+        return self._get(seq_id).slot
+
+    def block_table(self, seq_id: str) -> list[int]:
+        return list(self._get(seq_id).block_ids)
+
+    def num_blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    # ---- allocation ------------------------------------------------------------------------
+    def can_allocate(self, seq_id: str, num_tokens_total: int) -> bool:
+        sc = self._seqs.get(seq_id)
+        have = len(sc.block_ids) if sc is not None else 0
+        if sc is None and self.slots.num_free == 0:
+            return False
+        return self.num_blocks_needed(num_tokens_total) - have <= self.pool.num_free
+
+    def allocate(self, seq_id: str, num_tokens_total: int) -> bool:
+        """Make `seq_id` own a slot and enough blocks for `num_tokens_total` tokens (never shrinks).
+
+        All-or-nothing: on False nothing changed. Already-owned blocks keep their place in the table.
+        """
+        sc = self._seqs.get(seq_id)
+        if sc is not None and 0 <= num_tokens_total <= len(sc.block_ids) * self.block_size:
+            return True  # hot path: a decode step inside the last block
+        if num_tokens_total < 0:
+            raise ValueError(f"num_tokens_total must be >= 0, got {num_tokens_total}")
+        need = -(-num_tokens_total // self.block_size) - (len(sc.block_ids) if sc is not None else 0)
+        if need > self.pool.num_free:
+            return False
+        if sc is None:
+            slot = self.slots.allocate()
+            if slot is None:
+                return False
+            sc = self._seqs[seq_id] = _SeqCache(slot)
+        if need > 0:
+            new_ids = self.pool.allocate(need)
+            start = len(sc.block_ids)
+            sc.block_ids.extend(new_ids)
+            if len(sc.block_ids) > self._table.shape[1]:
+                self._grow_table(len(sc.block_ids))
+            self._table[sc.slot, start:len(sc.block_ids)] = new_ids
+        return True
+
+    def free(self, seq_id: str) -> None:
+        """Release the sequence's blocks and slot. Unknown / already freed ids are an error."""
+        sc = self._seqs.pop(seq_id, None)
+        if sc is None:
+            raise KeyError(f"free({seq_id!r}): sequence holds no cache (double free or unknown sequence)")
+        self.pool.free(sc.block_ids)
+        self._table[sc.slot, :len(sc.block_ids)] = -1
+        self.slots.free(sc.slot)
+
+    # ---- batch views -----------------------------------------------------------------------
+    def block_table_tensor(self, seq_ids: list[str], device: torch.device | str | None = None) -> torch.Tensor:
+        """LongTensor [B, max_blocks] of the sequences' block tables, padded with -1."""
+        seqs = self._seqs
+        try:
+            rows = [seqs[s].slot for s in seq_ids]
+            width = max((len(seqs[s].block_ids) for s in seq_ids), default=0)
+        except KeyError as e:
+            raise KeyError(f"block_table_tensor: sequence {e.args[0]!r} holds no cache") from None
+        out = torch.from_numpy(self._table[rows, :max(width, 1)])
+        return out if device is None else out.to(device)
+
+    def slot_tensor(self, seq_ids: list[str], device: torch.device | str | None = None) -> torch.Tensor:
+        """LongTensor [B] of the sequences' state slots."""
+        out = torch.tensor([self._get(s).slot for s in seq_ids], dtype=torch.int64)
+        return out if device is None else out.to(device)
+
+    # ---- invariants ------------------------------------------------------------------------
+    def check_integrity(self) -> None:
+        """free + used == total for blocks and slots; every owned block/slot has exactly one owner."""
+        self.pool.check_integrity()
+        self.slots.check_integrity()
+        owned: set[int] = set()
+        n_owned = 0
+        slots_owned: set[int] = set()
+        for seq_id, sc in self._seqs.items():
+            n_owned += len(sc.block_ids)
+            owned.update(sc.block_ids)
+            for b in sc.block_ids:
+                assert self.pool.blocks[b].ref_cnt == 1, f"block {b} of {seq_id!r} has ref_cnt {self.pool.blocks[b].ref_cnt}"
+            assert sc.slot not in slots_owned, f"slot {sc.slot} owned twice"
+            slots_owned.add(sc.slot)
+            assert self.slots.is_used(sc.slot), f"slot {sc.slot} of {seq_id!r} is marked free"
+            row = self._table[sc.slot]
+            k = len(sc.block_ids)
+            assert row[:k].tolist() == sc.block_ids and (row[k:] == -1).all(), f"host table row of {seq_id!r} is stale"
+        assert n_owned == len(owned), "a block is owned by two sequences (or twice by one)"
+        assert self.pool.num_free + n_owned == self.num_blocks, (
+            f"blocks: free {self.pool.num_free} + used {n_owned} != total {self.num_blocks}"
+        )
+        assert self.slots.num_free + len(slots_owned) == self.num_slots, (
+            f"slots: free {self.slots.num_free} + used {len(slots_owned)} != total {self.num_slots}"
+        )
+        free_rows = [s for s in range(self.num_slots) if s not in slots_owned]
+        assert (self._table[free_rows] == -1).all(), "a free slot still has a block table row"
+
+    # ---- internals -------------------------------------------------------------------------
+    def _get(self, seq_id: str) -> _SeqCache:
+        sc = self._seqs.get(seq_id)
+        if sc is None:
+            raise KeyError(f"sequence {seq_id!r} holds no cache (never allocated, or already freed)")
+        return sc
+
+    def _grow_table(self, min_width: int) -> None:
+        width = min(max(2 * self._table.shape[1], min_width), self.num_blocks)
+        grown = np.full((self.num_slots, width), -1, dtype=np.int64)
+        grown[:, :self._table.shape[1]] = self._table
+        self._table = grown

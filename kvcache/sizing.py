@@ -1,0 +1,192 @@
+"""How big the cache is: block size, blocks for a byte budget, and per-token byte reports.
+
+Two kinds of numbers live here:
+
+* what *this* engine allocates (`num_blocks_for_budget`): exact, from `models.state.state_bytes`,
+  i.e. dense entries in the compute dtype plus FP32 compressor tails;
+* what a given *entry format* costs (`kv_size_report`): the per-token growth and per-sequence fixed
+  state of a V4 cache whose entries are stored as `KVEntryFormat` (bf16, or the 584-byte FP8 entry
+  with an FP8/FP4 indexer, architecture.md §5.3-5.4). Used for planning and the startup log.
+
+    python -m kvcache.sizing --preset flash --format fp8 --indexer fp4
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from models.config import CSA_RATIO, PRESETS, ModelConfig
+from models.state import layer_state_specs, state_bytes
+
+GiB = 1 << 30
+
+
+# ---- block size and block count ------------------------------------------------------------
+def choose_block_size(cfg: ModelConfig, requested: int | None = None) -> int:
+    """`requested` if valid, else the smallest multiple of every compression ratio that is >= 64."""
+    lcm = cfg.ratio_lcm
+    if requested is not None:
+        if requested < 1 or requested % lcm:
+            raise ValueError(
+                f"block_size {requested} must be a positive multiple of every compression ratio "
+                f"{cfg.distinct_ratios} (i.e. of {lcm})"
+            )
+        return requested
+    return lcm * max(1, -(-64 // lcm))
+
+
+def num_blocks_for_budget(
+    cfg: ModelConfig, budget_bytes: int, num_slots: int, block_size: int, dtype: torch.dtype
+) -> int:
+    """Blocks that fit in `budget_bytes` after reserving `num_slots` state slots."""
+    per_slot, per_block = state_bytes(cfg, block_size, dtype)
+    slots_bytes = num_slots * per_slot
+    left = budget_bytes - slots_bytes
+    if per_block == 0:  # sliding-window-only model: nothing grows; one nominal block
+        if left < 0:
+            raise ValueError(_budget_msg(budget_bytes, num_slots, per_slot, per_block))
+        return 1
+    n = left // per_block
+    if n < 1:
+        raise ValueError(_budget_msg(budget_bytes, num_slots, per_slot, per_block))
+    return int(n)
+
+
+def _budget_msg(budget: int, num_slots: int, per_slot: int, per_block: int) -> str:
+    need = num_slots * per_slot + per_block
+    return (
+        f"KV cache budget of {budget / GiB:.3f} GiB cannot hold {num_slots} sequence state slots "
+        f"({per_slot / 2**20:.2f} MiB each) plus one block ({per_block / 2**20:.2f} MiB): need at least "
+        f"{need / GiB:.3f} GiB. Lower max_num_seqs, or raise gpu_memory_utilization / kv_cache_memory."
+    )
+
+
+def gpu_kv_budget(gpu_memory_utilization: float, device: torch.device | str | int | None = None) -> int:
+    """Bytes for the KV cache: `gpu_memory_utilization` of the GPU memory free now (call after weights)."""
+    if not 0.0 < gpu_memory_utilization <= 1.0:
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+    if not torch.cuda.is_available():
+        raise RuntimeError("gpu_kv_budget needs a CUDA GPU; on CPU pass an explicit kv_cache_memory")
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free * gpu_memory_utilization)
+
+
+# ---- entry formats -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KVEntryFormat:
+    name: str
+    # bytes of one main KV entry (window or compressed) given (head_dim, rope_dim); None = not a main format
+    main_entry_bytes: Callable[[int, int], int] | None
+    # bytes of one CSA indexer key given index_head_dim
+    indexer_key_bytes: Callable[[int], int]
+
+
+def _fp8_entry(head_dim: int, rope_dim: int) -> int:
+    """FP8 nope dims + BF16 rope dims + one UE8M0 scale byte per 64 nope dims, padded to 8 (584 for V4)."""
+    nope = head_dim - rope_dim
+    raw = nope + 2 * rope_dim + math.ceil(nope / 64)
+    return -(-raw // 8) * 8
+
+
+FORMATS: dict[str, KVEntryFormat] = {
+    "bf16": KVEntryFormat("bf16", lambda c, r: 2 * c, lambda ci: 2 * ci),
+    "fp8": KVEntryFormat("fp8", _fp8_entry, lambda ci: ci + 4),  # indexer: FP8 + one FP32 scale (132 B)
+    "fp4": KVEntryFormat("fp4", None, lambda ci: ci // 2 + math.ceil(ci / 32)),  # MXFP4 + UE8M0 per 32 (68 B)
+}
+
+
+def get_format(fmt: str | KVEntryFormat) -> KVEntryFormat:
+    if isinstance(fmt, KVEntryFormat):
+        return fmt
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown KV entry format {fmt!r} (choose from {', '.join(FORMATS)})")
+    return FORMATS[fmt]
+
+
+@dataclass(frozen=True)
+class KVSizeReport:
+    bytes_per_token: float  # growth per context token: compressed entries + indexer keys, all layers
+    fixed_bytes_per_seq: int  # window + tail bytes, independent of the sequence length
+    window_bytes_per_seq: int  # sliding-window rings (W entries per layer, every layer)
+    tail_bytes_per_seq: int  # FP32 compressor tails (main + indexer), as in models/state.py
+
+    def seq_bytes(self, num_tokens: int) -> float:
+        return self.fixed_bytes_per_seq + self.bytes_per_token * num_tokens
+
+
+def kv_size_report(
+    cfg: ModelConfig, fmt: str | KVEntryFormat = "fp8", indexer_fmt: str | KVEntryFormat = "fp4"
+) -> KVSizeReport:
+    main, idx = get_format(fmt), get_format(indexer_fmt)
+    if main.main_entry_bytes is None:
+        raise ValueError(f"{main.name!r} is an indexer-only format; main entries use bf16 or fp8")
+    entry = main.main_entry_bytes(cfg.head_dim, cfg.qk_rope_head_dim)
+    key = idx.indexer_key_bytes(cfg.index_head_dim)
+    per_token = 0.0
+    tails = 0
+    for layer, m in enumerate(cfg.compress_ratios):
+        if m > 0:
+            per_token += entry / m + (key / m if m == CSA_RATIO else 0.0)
+        for s in layer_state_specs(cfg, layer, cfg.ratio_lcm):
+            if s.scope == "slot" and s.fp32:
+                tails += s.row_bytes(torch.float32)
+    window = cfg.num_hidden_layers * cfg.sliding_window * entry
+    return KVSizeReport(per_token, window + tails, window, tails)
+
+
+# ---- reporting -----------------------------------------------------------------------------
+def log_cache_plan(
+    logger: logging.Logger,
+    *,
+    weights_bytes: int,
+    kv_bytes: int,
+    num_blocks: int,
+    block_size: int,
+    num_slots: int,
+    max_model_len: int | None = None,
+) -> None:
+    """One info line: weights, KV bytes, blocks, max concurrent tokens and sequences."""
+    extra = f", max_model_len {max_model_len}" if max_model_len is not None else ""
+    logger.info(
+        "cache plan: weights %.2f GiB, KV cache %.2f GiB = %d blocks x %d tokens -> %d concurrent tokens, "
+        "%d concurrent sequences%s",
+        weights_bytes / GiB, kv_bytes / GiB, num_blocks, block_size, num_blocks * block_size, num_slots, extra,
+    )
+
+
+def format_table(cfg: ModelConfig, name: str, fmt: str, indexer_fmt: str, dtype: torch.dtype) -> str:
+    rep = kv_size_report(cfg, fmt, indexer_fmt)
+    bs = choose_block_size(cfg)
+    per_slot, per_block = state_bytes(cfg, bs, dtype)
+    rows = [
+        (f"{name}: entries {fmt}, indexer {indexer_fmt}", ""),
+        ("layers (sliding/csa/hca)", "/".join(str(sum(cfg.layer_kind(i) == k for i in range(cfg.num_hidden_layers)))
+                                              for k in ("sliding", "csa", "hca"))),
+        ("bytes per token", f"{rep.bytes_per_token:,.2f}"),
+        ("window bytes per seq", f"{rep.window_bytes_per_seq:,}"),
+        ("tail bytes per seq (fp32)", f"{rep.tail_bytes_per_seq:,}"),
+        ("one 2^20-token sequence", f"{rep.seq_bytes(1 << 20) / GiB:.2f} GiB"),
+        (f"allocated here ({str(dtype).removeprefix('torch.')}, block {bs})",
+         f"{per_slot:,} B/slot, {per_block:,} B/block ({per_block / bs:,.1f} B/token)"),
+    ]
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}".rstrip() for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m kvcache.sizing", description="DeepSeek-V4 KV cache sizes")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="flash")
+    ap.add_argument("--format", choices=["bf16", "fp8"], default="fp8")
+    ap.add_argument("--indexer", choices=["bf16", "fp8", "fp4"], default="fp4")
+    args = ap.parse_args(argv)
+    print(format_table(PRESETS[args.preset](), args.preset, args.format, args.indexer, torch.bfloat16))
+
+
+if __name__ == "__main__":
+    main()
