@@ -1,0 +1,182 @@
+"""Async front of the engine for the HTTP server.
+
+The synchronous `LLMEngine` runs in one background thread ("engine loop"); the asyncio side never
+touches engine state directly. Commands (add / abort) go through a thread-safe queue that the loop
+drains before every step; outputs come back through `loop.call_soon_threadsafe` into one
+asyncio.Queue per request. The event loop is never blocked by model work.
+
+    event loop thread                       engine thread
+    generate() --("add", ...)-->  cmds  -->  engine.add_request
+    abort()    --("abort", id)->  cmds  -->  engine.abort_request (frees cache at this step)
+    queue.get() <--- call_soon_threadsafe ---  engine.step() outputs
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from typing import AsyncIterator
+
+from .config import EngineArgs
+from .errors import EngineDeadError, QueueFullError, RequestTooLongError
+from .llm_engine import EngineStats, LLMEngine
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+
+log = logging.getLogger("v4serve.async")
+
+_IDLE_WAIT_S = 0.05
+
+
+class AsyncLLM:
+    def __init__(self, engine: LLMEngine, model_name: str | None = None):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.model_config = engine.model_config
+        self.max_model_len = engine.max_model_len
+        self.model_name = model_name or engine.model_dir.name
+        self.is_ready = False
+        self._cmds: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._streams: dict[str, asyncio.Queue] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._dead: BaseException | None = None
+        self._stats = engine.stats()
+        self._num_pending_adds = 0
+
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs) -> "AsyncLLM":
+        return cls(LLMEngine(args), model_name=args.served_model_name)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="v4serve-engine", daemon=True)
+        self._thread.start()
+        self.is_ready = True
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Abort everything in flight, stop the loop and wait for it (at most `timeout` s)."""
+        self.is_ready = False
+        for rid in list(self._streams):
+            self._cmds.put(("abort", rid))
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, timeout)
+            self._thread = None
+
+    # ---- requests ----------------------------------------------------------------------------
+    def check_request(self, prompt_len: int, params: SamplingParams) -> None:
+        """Cheap admission checks done synchronously so HTTP can answer 400/429 before streaming."""
+        if self._dead is not None:
+            raise EngineDeadError(f"the engine stopped after an internal error: {self._dead}")
+        if prompt_len == 0:
+            raise ValueError("the prompt is empty")
+        want = params.max_tokens if params.max_tokens is not None else 1
+        if prompt_len + want > self.max_model_len:
+            raise RequestTooLongError.for_lengths(self.max_model_len, prompt_len, params.max_tokens)
+        cap = self.engine.args.max_queued_requests
+        if cap is not None and self._stats.num_waiting + self._num_pending_adds + params.n > cap:
+            raise QueueFullError(f"the server is overloaded: more than {cap} requests are waiting; retry later")
+
+    async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
+                       request_id: str) -> AsyncIterator[RequestOutput]:
+        """Cumulative snapshots until the finished one; closing the iterator aborts the request."""
+        if not self.is_ready or self._loop is None:
+            raise EngineDeadError("the engine is not running")
+        self.check_request(len(prompt_token_ids), params)
+        if request_id in self._streams:
+            raise ValueError(f"duplicate request id {request_id!r}")
+        q: asyncio.Queue = asyncio.Queue()
+        self._streams[request_id] = q
+        self._num_pending_adds += params.n
+        self._cmds.put(("add", request_id, list(prompt_token_ids), params, time.monotonic()))
+        self._wake.set()
+        finished = False
+        try:
+            while True:
+                item = await q.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                yield item
+                if item.finished:
+                    finished = True
+                    return
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self._cmds.put(("abort", request_id))
+                self._wake.set()
+
+    async def abort(self, request_id: str) -> None:
+        self._cmds.put(("abort", request_id))
+        self._wake.set()
+
+    def stats(self) -> EngineStats:
+        return self._stats
+
+    # ---- engine thread -----------------------------------------------------------------------
+    def _deliver(self, request_id: str, item) -> None:
+        q = self._streams.get(request_id)
+        if q is not None:
+            q.put_nowait(item)
+
+    def _post(self, request_id: str, item) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, request_id, item)
+
+    def _drain_commands(self) -> None:
+        eng = self.engine
+        while True:
+            try:
+                cmd = self._cmds.get_nowait()
+            except queue.Empty:
+                return
+            if cmd[0] == "add":
+                _, rid, ids, params, arrival = cmd
+                self._loop.call_soon_threadsafe(self._added, params.n)
+                try:
+                    eng.add_request(rid, ids, params, arrival_time=arrival)
+                except Exception as e:  # admission errors reach the caller's first __anext__
+                    self._post(rid, e)
+            else:
+                out = eng.abort_request(cmd[1])
+                if out is not None:
+                    log.info("aborted %s", cmd[1])
+
+    def _added(self, n: int) -> None:
+        self._num_pending_adds -= n
+
+    def _run(self) -> None:
+        eng = self.engine
+        try:
+            while not self._stop.is_set():
+                self._drain_commands()
+                if not eng.has_unfinished():
+                    self._stats = eng.stats()
+                    self._wake.wait(_IDLE_WAIT_S)
+                    self._wake.clear()
+                    continue
+                for out in eng.step():
+                    self._post(out.request_id, out)
+                self._stats = eng.stats()
+            self._drain_commands()
+            for rid in list(eng.requests):
+                eng.abort_request(rid)
+            self._stats = eng.stats()
+        except BaseException as e:  # noqa: BLE001 - a dead engine must fail every stream loudly
+            log.exception("engine loop died")
+            self._dead = e
+            self.is_ready = False
+            err = EngineDeadError(f"the engine stopped after an internal error: {e}")
+            for rid in list(self._streams):
+                self._post(rid, err)

@@ -1,0 +1,74 @@
+"""Offline API in the ecosystem's shape: `LLM(model_dir).generate(prompts, params)` and `.chat(...)`."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Sequence
+
+import torch
+
+from .config import EngineArgs
+from .llm_engine import LLMEngine
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+
+
+class LLM:
+    def __init__(self, model: str | None = None, *, device: str = "auto", dtype: str | torch.dtype = "auto",
+                 max_num_seqs: int = 64, max_num_batched_tokens: int = 2048, max_model_len: int | None = None,
+                 num_kv_blocks: int | None = None, kv_cache_memory: int | None = None, **kwargs: Any):
+        args = EngineArgs(model=model, device=device, dtype=dtype, max_num_seqs=max_num_seqs,
+                          max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
+                          num_kv_blocks=num_kv_blocks, kv_cache_memory=kv_cache_memory)
+        for k, v in kwargs.items():
+            if not hasattr(args, k):
+                raise TypeError(f"LLM() got an unexpected keyword argument {k!r}")
+            setattr(args, k, v)
+        self.engine = LLMEngine(args)
+        self.tokenizer = self.engine.tokenizer
+        self._ids = itertools.count()
+
+    def generate(self, prompts: str | list[int] | Sequence[str | list[int]],
+                 params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
+        """One RequestOutput per prompt, in order. Prompts are strings or token-id lists."""
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if params is None:
+            params = SamplingParams()
+        plist = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
+        if len(plist) != len(prompts):
+            raise ValueError(f"got {len(plist)} SamplingParams for {len(prompts)} prompts")
+        ids = [f"offline-{next(self._ids)}" for _ in prompts]
+        added = []
+        try:
+            for rid, prompt, p in zip(ids, prompts, plist):
+                self.engine.add_request(rid, prompt, p)
+                added.append(rid)
+        except Exception:
+            for rid in added:
+                self.engine.abort_request(rid)
+            raise
+        results: dict[str, RequestOutput] = {}
+        while len(results) < len(ids):
+            for out in self.engine.step():
+                if out.finished:
+                    results[out.request_id] = out
+        return [results[r] for r in ids]
+
+    def chat(self, messages: list[dict] | list[list[dict]], params: SamplingParams | None = None, *,
+             reasoning_effort: str | None = None, thinking: dict | bool | None = None,
+             tools: list[dict] | None = None) -> list[RequestOutput]:
+        """Render conversations with the V4 chat format (same code as the HTTP server) and generate."""
+        from server.chat_format import SpecialTokens, encode_messages
+        from server.reasoning import resolve_reasoning
+
+        convs = [messages] if messages and isinstance(messages[0], dict) else messages
+        rc = resolve_reasoning(reasoning_effort, thinking, None, None)
+        prompts = [self.tokenizer.encode(encode_messages(c, thinking=rc.thinking, reasoning_effort=rc.encoder_effort,
+                                                         tools=tools)) for c in convs]
+        p = params or SamplingParams(max_tokens=256)
+        if rc.budget_tokens is not None:
+            p = p.with_updates(thinking_budget=rc.budget_tokens,
+                               thinking_end_token_id=SpecialTokens.from_tokenizer(self.tokenizer).think_end_id)
+        return self.generate(prompts, p)

@@ -1,0 +1,227 @@
+"""The synchronous engine: owns the model, the KV-cache manager, the scheduler, the runner and the
+sampler. `add_request` / `abort_request` / `step()`; one step = schedule -> run -> sample ->
+append tokens -> check stop conditions -> free finished sequences -> outputs of changed requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kvcache.manager import KVCacheManager
+from kvcache.sizing import choose_block_size, gpu_kv_budget, log_cache_plan, num_blocks_for_budget
+from models.config import ModelConfig
+from models.loading import load_model
+
+from .config import EngineArgs, SchedulerConfig
+from .detokenizer import IncrementalDetokenizer
+from .model_runner import ModelRunner
+from .outputs import RequestOutput
+from .request_state import RequestState, SampleState
+from .sampler import Sampler, SamplingMetadata, gather_logprobs, make_generator
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler
+from .sequence import Sequence, SequenceStatus
+from .tokenizer import Tokenizer
+
+log = logging.getLogger("v4serve.engine")
+
+CPU_DEFAULT_KV_BYTES = 1 << 30
+
+
+@dataclass
+class EngineStats:
+    num_running: int  # sequences
+    num_waiting: int  # sequences (incl. preempted)
+    kv_cache_usage: float  # fraction of KV blocks in use, 0..1
+    num_preemptions_total: int
+    prompt_tokens_total: int  # prompt tokens of finished + running requests' prefills (counted once)
+    generation_tokens_total: int
+    num_requests: int  # unfinished requests
+
+
+class LLMEngine:
+    def __init__(self, args: EngineArgs):
+        args.validate()
+        self.args = args
+        if args.tensor_parallel_size != 1:
+            raise ValueError("tensor_parallel_size > 1 is not supported yet")
+        self.device = args.resolve_device()
+        self.dtype = args.resolve_dtype(self.device)
+        model_dir = args.model
+        if model_dir is None:
+            from models.demo import ensure_demo_model
+
+            model_dir = ensure_demo_model()
+        self.model_dir = Path(model_dir)
+        self.model_config = ModelConfig.from_json(self.model_dir)
+        self.tokenizer = Tokenizer.from_dir(self.model_dir)
+        t0 = time.monotonic()
+        self.model = load_model(self.model_dir, device=self.device, dtype=self.dtype)
+        weights_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        cfg = self.model_config
+        self.block_size = choose_block_size(cfg, args.block_size)
+        num_slots = args.max_num_seqs
+        if args.num_kv_blocks is not None:
+            num_blocks = args.num_kv_blocks
+        else:
+            if args.kv_cache_memory is not None:
+                budget = args.kv_cache_memory
+            elif self.device.type == "cuda":
+                budget = gpu_kv_budget(args.gpu_memory_utilization, self.device)
+            else:
+                budget = CPU_DEFAULT_KV_BYTES
+            num_blocks = num_blocks_for_budget(cfg, budget, num_slots, self.block_size, self.dtype)
+        self.kv = KVCacheManager(cfg, num_blocks=num_blocks, num_slots=num_slots, block_size=self.block_size,
+                                 dtype=self.dtype, device=self.device)
+        capacity = num_blocks * self.block_size
+        self.max_model_len = args.max_model_len or min(cfg.max_position_embeddings, capacity)
+        if self.max_model_len > cfg.max_position_embeddings:
+            raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's "
+                             f"max_position_embeddings {cfg.max_position_embeddings}")
+        self.scheduler = Scheduler(SchedulerConfig(
+            max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+            max_model_len=self.max_model_len, max_queued_requests=args.max_queued_requests), self.kv)
+        self.runner = ModelRunner(self.model, self.kv, self.device, self.tokenizer.vocab_size)
+        self.sampler = Sampler()
+        self.requests: dict[str, RequestState] = {}
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        kv_bytes = sum(t.numel() * t.element_size() for layer in self.kv.state.layers for t in layer.values())
+        log_cache_plan(log, weights_bytes=weights_bytes, kv_bytes=kv_bytes, num_blocks=num_blocks,
+                       block_size=self.block_size, num_slots=num_slots, max_model_len=self.max_model_len)
+        log.info("engine ready in %.1fs: %s on %s (%s)", time.monotonic() - t0, self.model_dir, self.device,
+                 self.dtype)
+
+    # ---- requests ----------------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
+                    arrival_time: float | None = None) -> None:
+        if request_id in self.requests:
+            raise ValueError(f"duplicate request id {request_id!r}")
+        if isinstance(prompt, str):
+            text, ids = prompt, self.tokenizer.encode(prompt)
+        else:
+            text, ids = None, [int(t) for t in prompt]
+        vocab = self.model_config.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
+        if not ids:
+            raise ValueError("the prompt is empty")
+        max_tokens = params.max_tokens
+        if max_tokens is None:
+            max_tokens = self.max_model_len - len(ids)
+            if max_tokens < 1:
+                from .errors import RequestTooLongError
+
+                raise RequestTooLongError.for_lengths(self.max_model_len, len(ids), 1)
+        now = arrival_time if arrival_time is not None else time.monotonic()
+        samples = []
+        for k in range(params.n):
+            seq = Sequence(seq_id=f"{request_id}#{k}", request_id=request_id, sample_index=k,
+                           prompt_token_ids=ids, max_tokens=max_tokens, arrival_time=now)
+            gen = None
+            if params.seed is not None and not params.greedy:
+                gen = make_generator(params.seed + k * 1_000_003, self.device)
+            detok = IncrementalDetokenizer(self.tokenizer, ids, skip_special_tokens=params.skip_special_tokens,
+                                           stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output)
+            samples.append(SampleState(seq, detok, gen, [] if params.logprobs is not None else None))
+        self.scheduler.add_request([s.seq for s in samples])  # raises on too long / queue full
+        st = RequestState(request_id, text, ids, params, samples, arrival_time=now)
+        st.metrics["arrival"] = now
+        if params.prompt_logprobs is not None:
+            st.prompt_logprobs = [None] * len(ids)
+        self.requests[request_id] = st
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        st = self.requests.pop(request_id, None)
+        if st is None:
+            return None
+        self.scheduler.abort_request(request_id)
+        for k, s in enumerate(st.samples):
+            if s.finish_reason is None:
+                s.detok.flush()
+                st.finish_sample(k, "abort")
+        return st.snapshot()
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests)
+
+    def stats(self) -> EngineStats:
+        return EngineStats(self.scheduler.num_running, self.scheduler.num_waiting, self.kv.usage,
+                           self.scheduler.num_preemptions_total, self.prompt_tokens_total,
+                           self.generation_tokens_total, len(self.requests))
+
+    # ---- one step ----------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return []
+        states = [self.requests[c.seq.request_id] for c in sched.chunks]
+        want_prompt = [st.prompt_logprobs is not None and c.start < c.seq.num_prompt_tokens
+                       and c.seq.sample_index == 0 for st, c in zip(states, sched.chunks)]
+        res = self.runner.execute(sched, want_prompt)
+        now = time.monotonic()
+        changed: dict[str, RequestState] = {}
+        for i, st in enumerate(states):
+            st.metrics.setdefault("first_scheduled", now)
+            c = sched.chunks[i]
+            if c.seq.sample_index == 0 and c.start < c.seq.num_prompt_tokens and c.seq.num_preemptions == 0:
+                self.prompt_tokens_total += min(c.num_tokens, c.seq.num_prompt_tokens - c.start)
+        for i, (start, logits) in res.prompt_logits.items():
+            st = states[i]
+            nxt = torch.tensor(st.prompt_token_ids[start + 1:start + 1 + logits.shape[0]], device=logits.device)
+            lps = gather_logprobs(logits.log_softmax(-1), nxt, [st.params.prompt_logprobs] * len(nxt))
+            st.prompt_logprobs[start + 1:start + 1 + len(lps)] = lps
+        self.scheduler.update_after_step(sched)
+        if res.sample_chunk_idx:
+            rows = [(states[i], sched.chunks[i].seq) for i in res.sample_chunk_idx]
+            samples = [st.samples[seq.sample_index] for st, seq in rows]
+            meta = SamplingMetadata.build(
+                [st.params for st, _ in rows], [seq.output_token_ids for _, seq in rows],
+                [seq.prompt_token_ids for _, seq in rows], [s.generator for s in samples],
+                self.tokenizer.eos_token_id, self.model_config.vocab_size, res.sample_logits.device)
+            out = self.sampler(res.sample_logits, meta)
+            tokens = out.token_ids.tolist()
+            for j, ((st, seq), s) in enumerate(zip(rows, samples)):
+                st.metrics.setdefault("first_token", now)
+                if out.logprobs is not None and s.logprobs is not None:
+                    s.logprobs.append(out.logprobs[j])
+                self._append(st, s, tokens[j])
+                changed[st.request_id] = st
+        outputs = []
+        for rid, st in changed.items():
+            outputs.append(st.snapshot())
+            if st.finished:
+                del self.requests[rid]
+        return outputs
+
+    def _append(self, st: RequestState, s: SampleState, token: int) -> None:
+        """Append a sampled token, detokenize, and finish the sequence on a stop condition."""
+        seq, p = s.seq, st.params
+        seq.append_token(token)
+        self.generation_tokens_total += 1
+        k = seq.sample_index
+        eos = self.tokenizer.eos_token_id
+        if token == eos and not p.ignore_eos:
+            s.detok.flush()
+            return self._finish(st, k, SequenceStatus.FINISHED_STOPPED, None)
+        if token in p.stop_token_ids:
+            if p.include_stop_str_in_output:
+                s.detok.add_token(token)
+            s.detok.flush()
+            return self._finish(st, k, SequenceStatus.FINISHED_STOPPED, token)
+        step = s.detok.add_token(token)
+        if step.stop_str is not None:
+            return self._finish(st, k, SequenceStatus.FINISHED_STOPPED, step.stop_str)
+        if seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
+            s.detok.flush()
+            return self._finish(st, k, SequenceStatus.FINISHED_LENGTH, None)
+
+    def _finish(self, st: RequestState, k: int, status: SequenceStatus, stop_reason) -> None:
+        self.scheduler.finish(st.samples[k].seq.seq_id, status)
+        st.finish_sample(k, status.finish_reason, stop_reason)

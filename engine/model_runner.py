@@ -1,0 +1,88 @@
+"""Model runner: turns the scheduler's chunks into one flat `ForwardBatch`, runs the model on the
+cache-manager-owned state and returns logits only at the rows that need them.
+
+Rows that need logits:
+  * the last token of every chunk with `sample=True` (the next token is sampled from it);
+  * every prompt position of chunks whose request asked for prompt logprobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from kvcache.manager import KVCacheManager
+from models.model import DeepseekV4
+from models.state import ForwardBatch
+
+from .scheduler import SchedulerOutput
+
+
+@dataclass
+class RunnerOutput:
+    sample_logits: torch.Tensor  # [S, V] fp32: one row per chunk with sample=True, in chunk order
+    sample_chunk_idx: list[int]  # chunk index of each sample row
+    # chunk index -> (first position p, logits [k, V] fp32 at positions p..p+k-1) for prompt logprobs
+    prompt_logits: dict[int, tuple[int, torch.Tensor]] = field(default_factory=dict)
+    num_tokens: int = 0
+
+
+class ModelRunner:
+    def __init__(self, model: DeepseekV4, kv: KVCacheManager, device: torch.device, valid_vocab: int):
+        self.model = model
+        self.kv = kv
+        self.device = device
+        self.vocab = model.cfg.vocab_size
+        self.valid_vocab = min(valid_vocab, self.vocab)  # ids past the tokenizer are never sampled
+
+    def build_batch(self, out: SchedulerOutput, want_prompt: list[bool]) -> tuple[ForwardBatch, list, list]:
+        """-> (batch, sample rows [(chunk idx, flat row)], prompt rows [(chunk idx, first flat row, k)])."""
+        ids: list[int] = []
+        positions: list[int] = []
+        query_start = [0]
+        context_lens: list[int] = []
+        seq_ids: list[str] = []
+        sample_rows, prompt_rows, logit_rows = [], [], []
+        for i, c in enumerate(out.chunks):
+            seq = c.seq
+            base = len(ids)
+            ids.extend(seq.tokens(c.start, c.start + c.num_tokens))
+            positions.extend(range(c.start, c.start + c.num_tokens))
+            query_start.append(len(ids))
+            context_lens.append(c.start)
+            seq_ids.append(seq.seq_id)
+            if want_prompt[i]:
+                # positions p in [start, prompt_len-1) predict prompt token p+1
+                k = min(c.start + c.num_tokens, seq.num_prompt_tokens - 1) - c.start
+                if k > 0:
+                    prompt_rows.append((i, len(logit_rows), k))
+                    logit_rows.extend(range(base, base + k))
+            if c.sample:
+                sample_rows.append((i, len(logit_rows)))
+                logit_rows.append(len(ids) - 1)
+        dev = self.device
+        batch = ForwardBatch(
+            input_ids=torch.tensor(ids, dtype=torch.long).to(dev, non_blocking=True),
+            positions=torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True),
+            slot_ids=self.kv.slot_tensor(seq_ids, dev),
+            block_tables=self.kv.block_table_tensor(seq_ids, dev),
+            logits_indices=torch.tensor(logit_rows, dtype=torch.long).to(dev, non_blocking=True),
+            query_start=query_start,
+            context_lens=context_lens,
+        )
+        return batch, sample_rows, prompt_rows
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput, want_prompt: list[bool]) -> RunnerOutput:
+        batch, sample_rows, prompt_rows = self.build_batch(out, want_prompt)
+        if batch.logits_indices.numel() == 0:
+            self.model(batch, self.kv.state)  # prefill chunk that samples nothing: only fills the cache
+            return RunnerOutput(torch.empty(0, self.vocab), [], {}, batch.num_tokens)
+        logits = self.model.compute_logits(self.model(batch, self.kv.state))
+        sample_idx = torch.tensor([r for _, r in sample_rows], dtype=torch.long, device=logits.device)
+        prompt = {i: (out.chunks[i].start, logits[r:r + k]) for i, r, k in prompt_rows}
+        sample_logits = logits.index_select(0, sample_idx)
+        if self.valid_vocab < self.vocab:
+            sample_logits[:, self.valid_vocab:] = float("-inf")
+        return RunnerOutput(sample_logits, [i for i, _ in sample_rows], prompt, batch.num_tokens)
