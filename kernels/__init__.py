@@ -1,16 +1,26 @@
 """Public kernel entry points. Each op has a pure-torch twin (`kernels.ref`) used on CPU and as the
-reference; Triton implementations (`kernels.triton`) are used on CUDA once they exist.
+reference; Triton implementations (`kernels.triton`) are used on CUDA tensors.
 
-`set_backend("ref" | "triton" | "auto")` overrides the choice (tests compare both).
+`set_backend("ref" | "triton" | "auto")` overrides the choice (tests compare both). Triton modules
+are imported lazily (first CUDA/forced call) so a test can set TRITON_INTERPRET before they load.
 """
 
 from __future__ import annotations
 
-import torch
+import importlib
 
+import torch
+import torch.nn.functional as F
+
+from .quant_weight import QuantWeight
+from .ref import fp8_linear as _ref_fp8
 from .ref import moe as _ref_moe
+from .ref import routing as _ref_routing
 
 _BACKEND = "auto"
+
+__all__ = ["QuantWeight", "set_backend", "get_backend", "moe_route", "moe_align", "moe_experts", "fp8_linear",
+           "linear"]
 
 
 def set_backend(name: str) -> None:
@@ -24,6 +34,117 @@ def get_backend() -> str:
     return _BACKEND
 
 
+def _use_triton(t) -> bool:
+    if _BACKEND == "ref":
+        return False
+    if _BACKEND == "triton":
+        return True
+    return bool(t.is_cuda)
+
+
+def _tri(name: str):
+    return importlib.import_module(f"kernels.triton.{name}")
+
+
+# ---- MoE (issue 6) -------------------------------------------------------------------------------
+def moe_route(logits, topk: int, routed_scaling: float, renorm: bool = True, bias=None, tid2eid=None,
+              input_ids=None):
+    """Router tail: sqrt(softplus(logits)) -> bias top-k (or tid2eid[input_ids]) -> renorm * scaling.
+    -> (weights [N, k] fp32, ids [N, k] int32). See kernels.ref.routing.moe_route."""
+    impl = _tri("routing") if _use_triton(logits) else _ref_routing
+    return impl.moe_route(logits, topk, routed_scaling, renorm, bias, tid2eid, input_ids)
+
+
+def moe_align(ids, num_experts: int, block_m: int):
+    """Token->expert sort into `block_m`-aligned expert blocks -> (sorted_ids, expert_ids, num_post_padded)."""
+    impl = _tri("routing") if _use_triton(ids) else _ref_routing
+    return impl.moe_align(ids, num_experts, block_m)
+
+
 def moe_experts(x, w1, w3, w2, weights, ids, limit: float) -> torch.Tensor:
-    """Routed experts (clamped SwiGLU) and weighted combine -> [N, d] fp32. See kernels.ref.moe."""
+    """Routed experts (clamped SwiGLU) and weighted combine -> [N, d] fp32. Weights: stacked tensors or
+    QuantWeight stacks (fp8 / MXFP4). See kernels.ref.moe."""
+    if _use_triton(x):
+        return _tri("moe").moe_experts(x, w1, w3, w2, weights, ids, limit)
     return _ref_moe.moe_experts(x, w1, w3, w2, weights, ids, limit)
+
+
+# ---- dense linears (issue 6) ---------------------------------------------------------------------
+def fp8_linear(x, w, scale, act_quant: bool = False, out_dtype=None) -> torch.Tensor:
+    """y = x @ dequant(w)^T with w float8_e4m3fn [N, K] and UE8M0 scale [ceil(N/128), ceil(K/128)]."""
+    impl = _tri("fp8_linear") if _use_triton(x) else _ref_fp8
+    return impl.fp8_linear(x, w, scale, act_quant, out_dtype)
+
+
+def linear(x, weight, fp32: bool = False) -> torch.Tensor:
+    """Linear layer entry: QuantWeight (fp8) -> fp8_linear; plain tensor -> F.linear (fp32 if asked)."""
+    if isinstance(weight, QuantWeight):
+        if weight.fmt != "fp8":
+            raise NotImplementedError("dense linears take FP8 resident weights only")
+        y = fp8_linear(x.float() if fp32 else x, weight.data, weight.scale)
+        return y.float() if fp32 else y
+    if fp32:
+        return F.linear(x.float(), weight.float())
+    return F.linear(x, weight)
+
+
+# ---- attention / indexer / compressor (issue 5) ----------------------------------------------
+# Every op takes the batch's AttnMeta (models/state.batch_metadata). Storage tensors are dense
+# (the model's KV dtype, the "bf16" format and parity reference) or packed FP8 (uint8 rows).
+from .ref import attention as _ref_attn  # noqa: E402
+from .ref import compressor as _ref_comp  # noqa: E402
+from .ref import indexer as _ref_idx  # noqa: E402
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    if _BACKEND == "ref":
+        return False
+    if _BACKEND == "triton":
+        return True
+    return t.is_cuda
+
+
+def kv_pack(kv, ring, rope_dim: int):
+    """Chunk K=V [N, c] -> rows in the ring's storage format (dense cast or 584-byte FP8 pack)."""
+    if _use_triton(kv):
+        from .triton import attention as _tr_attn
+        return _tr_attn.kv_pack(kv, ring, rope_dim)
+    return _ref_attn.kv_pack(kv, ring, rope_dim)
+
+
+def window_store(kv_cur, ring, meta) -> None:
+    """Store each sequence's last min(n, W) chunk rows into its window ring (after attention)."""
+    if _use_triton(kv_cur):
+        from .triton import attention as _tr_attn
+        return _tr_attn.window_store(kv_cur, ring, meta)
+    return _ref_attn.window_store(kv_cur, ring, meta)
+
+
+def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta, sink, *, ratio: int, scale: float, rope_dim: int):
+    """Window + compressed-entry attention with per-head sink, decode and (chunked) prefill.
+    See kernels.ref.attention.sparse_attention for the semantics."""
+    if _use_triton(q):
+        from .triton import attention as _tr_attn
+        return _tr_attn.sparse_attention(q, kv_cur, ring, pool, topk_idx, meta, sink, ratio=ratio, scale=scale,
+                                         rope_dim=rope_dim)
+    return _ref_attn.sparse_attention(q, kv_cur, ring, pool, topk_idx, meta, sink, ratio=ratio, scale=scale,
+                                      rope_dim=rope_dim)
+
+
+def indexer_topk(q, w, keys, meta, topk: int, *, ratio: int = 4):
+    """Lightning-indexer scores + top-k -> [N, topk] int32 entry indices, -1 = none."""
+    if _use_triton(q):
+        from .triton import indexer as _tr_idx
+        return _tr_idx.indexer_topk(q, w, keys, meta, topk, ratio=ratio)
+    return _ref_idx.indexer_topk(q, w, keys, meta, topk, ratio=ratio)
+
+
+def compress_and_store(kv, score, kv_tail, score_tail, norm_weight, inv_freq, pool, meta, *, ratio: int,
+                       overlap: bool, eps: float, index_keys: bool = False) -> None:
+    """Gated pooling + RMSNorm + RoPE of every entry closed by the chunk, paged write, tail update."""
+    if _use_triton(kv):
+        from .triton import compressor as _tr_comp
+        return _tr_comp.compress_and_store(kv, score, kv_tail, score_tail, norm_weight, inv_freq, pool, meta,
+                                           ratio=ratio, overlap=overlap, eps=eps, index_keys=index_keys)
+    return _ref_comp.compress_and_store(kv, score, kv_tail, score_tail, norm_weight, inv_freq, pool, meta,
+                                        ratio=ratio, overlap=overlap, eps=eps, index_keys=index_keys)

@@ -1,0 +1,147 @@
+"""Triton fused MoE: routed-expert grouped GEMMs over the block-aligned token->expert layout.
+
+Kernel 1 (gate/up): h[pair] = silu(min(x W1^T, L)) * clamp(x W3^T, -L, L) * route_w[pair]   (bf16)
+Kernel 2 (down + combine): out[token] += h[pair] W2^T   (fp32 atomics over the k slots of a token)
+Expert weights bf16/fp32, FP8 128x128 block-scaled, or MXFP4 dequantized in the kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import dot_dtype, load_w_tile, weight_args
+from .routing import moe_align
+
+
+@triton.jit
+def _moe_gemm_kernel(
+    a_ptr, b_ptr, b2_ptr, bs_ptr, b2s_ptr, out_ptr, rw_ptr, sorted_ptr, eids_ptr, npad_ptr,
+    N, K, P, limit,
+    stride_am, stride_be, stride_bn, stride_bk, stride_se, stride_sn, stride_sk, stride_om,
+    A_DIV: tl.constexpr, OUT_DIV: tl.constexpr, GATE_UP: tl.constexpr, WFMT: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+    DOT_T: tl.constexpr, DOT_F32: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    npad = tl.load(npad_ptr)
+    num_pid_m = tl.cdiv(npad, BM)
+    num_pid_n = tl.cdiv(N, BN)
+    if pid >= num_pid_m * num_pid_n:
+        return
+    in_group = GROUP_M * num_pid_n
+    first_m = (pid // in_group) * GROUP_M
+    gsize = tl.minimum(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % in_group) % gsize
+    pid_n = (pid % in_group) // gsize
+
+    e = tl.load(eids_ptr + pid_m).to(tl.int64)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    pair = tl.load(sorted_ptr + offs_m)
+    mvalid = pair < P
+    arow = (pair // A_DIV).to(tl.int64)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    nmask = offs_n < N
+    offs_k = tl.arange(0, BK)
+    b_base = b_ptr + e * stride_be
+    bs_base = bs_ptr + e * stride_se
+    if GATE_UP:
+        b2_base = b2_ptr + e * stride_be
+        b2s_base = b2s_ptr + e * stride_se
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    acc2 = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        kk = k0 + offs_k
+        a = tl.load(a_ptr + arow[:, None] * stride_am + kk[None, :],
+                    mask=mvalid[:, None] & (kk[None, :] < K), other=0.0).to(DOT_T)
+        b, cs = load_w_tile(b_base, bs_base, offs_n, nmask, k0, K, stride_bn, stride_bk, stride_sn, stride_sk,
+                            WFMT, BN, BK, DOT_T)
+        if DOT_F32:
+            d = tl.dot(a, b, input_precision="ieee")
+        else:
+            d = tl.dot(a, b)
+        if WFMT == 1:
+            acc += d * cs[None, :]
+        else:
+            acc += d
+        if GATE_UP:
+            b2, cs2 = load_w_tile(b2_base, b2s_base, offs_n, nmask, k0, K, stride_bn, stride_bk, stride_sn,
+                                  stride_sk, WFMT, BN, BK, DOT_T)
+            if DOT_F32:
+                d2 = tl.dot(a, b2, input_precision="ieee")
+            else:
+                d2 = tl.dot(a, b2)
+            if WFMT == 1:
+                acc2 += d2 * cs2[None, :]
+            else:
+                acc2 += d2
+    omask = mvalid[:, None] & nmask[None, :]
+    orow = (pair // OUT_DIV).to(tl.int64)
+    optrs = out_ptr + orow[:, None] * stride_om + offs_n[None, :]
+    if GATE_UP:
+        g = tl.minimum(acc, limit)
+        v = tl.minimum(tl.maximum(acc2, -limit), limit)
+        rw = tl.load(rw_ptr + pair, mask=mvalid, other=0.0)
+        h = g / (1.0 + tl.exp(-g)) * v * rw[:, None]
+        tl.store(optrs, h.to(out_ptr.dtype.element_ty), mask=omask)
+    else:
+        tl.atomic_add(optrs, acc, mask=omask)
+
+
+def pick_config(num_pairs: int, num_experts: int, n_out: int, wfmt: int, gate_up: bool, interp: bool) -> dict:
+    """Tile config by shape (no autotune: it needs a GPU and costs graph-capture time)."""
+    if interp:
+        return dict(BM=16, BN=32, BK=64, GROUP_M=4, num_warps=4, num_stages=1)
+    per_expert = num_pairs / max(1, min(num_experts, num_pairs))
+    if per_expert <= 16:  # decode: weight streaming, tiny M
+        return dict(BM=16, BN=64 if n_out >= 4096 else 32, BK=128, GROUP_M=1, num_warps=4, num_stages=4)
+    if per_expert <= 64:
+        return dict(BM=64, BN=64, BK=128, GROUP_M=4, num_warps=4, num_stages=3)
+    return dict(BM=128, BN=128, BK=64, GROUP_M=8, num_warps=8, num_stages=3)
+
+
+def _launch(a, w, w2, out, rw, sorted_ids, eids, npad, n_out, k_in, p, limit, a_div, out_div, gate_up, cfg):
+    data, scale, wfmt = weight_args(w)
+    data2, scale2, _ = weight_args(w2) if w2 is not None else (data, scale, wfmt)
+    dot_t, dot_f32 = dot_dtype(a)
+    if wfmt == 0:
+        sse = ssn = ssk = 0
+    else:
+        sse, ssn, ssk = scale.stride()
+    max_blocks = eids.numel()
+    grid = (max_blocks * triton.cdiv(n_out, cfg["BN"]),)
+    _moe_gemm_kernel[grid](
+        a, data, data2, scale, scale2, out, rw, sorted_ids, eids, npad,
+        n_out, k_in, p, float(limit),
+        a.stride(0), data.stride(0), data.stride(1), data.stride(2), sse, ssn, ssk, out.stride(0),
+        A_DIV=a_div, OUT_DIV=out_div, GATE_UP=gate_up, WFMT=wfmt,
+        BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], GROUP_M=cfg["GROUP_M"], DOT_T=dot_t, DOT_F32=dot_f32,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
+def moe_experts(x, w1, w3, w2, weights, ids, limit, config1=None, config2=None):
+    """Same contract as kernels.ref.moe.moe_experts -> [N, d] fp32."""
+    from .common import interpreting
+    x = x.contiguous()
+    n, d = x.shape
+    k = ids.shape[1]
+    num_e, inter = w1.shape[0], w1.shape[1]
+    p = n * k
+    out = torch.zeros(n, d, dtype=torch.float32, device=x.device)
+    if p == 0:
+        return out
+    wfmt = weight_args(w1)[2]
+    interp = interpreting()
+    c1 = config1 or pick_config(p, num_e, inter, wfmt, True, interp)
+    c2 = config2 or pick_config(p, num_e, d, wfmt, False, interp)
+    rw = weights.reshape(-1).float().contiguous()
+    s1, e1, np1 = moe_align(ids, num_e, c1["BM"])
+    h = torch.empty(p, inter, dtype=x.dtype, device=x.device)
+    _launch(x, w1, w3, h, rw, s1, e1, np1, inter, d, p, limit, k, 1, True, c1)
+    if c2["BM"] == c1["BM"]:
+        s2, e2, np2 = s1, e1, np1
+    else:
+        s2, e2, np2 = moe_align(ids, num_e, c2["BM"])
+    _launch(h, w2, None, out, rw, s2, e2, np2, d, inter, p, limit, 1, k, False, c2)
+    return out

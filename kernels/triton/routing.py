@@ -1,0 +1,124 @@
+"""Triton router tail (sqrt-softplus scores, bias top-k or tid2eid lookup, renorm, scaling) and the
+token->expert block alignment consumed by the grouped GEMM (like fused_moe's moe_align_block_size)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..ref.routing import max_aligned_sizes
+
+
+@triton.jit
+def _route_kernel(logits_ptr, bias_ptr, tid_ptr, tok_ptr, w_out_ptr, id_out_ptr, E, scale,
+                  TOPK: tl.constexpr, KP: tl.constexpr, BLOCK_E: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, HASH: tl.constexpr, RENORM: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK_E)
+    emask = offs < E
+    lg = tl.load(logits_ptr + row * E + offs, mask=emask, other=0.0).to(tl.float32)
+    s = tl.sqrt(tl.maximum(lg, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(lg))))  # sqrt(softplus)
+    kk = tl.arange(0, KP)
+    kmask = kk < TOPK
+    if HASH:
+        tok = tl.load(tok_ptr + row).to(tl.int64)
+        ids = tl.load(tid_ptr + tok * TOPK + kk, mask=kmask, other=0).to(tl.int32)
+        lsel = tl.load(logits_ptr + row * E + ids, mask=kmask, other=0.0).to(tl.float32)
+        w = tl.sqrt(tl.maximum(lsel, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(lsel))))
+        w = tl.where(kmask, w, 0.0)
+    else:
+        sel = s
+        if HAS_BIAS:
+            sel = sel + tl.load(bias_ptr + offs, mask=emask, other=0.0).to(tl.float32)
+        sel = tl.where(emask, sel, float("-inf"))
+        ids = tl.zeros([KP], dtype=tl.int32)
+        w = tl.zeros([KP], dtype=tl.float32)
+        for j in tl.static_range(TOPK):
+            best = tl.argmax(sel, axis=0)
+            sj = tl.sum(tl.where(offs == best, s, 0.0), axis=0)
+            ids = tl.where(kk == j, best.to(tl.int32), ids)
+            w = tl.where(kk == j, sj, w)
+            sel = tl.where(offs == best, float("-inf"), sel)
+    if RENORM:
+        w = w / (tl.sum(w, axis=0) + 1e-20)
+    tl.store(w_out_ptr + row * TOPK + kk, w * scale, mask=kmask)
+    tl.store(id_out_ptr + row * TOPK + kk, ids, mask=kmask)
+
+
+def moe_route(logits, topk, routed_scaling, renorm=True, bias=None, tid2eid=None, input_ids=None):
+    n, e = logits.shape
+    logits = logits.float().contiguous()
+    w = torch.empty(n, topk, dtype=torch.float32, device=logits.device)
+    ids = torch.empty(n, topk, dtype=torch.int32, device=logits.device)
+    if n == 0:
+        return w, ids
+    hashed = tid2eid is not None
+    dummy = logits
+    _route_kernel[(n,)](
+        logits, bias.float().contiguous() if bias is not None else dummy,
+        tid2eid.contiguous() if hashed else dummy, input_ids.contiguous() if hashed else dummy,
+        w, ids, e, float(routed_scaling),
+        TOPK=topk, KP=triton.next_power_of_2(topk), BLOCK_E=triton.next_power_of_2(e),
+        HAS_BIAS=bias is not None, HASH=hashed, RENORM=renorm, num_warps=4 if e >= 256 else 1)
+    return w, ids
+
+
+@triton.jit
+def _align_kernel(ids_ptr, P, sorted_ptr, eids_ptr, npad_ptr, pos_ptr, E, max_pad, max_blocks,
+                  BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr):
+    """One program: histogram -> padded offsets -> block expert ids -> stable scatter of pair ids."""
+    offs_e = tl.arange(0, BLOCK_E)
+    offs_c = tl.arange(0, CHUNK)
+    # sentinel fill
+    for s0 in range(0, max_pad, CHUNK):
+        o = s0 + offs_c
+        tl.store(sorted_ptr + o, tl.zeros([CHUNK], dtype=tl.int32) + P, mask=o < max_pad)
+    hist = tl.zeros([BLOCK_E], dtype=tl.int32)
+    for c0 in range(0, P, CHUNK):
+        o = c0 + offs_c
+        e = tl.load(ids_ptr + o, mask=o < P, other=-1)
+        hist += tl.sum((e[:, None] == offs_e[None, :]).to(tl.int32), axis=0)
+    padded = (hist + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    cum = tl.cumsum(padded, axis=0)
+    total = tl.sum(padded, axis=0)
+    tl.store(pos_ptr + offs_e, cum - padded)
+    tl.store(npad_ptr, total)
+    ends = cum // BLOCK_M
+    nblk = total // BLOCK_M
+    for b0 in range(0, max_blocks, CHUNK):
+        b = b0 + offs_c
+        eid = tl.sum((ends[None, :] <= b[:, None]).to(tl.int32), axis=1)
+        eid = tl.where(b < nblk, eid, -1)
+        tl.store(eids_ptr + b, eid, mask=b < max_blocks)
+    tl.debug_barrier()
+    lower = offs_c[None, :] < offs_c[:, None]  # j < i
+    for c0 in range(0, P, CHUNK):
+        o = c0 + offs_c
+        m = o < P
+        e = tl.load(ids_ptr + o, mask=m, other=-1)
+        rank = tl.sum(((e[:, None] == e[None, :]) & lower).to(tl.int32), axis=1)
+        base = tl.load(pos_ptr + e, mask=m, other=0)
+        tl.store(sorted_ptr + base + rank, o.to(tl.int32), mask=m)
+        hch = tl.sum((e[:, None] == offs_e[None, :]).to(tl.int32), axis=0)
+        tl.debug_barrier()
+        cur = tl.load(pos_ptr + offs_e)
+        tl.debug_barrier()
+        tl.store(pos_ptr + offs_e, cur + hch)
+        tl.debug_barrier()
+
+
+def moe_align(ids, num_experts, block_m):
+    flat = ids.reshape(-1).to(torch.int32).contiguous()
+    p = flat.numel()
+    max_pad, max_blocks = max_aligned_sizes(p, num_experts, block_m)
+    dev = ids.device
+    sorted_ids = torch.empty(max_pad, dtype=torch.int32, device=dev)
+    eids = torch.empty(max_blocks, dtype=torch.int32, device=dev)
+    npad = torch.empty(1, dtype=torch.int32, device=dev)
+    block_e = triton.next_power_of_2(num_experts)
+    pos = torch.empty(block_e, dtype=torch.int32, device=dev)
+    chunk = 64 if p <= 64 else 128
+    _align_kernel[(1,)](flat, p, sorted_ids, eids, npad, pos, num_experts, max_pad, max_blocks,
+                        BLOCK_M=block_m, BLOCK_E=block_e, CHUNK=chunk, num_warps=4)
+    return sorted_ids, eids, npad
