@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import kernels
+
 from .config import ModelConfig, YarnConfig
 
 
@@ -30,17 +32,32 @@ class RMSNorm(nn.Module):
 
 
 class Linear(nn.Module):
-    """y = x W^T with W stored [out, in] under the official name `<module>.weight`."""
+    """y = x W^T with W stored [out, in] under the official name `<module>.weight`.
+
+    Resident FP8 (`make_fp8_resident`): `weight` holds float8_e4m3fn [out, in] and the buffer `scale`
+    its UE8M0 bytes [ceil(out/128), ceil(in/128)] (checkpoint name `<module>.scale`); the product then
+    runs through kernels.fp8_linear. All paths go through kernels.linear.
+    """
 
     def __init__(self, in_features: int, out_features: int, fp32: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.fp32 = fp32  # compute in fp32 (reference does this for compressor and router)
+        self.register_buffer("scale", None)  # UE8M0 bytes once the weight is FP8-resident
+
+    def make_fp8_resident(self) -> None:
+        """Swap the float weight for an (uninitialised) FP8 weight + UE8M0 scale buffer on its device."""
+        out_f, in_f = self.weight.shape
+        dev = self.weight.device
+        self.weight = nn.Parameter(torch.empty(out_f, in_f, dtype=torch.float8_e4m3fn, device=dev),
+                                   requires_grad=False)
+        self.register_buffer("scale", torch.empty(-(-out_f // 128), -(-in_f // 128), dtype=torch.uint8, device=dev))
+
+    def quant_weight(self):
+        return kernels.QuantWeight(self.weight, self.scale, "fp8") if self.scale is not None else self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fp32:
-            return F.linear(x.float(), self.weight.float())
-        return F.linear(x, self.weight)
+        return kernels.linear(x, self.quant_weight(), self.fp32)
 
 
 def rope_inv_freq(rope_dim: int, base: float, yarn: YarnConfig | None) -> torch.Tensor:

@@ -194,12 +194,17 @@ def iter_checkpoint(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     include_mtp: bool = True,
+    keep_quantized=None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Validate, then yield `(name, tensor)` shard by shard (peak host memory ~ one tensor + its scale).
 
     Quantized linears come out dequantized to `dtype` in logical [out, in] shape; other floating
     tensors are cast to `dtype`, except F32 ones (hc_*, attn_sink, ape, gate.bias) which stay float32;
     integer tensors (tid2eid) are yielded as stored.
+
+    `keep_quantized(name) -> bool` (optional): for the FP8/FP4 `.weight` tensors it accepts, yield the
+    stored tensor as is (float8_e4m3fn / packed int8) followed by `(<prefix>.scale, uint8 UE8M0 bytes)`
+    instead of dequantizing (resident quantized weights on the GPU).
     """
     index = validate_checkpoint(model_dir, cfg, include_mtp)
     for shard in index.shards:
@@ -209,6 +214,10 @@ def iter_checkpoint(
                 if spec.init == "scale":
                     continue  # consumed with its weight
                 t = f.get_tensor(name)
+                if spec.quant in ("fp8", "fp4") and keep_quantized is not None and keep_quantized(name):
+                    yield name, t.to(device)
+                    yield scale_name(name), _get_scale(index, f, shard, name).view(torch.uint8).to(device)
+                    continue
                 if spec.quant in ("fp8", "fp4"):
                     t = _dequant(spec, t, _get_scale(index, f, shard, name), dtype)
                 elif t.is_floating_point() and t.dtype != torch.float32:

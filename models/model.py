@@ -21,20 +21,25 @@ from .config import ModelConfig
 from .layers import Linear, RMSNorm, make_ropes
 from .mhc import hc_head, hc_post, hc_pre
 from .moe import MoE
+from .parallel import ParallelContext, local_config, shard_attention, shard_moe
 from .state import ForwardBatch, ModelState, allocate_state, single_sequence_batch
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, mtp: bool = False):
+    def __init__(self, cfg: ModelConfig, layer: int, mtp: bool = False, tp: ParallelContext | None = None):
         super().__init__()
+        self.tp = tp = tp or ParallelContext()
         hc, d = cfg.hc_mult, cfg.hidden_size
         mix = (2 + hc) * hc
         self.cfg = cfg
         self.attn_norm = RMSNorm(d, cfg.rms_norm_eps)
         self.ffn_norm = RMSNorm(d, cfg.rms_norm_eps)
         ratio = cfg.mtp_compress_ratios[layer - cfg.num_hidden_layers] if mtp else cfg.compress_ratios[layer]
-        self.attn = Attention(cfg, ratio)
+        self.attn = Attention(local_config(cfg, tp.world_size), ratio)  # this rank's heads (models/parallel.py)
         self.ffn = MoE(cfg, hash_routed=(not mtp) and cfg.is_hash_layer(layer))
+        if tp.enabled:
+            shard_attention(self.attn, cfg, tp)
+            shard_moe(self.ffn, tp, cfg.n_routed_experts)
         for site in ("attn", "ffn"):
             self.register_parameter(f"hc_{site}_fn", nn.Parameter(torch.zeros(mix, hc * d)))
             self.register_parameter(f"hc_{site}_base", nn.Parameter(torch.zeros(mix)))
@@ -47,16 +52,18 @@ class Block(nn.Module):
 
     def forward(self, x, batch: ForwardBatch, state, rope, cos, sin) -> torch.Tensor:
         u, post, comb = self._pre(x, "attn")
-        x = hc_post(self.attn(self.attn_norm(u), batch, state, rope, cos, sin), x, post, comb)
+        a = self.tp.all_reduce(self.attn(self.attn_norm(u), batch, state, rope, cos, sin))  # wo_b row-parallel
+        x = hc_post(a, x, post, comb)
         u, post, comb = self._pre(x, "ffn")
-        return hc_post(self.ffn(self.ffn_norm(u), batch.input_ids), x, post, comb)
+        f = self.tp.all_reduce(self.ffn(self.ffn_norm(u), batch.input_ids))  # expert-parallel partial sums
+        return hc_post(f, x, post, comb)
 
 
 class MTPBlock(Block):
     """Multi-token-prediction module `mtp.{k}.`: weights load now; speculative decoding uses it later."""
 
-    def __init__(self, cfg: ModelConfig, k: int):
-        super().__init__(cfg, layer=cfg.num_hidden_layers + k, mtp=True)
+    def __init__(self, cfg: ModelConfig, k: int, tp: ParallelContext | None = None):
+        super().__init__(cfg, layer=cfg.num_hidden_layers + k, mtp=True, tp=tp)
         d, hc = cfg.hidden_size, cfg.hc_mult
         self.e_proj = Linear(d, d)
         self.h_proj = Linear(d, d)
@@ -68,30 +75,32 @@ class MTPBlock(Block):
         self.hc_head_scale = nn.Parameter(torch.ones(1))
 
 
-_EXPERT = re.compile(r"^(.*\.ffn)\.experts\.(\d+)\.(w[123])\.weight$")
+_EXPERT = re.compile(r"^(.*\.ffn)\.experts\.(\d+)\.(w[123])\.(weight|scale)$")
 
 
 class DeepseekV4(nn.Module):
-    def __init__(self, cfg: ModelConfig, include_mtp: bool = True):
+    def __init__(self, cfg: ModelConfig, include_mtp: bool = True, parallel: ParallelContext | None = None):
         super().__init__()
         d, hc = cfg.hidden_size, cfg.hc_mult
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, d)
-        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.tp = tp = parallel or ParallelContext()  # tensor/expert parallelism (world_size 1: none)
+        vocab_rows = tp.vocab_range(cfg.vocab_size)[2]  # vocabulary-parallel embedding and head
+        self.embed = nn.Embedding(vocab_rows, d)
+        self.layers = nn.ModuleList(Block(cfg, i, tp=tp) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(d, cfg.rms_norm_eps)
-        self.head = Linear(d, cfg.vocab_size)
+        self.head = Linear(d, vocab_rows)
         self.hc_head_fn = nn.Parameter(torch.zeros(hc, hc * d))
         self.hc_head_base = nn.Parameter(torch.zeros(hc))
         self.hc_head_scale = nn.Parameter(torch.ones(1))
         n_mtp = cfg.num_nextn_predict_layers if include_mtp else 0
-        self.mtp = nn.ModuleList(MTPBlock(cfg, k) for k in range(n_mtp))
+        self.mtp = nn.ModuleList(MTPBlock(cfg, k, tp=tp) for k in range(n_mtp))
         self.rope_main, self.rope_compress = make_ropes(cfg)
 
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, batch: ForwardBatch, state: ModelState) -> torch.Tensor:
         """Run all layers on the batch; -> final hidden states [S, d] at batch.logits_indices."""
         cfg = self.cfg
-        x = self.embed(batch.input_ids)
+        x = self.tp.embed(self.embed, batch.input_ids, cfg.vocab_size)
         x = x.unsqueeze(1).expand(-1, cfg.hc_mult, -1).contiguous()  # [N, hc, d]
         trig = {}
         for name, rope in (("main", self.rope_main), ("compress", self.rope_compress)):
@@ -103,9 +112,9 @@ class DeepseekV4(nn.Module):
         return self.norm(hc_head(x, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, cfg.hc_eps,
                                  cfg.rms_norm_eps))
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[S, d] -> [S, vocab] fp32."""
-        return self.head(hidden).float()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """[S, d] -> [S, vocab] fp32 (tensor parallel: on rank 0; the other ranks get None)."""
+        return self.tp.gather_logits(self.head(hidden).float(), self.cfg.vocab_size)
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor | list[int], block_size: int | None = None) -> torch.Tensor:
@@ -117,9 +126,9 @@ class DeepseekV4(nn.Module):
         batch = single_sequence_batch(ids, 0, torch.arange(n_blocks))
         return self.compute_logits(self.forward(batch, state))
 
-    def new_state(self, num_slots: int, num_blocks: int, block_size: int) -> ModelState:
+    def new_state(self, num_slots: int, num_blocks: int, block_size: int, kv_format: str = "bf16") -> ModelState:
         w = self.embed.weight
-        return allocate_state(self.cfg, num_slots, num_blocks, block_size, w.dtype, w.device)
+        return allocate_state(self.cfg, num_slots, num_blocks, block_size, w.dtype, w.device, kv_format=kv_format)
 
     # ---- weights -----------------------------------------------------------------------------
     def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -133,7 +142,7 @@ class DeepseekV4(nn.Module):
         for name, t in tensors:
             m = _EXPERT.match(name)
             if m:
-                key = f"{m.group(1)}.experts_{m.group(3)}"
+                key = f"{m.group(1)}.experts_{m.group(3)}" + ("_scale" if m.group(4) == "scale" else "")
                 if key not in params:
                     raise KeyError(f"checkpoint tensor {name} has no place in the model")
                 params[key].data[int(m.group(2))].copy_(t)

@@ -1,6 +1,6 @@
 """MoE FFN: sqrt-softplus router (bias-corrected top-k, or hash routing via `tid2eid`), routed
-experts stacked per projection, and the shared expert. The expert compute goes through
-`kernels.moe_experts` (Triton on CUDA later; the pure-torch twin now).
+experts stacked per projection, and the shared expert. Routing and expert compute go through
+`kernels.moe_route` / `kernels.moe_experts` (Triton on CUDA, the pure-torch twins on CPU).
 """
 
 from __future__ import annotations
@@ -31,16 +31,12 @@ class Gate(nn.Module):
         self.renorm = cfg.norm_topk_prob
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [N, d] -> (weights [N, k] fp32, expert ids [N, k] int64)."""
-        scores = F.softplus(F.linear(x.float(), self.weight.float())).sqrt()  # [N, E]
+        """x [N, d] -> (weights [N, k] fp32, expert ids [N, k] int32)."""
+        logits = kernels.linear(x, self.weight, fp32=True)  # [N, E] fp32
         if self.hash_routed:
-            ids = self.tid2eid[input_ids].long()
-        else:
-            ids = torch.topk(scores + self.bias.float(), self.topk, dim=-1, sorted=False).indices
-        w = scores.gather(1, ids)
-        if self.renorm:
-            w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
-        return w * self.scale, ids
+            return kernels.moe_route(logits, self.topk, self.scale, self.renorm, tid2eid=self.tid2eid,
+                                     input_ids=input_ids)
+        return kernels.moe_route(logits, self.topk, self.scale, self.renorm, bias=self.bias)
 
 
 class SharedExpert(nn.Module):
@@ -55,7 +51,7 @@ class SharedExpert(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.w1(x).float().clamp(max=self.limit)
         v = self.w3(x).float().clamp(-self.limit, self.limit)
-        return self.w2((F.silu(g) * v).to(x.dtype))
+        return self.w2((F.silu(g) * v).to(x.dtype))  # Linear -> kernels.linear (FP8 resident on CUDA)
 
 
 class MoE(nn.Module):
@@ -73,10 +69,37 @@ class MoE(nn.Module):
         self.experts_w2 = nn.Parameter(torch.empty(e, d, i))
         self.shared_experts = SharedExpert(cfg) if cfg.n_shared_experts else None
         self.limit = cfg.swiglu_limit
+        self.expert_fmt = None  # None: float stacks; "fp8" / "fp4": resident quantized (see make_resident)
+
+    def make_resident(self, fmt: str) -> None:
+        """Swap the float stacks for uninitialised quantized ones + UE8M0 scale buffers `experts_wX_scale`
+        (checkpoint `ffn.experts.{e}.wX.scale`): fp8 [E, N, K] + [E, N/128, K/128], or MXFP4 int8
+        [E, N, K/2] + [E, N, K/32]."""
+        for name in ("experts_w1", "experts_w3", "experts_w2"):
+            p = getattr(self, name)
+            e, n, k = p.shape
+            dev = p.device
+            if fmt == "fp8":
+                data = torch.empty(e, n, k, dtype=torch.float8_e4m3fn, device=dev)
+                scale = torch.empty(e, -(-n // 128), -(-k // 128), dtype=torch.uint8, device=dev)
+            elif fmt == "fp4":
+                data = torch.empty(e, n, k // 2, dtype=torch.int8, device=dev)
+                scale = torch.empty(e, n, k // 32, dtype=torch.uint8, device=dev)
+            else:
+                raise ValueError(f"unknown expert format {fmt!r}")
+            setattr(self, name, nn.Parameter(data, requires_grad=False))
+            self.register_buffer(name + "_scale", scale)
+        self.expert_fmt = fmt
+
+    def _w(self, name: str):
+        p = getattr(self, name)
+        return p if self.expert_fmt is None else kernels.QuantWeight(p, getattr(self, name + "_scale"), self.expert_fmt)
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         weights, ids = self.gate(x, input_ids)
-        y = kernels.moe_experts(x, self.experts_w1, self.experts_w3, self.experts_w2, weights, ids, self.limit)
+        ep = getattr(self, "ep", None)  # expert parallelism (models/parallel.py): this rank's experts only
+        experts = kernels.moe_experts if ep is None else ep.moe_experts
+        y = experts(x, self._w("experts_w1"), self._w("experts_w3"), self._w("experts_w2"), weights, ids, self.limit)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x).float()
         return y.to(x.dtype)
