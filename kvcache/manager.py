@@ -60,11 +60,8 @@ class KVCacheManager:
                 f"block_size {block_size} must be a positive multiple of every compression ratio "
                 f"{model_cfg.distinct_ratios} (i.e. of {model_cfg.ratio_lcm})"
             )
-        if kv_format != "bf16":
-            raise ValueError(
-                f"kv_format {kv_format!r} cannot be allocated yet: models/state.py stores entries densely "
-                "in the compute dtype ('bf16' layout); 'fp8' is a sizing-only format for now"
-            )
+        if kv_format not in ("bf16", "fp8"):
+            raise ValueError(f"kv_format {kv_format!r}: choose 'bf16' (dense, default) or 'fp8' (584-byte entries)")
         self.model_cfg = model_cfg
         self.block_size = block_size
         self.num_blocks = num_blocks
@@ -73,7 +70,9 @@ class KVCacheManager:
         self.device = torch.device(device)
         self.pool = BlockPool(num_blocks)
         self.slots = SlotPool(num_slots)
-        self.state: ModelState = allocate_state(model_cfg, num_slots, num_blocks, block_size, dtype, self.device)
+        self.state: ModelState = allocate_state(
+            model_cfg, num_slots, num_blocks, block_size, dtype, self.device, kv_format=kv_format
+        )
         self._seqs: dict[str, _SeqCache] = {}
         width = min(_INITIAL_TABLE_WIDTH, num_blocks)
         self._table = np.full((num_slots, width), -1, dtype=np.int64)  # host block tables, row = slot

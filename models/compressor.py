@@ -7,6 +7,9 @@ i = start//m ... (start+n)//m - 1. The tokens of earlier chunks that those entri
 per-sequence tail ring (`kv_tail` / `score_tail`, row = position % (coff*m)). After the chunk
 the ring holds its last coff*m positions. Ring rows for positions < 0 are never read, so a
 recycled slot needs no clearing.
+
+The projections are plain GEMMs here; pooling, norm, RoPE, the paged write and the tail update are
+one op, `kernels.compress_and_store` (Triton on CUDA, kernels/ref/compressor.py on CPU).
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import kernels as kops
+
 from .layers import Linear, RMSNorm, Rope
+from .state import AttnMeta
 
 
 class Compressor(nn.Module):
@@ -40,63 +46,19 @@ class Compressor(nn.Module):
         score = self.wgate(x) + self.ape.float()[positions % self.ratio]
         return kv, score
 
-    def step(
+    def store(
         self,
-        kv: torch.Tensor,  # [n, coff*c] fp32: this sequence's chunk
-        score: torch.Tensor,  # [n, coff*c] fp32
-        start: int,  # position of the chunk's first token
-        kv_tail: torch.Tensor,  # [coff*m, coff*c] fp32 view into the slot (updated in place)
+        kv: torch.Tensor,  # [N, coff*c] fp32 (from project)
+        score: torch.Tensor,  # [N, coff*c] fp32
+        kv_tail: torch.Tensor,  # [S, coff*m, coff*c] fp32 slot rings (updated)
         score_tail: torch.Tensor,
+        pool: torch.Tensor,  # paged entries (updated)
+        meta: AttnMeta,
         rope: Rope,
-    ) -> tuple[torch.Tensor, int]:
-        """Close every entry completed by this chunk. -> (entries [k, c] in fp32, first entry index)."""
-        m, coff, c = self.ratio, self.coff, self.width
-        n = kv.shape[0]
-        first = start // m
-        end_entry = (start + n) // m  # exclusive
-        base = max(0, (first - (coff - 1)) * m)  # earliest position any new entry reads
-        if end_entry > first:
-            if base < start:
-                rows = torch.arange(base, start, device=kv.device) % self.ring
-                kv_all = torch.cat((kv_tail[rows], kv), 0)
-                sc_all = torch.cat((score_tail[rows], score), 0)
-            else:
-                kv_all, sc_all = kv, score
-            entries = self._pool(kv_all, sc_all, base, first, end_entry)
-            entries = self.norm(entries)
-            pos = torch.arange(first, end_entry, device=kv.device) * m
-            cos, sin = rope.cos_sin(pos)
-            entries = rope.apply(entries, cos, sin)
-        else:
-            entries = kv.new_zeros((0, c))
-        keep = min(n, self.ring)
-        rows = torch.arange(start + n - keep, start + n, device=kv.device) % self.ring
-        kv_tail[rows] = kv[n - keep:]
-        score_tail[rows] = score[n - keep:]
-        return entries, first
-
-    def _pool(self, kv: torch.Tensor, sc: torch.Tensor, base: int, first: int, end: int) -> torch.Tensor:
-        """Softmax-gated pooling per channel. kv/sc rows cover positions [base, ...)."""
-        m, c = self.ratio, self.width
-        k = end - first
-        off = first * m - base  # row of entry `first`'s block start
-        cur_kv = kv[off:off + k * m].view(k, m, -1)
-        cur_sc = sc[off:off + k * m].view(k, m, -1)
-        if self.coff == 1:
-            w = torch.softmax(cur_sc, dim=1)
-            return (w * cur_kv).sum(dim=1)
-        # CSA: entry i pools B-halves ([c:]) of block i and A-halves ([:c]) of block i-1.
-        b_kv, b_sc = cur_kv[..., c:], cur_sc[..., c:]
-        a_kv = kv.new_zeros((k, m, c))
-        a_sc = sc.new_full((k, m, c), float("-inf"))
-        prev_start = off - m
-        if prev_start >= 0:
-            a_kv[:] = kv[prev_start:prev_start + k * m].view(k, m, -1)[..., :c]
-            a_sc[:] = sc[prev_start:prev_start + k * m].view(k, m, -1)[..., :c]
-        elif k > 1:  # entry 0 has no previous block; the others do
-            a_kv[1:] = kv[off:off + (k - 1) * m].view(k - 1, m, -1)[..., :c]
-            a_sc[1:] = sc[off:off + (k - 1) * m].view(k - 1, m, -1)[..., :c]
-        all_kv = torch.cat((a_kv, b_kv), dim=1)
-        all_sc = torch.cat((a_sc, b_sc), dim=1)
-        w = torch.softmax(all_sc, dim=1)
-        return (w * all_kv).sum(dim=1)
+        index_keys: bool = False,
+    ) -> None:
+        """Close every entry completed by the batch's chunks, write it into `pool`, update the tails."""
+        kops.compress_and_store(
+            kv, score, kv_tail, score_tail, self.norm.weight, rope.inv_freq, pool, meta,
+            ratio=self.ratio, overlap=self.coff == 2, eps=self.norm.eps, index_keys=index_keys,
+        )

@@ -41,19 +41,44 @@ class StateTensorSpec:
     scope: str  # "slot" (one row per live sequence) or "block" (one row per paged block)
     shape: tuple[int, ...]  # shape of one row
     fp32: bool  # True: always float32 (compressor tails); False: the model's compute/KV dtype
+    packed: bool = False  # True: uint8 rows in an FP8 entry format (kernels/ref/kv_fp8.py)
 
     def row_bytes(self, kv_dtype: torch.dtype) -> int:
         n = 1
         for s in self.shape:
             n *= s
+        if self.packed:
+            return n
         return n * (4 if self.fp32 else torch.empty(0, dtype=kv_dtype).element_size())
 
+    def dtype(self, kv_dtype: torch.dtype) -> torch.dtype:
+        return torch.uint8 if self.packed else (torch.float32 if self.fp32 else kv_dtype)
 
-def layer_state_specs(cfg: ModelConfig, layer: int, block_size: int) -> list[StateTensorSpec]:
-    """State tensors of main layer `layer` (see the module docstring for the layouts)."""
+
+KV_FORMATS = ("bf16", "fp8")
+
+
+def _fp8_entry_bytes(c: int, r: int) -> int:
+    nope = c - r
+    raw = nope + 2 * r + -(-nope // 64)
+    return -(-raw // 8) * 8
+
+
+def layer_state_specs(cfg: ModelConfig, layer: int, block_size: int, kv_format: str = "bf16") -> list[StateTensorSpec]:
+    """State tensors of main layer `layer` (see the module docstring for the layouts).
+
+    kv_format "bf16" (default, the parity reference): entries dense in the model's KV dtype.
+    kv_format "fp8": window rows and compressed entries are uint8 rows of the 584-byte FP8 entry
+    (448 E4M3 + 64 BF16 rope + 7 UE8M0 scales + pad, for V4 shapes), indexer keys uint8 rows of
+    ci FP8 bytes + one fp32 scale (132 B); see kernels/ref/kv_fp8.py.
+    """
+    if kv_format not in KV_FORMATS:
+        raise ValueError(f"unknown kv_format {kv_format!r} (choose from {KV_FORMATS})")
+    fp8 = kv_format == "fp8"
     c = cfg.head_dim
+    ew = _fp8_entry_bytes(c, cfg.qk_rope_head_dim) if fp8 else c
     ratio = cfg.compress_ratios[layer]
-    specs = [StateTensorSpec("window", "slot", (cfg.sliding_window, c), False)]
+    specs = [StateTensorSpec("window", "slot", (cfg.sliding_window, ew), False, fp8)]
     if ratio == 0:
         return specs
     if block_size % ratio:
@@ -62,23 +87,23 @@ def layer_state_specs(cfg: ModelConfig, layer: int, block_size: int) -> list[Sta
     specs += [
         StateTensorSpec("kv_tail", "slot", (coff * ratio, coff * c), True),
         StateTensorSpec("score_tail", "slot", (coff * ratio, coff * c), True),
-        StateTensorSpec("compressed", "block", (block_size // ratio, c), False),
+        StateTensorSpec("compressed", "block", (block_size // ratio, ew), False, fp8),
     ]
     if ratio == CSA_RATIO:
         ci = cfg.index_head_dim
         specs += [
             StateTensorSpec("idx_kv_tail", "slot", (2 * ratio, 2 * ci), True),
             StateTensorSpec("idx_score_tail", "slot", (2 * ratio, 2 * ci), True),
-            StateTensorSpec("index_keys", "block", (block_size // ratio, ci), False),
+            StateTensorSpec("index_keys", "block", (block_size // ratio, ci + 4 if fp8 else ci), False, fp8),
         ]
     return specs
 
 
-def state_bytes(cfg: ModelConfig, block_size: int, kv_dtype: torch.dtype) -> tuple[int, int]:
+def state_bytes(cfg: ModelConfig, block_size: int, kv_dtype: torch.dtype, kv_format: str = "bf16") -> tuple[int, int]:
     """(bytes per slot, bytes per block) over all main layers."""
     per_slot = per_block = 0
     for layer in range(cfg.num_hidden_layers):
-        for s in layer_state_specs(cfg, layer, block_size):
+        for s in layer_state_specs(cfg, layer, block_size, kv_format):
             if s.scope == "slot":
                 per_slot += s.row_bytes(kv_dtype)
             else:
@@ -94,6 +119,7 @@ class ModelState:
     num_slots: int
     num_blocks: int
     layers: list[dict[str, torch.Tensor]] = field(default_factory=list)  # layers[i][spec.name]
+    kv_format: str = "bf16"  # "bf16": dense entries in the KV dtype; "fp8": packed uint8 entries
 
 
 def allocate_state(
@@ -103,13 +129,14 @@ def allocate_state(
     block_size: int,
     dtype: torch.dtype,
     device: torch.device | str = "cpu",
+    kv_format: str = "bf16",
 ) -> ModelState:
-    st = ModelState(block_size=block_size, num_slots=num_slots, num_blocks=num_blocks)
+    st = ModelState(block_size=block_size, num_slots=num_slots, num_blocks=num_blocks, kv_format=kv_format)
     for layer in range(cfg.num_hidden_layers):
         d: dict[str, torch.Tensor] = {}
-        for s in layer_state_specs(cfg, layer, block_size):
+        for s in layer_state_specs(cfg, layer, block_size, kv_format):
             rows = num_slots if s.scope == "slot" else num_blocks
-            d[s.name] = torch.zeros((rows, *s.shape), dtype=torch.float32 if s.fp32 else dtype, device=device)
+            d[s.name] = torch.zeros((rows, *s.shape), dtype=s.dtype(dtype), device=device)
         st.layers.append(d)
     return st
 
@@ -129,6 +156,7 @@ class ForwardBatch:
     logits_indices: torch.Tensor  # [S] int64, device: flat token rows whose logits are wanted
     query_start: list[int]  # [B+1] host: prefix sums of chunk lengths
     context_lens: list[int]  # [B] host: tokens already processed before this chunk
+    meta: "AttnMeta | None" = None  # device metadata for the attention kernels (see batch_metadata)
 
     @property
     def num_seqs(self) -> int:
@@ -158,3 +186,53 @@ def single_sequence_batch(
         query_start=[0, n],
         context_lens=[start_pos],
     )
+
+
+@dataclass
+class AttnMeta:
+    """Per-batch metadata the kernels (kernels/__init__.py) consume; built once per forward.
+
+    Device tensors are int32. Host ints bound the grids (no device->host sync in the kernels).
+    """
+
+    query_start: torch.Tensor  # [B+1] int32
+    context_lens: torch.Tensor  # [B] int32
+    slot_ids: torch.Tensor  # [B] int32
+    block_tables: torch.Tensor  # [B, max_blocks] int32 (-1 = unused)
+    tok_seq: torch.Tensor  # [N] int32: sequence index of each flat token
+    positions: torch.Tensor  # [N] int32
+    query_start_host: list[int]
+    context_lens_host: list[int]
+    max_query_len: int
+    max_seq_len: int  # max over sequences of context_len + query_len
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.context_lens_host)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.query_start_host[-1]
+
+
+def batch_metadata(batch: ForwardBatch) -> AttnMeta:
+    """The batch's AttnMeta (computed on first use and cached on the batch)."""
+    if batch.meta is not None:
+        return batch.meta
+    dev = batch.positions.device
+    qs, cl = list(batch.query_start), list(batch.context_lens)
+    lens = [qs[b + 1] - qs[b] for b in range(len(cl))]
+    tok_seq = torch.repeat_interleave(torch.arange(len(cl), dtype=torch.int32), torch.tensor(lens, dtype=torch.long))
+    batch.meta = AttnMeta(
+        query_start=torch.tensor(qs, dtype=torch.int32, device=dev),
+        context_lens=torch.tensor(cl, dtype=torch.int32, device=dev),
+        slot_ids=batch.slot_ids.to(device=dev, dtype=torch.int32),
+        block_tables=batch.block_tables.to(device=dev, dtype=torch.int32).contiguous(),
+        tok_seq=tok_seq.to(dev),
+        positions=batch.positions.to(torch.int32),
+        query_start_host=qs,
+        context_lens_host=cl,
+        max_query_len=max(lens, default=0),
+        max_seq_len=max((c + n for c, n in zip(cl, lens)), default=0),
+    )
+    return batch.meta

@@ -68,8 +68,9 @@ def test_misuse_errors():
         kv.allocate("a", -1)
     with pytest.raises(ValueError, match="multiple"):
         make(block_size=12)
-    with pytest.raises(ValueError, match="fp8"):
-        make(kv_format="fp8")
+    with pytest.raises(ValueError, match="kv_format"):
+        make(kv_format="fp4")
+    assert make(kv_format="fp8").state.layers[-1]["window"].dtype == torch.uint8
 
 
 def test_block_table_tensor_padding_and_growth():

@@ -1,0 +1,50 @@
+"""Pure-torch twin of the lightning indexer + top-k (kernels/triton/indexer.py, same signature).
+
+Token t at position p of sequence b scores every eligible indexer key e < (p+1)//ratio:
+    I[t, e] = sum_h w[t, h] * relu(q[t, h] . k_e)
+and returns the top-k entry indices, [N, topk] int32, -1 = no entry (fewer eligible than topk).
+The order inside a row is unspecified (attention is order-independent); ties at the threshold are
+broken by torch.topk here, by lowest index in the Triton kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from models.state import AttnMeta
+
+from .attention import gather_entries
+from .kv_fp8 import read_keys
+
+
+def indexer_topk(
+    q: torch.Tensor,  # [N, HI, cI] (fp32 or bf16)
+    w: torch.Tensor,  # [N, HI] fp32 head weights (scales included)
+    keys: torch.Tensor,  # [num_blocks, per_block, cI] dense, or uint8 [.., cI + 4] FP8
+    meta: AttnMeta,
+    topk: int,
+    *,
+    ratio: int = 4,
+) -> torch.Tensor:
+    n_tok, _, ci = q.shape
+    out = torch.full((n_tok, topk), -1, dtype=torch.int32, device=q.device)
+    qs, cl = meta.query_start_host, meta.context_lens_host
+    for b in range(meta.num_seqs):
+        s0, s1 = qs[b], qs[b + 1]
+        if s1 == s0:
+            continue
+        e = (cl[b] + s1 - s0) // ratio
+        if e == 0:
+            continue
+        kb = read_keys(gather_entries(keys, meta.block_tables[b], e), ci)
+        pos = meta.positions[s0:s1].long()
+        scores = torch.einsum("nhc,ec->nhe", q[s0:s1].float(), kb).relu_()
+        scores = (scores * w[s0:s1].float().unsqueeze(-1)).sum(1)  # [n, E]
+        limit = (pos + 1) // ratio
+        eligible = torch.arange(e, device=q.device)[None, :] < limit[:, None]
+        scores = scores.masked_fill(~eligible, float("-inf"))
+        k = min(topk, e)
+        idx = scores.topk(k, dim=-1).indices
+        ok = torch.gather(eligible, 1, idx)
+        out[s0:s1, :k] = torch.where(ok, idx, -1).to(torch.int32)
+    return out

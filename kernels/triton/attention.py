@@ -1,0 +1,288 @@
+"""Triton sparse attention over window ring + compressed entries (decode and chunked prefill).
+
+One program = one query token x all its heads (BLOCK_H >= 16 rows of one tl.dot) x one split of
+its entry list. The entry list of token t is [W window slots | compressed entries]: window slot j
+is position p = pos-W+1+j (read from the slot's ring if p < chunk start, else from the chunk's own
+packed rows `kv_cur`); compressed entry = topk_idx[t, j-W] (CSA, -1 = none) or j-W (HCA, valid
+while < (pos+1)//ratio), addressed through the block table. Each tile of BLOCK_N entries is
+gathered (index -> address) and dequantized ONCE into a [BLOCK_N, D] tile that serves as K for
+s = q @ K^T and as V for acc += p @ V (K = V), online softmax in base 2, per-head sink added to
+the denominator at the end. Long lists (HCA at long context, small batch) are split over
+NSPLIT programs whose partial (m, l, acc) are merged by `_combine_kernel`.
+
+Storage format: dense rows (bf16/fp16/fp32) or packed FP8 uint8 rows (kernels/ref/kv_fp8.py):
+NOPE e4m3 bytes, R bf16 rope values, NOPE/64 UE8M0 scale bytes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from models.state import AttnMeta
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _cfg(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@triton.jit
+def _load_tile(ptr, valid, D: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr, FP8: tl.constexpr,
+               DOT_DT: tl.constexpr):
+    """Gather rows at byte/element addresses `ptr` [BN] -> [BN, D] in DOT_DT (dequantized once)."""
+    cols = tl.arange(0, D)
+    if FP8:
+        is_nope = cols < NOPE
+        raw = tl.load(ptr[:, None] + cols[None, :], mask=valid[:, None] & is_nope[None, :], other=0)
+        v8 = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        sc = tl.load(ptr[:, None] + (NOPE + 2 * R) + cols[None, :] // 64, mask=valid[:, None] & is_nope[None, :],
+                     other=127)
+        v8 = v8 * tl.exp2(sc.to(tl.float32) - 127.0)
+        rptr = (ptr + NOPE).to(tl.pointer_type(tl.bfloat16))
+        rv = tl.load(rptr[:, None] + (cols[None, :] - NOPE), mask=valid[:, None] & (cols[None, :] >= NOPE), other=0.0)
+        tile = tl.where(is_nope[None, :], v8, rv.to(tl.float32))
+        return tile.to(DOT_DT)
+    else:
+        tile = tl.load(ptr[:, None] + cols[None, :], mask=valid[:, None], other=0.0)
+        return tile.to(DOT_DT)
+
+
+@triton.jit
+def _sparse_attn_kernel(
+    q_ptr, cur_ptr, ring_ptr, pool_ptr, topk_ptr, tables_ptr, tok_seq_ptr, pos_ptr, qstart_ptr, ctx_ptr,
+    slot_ptr, sink_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
+    H, table_stride, topk_stride, split_len, sm_scale_log2,
+    W: tl.constexpr, ROW: tl.constexpr, PB: tl.constexpr, RATIO: tl.constexpr, K: tl.constexpr,
+    HAS_POOL: tl.constexpr, HAS_TOPK: tl.constexpr, NSPLIT: tl.constexpr,
+    D: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr, FP8: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, DOT_DT: tl.constexpr,
+):
+    t = tl.program_id(0)
+    sp = tl.program_id(1)
+    b = tl.load(tok_seq_ptr + t)
+    pos = tl.load(pos_ptr + t)
+    start = tl.load(ctx_ptr + b)
+    qs = tl.load(qstart_ptr + b)
+    slot = tl.load(slot_ptr + b).to(tl.int64)
+    heads = tl.arange(0, BLOCK_H)
+    hmask = heads < H
+    cols = tl.arange(0, D)
+    q = tl.load(q_ptr + (t.to(tl.int64) * H + heads[:, None]) * D + cols[None, :], mask=hmask[:, None], other=0.0)
+    q = q.to(DOT_DT)
+
+    if HAS_POOL:
+        if HAS_TOPK:
+            total = W + K
+        else:
+            total = W + (pos + 1) // RATIO
+    else:
+        total = W
+    lo = sp * split_len
+    hi = tl.minimum(lo + split_len, total)
+
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, D], tl.float32)
+    offs = tl.arange(0, BLOCK_N)
+    for j0 in range(lo, hi, BLOCK_N):
+        j = j0 + offs
+        p = pos - W + 1 + j
+        win = (j < W) & (p >= 0)
+        from_ring = win & (p < start)
+        ring_row = (slot * W + (p % W)) * ROW
+        cur_row = (qs + p - start).to(tl.int64) * ROW
+        ptr = tl.where(from_ring, ring_ptr + ring_row, cur_ptr + cur_row)
+        valid = win
+        if HAS_POOL:
+            is_c = (j >= W) & (j < hi)
+            if HAS_TOPK:
+                e = tl.load(topk_ptr + t.to(tl.int64) * topk_stride + (j - W), mask=is_c, other=-1)
+                c_ok = is_c & (e >= 0)
+            else:
+                e = j - W
+                c_ok = is_c
+            e = tl.where(c_ok, e, 0)
+            blk = tl.load(tables_ptr + b.to(tl.int64) * table_stride + e // PB, mask=c_ok, other=0).to(tl.int64)
+            pool_row = (blk * PB + e % PB) * ROW
+            ptr = tl.where(c_ok, pool_ptr + pool_row, ptr)
+            valid = valid | c_ok
+        kt = _load_tile(ptr, valid, D, NOPE, R, FP8, DOT_DT)  # [BN, D]
+        s = tl.dot(q, tl.trans(kt)) * sm_scale_log2  # [BH, BN] (log2 units)
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        pr = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(pr, 1)
+        acc = acc * alpha[:, None] + tl.dot(pr.to(DOT_DT), kt)
+        m_i = m_new
+
+    if NSPLIT == 1:
+        sink = tl.load(sink_ptr + heads, mask=hmask, other=0.0) * 1.4426950408889634
+        mm = tl.maximum(m_i, sink)
+        den = l_i * tl.exp2(m_i - mm) + tl.exp2(sink - mm)
+        o = acc * (tl.exp2(m_i - mm) / den)[:, None]
+        tl.store(out_ptr + (t.to(tl.int64) * H + heads[:, None]) * D + cols[None, :], o.to(out_ptr.dtype.element_ty),
+                 mask=hmask[:, None])
+    else:
+        base = (t.to(tl.int64) * NSPLIT + sp) * H
+        tl.store(part_acc_ptr + (base + heads[:, None]) * D + cols[None, :], acc, mask=hmask[:, None])
+        tl.store(part_ml_ptr + (base + heads) * 2, m_i, mask=hmask)
+        tl.store(part_ml_ptr + (base + heads) * 2 + 1, l_i, mask=hmask)
+
+
+@triton.jit
+def _combine_kernel(part_acc_ptr, part_ml_ptr, sink_ptr, out_ptr, H,
+                    NSPLIT: tl.constexpr, NS_P2: tl.constexpr, D: tl.constexpr):
+    t = tl.program_id(0)
+    h = tl.program_id(1)
+    sidx = tl.arange(0, NS_P2)
+    smask = sidx < NSPLIT
+    base = (t.to(tl.int64) * NSPLIT + sidx) * H + h
+    m = tl.load(part_ml_ptr + base * 2, mask=smask, other=float("-inf"))
+    l = tl.load(part_ml_ptr + base * 2 + 1, mask=smask, other=0.0)
+    sink = tl.load(sink_ptr + h) * 1.4426950408889634
+    mm = tl.maximum(tl.max(m, 0), sink)
+    wgt = tl.exp2(m - mm)
+    den = tl.sum(l * wgt, 0) + tl.exp2(sink - mm)
+    cols = tl.arange(0, D)
+    a = tl.load(part_acc_ptr + base[:, None] * D + cols[None, :], mask=smask[:, None], other=0.0)
+    o = tl.sum(a * wgt[:, None], 0) / den
+    tl.store(out_ptr + (t.to(tl.int64) * H + h) * D + cols, o.to(out_ptr.dtype.element_ty))
+
+
+def _fmt(store: torch.Tensor, c: int, rope_dim: int):
+    fp8 = store.dtype == torch.uint8
+    if fp8:
+        nope = c - rope_dim
+        assert nope % 64 == 0 and rope_dim == 64 or INTERPRET or nope % 64 == 0, "FP8 Triton path needs nope % 64 == 0"
+        return True, nope, rope_dim
+    return False, c, rope_dim
+
+
+def _num_splits(n_tok: int, max_total: int, block_n: int) -> int:
+    forced = _cfg("V4_ATTN_NSPLIT", 0)
+    if forced:
+        return max(1, min(forced, triton.cdiv(max_total, block_n)))
+    sms = 132
+    if n_tok >= sms or max_total <= 4 * block_n:
+        return 1
+    return max(1, min(triton.cdiv(2 * sms, n_tok), triton.cdiv(max_total, 4 * block_n), 64))
+
+
+def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta: AttnMeta, sink, *, ratio: int, scale: float,
+                     rope_dim: int, nsplit: int | None = None, block_n: int | None = None, num_warps: int | None = None):
+    n_tok, h, c = q.shape
+    out = torch.empty_like(q)
+    if n_tok == 0:
+        return out
+    assert c & (c - 1) == 0, "head_dim must be a power of two"
+    fp8, nope, r = _fmt(ring, c, rope_dim)
+    w = ring.shape[1]
+    row = ring.shape[2]
+    has_pool = pool is not None
+    has_topk = topk_idx is not None
+    k = topk_idx.shape[1] if has_topk else 0
+    pb = pool.shape[1] if has_pool else 1
+    if has_pool and has_topk:
+        max_total = w + k
+    elif has_pool:
+        max_total = w + meta.max_seq_len // ratio
+    else:
+        max_total = w
+    bn = block_n or (16 if INTERPRET else _cfg("V4_ATTN_BLOCK_N", 32))
+    ns = nsplit or _num_splits(n_tok, max_total, bn)
+    split_len = triton.cdiv(triton.cdiv(max_total, ns), bn) * bn
+    block_h = max(16, triton.next_power_of_2(h))
+    dot_dt = tl.float32 if (INTERPRET or q.dtype == torch.float32) else tl.bfloat16
+    if ns > 1:
+        part_acc = torch.empty((n_tok, ns, h, c), dtype=torch.float32, device=q.device)
+        part_ml = torch.empty((n_tok, ns, h, 2), dtype=torch.float32, device=q.device)
+    else:
+        part_acc = part_ml = out
+    dummy = kv_cur
+    tables = meta.block_tables
+    topk_t = topk_idx if has_topk else meta.tok_seq
+    _sparse_attn_kernel[(n_tok, ns)](
+        q.contiguous(), kv_cur, ring, pool if has_pool else dummy, topk_t, tables, meta.tok_seq, meta.positions,
+        meta.query_start, meta.context_lens, meta.slot_ids, sink.float().contiguous(), out, part_acc, part_ml,
+        h, tables.stride(0), topk_t.stride(0) if has_topk else 0, split_len, scale * 1.4426950408889634,
+        W=w, ROW=row, PB=pb, RATIO=max(ratio, 1), K=k, HAS_POOL=has_pool, HAS_TOPK=has_topk, NSPLIT=ns,
+        D=c, NOPE=nope, R=r, FP8=fp8, BLOCK_H=block_h, BLOCK_N=bn, DOT_DT=dot_dt,
+        num_warps=num_warps or _cfg("V4_ATTN_WARPS", 8), num_stages=_cfg("V4_ATTN_STAGES", 2),
+    )
+    if ns > 1:
+        _combine_kernel[(n_tok, h)](part_acc, part_ml, sink.float().contiguous(), out, h, NSPLIT=ns,
+                                    NS_P2=triton.next_power_of_2(ns), D=c, num_warps=4)
+    return out
+
+
+# ---- packing and window store ---------------------------------------------------------------
+
+@triton.jit
+def store_entry_fp8(x, row_ptr, D: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr, mask):
+    """Quantize one entry x [D] fp32 (rope = last R dims) into the packed row at row_ptr (uint8)."""
+    NB: tl.constexpr = D // 64
+    x2 = tl.reshape(x, [NB, 64])
+    blk = tl.arange(0, NB)
+    lane = tl.arange(0, 64)
+    amax = tl.max(tl.abs(x2), 1)
+    amax = tl.maximum(amax, 1e-30)
+    e = tl.ceil(tl.log2(amax / 448.0))
+    e = tl.minimum(tl.maximum(e, -127.0), 127.0)
+    qv = x2 * tl.exp2(-e)[:, None]
+    qv = tl.minimum(tl.maximum(qv, -448.0), 448.0)
+    qb = qv.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
+    is_nope = blk < NOPE // 64
+    tl.store(row_ptr + blk[:, None] * 64 + lane[None, :], qb, mask=is_nope[:, None] & mask)
+    tl.store(row_ptr + NOPE + 2 * R + blk, (e + 127.0).to(tl.uint8), mask=is_nope & mask)
+    rptr = (row_ptr + NOPE).to(tl.pointer_type(tl.bfloat16))
+    tl.store(rptr + (blk[:, None] * 64 + lane[None, :] - NOPE), x2.to(tl.bfloat16),
+             mask=(blk[:, None] * 64 + lane[None, :] >= NOPE) & mask)
+
+
+@triton.jit
+def _pack_kernel(x_ptr, out_ptr, ROW: tl.constexpr, D: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)
+    x = tl.load(x_ptr + t * D + tl.arange(0, D)).to(tl.float32)
+    store_entry_fp8(x, out_ptr + t * ROW, D, NOPE, R, True)
+
+
+def kv_pack(kv, ring, rope_dim: int):
+    if ring.dtype != torch.uint8:
+        return kv.to(ring.dtype).contiguous()
+    n, c = kv.shape
+    row = ring.shape[-1]
+    out = torch.zeros((n, row), dtype=torch.uint8, device=kv.device)
+    if n:
+        _pack_kernel[(n,)](kv.contiguous(), out, ROW=row, D=c, NOPE=c - rope_dim, R=rope_dim, num_warps=4)
+    return out
+
+
+@triton.jit
+def _window_store_kernel(cur_ptr, ring_ptr, tok_seq_ptr, pos_ptr, qstart_ptr, slot_ptr,
+                         W: tl.constexpr, ROW: tl.constexpr, BLOCK: tl.constexpr):
+    t = tl.program_id(0)
+    b = tl.load(tok_seq_ptr + t)
+    pos = tl.load(pos_ptr + t)
+    qs = tl.load(qstart_ptr + b)
+    qe = tl.load(qstart_ptr + b + 1)
+    if qe - 1 - t < W:
+        slot = tl.load(slot_ptr + b).to(tl.int64)
+        cols = tl.arange(0, BLOCK)
+        v = tl.load(cur_ptr + t.to(tl.int64) * ROW + cols, mask=cols < ROW)
+        tl.store(ring_ptr + (slot * W + pos % W) * ROW + cols, v, mask=cols < ROW)
+
+
+def window_store(kv_cur, ring, meta: AttnMeta) -> None:
+    n = kv_cur.shape[0]
+    if n == 0:
+        return
+    w, row = ring.shape[1], ring.shape[2]
+    _window_store_kernel[(n,)](kv_cur, ring, meta.tok_seq, meta.positions, meta.query_start, meta.slot_ids,
+                               W=w, ROW=row, BLOCK=triton.next_power_of_2(row), num_warps=4)

@@ -1,0 +1,163 @@
+"""Triton compress-and-store: gated pooling (CSA overlapped / HCA) + RMSNorm + RoPE + paged write,
+then the tail-ring update. Decode and prefill use the same two kernels.
+
+_emit_kernel   grid (B, max new entries per sequence): program (b, k) closes entry first_b + k if
+               the chunk completes it. Rows (positions) come from the slot's tail ring when before
+               the chunk start, else from the chunk's projected rows. Per-channel online softmax
+               over the m (HCA) or 2m (CSA: A-half of block i-1 + B-half of block i) rows. Each
+               channel is computed together with its RoPE partner (channel ^ 1) so the rotation
+               needs no register shuffles. Writes a dense row or a packed FP8 row
+               (main entry: 584-byte layout; indexer key: FP8 + fp32 scale).
+_tail_kernel   grid (N,): the last coff*m tokens of each chunk -> tail rings (after _emit_kernel).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from models.state import AttnMeta
+
+from .attention import store_entry_fp8
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _pool_rows(kv_ptr, sc_ptr, kt_ptr, st_ptr, slot, qs, start, p0, n_rows, ch, chp, cmask, ch_off,
+               RING: tl.constexpr, WIDTH: tl.constexpr, m, l, a, mp, lp, ap):
+    """Online per-channel softmax-pool of rows at positions p0 .. p0+n_rows-1 (channels ch + ch_off)."""
+    for i in range(0, n_rows):
+        p = p0 + i
+        in_tail = p < start
+        toff = (slot * RING + p % RING) * WIDTH + ch_off
+        coff_ = (qs + p - start).to(tl.int64) * WIDTH + ch_off
+        if in_tail:
+            s = tl.load(st_ptr + toff + ch, mask=cmask)
+            v = tl.load(kt_ptr + toff + ch, mask=cmask)
+            sp = tl.load(st_ptr + toff + chp, mask=cmask)
+            vp = tl.load(kt_ptr + toff + chp, mask=cmask)
+        else:
+            s = tl.load(sc_ptr + coff_ + ch, mask=cmask)
+            v = tl.load(kv_ptr + coff_ + ch, mask=cmask)
+            sp = tl.load(sc_ptr + coff_ + chp, mask=cmask)
+            vp = tl.load(kv_ptr + coff_ + chp, mask=cmask)
+        mn = tl.maximum(m, s)
+        al = tl.exp(m - mn)
+        pe = tl.exp(s - mn)
+        l = l * al + pe
+        a = a * al + pe * v
+        m = mn
+        mnp = tl.maximum(mp, sp)
+        alp = tl.exp(mp - mnp)
+        pep = tl.exp(sp - mnp)
+        lp = lp * alp + pep
+        ap = ap * alp + pep * vp
+        mp = mnp
+    return m, l, a, mp, lp, ap
+
+
+@triton.jit
+def _emit_kernel(kv_ptr, sc_ptr, kt_ptr, st_ptr, normw_ptr, invf_ptr, pool_ptr, tables_ptr, qstart_ptr, ctx_ptr,
+                 slot_ptr, table_stride, eps,
+                 M: tl.constexpr, COFF: tl.constexpr, C: tl.constexpr, C_P2: tl.constexpr, R: tl.constexpr,
+                 PB: tl.constexpr, ROW: tl.constexpr, FP8: tl.constexpr, INDEX_KEY: tl.constexpr):
+    b = tl.program_id(0)
+    k = tl.program_id(1)
+    start = tl.load(ctx_ptr + b)
+    qs = tl.load(qstart_ptr + b)
+    n = tl.load(qstart_ptr + b + 1) - qs
+    e = start // M + k
+    if e < (start + n) // M:
+        slot = tl.load(slot_ptr + b).to(tl.int64)
+        RING: tl.constexpr = COFF * M
+        WIDTH: tl.constexpr = COFF * C
+        ch = tl.arange(0, C_P2)
+        cmask = ch < C
+        chp = ch ^ 1
+        m = tl.full([C_P2], float("-inf"), tl.float32)
+        l = tl.zeros([C_P2], tl.float32)
+        a = tl.zeros([C_P2], tl.float32)
+        mp = tl.full([C_P2], float("-inf"), tl.float32)
+        lp = tl.zeros([C_P2], tl.float32)
+        ap = tl.zeros([C_P2], tl.float32)
+        if COFF == 2:
+            if e > 0:  # A-halves [:C] of block e-1
+                m, l, a, mp, lp, ap = _pool_rows(kv_ptr, sc_ptr, kt_ptr, st_ptr, slot, qs, start, (e - 1) * M, M,
+                                                 ch, chp, cmask, 0, RING, WIDTH, m, l, a, mp, lp, ap)
+            m, l, a, mp, lp, ap = _pool_rows(kv_ptr, sc_ptr, kt_ptr, st_ptr, slot, qs, start, e * M, M,
+                                             ch, chp, cmask, C, RING, WIDTH, m, l, a, mp, lp, ap)
+        else:
+            m, l, a, mp, lp, ap = _pool_rows(kv_ptr, sc_ptr, kt_ptr, st_ptr, slot, qs, start, e * M, M,
+                                             ch, chp, cmask, 0, RING, WIDTH, m, l, a, mp, lp, ap)
+        x = tl.where(cmask, a / l, 0.0)
+        xp = tl.where(cmask, ap / lp, 0.0)
+        rstd = tl.rsqrt(tl.sum(x * x, 0) / C + eps)
+        x = x * rstd * tl.load(normw_ptr + ch, mask=cmask, other=0.0).to(tl.float32)
+        xp = xp * rstd * tl.load(normw_ptr + chp, mask=cmask, other=0.0).to(tl.float32)
+        is_rope = ch >= C - R
+        fi = tl.where(is_rope, (ch - (C - R)) // 2, 0)
+        freq = (e * M).to(tl.float32) * tl.load(invf_ptr + fi, mask=is_rope, other=0.0)
+        cs = tl.cos(freq)
+        sn = tl.sin(freq)
+        odd = (ch % 2) == 1
+        rot = tl.where(odd, xp * sn + x * cs, x * cs - xp * sn)
+        x = tl.where(is_rope, rot, x)
+        blk = tl.load(tables_ptr + b.to(tl.int64) * table_stride + e // PB).to(tl.int64)
+        row_ptr = pool_ptr + (blk * PB + e % PB) * ROW
+        if FP8:
+            if INDEX_KEY:
+                amax = tl.maximum(tl.max(tl.abs(x), 0), 1e-30)
+                scale = amax / 448.0
+                qv = tl.minimum(tl.maximum(x / scale, -448.0), 448.0)
+                tl.store(row_ptr + ch, qv.to(tl.float8e4nv).to(tl.uint8, bitcast=True), mask=cmask)
+                tl.store((row_ptr + C).to(tl.pointer_type(tl.float32)), scale)
+            else:
+                store_entry_fp8(x, row_ptr, C, C - R, R, True)
+        else:
+            tl.store(row_ptr + ch, x.to(pool_ptr.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def _tail_kernel(kv_ptr, sc_ptr, kt_ptr, st_ptr, tok_seq_ptr, pos_ptr, qstart_ptr, slot_ptr,
+                 RING: tl.constexpr, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
+    t = tl.program_id(0)
+    b = tl.load(tok_seq_ptr + t)
+    qe = tl.load(qstart_ptr + b + 1)
+    if qe - 1 - t < RING:
+        pos = tl.load(pos_ptr + t)
+        slot = tl.load(slot_ptr + b).to(tl.int64)
+        dst = (slot * RING + pos % RING) * WIDTH
+        src = t.to(tl.int64) * WIDTH
+        for c0 in range(0, WIDTH, BLOCK):
+            cols = c0 + tl.arange(0, BLOCK)
+            cm = cols < WIDTH
+            tl.store(kt_ptr + dst + cols, tl.load(kv_ptr + src + cols, mask=cm), mask=cm)
+            tl.store(st_ptr + dst + cols, tl.load(sc_ptr + src + cols, mask=cm), mask=cm)
+
+
+def compress_and_store(kv, score, kv_tail, score_tail, norm_weight, inv_freq, pool, meta: AttnMeta, *, ratio: int,
+                       overlap: bool, eps: float, index_keys: bool = False) -> None:
+    n_tok = kv.shape[0]
+    if n_tok == 0:
+        return
+    coff = 2 if overlap else 1
+    width = kv.shape[1]
+    c = width // coff
+    r = 2 * inv_freq.numel()
+    kv = kv.float().contiguous()
+    score = score.float().contiguous()
+    max_new = (meta.max_query_len + ratio - 1) // ratio + 1
+    fp8 = pool.dtype == torch.uint8
+    _emit_kernel[(meta.num_seqs, max_new)](
+        kv, score, kv_tail, score_tail, norm_weight.float().contiguous(), inv_freq.float().contiguous(), pool,
+        meta.block_tables, meta.query_start, meta.context_lens, meta.slot_ids, meta.block_tables.stride(0), eps,
+        M=ratio, COFF=coff, C=c, C_P2=triton.next_power_of_2(c), R=r, PB=pool.shape[1], ROW=pool.shape[2],
+        FP8=fp8, INDEX_KEY=index_keys, num_warps=4,
+    )
+    _tail_kernel[(n_tok,)](kv, score, kv_tail, score_tail, meta.tok_seq, meta.positions, meta.query_start,
+                           meta.slot_ids, RING=coff * ratio, WIDTH=width,
+                           BLOCK=min(1024, triton.next_power_of_2(width)), num_warps=4)

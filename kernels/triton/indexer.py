@@ -1,0 +1,170 @@
+"""Triton lightning indexer: scores sum_h w_h * relu(q_h . k_e) + radix top-k select.
+
+Two kernels per tile of query rows:
+  _score_kernel   grid (rows, key tiles): gathers BLOCK_E indexer keys through the block table
+                  (dense or FP8 + fp32 scale), one tl.dot [HI, cI] x [cI, BLOCK_E] for all heads,
+                  relu, weight, head-sum -> scores[row, e] (fp32, only e < (pos+1)//ratio written).
+  _topk_kernel    grid (rows,): radix select of the k-th largest score without sorting the row:
+                  four 8-bit histogram passes (tl.histogram) over order-preserving uint32 keys of
+                  the float bits find the exact threshold key T and how many ties to take, then one
+                  compaction pass writes every e with key > T and the lowest-index ties == T into
+                  out[row, :k] (tl.cumsum + a running counter). Rows with <= k eligible entries
+                  just list 0..limit-1. Unused slots are -1.
+Long prefill: rows are processed in tiles of at most `row_tile` tokens so the score buffer is
+[row_tile, E] (bounded), never [T, E].
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from models.state import AttnMeta
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+SCORE_BUDGET_BYTES = 256 << 20  # cap on the per-tile score buffer
+
+
+@triton.jit
+def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scores_ptr,
+                  row0, HI, table_stride, score_stride,
+                  CI: tl.constexpr, ROW: tl.constexpr, PB: tl.constexpr, RATIO: tl.constexpr, FP8: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, DOT_DT: tl.constexpr):
+    r = tl.program_id(0)
+    t = row0 + r
+    e0 = tl.program_id(1) * BLOCK_E
+    pos = tl.load(pos_ptr + t)
+    limit = (pos + 1) // RATIO
+    if e0 < limit:
+        b = tl.load(tok_seq_ptr + t).to(tl.int64)
+        heads = tl.arange(0, BLOCK_H)
+        hm = heads < HI
+        cols = tl.arange(0, CI)
+        q = tl.load(q_ptr + (t.to(tl.int64) * HI + heads[:, None]) * CI + cols[None, :], mask=hm[:, None], other=0.0)
+        wt = tl.load(w_ptr + t.to(tl.int64) * HI + heads, mask=hm, other=0.0)
+        e = e0 + tl.arange(0, BLOCK_E)
+        ok = e < limit
+        blk = tl.load(tables_ptr + b * table_stride + e // PB, mask=ok, other=0).to(tl.int64)
+        row = (blk * PB + e % PB) * ROW
+        if FP8:
+            raw = tl.load(keys_ptr + row[:, None] + cols[None, :], mask=ok[:, None], other=0)
+            k = raw.to(tl.float8e4nv, bitcast=True)
+            sptr = (keys_ptr + row + CI).to(tl.pointer_type(tl.float32))
+            kscale = tl.load(sptr, mask=ok, other=0.0)
+        else:
+            k = tl.load(keys_ptr + row[:, None] + cols[None, :], mask=ok[:, None], other=0.0)
+            kscale = tl.full([BLOCK_E], 1.0, tl.float32)
+        s = tl.dot(q.to(DOT_DT), tl.trans(k.to(DOT_DT)))  # [BH, BE]
+        s = tl.maximum(s, 0.0) * wt[:, None]
+        sc = tl.sum(s, 0) * kscale
+        tl.store(scores_ptr + r.to(tl.int64) * score_stride + e, sc, mask=ok)
+
+
+@triton.jit
+def _ordered_key(x):
+    bits = x.to(tl.uint32, bitcast=True)
+    neg = (bits >> 31) == 1
+    return tl.where(neg, ~bits, bits | 0x80000000)
+
+
+@triton.jit
+def _topk_kernel(scores_ptr, pos_ptr, out_ptr, row0, score_stride, out_stride,
+                 K: tl.constexpr, RATIO: tl.constexpr, BLOCK: tl.constexpr):
+    r = tl.program_id(0)
+    t = row0 + r
+    pos = tl.load(pos_ptr + t)
+    limit = (pos + 1) // RATIO
+    offs = tl.arange(0, BLOCK)
+    orow = out_ptr + t.to(tl.int64) * out_stride
+    srow = scores_ptr + r.to(tl.int64) * score_stride
+    if limit <= K:
+        for k0 in range(0, K, BLOCK):
+            kk = k0 + offs
+            tl.store(orow + kk, tl.where(kk < limit, kk, -1), mask=kk < K)
+    else:
+        prefix = tl.zeros([], tl.uint32)
+        pmask = tl.zeros([], tl.uint32)
+        need = tl.full([], K, tl.int32)  # how many still to take at/below the current prefix
+        bins = tl.arange(0, 256)
+        for level in tl.static_range(4):
+            shift: tl.constexpr = 24 - 8 * level
+            hist = tl.zeros([256], tl.int32)
+            for e0 in range(0, limit, BLOCK):
+                e = e0 + offs
+                ok = e < limit
+                key = _ordered_key(tl.load(srow + e, mask=ok, other=0.0))
+                sel = ok & ((key & pmask) == prefix)
+                digit = ((key >> shift) & 255).to(tl.int32)
+                hist += tl.histogram(digit, 256, mask=sel)
+            cum_desc = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist  # count with digit >= d
+            dstar = tl.max(tl.where(cum_desc >= need, bins, 0), 0)
+            above = tl.sum(tl.where(bins == dstar, cum_desc - hist, 0), 0)
+            need = need - above
+            prefix = prefix | (dstar.to(tl.uint32) << shift)
+            pmask = pmask | (tl.full([], 255, tl.uint32) << shift)
+        n_gt = K - need
+        cnt_gt = tl.zeros([], tl.int32)
+        cnt_eq = tl.zeros([], tl.int32)
+        for e0 in range(0, limit, BLOCK):
+            e = e0 + offs
+            ok = e < limit
+            key = _ordered_key(tl.load(srow + e, mask=ok, other=0.0))
+            gt = ok & (key > prefix)
+            eq = ok & (key == prefix)
+            gi = gt.to(tl.int32)
+            ei = eq.to(tl.int32)
+            slot_gt = cnt_gt + tl.cumsum(gi, 0) - 1
+            rank_eq = cnt_eq + tl.cumsum(ei, 0) - 1
+            tl.store(orow + slot_gt, e, mask=gt)
+            tl.store(orow + n_gt + rank_eq, e, mask=eq & (rank_eq < need))
+            cnt_gt += tl.sum(gi, 0)
+            cnt_eq += tl.sum(ei, 0)
+
+
+def topk_rows(scores: torch.Tensor, positions: torch.Tensor, out: torch.Tensor, row0: int, n_rows: int, topk: int,
+              ratio: int) -> None:
+    """Select the top-k of scores[r, :(pos[row0+r]+1)//ratio] into out[row0+r] for r < n_rows."""
+    block = 256 if INTERPRET else int(os.environ.get("V4_TOPK_BLOCK", 1024))
+    _topk_kernel[(n_rows,)](scores, positions, out, row0, scores.stride(0), out.stride(0), K=topk, RATIO=ratio,
+                            BLOCK=block, num_warps=4 if INTERPRET else int(os.environ.get("V4_TOPK_WARPS", 8)))
+
+
+def indexer_scores(q, w, keys, meta: AttnMeta, scores: torch.Tensor, row0: int, n_rows: int, ratio: int) -> None:
+    n_tok, hi, ci = q.shape
+    fp8 = keys.dtype == torch.uint8
+    row = keys.shape[2]
+    pb = keys.shape[1]
+    e_cap = scores.shape[1]
+    block_e = 32 if INTERPRET else int(os.environ.get("V4_IDX_BLOCK_E", 64))
+    dot_dt = tl.float32 if INTERPRET else (tl.float8e4nv if fp8 else tl.bfloat16)
+    qd = q if (INTERPRET or not fp8) else q  # fp8 keys: q stays bf16 -> cast below
+    if fp8 and not INTERPRET:
+        dot_dt = tl.bfloat16
+    _score_kernel[(n_rows, triton.cdiv(e_cap, block_e))](
+        qd, w, keys, meta.block_tables, meta.tok_seq, meta.positions, scores, row0, hi,
+        meta.block_tables.stride(0), scores.stride(0),
+        CI=ci, ROW=row, PB=pb, RATIO=ratio, FP8=fp8, BLOCK_H=max(16, triton.next_power_of_2(hi)), BLOCK_E=block_e,
+        DOT_DT=dot_dt, num_warps=4,
+    )
+
+
+def indexer_topk(q, w, keys, meta: AttnMeta, topk: int, *, ratio: int = 4, row_tile: int | None = None):
+    n_tok = q.shape[0]
+    out = torch.full((n_tok, topk), -1, dtype=torch.int32, device=q.device)
+    e_cap = meta.max_seq_len // ratio
+    if n_tok == 0 or e_cap == 0:
+        return out
+    q = q.contiguous()
+    w = w.float().contiguous()
+    if not INTERPRET and q.dtype == torch.float32:
+        q = q.to(torch.bfloat16)
+    tile = row_tile or max(1, min(n_tok, SCORE_BUDGET_BYTES // (4 * e_cap)))
+    scores = torch.empty((min(tile, n_tok), e_cap), dtype=torch.float32, device=q.device)
+    for row0 in range(0, n_tok, tile):
+        n = min(tile, n_tok - row0)
+        indexer_scores(q, w, keys, meta, scores, row0, n, ratio)
+        topk_rows(scores, meta.positions, out, row0, n, topk, ratio)
+    return out

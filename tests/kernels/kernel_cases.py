@@ -1,0 +1,246 @@
+"""Shared inputs and checks for the attention / indexer / compressor kernel tests.
+
+`run_cases(op, scale)` compares the Triton kernel (kernels/triton) with its pure-torch twin
+(kernels/ref) on random ragged batches and returns a list of (case name, max error, tolerance).
+scale="tiny": shapes for the CPU interpreter (run in a subprocess with TRITON_INTERPRET=1, see
+test_*_interp.py); scale="real": V4-Flash shapes on the GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from models.state import ForwardBatch, batch_metadata
+
+from kernels.ref import kv_fp8
+
+
+def make_meta(specs, block_size, device, seed=0, num_slots=None):
+    """specs: list of (context_len, query_len). Scattered slots and block tables."""
+    g = torch.Generator().manual_seed(seed)
+    b = len(specs)
+    nblk = [max(1, math.ceil((c + n) / block_size)) for c, n in specs]
+    total = sum(nblk)
+    perm = torch.randperm(total + 3, generator=g)[:total]
+    width = max(nblk)
+    tables = torch.full((b, width), -1, dtype=torch.long)
+    o = 0
+    for i, k in enumerate(nblk):
+        tables[i, :k] = perm[o:o + k]
+        o += k
+    slots = torch.randperm(num_slots or (b + 2), generator=g)[:b]
+    qs = [0]
+    for _, n in specs:
+        qs.append(qs[-1] + n)
+    pos = torch.cat([torch.arange(c, c + n) for c, n in specs]) if qs[-1] else torch.zeros(0, dtype=torch.long)
+    batch = ForwardBatch(input_ids=torch.zeros(qs[-1], dtype=torch.long, device=device), positions=pos.to(device),
+                         slot_ids=slots.to(device), block_tables=tables.to(device),
+                         logits_indices=torch.zeros(0, dtype=torch.long, device=device), query_start=qs,
+                         context_lens=[c for c, _ in specs])
+    return batch_metadata(batch), total + 3, (num_slots or (b + 2))
+
+
+def _rel(a, b):
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+def attention_case(specs, *, h, c, r, w, ratio, topk, block_size, fp8, device, dtype, seed=0):
+    from kernels.ref import attention as ra
+    from kernels.triton import attention as ta
+    meta, nblocks, nslots = make_meta(specs, block_size, device, seed)
+    g = torch.Generator(device="cpu").manual_seed(seed + 1)
+    n = meta.num_tokens
+    q = torch.randn(n, h, c, generator=g).to(device, dtype)
+    kv = torch.randn(n, c, generator=g).to(device)
+    ring_vals = torch.randn(nslots, w, c, generator=g).to(device)
+    pool_vals = torch.randn(nblocks, block_size // max(ratio, 1), c, generator=g).to(device) if ratio else None
+    if fp8:
+        ring = kv_fp8.pack_entry(ring_vals, r)
+        kv_cur = kv_fp8.pack_entry(kv, r)
+        pool = kv_fp8.pack_entry(pool_vals, r) if ratio else None
+    else:
+        ring, kv_cur = ring_vals.to(dtype), kv.to(dtype)
+        pool = pool_vals.to(dtype) if ratio else None
+    sink = torch.randn(h, generator=g).to(device)
+    idx = None
+    if ratio == 4 and topk:
+        idx = torch.full((n, topk), -1, dtype=torch.int32)
+        pos = meta.positions.cpu()
+        for t in range(n):
+            lim = (int(pos[t]) + 1) // ratio
+            if lim:
+                sel = torch.randperm(lim, generator=g)[:topk]
+                idx[t, :sel.numel()] = sel.int()
+        idx = idx[:, torch.randperm(topk, generator=g)].contiguous().to(device)
+    scale = c ** -0.5
+    ref = ra.sparse_attention(q, kv_cur, ring, pool, idx, meta, sink, ratio=ratio, scale=scale, rope_dim=r)
+    out = {}
+    for ns in (None, 3):
+        out[ns] = ta.sparse_attention(q, kv_cur, ring, pool, idx, meta, sink, ratio=ratio, scale=scale, rope_dim=r,
+                                      nsplit=ns)
+    # window store
+    ring2 = ring.clone()
+    ra.window_store(kv_cur, ring, meta)
+    ta.window_store(kv_cur, ring2, meta)
+    errs = {f"nsplit={k}": _rel(v, ref) for k, v in out.items()}
+    errs["window_store"] = float((ring2 != ring).sum().item())
+    if fp8:  # pack kernel == torch pack
+        errs["pack"] = float((ta.kv_pack(kv, ring, r) != kv_fp8.pack_entry(kv, r)).sum().item())
+    return errs
+
+
+def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_tile=None):
+    from kernels.ref import indexer as ri
+    from kernels.triton import indexer as ti
+    meta, nblocks, _ = make_meta(specs, block_size, device, seed)
+    g = torch.Generator().manual_seed(seed + 2)
+    n = meta.num_tokens
+    q = torch.randn(n, hi, ci, generator=g).to(device)
+    wt = torch.randn(n, hi, generator=g).to(device)
+    kvals = torch.randn(nblocks, block_size // 4, ci, generator=g).to(device)
+    keys = kv_fp8.pack_index_key(kvals) if fp8 else kvals
+    if device != "cpu":
+        q = q.bfloat16().float()  # the GPU kernel scores bf16 q; give the twin the same inputs
+        if not fp8:
+            keys = keys.bfloat16()
+    ref = ri.indexer_topk(q, wt, keys, meta, topk)
+    got = ti.indexer_topk(q, wt, keys, meta, topk, row_tile=row_tile)
+    # compare selected sets; for near-ties accept equal score sums
+    bad = 0
+    kv = kv_fp8.read_keys(keys, ci) if fp8 else keys.float()
+    for b in range(meta.num_seqs):
+        s0, s1 = meta.query_start_host[b], meta.query_start_host[b + 1]
+        e = (meta.context_lens_host[b] + s1 - s0) // 4
+        if s1 == s0:
+            continue
+        from kernels.ref.attention import gather_entries
+        kb = gather_entries(kv, meta.block_tables[b], e).float() if e else None
+        for t in range(s0, s1):
+            a = sorted(x for x in ref[t].tolist() if x >= 0)
+            bsel = sorted(x for x in got[t].tolist() if x >= 0)
+            if a == bsel:
+                continue
+            if len(a) != len(bsel) or len(set(bsel)) != len(bsel):
+                bad += 1
+                continue
+            sc = ((q[t].float() @ kb.T).relu() * wt[t, :, None]).sum(0)
+            sa, sb = sc[a].sort().values, sc[bsel].sort().values
+            if (sa - sb).abs().max() > 1e-3 * sc.abs().max():
+                bad += 1
+    return {"rows_mismatch": float(bad)}
+
+
+def topk_case(rows, n_cols, topk, device, seed=0):
+    """Radix select alone on random fp32 rows (ratio=1, positions = n_cols-1)."""
+    from kernels.triton import indexer as ti
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(rows, n_cols, generator=g).to(device)
+    pos = torch.full((rows,), n_cols - 1, dtype=torch.int32, device=device)
+    out = torch.full((rows, topk), -1, dtype=torch.int32, device=device)
+    ti.topk_rows(scores, pos, out, 0, rows, topk, 1)
+    ref = scores.topk(min(topk, n_cols), dim=1).indices.sort(1).values
+    got = out.long().sort(1).values[:, -ref.shape[1]:] if n_cols >= topk else out.long().sort(1).values
+    if n_cols < topk:
+        return {"mismatch": float((got[:, -n_cols:] != torch.arange(n_cols, device=device)).sum().item())}
+    return {"mismatch": float((got != ref).sum().item())}
+
+
+def compressor_case(specs, *, c, r, ratio, overlap, block_size, fp8, index_key, device, seed=0):
+    from kernels.ref import compressor as rc
+    from kernels.triton import compressor as tc
+    meta, nblocks, nslots = make_meta(specs, block_size, device, seed)
+    g = torch.Generator().manual_seed(seed + 3)
+    coff = 2 if overlap else 1
+    n = meta.num_tokens
+    kv = torch.randn(n, coff * c, generator=g).to(device)
+    sc = torch.randn(n, coff * c, generator=g).to(device)
+    kt = torch.randn(nslots, coff * ratio, coff * c, generator=g).to(device)
+    st = torch.randn(nslots, coff * ratio, coff * c, generator=g).to(device)
+    normw = (1 + 0.1 * torch.randn(c, generator=g)).to(device)
+    invf = (1.0 / (1000.0 ** (torch.arange(0, r, 2).float() / r))).to(device)
+    per_block = block_size // ratio
+    if fp8:
+        row = kv_fp8.index_key_bytes(c) if index_key else kv_fp8.entry_bytes(c, r)
+        pool = torch.zeros(nblocks, per_block, row, dtype=torch.uint8, device=device)
+    else:
+        pool = torch.zeros(nblocks, per_block, c, dtype=torch.float32, device=device)
+    res = []
+    for mod in (rc, tc):
+        p, a, b = pool.clone(), kt.clone(), st.clone()
+        mod.compress_and_store(kv, sc, a, b, normw, invf, p, meta, ratio=ratio, overlap=overlap, eps=1e-6,
+                               index_keys=index_key)
+        res.append((p, a, b))
+    (p0, a0, b0), (p1, a1, b1) = res
+    if fp8:
+        v0 = kv_fp8.read_keys(p0, c) if index_key else kv_fp8.unpack_entry(p0, c, r)
+        v1 = kv_fp8.read_keys(p1, c) if index_key else kv_fp8.unpack_entry(p1, c, r)
+        err = _rel(v1, v0)
+    else:
+        err = _rel(p1, p0)
+    return {"entries": err, "tails": float((a0 != a1).sum().item() + (b0 != b1).sum().item())}
+
+
+# ---- CPU interpreter suites (run by test_*_interp.py in a TRITON_INTERPRET=1 subprocess) ------
+# (case name, max allowed value). FP8 packing under the interpreter differs from torch in rounding
+# (fp32->bf16 truncates, fp8 conversion rounds differently for a few values), so FP8-written
+# entries get a loose tolerance here; the GPU tests check them tightly.
+
+def interp_suite(op: str) -> list[tuple[str, float, float]]:
+    dev, f32 = "cpu", torch.float32
+    res: list[tuple[str, float, float]] = []
+
+    def add(prefix, d, tols):
+        for k, v in d.items():
+            res.append((f"{prefix}:{k}", v, tols.get(k, 1e-5)))
+
+    if op == "attention":
+        specs = [(0, 3), (37, 1), (9, 6), (4, 0)]
+        add("sliding", attention_case(specs, h=4, c=64, r=16, w=8, ratio=0, topk=0, block_size=16, fp8=False,
+                                      device=dev, dtype=f32), {})
+        add("csa", attention_case(specs, h=4, c=64, r=16, w=8, ratio=4, topk=4, block_size=16, fp8=False,
+                                  device=dev, dtype=f32), {})
+        add("hca", attention_case(specs, h=4, c=64, r=16, w=8, ratio=8, topk=0, block_size=16, fp8=False,
+                                  device=dev, dtype=f32), {})
+        add("csa-fp8", attention_case(specs, h=4, c=128, r=64, w=8, ratio=4, topk=4, block_size=16, fp8=True,
+                                      device=dev, dtype=f32), {"pack": 1e9})
+    elif op == "indexer":
+        add("dense", indexer_case([(0, 3), (37, 1), (60, 6), (3, 0)], hi=4, ci=32, topk=4, block_size=16, fp8=False,
+                                  device=dev), {"rows_mismatch": 0})
+        add("fp8-rowtile", indexer_case([(0, 3), (37, 1), (60, 6)], hi=4, ci=32, topk=4, block_size=16, fp8=True,
+                                        device=dev, row_tile=4), {"rows_mismatch": 0})
+        add("radix", topk_case(3, 700, 16, dev), {"mismatch": 0})
+        add("short", topk_case(2, 10, 16, dev), {"mismatch": 0})
+    elif op == "compressor":
+        add("csa", compressor_case([(0, 9), (37, 1), (6, 7)], c=64, r=16, ratio=4, overlap=True, block_size=16,
+                                   fp8=False, index_key=False, device=dev), {"tails": 0})
+        add("hca", compressor_case([(0, 9), (15, 1), (6, 11)], c=64, r=16, ratio=8, overlap=False, block_size=16,
+                                   fp8=False, index_key=False, device=dev), {"tails": 0})
+        add("csa-fp8", compressor_case([(0, 9), (39, 1), (6, 7)], c=128, r=64, ratio=4, overlap=True, block_size=16,
+                                       fp8=True, index_key=False, device=dev), {"entries": 0.1, "tails": 0})
+        add("key-fp8", compressor_case([(0, 9), (39, 1), (6, 7)], c=32, r=16, ratio=4, overlap=True, block_size=16,
+                                       fp8=True, index_key=True, device=dev), {"entries": 0.1, "tails": 0})
+    return res
+
+
+def run_interp_subprocess(op: str, timeout: int = 300) -> list[tuple[str, float, float]]:
+    """Run interp_suite(op) in a fresh interpreter with TRITON_INTERPRET=1 (it must be set before
+    triton compiles our @triton.jit functions, i.e. before kernels.triton.* is imported; a
+    subprocess keeps it out of the pytest process, where GPU tests need the real compiler)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    code = ("import json, sys; from tests.kernels.kernel_cases import interp_suite; "
+            "print('RESULT', json.dumps(interp_suite(sys.argv[1])))")
+    p = subprocess.run([sys.executable, "-c", code, op], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    assert p.returncode == 0 and line, f"interpreter run failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return [tuple(x) for x in json.loads(line[-1][7:])]
