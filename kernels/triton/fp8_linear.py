@@ -49,7 +49,10 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_wn
             if DOT_F32:  # interpreter: its fp32->fp8 cast mis-rounds across binades; round by hand (RN)
                 ev = tl.maximum(tl.floor(tl.log2(tl.maximum(tl.abs(av), 1e-30))), -6.0)
                 step = tl.exp2(ev - 3.0)
-                aq = tl.floor(av / step + 0.5) * step
+                t = av / step
+                r = tl.floor(t + 0.5)
+                r = tl.where((r - t == 0.5) & (r - 2.0 * tl.floor(r * 0.5) != 0.0), r - 1.0, r)  # ties to even
+                aq = r * step
             else:
                 aq = av.to(tl.float8e4nv)
             kw = k0 + tl.arange(0, BK)
