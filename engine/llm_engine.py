@@ -48,8 +48,6 @@ class LLMEngine:
     def __init__(self, args: EngineArgs):
         args.validate()
         self.args = args
-        if args.tensor_parallel_size != 1:
-            raise ValueError("tensor_parallel_size > 1 is not supported yet")
         self.device = args.resolve_device()
         self.dtype = args.resolve_dtype(self.device)
         model_dir = args.model
@@ -61,7 +59,14 @@ class LLMEngine:
         self.model_config = ModelConfig.from_json(self.model_dir)
         self.tokenizer = Tokenizer.from_dir(self.model_dir)
         t0 = time.monotonic()
-        self.model = load_model(self.model_dir, device=self.device, dtype=self.dtype)
+        self.executor = None  # tensor parallel: rank 0's driver of the N-1 worker processes
+        if args.tensor_parallel_size > 1:
+            from .distributed.executor import TPExecutor
+
+            self.executor = TPExecutor(self.model_dir, args.tensor_parallel_size, self.device, self.dtype)
+            self.model = self.executor.model
+        else:
+            self.model = load_model(self.model_dir, device=self.device, dtype=self.dtype)
         weights_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         cfg = self.model_config
         self.block_size = choose_block_size(cfg, args.block_size)
@@ -78,6 +83,8 @@ class LLMEngine:
             num_blocks = num_blocks_for_budget(cfg, budget, num_slots, self.block_size, self.dtype)
         self.kv = KVCacheManager(cfg, num_blocks=num_blocks, num_slots=num_slots, block_size=self.block_size,
                                  dtype=self.dtype, device=self.device)
+        if self.executor is not None:
+            self.executor.init_state(num_slots, num_blocks, self.block_size, getattr(self.kv, "kv_format", "bf16"))
         capacity = num_blocks * self.block_size
         self.max_model_len = args.max_model_len or min(cfg.max_position_embeddings, capacity)
         if self.max_model_len > cfg.max_position_embeddings:
@@ -86,7 +93,7 @@ class LLMEngine:
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
             max_model_len=self.max_model_len, max_queued_requests=args.max_queued_requests), self.kv)
-        self.runner = ModelRunner(self.model, self.kv, self.device, self.tokenizer.vocab_size)
+        self.runner = ModelRunner(self.model, self.kv, self.device, self.tokenizer.vocab_size, executor=self.executor)
         self.sampler = Sampler()
         self.requests: dict[str, RequestState] = {}
         self.prompt_tokens_total = 0
@@ -96,6 +103,11 @@ class LLMEngine:
                        block_size=self.block_size, num_slots=num_slots, max_model_len=self.max_model_len)
         log.info("engine ready in %.1fs: %s on %s (%s)", time.monotonic() - t0, self.model_dir, self.device,
                  self.dtype)
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers (no-op for a single-process engine)."""
+        if self.executor is not None:
+            self.executor.shutdown()
 
     # ---- requests ----------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,

@@ -29,8 +29,10 @@ class RunnerOutput:
 
 
 class ModelRunner:
-    def __init__(self, model: DeepseekV4, kv: KVCacheManager, device: torch.device, valid_vocab: int):
+    def __init__(self, model: DeepseekV4, kv: KVCacheManager, device: torch.device, valid_vocab: int,
+                 executor=None):
         self.model = model
+        self.executor = executor  # engine.distributed.executor.TPExecutor (tensor parallel) or None
         self.kv = kv
         self.device = device
         self.vocab = model.cfg.vocab_size
@@ -62,11 +64,16 @@ class ModelRunner:
                 sample_rows.append((i, len(logit_rows)))
                 logit_rows.append(len(ids) - 1)
         dev = self.device
+        slot_ids, tables = self.kv.slot_tensor(seq_ids), self.kv.block_table_tensor(seq_ids)
+        if self.executor is not None:  # the workers run the same forward on this description
+            self.executor.send_step(dict(input_ids=ids, positions=positions, slot_ids=slot_ids.numpy(),
+                                         block_tables=tables.numpy(), logits_indices=logit_rows,
+                                         query_start=query_start, context_lens=context_lens))
         batch = ForwardBatch(
             input_ids=torch.tensor(ids, dtype=torch.long).to(dev, non_blocking=True),
             positions=torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True),
-            slot_ids=self.kv.slot_tensor(seq_ids, dev),
-            block_tables=self.kv.block_table_tensor(seq_ids, dev),
+            slot_ids=slot_ids.to(dev),
+            block_tables=tables.to(dev),
             logits_indices=torch.tensor(logit_rows, dtype=torch.long).to(dev, non_blocking=True),
             query_start=query_start,
             context_lens=context_lens,
@@ -75,6 +82,12 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, want_prompt: list[bool]) -> RunnerOutput:
+        if self.executor is None:
+            return self._execute(out, want_prompt)
+        with self.executor.guard():  # a dead worker / failed collective -> EngineDeadError
+            return self._execute(out, want_prompt)
+
+    def _execute(self, out: SchedulerOutput, want_prompt: list[bool]) -> RunnerOutput:
         batch, sample_rows, prompt_rows = self.build_batch(out, want_prompt)
         if batch.logits_indices.numel() == 0:
             self.model(batch, self.kv.state)  # prefill chunk that samples nothing: only fills the cache

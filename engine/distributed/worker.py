@@ -1,0 +1,108 @@
+"""Tensor-parallel worker process (rank r >= 1): holds its shard of the model and its own copy of the
+replicated KV state tensors; runs the same forward as rank 0 on every step description it receives.
+
+Protocol over the duplex pipe to rank 0 (see executor.py):
+    worker -> ("loaded", rank, weight_bytes) | ("ready", rank) | ("error", rank, traceback)
+    rank 0 -> ("state", num_slots, num_blocks, block_size, kv_format) | ("step", host batch) | ("shutdown",)
+The model collectives (all-reduce / gather) run over the process group built by `make_group`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import multiprocessing as mp
+import os
+import traceback
+
+import numpy as np
+import torch
+
+log = logging.getLogger("v4serve.tp.worker")
+
+
+def make_group(store_path: str, rank: int, world_size: int, device: torch.device,
+               init_timeout: datetime.timedelta, timeout: datetime.timedelta):
+    """A standalone process group (no global torch.distributed state, so several engines can live in
+    one process): NCCL on CUDA devices, gloo on CPU. `init_timeout` bounds the rendezvous, `timeout`
+    every collective afterwards."""
+    import torch.distributed as dist
+
+    store = dist.FileStore(store_path, world_size)
+    if device.type == "cuda":
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        return dist.ProcessGroupNCCL(dist.PrefixStore("nccl", store), rank, world_size, opts)
+    pg = dist.ProcessGroupGloo(dist.PrefixStore("gloo", store), rank, world_size, init_timeout)
+    if hasattr(pg, "_set_default_timeout"):
+        pg._set_default_timeout(timeout)
+    return pg
+
+
+def batch_from_host(host: dict, device: torch.device):
+    """The ForwardBatch a step description (numpy arrays + lists) stands for, on `device`."""
+    from models.state import ForwardBatch
+
+    def t(a):
+        return torch.from_numpy(np.asarray(a, dtype=np.int64)).to(device)
+
+    return ForwardBatch(input_ids=t(host["input_ids"]), positions=t(host["positions"]), slot_ids=t(host["slot_ids"]),
+                        block_tables=t(host["block_tables"]), logits_indices=t(host["logits_indices"]),
+                        query_start=list(host["query_start"]), context_lens=list(host["context_lens"]))
+
+
+def worker_main(rank: int, world_size: int, spec: dict, conn, store_path: str) -> None:
+    from models.parallel import ParallelContext
+    from models.sharded_loader import load_model_sharded
+    from models.state import allocate_state
+
+    logging.basicConfig(level=spec.get("log_level", logging.WARNING),
+                        format=f"%(asctime)s %(levelname)s [tp rank {rank}] %(name)s: %(message)s")
+    parent = mp.parent_process()
+    try:
+        device = torch.device(spec["device"])
+        if device.type == "cuda":
+            device = torch.device("cuda", rank)
+            torch.cuda.set_device(device)
+        if spec.get("crash_at_load"):  # tests: a worker that fails while loading
+            raise RuntimeError("injected load failure")
+        ctx = ParallelContext(rank, world_size)
+        model = load_model_sharded(spec["model_dir"], ctx, device, spec["dtype"])
+        nbytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+        conn.send(("loaded", rank, nbytes))
+        ctx.group = make_group(store_path, rank, world_size, device, spec["init_timeout"], spec["timeout"])
+        state = None
+        while True:
+            if not conn.poll(0.5):
+                if parent is not None and not parent.is_alive():
+                    log.warning("engine process is gone; worker exits")
+                    return
+                continue
+            msg = conn.recv()
+            kind = msg[0]
+            if kind == "step":
+                batch = batch_from_host(msg[1], device)
+                with torch.inference_mode():
+                    hidden = model(batch, state)
+                    if batch.logits_indices.numel():
+                        model.compute_logits(hidden)  # joins the vocabulary gather to rank 0
+            elif kind == "state":
+                _, num_slots, num_blocks, block_size, kv_format = msg
+                state = None
+                kw = {} if kv_format == "bf16" else {"kv_format": kv_format}
+                state = allocate_state(model.cfg, num_slots, num_blocks, block_size, spec["dtype"], device, **kw)
+                conn.send(("ready", rank))
+            elif kind == "shutdown":
+                return
+            else:
+                raise RuntimeError(f"unknown command {kind!r}")
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+        return  # the engine went away
+    except BaseException:  # noqa: BLE001 - report, then die loudly
+        tb = traceback.format_exc()
+        log.error("tensor-parallel worker failed:\n%s", tb)
+        try:
+            conn.send(("error", rank, tb))
+        except Exception:  # noqa: BLE001
+            pass
+        os._exit(1)
