@@ -75,7 +75,7 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_wn
     yptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
     ymask = mmask[:, None] & nmask[None, :]
     if SPLIT_K > 1:
-        tl.atomic_add(yptrs, acc, mask=ymask)
+        tl.atomic_add(yptrs, acc, mask=ymask, sem="relaxed")
     else:
         tl.store(yptrs, acc.to(y_ptr.dtype.element_ty), mask=ymask)
 

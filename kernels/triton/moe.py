@@ -86,7 +86,7 @@ def _moe_gemm_kernel(
         h = g / (1.0 + tl.exp(-g)) * v * rw[:, None]
         tl.store(optrs, h.to(out_ptr.dtype.element_ty), mask=omask)
     else:
-        tl.atomic_add(optrs, acc, mask=omask)
+        tl.atomic_add(optrs, acc, mask=omask, sem="relaxed")
 
 
 def pick_config(num_pairs: int, num_experts: int, n_out: int, wfmt: int, gate_up: bool, interp: bool) -> dict:

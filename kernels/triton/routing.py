@@ -118,7 +118,7 @@ def moe_align(ids, num_experts, block_m):
     npad = torch.empty(1, dtype=torch.int32, device=dev)
     block_e = triton.next_power_of_2(num_experts)
     pos = torch.empty(block_e, dtype=torch.int32, device=dev)
-    chunk = 64 if p <= 64 else 128
+    chunk = 64
     _align_kernel[(1,)](flat, p, sorted_ids, eids, npad, pos, num_experts, max_pad, max_blocks,
-                        BLOCK_M=block_m, BLOCK_E=block_e, CHUNK=chunk, num_warps=4)
+                        BLOCK_M=block_m, BLOCK_E=block_e, CHUNK=chunk, num_warps=8)
     return sorted_ids, eids, npad
