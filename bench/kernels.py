@@ -160,6 +160,18 @@ def bench_moe(ctx: Ctx):
                     except Exception as ex:  # noqa: BLE001
                         ctx.emit(bench="moe_decode_sweep", batch=n, cfg=f"BN{bn}_BK{bk}_st{st}_w{nw}", error=repr(ex)[:200])
         # prefill
+        if fmt == "fp4":
+            sets = _routings(16384, "uniform", 1)
+            flops = 2 * 16384 * TOPK * 3 * D * INTER
+            for bm, bn, bk, nw, st in ((128, 128, 64, 8, 3), (128, 128, 128, 8, 2), (64, 128, 64, 4, 4),
+                                       (128, 64, 64, 4, 4), (256, 128, 64, 8, 2)):
+                c = dict(BM=bm, BN=bn, BK=bk, GROUP_M=8, num_warps=nw, num_stages=st)
+                try:
+                    ms = bench_ms(_moe_call(ws, sets, c, c), graph=False, rep=30)
+                    ctx.emit(bench="moe_prefill_sweep", fmt=fmt, tokens=16384, cfg=f"BM{bm}_BN{bn}_BK{bk}_w{nw}_st{st}",
+                             TFLOPs=flops / ms / 1e9)
+                except Exception as ex:  # noqa: BLE001
+                    ctx.emit(bench="moe_prefill_sweep", cfg=f"BM{bm}_BN{bn}_BK{bk}", error=repr(ex)[:200])
         for n in (4096, 16384):
             sets = _routings(n, "uniform", 1)
             flops = 2 * n * TOPK * 3 * D * INTER
@@ -263,6 +275,18 @@ def bench_fp8_linear(ctx: Ctx):
             gbps = wbytes / ms / 1e6
             ctx.emit(bench="fp8_linear_decode", shape=name, M=m, N=n, K=k, us=ms * 1e3, GBps=gbps,
                      pct_hbm=100 * gbps / ctx.hbm_gbps)
+        if name in ("wq_b", "wo_b", "shared_w13"):  # decode tile sweep
+            x = torch.randn(1, k, device="cuda").bfloat16()
+            for bn, nw, st, sk in ((32, 4, 4, 1), (64, 4, 6, 1), (128, 4, 4, 1), (128, 8, 4, 1), (64, 4, 4, 2),
+                                   (32, 4, 6, 2), (16, 4, 6, 1), (64, 8, 3, 4)):
+                c = dict(BM=16, BN=bn, BK=128, GROUP_M=1, num_warps=nw, num_stages=st, SPLIT_K=sk)
+
+                def run():
+                    for w, s in wts:
+                        tf.fp8_linear(x, w, s, False, None, c)
+                ms = bench_ms(run) / R
+                ctx.emit(bench="fp8_linear_decode_sweep", shape=name, M=1, cfg=f"BN{bn}_w{nw}_st{st}_sk{sk}",
+                         us=ms * 1e3, pct_hbm=100 * wbytes / ms / 1e6 / ctx.hbm_gbps)
         wb = [dequant_fp8(w, s, torch.bfloat16) for w, s in wts[:1]]
         x = torch.randn(1, k, device="cuda").bfloat16()
         ms = bench_ms(lambda: F.linear(x, wb[0]))
@@ -279,6 +303,12 @@ def bench_fp8_linear(ctx: Ctx):
         ctx.emit(bench="baseline_bf16_linear_prefill", shape=name, M=m, us=ms * 1e3, TFLOPs=2 * m * n * k / ms / 1e9)
         del wts, wb
         torch.cuda.empty_cache()
+
+
+# issue 5: attention / indexer / compressor / prefill entries (bench/attention_entries.py)
+from bench.attention_entries import install as _install_attention  # noqa: E402
+
+_install_attention(register, bench_ms)
 
 
 def main(argv=None):

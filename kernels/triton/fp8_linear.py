@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot_dtype, e8m0_to_f32, interpreting, load_w_tile
+from .common import dot_dtype, e8m0_to_f32, interpreting, load_w_tile, mma
 
 
 @triton.jit
@@ -66,12 +66,8 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_wn
                 d = tl.dot(aq, tl.trans(wq))
             acc += d * xs[:, None] * ws[None, :]
         else:
-            b, cs = load_w_tile(w_ptr, s_ptr, offs_n, nmask, k0, K, stride_wn, 1, stride_sn, 1, 1, BN, BK, DOT_T)
-            if DOT_F32:
-                d = tl.dot(a.to(DOT_T), b, input_precision="ieee")
-            else:
-                d = tl.dot(a.to(DOT_T), b)
-            acc += d * cs[None, :]
+            b = load_w_tile(w_ptr, s_ptr, offs_n, nmask, k0, K, stride_wn, 1, stride_sn, 1, 1, BN, BK, DOT_T)
+            acc = mma(a.to(DOT_T), b, acc, DOT_F32)
     yptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
     ymask = mmask[:, None] & nmask[None, :]
     if SPLIT_K > 1:
