@@ -152,6 +152,9 @@ class AsyncLLM:
                 out = eng.abort_request(cmd[1])
                 if out is not None:
                     log.info("aborted %s", cmd[1])
+                    # a consumer still iterating (abort() from outside) gets the final "abort"
+                    # output instead of waiting forever; a closed stream has no queue: dropped
+                    self._post(cmd[1], out)
 
     def _added(self, n: int) -> None:
         self._num_pending_adds -= n
@@ -171,7 +174,9 @@ class AsyncLLM:
                 self._stats = eng.stats()
             self._drain_commands()
             for rid in list(eng.requests):
-                eng.abort_request(rid)
+                out = eng.abort_request(rid)
+                if out is not None:
+                    self._post(rid, out)
             self._stats = eng.stats()
         except BaseException as e:  # noqa: BLE001 - a dead engine must fail every stream loudly
             log.exception("engine loop died")

@@ -130,7 +130,7 @@ class LLMEngine:
             if max_tokens < 1:
                 from .errors import RequestTooLongError
 
-                raise RequestTooLongError.for_lengths(self.max_model_len, len(ids), 1)
+                raise RequestTooLongError.for_lengths(self.max_model_len, len(ids), None)
         now = arrival_time if arrival_time is not None else time.monotonic()
         samples = []
         for k in range(params.n):
@@ -182,8 +182,11 @@ class LLMEngine:
         for i, st in enumerate(states):
             st.metrics.setdefault("first_scheduled", now)
             c = sched.chunks[i]
-            if c.seq.sample_index == 0 and c.start < c.seq.num_prompt_tokens and c.seq.num_preemptions == 0:
-                self.prompt_tokens_total += min(c.num_tokens, c.seq.num_prompt_tokens - c.start)
+            # count every prompt token once: a preemption (even mid-prefill) recomputes from 0
+            end = min(c.start + c.num_tokens, c.seq.num_prompt_tokens)
+            if c.seq.sample_index == 0 and end > st.num_prompt_tokens_counted:
+                self.prompt_tokens_total += end - st.num_prompt_tokens_counted
+                st.num_prompt_tokens_counted = end
         for i, (start, logits) in res.prompt_logits.items():
             st = states[i]
             nxt = torch.tensor(st.prompt_token_ids[start + 1:start + 1 + logits.shape[0]], device=logits.device)

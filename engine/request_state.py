@@ -34,6 +34,7 @@ class RequestState:
     arrival_time: float = field(default_factory=time.monotonic)
     prompt_logprobs: list[dict[int, float] | None] | None = None  # filled as prompt chunks run
     metrics: dict[str, float] = field(default_factory=dict)
+    num_prompt_tokens_counted: int = 0  # prompt tokens of sample 0 already in prompt_tokens_total
 
     @property
     def finished(self) -> bool:
