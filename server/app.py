@@ -19,7 +19,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from server.chat_format import SpecialTokens
-from server.errors import APIError, InvalidRequest, error_body, install_exception_handlers
+from server.errors import (APIError, InvalidRequest, check_text, error_body, error_response,
+                           install_exception_handlers, to_api_error)
 from server.metrics import HttpMetricsMiddleware, ServerMetrics
 from server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from server.serving_chat import create_chat_completion, render_chat_prompt
@@ -38,7 +39,10 @@ def _version() -> str:
 
 
 class RequestIdAuthMiddleware:
-    """Pure ASGI: echo or mint `X-Request-Id` on every response; enforce the bearer key."""
+    """Pure ASGI: echo or mint `X-Request-Id` on every response; enforce the bearer key; turn an
+    unexpected exception raised before the response started into the JSON 500 envelope here, so
+    the answer still carries the request id and the keep-alive connection survives (Starlette's
+    outermost error middleware re-raises to the server, which then drops the connection)."""
 
     def __init__(self, app, api_key: str | None) -> None:
         self.app, self.api_key = app, api_key
@@ -50,9 +54,12 @@ class RequestIdAuthMiddleware:
         headers = dict(scope.get("headers") or [])
         rid = headers.get(b"x-request-id", b"").decode("latin-1")[:256] or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
+        started = False
 
         async def _send(message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode("latin-1"))]
             await send(message)
@@ -65,7 +72,13 @@ class RequestIdAuthMiddleware:
                                     status_code=401, headers={"WWW-Authenticate": "Bearer"})
                 await resp(scope, receive, _send)
                 return
-        await self.app(scope, receive, _send)
+        try:
+            await self.app(scope, receive, _send)
+        except Exception as exc:
+            if started:  # mid-body failure: nothing left to answer with
+                raise
+            err = to_api_error(exc)  # logs the traceback of anything unclassified
+            await error_response(err)(scope, receive, _send)
 
 
 def create_app(engine, *, served_model_name: str, api_key: str | None = None,
@@ -84,6 +97,7 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
         async def start() -> None:
             try:
                 await engine.start()
+                startup["started"] = True
                 logger.info("engine ready: serving %s", served_model_name)
             except Exception as e:
                 startup["error"] = e
@@ -108,9 +122,17 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
         if model not in (None, "", served_model_name):
             raise APIError(404, f"The model `{model}` does not exist.", param="model")
 
+    def unavailable_reason() -> str:
+        """Why the engine is not ready: failed start, stopped (died or shutting down), or still starting."""
+        if "error" in startup:
+            return f"the engine failed to start: {startup['error']}"
+        if startup.get("started"):
+            return "the engine is not running (it stopped after an internal error or is shutting down)"
+        return "engine is starting up, retry later"
+
     def check_capacity() -> None:
         if not engine.is_ready:
-            raise APIError(503, str(startup.get("error") or "engine is starting up, retry later"))
+            raise APIError(503, unavailable_reason())
         if max_queued_requests is not None and engine.stats().num_waiting >= max_queued_requests:
             raise APIError(429, "server is overloaded: request queue is full, retry later",
                            headers={"Retry-After": "1"})
@@ -144,8 +166,7 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
     async def health():
         if engine.is_ready:
             return Response(status_code=200)
-        message = str(startup.get("error") or "engine is starting up")
-        return JSONResponse(error_body(503, message), status_code=503)
+        return JSONResponse(error_body(503, unavailable_reason()), status_code=503)
 
     @app.get("/metrics")
     async def prometheus_metrics():
@@ -170,7 +191,7 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
         else:
             prompt = req.prompt
             add = True if req.add_special_tokens is None else req.add_special_tokens
-            tokens = tok.encode(prompt, add_special_tokens=add)
+            tokens = tok.encode(check_text(prompt, "prompt"), add_special_tokens=add)
         return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.max_model_len, "prompt": prompt}
 
     @app.post("/detokenize")

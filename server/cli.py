@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 _EFFORTS = ("none", "minimal", "low", "medium", "high", "max", "xhigh")
@@ -76,9 +77,34 @@ def serve(ns: argparse.Namespace) -> int:
                      default_reasoning_effort=ns.default_reasoning_effort,
                      max_queued_requests=ns.max_queued_requests)
     log.info("serving %s on http://%s:%d (max_model_len=%d)", name, ns.host, ns.port, engine.max_model_len)
-    uvicorn.run(app, host=ns.host, port=ns.port, log_level=ns.log_level, access_log=False,
-                timeout_graceful_shutdown=30)
+    server = uvicorn.Server(uvicorn.Config(app, host=ns.host, port=ns.port, log_level=ns.log_level,
+                                           access_log=False, timeout_graceful_shutdown=30))
+    stopped_by: list[int] = []
+    previous = _absorb_stop_signals(server, stopped_by)
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not server.started and not stopped_by:
+        log.error("the HTTP server did not start")
+        return 3  # uvicorn.run's STARTUP_FAILURE
+    if stopped_by:
+        log.info("stopped by %s", signal.Signals(stopped_by[0]).name)
     return 0
+
+
+def _absorb_stop_signals(server, record: list[int]) -> dict:
+    """After a graceful shutdown uvicorn re-raises the SIGTERM/SIGINT it caught on the handler that
+    was installed before it started; with the default ones that kills the process (exit -15) or
+    raises KeyboardInterrupt. Install handlers that record the signal and ask the server to exit
+    (in case it arrives before uvicorn installs its own), so a stop signal ends `serve` normally
+    and the process exits 0. Returns the handlers to restore."""
+    def absorb(signum, _frame) -> None:
+        record.append(signum)
+        server.should_exit = True
+
+    return {sig: signal.signal(sig, absorb) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def main(argv: list[str] | None = None) -> int:

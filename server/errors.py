@@ -43,6 +43,17 @@ class InvalidRequest(APIError, ValueError):
         super().__init__(400, message, param=param)
 
 
+def check_text(text: str, param: str | None) -> str:
+    """400 for text that is not valid Unicode: JSON allows lone surrogates ("\\ud800"), which the
+    tokenizer cannot encode (it would fail with a TypeError, i.e. a 500)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidRequest(f"invalid text: {e.reason} (a lone UTF-16 surrogate such as "
+                             f"{text[e.start]!r} at position {e.start})", param=param) from None
+    return text
+
+
 def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": _TYPES.get(status, "APIError"), "param": param, "code": status}}
 

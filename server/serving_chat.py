@@ -16,7 +16,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.chat_format import encode_messages
-from server.errors import APIError, InvalidRequest, sse_error
+from server.errors import APIError, InvalidRequest, check_text, sse_error
 from server.output_parser import StreamingParser, parse_completion
 from server.protocol import ChatCompletionRequest
 from server.reasoning import ReasoningConfig, resolve_reasoning
@@ -41,7 +41,7 @@ def render_chat_prompt(state: ServerState, req: Any) -> tuple[str, ReasoningConf
     messages = [m.to_dict(i) for i, m in enumerate(req.messages)]
     text = encode_messages(messages, thinking=reasoning.thinking, reasoning_effort=reasoning.encoder_effort,
                            tools=tools, add_generation_prompt=req.add_generation_prompt, drop_thinking=drop)
-    return text, reasoning
+    return check_text(text, "messages"), reasoning
 
 
 def _special(state: ServerState):

@@ -10,7 +10,7 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from server.errors import InvalidRequest, sse_error
+from server.errors import InvalidRequest, check_text, sse_error
 from server.protocol import CompletionRequest
 from server.serving_common import (SSE_DONE, ServerState, collect, first_output, legacy_logprobs, log_request,
                                    merge, new_id, sse)
@@ -26,7 +26,7 @@ def _prepare(state: ServerState, req: CompletionRequest, base_id: str) -> list[_
     prompts = []
     for i, p in enumerate(req.prompts()):
         if isinstance(p, str):
-            ids = tok.encode(p, add_special_tokens=True)
+            ids = tok.encode(check_text(p, "prompt"), add_special_tokens=True)
             text = p
         else:
             bad = [t for t in p if not 0 <= t < tok.vocab_size]
