@@ -19,8 +19,9 @@ model and the sampler, so device time lands in those phases):
     sampler        Sampler.__call__ (device work on CUDA)
     post           the rest of step(): logit slicing, stop checks, detokenization, outputs
 
-host overhead = step - model - sampler (the engine's Python work; the issue's target is
-<= 2 ms per decode step with 256 running sequences). The last line of output is one JSON object.
+host overhead = step - model - sampler (all of the engine's Python work per step); sched_batch =
+schedule + build_batch (the issue's target: <= 2 ms per decode step with 256 running sequences).
+The last line of output is one JSON object.
 
 --overhead-only replaces the model with a function that returns random logits of the right shape,
 fills the engine with --overhead-seqs running sequences (prefill done), and times decode steps that
@@ -150,7 +151,7 @@ def summarize(steps: list[dict[str, float]]) -> dict[str, float]:
     host = sorted(s["host"] for s in steps)
     out["host_p50_ms"] = 1e3 * host[len(host) // 2]
     out["host_p90_ms"] = 1e3 * host[min(len(host) - 1, int(0.9 * len(host)))]
-    out["host_excl_sampler_ms"] = out["host_ms"]  # host already excludes model and sampler
+    out["sched_batch_ms"] = out["schedule_ms"] + out["build_batch_ms"]  # scheduler + batch building only
     out["host_incl_sampler_ms"] = out["host_ms"] + out["sampler_ms"]
     out["num_steps"] = len(steps)
     return out
@@ -281,7 +282,8 @@ def run_overhead(args) -> dict:
     return {"mode": "overhead", "model": model_dir, "device": str(eng.device), "running_seqs": n,
             "vocab_size": eng.model_config.vocab_size, "temperature": args.temperature,
             "per_decode_step": s, "target_ms": 2.0, "host_overhead_ms": s["host_ms"],
-            "meets_target": s["host_ms"] <= 2.0}
+            "sched_batch_ms": s["sched_batch_ms"], "sched_batch_meets_target": s["sched_batch_ms"] <= 2.0,
+            "host_meets_target": s["host_ms"] <= 2.0}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -332,7 +334,8 @@ def _print_human(res: dict) -> None:
         if s:
             phases = "  ".join(f"{p} {s[p + '_ms']:.3f}" for p in PHASES)
             print(f"{key} (ms, mean over {s['num_steps']}): step {s['step_ms']:.3f}  {phases}  "
-                  f"| host overhead {s['host_ms']:.3f} (p50 {s['host_p50_ms']:.3f}, p90 {s['host_p90_ms']:.3f})")
+                  f"| sched+batch {s['sched_batch_ms']:.3f}  host overhead {s['host_ms']:.3f} "
+                  f"(p50 {s['host_p50_ms']:.3f}, p90 {s['host_p90_ms']:.3f})")
 
 
 if __name__ == "__main__":
