@@ -77,21 +77,23 @@ class ServerMetrics:
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
-    def timer(self) -> "RequestTimer":
-        return RequestTimer(self)
+    def timer(self, n: int = 1) -> "RequestTimer":
+        return RequestTimer(self, n)
 
 
 class RequestTimer:
     """Fed every cumulative snapshot of one request; observes ITL live and the rest at the end."""
 
-    def __init__(self, metrics: ServerMetrics) -> None:
-        self.m = metrics
+    def __init__(self, metrics: ServerMetrics, n: int = 1) -> None:
+        self.m, self.n = metrics, n  # n: choices of the request
+        self.last: RequestOutput | None = None
         self.last_time: float | None = None
         self.last_tokens = 0
         self.done = False
 
     def on_output(self, out: RequestOutput) -> None:
         now = time.monotonic()
+        self.last = out
         tokens = sum(len(c.token_ids) for c in out.outputs)
         new = tokens - self.last_tokens
         if new > 0:
@@ -124,6 +126,17 @@ class RequestTimer:
         self.m.generation_tokens.observe(sum(len(c.token_ids) for c in out.outputs))
         for c in out.outputs:
             self.m.request_success.labels(self.m.model_name, c.finish_reason or "abort").inc()
+
+    def abort(self) -> None:
+        """The request ended without a finished snapshot (client gone, sibling failed, shutdown):
+        count its unfinished choices under finished_reason="abort", as vLLM does. Idempotent, and a
+        no-op after `finish`, so callers may call it from any cleanup path."""
+        if self.done:
+            return
+        self.done = True
+        reasons = {c.index: c.finish_reason for c in self.last.outputs} if self.last is not None else {}
+        for k in range(self.n):
+            self.m.request_success.labels(self.m.model_name, reasons.get(k) or "abort").inc()
 
 
 class HttpMetricsMiddleware:

@@ -103,9 +103,9 @@ class _Ctx:
 async def create_chat_completion(state: ServerState, req: ChatCompletionRequest, raw_request: Request):
     ctx = _Ctx(state, req, raw_request)
     gen = state.engine.generate(ctx.prompt_ids, ctx.params, ctx.request_id)
-    timer = state.metrics.timer()
+    timer = state.metrics.timer(ctx.params.n)
     if req.stream:
-        first = await first_output(raw_request, state.engine, gen, ctx.request_id)
+        first = await first_output(raw_request, state.engine, gen, ctx.request_id, timer)
         return StreamingResponse(_stream(ctx, gen, first, timer), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     (out,) = await collect(raw_request, state.engine, [(ctx.request_id, gen)], [timer])
@@ -230,6 +230,7 @@ async def _stream(ctx: _Ctx, gen: AsyncIterator, first, timer) -> AsyncIterator[
         yield sse_error(e)
     finally:
         if out is None or not out.finished:
+            timer.abort()
             with suppress(Exception):
                 await gen.aclose()
             with suppress(Exception):

@@ -79,14 +79,19 @@ async def _with_disconnect(request: Request, coro, on_disconnect) -> Any:
 
 
 async def first_output(request: Request, engine: Any, gen: AsyncIterator[RequestOutput],
-                       request_id: str) -> RequestOutput | None:
+                       request_id: str, timer: Any = None) -> RequestOutput | None:
     """Admit the request and wait for its first snapshot, so admission errors still get an HTTP status."""
     async def nxt() -> RequestOutput | None:
         try:
             return await gen.__anext__()
         except StopAsyncIteration:
             return None
-    return await _with_disconnect(request, nxt(), lambda: engine.abort(request_id))
+
+    async def on_disconnect() -> None:
+        if timer is not None:
+            timer.abort()
+        await engine.abort(request_id)
+    return await _with_disconnect(request, nxt(), on_disconnect)
 
 
 async def collect(request: Request, engine: Any, gens: list[tuple[str, AsyncIterator[RequestOutput]]],
@@ -104,6 +109,8 @@ async def collect(request: Request, engine: Any, gens: list[tuple[str, AsyncIter
         return last
 
     async def abort_all() -> None:
+        for t in timers:
+            t.abort()
         for rid, gen in gens:
             with suppress(Exception):
                 await gen.aclose()

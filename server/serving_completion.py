@@ -53,14 +53,16 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw_requ
     prompts = _prepare(state, req, base_id)
     engine = state.engine
     gens = [(p.request_id, engine.generate(p.ids, p.params, p.request_id)) for p in prompts]
-    timers = [state.metrics.timer() for _ in prompts]
+    timers = [state.metrics.timer(p.params.n) for p in prompts]
     started, created = time.monotonic(), int(time.time())
     if req.stream:
         firsts = []
         try:
-            for rid, gen in gens:
-                firsts.append(await first_output(raw_request, engine, gen, rid))
+            for (rid, gen), timer in zip(gens, timers):
+                firsts.append(await first_output(raw_request, engine, gen, rid, timer))
         except BaseException:
+            for timer in timers[:len(firsts)]:  # admitted, now aborted with the failed sibling
+                timer.abort()
             for rid, gen in gens:
                 with suppress(Exception):
                     await gen.aclose()
@@ -149,8 +151,9 @@ async def _stream(state: ServerState, req: CompletionRequest, prompts: list[_Pro
     finally:
         with suppress(BaseException):
             await streams.aclose()
-        for (rid, _), o in zip(gens, last):
+        for (rid, _), o, timer in zip(gens, last, timers):
             if o is None or not o.finished:
+                timer.abort()
                 with suppress(Exception):
                     await state.engine.abort(rid)
     yield SSE_DONE

@@ -590,8 +590,14 @@ def test_not_found(http):
 
 
 # ---- disconnects free the cache ------------------------------------------------------------------
+def _aborted(http: httpx.Client) -> float:
+    m = re.search(r'^vllm:request_success_total\{finished_reason="abort"[^}]*\} (\S+)$', http.get("/metrics").text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
 def test_stream_disconnect_frees_cache(real, http):
     _wait_idle(http)
+    aborted = _aborted(http)
     for route, body in (("/v1/chat/completions", {"messages": USER}), ("/v1/completions", {"prompt": "hi"})):
         with httpx.Client(base_url=real.base_url, timeout=30) as c:
             with c.stream("POST", route, json={**body, "max_tokens": 400, "ignore_eos": True, "stream": True}) as r:
@@ -602,14 +608,17 @@ def test_stream_disconnect_frees_cache(real, http):
                 m = _metrics(http)
                 assert m["vllm:num_requests_running"] == 1 and m["vllm:kv_cache_usage_perc"] > 0
         _wait_idle(http)
+    assert _aborted(http) == aborted + 2  # counted as vLLM does: request_success_total{finished_reason="abort"}
 
 
 def test_non_stream_cancel_frees_cache(real, http):
     _wait_idle(http)
+    aborted = _aborted(http)
     for route, body in (("/v1/chat/completions", {"messages": USER}), ("/v1/completions", {"prompt": "hi"})):
         with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=real.base_url, timeout=0.5) as c:
             c.post(route, json={**body, "max_tokens": 400, "ignore_eos": True})
         _wait_idle(http)
+    assert _aborted(http) == aborted + 2
     # the server still works afterwards
     r = http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2, "ignore_eos": True})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
