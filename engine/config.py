@@ -21,7 +21,7 @@ class EngineArgs:
     max_num_batched_tokens: int = 2048  # token budget per step (decode tokens + prefill chunks)
     max_model_len: int | None = None  # None = min(model max positions, what the cache holds)
     num_kv_blocks: int | None = None  # explicit cache size in blocks (overrides the memory budget)
-    kv_cache_memory: int | None = None  # explicit byte budget for the KV cache (CPU default 1 GiB)
+    kv_cache_memory: int | None = None  # explicit byte budget for the KV cache (CPU default 256 MiB)
     gpu_memory_utilization: float = 0.9  # fraction of free GPU memory for the KV cache after weights
     block_size: int | None = None  # tokens per cache block; None = smallest multiple of every ratio >= 64
     max_queued_requests: int | None = None  # waiting requests beyond this are rejected (HTTP 429)

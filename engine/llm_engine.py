@@ -30,7 +30,7 @@ from .tokenizer import Tokenizer
 
 log = logging.getLogger("v4serve.engine")
 
-CPU_DEFAULT_KV_BYTES = 1 << 30
+CPU_DEFAULT_KV_BYTES = 256 << 20  # CPU serving is for small models; --kv-cache-memory raises it
 
 
 @dataclass
