@@ -49,8 +49,9 @@ class IncrementalDetokenizer:
 
     def __init__(self, tokenizer: _Decoder, prompt_token_ids: Sequence[int], *,
                  skip_special_tokens: bool = True, stop: Sequence[str] = (),
-                 include_stop_str_in_output: bool = False):
+                 include_stop_str_in_output: bool = False, min_tokens: int = 0):
         self._tokenizer = tokenizer
+        self._min_tokens = min_tokens  # stop strings count only from this many generated tokens on (vLLM)
         self._skip_special = skip_special_tokens
         self._stop = [s for s in stop if s]
         self._include_stop = include_stop_str_in_output
@@ -166,7 +167,8 @@ class IncrementalDetokenizer:
         buf = self._held + new_text
         if not buf:
             return DetokStep("")
-        if self._stop:
+        active = self._num_tokens >= self._min_tokens
+        if self._stop and active:
             best: tuple[int, str] | None = None
             for s in self._stop:
                 i = buf.find(s)
@@ -178,7 +180,7 @@ class IncrementalDetokenizer:
                 self._held, self._stop_str = "", s
                 self._parts.append(out)
                 return DetokStep(out, s)
-        keep = 0 if final else self._partial_stop_len(buf)
+        keep = 0 if final or not active else self._partial_stop_len(buf)
         out, self._held = buf[:len(buf) - keep], buf[len(buf) - keep:]
         if out:
             self._parts.append(out)

@@ -140,7 +140,8 @@ class LLMEngine:
             if params.seed is not None and not params.greedy:
                 gen = make_generator(params.seed + k * 1_000_003, self.device)
             detok = IncrementalDetokenizer(self.tokenizer, ids, skip_special_tokens=params.skip_special_tokens,
-                                           stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output)
+                                           stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output,
+                                           min_tokens=params.min_tokens)
             samples.append(SampleState(seq, detok, gen, [] if params.logprobs is not None else None))
         self.scheduler.add_request([s.seq for s in samples])  # raises on too long / queue full
         st = RequestState(request_id, text, ids, params, samples, arrival_time=now)

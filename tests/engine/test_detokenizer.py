@@ -144,3 +144,13 @@ def test_prompt_context_and_long_runs_of_skipped_specials(tok):
     d, pieces, _ = stream(tok, ids, prompt)
     assert "".join(pieces) == " 你好"
     assert len(d._ids) - d._prefix < 64  # the decode window stays short through 100 silent tokens
+
+
+def test_stop_strings_ignored_before_min_tokens(tok):
+    """vLLM semantics: a stop string inside the first min_tokens tokens does not stop the sequence."""
+    ids = tok.encode("ab ab ab ab")
+    first = len(tok.encode("ab"))
+    d, pieces, stop = stream(tok, ids, stop=["ab"], min_tokens=first + 1)
+    assert stop == "ab" and d.text.startswith("ab") and len(d.text) > 2
+    d, pieces, stop = stream(tok, ids, stop=["ab"], min_tokens=0)
+    assert stop == "ab" and d.text == ""
