@@ -96,17 +96,30 @@ from .ref import compressor as _ref_comp  # noqa: E402
 from .ref import indexer as _ref_idx  # noqa: E402
 
 
-def _use_triton(t: torch.Tensor) -> bool:
-    if _BACKEND == "ref":
+_ATTN_BACKEND: str | None = None  # override for the attention ops only (None: follow set_backend)
+
+
+def set_attention_backend(name: str | None) -> None:
+    """Override the backend of the attention/indexer/compressor ops only (tests: Triton attention
+    inside an otherwise-torch model)."""
+    global _ATTN_BACKEND
+    if name not in (None, "auto", "ref", "triton"):
+        raise ValueError(f"unknown kernel backend {name!r}")
+    _ATTN_BACKEND = name
+
+
+def _attn_use_triton(t: torch.Tensor) -> bool:
+    b = _ATTN_BACKEND or _BACKEND
+    if b == "ref":
         return False
-    if _BACKEND == "triton":
+    if b == "triton":
         return True
     return t.is_cuda
 
 
 def kv_pack(kv, ring, rope_dim: int):
     """Chunk K=V [N, c] -> rows in the ring's storage format (dense cast or 584-byte FP8 pack)."""
-    if _use_triton(kv):
+    if _attn_use_triton(kv):
         from .triton import attention as _tr_attn
         return _tr_attn.kv_pack(kv, ring, rope_dim)
     return _ref_attn.kv_pack(kv, ring, rope_dim)
@@ -114,7 +127,7 @@ def kv_pack(kv, ring, rope_dim: int):
 
 def window_store(kv_cur, ring, meta) -> None:
     """Store each sequence's last min(n, W) chunk rows into its window ring (after attention)."""
-    if _use_triton(kv_cur):
+    if _attn_use_triton(kv_cur):
         from .triton import attention as _tr_attn
         return _tr_attn.window_store(kv_cur, ring, meta)
     return _ref_attn.window_store(kv_cur, ring, meta)
@@ -123,7 +136,7 @@ def window_store(kv_cur, ring, meta) -> None:
 def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta, sink, *, ratio: int, scale: float, rope_dim: int):
     """Window + compressed-entry attention with per-head sink, decode and (chunked) prefill.
     See kernels.ref.attention.sparse_attention for the semantics."""
-    if _use_triton(q):
+    if _attn_use_triton(q):
         from .triton import attention as _tr_attn
         return _tr_attn.sparse_attention(q, kv_cur, ring, pool, topk_idx, meta, sink, ratio=ratio, scale=scale,
                                          rope_dim=rope_dim)
@@ -133,7 +146,7 @@ def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta, sink, *, ratio: int,
 
 def indexer_topk(q, w, keys, meta, topk: int, *, ratio: int = 4):
     """Lightning-indexer scores + top-k -> [N, topk] int32 entry indices, -1 = none."""
-    if _use_triton(q):
+    if _attn_use_triton(q):
         from .triton import indexer as _tr_idx
         return _tr_idx.indexer_topk(q, w, keys, meta, topk, ratio=ratio)
     return _ref_idx.indexer_topk(q, w, keys, meta, topk, ratio=ratio)
@@ -142,7 +155,7 @@ def indexer_topk(q, w, keys, meta, topk: int, *, ratio: int = 4):
 def compress_and_store(kv, score, kv_tail, score_tail, norm_weight, inv_freq, pool, meta, *, ratio: int,
                        overlap: bool, eps: float, index_keys: bool = False) -> None:
     """Gated pooling + RMSNorm + RoPE of every entry closed by the chunk, paged write, tail update."""
-    if _use_triton(kv):
+    if _attn_use_triton(kv):
         from .triton import compressor as _tr_comp
         return _tr_comp.compress_and_store(kv, score, kv_tail, score_tail, norm_weight, inv_freq, pool, meta,
                                            ratio=ratio, overlap=overlap, eps=eps, index_keys=index_keys)

@@ -40,9 +40,13 @@ def _load_tile(ptr, valid, D: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr,
         is_nope = cols < NOPE
         raw = tl.load(ptr[:, None] + cols[None, :], mask=valid[:, None] & is_nope[None, :], other=0)
         v8 = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-        sc = tl.load(ptr[:, None] + (NOPE + 2 * R) + cols[None, :] // 64, mask=valid[:, None] & is_nope[None, :],
-                     other=127)
-        v8 = v8 * tl.exp2(sc.to(tl.float32) - 127.0)
+        NB: tl.constexpr = D // 64
+        blk = tl.arange(0, NB)
+        sc = tl.load(ptr[:, None] + (NOPE + 2 * R) + blk[None, :], mask=valid[:, None] & (blk[None, :] < NOPE // 64),
+                     other=127)  # [BN, NB] UE8M0, one per 64 dims
+        f = tl.exp2(sc.to(tl.float32) - 127.0)
+        BN: tl.constexpr = ptr.shape[0]
+        v8 = tl.reshape(tl.reshape(v8, [BN, NB, 64]) * f[:, :, None], [BN, D])
         rptr = (ptr + NOPE).to(tl.pointer_type(tl.bfloat16))
         rv = tl.load(rptr[:, None] + (cols[None, :] - NOPE), mask=valid[:, None] & (cols[None, :] >= NOPE), other=0.0)
         tile = tl.where(is_nope[None, :], v8, rv.to(tl.float32))

@@ -30,8 +30,8 @@ SCORE_BUDGET_BYTES = 256 << 20  # cap on the per-tile score buffer
 
 @triton.jit
 def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scores_ptr,
-                  row0, HI, table_stride, score_stride,
-                  CI: tl.constexpr, ROW: tl.constexpr, PB: tl.constexpr, RATIO: tl.constexpr, FP8: tl.constexpr,
+                  row0, HI, table_stride, score_stride, ROW,
+                  CI: tl.constexpr, PB: tl.constexpr, RATIO: tl.constexpr, FP8: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, DOT_DT: tl.constexpr):
     r = tl.program_id(0)
     t = row0 + r
@@ -52,8 +52,12 @@ def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scor
         if FP8:
             raw = tl.load(keys_ptr + row[:, None] + cols[None, :], mask=ok[:, None], other=0)
             k = raw.to(tl.float8e4nv, bitcast=True)
-            sptr = (keys_ptr + row + CI).to(tl.pointer_type(tl.float32))
-            kscale = tl.load(sptr, mask=ok, other=0.0)
+            sb = keys_ptr + row + CI  # fp32 scale, assembled from 4 bytes (no alignment assumption)
+            s0 = tl.load(sb, mask=ok, other=0).to(tl.uint32)
+            s1 = tl.load(sb + 1, mask=ok, other=0).to(tl.uint32)
+            s2 = tl.load(sb + 2, mask=ok, other=0).to(tl.uint32)
+            s3 = tl.load(sb + 3, mask=ok, other=0).to(tl.uint32)
+            kscale = (s0 | (s1 << 8) | (s2 << 16) | (s3 << 24)).to(tl.float32, bitcast=True)
         else:
             k = tl.load(keys_ptr + row[:, None] + cols[None, :], mask=ok[:, None], other=0.0)
             kscale = tl.full([BLOCK_E], 1.0, tl.float32)
@@ -90,7 +94,7 @@ def _topk_kernel(scores_ptr, pos_ptr, out_ptr, row0, score_stride, out_stride,
         need = tl.full([], K, tl.int32)  # how many still to take at/below the current prefix
         bins = tl.arange(0, 256)
         for level in tl.static_range(4):
-            shift: tl.constexpr = 24 - 8 * level
+            shift = 24 - 8 * level
             hist = tl.zeros([256], tl.int32)
             for e0 in range(0, limit, BLOCK):
                 e = e0 + offs
@@ -145,8 +149,8 @@ def indexer_scores(q, w, keys, meta: AttnMeta, scores: torch.Tensor, row0: int, 
         dot_dt = tl.bfloat16
     _score_kernel[(n_rows, triton.cdiv(e_cap, block_e))](
         qd, w, keys, meta.block_tables, meta.tok_seq, meta.positions, scores, row0, hi,
-        meta.block_tables.stride(0), scores.stride(0),
-        CI=ci, ROW=row, PB=pb, RATIO=ratio, FP8=fp8, BLOCK_H=max(16, triton.next_power_of_2(hi)), BLOCK_E=block_e,
+        meta.block_tables.stride(0), scores.stride(0), row,
+        CI=ci, PB=pb, RATIO=ratio, FP8=fp8, BLOCK_H=max(16, triton.next_power_of_2(hi)), BLOCK_E=block_e,
         DOT_DT=dot_dt, num_warps=4,
     )
 

@@ -1,0 +1,49 @@
+"""FP8 KV entry format: 584-byte layout round trip, indexer keys, and a CPU model run on fp8 state."""
+
+import torch
+
+from kernels.ref import kv_fp8
+from models.config import flash_config, tiny_config
+from models.state import layer_state_specs
+
+
+def test_entry_layout_and_round_trip():
+    assert kv_fp8.entry_bytes(512, 64) == 584
+    assert kv_fp8.index_key_bytes(128) == 132
+    x = torch.randn(10, 512) * torch.logspace(-3, 3, 10)[:, None]
+    b = kv_fp8.pack_entry(x, 64)
+    assert b.shape == (10, 584) and b.dtype == torch.uint8
+    y = kv_fp8.unpack_entry(b, 512, 64)
+    assert torch.equal(y[:, 448:], x[:, 448:].bfloat16().float())  # rope dims are bf16
+    rel = (y[:, :448] - x[:, :448]).abs() / x[:, :448].abs().amax(-1, keepdim=True)
+    assert rel.max() < 2 ** -4  # e4m3 with a power-of-two scale per 64: <= half an ulp of the block max
+    assert (b[:, 576:583] > 0).all() and (b[:, 583] == 0).all()  # 7 UE8M0 scale bytes + 1 pad
+    k = torch.randn(6, 128)
+    kb = kv_fp8.pack_index_key(k)
+    assert kb.shape == (6, 132)
+    assert ((kv_fp8.unpack_index_key(kb, 128) - k).abs().max(-1).values / k.abs().amax(-1)).max() < 2 ** -4
+
+
+def test_fp8_state_specs_flash():
+    cfg = flash_config()
+    specs = {s.name: s for s in layer_state_specs(cfg, 2, 256, "fp8")}  # a CSA layer
+    assert specs["window"].shape == (128, 584) and specs["compressed"].shape == (64, 584)
+    assert specs["index_keys"].shape == (64, 132)
+    assert specs["window"].packed and specs["compressed"].dtype(torch.bfloat16) == torch.uint8
+
+
+@torch.no_grad()
+def test_model_runs_on_fp8_state_close_to_bf16():
+    from tests.models.oracle import our_model, random_state_dict
+    cfg = tiny_config(compress_ratios=(0, 4, 8, 4), index_topk=8)
+    model = our_model(cfg, random_state_dict(cfg, seed=1))
+    ids = torch.randint(0, cfg.vocab_size, (40,), generator=torch.Generator().manual_seed(2))
+    from models.state import single_sequence_batch
+    outs = {}
+    for fmt in ("bf16", "fp8"):
+        state = model.new_state(num_slots=1, num_blocks=4, block_size=16, kv_format=fmt)
+        a = model.compute_logits(model(single_sequence_batch(ids[:30], 0, torch.arange(4)), state))
+        b = model.compute_logits(model(single_sequence_batch(ids[30:], 30, torch.arange(4)), state))
+        outs[fmt] = torch.cat((a, b))
+    rel = ((outs["fp8"] - outs["bf16"]).norm() / outs["bf16"].norm()).item()
+    assert rel < 0.1, rel
