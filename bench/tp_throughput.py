@@ -4,9 +4,12 @@
         --decode-seqs 64 --output-len 64 --num-kv-blocks 1024
 
 For every TP size: build `LLM(model, tensor_parallel_size=N)`, warm up, then
-  prefill: --num-prompts random prompts of --input-len tokens with max_tokens=1 -> prompt tokens / s;
-  decode:  --decode-seqs prompts of 32 tokens generating --output-len tokens each (ignore_eos);
-           decode tokens / s = (generated - first tokens) / (wall time - the same batch's prefill time);
+  prefill: --num-prompts random prompts of --input-len tokens with max_tokens=1 -> prompt tokens / s
+           (run twice, the second timed: the first pays one-time kernel compilation for new shapes);
+  decode:  --decode-seqs prompts of 32 tokens generating --output-len tokens each (ignore_eos); the
+           engine is stepped until every sequence has its first token, then the remaining (pure decode)
+           steps are timed -> generated tokens / s (also run twice); `e2e_tok_s` = all generated tokens
+           over the whole run's wall time;
   parity:  greedy tokens of 4 short prompts, compared with the first TP size (bf16: may drift).
 One JSON line per TP size, then a summary line.
 """
@@ -36,6 +39,35 @@ def _timed(llm, prompts, params) -> tuple[float, list]:
     return time.perf_counter() - t0, outs
 
 
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _decode(llm, prompts, out_len: int) -> tuple[float, float, int, int]:
+    """-> (whole run s, pure-decode steps s, tokens generated in those steps, all generated tokens)."""
+    from engine.sampling_params import SamplingParams
+
+    eng = llm.engine
+    params = SamplingParams(max_tokens=out_len, temperature=0.0, ignore_eos=True)
+    _sync()
+    t0 = time.perf_counter()
+    g0 = eng.generation_tokens_total
+    for i, p in enumerate(prompts):
+        eng.add_request(f"bench-{time.monotonic_ns()}-{i}", p, params)
+    started: set[str] = set()
+    while len(started) < len(prompts) and eng.has_unfinished():
+        started.update(o.request_id for o in eng.step())
+    _sync()
+    t1 = time.perf_counter()
+    g1 = eng.generation_tokens_total
+    while eng.has_unfinished():
+        eng.step()
+    _sync()
+    t2 = time.perf_counter()
+    return t2 - t0, t2 - t1, eng.generation_tokens_total - g1, eng.generation_tokens_total - g0
+
+
 def bench_one(args, tp: int) -> dict:
     from engine.llm import LLM
     from engine.sampling_params import SamplingParams
@@ -50,17 +82,17 @@ def bench_one(args, tp: int) -> dict:
         one = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
         _timed(llm, _prompts(4, 64, vocab, 99), SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
         pre = _prompts(args.num_prompts, args.input_len, vocab, 1)
-        t_pre, _ = _timed(llm, pre, one)
+        for _ in range(2):
+            t_pre, _ = _timed(llm, pre, one)
         dec = _prompts(args.decode_seqs, 32, vocab, 2)
-        t_dec_pre, _ = _timed(llm, dec, one)
-        t_dec, outs = _timed(llm, dec, SamplingParams(max_tokens=args.output_len, temperature=0.0, ignore_eos=True))
-        n_gen = sum(len(o.outputs[0].token_ids) for o in outs)
+        for _ in range(2):
+            t_dec, t_steps, n_steps_tok, n_gen = _decode(llm, dec, args.output_len)
         _, par = _timed(llm, _prompts(4, 48, vocab, 3), SamplingParams(max_tokens=16, temperature=0.0))
         res = {
             "tp": tp, "startup_s": round(startup, 1),
             "prefill_tok_s": round(args.num_prompts * args.input_len / t_pre, 1), "prefill_s": round(t_pre, 3),
-            "decode_tok_s": round((n_gen - args.decode_seqs) / max(t_dec - t_dec_pre, 1e-9), 1),
-            "decode_s": round(t_dec, 3), "decode_seqs": args.decode_seqs,
+            "decode_tok_s": round(n_steps_tok / t_steps, 1), "decode_steps_s": round(t_steps, 3),
+            "e2e_tok_s": round(n_gen / t_dec, 1), "decode_s": round(t_dec, 3), "decode_seqs": args.decode_seqs,
             "parity_tokens": [o.outputs[0].token_ids for o in par],
             "gpu_mem_gb_rank0": round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else None,
         }

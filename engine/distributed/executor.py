@@ -54,7 +54,18 @@ def _start_method(device: torch.device) -> str:
     return "spawn"  # CUDA needs spawn; on CPU it also keeps the workers free of the parent's threads
 
 
-def _cleanup(procs, conns, tmpdir) -> None:
+def _abort_group(g) -> None:
+    """Tear a process group down without a collective (a NCCL group left to the garbage collector
+    blocked in its destructor for minutes in the GPU run)."""
+    for name in ("abort", "shutdown"):
+        fn = getattr(g, name, None)
+        if fn is not None:
+            with contextlib.suppress(Exception):
+                fn()
+                return
+
+
+def _cleanup(procs, conns, tmpdir, groups) -> None:
     for c in conns:
         try:
             c.send(("shutdown",))
@@ -73,6 +84,9 @@ def _cleanup(procs, conns, tmpdir) -> None:
     for c in conns:
         with contextlib.suppress(Exception):
             c.close()
+    for g in groups:
+        _abort_group(g)
+    groups.clear()
     shutil.rmtree(tmpdir, ignore_errors=True)
 
 
@@ -102,8 +116,8 @@ class TPExecutor:
         mp = torch.multiprocessing.get_context(_start_method(device))
         if mp.get_start_method() == "forkserver":  # torch + the model code imported once, in the server
             mp.set_forkserver_preload(["engine.distributed.worker", "models.sharded_loader"])
-        self.procs, self.conns = [], []
-        self._finalizer = weakref.finalize(self, _cleanup, self.procs, self.conns, self._tmpdir)
+        self.procs, self.conns, self._groups = [], [], []
+        self._finalizer = weakref.finalize(self, _cleanup, self.procs, self.conns, self._tmpdir, self._groups)
         t0 = time.monotonic()
         try:
             for r in range(1, world_size):
@@ -120,6 +134,7 @@ class TPExecutor:
             self.model = load_model_sharded(model_dir, self.ctx, device, dtype)
             self._wait_all("loaded", _startup_timeout())
             self.ctx.group = make_group(store_path, 0, world_size, device, init_timeout, self.timeout)
+            self._groups.append(self.ctx.group)
         except BaseException:
             self.shutdown()
             raise

@@ -93,6 +93,10 @@ def worker_main(rank: int, world_size: int, spec: dict, conn, store_path: str) -
                 state = allocate_state(model.cfg, num_slots, num_blocks, block_size, spec["dtype"], device, **kw)
                 conn.send(("ready", rank))
             elif kind == "shutdown":
+                if device.type == "cuda":  # no collective on the way out; see executor._abort_group
+                    from .executor import _abort_group
+
+                    _abort_group(ctx.group)
                 return
             else:
                 raise RuntimeError(f"unknown command {kind!r}")
