@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot_dtype, load_fp4_halves, load_w_tile, mma, weight_args
+from .common import dot_dtype, load_w_tile, mma, weight_args
 from .routing import moe_align
 
 
@@ -53,30 +53,15 @@ def _moe_gemm_kernel(
     acc2 = tl.zeros([BM, BN], dtype=tl.float32)
     arow_ptr = a_ptr + arow[:, None] * stride_am
     for k0 in range(0, K, BK):
-        if WFMT == 2:
-            kh = k0 + 2 * tl.arange(0, BK // 2)
-            am = mvalid[:, None] & (kh[None, :] < K)
-            a_e = tl.load(arow_ptr + kh[None, :], mask=am, other=0.0).to(DOT_T)
-            a_o = tl.load(arow_ptr + kh[None, :] + 1, mask=am, other=0.0).to(DOT_T)
-            blo, bhi = load_fp4_halves(b_base, bs_base, offs_n, nmask, k0, K, stride_bn, stride_sn, stride_sk,
-                                       BN, BK, DOT_T)
-            acc = mma(a_e, blo, acc, DOT_F32)
-            acc = mma(a_o, bhi, acc, DOT_F32)
-            if GATE_UP:
-                clo, chi = load_fp4_halves(b2_base, b2s_base, offs_n, nmask, k0, K, stride_bn, stride_sn,
-                                           stride_sk, BN, BK, DOT_T)
-                acc2 = mma(a_e, clo, acc2, DOT_F32)
-                acc2 = mma(a_o, chi, acc2, DOT_F32)
-        else:
-            kk = k0 + offs_k
-            a = tl.load(arow_ptr + kk[None, :], mask=mvalid[:, None] & (kk[None, :] < K), other=0.0).to(DOT_T)
-            b = load_w_tile(b_base, bs_base, offs_n, nmask, k0, K, stride_bn, stride_bk, stride_sn, stride_sk,
-                            WFMT, BN, BK, DOT_T)
-            acc = mma(a, b, acc, DOT_F32)
-            if GATE_UP:
-                b2 = load_w_tile(b2_base, b2s_base, offs_n, nmask, k0, K, stride_bn, stride_bk, stride_sn,
-                                 stride_sk, WFMT, BN, BK, DOT_T)
-                acc2 = mma(a, b2, acc2, DOT_F32)
+        kk = k0 + offs_k
+        a = tl.load(arow_ptr + kk[None, :], mask=mvalid[:, None] & (kk[None, :] < K), other=0.0).to(DOT_T)
+        b = load_w_tile(b_base, bs_base, offs_n, nmask, k0, K, stride_bn, stride_bk, stride_sn, stride_sk,
+                        WFMT, BN, BK, DOT_T)
+        acc = mma(a, b, acc, DOT_F32)
+        if GATE_UP:
+            b2 = load_w_tile(b2_base, b2s_base, offs_n, nmask, k0, K, stride_bn, stride_bk, stride_sn,
+                             stride_sk, WFMT, BN, BK, DOT_T)
+            acc2 = mma(a, b2, acc2, DOT_F32)
     omask = mvalid[:, None] & nmask[None, :]
     orow = (pair // OUT_DIV).to(tl.int64)
     optrs = out_ptr + orow[:, None] * stride_om + offs_n[None, :]
