@@ -51,7 +51,7 @@ class LLM:
             raise
         results: dict[str, RequestOutput] = {}
         while len(results) < len(ids):
-            for out in self.engine.step():
+            for out in self.engine.step(unfinished_outputs=False):
                 if out.finished:
                     results[out.request_id] = out
         return [results[r] for r in ids]

@@ -170,7 +170,9 @@ class LLMEngine:
                            self.generation_tokens_total, len(self.requests))
 
     # ---- one step ----------------------------------------------------------------------------
-    def step(self) -> list[RequestOutput]:
+    def step(self, unfinished_outputs: bool = True) -> list[RequestOutput]:
+        """One engine step -> snapshots of the requests it advanced (only the finished ones when
+        `unfinished_outputs` is False: the offline API needs no intermediate copies)."""
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
@@ -211,9 +213,11 @@ class LLMEngine:
                 changed[st.request_id] = st
         outputs = []
         for rid, st in changed.items():
-            outputs.append(st.snapshot())
             if st.finished:
                 del self.requests[rid]
+                outputs.append(st.snapshot())
+            elif unfinished_outputs:
+                outputs.append(st.snapshot())
         return outputs
 
     def _append(self, st: RequestState, s: SampleState, token: int) -> None:
