@@ -60,6 +60,20 @@ class Linear(nn.Module):
         return kernels.linear(x, self.quant_weight(), self.fp32)
 
 
+def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of the trailing 2*cos.shape[-1] dims of x [N, ..., D];
+    cos/sin [N, r/2] broadcast over the middle dims; inverse = conjugate rotation. New tensor."""
+    r = 2 * cos.shape[-1]
+    shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (r // 2,)
+    c, s = cos.view(shape), sin.view(shape)
+    if inverse:
+        s = -s
+    rot = x[..., -r:].float().unflatten(-1, (r // 2, 2))
+    x0, x1 = rot[..., 0], rot[..., 1]
+    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2).to(x.dtype)
+    return torch.cat((x[..., :-r], out), dim=-1)
+
+
 def rope_inv_freq(rope_dim: int, base: float, yarn: YarnConfig | None) -> torch.Tensor:
     """[rope_dim/2] inverse frequencies; YaRN blends interpolated/extrapolated ones (no mscale)."""
     inv = 1.0 / (base ** (torch.arange(0, rope_dim, 2, dtype=torch.float64) / rope_dim))
@@ -92,15 +106,7 @@ class Rope(nn.Module):
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
         """x: [N, ..., D]; cos/sin: [N, r/2] (broadcast over middle dims). Returns a new tensor."""
-        r = self.rope_dim
-        shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (r // 2,)
-        c, s = cos.view(shape), sin.view(shape)
-        if inverse:
-            s = -s
-        rot = x[..., -r:].float().unflatten(-1, (r // 2, 2))
-        x0, x1 = rot[..., 0], rot[..., 1]
-        out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2).to(x.dtype)
-        return torch.cat((x[..., :-r], out), dim=-1)
+        return rotate_interleaved(x, cos, sin, inverse)
 
 
 def make_ropes(cfg: ModelConfig) -> tuple[Rope, Rope]:

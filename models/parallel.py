@@ -157,6 +157,7 @@ class ParallelContext:
         if self.world_size == 1:
             return kops.indexer_topk(q, w, keys, meta, topk, ratio=ratio)
         from kernels.ref.attention import gather_entries
+        from kernels.ref.indexer import select_topk
         from kernels.ref.kv_fp8 import read_keys
 
         n_tok, _, ci = q.shape
@@ -178,13 +179,7 @@ class ParallelContext:
         for s0, s1, e, p in parts:
             scores = flat[off:off + p.numel()].view(s1 - s0, e)
             off += p.numel()
-            limit = (meta.positions[s0:s1].long() + 1) // ratio
-            eligible = torch.arange(e, device=q.device)[None, :] < limit[:, None]
-            scores = scores.masked_fill(~eligible, float("-inf"))
-            k = min(topk, e)
-            idx = scores.topk(k, dim=-1).indices
-            ok = torch.gather(eligible, 1, idx)
-            out[s0:s1, :k] = torch.where(ok, idx, -1).to(torch.int32)
+            select_topk(scores, meta.positions[s0:s1].long(), topk, ratio, out[s0:s1])
         return out
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from models.layers import rotate_interleaved
+
 from models.state import AttnMeta
 
 from .kv_fp8 import is_packed, write_entries, write_keys
@@ -19,16 +21,8 @@ from .kv_fp8 import is_packed, write_entries, write_keys
 
 def rope_rows(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor, inverse: bool = False) -> torch.Tensor:
     """Interleaved RoPE on the trailing 2*len(inv_freq) dims of x [n, ..., D] at positions [n]."""
-    r = 2 * inv_freq.numel()
     freqs = pos.float()[:, None] * inv_freq.to(pos.device)[None, :]
-    shape = (pos.shape[0],) + (1,) * (x.dim() - 2) + (r // 2,)
-    c, s = freqs.cos().view(shape), freqs.sin().view(shape)
-    if inverse:
-        s = -s
-    rot = x[..., -r:].float().unflatten(-1, (r // 2, 2))
-    x0, x1 = rot[..., 0], rot[..., 1]
-    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2).to(x.dtype)
-    return torch.cat((x[..., :-r], out), dim=-1)
+    return rotate_interleaved(x, freqs.cos(), freqs.sin(), inverse)
 
 
 def _pool(kv, sc, base, first, end, m, coff, c):

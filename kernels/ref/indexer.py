@@ -40,11 +40,18 @@ def indexer_topk(
         pos = meta.positions[s0:s1].long()
         scores = torch.einsum("nhc,ec->nhe", q[s0:s1].float(), kb).relu_()
         scores = (scores * w[s0:s1].float().unsqueeze(-1)).sum(1)  # [n, E]
-        limit = (pos + 1) // ratio
-        eligible = torch.arange(e, device=q.device)[None, :] < limit[:, None]
-        scores = scores.masked_fill(~eligible, float("-inf"))
-        k = min(topk, e)
-        idx = scores.topk(k, dim=-1).indices
-        ok = torch.gather(eligible, 1, idx)
-        out[s0:s1, :k] = torch.where(ok, idx, -1).to(torch.int32)
+        select_topk(scores, pos, topk, ratio, out[s0:s1])
     return out
+
+
+def select_topk(scores: torch.Tensor, pos: torch.Tensor, topk: int, ratio: int, out: torch.Tensor) -> None:
+    """Top-k of one sequence's index scores [n, E] among the causally eligible entries
+    (e < (pos+1)//ratio) into out [n, topk] (int32, -1 where fewer than topk are eligible)."""
+    e = scores.shape[1]
+    limit = (pos + 1) // ratio
+    eligible = torch.arange(e, device=scores.device)[None, :] < limit[:, None]
+    scores = scores.masked_fill(~eligible, float("-inf"))
+    k = min(topk, e)
+    idx = scores.topk(k, dim=-1).indices
+    ok = torch.gather(eligible, 1, idx)
+    out[:, :k] = torch.where(ok, idx, -1).to(torch.int32)
