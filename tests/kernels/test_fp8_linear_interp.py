@@ -8,7 +8,6 @@ GPU (`-m gpu`): the V4-Flash dense shapes at decode and prefill M.
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import pytest
@@ -18,21 +17,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 from kernels.ref import fp8_linear as ref  # noqa: E402
-
-
-def _interp_modules(*names):
-    """Import kernels.triton.<names> with the interpreter active (reload if jitted without it)."""
-    mods = []
-    common = importlib.import_module("kernels.triton.common")
-    for n in names:
-        m = importlib.import_module(f"kernels.triton.{n}")
-        if os.environ.get("TRITON_INTERPRET") == "1":
-            jit_objs = [v for v in vars(m).values() if type(v).__name__ in ("JITFunction", "InterpretedFunction")]
-            if any(type(v).__name__ == "JITFunction" for v in jit_objs):
-                importlib.reload(common)
-                m = importlib.reload(m)
-        mods.append(m)
-    return mods
+from tests.kernels.interp_util import interp_modules  # noqa: E402
 
 
 def _rel(a, b):
@@ -43,7 +28,7 @@ def _rel(a, b):
 @pytest.mark.parametrize("act_quant", [False, True])
 def test_fp8_linear_interp(m, n, k, act_quant):
     from models.quant import quant_fp8_block
-    (tri,) = _interp_modules("fp8_linear")
+    (tri,) = interp_modules("fp8_linear")
     g = torch.Generator().manual_seed(m * n + k)
     x = torch.randn(m, k, generator=g)
     wq, ws = quant_fp8_block(torch.randn(n, k, generator=g) * 0.05)

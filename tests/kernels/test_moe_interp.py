@@ -2,7 +2,7 @@
 Triton vs the torch twin kernels.ref.moe.
 
 CPU: TRITON_INTERPRET=1 set in os.environ at import (collection) time when no GPU is present; the
-Triton modules are imported lazily by kernels/ and reloaded by `_interp_modules` if they were jitted
+Triton modules are imported lazily by kernels/ and reloaded by `interp_util.interp_modules` if they were jitted
 without the interpreter (see tests/kernels/test_routing.py). GPU (`-m gpu`): V4-Flash shapes
 (hidden 4096, 256 experts, top-6, intermediate 2048), uniform / skewed / empty-expert routing,
 batch 1..4096; engine logits with resident FP8/MXFP4 weights vs the dequantized path.
@@ -10,7 +10,6 @@ batch 1..4096; engine logits with resident FP8/MXFP4 weights vs the dequantized 
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import pytest
@@ -22,22 +21,7 @@ if not torch.cuda.is_available():
 from kernels.quant_weight import QuantWeight  # noqa: E402
 from kernels.ref import moe as ref  # noqa: E402
 from kernels.ref import routing as ref_routing  # noqa: E402
-
-
-
-def _interp_modules(*names):
-    """Import kernels.triton.<names> with the interpreter active (reload if jitted without it)."""
-    mods = []
-    common = importlib.import_module("kernels.triton.common")
-    for n in names:
-        m = importlib.import_module(f"kernels.triton.{n}")
-        if os.environ.get("TRITON_INTERPRET") == "1":
-            jit_objs = [v for v in vars(m).values() if type(v).__name__ in ("JITFunction", "InterpretedFunction")]
-            if any(type(v).__name__ == "JITFunction" for v in jit_objs):
-                importlib.reload(common)
-                m = importlib.reload(m)
-        mods.append(m)
-    return mods
+from tests.kernels.interp_util import interp_modules  # noqa: E402
 
 
 def _quant(w: torch.Tensor, fmt: str):
@@ -57,7 +41,7 @@ def _rel(a, b):
 @pytest.mark.parametrize("fmt", ["bf16", "fp8", "fp4"])
 @pytest.mark.parametrize("n,skew", [(1, False), (6, False), (9, True)])
 def test_moe_interp(fmt, n, skew):
-    (tri,) = _interp_modules("moe")
+    (tri,) = interp_modules("moe")
     g = torch.Generator().manual_seed(n)
     e, k, d, inter = 8, 2, 64, 32
     x = torch.randn(n, d, generator=g)

@@ -3,13 +3,12 @@ shapes) vs the torch twins in kernels.ref.routing.
 
 Interpreter choice: TRITON_INTERPRET=1 is set in os.environ at import of this module (collection
 time, before any test runs) when no GPU is present. kernels/__init__ imports the Triton modules
-lazily, and `_interp_modules` reloads them if something imported them earlier without the
+lazily, and `interp_util.interp_modules` reloads them if something imported them earlier without the
 interpreter, so @triton.jit sees the flag when it decorates.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import pytest
@@ -19,27 +18,13 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 from kernels.ref import routing as ref  # noqa: E402
-
-
-def _interp_modules(*names):
-    """Import kernels.triton.<names> with the interpreter active (reload if jitted without it)."""
-    mods = []
-    common = importlib.import_module("kernels.triton.common")
-    for n in names:
-        m = importlib.import_module(f"kernels.triton.{n}")
-        if os.environ.get("TRITON_INTERPRET") == "1":
-            jit_objs = [v for v in vars(m).values() if type(v).__name__ in ("JITFunction", "InterpretedFunction")]
-            if any(type(v).__name__ == "JITFunction" for v in jit_objs):
-                importlib.reload(common)
-                m = importlib.reload(m)
-        mods.append(m)
-    return mods
+from tests.kernels.interp_util import interp_modules  # noqa: E402
 
 
 @pytest.mark.parametrize("hashed", [False, True])
 @pytest.mark.parametrize("renorm", [True, False])
 def test_route_interp(hashed, renorm):
-    (tri,) = _interp_modules("routing")
+    (tri,) = interp_modules("routing")
     g = torch.Generator().manual_seed(1)
     n, e, k = 7, 16, 3
     logits = torch.randn(n, e, generator=g) * 3
@@ -56,7 +41,7 @@ def test_route_interp(hashed, renorm):
 
 @pytest.mark.parametrize("n,k,e,bm", [(1, 2, 8, 16), (9, 2, 8, 4), (40, 3, 5, 16), (50, 2, 8, 8)])
 def test_align_interp(n, k, e, bm):
-    (tri,) = _interp_modules("routing")
+    (tri,) = interp_modules("routing")
     g = torch.Generator().manual_seed(n)
     ids = torch.randint(0, e, (n, k), generator=g, dtype=torch.int32)
     ids[:, 0] = 0  # skewed: expert 0 hot; some experts empty
