@@ -108,6 +108,11 @@ class Attention(nn.Module):
         g, r = self.cfg.o_groups, self.cfg.o_lora_rank
         n = o.shape[0]
         og = o.reshape(n, g, -1)  # [N, g, H/g*c]
-        w = self.wo_a.weight.view(g, r, -1)  # [g, r, H/g*c]
-        z = torch.einsum("ngk,grk->ngr", og, w)
-        return self.wo_b(z.reshape(n, g * r))
+        if self.wo_a.scale is not None:  # resident FP8: group j = weight rows [j*r, (j+1)*r), whole 128-blocks
+            w, sc, rb = self.wo_a.weight, self.wo_a.scale, r // 128
+            z = torch.stack([kops.fp8_linear(og[:, j], w[j * r:(j + 1) * r], sc[j * rb:(j + 1) * rb])
+                             for j in range(g)], dim=1)
+        else:
+            w = self.wo_a.weight.view(g, r, -1)  # [g, r, H/g*c]
+            z = torch.einsum("ngk,grk->ngr", og, w)
+        return self.wo_b(z.reshape(n, g * r).to(o.dtype))

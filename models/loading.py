@@ -34,9 +34,13 @@ def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", dtype: tor
     return model
 
 
-# Quantized checkpoint linears that stay dequantized even in resident mode: the attention reads
-# `wo_a.weight` as a grouped dense tensor (the reference also keeps wo_a in BF16 at runtime).
-_DEQUANT_ALWAYS = (".attn.wo_a.weight",)
+
+
+def _wo_a_blocks_align(cfg) -> bool:
+    """The grouped wo_a can stay FP8 when every group's rows and columns are whole 128x128 scale
+    blocks (V4: 1024 x 4096 per group); otherwise it is dequantized at load."""
+    per_group_in = cfg.num_attention_heads * cfg.head_dim // cfg.o_groups
+    return cfg.o_lora_rank % 128 == 0 and per_group_in % 128 == 0
 
 
 def make_resident(model: DeepseekV4, specs) -> set[str]:
@@ -49,7 +53,9 @@ def make_resident(model: DeepseekV4, specs) -> set[str]:
     raw: set[str] = set()
     modules = dict(model.named_modules())
     for name, spec in specs.items():
-        if spec.quant not in ("fp8", "fp4") or name.endswith(_DEQUANT_ALWAYS):
+        if spec.quant not in ("fp8", "fp4"):
+            continue
+        if name.endswith(".attn.wo_a.weight") and not _wo_a_blocks_align(model.cfg):
             continue
         prefix = name[: -len(".weight")]
         mod = modules.get(prefix)
