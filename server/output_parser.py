@@ -9,7 +9,8 @@ chunking):
 * Everything from the first EOS on is ignored.
 * Thinking mode: text before the first `</think>` is reasoning; without `</think>` (cut off) all
   text is reasoning. A stray `<think>` is dropped from reasoning and content, as is `</think>`
-  from content.
+  from content, and so are stray BOS / `<｜User｜>` / `<｜Assistant｜>` / `｜DSML｜` tokens that are not
+  part of well-formed tool-call markup (special tokens are never user-visible text).
 * The tool-calls tag ends the content; one blank line right before it belongs to the markup.
   Each well-formed `<｜DSML｜invoke>` becomes a ToolCall. At the first malformed element, or an
   invoke cut off by the end of text, the raw text from the end of the last good element onward
@@ -65,6 +66,7 @@ class _Grammar:
         self.tc_open, self.tc_close = f"<{d}tool_calls>", f"</{d}tool_calls>"
         self.invoke_open, self.invoke_close = f"<{d}invoke", f"</{d}invoke>"
         self.content_markers = (self.tc_open, self.think_start, self.think_end)
+        self.stray = (sp.bos, sp.user, sp.assistant, d)  # special tokens removed from visible text
         self.invoke_head = re.compile(rf'<{re.escape(d)}invoke name="([^"\n]+)">')
         self.param = re.compile(rf'<{re.escape(d)}parameter name="([^"\n]+)" string="(true|false)">(.*?)'
                                 rf"</{re.escape(d)}parameter>", re.DOTALL)
@@ -108,9 +110,22 @@ def _new_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
+def _strip(text: str | None, tokens: tuple[str, ...]) -> str | None:
+    if text is None:
+        return None
+    for t in tokens:
+        text = text.replace(t, "")
+    return text
+
+
 def parse_completion(text: str, *, thinking: bool, special: SpecialTokens) -> ParsedMessage:
     """Parse a whole completion (EOS optional) into reasoning, content and tool calls."""
     g = _Grammar(special)
+    msg = _parse(text, thinking, g)
+    return ParsedMessage(_strip(msg.reasoning, g.stray), _strip(msg.content, g.stray), msg.tool_calls)
+
+
+def _parse(text: str, thinking: bool, g: _Grammar) -> ParsedMessage:
     if (cut := text.find(g.eos)) >= 0:
         text = text[:cut]
     reasoning = None
@@ -167,6 +182,7 @@ class StreamingParser:
         self._after_block = False  # just closed a tool-call block; hold whitespace until more text
         self._done = False  # EOS seen or finish() called
         g = self._g
+        self._strippers = {"reasoning": _TokenStripper(g.stray), "content": _TokenStripper(g.stray)}
         self._holds = {"reasoning": (g.think_end, g.think_start, g.eos),
                        "content": ("\n\n" + g.tc_open, *g.content_markers, g.eos),
                        "raw": (g.eos,)}
@@ -176,14 +192,32 @@ class StreamingParser:
             return []
         self._buf += delta_text
         if (cut := self._buf.find(self._g.eos)) < 0:
-            return self._process()
+            return self._strip(self._process())
         self._buf = self._buf[:cut]
-        return self._process() + self.finish()
+        return self._strip(self._process()) + self.finish()
 
     def finish(self) -> list[Delta]:
         """Flush held-back text at end of stream (EOS or length cut-off)."""
         if self._done:
             return []
+        out = self._strip(self._finish())
+        tail = [Delta(**{f: t}) for f, st in self._strippers.items() if (t := st.flush())]
+        return [d for d in out + tail if d.reasoning or d.content or d.tool_call]
+
+    def _strip(self, deltas: list[Delta]) -> list[Delta]:
+        """Remove stray special tokens from reasoning/content, holding back partial ones."""
+        out = []
+        for d in deltas:
+            if d.content and self._strippers["reasoning"].pending:  # reasoning is over: release it
+                out.append(Delta(reasoning=self._strippers["reasoning"].flush()))
+            if d.reasoning:
+                d = Delta(reasoning=self._strippers["reasoning"].feed(d.reasoning))
+            elif d.content:
+                d = Delta(content=self._strippers["content"].feed(d.content))
+            out.append(d)
+        return [d for d in out if d.reasoning or d.content or d.tool_call]
+
+    def _finish(self) -> list[Delta]:
         self._done = True
         state, text, self._buf = self._state, self._buf, ""
         if state == "reasoning":
@@ -264,3 +298,25 @@ class StreamingParser:
         """Give up on the tool-call block: its raw text so far becomes content."""
         out.append(Delta(content=self._pending))
         self._pending, self._state = "", "raw"
+
+
+class _TokenStripper:
+    """Streaming removal of whole token strings from text; a suffix that could start one is held."""
+
+    def __init__(self, tokens: tuple[str, ...]):
+        self.tokens = tokens
+        self.pending = ""
+
+    def feed(self, text: str) -> str:
+        buf = _strip(self.pending + text, self.tokens)
+        keep = 0
+        for i in range(max(0, len(buf) - max(map(len, self.tokens))), len(buf)):
+            if any(t.startswith(buf[i:]) for t in self.tokens):
+                keep = len(buf) - i
+                break
+        self.pending = buf[len(buf) - keep:]
+        return buf[:len(buf) - keep]
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out

@@ -110,19 +110,33 @@ def test_tool_calls():
 
 def test_blocks_between_content_and_inside_reasoning():
     reasoning, content, calls = parsed_summary(*CASES[16])
-    assert reasoning.startswith("plan \n\n<｜DSML｜tool_calls>")  # no </think> yet: still reasoning
+    # no </think> yet: still reasoning (the DSML special token itself is never visible text)
+    assert reasoning.startswith("plan \n\n<tool_calls>") and D not in reasoning
     assert content == "a < b, c > d\n\n\n\nz\n\nmid"  # stray <think> dropped, trailing whitespace too
     assert [name for name, _ in calls] == ["get_weather", "ping"]
 
 
 def test_malformed_markup_is_kept_as_content():
+    """Malformed blocks stay as content text (nothing dropped silently) but without the DSML special
+    token, which is never user-visible."""
     _, content, calls = parsed_summary(*CASES[8])  # bad string= attribute in the second invoke
-    assert len(calls) == 1 and content.startswith("x\n") and content.endswith(f"</{D}tool_calls>")
-    assert '<｜DSML｜invoke name="broken">' in content
+    assert len(calls) == 1 and content.startswith("x\n") and content.endswith("</tool_calls>")
+    assert '<invoke name="broken">' in content and D not in content
     text = CASES[9][0]  # unterminated invoke, no call parsed yet: the whole block is content
-    assert parsed_summary(text, True) == ("r", text[len("r</think>"):], [])
-    assert parsed_summary(*CASES[10])[1] == "x\njunk\n</｜DSML｜tool_calls>"
-    assert parsed_summary(*CASES[11])[1] == "x\n\n<｜DSML｜tool_calls>\n<｜DSML｜invo"
+    assert parsed_summary(text, True) == ("r", text[len("r</think>"):].replace(D, ""), [])
+    assert parsed_summary(*CASES[10])[1] == "x\njunk\n</tool_calls>"
+    assert parsed_summary(*CASES[11])[1] == "x\n\n<tool_calls>\n<invo"
+
+
+def test_stray_special_tokens_never_visible():
+    text = f"{SP.bos}a{D}b{SP.user}c{SP.assistant}d{SP.think_end}e{D}f"
+    reasoning, content, calls = parsed_summary(text, True)
+    assert (reasoning, content, calls) == ("abcd", "ef", [])
+    for cut in range(1, len(text)):  # every chunk boundary, incl. inside the special tokens
+        p = StreamingParser(True, SP)
+        deltas = p.feed(text[:cut]) + p.feed(text[cut:]) + p.finish()
+        assert "".join(d.reasoning or "" for d in deltas) == "abcd"
+        assert "".join(d.content or "" for d in deltas) == "ef"
     assert parsed_summary(*CASES[12])[2] == []
     assert parsed_summary(*CASES[13]) == ("r", "x", [("get_weather", {"location": "Beijing", "unit": "celsius"})])
 
