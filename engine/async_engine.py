@@ -14,16 +14,22 @@ asyncio.Queue per request. The event loop is never blocked by model work.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import AsyncIterator
+
+from models.config import ModelConfig
+from models.loader import validate_checkpoint
 
 from .config import EngineArgs
 from .errors import EngineDeadError, QueueFullError, RequestTooLongError
 from .llm_engine import EngineStats, LLMEngine
 from .outputs import RequestOutput
+from .tokenizer import Tokenizer
 from .sampling_params import SamplingParams
 
 log = logging.getLogger("v4serve.async")
@@ -32,12 +38,29 @@ _IDLE_WAIT_S = 0.05
 
 
 class AsyncLLM:
-    def __init__(self, engine: LLMEngine, model_name: str | None = None):
+    """`AsyncLLM(engine)` wraps a built engine; `AsyncLLM.from_engine_args(args, defer_load=True)`
+    resolves the checkpoint, tokenizer and config now and builds the engine (weights, KV cache) in
+    `start()`, so an HTTP server can answer /health with 503 while the model loads."""
+
+    def __init__(self, engine: LLMEngine | None, model_name: str | None = None, *,
+                 deferred_args: EngineArgs | None = None):
+        if (engine is None) == (deferred_args is None):
+            raise ValueError("pass either a built engine or deferred_args")
         self.engine = engine
-        self.tokenizer = engine.tokenizer
-        self.model_config = engine.model_config
-        self.max_model_len = engine.max_model_len
-        self.model_name = model_name or engine.model_dir.name
+        self._args = engine.args if engine is not None else deferred_args
+        if engine is not None:
+            self.tokenizer, self.model_config = engine.tokenizer, engine.model_config
+            self.max_model_len, model_dir = engine.max_model_len, engine.model_dir
+            self._stats = engine.stats()
+        else:
+            model_dir = Path(self._args.model)
+            self.model_config = ModelConfig.from_json(model_dir)
+            validate_checkpoint(model_dir, self.model_config)  # fail fast on a bad checkpoint
+            self.tokenizer = Tokenizer.from_dir(model_dir)
+            # provisional until the cache is sized in start()
+            self.max_model_len = self._args.max_model_len or self.model_config.max_position_embeddings
+            self._stats = EngineStats(0, 0, 0.0, 0, 0, 0, 0)
+        self.model_name = model_name or model_dir.name
         self.is_ready = False
         self._cmds: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -46,18 +69,29 @@ class AsyncLLM:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._dead: BaseException | None = None
-        self._stats = engine.stats()
         self._num_pending_adds = 0
 
     @classmethod
-    def from_engine_args(cls, args: EngineArgs) -> "AsyncLLM":
-        return cls(LLMEngine(args), model_name=args.served_model_name)
+    def from_engine_args(cls, args: EngineArgs, defer_load: bool = False) -> "AsyncLLM":
+        if not defer_load:
+            return cls(LLMEngine(args), model_name=args.served_model_name)
+        args.validate()
+        if args.model is None:
+            from models.demo import ensure_demo_model
+
+            args = dataclasses.replace(args, model=str(ensure_demo_model()))
+        return cls(None, model_name=args.served_model_name, deferred_args=args)
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
+        """Build the engine if deferred (in a worker thread), then start the engine loop."""
         if self._thread is not None:
             return
         self._loop = asyncio.get_running_loop()
+        if self.engine is None:
+            self.engine = await asyncio.to_thread(LLMEngine, self._args)
+            self.max_model_len = self.engine.max_model_len
+            self._stats = self.engine.stats()
         self._thread = threading.Thread(target=self._run, name="v4serve-engine", daemon=True)
         self._thread.start()
         self.is_ready = True
@@ -72,6 +106,8 @@ class AsyncLLM:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, timeout)
             self._thread = None
+        if self.engine is not None:
+            self.engine.shutdown()  # stops tensor-parallel workers, if any
 
     # ---- requests ----------------------------------------------------------------------------
     def check_request(self, prompt_len: int, params: SamplingParams) -> None:
@@ -83,7 +119,7 @@ class AsyncLLM:
         want = params.max_tokens if params.max_tokens is not None else 1
         if prompt_len + want > self.max_model_len:
             raise RequestTooLongError.for_lengths(self.max_model_len, prompt_len, params.max_tokens)
-        cap = self.engine.args.max_queued_requests
+        cap = self._args.max_queued_requests
         if cap is not None and self._stats.num_waiting + self._num_pending_adds + params.n > cap:
             raise QueueFullError(f"the server is overloaded: more than {cap} requests are waiting; retry later")
 

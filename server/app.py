@@ -82,7 +82,9 @@ class RequestIdAuthMiddleware:
 
 
 def create_app(engine, *, served_model_name: str, api_key: str | None = None,
-               default_reasoning_effort: str | None = None, max_queued_requests: int | None = None) -> FastAPI:
+               default_reasoning_effort: str | None = None, max_queued_requests: int | None = None,
+               on_engine_failure=None) -> FastAPI:
+    """`on_engine_failure(exc)`: called when the engine fails to start (the CLI stops the server)."""
     metrics = ServerMetrics(engine.stats, served_model_name)
     try:
         special = SpecialTokens.from_tokenizer(engine.tokenizer)
@@ -102,6 +104,8 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
             except Exception as e:
                 startup["error"] = e
                 logger.exception("engine failed to start")
+                if on_engine_failure is not None:
+                    on_engine_failure(e)
         task = asyncio.create_task(start())
         try:
             yield

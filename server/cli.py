@@ -76,12 +76,19 @@ def serve(ns: argparse.Namespace) -> int:
 
     configure_logging(ns.log_level)
     log = logging.getLogger("v4serve")
-    engine = AsyncLLM.from_engine_args(engine_args(ns))
+    engine = AsyncLLM.from_engine_args(engine_args(ns), defer_load=True)  # weights load behind /health 503
     name = ns.served_model_name or engine.model_name
+    failed: list[BaseException] = []
+
+    def engine_failed(exc: BaseException) -> None:
+        failed.append(exc)
+        server.should_exit = True
+
     app = create_app(engine, served_model_name=name, api_key=ns.api_key,
                      default_reasoning_effort=ns.default_reasoning_effort,
-                     max_queued_requests=ns.max_queued_requests)
-    log.info("serving %s on http://%s:%d (max_model_len=%d)", name, ns.host, ns.port, engine.max_model_len)
+                     max_queued_requests=ns.max_queued_requests, on_engine_failure=engine_failed)
+    log.info("serving %s on http://%s:%d (loading the model: /health answers 503 until it is ready)",
+             name, ns.host, ns.port)
     server = uvicorn.Server(uvicorn.Config(app, host=ns.host, port=ns.port, log_level=ns.log_level,
                                            access_log=False, timeout_graceful_shutdown=30))
     stopped_by: list[int] = []
@@ -91,6 +98,9 @@ def serve(ns: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if failed:
+        log.error("the engine failed to start: %s", failed[0])
+        return 1
     if not server.started and not stopped_by:
         log.error("the HTTP server did not start")
         return 3  # uvicorn.run's STARTUP_FAILURE
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command == "serve":
         try:
             return serve(ns)
-        except ValueError as e:  # bad flag combinations, unreadable checkpoints
+        except (ValueError, OSError) as e:  # bad flags, unreadable or missing checkpoint files
             print(f"v4serve: error: {e}", file=sys.stderr)
             return 2
     return 2
