@@ -80,11 +80,11 @@ class LLMEngine:
                 budget = gpu_kv_budget(args.gpu_memory_utilization, self.device)
             else:
                 budget = CPU_DEFAULT_KV_BYTES
-            num_blocks = num_blocks_for_budget(cfg, budget, num_slots, self.block_size, self.dtype)
+            num_blocks = num_blocks_for_budget(cfg, budget, num_slots, self.block_size, self.dtype, args.kv_format)
         self.kv = KVCacheManager(cfg, num_blocks=num_blocks, num_slots=num_slots, block_size=self.block_size,
-                                 dtype=self.dtype, device=self.device)
+                                 dtype=self.dtype, device=self.device, kv_format=args.kv_format)
         if self.executor is not None:
-            self.executor.init_state(num_slots, num_blocks, self.block_size, getattr(self.kv, "kv_format", "bf16"))
+            self.executor.init_state(num_slots, num_blocks, self.block_size, args.kv_format)
         capacity = num_blocks * self.block_size
         self.max_model_len = args.max_model_len or min(cfg.max_position_embeddings, capacity)
         if self.max_model_len > cfg.max_position_embeddings:

@@ -42,10 +42,11 @@ def choose_block_size(cfg: ModelConfig, requested: int | None = None) -> int:
 
 
 def num_blocks_for_budget(
-    cfg: ModelConfig, budget_bytes: int, num_slots: int, block_size: int, dtype: torch.dtype
+    cfg: ModelConfig, budget_bytes: int, num_slots: int, block_size: int, dtype: torch.dtype,
+    kv_format: str = "bf16",
 ) -> int:
     """Blocks that fit in `budget_bytes` after reserving `num_slots` state slots."""
-    per_slot, per_block = state_bytes(cfg, block_size, dtype)
+    per_slot, per_block = state_bytes(cfg, block_size, dtype, kv_format)
     slots_bytes = num_slots * per_slot
     left = budget_bytes - slots_bytes
     if per_block == 0:  # sliding-window-only model: nothing grows; one nominal block

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of free GPU memory used for the KV cache after the weights")
     s.add_argument("--kv-cache-memory", type=int, default=None,
                    help="KV cache size in bytes (default: --gpu-memory-utilization on GPU, 256 MiB on CPU)")
+    s.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "fp8"),
+                   help="KV entries: auto = activation dtype; fp8 = 584-byte FP8 entries (448 e4m3 + 64 bf16 rope)")
     s.add_argument("--block-size", type=int, default=None,
                    help="tokens per KV block (a multiple of every compression ratio; default: smallest >= 64)")
     s.add_argument("--max-queued-requests", type=int, default=None,
@@ -56,7 +58,7 @@ def engine_args(ns: argparse.Namespace):
     args = EngineArgs(model=ns.model, device=ns.device, dtype=ns.dtype, max_num_seqs=ns.max_num_seqs,
                       max_num_batched_tokens=ns.max_num_batched_tokens, max_model_len=ns.max_model_len,
                       gpu_memory_utilization=ns.gpu_memory_utilization, kv_cache_memory=ns.kv_cache_memory,
-                      block_size=ns.block_size,
+                      block_size=ns.block_size, kv_cache_dtype=ns.kv_cache_dtype,
                       max_queued_requests=ns.max_queued_requests, tensor_parallel_size=ns.tensor_parallel_size,
                       served_model_name=ns.served_model_name)
     args.validate()
