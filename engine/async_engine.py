@@ -43,10 +43,12 @@ class AsyncLLM:
     `start()`, so an HTTP server can answer /health with 503 while the model loads."""
 
     def __init__(self, engine: LLMEngine | None, model_name: str | None = None, *,
-                 deferred_args: EngineArgs | None = None):
+                 deferred_args: EngineArgs | None = None, owns_engine: bool = False):
         if (engine is None) == (deferred_args is None):
             raise ValueError("pass either a built engine or deferred_args")
         self.engine = engine
+        # an engine built here is shut down here (TP workers); a caller's engine stays the caller's
+        self._owns_engine = owns_engine or engine is None
         self._args = engine.args if engine is not None else deferred_args
         if engine is not None:
             self.tokenizer, self.model_config = engine.tokenizer, engine.model_config
@@ -74,7 +76,7 @@ class AsyncLLM:
     @classmethod
     def from_engine_args(cls, args: EngineArgs, defer_load: bool = False) -> "AsyncLLM":
         if not defer_load:
-            return cls(LLMEngine(args), model_name=args.served_model_name)
+            return cls(LLMEngine(args), model_name=args.served_model_name, owns_engine=True)
         args.validate()
         if args.model is None:
             from models.demo import ensure_demo_model
@@ -106,7 +108,7 @@ class AsyncLLM:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, timeout)
             self._thread = None
-        if self.engine is not None:
+        if self.engine is not None and self._owns_engine:
             self.engine.shutdown()  # stops tensor-parallel workers, if any
 
     # ---- requests ----------------------------------------------------------------------------
