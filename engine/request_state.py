@@ -75,6 +75,3 @@ class RequestState:
         )
 
 
-def finish_reason_of(status: SequenceStatus) -> str:
-    return {SequenceStatus.FINISHED_STOPPED: "stop", SequenceStatus.FINISHED_LENGTH: "length",
-            SequenceStatus.FINISHED_ABORTED: "abort"}[status]
