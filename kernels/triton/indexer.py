@@ -28,12 +28,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 SCORE_BUDGET_BYTES = 256 << 20  # cap on the per-tile score buffer
 
 
-# ROW (bytes or elements per key row) is a constexpr, as in the attention kernel's 584-byte rows: FP8 key
-# rows are 132 B, only 4-byte aligned, and the compiler must not assume wider (vectorised) alignment.
-# Candidate fix for the H200 "misaligned address" fault of the FP8-key path, not yet re-run on a GPU.
 @triton.jit
 def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scores_ptr,
-                  row0, HI, table_stride, score_stride, ROW: tl.constexpr,
+                  row0, HI, table_stride, score_stride, ROW,
                   CI: tl.constexpr, PB: tl.constexpr, RATIO: tl.constexpr, FP8: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, DOT_DT: tl.constexpr):
     r = tl.program_id(0)
