@@ -162,12 +162,10 @@ class ParallelContext:
 
         n_tok, _, ci = q.shape
         out = torch.full((n_tok, topk), -1, dtype=torch.int32, device=q.device)
-        qs, cl = meta.query_start_host, meta.context_lens_host
         parts = []  # (s0, s1, e, partial scores [n, e] fp32)
-        for b in range(meta.num_seqs):
-            s0, s1 = qs[b], qs[b + 1]
-            e = (cl[b] + s1 - s0) // ratio
-            if s1 == s0 or e == 0:
+        for b, s0, s1, start in meta.chunks():
+            e = (start + s1 - s0) // ratio
+            if e == 0:
                 continue
             kb = read_keys(gather_entries(keys, meta.block_tables[b], e), ci)
             sc = torch.einsum("nhc,ec->nhe", q[s0:s1].float(), kb.float()).relu_()

@@ -214,6 +214,14 @@ class AttnMeta:
     def num_tokens(self) -> int:
         return self.query_start_host[-1]
 
+    def chunks(self):
+        """(b, s0, s1, start) for every sequence with a non-empty chunk: flat token rows [s0, s1),
+        the first of which is at position `start` (what the torch twins loop over)."""
+        qs, cl = self.query_start_host, self.context_lens_host
+        for b in range(len(cl)):
+            if qs[b + 1] > qs[b]:
+                yield b, qs[b], qs[b + 1], cl[b]
+
 
 def batch_metadata(batch: ForwardBatch) -> AttnMeta:
     """The batch's AttnMeta (computed on first use and cached on the batch)."""

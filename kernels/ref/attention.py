@@ -27,14 +27,9 @@ def kv_pack(kv: torch.Tensor, like: torch.Tensor, rope_dim: int) -> torch.Tensor
 def window_store(kv_cur: torch.Tensor, ring: torch.Tensor, meta: AttnMeta) -> None:
     """Write each sequence's last min(n, W) chunk rows into its ring (row = pos % W)."""
     w = ring.shape[1]
-    qs, cl = meta.query_start_host, meta.context_lens_host
-    for b in range(meta.num_seqs):
-        s0, s1 = qs[b], qs[b + 1]
+    for b, s0, s1, start in meta.chunks():
         n = s1 - s0
-        if n == 0:
-            continue
         keep = min(n, w)
-        start = cl[b]
         rows = torch.arange(start + n - keep, start + n, device=ring.device) % w
         ring[int(meta.slot_ids[b])][rows] = kv_cur[s1 - keep:s1]
 
@@ -63,13 +58,9 @@ def sparse_attention(
     n_tok, h, c = q.shape
     w = ring.shape[1]
     out = torch.zeros_like(q)
-    qs, cl = meta.query_start_host, meta.context_lens_host
     dt = torch.float32 if is_packed(ring) else ring.dtype
-    for b in range(meta.num_seqs):
-        s0, s1 = qs[b], qs[b + 1]
-        if s1 == s0:
-            continue
-        n, start = s1 - s0, cl[b]
+    for b, s0, s1, start in meta.chunks():
+        n = s1 - s0
         slot = int(meta.slot_ids[b])
         pos = meta.positions[s0:s1].long()
         lo = max(0, start - w + 1)

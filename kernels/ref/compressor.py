@@ -69,13 +69,8 @@ def compress_and_store(
     ring = coff * m
     r = 2 * inv_freq.numel()
     per_block = pool.shape[1]
-    qs, cl = meta.query_start_host, meta.context_lens_host
-    for b in range(meta.num_seqs):
-        s0, s1 = qs[b], qs[b + 1]
+    for b, s0, s1, start in meta.chunks():
         n = s1 - s0
-        if n == 0:
-            continue
-        start = cl[b]
         slot = int(meta.slot_ids[b])
         kt, st = kv_tail[slot], score_tail[slot]
         ckv, csc = kv[s0:s1].float(), score[s0:s1].float()

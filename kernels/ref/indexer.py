@@ -28,12 +28,8 @@ def indexer_topk(
 ) -> torch.Tensor:
     n_tok, _, ci = q.shape
     out = torch.full((n_tok, topk), -1, dtype=torch.int32, device=q.device)
-    qs, cl = meta.query_start_host, meta.context_lens_host
-    for b in range(meta.num_seqs):
-        s0, s1 = qs[b], qs[b + 1]
-        if s1 == s0:
-            continue
-        e = (cl[b] + s1 - s0) // ratio
+    for b, s0, s1, start in meta.chunks():
+        e = (start + s1 - s0) // ratio
         if e == 0:
             continue
         kb = read_keys(gather_entries(keys, meta.block_tables[b], e), ci)
