@@ -126,8 +126,9 @@ class AsyncLLM:
             raise QueueFullError(f"the server is overloaded: more than {cap} requests are waiting; retry later")
 
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
-                       request_id: str) -> AsyncIterator[RequestOutput]:
-        """Cumulative snapshots until the finished one; closing the iterator aborts the request."""
+                       request_id: str, final_only: bool = False) -> AsyncIterator[RequestOutput]:
+        """Cumulative snapshots until the finished one (only the finished one with `final_only`, for
+        non-streaming callers); closing the iterator aborts the request."""
         if not self.is_ready or self._loop is None:
             raise EngineDeadError("the engine is not running")
         self.check_request(len(prompt_token_ids), params)
@@ -136,7 +137,7 @@ class AsyncLLM:
         q: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = q
         self._num_pending_adds += params.n
-        self._cmds.put(("add", request_id, list(prompt_token_ids), params, time.monotonic()))
+        self._cmds.put(("add", request_id, list(prompt_token_ids), params, time.monotonic(), final_only))
         self._wake.set()
         finished = False
         try:
@@ -180,10 +181,10 @@ class AsyncLLM:
             except queue.Empty:
                 return
             if cmd[0] == "add":
-                _, rid, ids, params, arrival = cmd
+                _, rid, ids, params, arrival, final_only = cmd
                 self._loop.call_soon_threadsafe(self._added, params.n)
                 try:
-                    eng.add_request(rid, ids, params, arrival_time=arrival)
+                    eng.add_request(rid, ids, params, arrival_time=arrival, final_only=final_only)
                 except Exception as e:  # admission errors reach the caller's first __anext__
                     self._post(rid, e)
             else:

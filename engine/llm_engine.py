@@ -111,7 +111,8 @@ class LLMEngine:
 
     # ---- requests ----------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                    arrival_time: float | None = None) -> None:
+                    arrival_time: float | None = None, final_only: bool = False) -> None:
+        """Queue a request; `final_only`: step() reports it only once finished (no per-step snapshots)."""
         if request_id in self.requests:
             raise ValueError(f"duplicate request id {request_id!r}")
         if isinstance(prompt, str):
@@ -144,7 +145,7 @@ class LLMEngine:
                                            min_tokens=params.min_tokens)
             samples.append(SampleState(seq, detok, gen, [] if params.logprobs is not None else None))
         self.scheduler.add_request([s.seq for s in samples])  # raises on too long / queue full
-        st = RequestState(request_id, text, ids, params, samples, arrival_time=now)
+        st = RequestState(request_id, text, ids, params, samples, arrival_time=now, final_only=final_only)
         st.metrics["arrival"] = now
         if params.prompt_logprobs is not None:
             st.prompt_logprobs = [None] * len(ids)
@@ -216,7 +217,7 @@ class LLMEngine:
             if st.finished:
                 del self.requests[rid]
                 outputs.append(st.snapshot())
-            elif unfinished_outputs:
+            elif unfinished_outputs and not st.final_only:
                 outputs.append(st.snapshot())
         return outputs
 

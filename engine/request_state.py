@@ -35,6 +35,7 @@ class RequestState:
     prompt_logprobs: list[dict[int, float] | None] | None = None  # filled as prompt chunks run
     metrics: dict[str, float] = field(default_factory=dict)
     num_prompt_tokens_counted: int = 0  # prompt tokens of sample 0 already in prompt_tokens_total
+    final_only: bool = False  # the caller wants only the finished output (non-streaming): no per-step copies
 
     def __post_init__(self) -> None:
         self._num_unfinished = sum(s.finish_reason is None for s in self.samples)

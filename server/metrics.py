@@ -89,6 +89,7 @@ class RequestTimer:
         self.last: RequestOutput | None = None
         self.last_time: float | None = None
         self.last_tokens = 0
+        self.itl_seen = False  # inter-token intervals observed live (streaming)
         self.done = False
 
     def on_output(self, out: RequestOutput) -> None:
@@ -101,6 +102,7 @@ class RequestTimer:
                 interval = (now - self.last_time) / new
                 for _ in range(min(new, 64)):
                     self.m.itl.observe(interval)
+                self.itl_seen = True
             self.last_time, self.last_tokens = now, tokens
         if out.finished:
             self.finish(out)
@@ -110,6 +112,12 @@ class RequestTimer:
             return
         self.done = True
         t = out.metrics or {}
+        tokens = sum(len(c.token_ids) for c in out.outputs)
+        if not self.itl_seen and tokens > 1 and "first_token" in t and "finished" in t:
+            # one final-only output (non-streaming): the mean decode interval from the engine's clock
+            interval = max(0.0, t["finished"] - t["first_token"]) / (tokens - 1)
+            for _ in range(min(tokens - 1, 64)):
+                self.m.itl.observe(interval)
         arrival = t.get("arrival")
         end = t.get("finished", time.monotonic())
         if arrival is not None:

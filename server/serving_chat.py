@@ -102,7 +102,7 @@ class _Ctx:
 
 async def create_chat_completion(state: ServerState, req: ChatCompletionRequest, raw_request: Request):
     ctx = _Ctx(state, req, raw_request)
-    gen = state.engine.generate(ctx.prompt_ids, ctx.params, ctx.request_id)
+    gen = state.engine.generate(ctx.prompt_ids, ctx.params, ctx.request_id, final_only=not req.stream)
     timer = state.metrics.timer(ctx.params.n)
     if req.stream:
         first = await first_output(raw_request, state.engine, gen, ctx.request_id, timer)

@@ -52,7 +52,8 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw_requ
     base_id = new_id("cmpl")
     prompts = _prepare(state, req, base_id)
     engine = state.engine
-    gens = [(p.request_id, engine.generate(p.ids, p.params, p.request_id)) for p in prompts]
+    gens = [(p.request_id, engine.generate(p.ids, p.params, p.request_id, final_only=not req.stream))
+            for p in prompts]
     timers = [state.metrics.timer(p.params.n) for p in prompts]
     started, created = time.monotonic(), int(time.time())
     if req.stream:

@@ -91,10 +91,10 @@ class FakeAsyncLLM:
             text = REASONING + "</think>" + text
         return text + SPECIALS[1]
 
-    def generate(self, prompt_token_ids: list[int], params, request_id: str):
-        return self._generate(list(prompt_token_ids), params, request_id)
+    def generate(self, prompt_token_ids: list[int], params, request_id: str, final_only: bool = False):
+        return self._generate(list(prompt_token_ids), params, request_id, final_only)
 
-    async def _generate(self, prompt_ids: list[int], params, request_id: str):
+    async def _generate(self, prompt_ids: list[int], params, request_id: str, final_only: bool = False):
         arrival = time.monotonic()
         if params.max_tokens is not None and len(prompt_ids) + params.max_tokens > self.max_model_len:
             raise RequestTooLongError.for_lengths(self.max_model_len, len(prompt_ids), params.max_tokens)
@@ -136,6 +136,8 @@ class FakeAsyncLLM:
                 finished = all(o.finished for o in outs)
                 if finished:
                     metrics["finished"] = time.monotonic()
+                if final_only and not finished:
+                    continue  # like the real engine: non-streaming callers get the finished output only
                 yield RequestOutput(request_id=request_id, prompt_token_ids=prompt_ids,
                                     outputs=[CompletionOutput(o.index, list(o.token_ids), o.text, o.finish_reason,
                                                               o.stop_reason, list(o.logprobs)
