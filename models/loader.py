@@ -213,16 +213,26 @@ def iter_checkpoint(
                 spec = index.specs[name]
                 if spec.init == "scale":
                     continue  # consumed with its weight
-                t = f.get_tensor(name)
-                if spec.quant in ("fp8", "fp4") and keep_quantized is not None and keep_quantized(name):
-                    yield name, t.to(device)
-                    yield scale_name(name), _get_scale(index, f, shard, name).view(torch.uint8).to(device)
-                    continue
-                if spec.quant in ("fp8", "fp4"):
-                    t = _dequant(spec, t, _get_scale(index, f, shard, name), dtype)
-                elif t.is_floating_point() and t.dtype != torch.float32:
-                    t = t.to(dtype)
-                yield name, t.to(device)
+                raw = spec.quant in ("fp8", "fp4") and keep_quantized is not None and keep_quantized(name)
+                yield from emit_tensor(index, f, shard, name, name, dtype, device, raw)
+
+
+def emit_tensor(index: CheckpointIndex, f, shard: Path, name: str, out: str, dtype: torch.dtype,
+                device: str | torch.device, raw: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """One checkpoint tensor as the model takes it, under the name `out`: raw quantized data followed
+    by its `.scale` bytes (`raw`), dequantized to `dtype`, cast to `dtype` (F32 tensors stay F32), or
+    as stored (integers)."""
+    spec = index.specs[name]
+    t = f.get_tensor(name)
+    if raw:
+        yield out, t.to(device)
+        yield scale_name(out), _get_scale(index, f, shard, name).view(torch.uint8).to(device)
+        return
+    if spec.quant in ("fp8", "fp4"):
+        t = _dequant(spec, t, _get_scale(index, f, shard, name), dtype)
+    elif t.is_floating_point() and t.dtype != torch.float32:
+        t = t.to(dtype)
+    yield out, t.to(device)
 
 
 def _get_scale(index: CheckpointIndex, f, shard: Path, weight_name: str) -> torch.Tensor:

@@ -23,7 +23,7 @@ from safetensors import safe_open
 
 from models.checkpoint_spec import FP4_BLOCK, FP8_BLOCK, TensorSpec, scale_name
 from models.config import ModelConfig
-from models.loader import validate_checkpoint
+from models.loader import emit_tensor, validate_checkpoint
 from models.parallel import ParallelContext, TensorShard, check_divisibility, shard_checkpoint_tensor
 from models.quant import dequant_fp8_block, dequant_mxfp4
 
@@ -111,8 +111,6 @@ def iter_checkpoint_sharded(
     keep_quantized=None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Validate, then yield this rank's `(name, tensor)` pairs (see the module docstring)."""
-    from models.loader import _dequant, _get_scale
-
     index = validate_checkpoint(model_dir, cfg, include_mtp)
     cfg = index.cfg
     op = _Opener()
@@ -132,16 +130,7 @@ def iter_checkpoint_sharded(
                     for n, t in _sliced(index, op, name, spec, sh, dtype, raw):
                         yield (scale_name(out) if n.endswith(".scale") else out), t.to(device)
                     continue
-                t = f.get_tensor(name)
-                if raw:
-                    yield out, t.to(device)
-                    yield scale_name(out), _get_scale(index, f, shard, name).view(torch.uint8).to(device)
-                    continue
-                if spec.quant in ("fp8", "fp4"):
-                    t = _dequant(spec, t, _get_scale(index, f, shard, name), dtype)
-                elif t.is_floating_point() and t.dtype != torch.float32:
-                    t = t.to(dtype)
-                yield out, t.to(device)
+                yield from emit_tensor(index, f, shard, name, out, dtype, device, raw)
     finally:
         op.close()
 
