@@ -12,6 +12,7 @@ from fake_engine import ANSWER, REASONING, FakeAsyncLLM
 from server_fixture import start_server
 
 from server.app import create_app
+from tests.server.metric_names import VLLM_METRICS
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
                                            "parameters": {"type": "object",
@@ -141,12 +142,7 @@ def test_models_tokenize_detokenize_version(served, http):
 def test_metrics(http):
     http.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
     text = http.get("/metrics").text
-    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-                 "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:num_preemptions_total",
-                 "vllm:request_success_total", "vllm:time_to_first_token_seconds_bucket",
-                 "vllm:inter_token_latency_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket",
-                 "vllm:request_queue_time_seconds_bucket", "vllm:request_prompt_tokens_bucket",
-                 "vllm:request_generation_tokens_bucket", "http_requests_total"):
+    for name in VLLM_METRICS:
         assert f"\n{name}{{" in text, name
     assert 'model_name="fake-v4"' in text and 'handler="/v1/completions"' in text
 

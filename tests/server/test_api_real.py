@@ -26,6 +26,7 @@ from engine.config import EngineArgs
 from server.app import create_app
 from server.chat_format import BOS, REASONING_EFFORT_MAX, SpecialTokens, encode_messages
 from server.output_parser import parse_completion
+from tests.server.metric_names import VLLM_METRICS
 
 MODEL = "v4-demo"
 USER = [{"role": "user", "content": "hi"}]
@@ -664,12 +665,7 @@ def test_metrics_names_and_counts(http):
     r = http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 3, "ignore_eos": True})
     assert r.status_code == 200
     text = http.get("/metrics").text
-    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
-                 "vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:num_preemptions_total",
-                 "vllm:request_success_total", "vllm:time_to_first_token_seconds_bucket",
-                 "vllm:inter_token_latency_seconds_bucket", "vllm:e2e_request_latency_seconds_bucket",
-                 "vllm:request_queue_time_seconds_bucket", "vllm:request_prompt_tokens_bucket",
-                 "vllm:request_generation_tokens_bucket", "http_requests_total"):
+    for name in VLLM_METRICS:
         assert f"\n{name}{{" in text, name
     assert total(text, "vllm:generation_tokens_total") - total(before, "vllm:generation_tokens_total") == 3
     assert total(text, "vllm:prompt_tokens_total") - total(before, "vllm:prompt_tokens_total") == \
