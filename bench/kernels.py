@@ -310,6 +310,11 @@ from bench.attention_entries import install as _install_attention  # noqa: E402
 
 _install_attention(register, bench_ms)
 
+# kernel-variant sweeps for the decode paths (bench/decode_variants.py)
+from bench.decode_variants import install as _install_variants  # noqa: E402
+
+_install_variants(register, bench_ms)
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)

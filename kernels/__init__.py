@@ -145,13 +145,8 @@ def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta, sink, *, ratio: int,
 
 
 def indexer_topk(q, w, keys, meta, topk: int, *, ratio: int = 4):
-    """Lightning-indexer scores + top-k -> [N, topk] int32 entry indices, -1 = none.
-
-    FP8 indexer keys stay on the twin under the "auto" backend: the Triton FP8-key score kernel
-    faulted with a misaligned address on the H200 (2026-11-28, open in issue 5); an explicit
-    set_backend("triton") still runs it (its GPU test)."""
-    fp8_keys_unsafe = keys.dtype == torch.uint8 and (_ATTN_BACKEND or _BACKEND) == "auto"
-    if _attn_use_triton(q) and not fp8_keys_unsafe:
+    """Lightning-indexer scores + top-k -> [N, topk] int32 entry indices, -1 = none."""
+    if _attn_use_triton(q):
         from .triton import indexer as _tr_idx
         return _tr_idx.indexer_topk(q, w, keys, meta, topk, ratio=ratio)
     return _ref_idx.indexer_topk(q, w, keys, meta, topk, ratio=ratio)

@@ -21,10 +21,13 @@ class QuantWeight:
     data: torch.Tensor
     scale: torch.Tensor
     fmt: str  # "fp8" | "fp4"
+    scale_max: int | None = None  # largest UE8M0 scale byte (fp4; measured once at construction)
 
     def __post_init__(self):
         if self.fmt not in ("fp8", "fp4"):
             raise ValueError(f"unknown quantized weight format {self.fmt!r}")
+        if self.fmt == "fp4" and self.scale_max is None and self.scale.numel():
+            self.scale_max = int(self.scale_u8().max())
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -48,7 +51,7 @@ class QuantWeight:
 
     def __getitem__(self, e) -> "QuantWeight":
         """Expert slice of a stacked weight."""
-        return QuantWeight(self.data[e], self.scale[e], self.fmt)
+        return QuantWeight(self.data[e], self.scale[e], self.fmt, self.scale_max)
 
     def dequant(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         from .ref.quant import dequant

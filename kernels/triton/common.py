@@ -60,6 +60,88 @@ def load_w_tile(w_ptr, s_ptr, offs_n, nmask, k0, K, stride_n, stride_k, stride_s
     return tl.trans(w)
 
 
+@triton.jit
+def _fp4x4_to_bf16x2_asm(p, sc):
+    """Four MXFP4 bytes per asm instance -> (low-nibble values, high-nibble values) as bf16, times sc.
+
+    E2M1 code c = s|e1 e0 m goes to bf16 bits (c&7)<<6 | (c&8)<<12, i.e. e2m1(c) * 2^-126 (code 1 is a
+    bf16 subnormal; bf16 multiply keeps subnormals), so one mul.bf16x2 by sc = 2^(S-127) * 2^126
+    applies the 2^126 and the block scale to two values at once: ~2.5 integer ops + 0.5 mul per weight.
+    Bytes are spread to 16-bit lanes first (prmt), so both halves of a register shift together."""
+    return tl.inline_asm_elementwise(
+        asm="""
+        {
+        .reg .b32 z, y0, y1, t0, t1, u0, u1;
+        mov.b32 z, 0;
+        prmt.b32 y0, $4, z, 0x4140;
+        prmt.b32 y1, $4, z, 0x4342;
+        shl.b32 t0, y0, 6;
+        and.b32 t0, t0, 0x01C001C0;
+        shl.b32 u0, y0, 12;
+        and.b32 u0, u0, 0x80008000;
+        or.b32 t0, t0, u0;
+        mul.rn.bf16x2 $0, t0, $5;
+        shl.b32 t1, y1, 6;
+        and.b32 t1, t1, 0x01C001C0;
+        shl.b32 u1, y1, 12;
+        and.b32 u1, u1, 0x80008000;
+        or.b32 t1, t1, u1;
+        mul.rn.bf16x2 $1, t1, $6;
+        shl.b32 t0, y0, 2;
+        and.b32 t0, t0, 0x01C001C0;
+        shl.b32 u0, y0, 8;
+        and.b32 u0, u0, 0x80008000;
+        or.b32 t0, t0, u0;
+        mul.rn.bf16x2 $2, t0, $5;
+        shl.b32 t1, y1, 2;
+        and.b32 t1, t1, 0x01C001C0;
+        shl.b32 u1, y1, 8;
+        and.b32 u1, u1, 0x80008000;
+        or.b32 t1, t1, u1;
+        mul.rn.bf16x2 $3, t1, $6;
+        }
+        """,
+        constraints="=r,=r,=r,=r,r,r,r",
+        args=[p, sc], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+
+
+@triton.jit
+def _e2m1_f32(c):
+    """E2M1 code (int32 0..15) -> fp32 value * 2^-14 (fp16 bit trick; the 2^14 goes into the scale)."""
+    bits = ((c & 7) << 9) | ((c & 8) << 12)
+    return bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def load_fp4_split(w_ptr, s_ptr, offs_n, nmask, k0, K, stride_n, stride_k, stride_sn, stride_sk,
+                   BN: tl.constexpr, BK: tl.constexpr, DOT_T: tl.constexpr, USE_ASM: tl.constexpr):
+    """MXFP4 tile W[offs_n, k0:k0+BK] -> (W[:, even k]^T, W[:, odd k]^T), each [BK/2, BN] in DOT_T, scaled.
+
+    No nibble interleave: the caller splits its activation tile into even/odd k and runs two dots.
+    Bytes are loaded as [BN, BK/32, 16] (one 16-byte run per 32-value scale group) so the scale
+    broadcasts over the last dim. USE_ASM: packed bf16 conversion (GPU); else the fp16 bit trick."""
+    G: tl.constexpr = BK // 32
+    g = tl.arange(0, G)
+    j = tl.arange(0, 16)
+    kp = k0 // 2 + g[None, :, None] * 16 + j[None, None, :]
+    p = tl.load(w_ptr + offs_n[:, None, None] * stride_n + kp * stride_k,
+                mask=nmask[:, None, None] & (kp < K // 2), other=0)
+    ks = k0 // 32 + g
+    s = tl.load(s_ptr + offs_n[:, None] * stride_sn + ks[None, :] * stride_sk,
+                mask=nmask[:, None] & (ks[None, :] < K // 32), other=0)
+    if USE_ASM:
+        sc = e8m0_to_f32(s, 126).to(tl.bfloat16)  # 2^(S-127) * 2^126 (S <= 128: checked by the caller)
+        lo, hi = _fp4x4_to_bf16x2_asm(p, tl.broadcast_to(sc[:, :, None], (BN, G, 16)))
+    else:
+        pi = p.to(tl.int32) & 0xFF
+        sf = e8m0_to_f32(s, 14)[:, :, None]
+        lo = _e2m1_f32(pi & 0xF) * sf
+        hi = _e2m1_f32(pi >> 4) * sf
+    lo = tl.reshape(lo.to(DOT_T), (BN, BK // 2))
+    hi = tl.reshape(hi.to(DOT_T), (BN, BK // 2))
+    return tl.trans(lo), tl.trans(hi)
+
+
 def dot_dtype(x: torch.Tensor):
     """(Triton dtype of the MMA operands, fp32-dot flag). The interpreter needs fp32 (bf16 dot bug)."""
     if interpreting() or x.dtype == torch.float32:
@@ -67,10 +149,26 @@ def dot_dtype(x: torch.Tensor):
     return (tl.float16 if x.dtype == torch.float16 else tl.bfloat16), False
 
 
-def weight_args(w):
-    """(data tensor, scale u8 tensor or dummy, WFMT) for a plain tensor or a QuantWeight."""
+FP4_MODES = ("interleave", "split", "dot_scaled")
+
+
+def weight_args(w, fp4_mode: str = "interleave"):
+    """(data tensor, scale u8 tensor or dummy, WFMT) for a plain tensor or a QuantWeight.
+
+    WFMT 0 plain, 1 FP8 blocks; MXFP4: 2 "interleave" (nibble join + fp16 bit trick; the default: the
+    fastest on the H200, docs/benchmarks.md), 3 "split" (even/odd dots, packed PTX conversion),
+    4 "dot_scaled" (Triton's tl.dot_scaled, GPU only)."""
     from ..quant_weight import QuantWeight
     if isinstance(w, QuantWeight):
-        data = w.data.view(torch.uint8) if w.fmt == "fp8" else w.data
-        return data, w.scale_u8(), (1 if w.fmt == "fp8" else 2)
+        if w.fmt == "fp8":
+            return w.data.view(torch.uint8), w.scale_u8(), 1
+        if fp4_mode not in FP4_MODES:
+            raise ValueError(f"unknown MXFP4 kernel mode {fp4_mode!r}")
+        return w.data, w.scale_u8(), {"split": 3, "interleave": 2, "dot_scaled": 4}[fp4_mode]
     return w, w, 0
+
+
+def fp4_use_asm(w) -> bool:
+    """The packed bf16 conversion folds 2^126 into the scale: valid while every UE8M0 byte is <= 128
+    (|w| <= 12); larger scales (never seen in checkpoints) take the fp16-trick conversion instead."""
+    return not interpreting() and w.scale_max is not None and w.scale_max <= 128

@@ -2,7 +2,7 @@
 
 Two kernels per tile of query rows:
   _score_kernel   grid (rows, key tiles): gathers BLOCK_E indexer keys through the block table
-                  (dense or FP8 + fp32 scale), one tl.dot [HI, cI] x [cI, BLOCK_E] for all heads,
+                  (dense or FP8 + fp32 scale), one tl.dot [BLOCK_E, cI] x [cI, HI] for all heads,
                   relu, weight, head-sum -> scores[row, e] (fp32, only e < (pos+1)//ratio written).
   _topk_kernel    grid (rows,): radix select of the k-th largest score without sorting the row:
                   four 8-bit histogram passes (tl.histogram) over order-preserving uint32 keys of
@@ -43,13 +43,16 @@ def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scor
         heads = tl.arange(0, BLOCK_H)
         hm = heads < HI
         cols = tl.arange(0, CI)
-        q = tl.load(q_ptr + (t.to(tl.int64) * HI + heads[:, None]) * CI + cols[None, :], mask=hm[:, None], other=0.0)
         wt = tl.load(w_ptr + t.to(tl.int64) * HI + heads, mask=hm, other=0.0)
         e = e0 + tl.arange(0, BLOCK_E)
         ok = e < limit
         blk = tl.load(tables_ptr + b * table_stride + e // PB, mask=ok, other=0).to(tl.int64)
-        row = (blk * PB + e % PB) * ROW
+        # (not (blk * PB + e % PB) * ROW: Triton 3.6's axis analysis keeps the divisibility (64) of the
+        # contiguous e % PB through the add with blk * PB, so it emitted 16-byte loads for 132-byte FP8
+        # rows -> "misaligned address" on the H200)
+        row = blk * (PB * ROW) + (e % PB) * ROW
         if FP8:
+            row = tl.multiple_of(row, 4)  # 132-byte rows: 4-byte aligned (CI % 4 == 0, 4-byte scale)
             raw = tl.load(keys_ptr + row[:, None] + cols[None, :], mask=ok[:, None], other=0)
             k = raw.to(tl.float8e4nv, bitcast=True)
             sb = keys_ptr + row + CI  # fp32 scale, assembled from 4 bytes (no alignment assumption)
@@ -61,9 +64,11 @@ def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scor
         else:
             k = tl.load(keys_ptr + row[:, None] + cols[None, :], mask=ok[:, None], other=0.0)
             kscale = tl.full([BLOCK_E], 1.0, tl.float32)
-        s = tl.dot(q.to(DOT_DT), tl.trans(k.to(DOT_DT)))  # [BH, BE]
-        s = tl.maximum(s, 0.0) * wt[:, None]
-        sc = tl.sum(s, 0) * kscale
+        # keys as the A operand [BE, CI], q^T [CI, BH] loaded transposed by pointer math
+        qt = tl.load(q_ptr + (t.to(tl.int64) * HI + heads[None, :]) * CI + cols[:, None], mask=hm[None, :], other=0.0)
+        s = tl.dot(k.to(DOT_DT), qt.to(DOT_DT))  # [BE, BH]
+        s = tl.maximum(s, 0.0) * wt[None, :]
+        sc = tl.sum(s, 1) * kscale
         tl.store(scores_ptr + r.to(tl.int64) * score_stride + e, sc, mask=ok)
 
 
@@ -143,12 +148,9 @@ def indexer_scores(q, w, keys, meta: AttnMeta, scores: torch.Tensor, row0: int, 
     pb = keys.shape[1]
     e_cap = scores.shape[1]
     block_e = 32 if INTERPRET else int(os.environ.get("V4_IDX_BLOCK_E", 64))
-    dot_dt = tl.float32 if INTERPRET else (tl.float8e4nv if fp8 else tl.bfloat16)
-    qd = q if (INTERPRET or not fp8) else q  # fp8 keys: q stays bf16 -> cast below
-    if fp8 and not INTERPRET:
-        dot_dt = tl.bfloat16
+    dot_dt = tl.float32 if INTERPRET else tl.bfloat16  # FP8 keys are widened to bf16 (q stays bf16)
     _score_kernel[(n_rows, triton.cdiv(e_cap, block_e))](
-        qd, w, keys, meta.block_tables, meta.tok_seq, meta.positions, scores, row0, hi,
+        q, w, keys, meta.block_tables, meta.tok_seq, meta.positions, scores, row0, hi,
         meta.block_tables.stride(0), scores.stride(0), row,
         CI=ci, PB=pb, RATIO=ratio, FP8=fp8, BLOCK_H=max(16, triton.next_power_of_2(hi)), BLOCK_E=block_e,
         DOT_DT=dot_dt, num_warps=4,

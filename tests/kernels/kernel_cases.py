@@ -222,7 +222,41 @@ def interp_suite(op: str) -> list[tuple[str, float, float]]:
                                        fp8=True, index_key=False, device=dev), {"entries": 0.1, "tails": 0})
         add("key-fp8", compressor_case([(0, 9), (39, 1), (6, 7)], c=32, r=16, ratio=4, overlap=True, block_size=16,
                                        fp8=True, index_key=True, device=dev), {"entries": 0.1, "tails": 0})
+    elif op == "model":
+        add("logits", model_logits_case(n_prefill=40, n_decode=4), {})
     return res
+
+
+def model_logits_case(n_prefill: int, n_decode: int) -> dict:
+    """Whole-model logits (fp32, CPU) with the Triton attention/indexer/compressor ops vs the torch
+    twins: prefill through a reversed block table, then single-token decode steps (CSA ratio 4 with
+    more eligible entries than top-k, HCA ratio 8, sliding layer)."""
+    import kernels
+    from models.config import tiny_config
+    from models.state import single_sequence_batch
+    from tests.models.oracle import our_model, random_state_dict
+
+    cfg = tiny_config(compress_ratios=(0, 4, 8, 4), index_topk=8, head_dim=128, qk_rope_head_dim=64,
+                      index_head_dim=64)
+    model = our_model(cfg, random_state_dict(cfg, seed=1))
+    n = n_prefill + n_decode
+    ids = torch.randint(0, cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(2))
+    outs = {}
+    kernels.set_backend("ref")
+    try:
+        for backend in ("ref", "triton"):
+            kernels.set_attention_backend(backend)
+            state = model.new_state(num_slots=2, num_blocks=20, block_size=16, kv_format="bf16")
+            table = torch.arange(19, 9, -1)
+            chunks = []
+            for a, b in ((0, n_prefill), *((i, i + 1) for i in range(n_prefill, n))):
+                chunks.append(model.compute_logits(model(single_sequence_batch(ids[a:b], a, table, slot=1), state)))
+            outs[backend] = torch.cat(chunks)
+    finally:
+        kernels.set_attention_backend(None)
+        kernels.set_backend("auto")
+    ref, got = outs["ref"], outs["triton"]
+    return {"rel": ((got - ref).norm() / ref.norm()).item()}
 
 
 def run_interp_subprocess(op: str, timeout: int = 300) -> list[tuple[str, float, float]]:

@@ -59,6 +59,11 @@ def test_compressor_real_shapes(ratio, overlap, c, key, fp8):
 
 @pytest.mark.parametrize("kv_format", ["bf16", "fp8"])
 def test_model_logits_triton_vs_torch(kv_format):
+    """Engine-path logits of a bf16 model with the Triton attention ops vs the torch twins, both measured
+    against the same model run in fp32 on the twins (the truth): the Triton path must be no further
+    from the truth than the torch bf16 path is (a random tiny model amplifies bf16 rounding and flips
+    near-tied indexer picks, so a fixed Triton-vs-torch threshold would test the model, not the kernels;
+    in fp32 under the interpreter the two paths agree to 6e-7, tests/kernels/test_attention_interp.py)."""
     import kernels
     from models.config import tiny_config
     from models.state import single_sequence_batch
@@ -66,25 +71,34 @@ def test_model_logits_triton_vs_torch(kv_format):
 
     cfg = tiny_config(compress_ratios=(0, 4, 8, 4), index_topk=8, head_dim=128, qk_rope_head_dim=64,
                       index_head_dim=64)
-    model = our_model(cfg, random_state_dict(cfg, seed=1)).cuda().to(torch.bfloat16)
+    sd = random_state_dict(cfg, seed=1)
     ids = torch.randint(0, cfg.vocab_size, (150,), generator=torch.Generator().manual_seed(2)).cuda()
-    outs = {}
     kernels.set_backend("ref")  # everything else on the torch path: isolates the attention kernels
-    for backend in ("ref", "triton"):
+
+    def run(dtype, backend, fmt):
+        model = our_model(cfg, sd).cuda().to(dtype)
         kernels.set_attention_backend(backend)
         try:
-            state = model.new_state(num_slots=2, num_blocks=20, block_size=16, kv_format=kv_format)
+            state = model.new_state(num_slots=2, num_blocks=20, block_size=16, kv_format=fmt)
             table = torch.arange(19, 9, -1)
             chunks = []
             for a, b in ((0, 100), *((i, i + 1) for i in range(100, 150))):  # prefill + decode steps
                 batch = single_sequence_batch(ids[a:b], a, table, slot=1)
-                chunks.append(model.compute_logits(model(batch, state)))
-            outs[backend] = torch.cat(chunks)
+                chunks.append(model.compute_logits(model(batch, state)).float())
+            return torch.cat(chunks)
         finally:
             kernels.set_attention_backend(None)
-    kernels.set_backend("auto")
-    ref, got = outs["ref"], outs["triton"]
-    rel = ((got - ref).norm() / ref.norm()).item()
-    top1 = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
-    print(kv_format, "rel", rel, "top1 agreement", top1)
-    assert rel < 3e-2 and top1 > 0.9
+
+    try:
+        truth = run(torch.float32, "ref", "bf16")
+        ref, got = run(torch.bfloat16, "ref", kv_format), run(torch.bfloat16, "triton", kv_format)
+    finally:
+        kernels.set_backend("auto")
+
+    def err(x):
+        return ((x - truth).norm() / truth.norm()).item(), (x.argmax(-1) == truth.argmax(-1)).float().mean().item()
+
+    (e_ref, a_ref), (e_tri, a_tri) = err(ref), err(got)
+    print(kv_format, f"vs fp32 truth: torch-bf16 rel {e_ref:.4f} top1 {a_ref:.3f}; triton rel {e_tri:.4f} top1 {a_tri:.3f}")
+    assert e_tri <= 1.5 * e_ref + 1e-2, (e_tri, e_ref)
+    assert a_tri >= a_ref - 0.05, (a_tri, a_ref)

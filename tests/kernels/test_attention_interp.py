@@ -12,3 +12,11 @@ def test_attention_interpreter_matches_twin():
     for name, val, tol in results:
         print(f"{name}: {val:.3e} (tol {tol:.0e})")
     assert not bad, bad
+
+
+def test_model_logits_interpreter_matches_twin():
+    """The whole model (fp32) with the Triton attention ops == with the torch twins."""
+    results = run_interp_subprocess("model")
+    for name, val, tol in results:
+        print(f"{name}: {val:.3e} (tol {tol:.0e})")
+    assert results and all(val <= tol for _, val, tol in results), results

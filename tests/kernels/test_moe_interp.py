@@ -38,7 +38,7 @@ def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12)).item()
 
 
-@pytest.mark.parametrize("fmt", ["bf16", "fp8", "fp4"])
+@pytest.mark.parametrize("fmt", ["bf16", "fp8", "fp4", "fp4-split"])
 @pytest.mark.parametrize("n,skew", [(1, False), (6, False), (9, True)])
 def test_moe_interp(fmt, n, skew):
     (tri,) = interp_modules("moe")
@@ -51,9 +51,10 @@ def test_moe_interp(fmt, n, skew):
     if skew:
         logits[:, :2] += 5.0  # experts 0/1 take everything; the rest stay empty
     weights, ids = ref_routing.moe_route(logits, k, 1.5)
+    fmt, _, mode = fmt.partition("-")
     q1, q3, q2 = (_quant(w, fmt) for w in (w1, w3, w2))
     out_ref = ref.moe_experts(x, q1, q3, q2, weights, ids, 1.0)
-    out = tri.moe_experts(x, q1, q3, q2, weights, ids, 1.0)
+    out = tri.moe_experts(x, q1, q3, q2, weights, ids, 1.0, fp4_mode=mode or "interleave")
     assert out.shape == (n, d) and out.dtype == torch.float32
     torch.testing.assert_close(out, out_ref, rtol=1e-4, atol=1e-5)
 
@@ -105,13 +106,14 @@ def _routing(n: int, mode: str, seed: int):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", ["fp4", "fp8", "bf16"])
+@pytest.mark.parametrize("fmt", ["fp4", "fp4-split", "fp4-dot_scaled", "fp8", "bf16"])
 @pytest.mark.parametrize("mode", ["uniform", "skewed", "empty"])
 @pytest.mark.parametrize("n", [1, 4, 64, 333, 4096])
 def test_moe_gpu(fmt, mode, n):
     import kernels.triton.moe as tri
-    if fmt != "fp4" and n in (4, 333):
-        pytest.skip("batch sweep runs on the shipped MXFP4 format only")
+    fmt, _, fp4_mode = fmt.partition("-")
+    if (fmt != "fp4" or fp4_mode) and n in (4, 333):
+        pytest.skip("batch sweep runs on the shipped MXFP4 format / default kernel only")
     key = (fmt,)
     if _CACHE.get("key") != key:
         _CACHE.clear()
@@ -123,7 +125,7 @@ def test_moe_gpu(fmt, mode, n):
     if mode == "empty":
         assert int(ids.max()) < 16
     out_ref = ref.moe_experts(x, w1, w3, w2, weights, ids, 10.0)
-    out = tri.moe_experts(x, w1, w3, w2, weights, ids, 10.0)
+    out = tri.moe_experts(x, w1, w3, w2, weights, ids, 10.0, fp4_mode=fp4_mode or "interleave")
     torch.cuda.synchronize()
     assert torch.isfinite(out).all()
     assert _rel(out, out_ref) < 1.5e-2, _rel(out, out_ref)
@@ -148,3 +150,27 @@ def test_engine_resident_logits_gpu(tmp_path):
     assert torch.isfinite(a).all()
     assert _rel(a, b) < 3e-2, _rel(a, b)
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
+
+
+@pytest.mark.gpu
+def test_fp4_asm_conversion_exhaustive_gpu():
+    """Every MXFP4 byte in every position through the packed PTX conversion == the twin's dequant
+    (exact), for scale bytes <= 128 (asm path) and > 128 (fp16-trick fallback)."""
+    import kernels.triton.moe as tri
+    from kernels.ref.quant import dequant
+    n_out, k_in = 256, 64
+    rows = torch.arange(n_out)[:, None] * 32 + torch.arange(k_in // 2)[None, :]
+    data = (rows % 256).to(torch.uint8).view(torch.int8)[None].cuda()  # each byte value in each column
+    for lo_s, hi_s in ((100, 128), (129, 140)):
+        sc = torch.randint(lo_s, hi_s + 1, (1, n_out, k_in // 32), dtype=torch.uint8).cuda()
+        w = QuantWeight(data, sc, "fp4")
+        assert (w.scale_max <= 128) == (hi_s <= 128)
+        ident = torch.eye(k_in, device="cuda").bfloat16()  # token i = e_i -> out[i] = W[:, i]
+        ids = torch.zeros(k_in, 1, dtype=torch.int32, device="cuda")
+        wts = torch.ones(k_in, device="cuda")
+        cfg = dict(BM=16, BN=32, BK=64, GROUP_M=1, num_warps=4, num_stages=2)
+        s1, e1, np1 = tri.moe_align(ids, 1, 16)
+        out = torch.zeros(k_in, n_out, device="cuda")
+        tri._launch(ident, w, None, out, wts, s1, e1, np1, n_out, k_in, k_in, 10.0, 1, 1, False, cfg, "split")
+        want = dequant(w, torch.float32)[0].T  # [K, N]
+        torch.testing.assert_close(out, want, rtol=0, atol=0)
