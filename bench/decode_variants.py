@@ -8,6 +8,7 @@ moe_fp4_modes     MXFP4 experts through each kernel variant (common.FP4_MODES: "
 fp8_linear_sweep  FP8 block linear at the V4-Flash dense shapes, M = 1/64, over a tile/split-K grid
                   (pick_config's decode rules come from it).
 moe_profile       per-kernel CUDA time of one MXFP4 MoE decode call (torch.profiler).
+topk_sweep        radix top-k kernel variants (in-register vs streaming rows, warps, chunk size).
 """
 
 from __future__ import annotations
@@ -140,3 +141,42 @@ def install(register, bench_ms):
                                  us_per_call=ev.device_time_total / 40, calls_per_moe=ev.count / 40)
         del ws
         torch.cuda.empty_cache()
+
+
+    @register("topk_sweep")
+    def bench_topk_sweep(ctx):
+        """Radix top-k (k=512) kernel variants: in-register rows (<= 8192 entries) by warps, streaming
+        rows by chunk size and warps; torch.topk on the same rows."""
+        import os
+
+        from kernels.triton import indexer as ti
+
+        def us_of(fn):
+            return bench_ms(fn) * 1e3
+        g = torch.Generator(device="cuda").manual_seed(0)
+        for b in (1, 64):
+            for n_ent in (2048, 8192, 32768):
+                scores = torch.randn(b, n_ent, device="cuda", generator=g)
+                out = torch.empty(b, 512, dtype=torch.int32, device="cuda")
+                pos = torch.full((b,), 4 * n_ent - 1, dtype=torch.int32, device="cuda")
+                us_t = us_of(lambda: torch.topk(scores, 512, dim=-1))
+                variants = []
+                if n_ent <= ti.REG_TOPK_MAX:
+                    variants += [("reg", {"V4_TOPK_REG_WARPS": str(w)}, None) for w in (4, 8, 16)]
+                variants += [("stream", {"V4_TOPK_BLOCK": str(bl), "V4_TOPK_WARPS": str(w)}, 0)
+                             for bl in (1024, 4096) for w in (4, 8, 16)]
+                for kind, env, reg_max in variants:
+                    old = {k: os.environ.get(k) for k in env}
+                    os.environ.update(env)
+                    try:
+                        us = us_of(lambda: ti.topk_rows(scores, pos, out, 0, b, 512, 4, reg_max=reg_max))
+                        ctx.emit(bench="topk_sweep", batch=b, entries=n_ent, kind=kind, cfg=str(env), us=us,
+                                 torch_topk_us=us_t, speedup_vs_torch=us_t / us)
+                    except Exception as ex:  # noqa: BLE001
+                        ctx.emit(bench="topk_sweep", batch=b, entries=n_ent, kind=kind, cfg=str(env), error=repr(ex)[:200])
+                    finally:
+                        for k, v in old.items():
+                            if v is None:
+                                os.environ.pop(k, None)
+                            else:
+                                os.environ[k] = v

@@ -9,7 +9,8 @@ Two kernels per tile of query rows:
                   the float bits find the exact threshold key T and how many ties to take, then one
                   compaction pass writes every e with key > T and the lowest-index ties == T into
                   out[row, :k] (tl.cumsum + a running counter). Rows with <= k eligible entries
-                  just list 0..limit-1. Unused slots are -1.
+                  just list 0..limit-1. Unused slots are -1. Rows of <= REG_TOPK_MAX entries use
+                  _topk_reg_kernel (same passes on the row held in registers, read once).
 Long prefill: rows are processed in tiles of at most `row_tile` tokens so the score buffer is
 [row_tile, E] (bounded), never [T, E].
 """
@@ -133,10 +134,60 @@ def _topk_kernel(scores_ptr, pos_ptr, out_ptr, row0, score_stride, out_stride,
             cnt_eq += tl.sum(ei, 0)
 
 
+@triton.jit
+def _topk_reg_kernel(scores_ptr, pos_ptr, out_ptr, row0, score_stride, out_stride,
+                     K: tl.constexpr, RATIO: tl.constexpr, BLOCK: tl.constexpr):
+    """_topk_kernel for rows of at most BLOCK entries: the row is read once into registers and the
+    four radix passes + the compaction run there (no re-reads, no chunk loop)."""
+    r = tl.program_id(0)
+    t = row0 + r
+    pos = tl.load(pos_ptr + t)
+    limit = (pos + 1) // RATIO
+    offs = tl.arange(0, BLOCK)
+    orow = out_ptr + t.to(tl.int64) * out_stride
+    if limit <= K:
+        for k0 in range(0, K, BLOCK):
+            kk = k0 + offs
+            tl.store(orow + kk, tl.where(kk < limit, kk, -1), mask=kk < K)
+    else:
+        ok = offs < limit
+        key = _ordered_key(tl.load(scores_ptr + r.to(tl.int64) * score_stride + offs, mask=ok, other=0.0))
+        prefix = tl.zeros([], tl.uint32)
+        pmask = tl.zeros([], tl.uint32)
+        need = tl.full([], K, tl.int32)
+        bins = tl.arange(0, 256)
+        for level in tl.static_range(4):
+            shift = 24 - 8 * level
+            sel = ok & ((key & pmask) == prefix)
+            hist = tl.histogram(((key >> shift) & 255).to(tl.int32), 256, mask=sel)
+            cum_desc = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist
+            dstar = tl.max(tl.where(cum_desc >= need, bins, 0), 0)
+            need = need - tl.sum(tl.where(bins == dstar, cum_desc - hist, 0), 0)
+            prefix = prefix | (dstar.to(tl.uint32) << shift)
+            pmask = pmask | (tl.full([], 255, tl.uint32) << shift)
+        gt = ok & (key > prefix)
+        eq = ok & (key == prefix)
+        rank_eq = tl.cumsum(eq.to(tl.int32), 0) - 1
+        tl.store(orow + tl.cumsum(gt.to(tl.int32), 0) - 1, offs, mask=gt)
+        tl.store(orow + (K - need) + rank_eq, offs, mask=eq & (rank_eq < need))
+
+
+REG_TOPK_MAX = 8192  # rows up to this many entries (32K context at ratio 4) use the in-register kernel
+
+
 def topk_rows(scores: torch.Tensor, positions: torch.Tensor, out: torch.Tensor, row0: int, n_rows: int, topk: int,
-              ratio: int) -> None:
+              ratio: int, reg_max: int | None = None) -> None:
     """Select the top-k of scores[r, :(pos[row0+r]+1)//ratio] into out[row0+r] for r < n_rows."""
-    block = 256 if INTERPRET else int(os.environ.get("V4_TOPK_BLOCK", 1024))
+    e_cap = scores.shape[1]
+    reg_max = REG_TOPK_MAX if reg_max is None else reg_max
+    if e_cap <= reg_max:
+        block = max(16, triton.next_power_of_2(e_cap))
+        warps = 4 if INTERPRET else (8 if block <= 2048 else 16)  # H200 sweep (docs/benchmarks.md)
+        warps = int(os.environ.get("V4_TOPK_REG_WARPS", warps))
+        _topk_reg_kernel[(n_rows,)](scores, positions, out, row0, scores.stride(0), out.stride(0), K=topk,
+                                    RATIO=ratio, BLOCK=block, num_warps=warps)
+        return
+    block = 256 if INTERPRET else int(os.environ.get("V4_TOPK_BLOCK", 4096))
     _topk_kernel[(n_rows,)](scores, positions, out, row0, scores.stride(0), out.stride(0), K=topk, RATIO=ratio,
                             BLOCK=block, num_warps=4 if INTERPRET else int(os.environ.get("V4_TOPK_WARPS", 8)))
 

@@ -133,14 +133,15 @@ def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_ti
     return {"rows_mismatch": float(bad)}
 
 
-def topk_case(rows, n_cols, topk, device, seed=0):
-    """Radix select alone on random fp32 rows (ratio=1, positions = n_cols-1)."""
+def topk_case(rows, n_cols, topk, device, seed=0, reg_max=None):
+    """Radix select alone on random fp32 rows (ratio=1, positions = n_cols-1); reg_max=0 forces the
+    streaming (chunked) kernel."""
     from kernels.triton import indexer as ti
     g = torch.Generator().manual_seed(seed)
     scores = torch.randn(rows, n_cols, generator=g).to(device)
     pos = torch.full((rows,), n_cols - 1, dtype=torch.int32, device=device)
     out = torch.full((rows, topk), -1, dtype=torch.int32, device=device)
-    ti.topk_rows(scores, pos, out, 0, rows, topk, 1)
+    ti.topk_rows(scores, pos, out, 0, rows, topk, 1, reg_max=reg_max)
     ref = scores.topk(min(topk, n_cols), dim=1).indices.sort(1).values
     got = out.long().sort(1).values[:, -ref.shape[1]:] if n_cols >= topk else out.long().sort(1).values
     if n_cols < topk:
@@ -212,7 +213,9 @@ def interp_suite(op: str) -> list[tuple[str, float, float]]:
         add("fp8-rowtile", indexer_case([(0, 3), (37, 1), (60, 6)], hi=4, ci=32, topk=4, block_size=16, fp8=True,
                                         device=dev, row_tile=4), {"rows_mismatch": 0})
         add("radix", topk_case(3, 700, 16, dev), {"mismatch": 0})
+        add("radix-stream", topk_case(3, 700, 16, dev, reg_max=0), {"mismatch": 0})
         add("short", topk_case(2, 10, 16, dev), {"mismatch": 0})
+        add("short-stream", topk_case(2, 10, 16, dev, reg_max=0), {"mismatch": 0})
     elif op == "compressor":
         add("csa", compressor_case([(0, 9), (37, 1), (6, 7)], c=64, r=16, ratio=4, overlap=True, block_size=16,
                                    fp8=False, index_key=False, device=dev), {"tails": 0})

@@ -42,8 +42,9 @@ def test_indexer_real_shapes(fp8):
 
 
 @pytest.mark.parametrize("n", [300, 512, 8192, 131072])
-def test_topk_rows(n):
-    assert topk_case(16, n, 512, "cuda")["mismatch"] == 0
+@pytest.mark.parametrize("reg_max", [None, 0])
+def test_topk_rows(n, reg_max):
+    assert topk_case(16, n, 512, "cuda", reg_max=reg_max)["mismatch"] == 0
 
 
 @pytest.mark.parametrize("fp8", [False, True])
