@@ -92,11 +92,12 @@ def pick_config(m: int, n: int, k: int, act_fp8: bool, interp: bool) -> dict:
         wide = n >= 64 * 2 * NUM_SMS
         if k <= 2048:
             bn = 64 if wide else (16 if (m > 16 and n <= 4096) else 32)
-            return dict(BM=bm, BN=bn, BK=128, GROUP_M=1, num_warps=4, num_stages=6 if m <= 16 else 4, SPLIT_K=1)
+            return dict(BM=bm, BN=bn, BK=128, GROUP_M=1, num_warps=4, num_stages=6 if (m <= 16 and not wide) else 4,
+                        SPLIT_K=1)
         bn = 64 if (wide or (m > 16 and n >= 2048)) else 32
         tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
         split = 1
-        while tiles * split < 2 * NUM_SMS and k // (split * 2) >= 512 and (m <= 16 or split < 4):
+        while tiles * split < 2 * NUM_SMS and k // (split * 2) >= 512 and (bn == 32 or split < 4):
             split *= 2
         return dict(BM=bm, BN=bn, BK=128, GROUP_M=1, num_warps=4, num_stages=4, SPLIT_K=split)
     if m <= 256:
