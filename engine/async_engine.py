@@ -8,7 +8,7 @@ asyncio.Queue per request. The event loop is never blocked by model work.
     event loop thread                       engine thread
     generate() --("add", ...)-->  cmds  -->  engine.add_request
     abort()    --("abort", id)->  cmds  -->  engine.abort_request (frees cache at this step)
-    queue.get() <--- call_soon_threadsafe ---  engine.step() outputs
+    queue.get() <--- call_soon_threadsafe ---  engine.step() outputs (cumulative, delta or final-only)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from models.loader import validate_checkpoint
 from .config import EngineArgs
 from .errors import EngineDeadError, QueueFullError, RequestTooLongError
 from .llm_engine import EngineStats, LLMEngine
-from .outputs import RequestOutput
+from .outputs import OutputKind, RequestOutput
 from .tokenizer import Tokenizer
 from .sampling_params import SamplingParams
 
@@ -126,9 +126,10 @@ class AsyncLLM:
             raise QueueFullError(f"the server is overloaded: more than {cap} requests are waiting; retry later")
 
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
-                       request_id: str, final_only: bool = False) -> AsyncIterator[RequestOutput]:
-        """Cumulative snapshots until the finished one (only the finished one with `final_only`, for
-        non-streaming callers); closing the iterator aborts the request."""
+                       request_id: str, output_kind: OutputKind = OutputKind.CUMULATIVE
+                       ) -> AsyncIterator[RequestOutput]:
+        """Outputs until the finished one: cumulative snapshots, deltas (streaming callers) or only
+        the finished one (FINAL_ONLY, non-streaming callers); closing the iterator aborts the request."""
         if not self.is_ready or self._loop is None:
             raise EngineDeadError("the engine is not running")
         self.check_request(len(prompt_token_ids), params)
@@ -137,7 +138,7 @@ class AsyncLLM:
         q: asyncio.Queue = asyncio.Queue()
         self._streams[request_id] = q
         self._num_pending_adds += params.n
-        self._cmds.put(("add", request_id, list(prompt_token_ids), params, time.monotonic(), final_only))
+        self._cmds.put(("add", request_id, list(prompt_token_ids), params, time.monotonic(), output_kind))
         self._wake.set()
         finished = False
         try:
@@ -181,10 +182,10 @@ class AsyncLLM:
             except queue.Empty:
                 return
             if cmd[0] == "add":
-                _, rid, ids, params, arrival, final_only = cmd
+                _, rid, ids, params, arrival, output_kind = cmd
                 self._loop.call_soon_threadsafe(self._added, params.n)
                 try:
-                    eng.add_request(rid, ids, params, arrival_time=arrival, final_only=final_only)
+                    eng.add_request(rid, ids, params, arrival_time=arrival, output_kind=output_kind)
                 except Exception as e:  # admission errors reach the caller's first __anext__
                     self._post(rid, e)
             else:

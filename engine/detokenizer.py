@@ -12,25 +12,32 @@ character: nothing is emitted until the character completes (or, for bytes that 
 character, until MAX_PENDING_TOKENS tokens have waited; then the stable part is emitted with U+FFFD,
 as a full decode would, and only the last few tokens keep waiting).
 
+One tokenizer decode per generated token on the common path: once new text appears, the window moves
+to (read, end); that is almost always one token, whose text decode([id]) comes from a per-token cache
+(`token_text_cache`, shared by the engine's detokenizers) instead of a second decode.
+
 Stop strings: text that could still be the beginning of a stop string is held back (at most
 max(len(stop)) - 1 characters), so a partial stop string is never emitted. When a stop string
 appears, the text is cut before it (or after it with include_stop_str_in_output) and reported; the
 sequence is then finished and further tokens are ignored. `flush()` releases what is held back when
 the sequence ends for another reason (length, EOS, stop token id, abort).
 
+Emitted text is read either whole (`text`, O(all text)) or as the piece added since the previous
+read (`take_new_text()`, O(new text), for delta outputs).
+
 Stop *token ids*, EOS and max_tokens are the engine's business, not this file's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 INITIAL_CONTEXT_TOKENS = 5  # prompt tokens decoded as left context (vLLM's initial offset)
 MAX_PENDING_TOKENS = 8  # tokens waited for an incomplete character before emitting U+FFFD anyway
 MAX_SILENT_WINDOW = 32  # window length after which tokens that produced no text are dropped from it
 _MAX_CHAR_TOKENS = 3  # an incomplete UTF-8 character has at most 3 bytes, so spans <= 3 tokens
 _TRIM_AT = 256  # drop ids left of the window once this many have accumulated (keeps memory O(window))
+_COMPACT_PARTS = 64  # emitted pieces joined into one string once there are this many (and the head doubles)
 _REPLACEMENT = "\ufffd"
 
 
@@ -38,10 +45,12 @@ class _Decoder(Protocol):  # engine.tokenizer.Tokenizer or a raw tokenizers.Toke
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str: ...
 
 
-@dataclass
-class DetokStep:
+class DetokStep(NamedTuple):
     new_text: str  # text made visible by this call ("" when everything is still held back)
     stop_str: str | None = None  # stop string matched by this call: the sequence must finish
+
+
+_NOTHING = DetokStep("")
 
 
 class IncrementalDetokenizer:
@@ -49,11 +58,16 @@ class IncrementalDetokenizer:
 
     def __init__(self, tokenizer: _Decoder, prompt_token_ids: Sequence[int], *,
                  skip_special_tokens: bool = True, stop: Sequence[str] = (),
-                 include_stop_str_in_output: bool = False, min_tokens: int = 0):
-        self._tokenizer = tokenizer
+                 include_stop_str_in_output: bool = False, min_tokens: int = 0,
+                 token_text_cache: dict[int, str] | None = None):
+        # engine.tokenizer.Tokenizer.decode is raw.decode(list(ids), ...): call the Rust side directly
+        self._decode_fn = getattr(tokenizer, "raw", tokenizer).decode
+        # decode([token_id]) by token id, for this skip_special_tokens setting (shareable across sequences)
+        self._token_texts = token_text_cache if token_text_cache is not None else {}
         self._min_tokens = min_tokens  # stop strings count only from this many generated tokens on (vLLM)
         self._skip_special = skip_special_tokens
         self._stop = [s for s in stop if s]
+        self._stop_chars = {c for s in self._stop for c in s[:-1]}  # a held-back suffix ends in one of these
         self._include_stop = include_stop_str_in_output
         # window state: ids[prefix:read] were emitted already and serve as context
         self._ids: list[int] = list(prompt_token_ids[-INITIAL_CONTEXT_TOKENS:])
@@ -64,6 +78,8 @@ class IncrementalDetokenizer:
             self._ids, self._read, self._prefix_text = [], 0, ""
         self._held = ""  # decoded text held back because it may start a stop string
         self._parts: list[str] = []  # emitted text, joined lazily by `text`
+        self._num_chars = 0  # characters emitted so far
+        self._num_chars_taken = 0  # characters already returned by take_new_text()
         self._num_tokens = 0  # generated tokens added so far
         self._stop_str: str | None = None  # the stop string that finished the sequence
 
@@ -73,6 +89,20 @@ class IncrementalDetokenizer:
         if len(self._parts) > 1:
             self._parts = ["".join(self._parts)]
         return self._parts[0] if self._parts else ""
+
+    def take_new_text(self) -> str:
+        """Text emitted since the previous call (everything so far on the first): O(new text)."""
+        need = self._num_chars - self._num_chars_taken
+        if need == 0:
+            return ""
+        self._num_chars_taken = self._num_chars
+        parts = self._parts
+        i, got = len(parts) - 1, len(parts[-1])
+        while got < need:
+            i -= 1
+            got += len(parts[i])
+        head = parts[i][got - need:]
+        return head + "".join(parts[i + 1:]) if i + 1 < len(parts) else head
 
     @property
     def stop_str(self) -> str | None:
@@ -90,7 +120,7 @@ class IncrementalDetokenizer:
     def add_token(self, token_id: int) -> DetokStep:
         """Append one generated token; returns the newly visible text and a matched stop string."""
         if self._stop_str is not None:
-            return DetokStep("")
+            return _NOTHING
         self._num_tokens += 1
         self._ids.append(token_id)
         return self._release(self._decode_new(force=False), final=False)
@@ -117,7 +147,7 @@ class IncrementalDetokenizer:
 
     # -- internals ---------------------------------------------------------------------------------
     def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special)
+        return self._decode_fn(ids, skip_special_tokens=self._skip_special)
 
     def _advance(self, prefix: int, read: int) -> None:
         self._prefix, self._read = prefix, read
@@ -125,7 +155,24 @@ class IncrementalDetokenizer:
             del self._ids[:self._prefix]
             self._read -= self._prefix
             self._prefix = 0
-        self._prefix_text = self._decode(self._ids[self._prefix:self._read])
+        if self._read - self._prefix == 1:
+            self._prefix_text = self._token_text(self._ids[self._prefix])
+        else:
+            self._prefix_text = self._decode(self._ids[self._prefix:self._read])
+
+    def _token_text(self, token_id: int) -> str:
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = self._decode([token_id])
+        return text
+
+    def _emit(self, text: str) -> None:
+        parts = self._parts
+        parts.append(text)
+        self._num_chars += len(text)
+        # join the pieces once the head string would at least double: O(1) amortized per character
+        if len(parts) >= _COMPACT_PARTS and self._num_chars >= 2 * len(parts[0]):
+            self._parts = ["".join(parts)]
 
     def _decode_new(self, force: bool) -> str:
         """Text contributed by ids[read:], or "" while it is not ready."""
@@ -164,11 +211,16 @@ class IncrementalDetokenizer:
 
     def _release(self, new_text: str, final: bool) -> DetokStep:
         """Stop-string check over held + new text; emit what can no longer start a stop string."""
+        if not self._stop:  # nothing is ever held back
+            if not new_text:
+                return _NOTHING
+            self._emit(new_text)
+            return DetokStep(new_text)
         buf = self._held + new_text
         if not buf:
-            return DetokStep("")
+            return _NOTHING
         active = self._num_tokens >= self._min_tokens
-        if self._stop and active:
+        if active:
             best: tuple[int, str] | None = None
             for s in self._stop:
                 i = buf.find(s)
@@ -178,16 +230,18 @@ class IncrementalDetokenizer:
                 i, s = best
                 out = buf[:i + len(s)] if self._include_stop else buf[:i]
                 self._held, self._stop_str = "", s
-                self._parts.append(out)
+                self._emit(out)
                 return DetokStep(out, s)
         keep = 0 if final or not active else self._partial_stop_len(buf)
         out, self._held = buf[:len(buf) - keep], buf[len(buf) - keep:]
         if out:
-            self._parts.append(out)
+            self._emit(out)
         return DetokStep(out)
 
     def _partial_stop_len(self, buf: str) -> int:
         """Length of the longest suffix of buf that is a proper prefix of some stop string."""
+        if buf[-1] not in self._stop_chars:
+            return 0
         best = 0
         for s in self._stop:
             for k in range(min(len(s) - 1, len(buf)), best, -1):

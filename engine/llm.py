@@ -9,7 +9,7 @@ import torch
 
 from .config import EngineArgs
 from .llm_engine import LLMEngine
-from .outputs import RequestOutput
+from .outputs import OutputKind, RequestOutput
 from .sampling_params import SamplingParams
 
 
@@ -43,7 +43,7 @@ class LLM:
         added = []
         try:
             for rid, prompt, p in zip(ids, prompts, plist):
-                self.engine.add_request(rid, prompt, p)
+                self.engine.add_request(rid, prompt, p, output_kind=OutputKind.FINAL_ONLY)
                 added.append(rid)
         except Exception:
             for rid in added:
@@ -51,9 +51,8 @@ class LLM:
             raise
         results: dict[str, RequestOutput] = {}
         while len(results) < len(ids):
-            for out in self.engine.step(unfinished_outputs=False):
-                if out.finished:
-                    results[out.request_id] = out
+            for out in self.engine.step():  # FINAL_ONLY: finished outputs only
+                results[out.request_id] = out
         return [results[r] for r in ids]
 
     def chat(self, messages: list[dict] | list[list[dict]], params: SamplingParams | None = None, *,

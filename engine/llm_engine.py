@@ -1,6 +1,7 @@
 """The synchronous engine: owns the model, the KV-cache manager, the scheduler, the runner and the
 sampler. `add_request` / `abort_request` / `step()`; one step = schedule -> run -> sample ->
-append tokens -> check stop conditions -> free finished sequences -> outputs of changed requests.
+append tokens -> check stop conditions -> free finished sequences -> outputs of changed requests
+(each in its request's `OutputKind`: cumulative snapshot, delta, or only the finished output).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from models.loading import load_model
 from .config import EngineArgs, SchedulerConfig
 from .detokenizer import IncrementalDetokenizer
 from .model_runner import ModelRunner
-from .outputs import RequestOutput
+from .outputs import OutputKind, RequestOutput
 from .request_state import RequestState, SampleState
 from .sampler import Sampler, SamplingMetadata, gather_logprobs, make_generator
 from .sampling_params import SamplingParams
@@ -96,6 +97,8 @@ class LLMEngine:
         self.runner = ModelRunner(self.model, self.kv, self.device, self.tokenizer.vocab_size, executor=self.executor)
         self.sampler = Sampler()
         self.requests: dict[str, RequestState] = {}
+        # decode([token_id]) per skip_special_tokens setting, shared by every detokenizer
+        self._token_texts: dict[bool, dict[int, str]] = {True: {}, False: {}}
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         kv_bytes = sum(t.numel() * t.element_size() for layer in self.kv.state.layers for t in layer.values())
@@ -111,8 +114,9 @@ class LLMEngine:
 
     # ---- requests ----------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                    arrival_time: float | None = None, final_only: bool = False) -> None:
-        """Queue a request; `final_only`: step() reports it only once finished (no per-step snapshots)."""
+                    arrival_time: float | None = None, output_kind: OutputKind = OutputKind.CUMULATIVE) -> None:
+        """Queue a request. `output_kind` says what step() reports for it: a cumulative snapshot or a
+        delta whenever it advanced, or (FINAL_ONLY) only its finished output."""
         if request_id in self.requests:
             raise ValueError(f"duplicate request id {request_id!r}")
         if isinstance(prompt, str):
@@ -142,11 +146,12 @@ class LLMEngine:
                 gen = make_generator(params.seed + k * 1_000_003, self.device)
             detok = IncrementalDetokenizer(self.tokenizer, ids, skip_special_tokens=params.skip_special_tokens,
                                            stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output,
-                                           min_tokens=params.min_tokens)
+                                           min_tokens=params.min_tokens,
+                                           token_text_cache=self._token_texts[params.skip_special_tokens])
             samples.append(SampleState(seq, detok, gen, [] if params.logprobs is not None else None))
         self.scheduler.add_request([s.seq for s in samples])  # raises on too long / queue full
-        st = RequestState(request_id, text, ids, params, samples, arrival_time=now, final_only=final_only)
-        st.metrics["arrival"] = now
+        st = RequestState(request_id, text, ids, params, samples, arrival_time=now, output_kind=output_kind)
+        st.mark("arrival", now)
         if params.prompt_logprobs is not None:
             st.prompt_logprobs = [None] * len(ids)
         self.requests[request_id] = st
@@ -160,7 +165,7 @@ class LLMEngine:
             if s.finish_reason is None:
                 s.detok.flush()
                 st.finish_sample(k, "abort")
-        return st.snapshot()
+        return st.make_output()
 
     def has_unfinished(self) -> bool:
         return bool(self.requests)
@@ -171,9 +176,8 @@ class LLMEngine:
                            self.generation_tokens_total, len(self.requests))
 
     # ---- one step ----------------------------------------------------------------------------
-    def step(self, unfinished_outputs: bool = True) -> list[RequestOutput]:
-        """One engine step -> snapshots of the requests it advanced (only the finished ones when
-        `unfinished_outputs` is False: the offline API needs no intermediate copies)."""
+    def step(self) -> list[RequestOutput]:
+        """One engine step -> outputs of the requests it advanced (FINAL_ONLY ones: once finished)."""
         sched = self.scheduler.schedule()
         if sched.is_empty:
             return []
@@ -184,7 +188,7 @@ class LLMEngine:
         now = time.monotonic()
         changed: dict[str, RequestState] = {}
         for i, st in enumerate(states):
-            st.metrics.setdefault("first_scheduled", now)
+            st.mark("first_scheduled", now)
             c = sched.chunks[i]
             # count every prompt token once: a preemption (even mid-prefill) recomputes from 0
             end = min(c.start + c.num_tokens, c.seq.num_prompt_tokens)
@@ -207,7 +211,7 @@ class LLMEngine:
             out = self.sampler(res.sample_logits, meta)
             tokens = out.token_ids.tolist()
             for j, ((st, seq), s) in enumerate(zip(rows, samples)):
-                st.metrics.setdefault("first_token", now)
+                st.mark("first_token", now)
                 if out.logprobs is not None and s.logprobs is not None:
                     s.logprobs.append(out.logprobs[j])
                 self._append(st, s, tokens[j])
@@ -216,9 +220,9 @@ class LLMEngine:
         for rid, st in changed.items():
             if st.finished:
                 del self.requests[rid]
-                outputs.append(st.snapshot())
-            elif unfinished_outputs and not st.final_only:
-                outputs.append(st.snapshot())
+                outputs.append(st.make_output())
+            elif st.output_kind is not OutputKind.FINAL_ONLY:
+                outputs.append(st.make_output())
         return outputs
 
     def _append(self, st: RequestState, s: SampleState, token: int) -> None:

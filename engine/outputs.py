@@ -1,34 +1,61 @@
-"""What the engine hands back per request: cumulative outputs, one `CompletionOutput` per sample."""
+"""What the engine hands back per request: one `CompletionOutput` per sample, cumulative or delta.
+
+`OutputKind` is chosen per request by the caller:
+
+    CUMULATIVE  every step: all tokens / text / logprobs so far (a copy: O(tokens so far) per step)
+    DELTA       every step: only what was added since the request's previous output (O(new tokens));
+                streaming clients concatenate the pieces
+    FINAL_ONLY  one cumulative output, once the request finished (non-streaming callers)
+
+Every output lists all n samples in index order; in DELTA outputs a sample with nothing new has empty
+`token_ids` / `text`, and one that finished earlier repeats its finish_reason with empty pieces.
+`num_tokens` is always the sample's total count of generated tokens (usage), whatever the kind.
+"""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 
-@dataclass
+class OutputKind(enum.Enum):
+    CUMULATIVE = "cumulative"
+    DELTA = "delta"
+    FINAL_ONLY = "final_only"
+
+
+@dataclass(slots=True)
 class CompletionOutput:
     index: int  # sample index k < n
-    token_ids: list[int] = field(default_factory=list)  # all generated tokens so far
-    text: str = ""  # detokenized text so far (never contains a partial stop string)
+    # CUMULATIVE / FINAL_ONLY: all generated tokens so far; DELTA: the tokens added since the last output
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""  # detokenized text, as token_ids (never contains a partial stop string)
     finish_reason: str | None = None  # None while running; "stop" | "length" | "abort"
     stop_reason: int | str | None = None  # the stop string / stop token id that ended it, if any
-    # per generated token: {token_id: logprob} with the sampled token and the top-k (None unless requested)
+    # per token of token_ids: {token_id: logprob} with the sampled token and the top-k (None unless requested)
     logprobs: list[dict[int, float]] | None = None
+    num_tokens: int | None = None  # generated tokens so far in all; None at construction = len(token_ids)
+
+    def __post_init__(self) -> None:
+        if self.num_tokens is None:
+            self.num_tokens = len(self.token_ids)
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestOutput:
     request_id: str
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
-    # per prompt token: None for the first, else {token_id: logprob} (None unless requested)
+    # per prompt token: None for the first, else {token_id: logprob} (None unless requested; DELTA
+    # outputs carry them once, in the first output)
     prompt_logprobs: list[dict[int, float] | None] | None = None
     prompt: str | None = None
     finished: bool = False
     # timing (time.monotonic seconds): arrival, first scheduled, first token, finish
     metrics: dict[str, float] = field(default_factory=dict)
     num_cached_tokens: int = 0
+    kind: OutputKind = OutputKind.CUMULATIVE  # what outputs[*].token_ids / text / logprobs hold

@@ -82,7 +82,8 @@ class ServerMetrics:
 
 
 class RequestTimer:
-    """Fed every cumulative snapshot of one request; observes ITL live and the rest at the end."""
+    """Fed every output of one request (cumulative, delta or final-only: token counts come from
+    `CompletionOutput.num_tokens`); observes ITL live and the rest at the end."""
 
     def __init__(self, metrics: ServerMetrics, n: int = 1) -> None:
         self.m, self.n = metrics, n  # n: choices of the request
@@ -95,7 +96,7 @@ class RequestTimer:
     def on_output(self, out: RequestOutput) -> None:
         now = time.monotonic()
         self.last = out
-        tokens = sum(len(c.token_ids) for c in out.outputs)
+        tokens = sum(c.num_tokens for c in out.outputs)
         new = tokens - self.last_tokens
         if new > 0:
             if self.last_time is not None:
@@ -112,7 +113,7 @@ class RequestTimer:
             return
         self.done = True
         t = out.metrics or {}
-        tokens = sum(len(c.token_ids) for c in out.outputs)
+        tokens = sum(c.num_tokens for c in out.outputs)
         if not self.itl_seen and tokens > 1 and "first_token" in t and "finished" in t:
             # one final-only output (non-streaming): the mean decode interval from the engine's clock
             interval = max(0.0, t["finished"] - t["first_token"]) / (tokens - 1)
@@ -131,7 +132,7 @@ class RequestTimer:
         if "first_token" in t:
             self.m.decode.observe(max(0.0, end - t["first_token"]))
         self.m.prompt_tokens.observe(len(out.prompt_token_ids))
-        self.m.generation_tokens.observe(sum(len(c.token_ids) for c in out.outputs))
+        self.m.generation_tokens.observe(tokens)
         for c in out.outputs:
             self.m.request_success.labels(self.m.model_name, c.finish_reason or "abort").inc()
 

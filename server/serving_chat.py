@@ -1,5 +1,6 @@
 """POST /v1/chat/completions: render the V4 prompt, run the engine, parse reasoning / content /
-tool calls, and answer as one JSON response or as SSE chunks.
+tool calls, and answer as one JSON response (from the engine's final-only output) or as SSE chunks
+(from its delta outputs: each step's new tokens, text and logprobs).
 
 Reasoning is emitted under both `reasoning_content` and `reasoning` (serving.md §4.2). The engine
 always decodes with special tokens kept so the parser can find `</think>` and the DSML markup;
@@ -15,6 +16,7 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from engine.outputs import OutputKind
 from server.chat_format import encode_messages
 from server.errors import APIError, InvalidRequest, check_text, sse_error
 from server.output_parser import StreamingParser, parse_completion
@@ -59,6 +61,23 @@ def _reasoning_tokens(token_ids: list[int], thinking: bool, think_end_id: int) -
         return len(token_ids)
 
 
+class _ReasoningCount:
+    """Reasoning tokens of one streamed choice, from its deltas: the tokens before the first `</think>`
+    (all of them while it has not come), as `_reasoning_tokens` counts them on the whole list."""
+
+    def __init__(self, thinking: bool, think_end_id: int) -> None:
+        self.num, self.done, self.think_end_id = 0, not thinking, think_end_id
+
+    def add(self, token_ids: list[int]) -> None:
+        if self.done or not token_ids:
+            return
+        try:
+            self.num += token_ids.index(self.think_end_id)
+            self.done = True
+        except ValueError:
+            self.num += len(token_ids)
+
+
 def _finish_reason(reason: str | None, has_tool_calls: bool) -> str | None:
     return "tool_calls" if reason == "stop" and has_tool_calls else reason
 
@@ -86,23 +105,28 @@ class _Ctx:
         self.top_k = (req.top_logprobs or 0) if req.logprobs else 0
         self.started = time.monotonic()
 
-    def usage(self, out) -> dict[str, Any]:
-        completion = sum(len(c.token_ids) for c in out.outputs)
-        reasoning = sum(_reasoning_tokens(c.token_ids, self.reasoning.thinking, self.special.think_end_id)
-                        for c in out.outputs)
+    def usage(self, out, reasoning: int | None = None) -> dict[str, Any]:
+        """Usage of `out`; `reasoning`: the count kept by a stream (delta outputs), else counted on the
+        cumulative token ids of a final-only output."""
+        completion = sum(c.num_tokens for c in out.outputs)
+        if reasoning is None:
+            assert out.kind is not OutputKind.DELTA, "a delta output needs the streamed reasoning count"
+            reasoning = sum(_reasoning_tokens(c.token_ids, self.reasoning.thinking, self.special.think_end_id)
+                            for c in out.outputs)
         return {"prompt_tokens": len(out.prompt_token_ids), "completion_tokens": completion,
                 "total_tokens": len(out.prompt_token_ids) + completion,
                 "prompt_tokens_details": {"cached_tokens": out.num_cached_tokens},
                 "completion_tokens_details": {"reasoning_tokens": reasoning}}
 
     def log(self, out) -> None:
-        log_request(self.request_id, len(out.prompt_token_ids), sum(len(c.token_ids) for c in out.outputs),
+        log_request(self.request_id, len(out.prompt_token_ids), sum(c.num_tokens for c in out.outputs),
                     self.started, [c.finish_reason for c in out.outputs])
 
 
 async def create_chat_completion(state: ServerState, req: ChatCompletionRequest, raw_request: Request):
     ctx = _Ctx(state, req, raw_request)
-    gen = state.engine.generate(ctx.prompt_ids, ctx.params, ctx.request_id, final_only=not req.stream)
+    kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
+    gen = state.engine.generate(ctx.prompt_ids, ctx.params, ctx.request_id, output_kind=kind)
     timer = state.metrics.timer(ctx.params.n)
     if req.stream:
         first = await first_output(raw_request, state.engine, gen, ctx.request_id, timer)
@@ -147,8 +171,7 @@ async def _stream(ctx: _Ctx, gen: AsyncIterator, first, timer) -> AsyncIterator[
     include_usage = bool(opts and opts.include_usage)
     continuous = bool(opts and opts.continuous_usage_stats)
     parsers = [StreamingParser(ctx.reasoning.thinking, ctx.special) if ctx.parse else None for _ in range(n)]
-    sent_text = [0] * n
-    sent_tokens = [0] * n
+    reasoning = [_ReasoningCount(ctx.reasoning.thinking, ctx.special.think_end_id) for _ in range(n)]
     num_calls = [0] * n
     base = {"id": ctx.request_id, "object": "chat.completion.chunk", "created": ctx.created,
             "model": ctx.state.served_model_name}
@@ -156,16 +179,11 @@ async def _stream(ctx: _Ctx, gen: AsyncIterator, first, timer) -> AsyncIterator[
     def chunk(choices: list[dict[str, Any]], out) -> str:
         body = dict(base, choices=choices)
         if continuous and out is not None:
-            body["usage"] = ctx.usage(out)
+            body["usage"] = ctx.usage(out, sum(r.num for r in reasoning))
         return sse(body)
 
     def delta_for(c, final: bool) -> dict[str, Any] | None:
-        k = c.index
-        new_text = c.text[sent_text[k]:]
-        sent_text[k] = len(c.text)
-        new_ids = c.token_ids[sent_tokens[k]:]
-        new_lps = (c.logprobs or [])[sent_tokens[k]:]
-        sent_tokens[k] = len(c.token_ids)
+        k, new_text, new_ids = c.index, c.text, c.token_ids  # a delta output: only what is new
         delta: dict[str, Any] = {}
         if parsers[k] is None:
             if new_text:
@@ -190,7 +208,7 @@ async def _stream(ctx: _Ctx, gen: AsyncIterator, first, timer) -> AsyncIterator[
                     delta.setdefault("tool_calls", []).append(entry)
         choice: dict[str, Any] = {"index": k, "delta": delta, "logprobs": None, "finish_reason": None}
         if req.logprobs and new_ids:
-            choice["logprobs"] = {"content": chat_logprobs(ctx.state, new_ids, new_lps, ctx.top_k)}
+            choice["logprobs"] = {"content": chat_logprobs(ctx.state, new_ids, c.logprobs, ctx.top_k)}
         if final:
             choice["finish_reason"] = _finish_reason(c.finish_reason, num_calls[k] > 0)
             choice["stop_reason"] = c.stop_reason
@@ -208,6 +226,7 @@ async def _stream(ctx: _Ctx, gen: AsyncIterator, first, timer) -> AsyncIterator[
                 timer.on_output(out)
                 choices = []
                 for c in out.outputs:
+                    reasoning[c.index].add(c.token_ids)
                     if finished[c.index]:
                         continue
                     ch = delta_for(c, c.finish_reason is not None)
@@ -223,7 +242,7 @@ async def _stream(ctx: _Ctx, gen: AsyncIterator, first, timer) -> AsyncIterator[
             except StopAsyncIteration:
                 break
         if include_usage and out is not None:
-            yield sse(dict(base, choices=[], usage=ctx.usage(out)))
+            yield sse(dict(base, choices=[], usage=ctx.usage(out, sum(r.num for r in reasoning))))
         if out is not None:
             ctx.log(out)
     except Exception as e:  # mid-stream failure: the status line is gone, report in-band

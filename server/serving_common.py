@@ -80,7 +80,7 @@ async def _with_disconnect(request: Request, coro, on_disconnect) -> Any:
 
 async def first_output(request: Request, engine: Any, gen: AsyncIterator[RequestOutput],
                        request_id: str, timer: Any = None) -> RequestOutput | None:
-    """Admit the request and wait for its first snapshot, so admission errors still get an HTTP status."""
+    """Admit the request and wait for its first output, so admission errors still get an HTTP status."""
     async def nxt() -> RequestOutput | None:
         try:
             return await gen.__anext__()
@@ -96,12 +96,13 @@ async def first_output(request: Request, engine: Any, gen: AsyncIterator[Request
 
 async def collect(request: Request, engine: Any, gens: list[tuple[str, AsyncIterator[RequestOutput]]],
                   timers: list[Any]) -> list[RequestOutput]:
-    """Run every generator to completion (non-streaming); a client disconnect aborts all of them."""
+    """Run every generator (final-only outputs: non-streaming) to completion; a client disconnect
+    aborts all of them."""
     async def run(gen: AsyncIterator[RequestOutput], timer: Any) -> RequestOutput:
         last, prompt_logprobs = None, None
         async for out in gen:
             timer.on_output(out)
-            prompt_logprobs = prompt_logprobs or out.prompt_logprobs  # only the first snapshot carries them
+            prompt_logprobs = prompt_logprobs or out.prompt_logprobs  # kept if an earlier output carried them
             last = out
         if last is None:
             raise RuntimeError("engine produced no output")

@@ -1,5 +1,6 @@
 """POST /v1/completions (legacy): text or token prompts, batches of prompts, `n`, `echo`, and
-logprobs in the legacy parallel-list shape. Choice index = prompt index * n + sample index."""
+logprobs in the legacy parallel-list shape. Choice index = prompt index * n + sample index.
+Non-streaming requests read the engine's final-only outputs, streams its delta outputs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from engine.outputs import OutputKind
 from server.errors import InvalidRequest, check_text, sse_error
 from server.protocol import CompletionRequest
 from server.serving_common import (SSE_DONE, ServerState, collect, first_output, legacy_logprobs, log_request,
@@ -42,7 +44,7 @@ def _prepare(state: ServerState, req: CompletionRequest, base_id: str) -> list[_
 
 def _usage(outs: list[Any]) -> dict[str, Any]:
     prompt = sum(len(o.prompt_token_ids) for o in outs)
-    completion = sum(len(c.token_ids) for o in outs for c in o.outputs)
+    completion = sum(c.num_tokens for o in outs for c in o.outputs)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": sum(o.num_cached_tokens for o in outs)}}
 
@@ -52,8 +54,8 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw_requ
     base_id = new_id("cmpl")
     prompts = _prepare(state, req, base_id)
     engine = state.engine
-    gens = [(p.request_id, engine.generate(p.ids, p.params, p.request_id, final_only=not req.stream))
-            for p in prompts]
+    kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
+    gens = [(p.request_id, engine.generate(p.ids, p.params, p.request_id, output_kind=kind)) for p in prompts]
     timers = [state.metrics.timer(p.params.n) for p in prompts]
     started, created = time.monotonic(), int(time.time())
     if req.stream:
@@ -87,7 +89,7 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw_requ
                 logprobs = legacy_logprobs(state, ids, lps, req.logprobs, 0)
             choices.append({"index": i * req.n + c.index, "text": text, "logprobs": logprobs,
                             "finish_reason": c.finish_reason, "stop_reason": c.stop_reason})
-        log_request(p.request_id, len(out.prompt_token_ids), sum(len(c.token_ids) for c in out.outputs), started,
+        log_request(p.request_id, len(out.prompt_token_ids), sum(c.num_tokens for c in out.outputs), started,
                     [c.finish_reason for c in out.outputs])
     return JSONResponse({"id": base_id, "object": "text_completion", "created": created,
                          "model": state.served_model_name, "choices": choices, "usage": _usage(outs)})
@@ -106,8 +108,8 @@ async def _rest(first: Any, gen: AsyncIterator) -> AsyncIterator[Any]:
 async def _stream(state: ServerState, req: CompletionRequest, prompts: list[_Prompt], gens, firsts, timers,
                   base_id: str, created: int, started: float) -> AsyncIterator[str]:
     n = req.n
-    sent_text = [[0] * n for _ in prompts]
-    sent_tokens = [[0] * n for _ in prompts]
+    echo_pending = [[req.echo] * n for _ in prompts]  # the prompt text still to prepend to a choice
+    done = [[False] * n for _ in prompts]  # choices whose finish was sent
     last: list[Any] = list(firsts)
     opts = req.stream_options
     base = {"id": base_id, "object": "text_completion", "created": created, "model": state.served_model_name}
@@ -117,21 +119,18 @@ async def _stream(state: ServerState, req: CompletionRequest, prompts: list[_Pro
             last[i] = out
             timers[i].on_output(out)
             choices = []
-            for c in out.outputs:
+            for c in out.outputs:  # delta outputs: text, token_ids and logprobs are what is new
                 k = c.index
-                if sent_tokens[i][k] < 0:
-                    continue  # already finished
-                text = c.text[sent_text[i][k]:]
-                if req.echo and sent_text[i][k] == 0 and sent_tokens[i][k] == 0:
-                    text = prompts[i].text + text
-                new_ids = c.token_ids[sent_tokens[i][k]:]
-                new_lps = (c.logprobs or [])[sent_tokens[i][k]:]
-                sent_text[i][k], sent_tokens[i][k] = len(c.text), len(c.token_ids)
-                if c.finish_reason is not None:
-                    sent_tokens[i][k] = -1
-                elif not text and not new_ids:
+                if done[i][k]:
                     continue
-                logprobs = legacy_logprobs(state, new_ids, list(new_lps), req.logprobs, 0) \
+                text = c.text
+                if echo_pending[i][k]:
+                    text, echo_pending[i][k] = prompts[i].text + text, False
+                if c.finish_reason is not None:
+                    done[i][k] = True
+                elif not text and not c.token_ids:
+                    continue
+                logprobs = legacy_logprobs(state, c.token_ids, list(c.logprobs or []), req.logprobs, 0) \
                     if req.logprobs is not None else None
                 choices.append({"index": i * n + k, "text": text, "logprobs": logprobs,
                                 "finish_reason": c.finish_reason, "stop_reason": c.stop_reason})
@@ -145,7 +144,7 @@ async def _stream(state: ServerState, req: CompletionRequest, prompts: list[_Pro
             yield sse(dict(base, choices=[], usage=_usage(done)))
         for p, o in zip(prompts, last):
             if o is not None:
-                log_request(p.request_id, len(o.prompt_token_ids), sum(len(c.token_ids) for c in o.outputs),
+                log_request(p.request_id, len(o.prompt_token_ids), sum(c.num_tokens for c in o.outputs),
                             started, [c.finish_reason for c in o.outputs])
     except Exception as e:
         yield sse_error(e)

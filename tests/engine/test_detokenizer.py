@@ -154,3 +154,101 @@ def test_stop_strings_ignored_before_min_tokens(tok):
     assert stop == "ab" and d.text.startswith("ab") and len(d.text) > 2
     d, pieces, stop = stream(tok, ids, stop=["ab"], min_tokens=0)
     assert stop == "ab" and d.text == ""
+
+
+# ---- one decode per token, delta reads ---------------------------------------------------------
+class CountingDecoder:
+    """A decoder that counts tokenizer decodes (no `.raw`: the detokenizer calls this decode)."""
+
+    def __init__(self, tok):
+        self.tok, self.calls = tok, 0
+
+    def decode(self, ids, skip_special_tokens=True):
+        self.calls += 1
+        return self.tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+class NoCache(dict):
+    """A token-text cache that never hits: every window is decoded (the two-decode scheme)."""
+
+    def get(self, key, default=None):
+        return default
+
+    def __setitem__(self, key, value):
+        pass
+
+
+def test_one_decode_per_token_on_the_common_path(tok):
+    ids = tok.encode("Hello world, the quick brown fox jumps over the lazy dog. " * 3)
+    counting, cache = CountingDecoder(tok), {}
+    IncrementalDetokenizer(counting, [], token_text_cache=cache).add_tokens(ids)  # warms the shared cache
+    counting.calls = 0
+    d = IncrementalDetokenizer(counting, tok.encode("Hi"), token_text_cache=cache)
+    out = d.add_tokens(ids)
+    assert out.new_text + d.flush() == tok.decode(ids)
+    assert counting.calls == 1 + len(ids)  # the prompt context once, then one decode per token
+
+
+def metaspace_tokenizer() -> Tokenizer:
+    """SentencePiece-style (Metaspace, byte fallback): a token's text depends on its left context."""
+    raw = HFTokenizer(models.BPE(byte_fallback=True))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace()
+    raw.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    trainer = trainers.BpeTrainer(vocab_size=600, show_progress=False,
+                                  special_tokens=SPECIALS + [f"<0x{b:02X}>" for b in range(256)])
+    raw.train_from_iterator(CORPUS, trainer)
+    return Tokenizer(raw)
+
+
+@pytest.mark.parametrize("which", ["bytelevel", "metaspace"])
+def test_shared_token_cache_changes_nothing(tok, which):
+    """The cached single-token texts give exactly what decoding every window gives."""
+    t = tok if which == "bytelevel" else metaspace_tokenizer()
+    assert t.decode(t.encode("a b")) == "a b"
+    rng = random.Random(3)
+    cache = {}
+    for _ in range(300):
+        ids = [rng.randrange(t.vocab_size) for _ in range(rng.randrange(1, 40))]
+        prompt = [rng.randrange(t.vocab_size) for _ in range(rng.randrange(0, 8))]
+        full = t.decode(ids)
+        stop = [full[len(full) // 2:len(full) // 2 + 2]] if full and rng.random() < 0.5 else []
+        runs = [stream(t, ids, prompt, stop=stop, token_text_cache=c) for c in (cache, NoCache())]
+        (d1, p1, s1), (d2, p2, s2) = runs
+        assert (p1, s1, d1.text) == (p2, s2, d2.text)
+    assert cache  # the shared cache was used
+
+
+def test_take_new_text_concatenates_to_text(tok):
+    ids = tok.encode("Hello 你好世界 😀👍🏽 the quick brown fox " * 12)  # > 64 pieces: compaction kicks in
+    d = IncrementalDetokenizer(tok, [])
+    taken = []
+    for i, t in enumerate(ids):
+        d.add_token(t)
+        taken.append(d.take_new_text())
+        if i % 7 == 0:
+            assert "".join(taken) == d.text  # reading the whole text in between changes nothing
+    d.flush()
+    taken.append(d.take_new_text())
+    assert "".join(taken) == d.text == tok.decode(ids)
+    assert d.take_new_text() == ""
+
+
+@pytest.mark.parametrize("include", [False, True])
+def test_stop_string_inside_a_multibyte_char_split_across_tokens(tok, include):
+    """The stop string starts in the middle of a character whose bytes arrive one token at a time."""
+    text = "ab你好世界cd"
+    ids = [tok.token_to_id(sym) for sym in byte_symbols(tok, text)]
+    assert None not in ids and len(ids) == len(text.encode())
+    stop = "好世"
+    d = IncrementalDetokenizer(tok, [], stop=[stop], include_stop_str_in_output=include)
+    emitted = ""
+    for t in ids:
+        step = d.add_token(t)
+        emitted += step.new_text
+        assert "\ufffd" not in emitted
+        if step.stop_str is not None:
+            break
+        assert not emitted.endswith("好")  # a possible stop-string start is held back
+    assert step.stop_str == stop and d.finished
+    assert emitted == d.text == ("ab你好世" if include else "ab你")

@@ -8,6 +8,7 @@ from engine import SamplingParams
 from engine.async_engine import AsyncLLM
 from engine.config import EngineArgs
 from engine.llm_engine import LLMEngine
+from engine.outputs import OutputKind
 
 
 def _engine(ckpt) -> LLMEngine:
@@ -19,7 +20,7 @@ def test_step_reports_final_only_requests_once(tiny_ckpt):
     eng = _engine(tiny_ckpt)
     p = SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)
     eng.add_request("stream", [5, 6, 7], p)
-    eng.add_request("final", [5, 6, 7], p, final_only=True)
+    eng.add_request("final", [5, 6, 7], p, output_kind=OutputKind.FINAL_ONLY)
     seen = {"stream": 0, "final": 0}
     finals = {}
     while eng.has_unfinished():
@@ -38,7 +39,7 @@ def test_async_generate_final_only(tiny_ckpt):
         await llm.start()
         try:
             p = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
-            outs = [o async for o in llm.generate([5, 6, 7], p, "r1", final_only=True)]
+            outs = [o async for o in llm.generate([5, 6, 7], p, "r1", output_kind=OutputKind.FINAL_ONLY)]
             assert len(outs) == 1 and outs[0].finished and len(outs[0].outputs[0].token_ids) == 4
         finally:
             await llm.shutdown()

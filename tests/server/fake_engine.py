@@ -16,7 +16,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from engine.errors import QueueFullError, RequestTooLongError
-from engine.outputs import CompletionOutput, RequestOutput
+from engine.outputs import CompletionOutput, OutputKind, RequestOutput
 from engine.tokenizer import Tokenizer
 
 SPECIALS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>", "<think>",
@@ -91,10 +91,14 @@ class FakeAsyncLLM:
             text = REASONING + "</think>" + text
         return text + SPECIALS[1]
 
-    def generate(self, prompt_token_ids: list[int], params, request_id: str, final_only: bool = False):
-        return self._generate(list(prompt_token_ids), params, request_id, final_only)
+    def generate(self, prompt_token_ids: list[int], params, request_id: str,
+                 output_kind: OutputKind = OutputKind.CUMULATIVE):
+        return self._generate(list(prompt_token_ids), params, request_id, output_kind)
 
-    async def _generate(self, prompt_ids: list[int], params, request_id: str, final_only: bool = False):
+    async def _generate(self, prompt_ids: list[int], params, request_id: str,
+                        output_kind: OutputKind = OutputKind.CUMULATIVE):
+        final_only, delta = output_kind is OutputKind.FINAL_ONLY, output_kind is OutputKind.DELTA
+        sent_tokens, sent_text = [0] * params.n, [0] * params.n  # delta: what earlier outputs carried
         arrival = time.monotonic()
         if params.max_tokens is not None and len(prompt_ids) + params.max_tokens > self.max_model_len:
             raise RequestTooLongError.for_lengths(self.max_model_len, len(prompt_ids), params.max_tokens)
@@ -138,11 +142,19 @@ class FakeAsyncLLM:
                     metrics["finished"] = time.monotonic()
                 if final_only and not finished:
                     continue  # like the real engine: non-streaming callers get the finished output only
-                yield RequestOutput(request_id=request_id, prompt_token_ids=prompt_ids,
-                                    outputs=[CompletionOutput(o.index, list(o.token_ids), o.text, o.finish_reason,
-                                                              o.stop_reason, list(o.logprobs)
-                                                              if o.logprobs is not None else None) for o in outs],
-                                    prompt_logprobs=prompt_lps, finished=finished, metrics=dict(metrics))
+                if delta:  # like the real engine: what was added since the previous output
+                    copies = [CompletionOutput(o.index, o.token_ids[sent_tokens[o.index]:],
+                                               o.text[sent_text[o.index]:], o.finish_reason, o.stop_reason,
+                                               o.logprobs[sent_tokens[o.index]:] if o.logprobs is not None else None,
+                                               num_tokens=len(o.token_ids)) for o in outs]
+                    for o in outs:
+                        sent_tokens[o.index], sent_text[o.index] = len(o.token_ids), len(o.text)
+                else:
+                    copies = [CompletionOutput(o.index, list(o.token_ids), o.text, o.finish_reason, o.stop_reason,
+                                               list(o.logprobs) if o.logprobs is not None else None) for o in outs]
+                yield RequestOutput(request_id=request_id, prompt_token_ids=prompt_ids, outputs=copies,
+                                    prompt_logprobs=prompt_lps, finished=finished, metrics=dict(metrics),
+                                    kind=output_kind)
                 prompt_lps = None
                 if finished:
                     return
