@@ -4,6 +4,7 @@
     python -m bench.throughput --preset flash --layers 2 --device cuda --num-prompts 256 \\
         --input-len 512:1024 --output-len 128:256
     python -m bench.throughput --overhead-only            # 256 running sequences, model stubbed out
+    python -m bench.throughput --overhead-only --output-kind delta   # ... as streamed by the server
 
 Prompts are random token ids (fixed --seed; special tokens excluded) with lengths drawn uniformly
 from --input-len MIN:MAX; each request generates exactly its --output-len draw (ignore_eos).
@@ -26,6 +27,11 @@ The last line of output is one JSON object.
 --overhead-only replaces the model with a function that returns random logits of the right shape,
 fills the engine with --overhead-seqs running sequences (prefill done), and times decode steps that
 each carry one token for every one of them.
+
+--output-kind picks what every request asks the engine for (engine/outputs.py): `cumulative` (a full
+snapshot per step, the engine's default), `delta` (what the HTTP server streams), or `final_only`
+(what non-streaming HTTP requests and `LLM.generate` use). Outputs are built inside step(), so their
+cost lands in `post`. `--overhead-warmup N` lets outputs grow N tokens before the timed steps.
 """
 
 from __future__ import annotations
@@ -144,13 +150,14 @@ class RandomLogitsModel:
 
 
 def summarize(steps: list[dict[str, float]]) -> dict[str, float]:
-    """Mean per step of every phase, in milliseconds (+ p50/p90 of host overhead)."""
+    """Mean per step of every phase, in milliseconds (+ p50/p90 of host overhead, p50 of post)."""
     if not steps:
         return {}
     out = {f"{k}_ms": 1e3 * statistics.fmean(s[k] for s in steps) for k in (*PHASES, "step", "host")}
     host = sorted(s["host"] for s in steps)
     out["host_p50_ms"] = 1e3 * host[len(host) // 2]
     out["host_p90_ms"] = 1e3 * host[min(len(host) - 1, int(0.9 * len(host)))]
+    out["post_p50_ms"] = 1e3 * sorted(s["post"] for s in steps)[len(steps) // 2]
     out["sched_batch_ms"] = out["schedule_ms"] + out["build_batch_ms"]  # scheduler + batch building only
     out["host_incl_sampler_ms"] = out["host_ms"] + out["sampler_ms"]
     out["num_steps"] = len(steps)
@@ -212,6 +219,12 @@ def params_for(args, out_len: int):
                           ignore_eos=True)
 
 
+def output_kind(args):
+    from engine.outputs import OutputKind
+
+    return OutputKind(args.output_kind)
+
+
 def run_throughput(args) -> dict:
     model_dir = resolve_model(args)
     eng = make_engine(args, model_dir)
@@ -223,7 +236,7 @@ def run_throughput(args) -> dict:
             eng.step()
     timer = PhaseTimer(eng, sync=eng.device.type == "cuda")
     for i, (ids, lout) in enumerate(reqs):
-        eng.add_request(f"r{i}", ids, params_for(args, lout))
+        eng.add_request(f"r{i}", ids, params_for(args, lout), output_kind=output_kind(args))
     n_in = sum(len(ids) for ids, _ in reqs)
     gen0 = eng.generation_tokens_total
     decode_steps = []
@@ -240,7 +253,8 @@ def run_throughput(args) -> dict:
     n_gen = eng.generation_tokens_total - gen0
     assert n_gen == sum(lout for _, lout in reqs)
     res = {
-        "mode": "throughput", "model": model_dir, "device": str(eng.device), "dtype": str(eng.dtype).replace("torch.", ""),
+        "mode": "throughput", "output_kind": args.output_kind, "model": model_dir, "device": str(eng.device),
+        "dtype": str(eng.dtype).replace("torch.", ""),
         "num_prompts": len(reqs), "input_len": list(args.input_len), "output_len": list(args.output_len),
         "max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
         "elapsed_s": elapsed, "requests_per_s": len(reqs) / elapsed, "input_tokens": n_in,
@@ -264,7 +278,7 @@ def run_overhead(args) -> dict:
     eng.runner.model = RandomLogitsModel(eng.model, eng.device)
     reqs = random_prompts(eng, n, args.input_len, (out_len, out_len), args.seed)
     for i, (ids, lout) in enumerate(reqs):
-        eng.add_request(f"r{i}", ids, params_for(args, lout))
+        eng.add_request(f"r{i}", ids, params_for(args, lout), output_kind=output_kind(args))
     timer = PhaseTimer(eng, sync=eng.device.type == "cuda")
     steps = 0
     while eng.scheduler.waiting or any(c.num_computed_tokens < c.num_prompt_tokens for c in eng.scheduler.running):
@@ -279,7 +293,8 @@ def run_overhead(args) -> dict:
             eng.step()
     timer.uninstall()
     s = summarize(timer.steps)
-    return {"mode": "overhead", "model": model_dir, "device": str(eng.device), "running_seqs": n,
+    return {"mode": "overhead", "output_kind": args.output_kind, "model": model_dir, "device": str(eng.device),
+            "running_seqs": n,
             "vocab_size": eng.model_config.vocab_size, "temperature": args.temperature,
             "per_decode_step": s, "target_ms": 2.0, "host_overhead_ms": s["host_ms"],
             "sched_batch_ms": s["sched_batch_ms"], "sched_batch_meets_target": s["sched_batch_ms"] <= 2.0,
@@ -313,6 +328,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--overhead-seqs", type=int, default=256)
     ap.add_argument("--overhead-steps", type=int, default=50)
     ap.add_argument("--overhead-warmup", type=int, default=5)
+    ap.add_argument("--output-kind", choices=("cumulative", "delta", "final_only"), default="cumulative",
+                    help="per-request output mode: cumulative snapshots, deltas (streaming server), final only")
     args = ap.parse_args(argv)
     if args.overhead_only and "--input-len" not in " ".join(argv if argv is not None else sys.argv):
         args.input_len = (16, 64)
@@ -333,7 +350,8 @@ def _print_human(res: dict) -> None:
         s = res.get(key)
         if s:
             phases = "  ".join(f"{p} {s[p + '_ms']:.3f}" for p in PHASES)
-            print(f"{key} (ms, mean over {s['num_steps']}): step {s['step_ms']:.3f}  {phases}  "
+            print(f"{key} ({res['output_kind']} outputs; ms, mean over {s['num_steps']}): "
+                  f"step {s['step_ms']:.3f}  {phases}  "
                   f"| sched+batch {s['sched_batch_ms']:.3f}  host overhead {s['host_ms']:.3f} "
                   f"(p50 {s['host_p50_ms']:.3f}, p90 {s['host_p90_ms']:.3f})")
 
