@@ -127,15 +127,18 @@ def install(register, bench_ms):
                 nb = b * math.ceil(n_ctx / BS)
                 q = torch.randn(b, 64, 128, device="cuda", dtype=torch.bfloat16, generator=g)
                 w = torch.randn(b, 64, device="cuda", generator=g)
-                for fp8 in (False, True):
-                    if fp8:
+                for fp8 in (False, True, "fp4"):
+                    if fp8 == "fp4":  # MXFP4 rows: 64 code bytes + 4 UE8M0 scales
+                        keys = torch.randint(0, 256, (nb, BS // 4, 68), dtype=torch.uint8, device="cuda")
+                        keys[..., 64:] = 120
+                    elif fp8:
                         keys = torch.randint(0, 120, (nb, BS // 4, 132), dtype=torch.uint8, device="cuda")
                         keys[..., 128:] = torch.full((nb, BS // 4, 1), 0.01, device="cuda").view(torch.uint8)
                     else:
                         keys = torch.randn(nb, BS // 4, 128, device="cuda", dtype=torch.bfloat16, generator=g)
                     us = us_of(lambda: ti.indexer_topk(q, w, keys, meta, TOPK))
-                    _emit(ctx, "indexer_score_topk", us, b * n_ent * (132 if fp8 else 256), 2 * 64 * 128 * n_ent * b,
-                          batch=b, context=n_ctx, fp8=fp8)
+                    _emit(ctx, "indexer_score_topk", us, b * n_ent * keys.shape[-1] * keys.element_size(),
+                          2 * 64 * 128 * n_ent * b, batch=b, context=n_ctx, fp8=fp8)
                 scores = torch.randn(b, n_ent, device="cuda", generator=g)
                 out = torch.empty(b, TOPK, dtype=torch.int32, device="cuda")
                 pos = torch.full((b,), n_ctx - 1, dtype=torch.int32, device="cuda")

@@ -23,7 +23,7 @@ class EngineArgs:
     num_kv_blocks: int | None = None  # explicit cache size in blocks (overrides the memory budget)
     kv_cache_memory: int | None = None  # explicit byte budget for the KV cache (CPU default 256 MiB)
     gpu_memory_utilization: float = 0.9  # fraction of free GPU memory for the KV cache after weights
-    kv_cache_dtype: str = "auto"  # "auto": entries in the activation dtype; "fp8": 584-byte FP8 entries
+    kv_cache_dtype: str = "auto"  # "auto": activation dtype; "fp8": 584-byte FP8 entries; "fp8_fp4idx": + MXFP4 indexer keys
     block_size: int | None = None  # tokens per cache block; None = smallest multiple of every ratio >= 64
     max_queued_requests: int | None = None  # waiting requests beyond this are rejected (HTTP 429)
     seed: int = 0
@@ -54,7 +54,7 @@ class EngineArgs:
     @property
     def kv_format(self) -> str:
         """models.state kv_format: "bf16" = dense entries in the KV dtype, "fp8" = packed FP8 entries."""
-        return "fp8" if self.kv_cache_dtype == "fp8" else "bf16"
+        return self.kv_cache_dtype if self.kv_cache_dtype in ("fp8", "fp8_fp4idx") else "bf16"
 
     def validate(self) -> None:
         if self.max_num_seqs < 1:
@@ -69,8 +69,8 @@ class EngineArgs:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.max_queued_requests is not None and self.max_queued_requests < 0:
             raise ValueError("max_queued_requests must be >= 0")
-        if self.kv_cache_dtype not in ("auto", "bf16", "fp8"):
-            raise ValueError(f"kv_cache_dtype must be 'auto' or 'fp8', got {self.kv_cache_dtype!r}")
+        if self.kv_cache_dtype not in ("auto", "bf16", "fp8", "fp8_fp4idx"):
+            raise ValueError(f"kv_cache_dtype must be 'auto', 'fp8' or 'fp8_fp4idx', got {self.kv_cache_dtype!r}")
         if self.tensor_parallel_size < 1:
             raise ValueError("tensor_parallel_size must be >= 1")
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from models.config import ModelConfig
-from models.state import ModelState, allocate_state
+from models.state import KV_FORMATS, ModelState, allocate_state
 
 from .block_pool import BlockPool
 from .slots import SlotPool
@@ -60,8 +60,9 @@ class KVCacheManager:
                 f"block_size {block_size} must be a positive multiple of every compression ratio "
                 f"{model_cfg.distinct_ratios} (i.e. of {model_cfg.ratio_lcm})"
             )
-        if kv_format not in ("bf16", "fp8"):
-            raise ValueError(f"kv_format {kv_format!r}: choose 'bf16' (dense, default) or 'fp8' (584-byte entries)")
+        if kv_format not in KV_FORMATS:
+            raise ValueError(f"kv_format {kv_format!r}: choose 'bf16' (dense, default), 'fp8' (584-byte entries, "
+                             "FP8 indexer keys) or 'fp8_fp4idx' (584-byte entries, MXFP4 indexer keys)")
         self.model_cfg = model_cfg
         self.block_size = block_size
         self.num_blocks = num_blocks

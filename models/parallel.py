@@ -158,10 +158,11 @@ class ParallelContext:
             return kops.indexer_topk(q, w, keys, meta, topk, ratio=ratio)
         from kernels.ref.attention import gather_entries
         from kernels.ref.indexer import select_topk
-        from kernels.ref.kv_fp8 import read_keys
+        from kernels.ref.kv_fp8 import read_keys, rotate_for_keys
 
         n_tok, _, ci = q.shape
         out = torch.full((n_tok, topk), -1, dtype=torch.int32, device=q.device)
+        q = rotate_for_keys(q, keys)  # MXFP4 keys are stored rotated by H
         parts = []  # (s0, s1, e, partial scores [n, e] fp32)
         for b, s0, s1, start in meta.chunks():
             e = (start + s1 - s0) // ratio

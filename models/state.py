@@ -55,7 +55,7 @@ class StateTensorSpec:
         return torch.uint8 if self.packed else (torch.float32 if self.fp32 else kv_dtype)
 
 
-KV_FORMATS = ("bf16", "fp8")
+KV_FORMATS = ("bf16", "fp8", "fp8_fp4idx")
 
 
 def _fp8_entry_bytes(c: int, r: int) -> int:
@@ -64,17 +64,26 @@ def _fp8_entry_bytes(c: int, r: int) -> int:
     return -(-raw // 8) * 8
 
 
+def _index_key_width(ci: int, kv_format: str) -> int:
+    if kv_format == "fp8_fp4idx":
+        if ci % 32 or ci & (ci - 1):
+            raise ValueError(f"kv_format 'fp8_fp4idx' needs a power-of-two index_head_dim >= 32, got {ci}")
+        return ci // 2 + ci // 32
+    return ci + 4 if kv_format == "fp8" else ci
+
+
 def layer_state_specs(cfg: ModelConfig, layer: int, block_size: int, kv_format: str = "bf16") -> list[StateTensorSpec]:
     """State tensors of main layer `layer` (see the module docstring for the layouts).
 
     kv_format "bf16" (default, the parity reference): entries dense in the model's KV dtype.
     kv_format "fp8": window rows and compressed entries are uint8 rows of the 584-byte FP8 entry
     (448 E4M3 + 64 BF16 rope + 7 UE8M0 scales + pad, for V4 shapes), indexer keys uint8 rows of
-    ci FP8 bytes + one fp32 scale (132 B); see kernels/ref/kv_fp8.py.
+    ci FP8 bytes + one fp32 scale (132 B); "fp8_fp4idx": the same entries, indexer keys MXFP4 rows
+    (Hadamard-rotated, ci/2 code bytes + ci/32 UE8M0 scales = 68 B); see kernels/ref/kv_fp8.py.
     """
     if kv_format not in KV_FORMATS:
         raise ValueError(f"unknown kv_format {kv_format!r} (choose from {KV_FORMATS})")
-    fp8 = kv_format == "fp8"
+    fp8 = kv_format in ("fp8", "fp8_fp4idx")
     c = cfg.head_dim
     ew = _fp8_entry_bytes(c, cfg.qk_rope_head_dim) if fp8 else c
     ratio = cfg.compress_ratios[layer]
@@ -94,7 +103,7 @@ def layer_state_specs(cfg: ModelConfig, layer: int, block_size: int, kv_format: 
         specs += [
             StateTensorSpec("idx_kv_tail", "slot", (2 * ratio, 2 * ci), True),
             StateTensorSpec("idx_score_tail", "slot", (2 * ratio, 2 * ci), True),
-            StateTensorSpec("index_keys", "block", (block_size // ratio, ci + 4 if fp8 else ci), False, fp8),
+            StateTensorSpec("index_keys", "block", (block_size // ratio, _index_key_width(ci, kv_format)), False, fp8),
         ]
     return specs
 

@@ -37,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of free GPU memory used for the KV cache after the weights")
     s.add_argument("--kv-cache-memory", type=int, default=None,
                    help="KV cache size in bytes (default: --gpu-memory-utilization on GPU, 256 MiB on CPU)")
-    s.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "fp8"),
-                   help="KV entries: auto = activation dtype; fp8 = 584-byte FP8 entries (448 e4m3 + 64 bf16 rope)")
+    s.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "fp8", "fp8_fp4idx"),
+                   help="KV entries: auto = activation dtype; fp8 = 584-byte FP8 entries (448 e4m3 + 64 bf16 rope) "
+                        "and FP8 indexer keys (132 B); fp8_fp4idx = the same with MXFP4 indexer keys (68 B, "
+                        "3.5 KB/token on V4-Flash)")
     s.add_argument("--block-size", type=int, default=None,
                    help="tokens per KV block (a multiple of every compression ratio; default: smallest >= 64)")
     s.add_argument("--max-queued-requests", type=int, default=None,

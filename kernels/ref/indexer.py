@@ -14,13 +14,13 @@ import torch
 from models.state import AttnMeta
 
 from .attention import gather_entries
-from .kv_fp8 import read_keys
+from .kv_fp8 import read_keys, rotate_for_keys
 
 
 def indexer_topk(
     q: torch.Tensor,  # [N, HI, cI] (fp32 or bf16)
     w: torch.Tensor,  # [N, HI] fp32 head weights (scales included)
-    keys: torch.Tensor,  # [num_blocks, per_block, cI] dense, or uint8 [.., cI + 4] FP8
+    keys: torch.Tensor,  # [num_blocks, per_block, cI] dense, uint8 [.., cI + 4] FP8 or [.., cI/2 + cI/32] MXFP4
     meta: AttnMeta,
     topk: int,
     *,
@@ -28,6 +28,7 @@ def indexer_topk(
 ) -> torch.Tensor:
     n_tok, _, ci = q.shape
     out = torch.full((n_tok, topk), -1, dtype=torch.int32, device=q.device)
+    q = rotate_for_keys(q, keys)  # MXFP4 keys are stored rotated by H
     for b, s0, s1, start in meta.chunks():
         e = (start + s1 - s0) // ratio
         if e == 0:

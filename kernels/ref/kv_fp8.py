@@ -8,10 +8,16 @@ Main entry (window ring rows and compressed entries), FlashMLA "MODEL1" layout, 
     [nope + 2r, + ceil(nope/64))  UE8M0 scale byte s_j of nope dims [64 j, 64 j + 64)
     pad to a multiple of 8 bytes
 
-Indexer key (CSA), uint8 row of ci + 4 bytes (132 for ci=128): FP8 E4M3 of the ci dims, then one
-FP32 scale (value = fp8 * scale), scale = amax / 448.
+Indexer key (CSA), two packed formats, told apart by the row width:
+  FP8   uint8 row of ci + 4 bytes (132 for ci=128): FP8 E4M3 of the ci dims, then one FP32 scale
+        (value = fp8 * scale), scale = amax / 448.
+  MXFP4 uint8 row of ci/2 + ci/32 bytes (68 for ci=128): the key rotated by the normalized Hadamard
+        matrix H (ci x ci, orthogonal), as E2M1 codes two per byte (low nibble = even dim), then one
+        UE8M0 scale byte per 32 dims (scale 2^ceil(log2(amax/6)), round to nearest, ties to even
+        code) -- the indexer's FP4 QAT format of the official model (architecture.md 4.7). Readers get
+        the *rotated* key back; the indexer rotates q by the same H (q.k is unchanged by H).
 
-A storage tensor is in FP8 format iff its dtype is uint8; otherwise it is a dense entry in its dtype.
+A storage tensor is in a packed format iff its dtype is uint8; otherwise it is a dense entry in its dtype.
 """
 
 from __future__ import annotations
@@ -30,8 +36,55 @@ def entry_bytes(c: int, r: int) -> int:
     return -(-raw // 8) * 8
 
 
-def index_key_bytes(ci: int) -> int:
-    return ci + 4
+def index_key_bytes(ci: int, fmt: str = "fp8") -> int:
+    """Row bytes of a packed indexer key: "fp8" (E4M3 + fp32 scale) or "fp4" (MXFP4, rotated)."""
+    if fmt == "fp8":
+        return ci + 4
+    if fmt == "fp4":
+        if ci % 32:
+            raise ValueError(f"MXFP4 indexer keys need index_head_dim % 32 == 0, got {ci}")
+        return ci // 2 + ci // 32
+    raise ValueError(f"unknown indexer key format {fmt!r}")
+
+
+def index_key_format(store: torch.Tensor, ci: int) -> str:
+    """"dense" | "fp8" | "fp4" for an indexer-key store (rows of its last dim)."""
+    if not is_packed(store):
+        return "dense"
+    width = store.shape[-1]
+    if width == ci + 4:
+        return "fp8"
+    if ci % 32 == 0 and width == ci // 2 + ci // 32:
+        return "fp4"
+    raise ValueError(f"indexer key rows of {width} bytes match no format for index_head_dim {ci}")
+
+
+_HADAMARD: dict = {}
+
+
+def hadamard(n: int, device) -> torch.Tensor:
+    """Normalized Sylvester Hadamard matrix [n, n] fp32 (n a power of two): H[i, j] =
+    (-1)^popcount(i & j) / sqrt(n); symmetric and orthogonal."""
+    key = (n, str(device))
+    if key not in _HADAMARD:
+        if n & (n - 1):
+            raise ValueError(f"Hadamard size must be a power of two, got {n}")
+        i = torch.arange(n)
+        bits = torch.bitwise_and(i[:, None], i[None, :])
+        parity = torch.zeros_like(bits)
+        while bool(bits.any()):
+            parity ^= bits & 1
+            bits = bits >> 1
+        _HADAMARD[key] = ((1 - 2 * parity).float() / math.sqrt(n)).to(device)
+    return _HADAMARD[key]
+
+
+def rotate_for_keys(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """q [..., ci] rotated by H when `keys` hold MXFP4 (rotated) keys, else q unchanged."""
+    ci = q.shape[-1]
+    if index_key_format(keys, ci) != "fp4":
+        return q
+    return (q.float() @ hadamard(ci, q.device)).to(q.dtype)
 
 
 def is_packed(t: torch.Tensor) -> bool:
@@ -90,6 +143,29 @@ def unpack_index_key(b: torch.Tensor, ci: int) -> torch.Tensor:
     return q * scale
 
 
+def pack_index_key_fp4(x: torch.Tensor) -> torch.Tensor:
+    """x [..., ci] float -> uint8 [..., ci/2 + ci/32]: x @ H as MXFP4 (see the module docstring)."""
+    from models.quant import pack_mxfp4
+    ci = x.shape[-1]
+    lead = x.shape[:-1]
+    y = x.float().reshape(-1, ci) @ hadamard(ci, x.device)
+    codes, scale = pack_mxfp4(y)
+    out = torch.cat((codes.view(torch.uint8), scale.view(torch.uint8)), -1)
+    return out.reshape(*lead, index_key_bytes(ci, "fp4"))
+
+
+def unpack_index_key_fp4(b: torch.Tensor, ci: int) -> torch.Tensor:
+    """uint8 [..., ci/2 + ci/32] -> fp32 [..., ci] rotated key values (x @ H, quantized)."""
+    from models.quant import E2M1_TABLE
+    lead = b.shape[:-1]
+    flat = b.reshape(-1, b.shape[-1])
+    codes = flat[:, :ci // 2]
+    codes = torch.stack((codes & 0xF, codes >> 4), -1).reshape(-1, ci).long()
+    vals = E2M1_TABLE.to(b.device)[codes]
+    scale = torch.exp2(flat[:, ci // 2:].float() - 127.0).repeat_interleave(32, -1)
+    return (vals * scale).reshape(*lead, ci)
+
+
 def read_entries(store: torch.Tensor, c: int, r: int) -> torch.Tensor:
     """Rows of a main-entry store (any leading shape) -> fp32 values."""
     return unpack_entry(store, c, r) if is_packed(store) else store.float()
@@ -101,8 +177,19 @@ def write_entries(x: torch.Tensor, like: torch.Tensor, r: int) -> torch.Tensor:
 
 
 def read_keys(store: torch.Tensor, ci: int) -> torch.Tensor:
-    return unpack_index_key(store, ci) if is_packed(store) else store.float()
+    """Indexer-key rows -> fp32 values (MXFP4 rows give the rotated key: pair with rotate_for_keys)."""
+    fmt = index_key_format(store, ci)
+    if fmt == "fp8":
+        return unpack_index_key(store, ci)
+    if fmt == "fp4":
+        return unpack_index_key_fp4(store, ci)
+    return store.float()
 
 
 def write_keys(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return pack_index_key(x) if is_packed(like) else x.to(like.dtype)
+    fmt = index_key_format(like, x.shape[-1])
+    if fmt == "fp8":
+        return pack_index_key(x)
+    if fmt == "fp4":
+        return pack_index_key_fp4(x)
+    return x.to(like.dtype)

@@ -106,7 +106,7 @@ def _fp4x4_to_bf16x2_asm(p, sc):
 
 
 @triton.jit
-def _e2m1_f32(c):
+def e2m1_f32(c):
     """E2M1 code (int32 0..15) -> fp32 value * 2^-14 (fp16 bit trick; the 2^14 goes into the scale)."""
     bits = ((c & 7) << 9) | ((c & 8) << 12)
     return bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
@@ -135,8 +135,8 @@ def load_fp4_split(w_ptr, s_ptr, offs_n, nmask, k0, K, stride_n, stride_k, strid
     else:
         pi = p.to(tl.int32) & 0xFF
         sf = e8m0_to_f32(s, 14)[:, :, None]
-        lo = _e2m1_f32(pi & 0xF) * sf
-        hi = _e2m1_f32(pi >> 4) * sf
+        lo = e2m1_f32(pi & 0xF) * sf
+        hi = e2m1_f32(pi >> 4) * sf
     lo = tl.reshape(lo.to(DOT_T), (BN, BK // 2))
     hi = tl.reshape(hi.to(DOT_T), (BN, BK // 2))
     return tl.trans(lo), tl.trans(hi)

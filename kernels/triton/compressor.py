@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.ref.kv_fp8 import index_key_format
 from models.state import AttnMeta
 
 from .attention import store_entry_fp8
@@ -61,10 +62,38 @@ def _pool_rows(kv_ptr, sc_ptr, kt_ptr, st_ptr, slot, qs, start, p0, n_rows, ch, 
 
 
 @triton.jit
+def _store_key_fp4(x, ch, row_ptr, C: tl.constexpr, C_P2: tl.constexpr):
+    """Indexer key x [C] -> MXFP4 row (kernels/ref/kv_fp8.pack_index_key_fp4): y = x @ H (normalized
+    Hadamard, H[i, j] = (-1)^popcount(i & j) / sqrt(C), generated in registers), one 32-column group at
+    a time (= one UE8M0 scale 2^ceil(log2(amax/6))), E2M1 codes rounded to nearest, ties to even code."""
+    for g in tl.static_range(C_P2 // 32):
+        j = g * 32 + tl.arange(0, 32)
+        par = ch[:, None] & j[None, :]
+        par = par ^ (par >> 4)
+        par = par ^ (par >> 2)
+        par = par ^ (par >> 1)
+        sign = (1 - 2 * (par & 1)).to(tl.float32)
+        y = tl.sum(x[:, None] * sign, 0) * (1.0 / tl.sqrt(C * 1.0))  # [32]
+        amax = tl.maximum(tl.max(tl.abs(y), 0), 2.0 ** -120)
+        bits = tl.div_rn(amax, 6.0).to(tl.int32, bitcast=True)
+        ex = ((bits >> 23) & 0xFF) - 127 + ((bits & 0x7FFFFF) != 0).to(tl.int32)  # exact ceil(log2(amax / 6))
+        v = y * ((127 - ex) << 23).to(tl.float32, bitcast=True)  # y * 2^-ex
+        a = tl.minimum(tl.abs(v), 6.0)
+        code = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
+                + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
+                + (a > 5.0).to(tl.int32))
+        code = code + 8 * ((v < 0) & (code > 0)).to(tl.int32)
+        lo, hi = tl.split(tl.reshape(code, (16, 2)))
+        tl.store(row_ptr + g * 16 + tl.arange(0, 16), (lo | (hi << 4)).to(tl.uint8))
+        tl.store(row_ptr + C // 2 + g, (ex + 127).to(tl.uint8))
+
+
+@triton.jit
 def _emit_kernel(kv_ptr, sc_ptr, kt_ptr, st_ptr, normw_ptr, invf_ptr, pool_ptr, tables_ptr, qstart_ptr, ctx_ptr,
                  slot_ptr, table_stride, eps,
                  M: tl.constexpr, COFF: tl.constexpr, C: tl.constexpr, C_P2: tl.constexpr, R: tl.constexpr,
-                 PB: tl.constexpr, ROW: tl.constexpr, FP8: tl.constexpr, INDEX_KEY: tl.constexpr):
+                 PB: tl.constexpr, ROW: tl.constexpr, FP8: tl.constexpr, INDEX_KEY: tl.constexpr,
+                 KEY_FP4: tl.constexpr):
     b = tl.program_id(0)
     k = tl.program_id(1)
     start = tl.load(ctx_ptr + b)
@@ -109,7 +138,9 @@ def _emit_kernel(kv_ptr, sc_ptr, kt_ptr, st_ptr, normw_ptr, invf_ptr, pool_ptr, 
         blk = tl.load(tables_ptr + b.to(tl.int64) * table_stride + e // PB).to(tl.int64)
         row_ptr = pool_ptr + (blk * PB + e % PB) * ROW
         if FP8:
-            if INDEX_KEY:
+            if KEY_FP4:
+                _store_key_fp4(x, ch, row_ptr, C, C_P2)
+            elif INDEX_KEY:
                 amax = tl.maximum(tl.max(tl.abs(x), 0), 1e-30)
                 scale = amax / 448.0
                 qv = tl.minimum(tl.maximum(x / scale, -448.0), 448.0)
@@ -152,11 +183,14 @@ def compress_and_store(kv, score, kv_tail, score_tail, norm_weight, inv_freq, po
     score = score.float().contiguous()
     max_new = (meta.max_query_len + ratio - 1) // ratio + 1
     fp8 = pool.dtype == torch.uint8
+    key_fp4 = bool(index_keys and fp8 and index_key_format(pool, c) == "fp4")
+    if key_fp4 and c & (c - 1):
+        raise ValueError(f"MXFP4 indexer keys need a power-of-two index_head_dim, got {c}")
     _emit_kernel[(meta.num_seqs, max_new)](
         kv, score, kv_tail, score_tail, norm_weight.float().contiguous(), inv_freq.float().contiguous(), pool,
         meta.block_tables, meta.query_start, meta.context_lens, meta.slot_ids, meta.block_tables.stride(0), eps,
         M=ratio, COFF=coff, C=c, C_P2=triton.next_power_of_2(c), R=r, PB=pool.shape[1], ROW=pool.shape[2],
-        FP8=fp8, INDEX_KEY=index_keys, num_warps=4,
+        FP8=fp8, INDEX_KEY=index_keys, KEY_FP4=key_fp4, num_warps=4,
     )
     _tail_kernel[(n_tok,)](kv, score, kv_tail, score_tail, meta.tok_seq, meta.positions, meta.query_start,
                            meta.slot_ids, RING=coff * ratio, WIDTH=width,

@@ -2,7 +2,7 @@
 
 Two kernels per tile of query rows:
   _score_kernel   grid (rows, key tiles): gathers BLOCK_E indexer keys through the block table
-                  (dense or FP8 + fp32 scale), one tl.dot [BLOCK_E, cI] x [cI, HI] for all heads,
+                  (dense, FP8 + fp32 scale, or MXFP4), one tl.dot [BLOCK_E, cI] x [cI, HI] for all heads,
                   relu, weight, head-sum -> scores[row, e] (fp32, only e < (pos+1)//ratio written).
   _topk_kernel    grid (rows,): radix select of the k-th largest score without sorting the row:
                   four 8-bit histogram passes (tl.histogram) over order-preserving uint32 keys of
@@ -23,7 +23,10 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.ref.kv_fp8 import index_key_format, rotate_for_keys
 from models.state import AttnMeta
+
+from .common import e2m1_f32, e8m0_to_f32
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 SCORE_BUDGET_BYTES = 256 << 20  # cap on the per-tile score buffer
@@ -32,7 +35,7 @@ SCORE_BUDGET_BYTES = 256 << 20  # cap on the per-tile score buffer
 @triton.jit
 def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scores_ptr,
                   row0, HI, table_stride, score_stride, ROW,
-                  CI: tl.constexpr, PB: tl.constexpr, RATIO: tl.constexpr, FP8: tl.constexpr,
+                  CI: tl.constexpr, PB: tl.constexpr, RATIO: tl.constexpr, KFMT: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, DOT_DT: tl.constexpr):
     r = tl.program_id(0)
     t = row0 + r
@@ -52,7 +55,7 @@ def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scor
         # contiguous e % PB through the add with blk * PB, so it emitted 16-byte loads for 132-byte FP8
         # rows -> "misaligned address" on the H200)
         row = blk * (PB * ROW) + (e % PB) * ROW
-        if FP8:
+        if KFMT == 1:  # FP8 E4M3 + fp32 scale
             row = tl.multiple_of(row, 4)  # 132-byte rows: 4-byte aligned (CI % 4 == 0, 4-byte scale)
             raw = tl.load(keys_ptr + row[:, None] + cols[None, :], mask=ok[:, None], other=0)
             k = raw.to(tl.float8e4nv, bitcast=True)
@@ -62,6 +65,15 @@ def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scor
             s2 = tl.load(sb + 2, mask=ok, other=0).to(tl.uint32)
             s3 = tl.load(sb + 3, mask=ok, other=0).to(tl.uint32)
             kscale = (s0 | (s1 << 8) | (s2 << 16) | (s3 << 24)).to(tl.float32, bitcast=True)
+        elif KFMT == 2:  # MXFP4 (rotated keys; q arrives rotated): CI/2 code bytes + CI/32 UE8M0 scales
+            row = tl.multiple_of(row, 4)  # 68-byte rows
+            kp = tl.arange(0, CI // 2)
+            raw = tl.load(keys_ptr + row[:, None] + kp[None, :], mask=ok[:, None], other=0).to(tl.int32) & 0xFF
+            codes = tl.join(raw & 0xF, raw >> 4).reshape(BLOCK_E, CI)
+            gs = tl.arange(0, CI // 32)
+            sb = tl.load(keys_ptr + row[:, None] + CI // 2 + gs[None, :], mask=ok[:, None], other=0)
+            k = (e2m1_f32(codes).reshape(BLOCK_E, CI // 32, 32) * e8m0_to_f32(sb, 14)[:, :, None]).reshape(BLOCK_E, CI)
+            kscale = tl.full([BLOCK_E], 1.0, tl.float32)
         else:
             k = tl.load(keys_ptr + row[:, None] + cols[None, :], mask=ok[:, None], other=0.0)
             kscale = tl.full([BLOCK_E], 1.0, tl.float32)
@@ -194,7 +206,7 @@ def topk_rows(scores: torch.Tensor, positions: torch.Tensor, out: torch.Tensor, 
 
 def indexer_scores(q, w, keys, meta: AttnMeta, scores: torch.Tensor, row0: int, n_rows: int, ratio: int) -> None:
     n_tok, hi, ci = q.shape
-    fp8 = keys.dtype == torch.uint8
+    kfmt = {"dense": 0, "fp8": 1, "fp4": 2}[index_key_format(keys, ci)]
     row = keys.shape[2]
     pb = keys.shape[1]
     e_cap = scores.shape[1]
@@ -203,7 +215,7 @@ def indexer_scores(q, w, keys, meta: AttnMeta, scores: torch.Tensor, row0: int, 
     _score_kernel[(n_rows, triton.cdiv(e_cap, block_e))](
         q, w, keys, meta.block_tables, meta.tok_seq, meta.positions, scores, row0, hi,
         meta.block_tables.stride(0), scores.stride(0), row,
-        CI=ci, PB=pb, RATIO=ratio, FP8=fp8, BLOCK_H=max(16, triton.next_power_of_2(hi)), BLOCK_E=block_e,
+        CI=ci, PB=pb, RATIO=ratio, KFMT=kfmt, BLOCK_H=max(16, triton.next_power_of_2(hi)), BLOCK_E=block_e,
         DOT_DT=dot_dt, num_warps=4,
     )
 
@@ -214,7 +226,7 @@ def indexer_topk(q, w, keys, meta: AttnMeta, topk: int, *, ratio: int = 4, row_t
     e_cap = meta.max_seq_len // ratio
     if n_tok == 0 or e_cap == 0:
         return out
-    q = q.contiguous()
+    q = rotate_for_keys(q, keys).contiguous()  # MXFP4 keys are stored rotated by H
     w = w.float().contiguous()
     if not INTERPRET and q.dtype == torch.float32:
         q = q.to(torch.bfloat16)

@@ -101,7 +101,10 @@ def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_ti
     q = torch.randn(n, hi, ci, generator=g).to(device)
     wt = torch.randn(n, hi, generator=g).to(device)
     kvals = torch.randn(nblocks, block_size // 4, ci, generator=g).to(device)
-    keys = kv_fp8.pack_index_key(kvals) if fp8 else kvals
+    if fp8 == "fp4":  # MXFP4 keys (rotated)
+        keys = kv_fp8.pack_index_key_fp4(kvals)
+    else:
+        keys = kv_fp8.pack_index_key(kvals) if fp8 else kvals
     if device != "cpu":
         q = q.bfloat16().float()  # the GPU kernel scores bf16 q; give the twin the same inputs
         if not fp8:
@@ -126,9 +129,11 @@ def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_ti
             if len(a) != len(bsel) or len(set(bsel)) != len(bsel):
                 bad += 1
                 continue
-            sc = ((q[t].float() @ kb.T).relu() * wt[t, :, None]).sum(0)
+            sc = ((kv_fp8.rotate_for_keys(q[t], keys).float() @ kb.T).relu() * wt[t, :, None]).sum(0)
             sa, sb = sc[a].sort().values, sc[bsel].sort().values
-            if (sa - sb).abs().max() > 1e-3 * sc.abs().max():
+            # FP4 keys: the GPU kernel scores the rotated q rounded to bf16, the twin in fp32
+            tol = 5e-3 if (fp8 == "fp4" and device != "cpu") else 1e-3
+            if (sa - sb).abs().max() > tol * sc.abs().max():
                 bad += 1
     return {"rows_mismatch": float(bad)}
 
@@ -164,7 +169,7 @@ def compressor_case(specs, *, c, r, ratio, overlap, block_size, fp8, index_key, 
     invf = (1.0 / (1000.0 ** (torch.arange(0, r, 2).float() / r))).to(device)
     per_block = block_size // ratio
     if fp8:
-        row = kv_fp8.index_key_bytes(c) if index_key else kv_fp8.entry_bytes(c, r)
+        row = kv_fp8.index_key_bytes(c, "fp4" if fp8 == "fp4" else "fp8") if index_key else kv_fp8.entry_bytes(c, r)
         pool = torch.zeros(nblocks, per_block, row, dtype=torch.uint8, device=device)
     else:
         pool = torch.zeros(nblocks, per_block, c, dtype=torch.float32, device=device)
@@ -179,6 +184,8 @@ def compressor_case(specs, *, c, r, ratio, overlap, block_size, fp8, index_key, 
         v0 = kv_fp8.read_keys(p0, c) if index_key else kv_fp8.unpack_entry(p0, c, r)
         v1 = kv_fp8.read_keys(p1, c) if index_key else kv_fp8.unpack_entry(p1, c, r)
         err = _rel(v1, v0)
+        if fp8 == "fp4":  # byte-exact except where fp32 summation order flips a rounding tie
+            err = float((p0 != p1).float().mean().item())
     else:
         err = _rel(p1, p0)
     return {"entries": err, "tails": float((a0 != a1).sum().item() + (b0 != b1).sum().item())}
@@ -212,6 +219,8 @@ def interp_suite(op: str) -> list[tuple[str, float, float]]:
                                   device=dev), {"rows_mismatch": 0})
         add("fp8-rowtile", indexer_case([(0, 3), (37, 1), (60, 6)], hi=4, ci=32, topk=4, block_size=16, fp8=True,
                                         device=dev, row_tile=4), {"rows_mismatch": 0})
+        add("fp4-keys", indexer_case([(0, 3), (37, 1), (60, 6)], hi=4, ci=64, topk=4, block_size=16, fp8="fp4",
+                                     device=dev), {"rows_mismatch": 0})
         add("radix", topk_case(3, 700, 16, dev), {"mismatch": 0})
         add("radix-stream", topk_case(3, 700, 16, dev, reg_max=0), {"mismatch": 0})
         add("short", topk_case(2, 10, 16, dev), {"mismatch": 0})
@@ -225,6 +234,8 @@ def interp_suite(op: str) -> list[tuple[str, float, float]]:
                                        fp8=True, index_key=False, device=dev), {"entries": 0.1, "tails": 0})
         add("key-fp8", compressor_case([(0, 9), (39, 1), (6, 7)], c=32, r=16, ratio=4, overlap=True, block_size=16,
                                        fp8=True, index_key=True, device=dev), {"entries": 0.1, "tails": 0})
+        add("key-fp4", compressor_case([(0, 9), (39, 1), (6, 7)], c=64, r=16, ratio=4, overlap=True, block_size=16,
+                                       fp8="fp4", index_key=True, device=dev), {"entries": 0.02, "tails": 0})
     elif op == "model":
         add("logits", model_logits_case(n_prefill=40, n_decode=4), {})
     return res

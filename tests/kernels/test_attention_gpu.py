@@ -33,7 +33,7 @@ def test_attention_hca_long_split():
     assert max(v for k, v in errs.items() if k.startswith("nsplit")) < 2e-2
 
 
-@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("fp8", [False, True, "fp4"])
 def test_indexer_real_shapes(fp8):
     errs = indexer_case([(0, 1), (100, 1), (2100, 1), (40000, 1), (3000, 64), (0, 9)], hi=64, ci=128, topk=512,
                         block_size=256, fp8=fp8, device="cuda", row_tile=16)
@@ -47,9 +47,11 @@ def test_topk_rows(n, reg_max):
     assert topk_case(16, n, 512, "cuda", reg_max=reg_max)["mismatch"] == 0
 
 
-@pytest.mark.parametrize("fp8", [False, True])
+@pytest.mark.parametrize("fp8", [False, True, "fp4"])
 @pytest.mark.parametrize("ratio,overlap,c,key", [(4, True, 512, False), (128, False, 512, False), (4, True, 128, True)])
 def test_compressor_real_shapes(ratio, overlap, c, key, fp8):
+    if fp8 == "fp4" and not key:
+        pytest.skip("MXFP4 is an indexer-key format only")
     specs = [(0, 1), (3, 1), (127, 1), (1000, 300), (0, 260), (7, 0)]
     errs = compressor_case(specs, c=c, r=64, ratio=ratio, overlap=overlap, block_size=256, fp8=fp8, index_key=key,
                            device="cuda")
@@ -58,7 +60,7 @@ def test_compressor_real_shapes(ratio, overlap, c, key, fp8):
     assert errs["entries"] < (3e-2 if fp8 else 1e-5)
 
 
-@pytest.mark.parametrize("kv_format", ["bf16", "fp8"])
+@pytest.mark.parametrize("kv_format", ["bf16", "fp8", "fp8_fp4idx"])
 def test_model_logits_triton_vs_torch(kv_format):
     """Engine-path logits of a bf16 model with the Triton attention ops vs the torch twins, both measured
     against the same model run in fp32 on the twins (the truth): the Triton path must be no further
