@@ -51,7 +51,7 @@ def e8m0_to_float(scale: torch.Tensor) -> torch.Tensor:
 
 def pow2(exp: torch.Tensor) -> torch.Tensor:
     """Exact float32 2^exp for an integer tensor."""
-    return torch.ldexp(torch.ones(exp.shape), exp.to(torch.int32))
+    return torch.ldexp(torch.ones(exp.shape, device=exp.device), exp.to(torch.int32))
 
 
 def ceil_log2(x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +123,7 @@ _E2M1_BY_FLOOR_CEIL = torch.cat([_E2M1_BY_FLOOR_CEIL, _E2M1_EXACT[24:]])  # [49]
 def e2m1_encode(x: torch.Tensor) -> torch.Tensor:
     """Float values (|x| <= 6 after scaling) -> uint8 E2M1 codes, round to nearest, ties to even code."""
     q4 = x.abs().to(torch.float32).clamp(max=FP4_MAX) * 4
-    code = _E2M1_BY_FLOOR_CEIL[(q4.floor() + q4.ceil()).to(torch.int64)]
+    code = _E2M1_BY_FLOOR_CEIL.to(x.device)[(q4.floor() + q4.ceil()).to(torch.int64)]
     return code + 8 * ((x < 0) & (code > 0)).to(torch.uint8)  # sign bit; canonical +0
 
 
@@ -160,6 +160,6 @@ def dequant_mxfp4(
     n, k = packed.shape[0], packed.shape[1] * 2
     if tuple(scale_e8m0.shape) != (n, k // block):
         raise ValueError(f"FP4 scale shape {tuple(scale_e8m0.shape)} != {(n, k // block)} for weight [{n}, {k}]")
-    vals = E2M1_TABLE[unpack_e2m1_codes(packed).long()]  # [N, K]
+    vals = E2M1_TABLE.to(packed.device)[unpack_e2m1_codes(packed).long()]  # [N, K]
     s = e8m0_to_float(scale_e8m0).repeat_interleave(block, dim=1)
     return (vals * s).to(dtype)

@@ -17,6 +17,7 @@ Long prefill: rows are processed in tiles of at most `row_tile` tokens so the sc
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -36,7 +37,7 @@ SCORE_BUDGET_BYTES = 256 << 20  # cap on the per-tile score buffer
 def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scores_ptr,
                   row0, HI, table_stride, score_stride, ROW,
                   CI: tl.constexpr, PB: tl.constexpr, RATIO: tl.constexpr, KFMT: tl.constexpr,
-                  BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, DOT_DT: tl.constexpr):
+                  BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, DOT_DT: tl.constexpr, ALIGN: tl.constexpr):
     r = tl.program_id(0)
     t = row0 + r
     e0 = tl.program_id(1) * BLOCK_E
@@ -56,7 +57,7 @@ def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scor
         # rows -> "misaligned address" on the H200)
         row = blk * (PB * ROW) + (e % PB) * ROW
         if KFMT == 1:  # FP8 E4M3 + fp32 scale
-            row = tl.multiple_of(row, 4)  # 132-byte rows: 4-byte aligned (CI % 4 == 0, 4-byte scale)
+            row = tl.multiple_of(row, ALIGN)  # gcd(row bytes, 16): 4 for 132-byte rows
             raw = tl.load(keys_ptr + row[:, None] + cols[None, :], mask=ok[:, None], other=0)
             k = raw.to(tl.float8e4nv, bitcast=True)
             sb = keys_ptr + row + CI  # fp32 scale, assembled from 4 bytes (no alignment assumption)
@@ -66,7 +67,7 @@ def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scor
             s3 = tl.load(sb + 3, mask=ok, other=0).to(tl.uint32)
             kscale = (s0 | (s1 << 8) | (s2 << 16) | (s3 << 24)).to(tl.float32, bitcast=True)
         elif KFMT == 2:  # MXFP4 (rotated keys; q arrives rotated): CI/2 code bytes + CI/32 UE8M0 scales
-            row = tl.multiple_of(row, 4)  # 68-byte rows
+            row = tl.multiple_of(row, ALIGN)  # 4 for 68-byte rows (ci=128), 2 for 34-byte rows (ci=64)
             kp = tl.arange(0, CI // 2)
             raw = tl.load(keys_ptr + row[:, None] + kp[None, :], mask=ok[:, None], other=0).to(tl.int32) & 0xFF
             codes = tl.join(raw & 0xF, raw >> 4).reshape(BLOCK_E, CI)
@@ -216,7 +217,7 @@ def indexer_scores(q, w, keys, meta: AttnMeta, scores: torch.Tensor, row0: int, 
         q, w, keys, meta.block_tables, meta.tok_seq, meta.positions, scores, row0, hi,
         meta.block_tables.stride(0), scores.stride(0), row,
         CI=ci, PB=pb, RATIO=ratio, KFMT=kfmt, BLOCK_H=max(16, triton.next_power_of_2(hi)), BLOCK_E=block_e,
-        DOT_DT=dot_dt, num_warps=4,
+        DOT_DT=dot_dt, ALIGN=math.gcd(row * keys.element_size(), 16), num_warps=4,
     )
 
 
