@@ -1,6 +1,6 @@
 """Engine: requests, scheduler, model runner, sampler, detokenizer, offline and async APIs."""
 
-from .outputs import CompletionOutput, RequestOutput
+from .outputs import CompletionOutput, OutputKind, RequestOutput
 from .sampling_params import SamplingParams
 
 
@@ -16,4 +16,4 @@ def __getattr__(name):  # lazy: importing engine must not load torch-heavy modul
     raise AttributeError(name)
 
 
-__all__ = ["LLM", "AsyncLLM", "SamplingParams", "RequestOutput", "CompletionOutput"]
+__all__ = ["LLM", "AsyncLLM", "SamplingParams", "RequestOutput", "CompletionOutput", "OutputKind"]
