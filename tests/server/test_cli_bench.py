@@ -20,6 +20,11 @@ def test_cli_flags():
     assert build_parser().parse_args(["serve"]).model is None
     with pytest.raises(ValueError):
         engine_args(build_parser().parse_args(["serve", "--max-num-seqs", "0"]))
+    for dt, fmt in (("auto", "bf16"), ("fp8", "fp8"), ("fp8_fp4idx", "fp8_fp4idx")):
+        a = engine_args(build_parser().parse_args(["serve", "/m", "--kv-cache-dtype", dt]))
+        assert a.kv_format == fmt
+    with pytest.raises(SystemExit):  # argparse rejects unknown KV formats with a usage error
+        build_parser().parse_args(["serve", "/m", "--kv-cache-dtype", "int4"])
     help_text = build_parser()._subparsers._group_actions[0].choices["serve"].format_help()
     for flag in ("--host", "--port", "--tensor-parallel-size", "--gpu-memory-utilization", "--log-level"):
         assert flag in help_text
