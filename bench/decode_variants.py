@@ -9,6 +9,7 @@ fp8_linear_sweep  FP8 block linear at the V4-Flash dense shapes, M = 1/64, over 
                   (pick_config's decode rules come from it).
 moe_profile       per-kernel CUDA time of one MXFP4 MoE decode call (torch.profiler).
 topk_sweep        radix top-k kernel variants (in-register vs streaming rows, warps, chunk size).
+moe_act8          MoE prefill with FP8 activations (act_quant) vs bf16 activations.
 """
 
 from __future__ import annotations
@@ -180,3 +181,24 @@ def install(register, bench_ms):
                                 os.environ.pop(k, None)
                             else:
                                 os.environ[k] = v
+
+    @register("moe_act8")
+    def bench_moe_act8(ctx):
+        """MoE prefill with FP8 activations (1x128 blocks): FP8 x FP8 MMA for FP8 experts; MXFP4 experts
+        take the quantized activations through the bf16 MMA."""
+        import kernels.triton.moe as tm
+        for fmt in ("fp8", "fp4"):
+            ws = K._experts(fmt)
+            for n in (4096, 16384):
+                x, w, ids = K._routings(n, "uniform", 1)[0]
+                flops = 2 * n * K.TOPK * 3 * K.D * K.INTER
+                for aq in ((False, True) if fmt == "fp8" else (True,)):
+                    try:
+                        ms = bench_ms(lambda: tm.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0, act_quant=aq),
+                                      graph=False, rep=30)
+                        ctx.emit(bench="moe_prefill_act8", fmt=fmt, tokens=n, act_quant=aq, ms=ms,
+                                 TFLOPs=flops / ms / 1e9)
+                    except Exception as ex:  # noqa: BLE001
+                        ctx.emit(bench="moe_prefill_act8", fmt=fmt, tokens=n, act_quant=aq, error=repr(ex)[:300])
+            del ws
+            torch.cuda.empty_cache()

@@ -61,12 +61,12 @@ def moe_align(ids, num_experts: int, block_m: int):
     return impl.moe_align(ids, num_experts, block_m)
 
 
-def moe_experts(x, w1, w3, w2, weights, ids, limit: float) -> torch.Tensor:
+def moe_experts(x, w1, w3, w2, weights, ids, limit: float, act_quant: bool = False) -> torch.Tensor:
     """Routed experts (clamped SwiGLU) and weighted combine -> [N, d] fp32. Weights: stacked tensors or
-    QuantWeight stacks (fp8 / MXFP4). See kernels.ref.moe."""
+    QuantWeight stacks (fp8 / MXFP4); `act_quant`: FP8 activations per 1x128 block. See kernels.ref.moe."""
     if _use_triton(x):
-        return _tri("moe").moe_experts(x, w1, w3, w2, weights, ids, limit)
-    return _ref_moe.moe_experts(x, w1, w3, w2, weights, ids, limit)
+        return _tri("moe").moe_experts(x, w1, w3, w2, weights, ids, limit, act_quant=act_quant)
+    return _ref_moe.moe_experts(x, w1, w3, w2, weights, ids, limit, act_quant)
 
 
 # ---- dense linears (issue 6) ---------------------------------------------------------------------

@@ -20,6 +20,28 @@ def e8m0_to_f32(s, OFFSET: tl.constexpr):
 
 
 @triton.jit
+def act_quant_tile(a, DOT_F32: tl.constexpr):
+    """Per-row FP8 E4M3 quantization of an activation tile [BM, 128] (one 1x128 block per row), the
+    reference act_quant: scale 2^ceil(log2(amax/448)), amax >= 1e-4 -> (codes, scales [BM] fp32).
+    Codes are float8e4nv on the GPU; under the interpreter (DOT_F32) fp32 values rounded by hand to
+    the E4M3 grid (round to nearest even; its fp32->fp8 cast mis-rounds across binades)."""
+    af = a.to(tl.float32)
+    amax = tl.maximum(tl.max(tl.abs(af), axis=1), 1e-4)
+    xs = tl.exp2(tl.ceil(tl.log2(amax / 448.0)))
+    av = af / xs[:, None]
+    if DOT_F32:
+        ev = tl.maximum(tl.floor(tl.log2(tl.maximum(tl.abs(av), 1e-30))), -6.0)
+        step = tl.exp2(ev - 3.0)
+        t = av / step
+        r = tl.floor(t + 0.5)
+        r = tl.where((r - t == 0.5) & (r - 2.0 * tl.floor(r * 0.5) != 0.0), r - 1.0, r)  # ties to even
+        aq = r * step
+    else:
+        aq = av.to(tl.float8e4nv)
+    return aq, xs
+
+
+@triton.jit
 def mma(a, b, acc, DOT_F32: tl.constexpr):
     if DOT_F32:
         return tl.dot(a, b, acc, input_precision="ieee")

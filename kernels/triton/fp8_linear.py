@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot_dtype, e8m0_to_f32, interpreting, load_w_tile, mma
+from .common import act_quant_tile, dot_dtype, e8m0_to_f32, interpreting, load_w_tile, mma
 
 
 @triton.jit
@@ -40,21 +40,7 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_wn
         kk = k0 + tl.arange(0, BK)
         a = tl.load(x_ptr + xrow[:, None] + kk[None, :], mask=mmask[:, None] & (kk[None, :] < K), other=0.0)
         if ACT_FP8:
-            # per-token 1x128 quantization (BK == 128): scale 2^ceil(log2(amax/448)), amax >= 1e-4
-            af = a.to(tl.float32)
-            amax = tl.maximum(tl.max(tl.abs(af), axis=1), 1e-4)
-            ex = tl.ceil(tl.log2(amax / 448.0))
-            xs = tl.exp2(ex)
-            av = af / xs[:, None]
-            if DOT_F32:  # interpreter: its fp32->fp8 cast mis-rounds across binades; round by hand (RN)
-                ev = tl.maximum(tl.floor(tl.log2(tl.maximum(tl.abs(av), 1e-30))), -6.0)
-                step = tl.exp2(ev - 3.0)
-                t = av / step
-                r = tl.floor(t + 0.5)
-                r = tl.where((r - t == 0.5) & (r - 2.0 * tl.floor(r * 0.5) != 0.0), r - 1.0, r)  # ties to even
-                aq = r * step
-            else:
-                aq = av.to(tl.float8e4nv)
+            aq, xs = act_quant_tile(a, DOT_F32)  # per-token 1x128 blocks (BK == 128)
             kw = k0 + tl.arange(0, BK)
             wq = tl.load(w_ptr + offs_n[:, None] * stride_wn + kw[None, :],
                          mask=nmask[:, None] & (kw[None, :] < K), other=0).to(tl.float8e4nv, bitcast=True)

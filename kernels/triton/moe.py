@@ -12,8 +12,18 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import dot_dtype, fp4_use_asm, load_fp4_split, load_w_tile, mma, weight_args
+from .common import (act_quant_tile, dot_dtype, e8m0_to_f32, fp4_use_asm, load_fp4_split, load_w_tile, mma,
+                     weight_args)
 from .routing import moe_align
+
+
+@triton.jit
+def _fp8_dot(aq, wq, DOT_F32: tl.constexpr):
+    """[BM, BK] FP8 activations x [BN, BK] FP8 weights^T -> fp32 [BM, BN] (fp32 emulation in the
+    interpreter, whose codes are already fp32 values)."""
+    if DOT_F32:
+        return tl.dot(aq, tl.trans(wq.to(tl.float32)), input_precision="ieee")
+    return tl.dot(aq, tl.trans(wq))
 
 
 @triton.jit
@@ -23,7 +33,7 @@ def _moe_gemm_kernel(
     stride_am, stride_be, stride_bn, stride_bk, stride_se, stride_sn, stride_sk, stride_om,
     A_DIV: tl.constexpr, OUT_DIV: tl.constexpr, GATE_UP: tl.constexpr, WFMT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
-    DOT_T: tl.constexpr, DOT_F32: tl.constexpr, USE_ASM: tl.constexpr,
+    DOT_T: tl.constexpr, DOT_F32: tl.constexpr, USE_ASM: tl.constexpr, ACT_FP8: tl.constexpr,
 ):
     pid = tl.program_id(0)
     npad = tl.load(npad_ptr)
@@ -55,36 +65,54 @@ def _moe_gemm_kernel(
     arow_ptr = a_ptr + arow[:, None] * stride_am
     for k0 in range(0, K, BK):
         kk = k0 + offs_k
-        a = tl.load(arow_ptr + kk[None, :], mask=mvalid[:, None] & (kk[None, :] < K), other=0.0).to(DOT_T)
-        if WFMT == 3:  # MXFP4, even/odd split: two dots, no nibble interleave
-            a_e, a_o = tl.split(tl.reshape(a, (BM, BK // 2, 2)))
-            lo, hi = load_fp4_split(b_base, bs_base, offs_n, nmask, k0, K, stride_bn, stride_bk, stride_sn,
-                                    stride_sk, BN, BK, DOT_T, USE_ASM)
-            acc = mma(a_o, hi, mma(a_e, lo, acc, DOT_F32), DOT_F32)
+        a = tl.load(arow_ptr + kk[None, :], mask=mvalid[:, None] & (kk[None, :] < K), other=0.0)
+        if ACT_FP8 and WFMT == 1:  # FP8 x FP8 MMA, activations per token in 1x128 blocks (BK == 128)
+            aq, xs = act_quant_tile(a, DOT_F32)
+            ws = e8m0_to_f32(tl.load(bs_base + (offs_n // 128) * stride_sn + (k0 // 128) * stride_sk,
+                                     mask=nmask, other=0), 0)
+            wq = tl.load(b_base + offs_n[:, None] * stride_bn + kk[None, :] * stride_bk,
+                         mask=nmask[:, None] & (kk[None, :] < K), other=0).to(tl.float8e4nv, bitcast=True)
+            acc += _fp8_dot(aq, wq, DOT_F32) * xs[:, None] * ws[None, :]  # both block scales on the partial
             if GATE_UP:
-                lo2, hi2 = load_fp4_split(b2_base, b2s_base, offs_n, nmask, k0, K, stride_bn, stride_bk,
-                                          stride_sn, stride_sk, BN, BK, DOT_T, USE_ASM)
-                acc2 = mma(a_o, hi2, mma(a_e, lo2, acc2, DOT_F32), DOT_F32)
-        elif WFMT == 4:  # MXFP4 through tl.dot_scaled (GPU only)
-            kp = k0 // 2 + tl.arange(0, BK // 2)
-            ks = k0 // 32 + tl.arange(0, BK // 32)
-            pm = nmask[:, None] & (kp[None, :] < K // 2)
-            sm = nmask[:, None] & (ks[None, :] < K // 32)
-            p = tl.load(b_base + offs_n[:, None] * stride_bn + kp[None, :] * stride_bk, mask=pm, other=0)
-            sb = tl.load(bs_base + offs_n[:, None] * stride_sn + ks[None, :] * stride_sk, mask=sm, other=0)
-            acc = tl.dot_scaled(a, None, "bf16", tl.trans(p.to(tl.uint8, bitcast=True)), sb, "e2m1", acc)
-            if GATE_UP:
-                p2 = tl.load(b2_base + offs_n[:, None] * stride_bn + kp[None, :] * stride_bk, mask=pm, other=0)
-                sb2 = tl.load(b2s_base + offs_n[:, None] * stride_sn + ks[None, :] * stride_sk, mask=sm, other=0)
-                acc2 = tl.dot_scaled(a, None, "bf16", tl.trans(p2.to(tl.uint8, bitcast=True)), sb2, "e2m1", acc2)
+                ws2 = e8m0_to_f32(tl.load(b2s_base + (offs_n // 128) * stride_sn + (k0 // 128) * stride_sk,
+                                          mask=nmask, other=0), 0)
+                wq2 = tl.load(b2_base + offs_n[:, None] * stride_bn + kk[None, :] * stride_bk,
+                              mask=nmask[:, None] & (kk[None, :] < K), other=0).to(tl.float8e4nv, bitcast=True)
+                acc2 += _fp8_dot(aq, wq2, DOT_F32) * xs[:, None] * ws2[None, :]
         else:
-            b = load_w_tile(b_base, bs_base, offs_n, nmask, k0, K, stride_bn, stride_bk, stride_sn, stride_sk,
-                            WFMT, BN, BK, DOT_T)
-            acc = mma(a, b, acc, DOT_F32)
-            if GATE_UP:
-                b2 = load_w_tile(b2_base, b2s_base, offs_n, nmask, k0, K, stride_bn, stride_bk, stride_sn,
-                                 stride_sk, WFMT, BN, BK, DOT_T)
-                acc2 = mma(a, b2, acc2, DOT_F32)
+            if ACT_FP8:  # other weight formats: the quantized activations in bf16 (exact) into the bf16 MMA
+                aq, xs = act_quant_tile(a, DOT_F32)
+                a = aq.to(tl.float32) * xs[:, None]
+            a = a.to(DOT_T)
+            if WFMT == 3:  # MXFP4, even/odd split: two dots, no nibble interleave
+                a_e, a_o = tl.split(tl.reshape(a, (BM, BK // 2, 2)))
+                lo, hi = load_fp4_split(b_base, bs_base, offs_n, nmask, k0, K, stride_bn, stride_bk, stride_sn,
+                                        stride_sk, BN, BK, DOT_T, USE_ASM)
+                acc = mma(a_o, hi, mma(a_e, lo, acc, DOT_F32), DOT_F32)
+                if GATE_UP:
+                    lo2, hi2 = load_fp4_split(b2_base, b2s_base, offs_n, nmask, k0, K, stride_bn, stride_bk,
+                                              stride_sn, stride_sk, BN, BK, DOT_T, USE_ASM)
+                    acc2 = mma(a_o, hi2, mma(a_e, lo2, acc2, DOT_F32), DOT_F32)
+            elif WFMT == 4:  # MXFP4 through tl.dot_scaled (GPU only)
+                kp = k0 // 2 + tl.arange(0, BK // 2)
+                ks = k0 // 32 + tl.arange(0, BK // 32)
+                pm = nmask[:, None] & (kp[None, :] < K // 2)
+                sm = nmask[:, None] & (ks[None, :] < K // 32)
+                p = tl.load(b_base + offs_n[:, None] * stride_bn + kp[None, :] * stride_bk, mask=pm, other=0)
+                sb = tl.load(bs_base + offs_n[:, None] * stride_sn + ks[None, :] * stride_sk, mask=sm, other=0)
+                acc = tl.dot_scaled(a, None, "bf16", tl.trans(p.to(tl.uint8, bitcast=True)), sb, "e2m1", acc)
+                if GATE_UP:
+                    p2 = tl.load(b2_base + offs_n[:, None] * stride_bn + kp[None, :] * stride_bk, mask=pm, other=0)
+                    sb2 = tl.load(b2s_base + offs_n[:, None] * stride_sn + ks[None, :] * stride_sk, mask=sm, other=0)
+                    acc2 = tl.dot_scaled(a, None, "bf16", tl.trans(p2.to(tl.uint8, bitcast=True)), sb2, "e2m1", acc2)
+            else:
+                b = load_w_tile(b_base, bs_base, offs_n, nmask, k0, K, stride_bn, stride_bk, stride_sn, stride_sk,
+                                WFMT, BN, BK, DOT_T)
+                acc = mma(a, b, acc, DOT_F32)
+                if GATE_UP:
+                    b2 = load_w_tile(b2_base, b2s_base, offs_n, nmask, k0, K, stride_bn, stride_bk, stride_sn,
+                                     stride_sk, WFMT, BN, BK, DOT_T)
+                    acc2 = mma(a, b2, acc2, DOT_F32)
     omask = mvalid[:, None] & nmask[None, :]
     orow = (pair // OUT_DIV).to(tl.int64)
     optrs = out_ptr + orow[:, None] * stride_om + offs_n[None, :]
@@ -111,7 +139,7 @@ def pick_config(num_pairs: int, num_experts: int, n_out: int, wfmt: int, gate_up
 
 
 def _launch(a, w, w2, out, rw, sorted_ids, eids, npad, n_out, k_in, p, limit, a_div, out_div, gate_up, cfg,
-            fp4_mode):
+            fp4_mode, act_quant=False):
     data, scale, wfmt = weight_args(w, fp4_mode)
     data2, scale2, _ = weight_args(w2, fp4_mode) if w2 is not None else (data, scale, wfmt)
     use_asm = wfmt == 3 and fp4_use_asm(w) and (w2 is None or fp4_use_asm(w2))
@@ -128,12 +156,15 @@ def _launch(a, w, w2, out, rw, sorted_ids, eids, npad, n_out, k_in, p, limit, a_
         a.stride(0), data.stride(0), data.stride(1), data.stride(2), sse, ssn, ssk, out.stride(0),
         A_DIV=a_div, OUT_DIV=out_div, GATE_UP=gate_up, WFMT=wfmt,
         BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], GROUP_M=cfg["GROUP_M"], DOT_T=dot_t, DOT_F32=dot_f32,
-        USE_ASM=use_asm, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        USE_ASM=use_asm, ACT_FP8=act_quant, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
-def moe_experts(x, w1, w3, w2, weights, ids, limit, config1=None, config2=None, fp4_mode="interleave"):
+def moe_experts(x, w1, w3, w2, weights, ids, limit, config1=None, config2=None, fp4_mode="interleave",
+                act_quant=False):
     """Same contract as kernels.ref.moe.moe_experts -> [N, d] fp32. `fp4_mode`: MXFP4 kernel variant
-    (common.FP4_MODES; benchmarks compare them)."""
+    (common.FP4_MODES; benchmarks compare them). `act_quant`: FP8 activations per 1x128 block (the
+    reference act_quant) into both GEMMs: FP8 x FP8 MMA for FP8 experts; for MXFP4 / bf16 experts the
+    quantized activations feed the bf16 MMA (same products, exact in bf16)."""
     from .common import interpreting
     x = x.contiguous()
     n, d = x.shape
@@ -145,15 +176,17 @@ def moe_experts(x, w1, w3, w2, weights, ids, limit, config1=None, config2=None, 
         return out
     wfmt = weight_args(w1)[2]
     interp = interpreting()
-    c1 = config1 or pick_config(p, num_e, inter, wfmt, True, interp)
-    c2 = config2 or pick_config(p, num_e, d, wfmt, False, interp)
+    c1 = dict(config1 or pick_config(p, num_e, inter, wfmt, True, interp))
+    c2 = dict(config2 or pick_config(p, num_e, d, wfmt, False, interp))
+    if act_quant:  # one activation block per K step
+        c1["BK"] = c2["BK"] = 128
     rw = weights.reshape(-1).float().contiguous()
     s1, e1, np1 = moe_align(ids, num_e, c1["BM"])
     h = torch.empty(p, inter, dtype=x.dtype, device=x.device)
-    _launch(x, w1, w3, h, rw, s1, e1, np1, inter, d, p, limit, k, 1, True, c1, fp4_mode)
+    _launch(x, w1, w3, h, rw, s1, e1, np1, inter, d, p, limit, k, 1, True, c1, fp4_mode, act_quant)
     if c2["BM"] == c1["BM"]:
         s2, e2, np2 = s1, e1, np1
     else:
         s2, e2, np2 = moe_align(ids, num_e, c2["BM"])
-    _launch(h, w2, None, out, rw, s2, e2, np2, d, inter, p, limit, 1, k, False, c2, fp4_mode)
+    _launch(h, w2, None, out, rw, s2, e2, np2, d, inter, p, limit, 1, k, False, c2, fp4_mode, act_quant)
     return out

@@ -38,7 +38,7 @@ def _rel(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm().clamp(min=1e-12)).item()
 
 
-@pytest.mark.parametrize("fmt", ["bf16", "fp8", "fp4", "fp4-split"])
+@pytest.mark.parametrize("fmt", ["bf16", "fp8", "fp4", "fp4-split", "fp8-act8", "fp4-act8", "bf16-act8"])
 @pytest.mark.parametrize("n,skew", [(1, False), (6, False), (9, True)])
 def test_moe_interp(fmt, n, skew):
     (tri,) = interp_modules("moe")
@@ -52,9 +52,14 @@ def test_moe_interp(fmt, n, skew):
         logits[:, :2] += 5.0  # experts 0/1 take everything; the rest stay empty
     weights, ids = ref_routing.moe_route(logits, k, 1.5)
     fmt, _, mode = fmt.partition("-")
+    act8 = mode == "act8"
+    mode = "" if act8 else mode
     q1, q3, q2 = (_quant(w, fmt) for w in (w1, w3, w2))
-    out_ref = ref.moe_experts(x, q1, q3, q2, weights, ids, 1.0)
-    out = tri.moe_experts(x, q1, q3, q2, weights, ids, 1.0, fp4_mode=mode or "interleave")
+    out_ref = ref.moe_experts(x, q1, q3, q2, weights, ids, 1.0, act_quant=act8)
+    out = tri.moe_experts(x, q1, q3, q2, weights, ids, 1.0, fp4_mode=mode or "interleave", act_quant=act8)
+    if act8:  # the FP8 rounding of the activations must really happen (vs the unquantized result)
+        plain = ref.moe_experts(x, q1, q3, q2, weights, ids, 1.0)
+        assert _rel(out_ref, plain) > 1e-4
     assert out.shape == (n, d) and out.dtype == torch.float32
     torch.testing.assert_close(out, out_ref, rtol=1e-4, atol=1e-5)
 
@@ -106,13 +111,15 @@ def _routing(n: int, mode: str, seed: int):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", ["fp4", "fp4-split", "fp4-dot_scaled", "fp8", "bf16"])
+@pytest.mark.parametrize("fmt", ["fp4", "fp4-split", "fp4-dot_scaled", "fp8", "bf16", "fp8-act8", "fp4-act8"])
 @pytest.mark.parametrize("mode", ["uniform", "skewed", "empty"])
 @pytest.mark.parametrize("n", [1, 4, 64, 333, 4096])
 def test_moe_gpu(fmt, mode, n):
     import kernels.triton.moe as tri
     fmt, _, fp4_mode = fmt.partition("-")
-    if (fmt != "fp4" or fp4_mode) and n in (4, 333):
+    act8 = fp4_mode == "act8"
+    fp4_mode = "" if act8 else fp4_mode
+    if (fmt != "fp4" or fp4_mode or act8) and n in (4, 333):
         pytest.skip("batch sweep runs on the shipped MXFP4 format / default kernel only")
     key = (fmt,)
     if _CACHE.get("key") != key:
@@ -124,8 +131,8 @@ def test_moe_gpu(fmt, mode, n):
     weights, ids = _routing(n, mode, n)
     if mode == "empty":
         assert int(ids.max()) < 16
-    out_ref = ref.moe_experts(x, w1, w3, w2, weights, ids, 10.0)
-    out = tri.moe_experts(x, w1, w3, w2, weights, ids, 10.0, fp4_mode=fp4_mode or "interleave")
+    out_ref = ref.moe_experts(x, w1, w3, w2, weights, ids, 10.0, act_quant=act8)
+    out = tri.moe_experts(x, w1, w3, w2, weights, ids, 10.0, fp4_mode=fp4_mode or "interleave", act_quant=act8)
     torch.cuda.synchronize()
     assert torch.isfinite(out).all()
     assert _rel(out, out_ref) < 1.5e-2, _rel(out, out_ref)
