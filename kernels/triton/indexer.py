@@ -9,8 +9,8 @@ Two kernels per tile of query rows:
                   the float bits find the exact threshold key T and how many ties to take, then one
                   compaction pass writes every e with key > T and the lowest-index ties == T into
                   out[row, :k] (tl.cumsum + a running counter). Rows with <= k eligible entries
-                  just list 0..limit-1. Unused slots are -1. Rows of <= REG_TOPK_MAX entries use
-                  _topk_reg_kernel (same passes on the row held in registers, read once).
+                  just list 0..limit-1. Unused slots are -1. Rows of <= REG_TOPK_MAX entries run
+                  the same passes on the row held in registers (IN_REG: read once).
 Long prefill: rows are processed in tiles of at most `row_tile` tokens so the score buffer is
 [row_tile, E] (bounded), never [T, E].
 """
@@ -94,8 +94,22 @@ def _ordered_key(x):
 
 
 @triton.jit
+def _select_digit(hist, need, prefix, pmask, shift, bins):
+    """One radix level: the digit d* holding the k-th largest key (count of keys with digit >= d*
+    reaches `need`), how many are still needed below it, and the prefix/mask extended by d*."""
+    cum_desc = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist  # count with digit >= d
+    dstar = tl.max(tl.where(cum_desc >= need, bins, 0), 0)
+    need = need - tl.sum(tl.where(bins == dstar, cum_desc - hist, 0), 0)
+    prefix = prefix | (dstar.to(tl.uint32) << shift)
+    pmask = pmask | (tl.full([], 255, tl.uint32) << shift)
+    return need, prefix, pmask
+
+
+@triton.jit
 def _topk_kernel(scores_ptr, pos_ptr, out_ptr, row0, score_stride, out_stride,
-                 K: tl.constexpr, RATIO: tl.constexpr, BLOCK: tl.constexpr):
+                 K: tl.constexpr, RATIO: tl.constexpr, BLOCK: tl.constexpr, IN_REG: tl.constexpr):
+    """IN_REG: the whole row (<= BLOCK entries) is read once into registers and every pass runs
+    there; else each pass streams the row in BLOCK-entry chunks."""
     r = tl.program_id(0)
     t = row0 + r
     pos = tl.load(pos_ptr + t)
@@ -112,77 +126,46 @@ def _topk_kernel(scores_ptr, pos_ptr, out_ptr, row0, score_stride, out_stride,
         pmask = tl.zeros([], tl.uint32)
         need = tl.full([], K, tl.int32)  # how many still to take at/below the current prefix
         bins = tl.arange(0, 256)
+        if IN_REG:
+            ok = offs < limit
+            key = _ordered_key(tl.load(srow + offs, mask=ok, other=0.0))
         for level in tl.static_range(4):
             shift = 24 - 8 * level
-            hist = tl.zeros([256], tl.int32)
-            for e0 in range(0, limit, BLOCK):
-                e = e0 + offs
-                ok = e < limit
-                key = _ordered_key(tl.load(srow + e, mask=ok, other=0.0))
-                sel = ok & ((key & pmask) == prefix)
-                digit = ((key >> shift) & 255).to(tl.int32)
-                hist += tl.histogram(digit, 256, mask=sel)
-            cum_desc = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist  # count with digit >= d
-            dstar = tl.max(tl.where(cum_desc >= need, bins, 0), 0)
-            above = tl.sum(tl.where(bins == dstar, cum_desc - hist, 0), 0)
-            need = need - above
-            prefix = prefix | (dstar.to(tl.uint32) << shift)
-            pmask = pmask | (tl.full([], 255, tl.uint32) << shift)
+            if IN_REG:
+                hist = tl.histogram(((key >> shift) & 255).to(tl.int32), 256, mask=ok & ((key & pmask) == prefix))
+            else:
+                hist = tl.zeros([256], tl.int32)
+                for e0 in range(0, limit, BLOCK):
+                    e = e0 + offs
+                    ok_c = e < limit
+                    key_c = _ordered_key(tl.load(srow + e, mask=ok_c, other=0.0))
+                    sel = ok_c & ((key_c & pmask) == prefix)
+                    hist += tl.histogram(((key_c >> shift) & 255).to(tl.int32), 256, mask=sel)
+            need, prefix, pmask = _select_digit(hist, need, prefix, pmask, shift, bins)
         n_gt = K - need
-        cnt_gt = tl.zeros([], tl.int32)
-        cnt_eq = tl.zeros([], tl.int32)
-        for e0 in range(0, limit, BLOCK):
-            e = e0 + offs
-            ok = e < limit
-            key = _ordered_key(tl.load(srow + e, mask=ok, other=0.0))
+        if IN_REG:
             gt = ok & (key > prefix)
             eq = ok & (key == prefix)
-            gi = gt.to(tl.int32)
-            ei = eq.to(tl.int32)
-            slot_gt = cnt_gt + tl.cumsum(gi, 0) - 1
-            rank_eq = cnt_eq + tl.cumsum(ei, 0) - 1
-            tl.store(orow + slot_gt, e, mask=gt)
-            tl.store(orow + n_gt + rank_eq, e, mask=eq & (rank_eq < need))
-            cnt_gt += tl.sum(gi, 0)
-            cnt_eq += tl.sum(ei, 0)
-
-
-@triton.jit
-def _topk_reg_kernel(scores_ptr, pos_ptr, out_ptr, row0, score_stride, out_stride,
-                     K: tl.constexpr, RATIO: tl.constexpr, BLOCK: tl.constexpr):
-    """_topk_kernel for rows of at most BLOCK entries: the row is read once into registers and the
-    four radix passes + the compaction run there (no re-reads, no chunk loop)."""
-    r = tl.program_id(0)
-    t = row0 + r
-    pos = tl.load(pos_ptr + t)
-    limit = (pos + 1) // RATIO
-    offs = tl.arange(0, BLOCK)
-    orow = out_ptr + t.to(tl.int64) * out_stride
-    if limit <= K:
-        for k0 in range(0, K, BLOCK):
-            kk = k0 + offs
-            tl.store(orow + kk, tl.where(kk < limit, kk, -1), mask=kk < K)
-    else:
-        ok = offs < limit
-        key = _ordered_key(tl.load(scores_ptr + r.to(tl.int64) * score_stride + offs, mask=ok, other=0.0))
-        prefix = tl.zeros([], tl.uint32)
-        pmask = tl.zeros([], tl.uint32)
-        need = tl.full([], K, tl.int32)
-        bins = tl.arange(0, 256)
-        for level in tl.static_range(4):
-            shift = 24 - 8 * level
-            sel = ok & ((key & pmask) == prefix)
-            hist = tl.histogram(((key >> shift) & 255).to(tl.int32), 256, mask=sel)
-            cum_desc = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist
-            dstar = tl.max(tl.where(cum_desc >= need, bins, 0), 0)
-            need = need - tl.sum(tl.where(bins == dstar, cum_desc - hist, 0), 0)
-            prefix = prefix | (dstar.to(tl.uint32) << shift)
-            pmask = pmask | (tl.full([], 255, tl.uint32) << shift)
-        gt = ok & (key > prefix)
-        eq = ok & (key == prefix)
-        rank_eq = tl.cumsum(eq.to(tl.int32), 0) - 1
-        tl.store(orow + tl.cumsum(gt.to(tl.int32), 0) - 1, offs, mask=gt)
-        tl.store(orow + (K - need) + rank_eq, offs, mask=eq & (rank_eq < need))
+            rank_eq = tl.cumsum(eq.to(tl.int32), 0) - 1
+            tl.store(orow + tl.cumsum(gt.to(tl.int32), 0) - 1, offs, mask=gt)
+            tl.store(orow + n_gt + rank_eq, offs, mask=eq & (rank_eq < need))
+        else:
+            cnt_gt = tl.zeros([], tl.int32)
+            cnt_eq = tl.zeros([], tl.int32)
+            for e0 in range(0, limit, BLOCK):
+                e = e0 + offs
+                ok_c = e < limit
+                key_c = _ordered_key(tl.load(srow + e, mask=ok_c, other=0.0))
+                gt = ok_c & (key_c > prefix)
+                eq = ok_c & (key_c == prefix)
+                gi = gt.to(tl.int32)
+                ei = eq.to(tl.int32)
+                slot_gt = cnt_gt + tl.cumsum(gi, 0) - 1
+                rank_eq = cnt_eq + tl.cumsum(ei, 0) - 1
+                tl.store(orow + slot_gt, e, mask=gt)
+                tl.store(orow + n_gt + rank_eq, e, mask=eq & (rank_eq < need))
+                cnt_gt += tl.sum(gi, 0)
+                cnt_eq += tl.sum(ei, 0)
 
 
 REG_TOPK_MAX = 8192  # rows up to this many entries (32K context at ratio 4) use the in-register kernel
@@ -197,12 +180,13 @@ def topk_rows(scores: torch.Tensor, positions: torch.Tensor, out: torch.Tensor, 
         block = max(16, triton.next_power_of_2(e_cap))
         warps = 4 if INTERPRET else (8 if block <= 2048 else 16)  # H200 sweep (docs/benchmarks.md)
         warps = int(os.environ.get("V4_TOPK_REG_WARPS", warps))
-        _topk_reg_kernel[(n_rows,)](scores, positions, out, row0, scores.stride(0), out.stride(0), K=topk,
-                                    RATIO=ratio, BLOCK=block, num_warps=warps)
+        _topk_kernel[(n_rows,)](scores, positions, out, row0, scores.stride(0), out.stride(0), K=topk, RATIO=ratio,
+                                BLOCK=block, IN_REG=True, num_warps=warps)
         return
     block = 256 if INTERPRET else int(os.environ.get("V4_TOPK_BLOCK", 4096))
     _topk_kernel[(n_rows,)](scores, positions, out, row0, scores.stride(0), out.stride(0), K=topk, RATIO=ratio,
-                            BLOCK=block, num_warps=4 if INTERPRET else int(os.environ.get("V4_TOPK_WARPS", 8)))
+                            BLOCK=block, IN_REG=False,
+                            num_warps=4 if INTERPRET else int(os.environ.get("V4_TOPK_WARPS", 8)))
 
 
 def indexer_scores(q, w, keys, meta: AttnMeta, scores: torch.Tensor, row0: int, n_rows: int, ratio: int) -> None:
