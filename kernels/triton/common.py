@@ -63,9 +63,7 @@ def load_w_tile(w_ptr, s_ptr, offs_n, nmask, k0, K, stride_n, stride_k, stride_s
         p = tl.load(w_ptr + offs_n[:, None] * stride_n + kp[None, :] * stride_k,
                     mask=nmask[:, None] & (kp[None, :] < K // 2), other=0)
         p = p.to(tl.int32) & 0xFF
-        c = tl.join(p & 0xF, p >> 4).reshape(BN, BK)
-        bits = ((c & 7) << 9) | ((c & 8) << 12)
-        v = bits.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        v = e2m1_f32(tl.join(p & 0xF, p >> 4).reshape(BN, BK))
         ks = k0 // 32 + tl.arange(0, BK // 32)
         s = tl.load(s_ptr + offs_n[:, None] * stride_sn + ks[None, :] * stride_sk,
                     mask=nmask[:, None] & (ks[None, :] < K // 32), other=0)
