@@ -129,6 +129,10 @@ class LLMEngine:
             raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
         if not ids:
             raise ValueError("the prompt is empty")
+        for name, toks in (("logit_bias", params.logit_bias or ()), ("allowed_token_ids", params.allowed_token_ids or ())):
+            out_of_range = [t for t in toks if t >= vocab]
+            if out_of_range:
+                raise ValueError(f"{name} token ids out of range [0, {vocab}): {out_of_range[:5]}")
         max_tokens = params.max_tokens
         if max_tokens is None:
             max_tokens = self.max_model_len - len(ids)

@@ -4,8 +4,9 @@ Processing order (vLLM's), all on the logits' device, batched over rows:
 
   1. logprobs come from the RAW logits (log_softmax of the model output, before any penalty,
      mask, temperature or truncation), as vLLM returns them by default;
-  2. min_tokens: below `min_tokens` generated tokens, EOS (even with ignore_eos) and stop_token_ids
-     are set to -inf; ignore_eos itself masks nothing (the engine just doesn't stop on EOS);
+  2. allowed_token_ids: every other token of that row -> -inf; logit_bias: added to the listed
+     tokens' logits; min_tokens: below `min_tokens` generated tokens, EOS (even with ignore_eos) and
+     stop_token_ids are set to -inf; ignore_eos itself masks nothing (the engine doesn't stop on EOS);
   3. penalties: repetition (prompt + output tokens: positive logits divided, negative multiplied),
      frequency (minus freq * count in output) and presence (minus presence if count > 0);
   4. greedy rows take the argmax here; the other rows are divided by their temperature;
@@ -70,6 +71,13 @@ class SamplingMetadata:
     frequency_penalty: torch.Tensor | None  # [P, 1] float32
     presence_penalty: torch.Tensor | None  # [P, 1] float32
     output_counts: torch.Tensor | None  # [P, V] float32 occurrences in the output; None if unused
+    # logit_bias: flat (row, token id, bias) triples added to the logits
+    bias_rows: torch.Tensor | None  # [L] long
+    bias_token_ids: torch.Tensor | None  # [L] long
+    bias_values: torch.Tensor | None  # [L] float32
+    # allowed_token_ids: rows restricted to a token set
+    allowed_rows: torch.Tensor | None  # [A] long
+    allowed_mask: torch.Tensor | None  # [A, V] bool, True = may be sampled
     # thinking budget: rows whose next token is forced
     forced_rows: torch.Tensor | None  # [F] long
     forced_token_ids: torch.Tensor | None  # [F] long
@@ -108,6 +116,12 @@ class SamplingMetadata:
                 banned_rows += [i] * len(ids)
                 banned_ids += sorted(ids)
 
+        bias = [(i, t, float(b)) for i, p in enumerate(params) for t, b in (p.logit_bias or {}).items() if t < V]
+        allowed = [i for i, p in enumerate(params) if p.allowed_token_ids is not None]
+        allowed_mask = None
+        if allowed:
+            allowed_mask = cls._token_table(device, V, [params[i].allowed_token_ids for i in allowed]) > 0
+
         pen = [i for i, p in enumerate(params) if p.needs_penalties]
         rep = freq = pres = seen = counts = None
         if pen:
@@ -138,6 +152,11 @@ class SamplingMetadata:
             penalty_rows=i64(pen) if pen else None,
             repetition_penalty=rep, seen_mask=seen, frequency_penalty=freq, presence_penalty=pres,
             output_counts=counts,
+            bias_rows=i64([i for i, _, _ in bias]) if bias else None,
+            bias_token_ids=i64([t for _, t, _ in bias]) if bias else None,
+            bias_values=f32([b for _, _, b in bias]) if bias else None,
+            allowed_rows=i64(allowed) if allowed else None,
+            allowed_mask=allowed_mask,
             forced_rows=i64([i for i, _ in forced]) if forced else None,
             forced_token_ids=i64([t for _, t in forced]) if forced else None,
             num_logprobs=num_logprobs, max_num_logprobs=max(wanted) if wanted else None,
@@ -217,6 +236,11 @@ class Sampler:
         raw_logprobs = logits.log_softmax(dim=-1) if meta.max_num_logprobs is not None else None
 
         x = logits  # every step below is out of place: the caller's logits are never modified
+        if meta.allowed_rows is not None:
+            x = x.index_copy(0, meta.allowed_rows,
+                             x.index_select(0, meta.allowed_rows).masked_fill(~meta.allowed_mask, _NEG_INF))
+        if meta.bias_rows is not None:
+            x = x.index_put((meta.bias_rows, meta.bias_token_ids), meta.bias_values, accumulate=True)
         if meta.banned_rows is not None:
             x = x.index_put((meta.banned_rows, meta.banned_token_ids), torch.tensor(_NEG_INF, device=x.device))
         if meta.penalty_rows is not None:

@@ -52,6 +52,11 @@ class SamplingParams:
     # next token is forced to `thinking_end_token_id` (V4's `</think>`). None = unlimited.
     thinking_budget: int | None = None
     thinking_end_token_id: int | None = None
+    # OpenAI logit_bias: token id -> value in [-100, 100] added to that token's logit before sampling
+    # (penalties, temperature, truncation); logprobs stay those of the raw logits
+    logit_bias: dict[int, float] | None = None
+    # vLLM allowed_token_ids: only these ids can be sampled (every other logit -> -inf); None = all
+    allowed_token_ids: list[int] | None = None
 
     def __post_init__(self) -> None:
         # normalize accepted shorthands before validating
@@ -72,6 +77,13 @@ class SamplingParams:
                 setattr(self, name, float(getattr(self, name)))
         if self.top_k == -1:
             self.top_k = 0
+        if isinstance(self.logit_bias, dict):  # JSON keys arrive as strings: "50256" -> 50256
+            try:
+                self.logit_bias = {int(k): v for k, v in self.logit_bias.items()} or None
+            except (TypeError, ValueError):
+                raise ValueError(f"logit_bias keys must be token ids, got {list(self.logit_bias)[:5]}") from None
+        if isinstance(self.allowed_token_ids, tuple):
+            self.allowed_token_ids = list(self.allowed_token_ids)
         self._validate()
 
     def _validate(self) -> None:
@@ -132,6 +144,18 @@ class SamplingParams:
         need_int("thinking_end_token_id", 0, optional=True)
         if self.thinking_budget is not None and self.thinking_end_token_id is None:
             raise ValueError("thinking_budget requires thinking_end_token_id (the token to force)")
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict):
+                raise ValueError(f"logit_bias must be a mapping of token id to bias, got {self.logit_bias!r}")
+            for t, b in self.logit_bias.items():
+                if t < 0:
+                    raise ValueError(f"logit_bias token ids must be non-negative, got {t}")
+                if not _is_number(b) or not -100.0 <= float(b) <= 100.0:
+                    raise ValueError(f"logit_bias values must be numbers in [-100, 100], got {b!r} for token {t}")
+        if self.allowed_token_ids is not None:
+            ids = self.allowed_token_ids
+            if not isinstance(ids, list) or not ids or not all(_is_int(t) and t >= 0 for t in ids):
+                raise ValueError(f"allowed_token_ids must be a non-empty list of token ids, got {ids!r}")
 
     @property
     def greedy(self) -> bool:

@@ -1,7 +1,7 @@
 """OpenAI request models (chat + legacy completions) and their mapping onto `SamplingParams`.
 
 Unknown top-level fields are ignored, as OpenAI does. Fields that we recognise but cannot honour
-(legacy `functions`, audio, guided decoding, `logit_bias`, `suffix`, ...) are rejected with a 400
+(legacy `functions`, audio, guided decoding, `suffix`, ...) are rejected with a 400
 that names the parameter: `check_supported()` raises `InvalidRequest` for them. Nothing a client
 sends is silently dropped when it would change the output.
 """
@@ -90,7 +90,7 @@ class ChatMessage(OpenAIBaseModel):
 _UNSUPPORTED = (
     "functions", "function_call", "audio", "prediction", "web_search_options", "guided_json",
     "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend", "structured_outputs",
-    "use_beam_search", "length_penalty", "prompt_logprobs", "bad_words", "allowed_token_ids",
+    "use_beam_search", "length_penalty", "prompt_logprobs", "bad_words",
     "truncate_prompt_tokens", "continue_final_message", "documents", "chat_template", "logits_processors",
     "mm_processor_kwargs", "return_tokens_as_token_ids", "priority", "vllm_xargs", "kv_transfer_params")
 
@@ -119,6 +119,7 @@ class SamplingFields(OpenAIBaseModel):
     skip_special_tokens: bool = True
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool | None = None
+    allowed_token_ids: list[int] | None = None
 
     def check_supported(self) -> None:
         extra = self.model_extra or {}
@@ -128,8 +129,14 @@ class SamplingFields(OpenAIBaseModel):
         modalities = extra.get("modalities")
         if modalities is not None and list(modalities) != ["text"]:
             raise InvalidRequest("only modalities=['text'] is supported", param="modalities")
-        if self.logit_bias:
-            raise InvalidRequest("logit_bias is not supported by this server", param="logit_bias")
+        for tok, bias in (self.logit_bias or {}).items():
+            if not str(tok).isdigit():
+                raise InvalidRequest(f"logit_bias keys must be token ids, got {tok!r}", param="logit_bias")
+            if not -100.0 <= bias <= 100.0:
+                raise InvalidRequest(f"logit_bias values must be in [-100, 100], got {bias} for token {tok}",
+                                     param="logit_bias")
+        if self.allowed_token_ids is not None and (not self.allowed_token_ids or min(self.allowed_token_ids) < 0):
+            raise InvalidRequest("allowed_token_ids must be a non-empty list of token ids", param="allowed_token_ids")
         if self.stream_options is not None and not self.stream:
             raise InvalidRequest("stream_options is only allowed when stream is true", param="stream_options")
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
@@ -144,10 +151,12 @@ class SamplingFields(OpenAIBaseModel):
         kw: dict[str, Any] = {"n": self.n, "stop": self.stop_list(), "skip_special_tokens": self.skip_special_tokens}
         for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p",
                      "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids",
-                     "include_stop_str_in_output"):
+                     "include_stop_str_in_output", "allowed_token_ids"):
             value = getattr(self, name)
             if value is not None:
                 kw[name] = value
+        if self.logit_bias:
+            kw["logit_bias"] = dict(self.logit_bias)  # "token id" string keys; SamplingParams converts them
         return kw
 
 

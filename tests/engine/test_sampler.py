@@ -206,3 +206,44 @@ def test_metadata_validation_and_generator():
     a = torch.rand(5, generator=make_generator(2**70 + 3, "cpu"))
     b = torch.rand(5, generator=make_generator(2**70 + 3, "cpu"))
     assert torch.equal(a, b)
+
+
+def test_logit_bias_moves_the_choice_and_leaves_logprobs_raw():
+    logits = rand_logits(3, seed=4)
+    top = logits.argmax(-1)
+    low = logits.argmin(-1)
+    params = [SamplingParams(temperature=0, logit_bias={str(int(low[0])): 100.0}, logprobs=0),  # str keys (JSON)
+              SamplingParams(temperature=0, logit_bias={int(top[1]): -100.0}),
+              SamplingParams(temperature=0)]
+    out, meta = run(logits, params)
+    assert out.token_ids[0] == low[0]  # the least likely token, pushed up
+    second = logits[1].clone()
+    second[top[1]] = float("-inf")
+    assert out.token_ids[1] == second.argmax() and out.token_ids[2] == top[2]
+    raw = logits.log_softmax(-1)
+    assert abs(out.logprobs[0][int(low[0])] - raw[0, low[0]].item()) < 1e-5  # raw model logprob
+    assert meta.bias_rows.tolist() == [0, 1]
+
+
+def test_allowed_token_ids_restrict_sampling():
+    logits = torch.zeros(2, V)
+    params = [SamplingParams(temperature=1.0, seed=1, allowed_token_ids=[3, 9]), SamplingParams(temperature=1.0)]
+    seen = set()
+    for s in range(40):
+        gens = [make_generator(s, "cpu"), None]
+        out, _ = run(logits, params, generators=gens)
+        seen.add(int(out.token_ids[0]))
+    assert seen == {3, 9}
+    # greedy with an allow-list picks the best allowed token, even against a strong unlisted one
+    logits = rand_logits(1, seed=2)
+    allowed = [int(i) for i in logits[0].argsort()[:3]]  # the three least likely tokens
+    out, _ = run(logits, [SamplingParams(temperature=0, allowed_token_ids=allowed)])
+    assert int(out.token_ids[0]) == max(allowed, key=lambda t: float(logits[0, t]))
+
+
+@pytest.mark.parametrize("kw", [{"logit_bias": {5: 101}}, {"logit_bias": {-1: 1.0}}, {"logit_bias": {"x": 1.0}},
+                                {"logit_bias": {5: float("nan")}}, {"allowed_token_ids": []},
+                                {"allowed_token_ids": [-2]}, {"allowed_token_ids": "3"}])
+def test_bias_and_allow_list_validation(kw):
+    with pytest.raises(ValueError):
+        SamplingParams(**kw)

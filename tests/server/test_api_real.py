@@ -462,6 +462,23 @@ def test_completions_text_batch_and_stream(client, real):
     assert chunks[-1].usage.completion_tokens == 5
 
 
+def test_logit_bias_and_allowed_token_ids(http, real):
+    """logit_bias (OpenAI: string token-id keys) and allowed_token_ids steer real sampling; the returned
+    logprobs stay those of the raw model."""
+    ids = real.tok.encode("The quick brown fox", add_special_tokens=True)
+    base = {"prompt": ids, "max_tokens": 6, "temperature": 0, "ignore_eos": True, "logprobs": 1}
+    plain = http.post("/v1/completions", json=base).json()["choices"][0]["text"]
+    target = next(t for t in range(100, 400)
+                  if real.tok.decode([t] * 6, skip_special_tokens=True) not in ("", plain))
+    forced = real.tok.decode([target] * 6, skip_special_tokens=True)
+    r = http.post("/v1/completions", json=base | {"logit_bias": {str(target): 100}}).json()["choices"][0]
+    assert r["text"] == forced
+    assert max(r["logprobs"]["token_logprobs"]) < 0  # raw logprobs, not the biased distribution
+    r = http.post("/v1/completions", json=base | {"allowed_token_ids": [target], "temperature": 1.0,
+                                                  "seed": 3}).json()["choices"][0]
+    assert r["text"] == forced  # sampling at temperature 1, but only one token may be drawn
+
+
 def test_tokenize_detokenize(http, real):
     t = http.post("/tokenize", json={"prompt": "hello world"}).json()
     assert t["tokens"] == real.tok.encode("hello world", add_special_tokens=True) and t["count"] == len(t["tokens"])
@@ -483,7 +500,10 @@ def test_malformed_json(http):
     ("/v1/chat/completions", {"messages": USER, "top_p": 2}, "top_p"),
     ("/v1/chat/completions", {"messages": USER, "max_tokens": 0}, "max_tokens"),
     ("/v1/chat/completions", {"messages": USER, "n": 0}, "n"),
-    ("/v1/chat/completions", {"messages": USER, "logit_bias": {"5": 1.0}}, "logit_bias"),
+    ("/v1/chat/completions", {"messages": USER, "logit_bias": {"5": 101}}, "logit_bias"),
+    ("/v1/completions", {"prompt": "x", "logit_bias": {"-3": 1}}, "logit_bias"),
+    ("/v1/completions", {"prompt": "x", "logit_bias": {"999999999": 1}}, None),
+    ("/v1/completions", {"prompt": "x", "allowed_token_ids": [999999999]}, None),
     ("/v1/chat/completions", {"messages": USER, "response_format": {"type": "json_schema",
                                                                      "json_schema": {"name": "x"}}}, "response_format"),
     ("/v1/chat/completions", {"messages": USER, "guided_json": {"type": "object"}}, "guided_json"),
