@@ -8,7 +8,7 @@ The leading dim (if any) is the expert dim of stacked MoE weights. Plain tensors
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,13 +21,17 @@ class QuantWeight:
     data: torch.Tensor
     scale: torch.Tensor
     fmt: str  # "fp8" | "fp4"
-    scale_max: int | None = None  # largest UE8M0 scale byte (fp4; measured once at construction)
+    _scale_max: int | None = field(default=None, repr=False, compare=False)  # see max_scale_byte()
 
     def __post_init__(self):
         if self.fmt not in ("fp8", "fp4"):
             raise ValueError(f"unknown quantized weight format {self.fmt!r}")
-        if self.fmt == "fp4" and self.scale_max is None and self.scale.numel():
-            self.scale_max = int(self.scale_u8().max())
+
+    def max_scale_byte(self) -> int:
+        """Largest UE8M0 scale byte, measured on first use (one device sync) and remembered."""
+        if self._scale_max is None:
+            self._scale_max = int(self.scale_u8().max()) if self.scale.numel() else 0
+        return self._scale_max
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -51,7 +55,7 @@ class QuantWeight:
 
     def __getitem__(self, e) -> "QuantWeight":
         """Expert slice of a stacked weight."""
-        return QuantWeight(self.data[e], self.scale[e], self.fmt, self.scale_max)
+        return QuantWeight(self.data[e], self.scale[e], self.fmt)
 
     def dequant(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         from .ref.quant import dequant

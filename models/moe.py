@@ -93,15 +93,7 @@ class MoE(nn.Module):
 
     def _w(self, name: str):
         p = getattr(self, name)
-        if self.expert_fmt is None:
-            return p
-        sc = getattr(self, name + "_scale")
-        key = (p.data_ptr(), p._version, sc.data_ptr(), sc._version)  # rebuilt only after a (re)load
-        cache = self.__dict__.setdefault("_qw_cache", {})
-        hit = cache.get(name)
-        if hit is None or hit[0] != key:
-            hit = cache[name] = (key, kernels.QuantWeight(p, sc, self.expert_fmt))  # measures scale_max once
-        return hit[1]
+        return p if self.expert_fmt is None else kernels.QuantWeight(p, getattr(self, name + "_scale"), self.expert_fmt)
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         weights, ids = self.gate(x, input_ids)

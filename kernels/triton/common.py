@@ -191,4 +191,4 @@ def weight_args(w, fp4_mode: str = "interleave"):
 def fp4_use_asm(w) -> bool:
     """The packed bf16 conversion folds 2^126 into the scale: valid while every UE8M0 byte is <= 128
     (|w| <= 12); larger scales (never seen in checkpoints) take the fp16-trick conversion instead."""
-    return not interpreting() and w.scale_max is not None and w.scale_max <= 128
+    return not interpreting() and w.max_scale_byte() <= 128

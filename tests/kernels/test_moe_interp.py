@@ -171,7 +171,7 @@ def test_fp4_asm_conversion_exhaustive_gpu():
     for lo_s, hi_s in ((100, 128), (129, 140)):
         sc = torch.randint(lo_s, hi_s + 1, (1, n_out, k_in // 32), dtype=torch.uint8).cuda()
         w = QuantWeight(data, sc, "fp4")
-        assert (w.scale_max <= 128) == (hi_s <= 128)
+        assert (w.max_scale_byte() <= 128) == (hi_s <= 128)
         ident = torch.eye(k_in, device="cuda").bfloat16()  # token i = e_i -> out[i] = W[:, i]
         ids = torch.zeros(k_in, 1, dtype=torch.int32, device="cuda")
         wts = torch.ones(k_in, device="cuda")
