@@ -133,6 +133,11 @@ class LLMEngine:
             out_of_range = [t for t in toks if t >= vocab]
             if out_of_range:
                 raise ValueError(f"{name} token ids out of range [0, {vocab}): {out_of_range[:5]}")
+        if params.allowed_token_ids is not None and params.min_tokens > 0:
+            held_back = set(params.stop_token_ids) | {self.tokenizer.eos_token_id}
+            if set(params.allowed_token_ids) <= held_back:
+                raise ValueError("allowed_token_ids holds only EOS / stop tokens, which min_tokens masks: "
+                                 "nothing could be sampled")
         max_tokens = params.max_tokens
         if max_tokens is None:
             max_tokens = self.max_model_len - len(ids)

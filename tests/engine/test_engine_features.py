@@ -259,6 +259,12 @@ def test_invalid_requests(eng):
         eng.add_request("empty", [], SamplingParams())
     with pytest.raises(ValueError, match="empty"):
         eng.add_request("empty", "", SamplingParams())
+    with pytest.raises(ValueError, match="logit_bias token ids out of range"):
+        eng.add_request("bias", [3, 4], SamplingParams(logit_bias={V: 1.0}))
+    with pytest.raises(ValueError, match="allowed_token_ids token ids out of range"):
+        eng.add_request("allow", [3, 4], SamplingParams(allowed_token_ids=[2, V + 1]))
+    with pytest.raises(ValueError, match="nothing could be sampled"):
+        eng.add_request("allow", [3, 4], SamplingParams(allowed_token_ids=[eng.tokenizer.eos_token_id], min_tokens=2))
     assert_empty(eng)
     eng.add_request("dup", prompt(5, 19), SamplingParams(max_tokens=4, **GREEDY))
     with pytest.raises(ValueError, match="duplicate request id"):
