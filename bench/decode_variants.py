@@ -45,7 +45,7 @@ def install(register, bench_ms):
         from kernels.ref.moe import moe_experts as ref_moe
         x, w, ids = K._routings(64, "uniform", 1)[0]
         want = ref_moe(x, ws[0], ws[1], ws[2], w, ids, 10.0)
-        for mode in ("split", "interleave", "dot_scaled"):
+        for mode in ("split", "interleave", "interleave_asm", "dot_scaled"):
             try:
                 got = tm.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0, fp4_mode=mode)
                 rel = ((got - want).norm() / want.norm()).item()
@@ -55,7 +55,7 @@ def install(register, bench_ms):
         for n in (1, 8, 64, 256):
             sets = K._routings(n, "uniform", R)
             touched = sum(int(torch.unique(s[2]).numel()) for s in sets) / R
-            for mode in ("split", "interleave", "dot_scaled"):
+            for mode in ("split", "interleave", "interleave_asm", "dot_scaled"):
                 cfgs = [None] + ([dict(BM=16, BN=bn, BK=bk, GROUP_M=1, num_warps=nw, num_stages=st)
                                   for bn, bk, st, nw in FP4_DECODE_CFGS] if mode != "interleave" and n in (1, 64) else [])
                 for c in cfgs:
@@ -70,7 +70,7 @@ def install(register, bench_ms):
         for n in (4096, 16384):
             sets = K._routings(n, "uniform", 1)
             flops = 2 * n * K.TOPK * 3 * K.D * K.INTER
-            for mode in ("split", "dot_scaled"):
+            for mode in ("split", "interleave_asm", "dot_scaled"):
                 cfgs = [None] + ([dict(BM=bm, BN=bn, BK=bk, GROUP_M=8, num_warps=nw, num_stages=st)
                                   for bm, bn, bk, nw, st in FP4_PREFILL_CFGS] if n == 16384 else [])
                 for c in cfgs:
@@ -126,7 +126,7 @@ def install(register, bench_ms):
         ws = K._experts("fp4")
         for n in (1, 64):
             sets = K._routings(n, "uniform", 8)
-            for mode in ("interleave", "split"):
+            for mode in ("interleave", "interleave_asm", "split"):
                 def run():
                     for x, w, ids in sets:
                         tm.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0, fp4_mode=mode)

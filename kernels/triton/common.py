@@ -56,6 +56,18 @@ def load_w_tile(w_ptr, s_ptr, offs_n, nmask, k0, K, stride_n, stride_k, stride_s
     WFMT 0: plain float weights. 1: float8_e4m3fn bytes + UE8M0 [N/128, K/128] (BK divides 128, so
     one scale per column; powers of two, so the scaled value is exact in bf16). 2: MXFP4 (BK % 32 == 0).
     (An even/odd-nibble variant without the join/reshape measured 3-4x slower on the H200.)"""
+    if WFMT == 6:  # MXFP4 "interleave_asm": the packed PTX conversion (scale folded in) on the same 2-D
+        # byte tiles as WFMT 2, nibble interleave afterwards (GPU only, max scale byte <= 128)
+        kp = k0 // 2 + tl.arange(0, BK // 2)
+        p = tl.load(w_ptr + offs_n[:, None] * stride_n + kp[None, :] * stride_k,
+                    mask=nmask[:, None] & (kp[None, :] < K // 2), other=0)
+        ks = k0 // 32 + tl.arange(0, BK // 32)
+        s = tl.load(s_ptr + offs_n[:, None] * stride_sn + ks[None, :] * stride_sk,
+                    mask=nmask[:, None] & (ks[None, :] < K // 32), other=0)
+        sb = e8m0_to_f32(s, 126).to(tl.bfloat16)
+        sfull = tl.reshape(tl.broadcast_to(sb[:, :, None], (BN, BK // 32, 16)), (BN, BK // 2))
+        lo, hi = _fp4x4_to_bf16x2_asm(p, sfull)
+        return tl.trans(tl.join(lo, hi).reshape(BN, BK))
     if WFMT == 2:
         # MXFP4: int8 [N, K/2] (low nibble = even k) + UE8M0 [N, K/32]. E2M1 -> fp16 bit trick:
         # (c&7)<<9 | sign<<15 is e2m1(c) * 2^-14; the 2^14 goes into the scale.
@@ -169,22 +181,23 @@ def dot_dtype(x: torch.Tensor):
     return (tl.float16 if x.dtype == torch.float16 else tl.bfloat16), False
 
 
-FP4_MODES = ("interleave", "split", "dot_scaled")
+FP4_MODES = ("interleave", "interleave_asm", "split", "dot_scaled")
 
 
 def weight_args(w, fp4_mode: str = "interleave"):
     """(data tensor, scale u8 tensor or dummy, WFMT) for a plain tensor or a QuantWeight.
 
     WFMT 0 plain, 1 FP8 blocks; MXFP4: 2 "interleave" (nibble join + fp16 bit trick; the default: the
-    fastest on the H200, docs/benchmarks.md), 3 "split" (even/odd dots, packed PTX conversion),
-    4 "dot_scaled" (Triton's tl.dot_scaled, GPU only)."""
+    fastest measured on the H200, docs/benchmarks.md), 6 "interleave_asm" (same tiles, packed PTX
+    conversion: 440 vs 717 SASS instructions per K step, not yet timed), 3 "split" (even/odd dots,
+    packed PTX conversion), 4 "dot_scaled" (Triton's tl.dot_scaled, GPU only)."""
     from ..quant_weight import QuantWeight
     if isinstance(w, QuantWeight):
         if w.fmt == "fp8":
             return w.data.view(torch.uint8), w.scale_u8(), 1
         if fp4_mode not in FP4_MODES:
             raise ValueError(f"unknown MXFP4 kernel mode {fp4_mode!r}")
-        return w.data, w.scale_u8(), {"split": 3, "interleave": 2, "dot_scaled": 4}[fp4_mode]
+        return w.data, w.scale_u8(), {"split": 3, "interleave": 2, "dot_scaled": 4, "interleave_asm": 6}[fp4_mode]
     return w, w, 0
 
 

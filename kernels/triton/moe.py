@@ -142,7 +142,9 @@ def _launch(a, w, w2, out, rw, sorted_ids, eids, npad, n_out, k_in, p, limit, a_
             fp4_mode, act_quant=False):
     data, scale, wfmt = weight_args(w, fp4_mode)
     data2, scale2, _ = weight_args(w2, fp4_mode) if w2 is not None else (data, scale, wfmt)
-    use_asm = wfmt == 3 and fp4_use_asm(w) and (w2 is None or fp4_use_asm(w2))
+    use_asm = wfmt in (3, 6) and fp4_use_asm(w) and (w2 is None or fp4_use_asm(w2))
+    if wfmt == 6 and not use_asm:  # interpreter, or a scale byte > 128: the plain interleave kernel
+        wfmt = 2
     dot_t, dot_f32 = dot_dtype(a)
     if wfmt == 0:
         sse = ssn = ssk = 0

@@ -111,7 +111,8 @@ def _routing(n: int, mode: str, seed: int):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", ["fp4", "fp4-split", "fp4-dot_scaled", "fp8", "bf16", "fp8-act8", "fp4-act8"])
+@pytest.mark.parametrize("fmt", ["fp4", "fp4-interleave_asm", "fp4-split", "fp4-dot_scaled", "fp8", "bf16", "fp8-act8",
+                                 "fp4-act8"])
 @pytest.mark.parametrize("mode", ["uniform", "skewed", "empty"])
 @pytest.mark.parametrize("n", [1, 4, 64, 333, 4096])
 def test_moe_gpu(fmt, mode, n):
@@ -178,6 +179,8 @@ def test_fp4_asm_conversion_exhaustive_gpu():
         cfg = dict(BM=16, BN=32, BK=64, GROUP_M=1, num_warps=4, num_stages=2)
         s1, e1, np1 = tri.moe_align(ids, 1, 16)
         out = torch.zeros(k_in, n_out, device="cuda")
-        tri._launch(ident, w, None, out, wts, s1, e1, np1, n_out, k_in, k_in, 10.0, 1, 1, False, cfg, "split")
         want = dequant(w, torch.float32)[0].T  # [K, N]
-        torch.testing.assert_close(out, want, rtol=0, atol=0)
+        for mode in ("split", "interleave_asm"):
+            out.zero_()
+            tri._launch(ident, w, None, out, wts, s1, e1, np1, n_out, k_in, k_in, 10.0, 1, 1, False, cfg, mode)
+            torch.testing.assert_close(out, want, rtol=0, atol=0)
