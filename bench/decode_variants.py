@@ -1,10 +1,11 @@
 """Kernel-variant sweeps for the weight-streaming (decode) paths and MXFP4 prefill, registered into
 bench/kernels.py: `python bench/kernels.py --only moe_fp4_modes,fp8_linear_sweep`.
 
-moe_fp4_modes     MXFP4 experts through each kernel variant (common.FP4_MODES: "split" = even/odd dots
-                  with the packed PTX conversion, "interleave" = nibble interleave, "dot_scaled" =
-                  Triton's tl.dot_scaled): decode batch 1/8/64/256 (uniform routing, 8 routings per
-                  CUDA graph, GB/s over touched expert bytes) with a tile sweep, prefill 4K/16K tokens.
+moe_fp4_modes     MXFP4 experts through each kernel variant (common.FP4_MODES: "interleave" = nibble
+                  interleave, "interleave_asm" = the same tiles with the packed PTX conversion, "split" =
+                  even/odd dots with the packed PTX conversion): decode batch 1/8/64/256 (uniform
+                  routing, 8 routings per CUDA graph, GB/s over touched expert bytes) with a tile sweep,
+                  prefill 4K/16K tokens.
 fp8_linear_sweep  FP8 block linear at the V4-Flash dense shapes, M = 1/64, over a tile/split-K grid
                   (pick_config's decode rules come from it).
 moe_profile       per-kernel CUDA time of one MXFP4 MoE decode call (torch.profiler).
@@ -45,7 +46,7 @@ def install(register, bench_ms):
         from kernels.ref.moe import moe_experts as ref_moe
         x, w, ids = K._routings(64, "uniform", 1)[0]
         want = ref_moe(x, ws[0], ws[1], ws[2], w, ids, 10.0)
-        for mode in ("split", "interleave", "interleave_asm", "dot_scaled"):
+        for mode in ("split", "interleave", "interleave_asm"):
             try:
                 got = tm.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0, fp4_mode=mode)
                 rel = ((got - want).norm() / want.norm()).item()
@@ -55,7 +56,7 @@ def install(register, bench_ms):
         for n in (1, 8, 64, 256):
             sets = K._routings(n, "uniform", R)
             touched = sum(int(torch.unique(s[2]).numel()) for s in sets) / R
-            for mode in ("split", "interleave", "interleave_asm", "dot_scaled"):
+            for mode in ("split", "interleave", "interleave_asm"):
                 cfgs = [None] + ([dict(BM=16, BN=bn, BK=bk, GROUP_M=1, num_warps=nw, num_stages=st)
                                   for bn, bk, st, nw in FP4_DECODE_CFGS] if mode != "interleave" and n in (1, 64) else [])
                 for c in cfgs:
@@ -70,7 +71,7 @@ def install(register, bench_ms):
         for n in (4096, 16384):
             sets = K._routings(n, "uniform", 1)
             flops = 2 * n * K.TOPK * 3 * K.D * K.INTER
-            for mode in ("split", "interleave_asm", "dot_scaled"):
+            for mode in ("split", "interleave_asm"):
                 cfgs = [None] + ([dict(BM=bm, BN=bn, BK=bk, GROUP_M=8, num_warps=nw, num_stages=st)
                                   for bm, bn, bk, nw, st in FP4_PREFILL_CFGS] if n == 16384 else [])
                 for c in cfgs:

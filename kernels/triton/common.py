@@ -181,7 +181,7 @@ def dot_dtype(x: torch.Tensor):
     return (tl.float16 if x.dtype == torch.float16 else tl.bfloat16), False
 
 
-FP4_MODES = ("interleave", "interleave_asm", "split", "dot_scaled")
+FP4_MODES = ("interleave", "interleave_asm", "split")
 
 
 def weight_args(w, fp4_mode: str = "interleave"):
@@ -190,14 +190,14 @@ def weight_args(w, fp4_mode: str = "interleave"):
     WFMT 0 plain, 1 FP8 blocks; MXFP4: 2 "interleave" (nibble join + fp16 bit trick; the default: the
     fastest measured on the H200, docs/benchmarks.md), 6 "interleave_asm" (same tiles, packed PTX
     conversion: 440 vs 717 SASS instructions per K step, not yet timed), 3 "split" (even/odd dots,
-    packed PTX conversion), 4 "dot_scaled" (Triton's tl.dot_scaled, GPU only)."""
+    packed PTX conversion). (A tl.dot_scaled variant measured slower everywhere and was removed.)"""
     from ..quant_weight import QuantWeight
     if isinstance(w, QuantWeight):
         if w.fmt == "fp8":
             return w.data.view(torch.uint8), w.scale_u8(), 1
         if fp4_mode not in FP4_MODES:
             raise ValueError(f"unknown MXFP4 kernel mode {fp4_mode!r}")
-        return w.data, w.scale_u8(), {"split": 3, "interleave": 2, "dot_scaled": 4, "interleave_asm": 6}[fp4_mode]
+        return w.data, w.scale_u8(), {"split": 3, "interleave": 2, "interleave_asm": 6}[fp4_mode]
     return w, w, 0
 
 

@@ -93,18 +93,6 @@ def _moe_gemm_kernel(
                     lo2, hi2 = load_fp4_split(b2_base, b2s_base, offs_n, nmask, k0, K, stride_bn, stride_bk,
                                               stride_sn, stride_sk, BN, BK, DOT_T, USE_ASM)
                     acc2 = mma(a_o, hi2, mma(a_e, lo2, acc2, DOT_F32), DOT_F32)
-            elif WFMT == 4:  # MXFP4 through tl.dot_scaled (GPU only)
-                kp = k0 // 2 + tl.arange(0, BK // 2)
-                ks = k0 // 32 + tl.arange(0, BK // 32)
-                pm = nmask[:, None] & (kp[None, :] < K // 2)
-                sm = nmask[:, None] & (ks[None, :] < K // 32)
-                p = tl.load(b_base + offs_n[:, None] * stride_bn + kp[None, :] * stride_bk, mask=pm, other=0)
-                sb = tl.load(bs_base + offs_n[:, None] * stride_sn + ks[None, :] * stride_sk, mask=sm, other=0)
-                acc = tl.dot_scaled(a, None, "bf16", tl.trans(p.to(tl.uint8, bitcast=True)), sb, "e2m1", acc)
-                if GATE_UP:
-                    p2 = tl.load(b2_base + offs_n[:, None] * stride_bn + kp[None, :] * stride_bk, mask=pm, other=0)
-                    sb2 = tl.load(b2s_base + offs_n[:, None] * stride_sn + ks[None, :] * stride_sk, mask=sm, other=0)
-                    acc2 = tl.dot_scaled(a, None, "bf16", tl.trans(p2.to(tl.uint8, bitcast=True)), sb2, "e2m1", acc2)
             else:
                 b = load_w_tile(b_base, bs_base, offs_n, nmask, k0, K, stride_bn, stride_bk, stride_sn, stride_sk,
                                 WFMT, BN, BK, DOT_T)

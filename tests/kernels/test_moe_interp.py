@@ -111,8 +111,7 @@ def _routing(n: int, mode: str, seed: int):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fmt", ["fp4", "fp4-interleave_asm", "fp4-split", "fp4-dot_scaled", "fp8", "bf16", "fp8-act8",
-                                 "fp4-act8"])
+@pytest.mark.parametrize("fmt", ["fp4", "fp4-interleave_asm", "fp4-split", "fp8", "bf16", "fp8-act8", "fp4-act8"])
 @pytest.mark.parametrize("mode", ["uniform", "skewed", "empty"])
 @pytest.mark.parametrize("n", [1, 4, 64, 333, 4096])
 def test_moe_gpu(fmt, mode, n):
