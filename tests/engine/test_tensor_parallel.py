@@ -208,6 +208,19 @@ def test_tp4_offline_same_tokens_and_logits(reference, tp_dir):
     assert all(not p.is_alive() for p in llm.engine.executor.procs)
 
 
+def test_tp2_packed_kv_with_mxfp4_index_keys(tp_dir):
+    """kv_cache_dtype="fp8_fp4idx" (FP8 entries, Hadamard-rotated MXFP4 indexer keys): the TP indexer
+    rotates q like the single-rank one, so TP=2 == TP=1 on the same packed cache format."""
+    kw = dict(ENGINE_KW, kv_cache_dtype="fp8_fp4idx")
+    ref = _run(LLM(str(tp_dir), **kw))
+    llm = LLM(str(tp_dir), tensor_parallel_size=2, **kw)
+    try:
+        assert llm.engine.kv.kv_format == "fp8_fp4idx"
+        _assert_same(ref, _run(llm))
+    finally:
+        llm.engine.shutdown()
+
+
 def test_tp2_http_server_matches_tp1(reference, tp2):
     sys.path.append(os.path.join(os.path.dirname(os.path.dirname(__file__)), "server"))
     from server_fixture import start_server
