@@ -47,3 +47,29 @@ def test_model_runs_on_fp8_state_close_to_bf16():
         outs[fmt] = torch.cat((a, b))
     rel = ((outs["fp8"] - outs["bf16"]).norm() / outs["bf16"].norm()).item()
     assert rel < 0.1, rel
+
+
+def test_mxfp4_index_keys_rotated_round_trip_and_scores():
+    """MXFP4 keys hold x @ H (normalized Hadamard, orthogonal); with q rotated the same way the indexer
+    scores track the exact ones, which an unrotated q would not."""
+    from kernels.ref.indexer import indexer_topk
+    from tests.kernels.kernel_cases import make_meta
+
+    assert kv_fp8.index_key_bytes(128, "fp4") == 68
+    H = kv_fp8.hadamard(128, "cpu")
+    assert torch.allclose(H @ H.T, torch.eye(128), atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(64, 128, generator=g)
+    kb = kv_fp8.pack_index_key_fp4(k)
+    assert kb.shape == (64, 68) and kv_fp8.index_key_format(kb, 128) == "fp4"
+    back = kv_fp8.read_keys(kb, 128)  # rotated values
+    assert ((back - k @ H).norm() / (k @ H).norm()).item() < 0.15  # FP4: ~10 % rounding
+    # the indexer on MXFP4 keys picks (nearly) the same entries as on the exact keys
+    meta, nblocks, _ = make_meta([(400, 1)], 16, "cpu")
+    keys = torch.randn(nblocks, 4, 128, generator=g)
+    q = torch.randn(1, 8, 128, generator=g)
+    w = torch.rand(1, 8, generator=g)
+    exact = set(indexer_topk(q, w, keys, meta, 20).flatten().tolist())
+    fp4 = set(indexer_topk(q, w, kv_fp8.pack_index_key_fp4(keys), meta, 20).flatten().tolist())
+    assert len(exact & fp4) >= 14, (exact, fp4)
+    assert kv_fp8.rotate_for_keys(q, keys) is q  # dense keys: q untouched
