@@ -129,10 +129,13 @@ class LLMEngine:
             raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
         if not ids:
             raise ValueError("the prompt is empty")
-        for name, toks in (("logit_bias", params.logit_bias or ()), ("allowed_token_ids", params.allowed_token_ids or ())):
+        for name, toks in (("logit_bias", params.logit_bias or ()), ("allowed_token_ids", params.allowed_token_ids or ()),
+                           ("bad_words_token_ids", [t for s in params.bad_words_token_ids or () for t in s])):
             out_of_range = [t for t in toks if t >= vocab]
             if out_of_range:
                 raise ValueError(f"{name} token ids out of range [0, {vocab}): {out_of_range[:5]}")
+        if params.bad_words and params.bad_words_token_ids is None:
+            params = params.with_updates(bad_words_token_ids=self._bad_word_sequences(params.bad_words))
         if params.allowed_token_ids is not None and params.min_tokens > 0:
             held_back = set(params.stop_token_ids) | {self.tokenizer.eos_token_id}
             if set(params.allowed_token_ids) <= held_back:
@@ -233,6 +236,16 @@ class LLMEngine:
             elif st.output_kind is not OutputKind.FINAL_ONLY:
                 outputs.append(st.make_output())
         return outputs
+
+    def _bad_word_sequences(self, words: list[str]) -> list[list[int]]:
+        """Token sequences of each bad word as it would appear mid-text and at the start (vLLM)."""
+        seqs: list[list[int]] = []
+        for w in words:
+            for variant in (w.lstrip(), " " + w.lstrip()):
+                ids = self.tokenizer.encode(variant)
+                if ids and ids not in seqs:
+                    seqs.append(ids)
+        return seqs
 
     def _append(self, st: RequestState, s: SampleState, token: int) -> None:
         """Append a sampled token, detokenize, and finish the sequence on a stop condition."""

@@ -7,6 +7,7 @@ Processing order (vLLM's), all on the logits' device, batched over rows:
   2. allowed_token_ids: every other token of that row -> -inf; logit_bias: added to the listed
      tokens' logits; min_tokens: below `min_tokens` generated tokens, EOS (even with ignore_eos) and
      stop_token_ids are set to -inf; ignore_eos itself masks nothing (the engine doesn't stop on EOS);
+     bad_words: a word's last token is set to -inf when the output ends with its other tokens;
   3. penalties: repetition (prompt + output tokens: positive logits divided, negative multiplied),
      frequency (minus freq * count in output) and presence (minus presence if count > 0);
   4. greedy rows take the argmax here; the other rows are divided by their temperature;
@@ -109,12 +110,16 @@ class SamplingMetadata:
 
         banned_rows, banned_ids = [], []
         for i, (p, out) in enumerate(zip(params, output_token_ids)):
+            ids = set()
             if len(out) < p.min_tokens:
                 ids = {t for t in p.stop_token_ids if t < V}
                 if eos_token_id is not None and eos_token_id < V:
                     ids.add(eos_token_id)
-                banned_rows += [i] * len(ids)
-                banned_ids += sorted(ids)
+            for seq in p.bad_words_token_ids or ():  # ban a bad word's last token when the rest precedes it
+                if seq[-1] < V and (len(seq) == 1 or out[len(out) - len(seq) + 1:] == seq[:-1]):
+                    ids.add(seq[-1])
+            banned_rows += [i] * len(ids)
+            banned_ids += sorted(ids)
 
         bias = [(i, t, float(b)) for i, p in enumerate(params) for t, b in (p.logit_bias or {}).items() if t < V]
         allowed = [i for i, p in enumerate(params) if p.allowed_token_ids is not None]

@@ -57,6 +57,11 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     # vLLM allowed_token_ids: only these ids can be sampled (every other logit -> -inf); None = all
     allowed_token_ids: list[int] | None = None
+    # vLLM bad_words: the last token of a word is banned whenever the output ends with the word's
+    # other tokens (single-token words: always); the engine tokenizes them (with and without a
+    # leading space) into bad_words_token_ids
+    bad_words: list[str] = field(default_factory=list)
+    bad_words_token_ids: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         # normalize accepted shorthands before validating
@@ -84,6 +89,10 @@ class SamplingParams:
                 raise ValueError(f"logit_bias keys must be token ids, got {list(self.logit_bias)[:5]}") from None
         if isinstance(self.allowed_token_ids, tuple):
             self.allowed_token_ids = list(self.allowed_token_ids)
+        if self.bad_words is None:
+            self.bad_words = []
+        elif isinstance(self.bad_words, (list, tuple)):
+            self.bad_words = list(self.bad_words)
         self._validate()
 
     def _validate(self) -> None:
@@ -152,6 +161,12 @@ class SamplingParams:
                     raise ValueError(f"logit_bias token ids must be non-negative, got {t}")
                 if not _is_number(b) or not -100.0 <= float(b) <= 100.0:
                     raise ValueError(f"logit_bias values must be numbers in [-100, 100], got {b!r} for token {t}")
+        if not isinstance(self.bad_words, list) or not all(isinstance(w, str) and w.strip() for w in self.bad_words):
+            raise ValueError(f"bad_words must be a list of non-empty strings, got {self.bad_words!r}")
+        if self.bad_words_token_ids is not None and not all(
+                isinstance(seq, list) and seq and all(_is_int(t) and t >= 0 for t in seq)
+                for seq in self.bad_words_token_ids):
+            raise ValueError(f"bad_words_token_ids must be non-empty lists of token ids, got {self.bad_words_token_ids!r}")
         if self.allowed_token_ids is not None:
             ids = self.allowed_token_ids
             if not isinstance(ids, list) or not ids or not all(_is_int(t) and t >= 0 for t in ids):

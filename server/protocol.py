@@ -90,7 +90,7 @@ class ChatMessage(OpenAIBaseModel):
 _UNSUPPORTED = (
     "functions", "function_call", "audio", "prediction", "web_search_options", "guided_json",
     "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend", "structured_outputs",
-    "use_beam_search", "length_penalty", "prompt_logprobs", "bad_words",
+    "use_beam_search", "length_penalty", "prompt_logprobs",
     "truncate_prompt_tokens", "continue_final_message", "documents", "chat_template", "logits_processors",
     "mm_processor_kwargs", "return_tokens_as_token_ids", "priority", "vllm_xargs", "kv_transfer_params")
 
@@ -120,6 +120,7 @@ class SamplingFields(OpenAIBaseModel):
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool | None = None
     allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
 
     def check_supported(self) -> None:
         extra = self.model_extra or {}
@@ -135,6 +136,8 @@ class SamplingFields(OpenAIBaseModel):
             if not -100.0 <= bias <= 100.0:
                 raise InvalidRequest(f"logit_bias values must be in [-100, 100], got {bias} for token {tok}",
                                      param="logit_bias")
+        if self.bad_words is not None and not all(w.strip() for w in self.bad_words):
+            raise InvalidRequest("bad_words must be non-empty strings", param="bad_words")
         if self.allowed_token_ids is not None and (not self.allowed_token_ids or min(self.allowed_token_ids) < 0):
             raise InvalidRequest("allowed_token_ids must be a non-empty list of token ids", param="allowed_token_ids")
         if self.stream_options is not None and not self.stream:
@@ -151,7 +154,7 @@ class SamplingFields(OpenAIBaseModel):
         kw: dict[str, Any] = {"n": self.n, "stop": self.stop_list(), "skip_special_tokens": self.skip_special_tokens}
         for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p",
                      "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids",
-                     "include_stop_str_in_output", "allowed_token_ids"):
+                     "include_stop_str_in_output", "allowed_token_ids", "bad_words"):
             value = getattr(self, name)
             if value is not None:
                 kw[name] = value

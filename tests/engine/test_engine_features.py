@@ -152,6 +152,20 @@ def test_stop_token_ids(eng, reference):
     assert o.token_ids == toks[:k + 1] and o.finish_reason == "stop" and o.stop_reason == t
 
 
+def test_bad_words_avoid_the_greedy_word(eng, reference):
+    """bad_words (vLLM): the engine tokenizes each word (with and without a leading space) and the
+    sampler never emits a word's last token right after the rest of it."""
+    p, toks, _ = reference
+    enc = eng.tokenizer.encode
+    k, word = next((i, w) for i, t in enumerate(toks)  # a generated token that is a whole word by itself
+                   if (w := eng.tokenizer.decode([t])).strip() and [t] in (enc(w.lstrip()), enc(" " + w.lstrip())))
+    o = run1(eng, p, SamplingParams(max_tokens=16, bad_words=[word], **GREEDY)).outputs[0]
+    assert o.token_ids[:k] == toks[:k]  # identical up to the first place the word would appear
+    assert toks[k] not in o.token_ids  # a single-token word: never generated
+    with pytest.raises(ValueError, match="bad_words"):
+        SamplingParams(bad_words=[" "])
+
+
 def test_stop_string(eng, reference):
     p, toks, text = reference
     stop = next(text[i:i + 2] for i in range(len(text) // 2, len(text) - 1)

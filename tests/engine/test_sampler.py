@@ -247,3 +247,18 @@ def test_allowed_token_ids_restrict_sampling():
 def test_bias_and_allow_list_validation(kw):
     with pytest.raises(ValueError):
         SamplingParams(**kw)
+
+
+def test_bad_words_ban_the_last_token_after_the_prefix():
+    logits = torch.zeros(3, V)
+    logits[:, 7] = 10.0  # the favourite
+    logits[:, 8] = 5.0
+    p = SamplingParams(temperature=0, bad_words_token_ids=[[7], [3, 4, 8]])
+    q = SamplingParams(temperature=0, bad_words_token_ids=[[3, 4, 8]])
+    out, _ = run(logits, [p, q, q], outputs=[[1, 2], [9, 3, 4], [3, 9]])
+    # row 0: the single-token bad word 7 is always banned -> 8; rows 1-2 only ban 8 (after 3, 4): 7 stays
+    assert out.token_ids.tolist() == [8, 7, 7]
+    logits = logits[:2].clone()
+    logits[:, 7] = 0.0  # now 8 is the favourite
+    out, _ = run(logits, [q, q], outputs=[[9, 3, 4], [3, 4, 9]])
+    assert out.token_ids.tolist()[0] != 8 and out.token_ids.tolist()[1] == 8  # banned only right after 3, 4

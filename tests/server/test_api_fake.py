@@ -163,6 +163,7 @@ def _err(r: httpx.Response, status: int, param: str | None = None) -> dict:
     ({"messages": USER, "logit_bias": {"5": 500.0}}, "logit_bias"),
     ({"messages": USER, "logit_bias": {"five": 1.0}}, "logit_bias"),
     ({"messages": USER, "allowed_token_ids": []}, "allowed_token_ids"),
+    ({"messages": USER, "bad_words": ["ok", "  "]}, "bad_words"),
     ({"messages": USER, "functions": [{"name": "f"}]}, "functions"),
     ({"messages": USER, "response_format": {"type": "json_object"}}, "response_format"),
     ({"messages": USER, "tools": TOOLS, "tool_choice": "required", "n": 2}, "n"),
