@@ -130,10 +130,15 @@ class LLMEngine:
         if not ids:
             raise ValueError("the prompt is empty")
         for name, toks in (("logit_bias", params.logit_bias or ()), ("allowed_token_ids", params.allowed_token_ids or ()),
-                           ("bad_words_token_ids", [t for s in params.bad_words_token_ids or () for t in s])):
+                           ("bad_words_token_ids", [t for s in params.bad_words_token_ids or () for t in s]),
+                           ("guided_choice", [t for s in params.choice_token_ids or () for t in s])):
             out_of_range = [t for t in toks if t >= vocab]
             if out_of_range:
                 raise ValueError(f"{name} token ids out of range [0, {vocab}): {out_of_range[:5]}")
+        if params.guided_choice and params.choice_token_ids is None:
+            params = params.with_updates(choice_token_ids=[self.tokenizer.encode(c) for c in params.guided_choice])
+        if params.choice_token_ids is not None and self.tokenizer.eos_token_id is None:
+            raise ValueError("guided_choice needs a tokenizer with an EOS token")
         if params.bad_words and params.bad_words_token_ids is None:
             params = params.with_updates(bad_words_token_ids=self._bad_word_sequences(params.bad_words))
         if params.allowed_token_ids is not None and params.min_tokens > 0:

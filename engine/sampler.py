@@ -41,6 +41,20 @@ def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
     return g
 
 
+def _allowed_now(p: SamplingParams, output: list[int], eos_token_id: int | None) -> list[int]:
+    """Tokens a row may sample next: allowed_token_ids, intersected with the next token of every
+    guided choice the output is still a prefix of (EOS once it equals a whole choice)."""
+    if p.choice_token_ids is None:
+        return p.allowed_token_ids
+    n = len(output)
+    nxt = {c[n] for c in p.choice_token_ids if len(c) > n and c[:n] == output}
+    if any(c == output for c in p.choice_token_ids) and eos_token_id is not None:
+        nxt.add(eos_token_id)
+    if p.allowed_token_ids is not None:
+        nxt &= set(p.allowed_token_ids)
+    return sorted(nxt) or ([eos_token_id] if eos_token_id is not None else [])
+
+
 def _forced_token(p: SamplingParams, output: list[int]) -> int | None:
     """thinking_end_token_id when the thinking budget is spent without it having been generated."""
     if p.thinking_budget is None or len(output) < p.thinking_budget:
@@ -122,10 +136,12 @@ class SamplingMetadata:
             banned_ids += sorted(ids)
 
         bias = [(i, t, float(b)) for i, p in enumerate(params) for t, b in (p.logit_bias or {}).items() if t < V]
-        allowed = [i for i, p in enumerate(params) if p.allowed_token_ids is not None]
+        allow_lists = {i: _allowed_now(p, out, eos_token_id) for i, (p, out) in enumerate(zip(params, output_token_ids))
+                       if p.allowed_token_ids is not None or p.choice_token_ids is not None}
+        allowed = sorted(allow_lists)
         allowed_mask = None
         if allowed:
-            allowed_mask = cls._token_table(device, V, [params[i].allowed_token_ids for i in allowed]) > 0
+            allowed_mask = cls._token_table(device, V, [allow_lists[i] for i in allowed]) > 0
 
         pen = [i for i, p in enumerate(params) if p.needs_penalties]
         rep = freq = pres = seen = counts = None

@@ -62,6 +62,10 @@ class SamplingParams:
     # leading space) into bad_words_token_ids
     bad_words: list[str] = field(default_factory=list)
     bad_words_token_ids: list[list[int]] | None = None
+    # vLLM guided_choice: the output is exactly one of these strings, then EOS; the engine tokenizes
+    # them into choice_token_ids and the sampler allows only tokens that continue some choice
+    guided_choice: list[str] | None = None
+    choice_token_ids: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         # normalize accepted shorthands before validating
@@ -167,6 +171,13 @@ class SamplingParams:
                 isinstance(seq, list) and seq and all(_is_int(t) and t >= 0 for t in seq)
                 for seq in self.bad_words_token_ids):
             raise ValueError(f"bad_words_token_ids must be non-empty lists of token ids, got {self.bad_words_token_ids!r}")
+        if self.guided_choice is not None:
+            if not isinstance(self.guided_choice, list) or not self.guided_choice or not all(
+                    isinstance(c, str) and c for c in self.guided_choice):
+                raise ValueError(f"guided_choice must be a non-empty list of non-empty strings, got {self.guided_choice!r}")
+            if self.ignore_eos or self.min_tokens:
+                raise ValueError("guided_choice ends the output with EOS after the choice: it cannot be combined "
+                                 "with ignore_eos or min_tokens")
         if self.allowed_token_ids is not None:
             ids = self.allowed_token_ids
             if not isinstance(ids, list) or not ids or not all(_is_int(t) and t >= 0 for t in ids):

@@ -89,7 +89,7 @@ class ChatMessage(OpenAIBaseModel):
 # known parameters we do not implement; a meaningful value is a 400 naming the parameter
 _UNSUPPORTED = (
     "functions", "function_call", "audio", "prediction", "web_search_options", "guided_json",
-    "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend", "structured_outputs",
+    "guided_regex", "guided_grammar", "guided_decoding_backend", "structured_outputs",
     "use_beam_search", "length_penalty", "prompt_logprobs",
     "truncate_prompt_tokens", "continue_final_message", "documents", "chat_template", "logits_processors",
     "mm_processor_kwargs", "return_tokens_as_token_ids", "priority", "vllm_xargs", "kv_transfer_params")
@@ -121,6 +121,7 @@ class SamplingFields(OpenAIBaseModel):
     include_stop_str_in_output: bool | None = None
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
+    guided_choice: list[str] | None = None
 
     def check_supported(self) -> None:
         extra = self.model_extra or {}
@@ -136,6 +137,10 @@ class SamplingFields(OpenAIBaseModel):
             if not -100.0 <= bias <= 100.0:
                 raise InvalidRequest(f"logit_bias values must be in [-100, 100], got {bias} for token {tok}",
                                      param="logit_bias")
+        if self.guided_choice is not None and (not self.guided_choice or not all(self.guided_choice)):
+            raise InvalidRequest("guided_choice must be a non-empty list of non-empty strings", param="guided_choice")
+        if self.guided_choice is not None and (self.ignore_eos or self.min_tokens):
+            raise InvalidRequest("guided_choice cannot be combined with ignore_eos or min_tokens", param="guided_choice")
         if self.bad_words is not None and not all(w.strip() for w in self.bad_words):
             raise InvalidRequest("bad_words must be non-empty strings", param="bad_words")
         if self.allowed_token_ids is not None and (not self.allowed_token_ids or min(self.allowed_token_ids) < 0):
@@ -154,7 +159,7 @@ class SamplingFields(OpenAIBaseModel):
         kw: dict[str, Any] = {"n": self.n, "stop": self.stop_list(), "skip_special_tokens": self.skip_special_tokens}
         for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p",
                      "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids",
-                     "include_stop_str_in_output", "allowed_token_ids", "bad_words"):
+                     "include_stop_str_in_output", "allowed_token_ids", "bad_words", "guided_choice"):
             value = getattr(self, name)
             if value is not None:
                 kw[name] = value

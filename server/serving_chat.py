@@ -92,6 +92,9 @@ class _Ctx:
         prompt_text, self.reasoning = render_chat_prompt(state, req)
         engine = state.engine
         self.prompt_ids = engine.tokenizer.encode(prompt_text, add_special_tokens=False)
+        if req.guided_choice is not None and (self.reasoning.thinking or req.active_tools() is not None):
+            raise InvalidRequest("guided_choice constrains the whole reply: use it with thinking off "
+                                 "(reasoning_effort 'none') and without tools", param="guided_choice")
         extra: dict[str, Any] = {"skip_special_tokens": False}
         if self.reasoning.thinking and self.reasoning.budget_tokens is not None:
             extra.update(thinking_budget=self.reasoning.budget_tokens, thinking_end_token_id=self.special.think_end_id)

@@ -166,6 +166,17 @@ def test_bad_words_avoid_the_greedy_word(eng, reference):
         SamplingParams(bad_words=[" "])
 
 
+def test_guided_choice_outputs_one_of_the_choices(eng):
+    choices = ["alpha beta", "gamma", "delta epsilon zeta"]
+    for seed in range(3):
+        o = run1(eng, prompt(9, 40 + seed), SamplingParams(max_tokens=20, temperature=1.0, seed=seed,
+                                                          guided_choice=choices)).outputs[0]
+        assert o.text in choices and o.finish_reason == "stop", (o.text, o.finish_reason)
+        assert o.token_ids[-1] == eng.tokenizer.eos_token_id
+    o = run1(eng, prompt(9, 41), SamplingParams(max_tokens=20, temperature=0, guided_choice=["gamma"])).outputs[0]
+    assert o.text == "gamma"
+
+
 def test_stop_string(eng, reference):
     p, toks, text = reference
     stop = next(text[i:i + 2] for i in range(len(text) // 2, len(text) - 1)

@@ -262,3 +262,24 @@ def test_bad_words_ban_the_last_token_after_the_prefix():
     logits[:, 7] = 0.0  # now 8 is the favourite
     out, _ = run(logits, [q, q], outputs=[[9, 3, 4], [3, 4, 9]])
     assert out.token_ids.tolist()[0] != 8 and out.token_ids.tolist()[1] == 8  # banned only right after 3, 4
+
+
+def test_guided_choice_allows_only_continuations_then_eos():
+    logits = rand_logits(4, seed=7)
+    choices = [[5, 6], [5, 7, 8], [9]]
+    p = SamplingParams(temperature=1.0, seed=1, choice_token_ids=choices)
+    outs = [[], [5], [5, 7], [5, 6]]
+    for _ in range(20):  # sampled rows: every draw is one of the continuations
+        out, meta = run(logits, [p] * 4, outputs=outs, generators=[make_generator(_, "cpu")] * 4)
+        got = out.token_ids.tolist()
+        assert got[0] in (5, 9) and got[1] in (6, 7) and got[2] == 8 and got[3] == EOS
+    allowed = meta.allowed_mask.nonzero().tolist()
+    assert [t for r, t in allowed if r == 0] == [5, 9]
+    # allowed_token_ids intersect the choices
+    q = SamplingParams(temperature=0, choice_token_ids=choices, allowed_token_ids=[9, 11])
+    out, _ = run(logits[:1], [q])
+    assert out.token_ids.tolist() == [9]
+    for kw in ({"guided_choice": []}, {"guided_choice": ["a", ""]}, {"guided_choice": ["a"], "ignore_eos": True},
+               {"guided_choice": ["a"], "min_tokens": 1}):
+        with pytest.raises(ValueError):
+            SamplingParams(**kw)

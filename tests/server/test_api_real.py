@@ -479,6 +479,20 @@ def test_logit_bias_and_allowed_token_ids(http, real):
     assert r["text"] == forced  # sampling at temperature 1, but only one token may be drawn
 
 
+def test_guided_choice(http):
+    choices = ["positive", "negative", "neutral"]
+    r = http.post("/v1/completions", json={"prompt": "The review was", "max_tokens": 20, "temperature": 1.0,
+                                           "seed": 5, "guided_choice": choices, "n": 3}).json()
+    assert all(c["text"] in choices and c["finish_reason"] == "stop" for c in r["choices"]), r
+    r = http.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 20, "guided_choice": choices,
+                                                "reasoning_effort": "none"}).json()
+    assert r["choices"][0]["message"]["content"] in choices, r
+    _err(http.post("/v1/chat/completions", json={"messages": USER, "guided_choice": choices,
+                                                  "reasoning_effort": "high"}), 400, "guided_choice")
+    _err(http.post("/v1/completions", json={"prompt": "x", "guided_choice": choices, "ignore_eos": True}), 400,
+         "guided_choice")
+
+
 def test_tokenize_detokenize(http, real):
     t = http.post("/tokenize", json={"prompt": "hello world"}).json()
     assert t["tokens"] == real.tok.encode("hello world", add_special_tokens=True) and t["count"] == len(t["tokens"])
