@@ -4,7 +4,8 @@ Processing order (vLLM's), all on the logits' device, batched over rows:
 
   1. logprobs come from the RAW logits (log_softmax of the model output, before any penalty,
      mask, temperature or truncation), as vLLM returns them by default;
-  2. allowed_token_ids: every other token of that row -> -inf; logit_bias: added to the listed
+  2. allowed_token_ids and guided_choice (the next token of every choice the output still
+     prefixes; EOS after a whole choice): every other token -> -inf; logit_bias: added to the listed
      tokens' logits; min_tokens: below `min_tokens` generated tokens, EOS (even with ignore_eos) and
      stop_token_ids are set to -inf; ignore_eos itself masks nothing (the engine doesn't stop on EOS);
      bad_words: a word's last token is set to -inf when the output ends with its other tokens;

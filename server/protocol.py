@@ -1,7 +1,7 @@
 """OpenAI request models (chat + legacy completions) and their mapping onto `SamplingParams`.
 
 Unknown top-level fields are ignored, as OpenAI does. Fields that we recognise but cannot honour
-(legacy `functions`, audio, guided decoding, `suffix`, ...) are rejected with a 400
+(legacy `functions`, audio, grammar/JSON guided decoding, `suffix`, ...) are rejected with a 400
 that names the parameter: `check_supported()` raises `InvalidRequest` for them. Nothing a client
 sends is silently dropped when it would change the output.
 """
