@@ -65,11 +65,13 @@ def _fp8_entry_bytes(c: int, r: int) -> int:
 
 
 def _index_key_width(ci: int, kv_format: str) -> int:
+    from kernels.ref.kv_fp8 import index_key_bytes  # the packed formats' one definition (lazy: no cycle)
+
     if kv_format == "fp8_fp4idx":
-        if ci % 32 or ci & (ci - 1):
+        if ci & (ci - 1):  # the Triton compressor's in-register Hadamard needs a power of two
             raise ValueError(f"kv_format 'fp8_fp4idx' needs a power-of-two index_head_dim >= 32, got {ci}")
-        return ci // 2 + ci // 32
-    return ci + 4 if kv_format == "fp8" else ci
+        return index_key_bytes(ci, "fp4")
+    return index_key_bytes(ci, "fp8") if kv_format == "fp8" else ci
 
 
 def layer_state_specs(cfg: ModelConfig, layer: int, block_size: int, kv_format: str = "bf16") -> list[StateTensorSpec]:

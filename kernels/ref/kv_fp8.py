@@ -22,6 +22,7 @@ A storage tensor is in a packed format iff its dtype is uint8; otherwise it is a
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -59,24 +60,23 @@ def index_key_format(store: torch.Tensor, ci: int) -> str:
     raise ValueError(f"indexer key rows of {width} bytes match no format for index_head_dim {ci}")
 
 
-_HADAMARD: dict = {}
-
-
 def hadamard(n: int, device) -> torch.Tensor:
     """Normalized Sylvester Hadamard matrix [n, n] fp32 (n a power of two): H[i, j] =
-    (-1)^popcount(i & j) / sqrt(n); symmetric and orthogonal."""
-    key = (n, str(device))
-    if key not in _HADAMARD:
-        if n & (n - 1):
-            raise ValueError(f"Hadamard size must be a power of two, got {n}")
-        i = torch.arange(n)
-        bits = torch.bitwise_and(i[:, None], i[None, :])
-        parity = torch.zeros_like(bits)
-        while bool(bits.any()):
-            parity ^= bits & 1
-            bits = bits >> 1
-        _HADAMARD[key] = ((1 - 2 * parity).float() / math.sqrt(n)).to(device)
-    return _HADAMARD[key]
+    (-1)^popcount(i & j) / sqrt(n); symmetric and orthogonal. Built once per (n, device)."""
+    return _hadamard(n, str(device))
+
+
+@functools.lru_cache(maxsize=None)
+def _hadamard(n: int, device: str) -> torch.Tensor:
+    if n & (n - 1):
+        raise ValueError(f"Hadamard size must be a power of two, got {n}")
+    i = torch.arange(n)
+    bits = torch.bitwise_and(i[:, None], i[None, :])
+    parity = torch.zeros_like(bits)
+    while bool(bits.any()):
+        parity ^= bits & 1
+        bits = bits >> 1
+    return ((1 - 2 * parity).float() / math.sqrt(n)).to(device)
 
 
 def rotate_for_keys(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
