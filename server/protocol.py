@@ -91,8 +91,8 @@ _UNSUPPORTED = (
     "functions", "function_call", "audio", "prediction", "web_search_options", "guided_json",
     "guided_regex", "guided_grammar", "guided_decoding_backend", "structured_outputs",
     "use_beam_search", "length_penalty", "prompt_logprobs",
-    "truncate_prompt_tokens", "continue_final_message", "documents", "chat_template", "logits_processors",
-    "mm_processor_kwargs", "return_tokens_as_token_ids", "priority", "vllm_xargs", "kv_transfer_params")
+    "continue_final_message", "documents", "chat_template", "logits_processors",
+    "mm_processor_kwargs", "priority", "vllm_xargs", "kv_transfer_params")
 
 
 class SamplingFields(OpenAIBaseModel):
@@ -122,6 +122,9 @@ class SamplingFields(OpenAIBaseModel):
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
     guided_choice: list[str] | None = None
+    # keep only the last k prompt tokens (left truncation); -1: the last max_model_len
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    return_tokens_as_token_ids: bool | None = None  # logprob tokens as "token_id:{id}"
 
     def check_supported(self) -> None:
         extra = self.model_extra or {}
@@ -150,6 +153,20 @@ class SamplingFields(OpenAIBaseModel):
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         if any(s == "" for s in stops):
             raise InvalidRequest("stop strings must be non-empty", param="stop")
+        if self.truncate_prompt_tokens == 0:
+            raise InvalidRequest("truncate_prompt_tokens must be -1 or at least 1", param="truncate_prompt_tokens")
+
+    def truncate_prompt(self, ids: list[int], max_model_len: int) -> list[int]:
+        """vLLM's `truncate_prompt_tokens`: the last k prompt tokens (-1: the last max_model_len)."""
+        k = self.truncate_prompt_tokens
+        if k is None:
+            return ids
+        if k == -1:
+            k = max_model_len
+        if k > max_model_len:
+            raise InvalidRequest(f"truncate_prompt_tokens ({k}) is greater than the maximum context length "
+                                 f"({max_model_len})", param="truncate_prompt_tokens")
+        return ids[-k:]
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -91,7 +91,8 @@ class _Ctx:
         self.special = _special(state)
         prompt_text, self.reasoning = render_chat_prompt(state, req)
         engine = state.engine
-        self.prompt_ids = engine.tokenizer.encode(prompt_text, add_special_tokens=False)
+        self.prompt_ids = req.truncate_prompt(engine.tokenizer.encode(prompt_text, add_special_tokens=False),
+                                              engine.max_model_len)
         if req.guided_choice is not None and (self.reasoning.thinking or req.active_tools() is not None):
             raise InvalidRequest("guided_choice constrains the whole reply: use it with thinking off "
                                  "(reasoning_effort 'none') and without tools", param="guided_choice")
@@ -162,7 +163,8 @@ def _response(ctx: _Ctx, out) -> dict[str, Any]:
                                   "finish_reason": _finish_reason(c.finish_reason, bool(tool_calls)),
                                   "stop_reason": c.stop_reason}
         if ctx.req.logprobs:
-            choice["logprobs"] = {"content": chat_logprobs(ctx.state, c.token_ids, c.logprobs, ctx.top_k)}
+            choice["logprobs"] = {"content": chat_logprobs(ctx.state, c.token_ids, c.logprobs, ctx.top_k,
+                                                           ctx.req.return_tokens_as_token_ids)}
         choices.append(choice)
     return {"id": ctx.request_id, "object": "chat.completion", "created": ctx.created,
             "model": ctx.state.served_model_name, "choices": choices, "usage": ctx.usage(out)}
@@ -211,7 +213,8 @@ async def _stream(ctx: _Ctx, gen: AsyncIterator, first, timer) -> AsyncIterator[
                     delta.setdefault("tool_calls", []).append(entry)
         choice: dict[str, Any] = {"index": k, "delta": delta, "logprobs": None, "finish_reason": None}
         if req.logprobs and new_ids:
-            choice["logprobs"] = {"content": chat_logprobs(ctx.state, new_ids, c.logprobs, ctx.top_k)}
+            choice["logprobs"] = {"content": chat_logprobs(ctx.state, new_ids, c.logprobs, ctx.top_k,
+                                                           req.return_tokens_as_token_ids)}
         if final:
             choice["finish_reason"] = _finish_reason(c.finish_reason, num_calls[k] > 0)
             choice["stop_reason"] = c.stop_reason

@@ -10,7 +10,7 @@ import time
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import Request
 
@@ -32,6 +32,10 @@ class ServerState:
     special: Any = None  # server.chat_format.SpecialTokens, or the ValueError saying why not
     token_text_cache: dict[int, str] = field(default_factory=dict)
 
+    def token_namer(self, as_ids: bool | None) -> Callable[[int], str]:
+        """How logprobs name a token: its text, or "token_id:{id}" (vLLM's return_tokens_as_token_ids)."""
+        return _token_id_name if as_ids else self.token_text
+
     def token_text(self, token_id: int) -> str:
         text = self.token_text_cache.get(token_id)
         if text is None:
@@ -39,6 +43,10 @@ class ServerState:
             if len(self.token_text_cache) < 1_000_000:
                 self.token_text_cache[token_id] = text
         return text
+
+
+def _token_id_name(token_id: int) -> str:
+    return f"token_id:{token_id}"
 
 
 def new_id(prefix: str) -> str:
@@ -171,34 +179,37 @@ def top_entries(lp: dict[int, float], k: int) -> list[tuple[int, float]]:
 
 
 def chat_logprobs(state: ServerState, token_ids: list[int], logprobs: list[dict[int, float]] | None,
-                  top_k: int) -> list[dict[str, Any]]:
-    """OpenAI chat shape: one entry per token with its top alternatives."""
+                  top_k: int, as_ids: bool | None = None) -> list[dict[str, Any]]:
+    """OpenAI chat shape: one entry per token with its top alternatives (`as_ids`: tokens named
+    "token_id:{id}", their bytes those of that name)."""
+    name = state.token_namer(as_ids)
     out = []
     for tid, lp in zip(token_ids, logprobs or []):
-        text = state.token_text(tid)
+        text = name(tid)
         out.append({"token": text, "logprob": max(lp.get(tid, -9999.0), -9999.0),
                     "bytes": list(text.encode("utf-8")),
-                    "top_logprobs": [{"token": state.token_text(t), "logprob": max(v, -9999.0),
-                                      "bytes": list(state.token_text(t).encode("utf-8"))}
+                    "top_logprobs": [{"token": name(t), "logprob": max(v, -9999.0),
+                                      "bytes": list(name(t).encode("utf-8"))}
                                      for t, v in top_entries(lp, top_k)]})
     return out
 
 
 def legacy_logprobs(state: ServerState, token_ids: list[int], logprobs: list[dict[int, float] | None],
-                    top_k: int, offset: int) -> dict[str, Any]:
-    """Legacy completions shape: parallel lists; `None` entries (first prompt token) stay None."""
+                    top_k: int, offset: int, as_ids: bool | None = None) -> dict[str, Any]:
+    """Legacy completions shape: parallel lists; `None` entries (first prompt token) stay None.
+    `as_ids`: tokens named "token_id:{id}"; text offsets still count the decoded text."""
+    name = state.token_namer(as_ids)
     tokens, token_lps, tops, offsets = [], [], [], []
     for tid, lp in zip(token_ids, logprobs):
-        text = state.token_text(tid)
-        tokens.append(text)
+        tokens.append(name(tid))
         offsets.append(offset)
-        offset += len(text)
+        offset += len(state.token_text(tid))
         if lp is None:
             token_lps.append(None)
             tops.append(None)
             continue
         token_lps.append(max(lp.get(tid, -9999.0), -9999.0))
-        tops.append({state.token_text(t): max(v, -9999.0) for t, v in top_entries(lp, top_k)} if top_k else None)
+        tops.append({name(t): max(v, -9999.0) for t, v in top_entries(lp, top_k)} if top_k else None)
     return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
 
 

@@ -37,6 +37,9 @@ def _prepare(state: ServerState, req: CompletionRequest, base_id: str) -> list[_
             ids, text = list(p), tok.decode(p, skip_special_tokens=False)
         if not ids:
             raise InvalidRequest("prompt must not be empty", param="prompt")
+        kept = req.truncate_prompt(ids, engine.max_model_len)
+        if len(kept) < len(ids):  # echo shows what the model saw
+            ids, text = kept, tok.decode(kept, skip_special_tokens=False)
         params = req.to_sampling_params(prompt_len=len(ids), max_model_len=engine.max_model_len)
         prompts.append(_Prompt(text, ids, f"{base_id}-{i}", params))
     return prompts
@@ -86,7 +89,7 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw_requ
                 if req.echo:
                     ids = p.ids + ids
                     lps = list(out.prompt_logprobs or [None] * len(p.ids)) + lps
-                logprobs = legacy_logprobs(state, ids, lps, req.logprobs, 0)
+                logprobs = legacy_logprobs(state, ids, lps, req.logprobs, 0, req.return_tokens_as_token_ids)
             choices.append({"index": i * req.n + c.index, "text": text, "logprobs": logprobs,
                             "finish_reason": c.finish_reason, "stop_reason": c.stop_reason})
         log_request(p.request_id, len(out.prompt_token_ids), sum(c.num_tokens for c in out.outputs), started,
@@ -130,7 +133,8 @@ async def _stream(state: ServerState, req: CompletionRequest, prompts: list[_Pro
                     done[i][k] = True
                 elif not text and not c.token_ids:
                     continue
-                logprobs = legacy_logprobs(state, c.token_ids, list(c.logprobs or []), req.logprobs, 0) \
+                logprobs = legacy_logprobs(state, c.token_ids, list(c.logprobs or []), req.logprobs, 0,
+                                           req.return_tokens_as_token_ids) \
                     if req.logprobs is not None else None
                 choices.append({"index": i * n + k, "text": text, "logprobs": logprobs,
                                 "finish_reason": c.finish_reason, "stop_reason": c.stop_reason})

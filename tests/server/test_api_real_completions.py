@@ -85,6 +85,57 @@ def test_tokenize_detokenize(http, real):
     expect_error(http.post("/detokenize", json={"tokens": [10**9]}), 400, "tokens")
 
 
+def test_return_tokens_as_token_ids(http, real):
+    """vLLM's return_tokens_as_token_ids: every logprob token is named "token_id:{id}" (legacy lists, top
+    alternatives, chat entries and their bytes); the ids are the tokens the plain request names by text."""
+    ids = real.tok.encode("The quick brown fox", add_special_tokens=True)
+    base = {"prompt": ids, "max_tokens": 4, "temperature": 0, "ignore_eos": True, "logprobs": 2, "echo": True}
+    plain = http.post("/v1/completions", json=base).json()["choices"][0]
+    named = http.post("/v1/completions", json=base | {"return_tokens_as_token_ids": True}).json()["choices"][0]
+    assert named["text"] == plain["text"]
+    as_ids = [int(t.removeprefix("token_id:")) for t in named["logprobs"]["tokens"]]
+    assert all(t.startswith("token_id:") for t in named["logprobs"]["tokens"])
+    assert as_ids[:len(ids)] == ids
+    assert [real.tok.decode([t], skip_special_tokens=False) for t in as_ids] == plain["logprobs"]["tokens"]
+    assert named["logprobs"]["text_offset"] == plain["logprobs"]["text_offset"]  # offsets count the text
+    assert named["logprobs"]["token_logprobs"] == plain["logprobs"]["token_logprobs"]
+    for top in named["logprobs"]["top_logprobs"][1:]:
+        assert top and all(k.startswith("token_id:") for k in top)
+    chat = {"messages": USER, "max_tokens": 3, "logprobs": True, "top_logprobs": 2, "return_tokens_as_token_ids": True}
+    for body in (chat, chat | {"stream": True}):
+        if body.get("stream"):
+            with http.stream("POST", "/v1/chat/completions", json=body) as r:
+                events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+            entries = [e for ev in events for ch in ev["choices"] for e in (ch.get("logprobs") or {}).get("content", [])]
+        else:
+            entries = http.post("/v1/chat/completions", json=body).json()["choices"][0]["logprobs"]["content"]
+        assert len(entries) == 3
+        for e in entries + [t for e in entries for t in e["top_logprobs"]]:
+            assert e["token"].startswith("token_id:") and bytes(e["bytes"]).decode() == e["token"]
+
+
+def test_truncate_prompt_tokens(http, real):
+    """vLLM's truncate_prompt_tokens keeps the last k prompt tokens: the same greedy output and usage as
+    sending those k tokens; echo shows the truncated prompt."""
+    ids = real.tok.encode("one two three four five six seven eight", add_special_tokens=True)
+    body = {"max_tokens": 4, "temperature": 0, "ignore_eos": True}
+    short = http.post("/v1/completions", json=body | {"prompt": ids[-3:]}).json()
+    for prompt in (ids, real.tok.decode(ids, skip_special_tokens=True)):
+        r = http.post("/v1/completions", json=body | {"prompt": prompt, "truncate_prompt_tokens": 3,
+                                                       "echo": True}).json()
+        assert r["usage"]["prompt_tokens"] == 3
+        tail = real.tok.encode(prompt, add_special_tokens=True)[-3:] if isinstance(prompt, str) else ids[-3:]
+        assert r["choices"][0]["text"].startswith(real.tok.decode(tail, skip_special_tokens=False))
+    r = http.post("/v1/completions", json=body | {"prompt": ids, "truncate_prompt_tokens": 3}).json()
+    assert r["choices"][0]["text"] == short["choices"][0]["text"]
+    r = http.post("/v1/completions", json=body | {"prompt": ids, "truncate_prompt_tokens": 100}).json()
+    assert r["usage"]["prompt_tokens"] == len(ids)  # shorter than k: unchanged
+    r = http.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 2, "truncate_prompt_tokens": 2})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 2
+    r = http.post("/v1/completions", json=body | {"prompt": ids, "truncate_prompt_tokens": -1})  # -1: max_model_len
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == len(ids)
+
+
 # ---- errors --------------------------------------------------------------------------------------
 def test_malformed_json(http):
     r = http.post("/v1/chat/completions", content=b'{"messages": [', headers={"Content-Type": "application/json"})
@@ -118,6 +169,10 @@ def test_malformed_json(http):
         "type": "function", "function": {"name": "nope"}}}, "tool_choice"),
     ("/v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}]}, None),
     ("/v1/completions", {"prompt": "x", "suffix": "y"}, "suffix"),
+    ("/v1/completions", {"prompt": "x", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+    ("/v1/completions", {"prompt": "x", "truncate_prompt_tokens": -2}, "truncate_prompt_tokens"),
+    ("/v1/completions", {"prompt": "x", "truncate_prompt_tokens": MAX_MODEL_LEN + 1}, "truncate_prompt_tokens"),
+    ("/v1/chat/completions", {"messages": USER, "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
     ("/v1/completions", {"prompt": "x", "top_p": 2}, "top_p"),
     ("/v1/completions", {"prompt": [10**9]}, "prompt"),
     ("/v1/completions", {"prompt": []}, "prompt"),
