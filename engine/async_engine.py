@@ -27,6 +27,7 @@ from models.loader import validate_checkpoint
 
 from .config import EngineArgs
 from .errors import EngineDeadError, QueueFullError, RequestTooLongError
+from .guided.grammar import GuideCompiler
 from .llm_engine import EngineStats, LLMEngine
 from .outputs import OutputKind, RequestOutput
 from .tokenizer import Tokenizer
@@ -63,6 +64,8 @@ class AsyncLLM:
             self.max_model_len = self._args.max_model_len or self.model_config.max_position_embeddings
             self._stats = EngineStats(0, 0, 0.0, 0, 0, 0, 0)
         self.model_name = model_name or model_dir.name
+        # structured-output grammars, compiled by the server off the event loop (engine/guided)
+        self.guides = GuideCompiler(self.tokenizer, self.model_config.vocab_size)
         self.is_ready = False
         self._cmds: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()

@@ -23,6 +23,7 @@ from .detokenizer import IncrementalDetokenizer
 from .model_runner import ModelRunner
 from .outputs import OutputKind, RequestOutput
 from .request_state import RequestState, SampleState
+from .guided.grammar import GuideCompiler, GuideCursor
 from .sampler import Sampler, SamplingMetadata, gather_logprobs, make_generator
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
@@ -96,6 +97,7 @@ class LLMEngine:
             max_model_len=self.max_model_len, max_queued_requests=args.max_queued_requests), self.kv)
         self.runner = ModelRunner(self.model, self.kv, self.device, self.tokenizer.vocab_size, executor=self.executor)
         self.sampler = Sampler()
+        self.guides = GuideCompiler(self.tokenizer, self.model_config.vocab_size)  # structured outputs
         self.requests: dict[str, RequestState] = {}
         # decode([token_id]) per skip_special_tokens setting, shared by every detokenizer
         self._token_texts: dict[bool, dict[int, str]] = {True: {}, False: {}}
@@ -139,6 +141,12 @@ class LLMEngine:
             params = params.with_updates(choice_token_ids=[self.tokenizer.encode(c) for c in params.guided_choice])
         if params.choice_token_ids is not None and self.tokenizer.eos_token_id is None:
             raise ValueError("guided_choice needs a tokenizer with an EOS token")
+        spec = params.guide_spec()
+        if spec is not None:
+            if self.tokenizer.eos_token_id is None:
+                raise ValueError(f"guided decoding ({spec[0]}) needs a tokenizer with an EOS token")
+            if params.guide is None:
+                params = params.with_updates(guide=self.guides.compile(*spec))
         if params.bad_words and params.bad_words_token_ids is None:
             params = params.with_updates(bad_words_token_ids=self._bad_word_sequences(params.bad_words))
         if params.allowed_token_ids is not None and params.min_tokens > 0:
@@ -165,7 +173,8 @@ class LLMEngine:
                                            stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output,
                                            min_tokens=params.min_tokens,
                                            token_text_cache=self._token_texts[params.skip_special_tokens])
-            samples.append(SampleState(seq, detok, gen, [] if params.logprobs is not None else None))
+            guide = GuideCursor(params.guide, params.guided_start_token_id) if params.guide is not None else None
+            samples.append(SampleState(seq, detok, gen, [] if params.logprobs is not None else None, guide=guide))
         self.scheduler.add_request([s.seq for s in samples])  # raises on too long / queue full
         st = RequestState(request_id, text, ids, params, samples, arrival_time=now, output_kind=output_kind)
         st.mark("arrival", now)
@@ -224,7 +233,8 @@ class LLMEngine:
             meta = SamplingMetadata.build(
                 [st.params for st, _ in rows], [seq.output_token_ids for _, seq in rows],
                 [seq.prompt_token_ids for _, seq in rows], [s.generator for s in samples],
-                self.tokenizer.eos_token_id, self.model_config.vocab_size, res.sample_logits.device)
+                self.tokenizer.eos_token_id, self.model_config.vocab_size, res.sample_logits.device,
+                guides=[s.guide for s in samples])
             out = self.sampler(res.sample_logits, meta)
             tokens = out.token_ids.tolist()
             for j, ((st, seq), s) in enumerate(zip(rows, samples)):
@@ -257,6 +267,8 @@ class LLMEngine:
         seq, p = s.seq, st.params
         seq.append_token(token)
         self.generation_tokens_total += 1
+        if s.guide is not None:
+            s.guide.advance(token)
         k = seq.sample_index
         eos = self.tokenizer.eos_token_id
         if token == eos and not p.ignore_eos:

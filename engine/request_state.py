@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .detokenizer import IncrementalDetokenizer
+from .guided.grammar import GuideCursor
 from .outputs import CompletionOutput, OutputKind, RequestOutput
 from .sampling_params import SamplingParams
 from .sequence import Sequence
@@ -23,6 +24,7 @@ class SampleState:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     num_tokens_sent: int = 0  # DELTA: generated tokens (and logprobs) already in an output
+    guide: GuideCursor | None = None  # structured output: this sequence's place in the grammar
 
 
 @dataclass

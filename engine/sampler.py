@@ -4,8 +4,9 @@ Processing order (vLLM's), all on the logits' device, batched over rows:
 
   1. logprobs come from the RAW logits (log_softmax of the model output, before any penalty,
      mask, temperature or truncation), as vLLM returns them by default;
-  2. allowed_token_ids and guided_choice (the next token of every choice the output still
-     prefixes; EOS after a whole choice): every other token -> -inf; logit_bias: added to the listed
+  2. allowed_token_ids, guided_choice (the next token of every choice the output still
+     prefixes; EOS after a whole choice) and structured-output grammars (engine/guided: the tokens
+     that keep the output a prefix of a match; EOS once it is a match): every other token -> -inf; logit_bias: added to the listed
      tokens' logits; min_tokens: below `min_tokens` generated tokens, EOS (even with ignore_eos) and
      stop_token_ids are set to -inf; ignore_eos itself masks nothing (the engine doesn't stop on EOS);
      bad_words: a word's last token is set to -inf when the output ends with its other tokens;
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -103,9 +105,11 @@ class SamplingMetadata:
     @classmethod
     def build(cls, params: list[SamplingParams], output_token_ids: list[list[int]],
               prompt_token_ids: list[list[int]], generators: list[torch.Generator | None],
-              eos_token_id: int | None, vocab_size: int, device: torch.device | str) -> SamplingMetadata:
+              eos_token_id: int | None, vocab_size: int, device: torch.device | str,
+              guides: list[Any] | None = None) -> SamplingMetadata:
         """Gather row values into tensors. Row i samples for a sequence with params[i], its generated
-        tokens output_token_ids[i], its prompt prompt_token_ids[i] and generator generators[i]."""
+        tokens output_token_ids[i], its prompt prompt_token_ids[i], generator generators[i] and
+        structured-output cursor guides[i] (engine.guided.GuideCursor or None)."""
         S, V = len(params), vocab_size
         if not (len(output_token_ids) == len(prompt_token_ids) == len(generators) == S):
             raise ValueError("params, output_token_ids, prompt_token_ids and generators must have one entry per row")
@@ -139,10 +143,20 @@ class SamplingMetadata:
         bias = [(i, t, float(b)) for i, p in enumerate(params) for t, b in (p.logit_bias or {}).items() if t < V]
         allow_lists = {i: _allowed_now(p, out, eos_token_id) for i, (p, out) in enumerate(zip(params, output_token_ids))
                        if p.allowed_token_ids is not None or p.choice_token_ids is not None}
-        allowed = sorted(allow_lists)
+        guide_masks = {i: g.allowed(eos_token_id) for i, g in enumerate(guides or ()) if g is not None and g.active}
+        allowed = sorted(set(allow_lists) | set(guide_masks))
         allowed_mask = None
         if allowed:
-            allowed_mask = cls._token_table(device, V, [allow_lists[i] for i in allowed]) > 0
+            allowed_mask = cls._token_table(device, V, [allow_lists.get(i, []) for i in allowed]) > 0
+            if guide_masks:
+                host = torch.ones(len(allowed), V, dtype=torch.bool)
+                for r, i in enumerate(allowed):
+                    if i in guide_masks:
+                        m = torch.from_numpy(guide_masks[i][:V])
+                        host[r, :len(m)] = m
+                        host[r, len(m):] = False
+                list_rows = torch.tensor([i in allow_lists for i in allowed], dtype=torch.bool).to(device)
+                allowed_mask = torch.where(list_rows[:, None], allowed_mask, True) & host.to(device, non_blocking=True)
 
         pen = [i for i, p in enumerate(params) if p.needs_penalties]
         rep = freq = pres = seen = counts = None

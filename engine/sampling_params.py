@@ -66,6 +66,16 @@ class SamplingParams:
     # them into choice_token_ids and the sampler allows only tokens that continue some choice
     guided_choice: list[str] | None = None
     choice_token_ids: list[list[int]] | None = None
+    # Structured output (engine/guided/): the output matches a regex (fullmatch), a JSON schema, or
+    # is any JSON object, then EOS. At most one of these and guided_choice.
+    guided_regex: str | None = None
+    guided_json: dict | str | None = None  # a JSON schema (dict, or its JSON text)
+    guided_json_object: bool = False
+    # the grammar applies after this token is generated (a chat reply's `</think>`); None = at once
+    guided_start_token_id: int | None = None
+    # the compiled grammar (engine.guided.Grammar), filled by the engine or the server; shared, never
+    # copied (it is immutable apart from its mask cache)
+    guide: Any = None
 
     def __post_init__(self) -> None:
         # normalize accepted shorthands before validating
@@ -178,10 +188,33 @@ class SamplingParams:
             if self.ignore_eos or self.min_tokens:
                 raise ValueError("guided_choice ends the output with EOS after the choice: it cannot be combined "
                                  "with ignore_eos or min_tokens")
+        guided = [name for name in ("guided_choice", "guided_regex", "guided_json") if getattr(self, name) is not None]
+        guided += ["guided_json_object"] if self.guided_json_object else []
+        if len(guided) > 1:
+            raise ValueError(f"at most one guided decoding mode per request, got {', '.join(guided)}")
+        if self.guided_regex is not None and not isinstance(self.guided_regex, str):
+            raise ValueError(f"guided_regex must be a string, got {self.guided_regex!r}")
+        if self.guided_json is not None and not isinstance(self.guided_json, (dict, str)):
+            raise ValueError(f"guided_json must be a JSON schema (object or string), got {self.guided_json!r}")
+        need_bool("guided_json_object")
+        need_int("guided_start_token_id", 0, optional=True)
+        if guided and guided != ["guided_choice"] and (self.ignore_eos or self.min_tokens):
+            raise ValueError(f"{guided[0]} ends the output with EOS once it matches: it cannot be combined "
+                             "with ignore_eos or min_tokens")
         if self.allowed_token_ids is not None:
             ids = self.allowed_token_ids
             if not isinstance(ids, list) or not ids or not all(_is_int(t) and t >= 0 for t in ids):
                 raise ValueError(f"allowed_token_ids must be a non-empty list of token ids, got {ids!r}")
+
+    def guide_spec(self) -> tuple[str, Any] | None:
+        """(kind, spec) for `engine.guided.GuideCompiler.compile`, or None without a grammar."""
+        if self.guided_regex is not None:
+            return "regex", self.guided_regex
+        if self.guided_json is not None:
+            return "json", self.guided_json
+        if self.guided_json_object:
+            return "json_object", None
+        return None
 
     @property
     def greedy(self) -> bool:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.errors import RequestTooLongError
 from engine.sampling_params import SamplingParams
 from server.errors import InvalidRequest
+from server.guided_request import guided_kwargs
 
 
 class OpenAIBaseModel(BaseModel):
@@ -47,8 +48,16 @@ class NamedToolChoice(OpenAIBaseModel):
     function: NamedFunction
 
 
+class JsonSchemaFormat(OpenAIBaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict[str, Any] | bool | None = Field(None, alias="schema")  # None: any JSON value
+    strict: bool | None = None  # the schema is always enforced
+
+
 class ResponseFormat(OpenAIBaseModel):
-    type: str
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class ContentPart(OpenAIBaseModel):
@@ -88,8 +97,7 @@ class ChatMessage(OpenAIBaseModel):
 
 # known parameters we do not implement; a meaningful value is a 400 naming the parameter
 _UNSUPPORTED = (
-    "functions", "function_call", "audio", "prediction", "web_search_options", "guided_json",
-    "guided_regex", "guided_grammar", "guided_decoding_backend", "structured_outputs",
+    "functions", "function_call", "audio", "prediction", "web_search_options", "guided_grammar", "guided_decoding_backend", "structured_outputs",
     "use_beam_search", "length_penalty", "prompt_logprobs",
     "continue_final_message", "documents", "chat_template", "logits_processors",
     "mm_processor_kwargs", "priority", "vllm_xargs", "kv_transfer_params")
@@ -124,6 +132,10 @@ class SamplingFields(OpenAIBaseModel):
     guided_choice: list[str] | None = None
     # keep only the last k prompt tokens (left truncation); -1: the last max_model_len
     truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    # structured output (server/guided_request.py): OpenAI's response_format, vLLM's guided_json / _regex
+    response_format: ResponseFormat | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
     return_tokens_as_token_ids: bool | None = None  # logprob tokens as "token_id:{id}"
 
     def check_supported(self) -> None:
@@ -182,6 +194,7 @@ class SamplingFields(OpenAIBaseModel):
                 kw[name] = value
         if self.logit_bias:
             kw["logit_bias"] = dict(self.logit_bias)  # "token id" string keys; SamplingParams converts them
+        kw.update(guided_kwargs(self))
         return kw
 
 
@@ -198,7 +211,6 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    response_format: ResponseFormat | None = None
     reasoning_effort: str | None = None
     thinking: bool | dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
@@ -206,9 +218,6 @@ class ChatCompletionRequest(SamplingFields):
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.response_format is not None and self.response_format.type != "text":
-            raise InvalidRequest(f"response_format type {self.response_format.type!r} is not supported "
-                                 "(no constrained decoding); only 'text'", param="response_format")
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs=true", param="top_logprobs")
         choice = self.tool_choice

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from engine.outputs import OutputKind
 from server.chat_format import encode_messages
 from server.errors import APIError, InvalidRequest, check_text, sse_error
+from server.guided_request import attach_guide, guided_param
 from server.output_parser import StreamingParser, parse_completion
 from server.protocol import ChatCompletionRequest
 from server.reasoning import ReasoningConfig, resolve_reasoning
@@ -96,7 +97,13 @@ class _Ctx:
         if req.guided_choice is not None and (self.reasoning.thinking or req.active_tools() is not None):
             raise InvalidRequest("guided_choice constrains the whole reply: use it with thinking off "
                                  "(reasoning_effort 'none') and without tools", param="guided_choice")
+        self.guided_param = guided_param(req)
+        if self.guided_param is not None and req.active_tools() is not None:
+            raise InvalidRequest(f"{self.guided_param} decides the reply's text: it cannot be combined with tools "
+                                 "(set tool_choice 'none' or drop the tools)", param=self.guided_param)
         extra: dict[str, Any] = {"skip_special_tokens": False}
+        if self.guided_param not in (None, "guided_choice") and self.reasoning.thinking:
+            extra["guided_start_token_id"] = self.special.think_end_id  # the grammar shapes the content
         if self.reasoning.thinking and self.reasoning.budget_tokens is not None:
             extra.update(thinking_budget=self.reasoning.budget_tokens, thinking_end_token_id=self.special.think_end_id)
         self.params = req.to_sampling_params(prompt_len=len(self.prompt_ids), max_model_len=engine.max_model_len,
@@ -129,6 +136,7 @@ class _Ctx:
 
 async def create_chat_completion(state: ServerState, req: ChatCompletionRequest, raw_request: Request):
     ctx = _Ctx(state, req, raw_request)
+    ctx.params = await attach_guide(state.engine, ctx.params, ctx.guided_param)
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
     gen = state.engine.generate(ctx.prompt_ids, ctx.params, ctx.request_id, output_kind=kind)
     timer = state.metrics.timer(ctx.params.n)

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from engine.outputs import OutputKind
 from server.errors import InvalidRequest, check_text, sse_error
+from server.guided_request import attach_guide, guided_param
 from server.protocol import CompletionRequest
 from server.serving_common import (SSE_DONE, ServerState, collect, first_output, legacy_logprobs, log_request,
                                    merge, new_id, sse)
@@ -57,6 +58,9 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw_requ
     base_id = new_id("cmpl")
     prompts = _prepare(state, req, base_id)
     engine = state.engine
+    param = guided_param(req)
+    for p in prompts:  # one compile: the grammar cache serves the other prompts
+        p.params = await attach_guide(engine, p.params, param)
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
     gens = [(p.request_id, engine.generate(p.ids, p.params, p.request_id, output_kind=kind)) for p in prompts]
     timers = [state.metrics.timer(p.params.n) for p in prompts]

@@ -1,0 +1,195 @@
+"""Token-level guided decoding over a byte DFA.
+
+`TokenVocab`: the UTF-8 bytes of every token (byte-level BPE tokens through the GPT-2 byte map; other
+tokenizers through single-token decoding), special / added tokens excluded (a guided output never
+contains them; EOS is handled by the sampler). `Grammar`: a compiled pattern plus its per-state token
+masks, computed for all tokens at once by walking the byte matrix through the DFA (numpy, a few ms
+for a 129K vocabulary) and cached per state as packed bits. `GuideCursor`: one sequence's position.
+`GuideCompiler`: compiles and caches grammars of one tokenizer, keyed by the request's spec.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .automaton import Dfa, compile_dfa
+from .json_schema import free_object, schema_to_ast
+from .regex import parse_regex
+
+GUIDE_KINDS = ("regex", "json", "json_object")
+
+
+def _byte_level_map() -> dict[str, int]:
+    """GPT-2's byte -> printable character table, inverted (what ByteLevel BPE token strings use)."""
+    printable = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    chars, n = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+class TokenVocab:
+    """Token bytes of one tokenizer, as a length-sorted padded matrix for vectorized DFA walks."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+        self.vocab_size = vocab_size  # the model's vocabulary (rows of the logits), >= the tokenizer's
+        raw = tokenizer.raw
+        decoder = getattr(raw, "decoder", None)
+        byte_level = decoder is not None and type(decoder).__name__ == "ByteLevel"
+        inv = _byte_level_map() if byte_level else None
+        excluded = set(tokenizer.all_special_ids) | set(raw.get_added_tokens_decoder())
+        self.token_bytes: list[bytes | None] = []
+        for tid in range(min(tokenizer.vocab_size, vocab_size)):
+            data = None
+            if tid not in excluded:
+                piece = raw.id_to_token(tid)
+                if piece is not None and inv is not None and all(c in inv for c in piece):
+                    data = bytes(inv[c] for c in piece)
+                elif piece is not None and inv is None:
+                    text = raw.decode([tid], skip_special_tokens=False)
+                    data = text.encode("utf-8") if text and "\ufffd" not in text else None
+            self.token_bytes.append(data or None)
+        ids = [t for t, b in enumerate(self.token_bytes) if b]
+        lens = np.array([len(self.token_bytes[t]) for t in ids], dtype=np.int64)
+        order = np.argsort(-lens, kind="stable")
+        self.ids = np.array(ids, dtype=np.int64)[order]  # token ids, longest first
+        lens = lens[order]
+        width = int(lens[0]) if len(lens) else 0
+        self.data = np.zeros((len(ids), width), dtype=np.uint8)
+        for row, t in enumerate(self.ids.tolist()):
+            b = self.token_bytes[t]
+            self.data[row, :len(b)] = np.frombuffer(b, dtype=np.uint8)
+        # counts[j]: tokens longer than j bytes (a prefix of the rows, thanks to the sort)
+        self.counts = [int((lens > j).sum()) for j in range(width)]
+
+
+@dataclass(eq=False)
+class Grammar:
+    """A compiled guide: the DFA, the vocabulary, and the cache of per-state masks."""
+
+    dfa: Dfa
+    vocab: TokenVocab
+    description: str  # what was compiled, for errors and logs
+    _masks: OrderedDict = field(default_factory=OrderedDict, repr=False)  # state -> packed bool[V]
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    max_cached_states: int = 4096
+
+    def __deepcopy__(self, memo: dict) -> Grammar:
+        return self  # immutable apart from its cache: shared by every copy of the params
+
+    def allowed(self, state: int) -> np.ndarray:
+        """bool[vocab_size]: the tokens whose bytes keep `state` alive (EOS not included)."""
+        with self._lock:
+            packed = self._masks.get(state)
+            if packed is not None:
+                self._masks.move_to_end(state)
+        if packed is None:
+            packed = np.packbits(self._compute(state))
+            with self._lock:
+                self._masks[state] = packed
+                while len(self._masks) > self.max_cached_states:
+                    self._masks.popitem(last=False)
+        return np.unpackbits(packed, count=self.vocab.vocab_size).astype(bool)
+
+    def _compute(self, state: int) -> np.ndarray:
+        v, dfa = self.vocab, self.dfa
+        cur = np.full(len(v.ids), state, dtype=np.int32)
+        for j, n in enumerate(v.counts):
+            head = cur[:n]
+            head[:] = dfa.trans[head, dfa.byte_class[v.data[:n, j]]]
+            if (j & 3) == 3 and not (head != dfa.dead).any():
+                break
+        mask = np.zeros(v.vocab_size, dtype=bool)
+        mask[v.ids[cur != dfa.dead]] = True
+        return mask
+
+    def advance(self, state: int, token_id: int) -> int:
+        """The state after `token_id` (dead for tokens without bytes: special, added, out of range)."""
+        data = self.vocab.token_bytes[token_id] if token_id < len(self.vocab.token_bytes) else None
+        return self.dfa.dead if not data else self.dfa.step(state, data)
+
+
+class GuideCursor:
+    """One sequence's place in its grammar. Inactive until `start_token_id` is generated (a chat
+    reply's `</think>`: the grammar constrains the content, not the reasoning); None = active at once."""
+
+    def __init__(self, grammar: Grammar, start_token_id: int | None = None) -> None:
+        self.grammar = grammar
+        self.start_token_id = start_token_id
+        self.state: int | None = grammar.dfa.start if start_token_id is None else None
+
+    @property
+    def active(self) -> bool:
+        return self.state is not None
+
+    def advance(self, token_id: int) -> None:
+        if self.state is None:
+            if token_id == self.start_token_id:
+                self.state = self.grammar.dfa.start
+            return
+        self.state = self.grammar.advance(self.state, token_id)
+
+    def allowed(self, eos_token_id: int | None) -> np.ndarray:
+        """bool[vocab_size] for an active cursor: tokens that keep the match alive, plus EOS once the
+        output is a complete match (or when nothing else is left, so the row can always end)."""
+        dfa = self.grammar.dfa
+        mask = self.grammar.allowed(self.state) if self.state != dfa.dead else \
+            np.zeros(self.grammar.vocab.vocab_size, dtype=bool)
+        if eos_token_id is not None and eos_token_id < len(mask) and (dfa.accept[self.state] or not mask.any()):
+            mask[eos_token_id] = True
+        return mask
+
+    @property
+    def complete(self) -> bool:
+        return self.state is not None and bool(self.grammar.dfa.accept[self.state])
+
+
+class GuideCompiler:
+    """Compiles guides for one tokenizer and keeps the most recent ones (keyed by kind and spec)."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, max_cached: int = 64) -> None:
+        self.tokenizer, self.vocab_size, self.max_cached = tokenizer, vocab_size, max_cached
+        self._vocab: TokenVocab | None = None
+        self._cache: OrderedDict[tuple[str, str], Grammar] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def vocab(self) -> TokenVocab:
+        with self._lock:
+            if self._vocab is None:
+                self._vocab = TokenVocab(self.tokenizer, self.vocab_size)
+            return self._vocab
+
+    def compile(self, kind: str, spec: Any) -> Grammar:
+        """A grammar for `kind` ("regex": a pattern string; "json": a JSON schema, dict or string;
+        "json_object": any JSON object, spec None). Raises ValueError naming what is wrong."""
+        if kind not in GUIDE_KINDS:
+            raise ValueError(f"unknown guide kind {kind!r}")
+        key = (kind, json.dumps(spec, sort_keys=True))
+        with self._lock:
+            g = self._cache.get(key)
+            if g is not None:
+                self._cache.move_to_end(key)
+                return g
+        if kind == "regex":
+            ast, what = parse_regex(spec), f"regex {spec!r}"
+        elif kind == "json":
+            ast, what = schema_to_ast(spec), "JSON schema"
+        else:
+            ast, what = free_object(), "JSON object"
+        g = Grammar(compile_dfa(ast), self.vocab(), what)
+        if not g.allowed(g.dfa.start).any() and not g.dfa.accept[g.dfa.start]:
+            raise ValueError(f"no token of this vocabulary can start a match of the {what}")
+        with self._lock:
+            self._cache[key] = g
+            while len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        return g
