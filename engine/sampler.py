@@ -157,6 +157,8 @@ class SamplingMetadata:
                         host[r, len(m):] = False
                 list_rows = torch.tensor([i in allow_lists for i in allowed], dtype=torch.bool).to(device)
                 allowed_mask = torch.where(list_rows[:, None], allowed_mask, True) & host.to(device, non_blocking=True)
+                if eos_token_id is not None and eos_token_id < V:  # an empty intersection ends the row
+                    allowed_mask[:, eos_token_id] |= ~allowed_mask.any(dim=1)
 
         pen = [i for i, p in enumerate(params) if p.needs_penalties]
         rep = freq = pres = seen = counts = None

@@ -58,7 +58,19 @@ def json_string(inner: tuple | None = None, lo: int = 0, hi: int | None = None) 
 
 
 def literal_json(value: Any) -> tuple:
-    return lit(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    """Exactly `value` (enum / const), with the same optional spaces as everywhere else."""
+    comma = ("seq", [lit(","), WS])
+    if isinstance(value, dict):
+        parts: list[tuple] = []
+        for i, (k, v) in enumerate(value.items()):
+            parts += ([comma] if i else []) + [lit(json.dumps(str(k), ensure_ascii=False)), lit(":"), WS, literal_json(v)]
+        return ("seq", [lit("{")] + parts + [lit("}")])
+    if isinstance(value, list):
+        parts = []
+        for i, v in enumerate(value):
+            parts += ([comma] if i else []) + [literal_json(v)]
+        return ("seq", [lit("[")] + parts + [lit("]")])
+    return lit(json.dumps(value, ensure_ascii=False))
 
 
 def free_json(depth: int = MAX_FREE_DEPTH) -> tuple:
