@@ -30,6 +30,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from engine.sampling_params import SamplingParams
@@ -146,19 +147,11 @@ class SamplingMetadata:
         guide_masks = {i: g.allowed(eos_token_id) for i, g in enumerate(guides or ()) if g is not None and g.active}
         allowed = sorted(set(allow_lists) | set(guide_masks))
         allowed_mask = None
-        if allowed:
-            allowed_mask = cls._token_table(device, V, [allow_lists.get(i, []) for i in allowed]) > 0
-            if guide_masks:
-                host = torch.ones(len(allowed), V, dtype=torch.bool)
-                for r, i in enumerate(allowed):
-                    if i in guide_masks:
-                        m = torch.from_numpy(guide_masks[i][:V])
-                        host[r, :len(m)] = m
-                        host[r, len(m):] = False
-                list_rows = torch.tensor([i in allow_lists for i in allowed], dtype=torch.bool).to(device)
-                allowed_mask = torch.where(list_rows[:, None], allowed_mask, True) & host.to(device, non_blocking=True)
-                if eos_token_id is not None and eos_token_id < V:  # an empty intersection ends the row
-                    allowed_mask[:, eos_token_id] |= ~allowed_mask.any(dim=1)
+        if allowed and not guide_masks:
+            allowed_mask = cls._token_table(device, V, [allow_lists[i] for i in allowed]) > 0
+        elif allowed:
+            allowed_mask = torch.from_numpy(cls._guided_table(V, allowed, allow_lists, guide_masks, eos_token_id))
+            allowed_mask = allowed_mask.to(device, non_blocking=True)
 
         pen = [i for i, p in enumerate(params) if p.needs_penalties]
         rep = freq = pres = seen = counts = None
@@ -199,6 +192,26 @@ class SamplingMetadata:
             forced_token_ids=i64([t for _, t in forced]) if forced else None,
             num_logprobs=num_logprobs, max_num_logprobs=max(wanted) if wanted else None,
         )
+
+    @staticmethod
+    def _guided_table(vocab_size: int, rows: list[int], allow_lists: dict[int, list[int]],
+                      guide_masks: dict[int, np.ndarray], eos_token_id: int | None) -> np.ndarray:
+        """numpy bool [len(rows), V] built on the host: each row's grammar mask, intersected with its
+        allow-list; a row left with nothing may still end (EOS)."""
+        table = np.ones((len(rows), vocab_size), dtype=bool)
+        for r, i in enumerate(rows):
+            m = guide_masks.get(i)
+            if m is not None:
+                n = min(len(m), vocab_size)
+                table[r, :n] = m[:n]
+                table[r, n:] = False
+            if i in allow_lists:
+                keep = np.zeros(vocab_size, dtype=bool)
+                keep[[t for t in allow_lists[i] if t < vocab_size]] = True
+                table[r] &= keep
+            if eos_token_id is not None and eos_token_id < vocab_size and not table[r].any():
+                table[r, eos_token_id] = True
+        return table
 
     @staticmethod
     def _token_table(device: torch.device | str, vocab_size: int, rows: list[list[int]]) -> torch.Tensor:

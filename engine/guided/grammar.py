@@ -98,7 +98,7 @@ class Grammar:
                 self._masks[state] = packed
                 while len(self._masks) > self.max_cached_states:
                     self._masks.popitem(last=False)
-        return np.unpackbits(packed, count=self.vocab.vocab_size).astype(bool)
+        return np.unpackbits(packed, count=self.vocab.vocab_size).view(bool)  # 0/1 bytes: a valid bool view
 
     def _compute(self, state: int) -> np.ndarray:
         v, dfa = self.vocab, self.dfa

@@ -13,7 +13,7 @@ USER = [{"role": "user", "content": "hi"}]
 
 def test_unknown_fields_ignored_known_unsupported_rejected():
     ChatCompletionRequest(messages=USER, some_future_field=1, store=False).check_supported()
-    for extra in ({"audio": {"voice": "x"}}, {"modalities": ["text", "audio"]}, {"guided_json": {"type": "object"}},
+    for extra in ({"audio": {"voice": "x"}}, {"modalities": ["text", "audio"]}, {"guided_grammar": "root ::= x"},
                   {"use_beam_search": True}, {"function_call": "auto"}):
         with pytest.raises(InvalidRequest) as e:
             ChatCompletionRequest(messages=USER, **extra).check_supported()

@@ -1,0 +1,89 @@
+"""Real engine over HTTP: structured outputs. OpenAI's response_format (json_schema, json_object,
+through the OpenAI client's `parse` too) and vLLM's guided_json / guided_regex; random weights, so
+validity comes from the grammar alone. With thinking on, the grammar shapes the content after
+`</think>`; the schema is also shown to the model in the prompt, as the official encoder does."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jsonschema
+import pydantic
+from real_server import MODEL, TOOLS, USER, expect_error
+
+from server.chat_format import encode_messages
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
+                                           "days": {"type": "integer"},
+                                           "unit": {"enum": ["C", "F"]}},
+          "required": ["city", "days"], "additionalProperties": False}
+FORMAT = {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA, "strict": True}}
+
+
+def test_chat_json_schema(http):
+    body = {"messages": USER, "max_tokens": 300, "temperature": 1.0, "seed": 4, "n": 3,
+            "reasoning_effort": "none", "response_format": FORMAT}
+    r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    for ch in r.json()["choices"]:
+        assert ch["finish_reason"] == "stop"
+        jsonschema.validate(json.loads(ch["message"]["content"]), SCHEMA)
+    # the schema is in the prompt (the official encoder's response-format block)
+    want = encode_messages(USER, thinking=False, reasoning_effort=None, tools=None, response_format=FORMAT)
+    assert r.json()["usage"]["prompt_tokens"] == len(http.post("/tokenize", json={"prompt": want}).json()["tokens"])
+    # streamed: the concatenated content is valid too
+    with http.stream("POST", "/v1/chat/completions", json={**body, "n": 1, "stream": True}) as s:
+        events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    text = "".join(ch["delta"].get("content") or "" for ev in events for ch in ev["choices"])
+    jsonschema.validate(json.loads(text), SCHEMA)
+
+
+def test_chat_json_schema_after_thinking(http, real):
+    """Thinking on: free reasoning (ended by the thinking budget here), then schema-valid content."""
+    r = http.post("/v1/chat/completions", json={
+        "messages": USER, "max_tokens": 300, "temperature": 1.0, "seed": 2, "response_format": FORMAT,
+        "thinking": {"type": "enabled", "budget_tokens": 4}})
+    assert r.status_code == 200, r.text
+    msg = r.json()["choices"][0]["message"]
+    assert msg["reasoning_content"] is not None
+    jsonschema.validate(json.loads(msg["content"]), SCHEMA)
+
+
+def test_openai_client_parse(client):
+    class Weather(pydantic.BaseModel):
+        city: str = pydantic.Field(max_length=8)
+        days: int
+
+    r = client.chat.completions.parse(model=MODEL, messages=USER, max_tokens=300, temperature=1.0, seed=1,
+                                      response_format=Weather, reasoning_effort="none")
+    parsed = r.choices[0].message.parsed
+    assert isinstance(parsed, Weather) and len(parsed.city) <= 8
+
+
+def test_json_object_and_regex(http, real):
+    close = real.tok.encode("}")  # pushed up wherever the grammar allows it: the object closes at once
+    r = http.post("/v1/chat/completions", json={
+        "messages": USER, "max_tokens": 50, "reasoning_effort": "none", "response_format": {"type": "json_object"},
+        "logit_bias": {str(close[0]): 100}})
+    assert isinstance(json.loads(r.json()["choices"][0]["message"]["content"]), dict)
+    pattern = r"[a-c]{3}-\d{1,4}"
+    r = http.post("/v1/completions", json={"prompt": "id:", "max_tokens": 30, "temperature": 1.0, "n": 4,
+                                           "seed": 9, "guided_regex": pattern})
+    assert all(re.fullmatch(pattern, c["text"]) and c["finish_reason"] == "stop" for c in r.json()["choices"])
+    r = http.post("/v1/completions", json={"prompt": "x", "max_tokens": 300, "temperature": 1.0,
+                                           "guided_json": json.dumps(SCHEMA)})  # the schema as a string
+    jsonschema.validate(json.loads(r.json()["choices"][0]["text"]), SCHEMA)
+
+
+def test_guided_errors(http):
+    expect_error(http.post("/v1/chat/completions", json={"messages": USER, "response_format": FORMAT,
+                                                         "tools": TOOLS}), 400, "response_format")
+    err = expect_error(http.post("/v1/completions", json={"prompt": "x", "guided_json": {
+        "type": "object", "properties": {"a": {"type": "string", "format": "email"}}}}), 400, "guided_json")
+    assert "/properties/a" in err["message"] and "email" in err["message"]
+    expect_error(http.post("/v1/chat/completions", json={"messages": USER, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "x", "schema": False}}}), 400, "response_format")
+    expect_error(http.post("/v1/completions", json={"prompt": "x", "guided_regex": "a", "ignore_eos": True}), 400)
+    expect_error(http.post("/v1/chat/completions", json={"messages": USER, "response_format": FORMAT,
+                                                         "guided_choice": ["a"]}), 400, "guided_choice")
