@@ -309,6 +309,7 @@ class TokenizeRequest(OpenAIBaseModel):
     add_special_tokens: bool | None = None
     add_generation_prompt: bool = True
     tools: list[Tool] | None = None
+    response_format: ResponseFormat | None = None  # rendered into the prompt as in chat
     reasoning_effort: str | None = None
     thinking: bool | dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None

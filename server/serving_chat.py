@@ -42,7 +42,7 @@ def render_chat_prompt(state: ServerState, req: Any) -> tuple[str, ReasoningConf
     if not isinstance(drop, bool):
         raise InvalidRequest("chat_template_kwargs.drop_thinking must be a boolean", param="chat_template_kwargs")
     messages = [m.to_dict(i) for i, m in enumerate(req.messages)]
-    rf = getattr(req, "response_format", None)  # shown to the model as the official encoder does
+    rf = req.response_format  # shown to the model as the official encoder does
     rf = rf.model_dump(by_alias=True, exclude_none=True) if rf is not None else None
     text = encode_messages(messages, thinking=reasoning.thinking, reasoning_effort=reasoning.encoder_effort,
                            tools=tools, response_format=rf, add_generation_prompt=req.add_generation_prompt,

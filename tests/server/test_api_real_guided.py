@@ -31,7 +31,9 @@ def test_chat_json_schema(http):
         jsonschema.validate(json.loads(ch["message"]["content"]), SCHEMA)
     # the schema is in the prompt (the official encoder's response-format block)
     want = encode_messages(USER, thinking=False, reasoning_effort=None, tools=None, response_format=FORMAT)
-    assert r.json()["usage"]["prompt_tokens"] == len(http.post("/tokenize", json={"prompt": want}).json()["tokens"])
+    assert '"name": "weather"' in want
+    shown = http.post("/tokenize", json={"messages": USER, "reasoning_effort": "none", "response_format": FORMAT})
+    assert shown.json()["prompt"] == want and r.json()["usage"]["prompt_tokens"] == shown.json()["count"]
     # streamed: the concatenated content is valid too
     with http.stream("POST", "/v1/chat/completions", json={**body, "n": 1, "stream": True}) as s:
         events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
