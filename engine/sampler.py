@@ -144,7 +144,7 @@ class SamplingMetadata:
         bias = [(i, t, float(b)) for i, p in enumerate(params) for t, b in (p.logit_bias or {}).items() if t < V]
         allow_lists = {i: _allowed_now(p, out, eos_token_id) for i, (p, out) in enumerate(zip(params, output_token_ids))
                        if p.allowed_token_ids is not None or p.choice_token_ids is not None}
-        guide_masks = {i: g.allowed(eos_token_id) for i, g in enumerate(guides or ()) if g is not None and g.active}
+        guide_masks = {i: g.packed_mask() for i, g in enumerate(guides or ()) if g is not None and g.active}
         allowed = sorted(set(allow_lists) | set(guide_masks))
         allowed_mask = None
         if allowed and not guide_masks:
@@ -195,16 +195,24 @@ class SamplingMetadata:
 
     @staticmethod
     def _guided_table(vocab_size: int, rows: list[int], allow_lists: dict[int, list[int]],
-                      guide_masks: dict[int, np.ndarray], eos_token_id: int | None) -> np.ndarray:
-        """numpy bool [len(rows), V] built on the host: each row's grammar mask, intersected with its
-        allow-list; a row left with nothing may still end (EOS)."""
-        table = np.ones((len(rows), vocab_size), dtype=bool)
+                      guide_masks: dict[int, tuple[np.ndarray, bool]], eos_token_id: int | None) -> np.ndarray:
+        """numpy bool [len(rows), V] built on the host: each row's grammar mask (packed bits, all
+        unpacked in one call; EOS where the grammar lets the row end), intersected with its allow-list;
+        a row left with nothing may still end (EOS)."""
+        width = (vocab_size + 7) // 8
+        full = np.full(width, 255, dtype=np.uint8)
+
+        def bits(i: int) -> np.ndarray:
+            if i not in guide_masks:
+                return full
+            p = guide_masks[i][0][:width]
+            return p if len(p) == width else np.pad(p, (0, width - len(p)))  # beyond its vocabulary: no
+        packed = np.stack([bits(i) for i in rows])
+        table = np.unpackbits(packed, axis=1, count=vocab_size).view(bool)
+        eos_ok = eos_token_id is not None and eos_token_id < vocab_size
         for r, i in enumerate(rows):
-            m = guide_masks.get(i)
-            if m is not None:
-                n = min(len(m), vocab_size)
-                table[r, :n] = m[:n]
-                table[r, n:] = False
+            if eos_ok and i in guide_masks and guide_masks[i][1]:
+                table[r, eos_token_id] = True
             if i in allow_lists:
                 keep = np.zeros(vocab_size, dtype=bool)
                 keep[[t for t in allow_lists[i] if t < vocab_size]] = True

@@ -79,7 +79,8 @@ class Grammar:
     dfa: Dfa
     vocab: TokenVocab
     description: str  # what was compiled, for errors and logs
-    _masks: OrderedDict = field(default_factory=OrderedDict, repr=False)  # state -> packed bool[V]
+    # state -> (packed bits of bool[V], whether any token is allowed)
+    _masks: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     max_cached_states: int = 4096
 
@@ -88,17 +89,23 @@ class Grammar:
 
     def allowed(self, state: int) -> np.ndarray:
         """bool[vocab_size]: the tokens whose bytes keep `state` alive (EOS not included)."""
-        with self._lock:
-            packed = self._masks.get(state)
-            if packed is not None:
-                self._masks.move_to_end(state)
-        if packed is None:
-            packed = np.packbits(self._compute(state))
-            with self._lock:
-                self._masks[state] = packed
-                while len(self._masks) > self.max_cached_states:
-                    self._masks.popitem(last=False)
+        packed, _ = self.packed(state)
         return np.unpackbits(packed, count=self.vocab.vocab_size).view(bool)  # 0/1 bytes: a valid bool view
+
+    def packed(self, state: int) -> tuple[np.ndarray, bool]:
+        """(`allowed(state)` as packed bits (np.packbits order), whether any token is allowed)."""
+        with self._lock:
+            entry = self._masks.get(state)
+            if entry is not None:
+                self._masks.move_to_end(state)
+                return entry
+        mask = self._compute(state) if state != self.dfa.dead else np.zeros(self.vocab.vocab_size, dtype=bool)
+        entry = (np.packbits(mask), bool(mask.any()))
+        with self._lock:
+            self._masks[state] = entry
+            while len(self._masks) > self.max_cached_states:
+                self._masks.popitem(last=False)
+        return entry
 
     def _compute(self, state: int) -> np.ndarray:
         v, dfa = self.vocab, self.dfa
@@ -138,13 +145,17 @@ class GuideCursor:
             return
         self.state = self.grammar.advance(self.state, token_id)
 
+    def packed_mask(self) -> tuple[np.ndarray, bool]:
+        """For an active cursor: (packed bits of the tokens that keep the match alive, whether EOS may
+        come now: the output is a complete match, or nothing else is left so the row can end)."""
+        packed, any_token = self.grammar.packed(self.state)
+        return packed, bool(self.grammar.dfa.accept[self.state]) or not any_token
+
     def allowed(self, eos_token_id: int | None) -> np.ndarray:
-        """bool[vocab_size] for an active cursor: tokens that keep the match alive, plus EOS once the
-        output is a complete match (or when nothing else is left, so the row can always end)."""
-        dfa = self.grammar.dfa
-        mask = self.grammar.allowed(self.state) if self.state != dfa.dead else \
-            np.zeros(self.grammar.vocab.vocab_size, dtype=bool)
-        if eos_token_id is not None and eos_token_id < len(mask) and (dfa.accept[self.state] or not mask.any()):
+        """bool[vocab_size]: `packed_mask()` unpacked, EOS set when it may come."""
+        packed, eos_ok = self.packed_mask()
+        mask = np.unpackbits(packed, count=self.grammar.vocab.vocab_size).view(bool)
+        if eos_ok and eos_token_id is not None and eos_token_id < len(mask):
             mask[eos_token_id] = True
         return mask
 

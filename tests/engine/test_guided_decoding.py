@@ -109,7 +109,7 @@ def test_grammar_starts_after_the_start_token(llm):
     tok = llm.engine.tokenizer
     start = tok.encode("Z")[0]
     outs = _sample(llm, n=4, guided_regex="[0-9]{3}", guided_start_token_id=start, thinking_budget=5,
-                   thinking_end_token_id=start)
+                   thinking_end_token_id=start, logit_bias={tok.eos_token_id: -100})  # no EOS while free
     for c in outs:
         k = c.token_ids.index(start)
         assert k <= 5 and c.finish_reason == "stop"
