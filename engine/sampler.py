@@ -6,9 +6,10 @@ Processing order (vLLM's), all on the logits' device, batched over rows:
      mask, temperature or truncation), as vLLM returns them by default;
   2. allowed_token_ids, guided_choice (the next token of every choice the output still
      prefixes; EOS after a whole choice) and structured-output grammars (engine/guided: the tokens
-     that keep the output a prefix of a match; EOS once it is a match): every other token -> -inf; logit_bias: added to the listed
-     tokens' logits; min_tokens: below `min_tokens` generated tokens, EOS (even with ignore_eos) and
-     stop_token_ids are set to -inf; ignore_eos itself masks nothing (the engine doesn't stop on EOS);
+     that keep the output a prefix of a match; EOS once it is a match): every other token -> -inf
+     (a row left with no token may take EOS); logit_bias: added to the listed tokens' logits;
+     min_tokens: below `min_tokens` generated tokens, EOS (even with ignore_eos) and stop_token_ids
+     are set to -inf; ignore_eos itself masks nothing (the engine doesn't stop on EOS);
      bad_words: a word's last token is set to -inf when the output ends with its other tokens;
   3. penalties: repetition (prompt + output tokens: positive logits divided, negative multiplied),
      frequency (minus freq * count in output) and presence (minus presence if count > 0);

@@ -1,5 +1,6 @@
-"""Structured output on the HTTP API: OpenAI's `response_format` (json_object / json_schema) and
-vLLM's `guided_json` / `guided_regex` -> the engine's guided-decoding fields, and the grammar
+"""Structured output on the HTTP API: OpenAI's `response_format` (json_object / json_schema),
+vLLM's `guided_json` / `guided_regex` and its newer `structured_outputs` object (json, regex, choice,
+json_object) -> the engine's guided-decoding fields, and the grammar
 compiled off the event loop (a bad schema or pattern is a 400 naming the parameter).
 
 In chat with thinking on, the grammar starts after `</think>`: it shapes the reply's content, not
@@ -21,7 +22,8 @@ def guided_param(req: Any) -> str | None:
     rf = req.response_format
     if rf is not None and rf.type != "text":
         asks.append("response_format")
-    asks += [name for name in ("guided_json", "guided_regex", "guided_choice") if getattr(req, name) is not None]
+    asks += [name for name in ("guided_json", "guided_regex", "guided_choice", "structured_outputs")
+             if getattr(req, name) is not None]
     if len(asks) > 1:
         raise InvalidRequest(f"use one structured-output parameter per request, got {', '.join(asks)}", param=asks[1])
     return asks[0] if asks else None
@@ -34,6 +36,8 @@ def guided_kwargs(req: Any) -> dict[str, Any]:
         return {"guided_json": req.guided_json}
     if param == "guided_regex":
         return {"guided_regex": req.guided_regex}
+    if param == "structured_outputs":
+        return _structured_outputs(req.structured_outputs)
     if param != "response_format":
         return {}
     rf = req.response_format
@@ -46,6 +50,31 @@ def guided_kwargs(req: Any) -> dict[str, Any]:
     if schema is False:
         raise InvalidRequest("response_format.json_schema.schema `false` matches nothing", param="response_format")
     return {"guided_json": schema if isinstance(schema, dict) else {}}  # None / true: any JSON value
+
+
+_SO_FIELDS = {"json": "guided_json", "regex": "guided_regex", "choice": "guided_choice",
+              "json_object": "guided_json_object"}
+_SO_ACCEPTED = {"disable_fallback", "disable_additional_properties"}  # what we do anyway
+
+
+def _structured_outputs(so: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's `structured_outputs` object: exactly one of json / regex / choice / json_object."""
+    set_keys = [k for k, v in so.items() if v not in (None, False)]
+    unknown = [k for k in set_keys if k not in _SO_FIELDS and k not in _SO_ACCEPTED]
+    if unknown:
+        raise InvalidRequest(f"structured_outputs.{unknown[0]} is not supported (supported: json, regex, choice, "
+                             "json_object)", param="structured_outputs")
+    modes = [k for k in set_keys if k in _SO_FIELDS]
+    if len(modes) != 1:
+        raise InvalidRequest("structured_outputs needs exactly one of json, regex, choice, json_object"
+                             + (f", got {', '.join(modes)}" if modes else ""), param="structured_outputs")
+    key = modes[0]
+    value = so[key]
+    if key == "json_object":
+        return {"guided_json_object": True}
+    if key == "json":
+        value = {} if value is True else value
+    return {_SO_FIELDS[key]: value}
 
 
 async def attach_guide(engine: Any, params: SamplingParams, param: str | None) -> SamplingParams:

@@ -97,7 +97,8 @@ class ChatMessage(OpenAIBaseModel):
 
 # known parameters we do not implement; a meaningful value is a 400 naming the parameter
 _UNSUPPORTED = (
-    "functions", "function_call", "audio", "prediction", "web_search_options", "guided_grammar", "guided_decoding_backend", "structured_outputs",
+    "functions", "function_call", "audio", "prediction", "web_search_options", "guided_grammar",
+    "guided_decoding_backend",
     "use_beam_search", "length_penalty", "prompt_logprobs",
     "continue_final_message", "documents", "chat_template", "logits_processors",
     "mm_processor_kwargs", "priority", "vllm_xargs", "kv_transfer_params")
@@ -136,6 +137,7 @@ class SamplingFields(OpenAIBaseModel):
     response_format: ResponseFormat | None = None
     guided_json: dict[str, Any] | str | None = None
     guided_regex: str | None = None
+    structured_outputs: dict[str, Any] | None = None  # vLLM >= 0.10: {"json" | "regex" | "choice" | "json_object": ...}
     return_tokens_as_token_ids: bool | None = None  # logprob tokens as "token_id:{id}"
 
     def check_supported(self) -> None:

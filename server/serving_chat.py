@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from engine.outputs import OutputKind
 from server.chat_format import encode_messages
 from server.errors import APIError, InvalidRequest, check_text, sse_error
-from server.guided_request import attach_guide, guided_param
+from server.guided_request import attach_guide, guided_kwargs, guided_param
 from server.output_parser import StreamingParser, parse_completion
 from server.protocol import ChatCompletionRequest
 from server.reasoning import ReasoningConfig, resolve_reasoning
@@ -97,15 +97,16 @@ class _Ctx:
         engine = state.engine
         self.prompt_ids = req.truncate_prompt(engine.tokenizer.encode(prompt_text, add_special_tokens=False),
                                               engine.max_model_len)
-        if req.guided_choice is not None and (self.reasoning.thinking or req.active_tools() is not None):
-            raise InvalidRequest("guided_choice constrains the whole reply: use it with thinking off "
-                                 "(reasoning_effort 'none') and without tools", param="guided_choice")
         self.guided_param = guided_param(req)
+        is_choice = guided_kwargs(req).get("guided_choice") is not None or req.guided_choice is not None
+        if is_choice and (self.reasoning.thinking or req.active_tools() is not None):
+            raise InvalidRequest("guided_choice constrains the whole reply: use it with thinking off "
+                                 "(reasoning_effort 'none') and without tools", param=self.guided_param)
         if self.guided_param is not None and req.active_tools() is not None:
             raise InvalidRequest(f"{self.guided_param} decides the reply's text: it cannot be combined with tools "
                                  "(set tool_choice 'none' or drop the tools)", param=self.guided_param)
         extra: dict[str, Any] = {"skip_special_tokens": False}
-        if self.guided_param not in (None, "guided_choice") and self.reasoning.thinking:
+        if self.guided_param is not None and not is_choice and self.reasoning.thinking:
             extra["guided_start_token_id"] = self.special.think_end_id  # the grammar shapes the content
         if self.reasoning.thinking and self.reasoning.budget_tokens is not None:
             extra.update(thinking_budget=self.reasoning.budget_tokens, thinking_end_token_id=self.special.think_end_id)

@@ -63,7 +63,8 @@ def literal_json(value: Any) -> tuple:
     if isinstance(value, dict):
         parts: list[tuple] = []
         for i, (k, v) in enumerate(value.items()):
-            parts += ([comma] if i else []) + [lit(json.dumps(str(k), ensure_ascii=False)), lit(":"), WS, literal_json(v)]
+            key = lit(json.dumps(str(k), ensure_ascii=False))
+            parts += ([comma] if i else []) + [key, lit(":"), WS, literal_json(v)]
         return ("seq", [lit("{")] + parts + [lit("}")])
     if isinstance(value, list):
         parts = []

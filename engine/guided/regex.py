@@ -182,7 +182,8 @@ class _Parser:
                 raise self.error("POSIX classes [:name:] are not supported")
             else:
                 r = [(ord(c), ord(c))]
-            if len(r) == 1 and r[0][0] == r[0][1] and self.peek() == "-" and self.p[self.i + 1:self.i + 2] not in ("]", ""):
+            single = len(r) == 1 and r[0][0] == r[0][1]
+            if single and self.peek() == "-" and self.p[self.i + 1:self.i + 2] not in ("]", ""):
                 self.i += 1
                 d = self.take()
                 e = self.escape(in_class=True) if d == "\\" else [(ord(d), ord(d))]

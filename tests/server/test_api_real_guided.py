@@ -81,6 +81,26 @@ def test_json_object_and_regex(http, real):
     jsonschema.validate(json.loads(r.json()["choices"][0]["text"]), SCHEMA)
 
 
+def test_vllm_structured_outputs(http):
+    """vLLM >= 0.10's `structured_outputs` object: json / regex / choice / json_object."""
+    base = {"prompt": "x", "max_tokens": 300, "temperature": 1.0, "seed": 3}
+    r = http.post("/v1/completions", json=base | {"structured_outputs": {"json": SCHEMA}})
+    jsonschema.validate(json.loads(r.json()["choices"][0]["text"]), SCHEMA)
+    r = http.post("/v1/completions", json=base | {"structured_outputs": {"regex": "[xy]{4}"}, "n": 2})
+    assert all(re.fullmatch("[xy]{4}", c["text"]) for c in r.json()["choices"])
+    r = http.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 20, "reasoning_effort": "none",
+                                                "structured_outputs": {"choice": ["yes", "no"]}})
+    assert r.json()["choices"][0]["message"]["content"] in ("yes", "no")
+    for so, what in (({"grammar": "root ::= x"}, "grammar"), ({}, "exactly one"),
+                     ({"json": {}, "regex": "a"}, "exactly one"), ({"whitespace_pattern": " "}, "whitespace")):
+        err = expect_error(http.post("/v1/completions", json=base | {"structured_outputs": so}), 400,
+                           "structured_outputs")
+        assert what in err["message"]
+    expect_error(http.post("/v1/chat/completions", json={"messages": USER, "reasoning_effort": "high",
+                                                         "structured_outputs": {"choice": ["a"]}}),
+                 400, "structured_outputs")
+
+
 def test_guided_errors(http):
     expect_error(http.post("/v1/chat/completions", json={"messages": USER, "response_format": FORMAT,
                                                          "tools": TOOLS}), 400, "response_format")
