@@ -9,7 +9,9 @@ the schema is: integers up to 19 digits, fractions and exponents to 15 / 3 digit
 
 Supported keywords: type (one or a list), enum, const, properties, required, additionalProperties,
 items, prefixItems, minItems, maxItems, minLength, maxLength, pattern, format (date, time,
-date-time, uuid), anyOf, oneOf, allOf (one schema), $ref into $defs / definitions (not recursive).
+date-time, uuid), minimum / maximum / exclusiveMinimum / exclusiveMaximum (integers: any bounds;
+numbers: integer-valued inclusive bounds, no exponent; numeric.py), anyOf, oneOf, allOf (one
+schema), $ref into $defs / definitions (not recursive).
 Annotations (title, description, default, examples, $schema, $id, ...) are ignored. Every other
 keyword is a ValueError naming it: the output would not be guaranteed to satisfy it.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from . import numeric
 from .automaton import cset, lit, negate_ranges, subtract_ranges_in
 from .regex import parse_regex
 
@@ -28,6 +31,7 @@ MAX_STRING_LENGTH = 4096
 _ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated",
                 "readOnly", "writeOnly", "$defs", "definitions"}
 _KNOWN = {"type", "enum", "const", "properties", "required", "additionalProperties", "items", "prefixItems",
+          "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
           "minItems", "maxItems", "minLength", "maxLength", "pattern", "format", "anyOf", "oneOf", "allOf", "$ref"}
 
 WS = ("rep", lit(" "), 0, 1)
@@ -184,10 +188,11 @@ class _SchemaCompiler:
     def _typed(self, t: Any, schema: dict, where: str) -> tuple:
         if t == "string":
             return self._string(schema, where)
-        if t == "integer":
-            return INTEGER
-        if t == "number":
-            return NUMBER
+        if t in ("integer", "number"):
+            rng = numeric.bounds(schema, t == "integer", lambda what: self.error(where, what))
+            if rng is None:
+                return INTEGER if t == "integer" else NUMBER
+            return numeric.integer_range(*rng) if t == "integer" else numeric.number_range(*rng)
         if t == "boolean":
             return ("alt", [lit("true"), lit("false")])
         if t == "null":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from fractions import Fraction
 
 import jsonschema
 import pytest
@@ -124,7 +125,11 @@ def test_free_json_object():
 
 
 @pytest.mark.parametrize("schema,what", [
-    ({"type": "integer", "minimum": 3}, "minimum"),
+    ({"type": "number", "minimum": 0.5}, "integer-valued minimum / maximum only"),
+    ({"type": "number", "exclusiveMinimum": 0}, "exclusiveMinimum=0"),
+    ({"type": "integer", "minimum": 3, "exclusiveMaximum": 3}, "range is empty"),
+    ({"type": "integer", "maximum": "9"}, "finite number"),
+    ({"type": "integer", "multipleOf": 3}, "multipleOf"),
     ({"type": "object", "properties": {"a": {"not": {}}}}, "/properties/a: keyword(s) not"),
     ({"$defs": {"T": {"type": "array", "items": {"$ref": "#/$defs/T"}}}, "$ref": "#/$defs/T"}, "recursive"),
     ({"$ref": "#/$defs/missing"}, "does not resolve"),
@@ -140,6 +145,25 @@ def test_free_json_object():
 def test_schema_errors_name_the_keyword(schema, what):
     with pytest.raises(ValueError, match=re.escape(what)):
         compile_dfa(schema_to_ast(schema))
+
+
+@pytest.mark.parametrize("kind", ["integer", "number"])
+def test_numeric_ranges_are_exact(kind):
+    rng = random.Random(kind)
+    cases = [(None, None), (0, None), (None, 0), (-5, -2), (-1, 1), (10**18, 10**18 + 7), (None, -300)]
+    cases += [tuple(sorted(rng.sample(range(-300, 300), 2))) for _ in range(12)]
+    texts = [str(v) for v in range(-420, 420, 3)] + ["-2.5", "-1.0", "-0.5", "0.0", "1.5", "3.000", "299.9",
+                                                      "-299.9", "12.50", str(10**18 + 7), str(10**18 + 8), "01"]
+    for lo, hi in cases:
+        schema = {"type": kind, **({"minimum": lo} if lo is not None else {}), **({"maximum": hi} if hi is not None else {})}
+        dfa = compile_dfa(schema_to_ast(schema))
+        for text in texts:
+            value = Fraction(text)
+            want = (lo is None or value >= lo) and (hi is None or value <= hi) and text != "01" and \
+                not (kind == "integer" and "." in text)
+            assert dfa.fullmatch(text.encode()) == want, (schema, text)
+    dfa = compile_dfa(schema_to_ast({"type": "integer", "exclusiveMinimum": 1.5, "exclusiveMaximum": 4}))
+    assert [t for t in ("1", "2", "3", "4") if dfa.fullmatch(t.encode())] == ["2", "3"]
 
 
 def test_oversized_pattern_is_refused():

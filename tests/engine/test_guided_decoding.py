@@ -15,7 +15,8 @@ from engine.guided.grammar import GuideCompiler, GuideCursor
 
 SCHEMA = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 6},
-    "age": {"type": "integer"},
+    "age": {"type": "integer", "minimum": 0, "maximum": 130},
+    "score": {"type": "number", "minimum": -1, "maximum": 1},
     "mood": {"enum": ["happy", "sad"]},
     "tags": {"type": "array", "items": {"type": "string", "maxLength": 3}, "maxItems": 2},
     "ok": {"type": "boolean"}}, "required": ["name", "age"], "additionalProperties": False}
@@ -140,8 +141,8 @@ def test_invalid_combinations(kw, what):
 
 
 def test_bad_specs_fail_at_add_request(llm):
-    with pytest.raises(ValueError, match="minimum"):
-        llm.generate(["x"], SamplingParams(guided_json={"type": "integer", "minimum": 1}))
+    with pytest.raises(ValueError, match="multipleOf"):
+        llm.generate(["x"], SamplingParams(guided_json={"type": "integer", "multipleOf": 2}))
     with pytest.raises(ValueError, match="missing"):
         llm.generate(["x"], SamplingParams(guided_regex="(ab"))
     assert not llm.engine.has_unfinished()

@@ -155,7 +155,7 @@ def test_malformed_json(http):
     ("/v1/completions", {"prompt": "x", "allowed_token_ids": [999999999]}, None),
     ("/v1/chat/completions", {"messages": USER, "response_format": {"type": "json_schema"}}, "response_format"),
     ("/v1/chat/completions", {"messages": USER, "response_format": {"type": "yaml"}}, "response_format.type"),
-    ("/v1/chat/completions", {"messages": USER, "guided_json": {"type": "integer", "minimum": 0}}, "guided_json"),
+    ("/v1/chat/completions", {"messages": USER, "guided_json": {"type": "integer", "multipleOf": 2}}, "guided_json"),
     ("/v1/completions", {"prompt": "x", "guided_regex": "(a"}, "guided_regex"),
     ("/v1/completions", {"prompt": "x", "guided_regex": "a", "guided_json": {}}, "guided_regex"),
     ("/v1/chat/completions", {"messages": USER, "guided_grammar": "root ::= x"}, "guided_grammar"),
