@@ -180,6 +180,7 @@ class LLMEngine:
         st.mark("arrival", now)
         if params.prompt_logprobs is not None:
             st.prompt_logprobs = [None] * len(ids)
+            st.prompt_logprob_ranks = [None] * len(ids)
         self.requests[request_id] = st
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
@@ -224,8 +225,10 @@ class LLMEngine:
         for i, (start, logits) in res.prompt_logits.items():
             st = states[i]
             nxt = torch.tensor(st.prompt_token_ids[start + 1:start + 1 + logits.shape[0]], device=logits.device)
-            lps = gather_logprobs(logits.log_softmax(-1), nxt, [st.params.prompt_logprobs] * len(nxt))
+            ranks: list[int] = []
+            lps = gather_logprobs(logits.log_softmax(-1), nxt, [st.params.prompt_logprobs] * len(nxt), ranks)
             st.prompt_logprobs[start + 1:start + 1 + len(lps)] = lps
+            st.prompt_logprob_ranks[start + 1:start + 1 + len(ranks)] = ranks
         self.scheduler.update_after_step(sched)
         if res.sample_chunk_idx:
             rows = [(states[i], sched.chunks[i].seq) for i in res.sample_chunk_idx]

@@ -53,6 +53,7 @@ class RequestOutput:
     # per prompt token: None for the first, else {token_id: logprob} (None unless requested; DELTA
     # outputs carry them once, in the first output)
     prompt_logprobs: list[dict[int, float] | None] | None = None
+    prompt_logprob_ranks: list[int | None] | None = None  # per prompt token: its rank (1 = most likely)
     prompt: str | None = None
     finished: bool = False
     # timing (time.monotonic seconds): arrival, first scheduled, first token, finish

@@ -36,6 +36,7 @@ class RequestState:
     samples: list[SampleState]
     arrival_time: float = field(default_factory=time.monotonic)
     prompt_logprobs: list[dict[int, float] | None] | None = None  # filled as prompt chunks run
+    prompt_logprob_ranks: list[int | None] | None = None  # the prompt token's rank, beside them
     # time.monotonic() of arrival / first_scheduled / first_token / finished; replaced, never mutated
     # (mark()), so outputs share it without a copy
     metrics: dict[str, float] = field(default_factory=dict)
@@ -110,6 +111,7 @@ class RequestState:
             prompt_token_ids=self.prompt_token_ids,
             outputs=outs,
             prompt_logprobs=prompt_lps,
+            prompt_logprob_ranks=list(self.prompt_logprob_ranks) if prompt_lps is not None else None,
             prompt=self.prompt,
             finished=self.finished,
             metrics=self.metrics,

@@ -243,12 +243,16 @@ class SamplerOutput:
 
 
 def gather_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor,
-                    num_logprobs: list[int | None]) -> list[dict[int, float] | None]:
+                    num_logprobs: list[int | None], ranks: list[int] | None = None) -> list[dict[int, float] | None]:
     """Logprob dicts for rows of `logprobs` [N, V]: {token_ids[i]: lp} plus the top num_logprobs[i]
     entries (the chosen token first; it may also be among the top-k). One device -> host sync.
-    Also usable for prompt logprobs (token_ids = next prompt tokens)."""
+    Also usable for prompt logprobs (token_ids = next prompt tokens). `ranks`, when given, is
+    extended with each chosen token's rank (1 + the number of tokens more likely than it)."""
     k = max((n for n in num_logprobs if n is not None), default=0)
-    chosen = logprobs.gather(1, token_ids.view(-1, 1)).squeeze(1).tolist()
+    chosen_t = logprobs.gather(1, token_ids.view(-1, 1))
+    if ranks is not None:
+        ranks.extend(((logprobs > chosen_t).sum(dim=1) + 1).tolist())
+    chosen = chosen_t.squeeze(1).tolist()
     ids = token_ids.tolist()
     top_lp, top_ids = logprobs.topk(k, dim=-1) if k > 0 else (None, None)
     top_lp = top_lp.tolist() if top_lp is not None else None

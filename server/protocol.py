@@ -99,7 +99,7 @@ class ChatMessage(OpenAIBaseModel):
 _UNSUPPORTED = (
     "functions", "function_call", "audio", "prediction", "web_search_options", "guided_grammar",
     "guided_decoding_backend",
-    "use_beam_search", "length_penalty", "prompt_logprobs",
+    "use_beam_search", "length_penalty",
     "continue_final_message", "documents", "chat_template", "logits_processors",
     "mm_processor_kwargs", "priority", "vllm_xargs", "kv_transfer_params")
 
@@ -139,6 +139,7 @@ class SamplingFields(OpenAIBaseModel):
     guided_regex: str | None = None
     structured_outputs: dict[str, Any] | None = None  # vLLM >= 0.10: {"json" | "regex" | "choice" | "json_object": ...}
     return_tokens_as_token_ids: bool | None = None  # logprob tokens as "token_id:{id}"
+    prompt_logprobs: int | None = Field(None, ge=0, le=20)  # vLLM: top-k logprobs per prompt token
 
     def check_supported(self) -> None:
         extra = self.model_extra or {}
@@ -167,6 +168,8 @@ class SamplingFields(OpenAIBaseModel):
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         if any(s == "" for s in stops):
             raise InvalidRequest("stop strings must be non-empty", param="stop")
+        if self.prompt_logprobs is not None and self.stream:
+            raise InvalidRequest("prompt_logprobs is not available when stream is true", param="prompt_logprobs")
         if self.truncate_prompt_tokens == 0:
             raise InvalidRequest("truncate_prompt_tokens must be -1 or at least 1", param="truncate_prompt_tokens")
 
@@ -190,7 +193,8 @@ class SamplingFields(OpenAIBaseModel):
         kw: dict[str, Any] = {"n": self.n, "stop": self.stop_list(), "skip_special_tokens": self.skip_special_tokens}
         for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p",
                      "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids",
-                     "include_stop_str_in_output", "allowed_token_ids", "bad_words", "guided_choice"):
+                     "include_stop_str_in_output", "allowed_token_ids", "bad_words", "guided_choice",
+                     "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None:
                 kw[name] = value
@@ -288,7 +292,7 @@ class CompletionRequest(SamplingFields):
         if self.logprobs is not None:
             kw["logprobs"] = self.logprobs
             if self.echo:
-                kw["prompt_logprobs"] = self.logprobs
+                kw["prompt_logprobs"] = max(kw.get("prompt_logprobs") or 0, self.logprobs)
         kw.update(engine_kw)
         return SamplingParams(**kw)
 

@@ -24,7 +24,7 @@ from server.output_parser import StreamingParser, parse_completion
 from server.protocol import ChatCompletionRequest
 from server.reasoning import ReasoningConfig, resolve_reasoning
 from server.serving_common import (SSE_DONE, ServerState, chat_logprobs, collect, first_output, log_request,
-                                   new_id, sse)
+                                   new_id, prompt_logprobs_json, sse)
 
 _TEMPLATE_KWARGS = {"thinking", "enable_thinking", "reasoning_effort", "drop_thinking"}
 
@@ -178,8 +178,13 @@ def _response(ctx: _Ctx, out) -> dict[str, Any]:
             choice["logprobs"] = {"content": chat_logprobs(ctx.state, c.token_ids, c.logprobs, ctx.top_k,
                                                            ctx.req.return_tokens_as_token_ids)}
         choices.append(choice)
-    return {"id": ctx.request_id, "object": "chat.completion", "created": ctx.created,
+    body = {"id": ctx.request_id, "object": "chat.completion", "created": ctx.created,
             "model": ctx.state.served_model_name, "choices": choices, "usage": ctx.usage(out)}
+    if ctx.req.prompt_logprobs is not None:  # vLLM puts them beside the choices
+        body["prompt_logprobs"] = prompt_logprobs_json(ctx.state, ctx.prompt_ids, out.prompt_logprobs or [],
+                                                       out.prompt_logprob_ranks, ctx.req.prompt_logprobs,
+                                                       ctx.req.return_tokens_as_token_ids)
+    return body
 
 
 async def _stream(ctx: _Ctx, gen: AsyncIterator, first, timer) -> AsyncIterator[str]:

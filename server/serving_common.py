@@ -107,14 +107,16 @@ async def collect(request: Request, engine: Any, gens: list[tuple[str, AsyncIter
     """Run every generator (final-only outputs: non-streaming) to completion; a client disconnect
     aborts all of them."""
     async def run(gen: AsyncIterator[RequestOutput], timer: Any) -> RequestOutput:
-        last, prompt_logprobs = None, None
+        last, prompt_logprobs, ranks = None, None, None
         async for out in gen:
             timer.on_output(out)
-            prompt_logprobs = prompt_logprobs or out.prompt_logprobs  # kept if an earlier output carried them
+            if out.prompt_logprobs is not None and prompt_logprobs is None:  # kept if an earlier output carried them
+                prompt_logprobs, ranks = out.prompt_logprobs, out.prompt_logprob_ranks
             last = out
         if last is None:
             raise RuntimeError("engine produced no output")
-        last.prompt_logprobs = last.prompt_logprobs or prompt_logprobs
+        if last.prompt_logprobs is None:
+            last.prompt_logprobs, last.prompt_logprob_ranks = prompt_logprobs, ranks
         return last
 
     async def abort_all() -> None:
@@ -211,6 +213,24 @@ def legacy_logprobs(state: ServerState, token_ids: list[int], logprobs: list[dic
         token_lps.append(max(lp.get(tid, -9999.0), -9999.0))
         tops.append({name(t): max(v, -9999.0) for t, v in top_entries(lp, top_k)} if top_k else None)
     return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
+
+
+def prompt_logprobs_json(state: ServerState, prompt_ids: list[int], logprobs: list[dict[int, float] | None],
+                         ranks: list[int | None] | None, top_k: int, as_ids: bool | None = None) -> list[Any]:
+    """vLLM's `prompt_logprobs`: None for the first token, then {token id: {logprob, rank,
+    decoded_token}} with the prompt token (its true rank) and the top_k most likely tokens."""
+    name = state.token_namer(as_ids)
+    out: list[Any] = []
+    for i, (tid, lp) in enumerate(zip(prompt_ids, logprobs)):
+        if lp is None:
+            out.append(None)
+            continue
+        entry = {str(tid): {"logprob": max(lp.get(tid, -9999.0), -9999.0),
+                            "rank": ranks[i] if ranks is not None else None, "decoded_token": name(tid)}}
+        for rank, (t, v) in enumerate(top_entries(lp, top_k), start=1):
+            entry.setdefault(str(t), {"logprob": max(v, -9999.0), "rank": rank, "decoded_token": name(t)})
+        out.append(entry)
+    return out
 
 
 def log_request(request_id: str, prompt_tokens: int, completion_tokens: int, started: float,

@@ -16,7 +16,7 @@ from server.errors import InvalidRequest, check_text, sse_error
 from server.guided_request import attach_guide, guided_param
 from server.protocol import CompletionRequest
 from server.serving_common import (SSE_DONE, ServerState, collect, first_output, legacy_logprobs, log_request,
-                                   merge, new_id, sse)
+                                   merge, new_id, prompt_logprobs_json, sse)
 
 
 class _Prompt:
@@ -94,8 +94,13 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw_requ
                     ids = p.ids + ids
                     lps = list(out.prompt_logprobs or [None] * len(p.ids)) + lps
                 logprobs = legacy_logprobs(state, ids, lps, req.logprobs, 0, req.return_tokens_as_token_ids)
-            choices.append({"index": i * req.n + c.index, "text": text, "logprobs": logprobs,
-                            "finish_reason": c.finish_reason, "stop_reason": c.stop_reason})
+            choice = {"index": i * req.n + c.index, "text": text, "logprobs": logprobs,
+                      "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
+            if req.prompt_logprobs is not None:
+                choice["prompt_logprobs"] = prompt_logprobs_json(state, p.ids, out.prompt_logprobs or [],
+                                                                 out.prompt_logprob_ranks, req.prompt_logprobs,
+                                                                 req.return_tokens_as_token_ids)
+            choices.append(choice)
         log_request(p.request_id, len(out.prompt_token_ids), sum(c.num_tokens for c in out.outputs), started,
                     [c.finish_reason for c in out.outputs])
     return JSONResponse({"id": base_id, "object": "text_completion", "created": created,

@@ -208,6 +208,17 @@ def test_metadata_validation_and_generator():
     assert torch.equal(a, b)
 
 
+def test_gather_logprobs_ranks():
+    g = torch.Generator().manual_seed(0)
+    lps = torch.randn(6, 50, generator=g).log_softmax(-1)
+    ids = torch.tensor([0, 7, 49, 3, 3, 21])
+    ranks: list[int] = []
+    out = gather_logprobs(lps, ids, [2, 0, None, 5, 1, 3], ranks)
+    order = lps.argsort(dim=-1, descending=True)
+    assert ranks == [int((order[i] == ids[i]).nonzero()) + 1 for i in range(6)]
+    assert out[2] is None and len(ranks) == 6  # ranks for every row, logprob dicts where asked
+
+
 def test_logit_bias_moves_the_choice_and_leaves_logprobs_raw():
     logits = rand_logits(3, seed=4)
     top = logits.argmax(-1)

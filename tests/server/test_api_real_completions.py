@@ -85,6 +85,35 @@ def test_tokenize_detokenize(http, real):
     expect_error(http.post("/detokenize", json={"tokens": [10**9]}), 400, "tokens")
 
 
+def test_prompt_logprobs(http, real):
+    """vLLM's prompt_logprobs: per prompt token (None first) the token with its true rank and the top-k,
+    equal to the echo logprobs of the same prompt; chat puts them beside the choices."""
+    ids = real.tok.encode("The quick brown fox jumps", add_special_tokens=True)
+    base = {"prompt": ids, "max_tokens": 1, "temperature": 0}
+    r = http.post("/v1/completions", json=base | {"prompt_logprobs": 3, "n": 2}).json()
+    echo = http.post("/v1/completions", json=base | {"echo": True, "logprobs": 3}).json()["choices"][0]["logprobs"]
+    for choice in r["choices"]:
+        plp = choice["prompt_logprobs"]
+        assert len(plp) == len(ids) and plp[0] is None
+        for i in range(1, len(ids)):
+            entry = plp[i]
+            mine = entry[str(ids[i])]
+            assert mine["logprob"] == pytest.approx(echo["token_logprobs"][i], abs=1e-5)
+            assert mine["decoded_token"] == real.tok.decode([ids[i]], skip_special_tokens=False)
+            tops = sorted((v for k, v in entry.items() if k != str(ids[i]) or v["rank"] <= 3),
+                          key=lambda v: v["rank"])
+            assert [v["rank"] for v in tops][:3] == [1, 2, 3] and len(entry) <= 4
+            assert all(a["logprob"] >= b["logprob"] for a, b in zip(tops, tops[1:]))
+            better = sum(v["logprob"] > mine["logprob"] for v in entry.values())
+            assert mine["rank"] >= better + 1 and (mine["rank"] <= 3) == (len(entry) == 3)
+    r = http.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 1, "prompt_logprobs": 0}).json()
+    assert len(r["prompt_logprobs"]) == r["usage"]["prompt_tokens"] and r["prompt_logprobs"][0] is None
+    assert all(len(e) == 1 and next(iter(e.values()))["rank"] >= 1 for e in r["prompt_logprobs"][1:])
+    expect_error(http.post("/v1/completions", json=base | {"prompt_logprobs": 2, "stream": True}), 400,
+                 "prompt_logprobs")
+    expect_error(http.post("/v1/completions", json=base | {"prompt_logprobs": 21}), 400, "prompt_logprobs")
+
+
 def test_return_tokens_as_token_ids(http, real):
     """vLLM's return_tokens_as_token_ids: every logprob token is named "token_id:{id}" (legacy lists, top
     alternatives, chat entries and their bytes); the ids are the tokens the plain request names by text."""
