@@ -100,7 +100,7 @@ _UNSUPPORTED = (
     "functions", "function_call", "audio", "prediction", "web_search_options", "guided_grammar",
     "guided_decoding_backend",
     "use_beam_search", "length_penalty",
-    "continue_final_message", "documents", "chat_template", "logits_processors",
+    "documents", "chat_template", "logits_processors",
     "mm_processor_kwargs", "priority", "vllm_xargs", "kv_transfer_params")
 
 
@@ -221,9 +221,11 @@ class ChatCompletionRequest(SamplingFields):
     thinking: bool | dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True
+    continue_final_message: bool = False  # vLLM: the reply continues the last (assistant) message
 
     def check_supported(self) -> None:
         super().check_supported()
+        check_continue_final(self)
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs=true", param="top_logprobs")
         choice = self.tool_choice
@@ -297,6 +299,18 @@ class CompletionRequest(SamplingFields):
         return SamplingParams(**kw)
 
 
+def check_continue_final(req: Any) -> None:
+    """vLLM's continue_final_message: needs a final assistant message and add_generation_prompt off."""
+    if not req.continue_final_message:
+        return
+    if "add_generation_prompt" in req.model_fields_set and req.add_generation_prompt:
+        raise InvalidRequest("continue_final_message and add_generation_prompt cannot both be true",
+                             param="continue_final_message")
+    if not req.messages or req.messages[-1].role != "assistant":
+        raise InvalidRequest("continue_final_message needs the last message to be from the assistant",
+                             param="continue_final_message")
+
+
 def fit_max_tokens(max_tokens: int | None, prompt_len: int, max_model_len: int) -> int:
     """Requested completion length, or whatever the context has left; raises the vLLM too-long error."""
     if prompt_len >= max_model_len:
@@ -314,6 +328,7 @@ class TokenizeRequest(OpenAIBaseModel):
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool | None = None
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
     tools: list[Tool] | None = None
     response_format: ResponseFormat | None = None  # rendered into the prompt as in chat
     reasoning_effort: str | None = None

@@ -21,7 +21,7 @@ from server.chat_format import encode_messages
 from server.errors import APIError, InvalidRequest, check_text, sse_error
 from server.guided_request import attach_guide, guided_kwargs, guided_param
 from server.output_parser import StreamingParser, parse_completion
-from server.protocol import ChatCompletionRequest
+from server.protocol import ChatCompletionRequest, check_continue_final
 from server.reasoning import ReasoningConfig, resolve_reasoning
 from server.serving_common import (SSE_DONE, ServerState, chat_logprobs, collect, first_output, log_request,
                                    new_id, prompt_logprobs_json, sse)
@@ -44,8 +44,11 @@ def render_chat_prompt(state: ServerState, req: Any) -> tuple[str, ReasoningConf
     messages = [m.to_dict(i) for i, m in enumerate(req.messages)]
     rf = req.response_format  # shown to the model as the official encoder does
     rf = rf.model_dump(by_alias=True, exclude_none=True) if rf is not None else None
+    check_continue_final(req)
+    # the encoder continues a trailing assistant message when asked for a generation prompt
+    generation_prompt = req.add_generation_prompt or req.continue_final_message
     text = encode_messages(messages, thinking=reasoning.thinking, reasoning_effort=reasoning.encoder_effort,
-                           tools=tools, response_format=rf, add_generation_prompt=req.add_generation_prompt,
+                           tools=tools, response_format=rf, add_generation_prompt=generation_prompt,
                            drop_thinking=drop)
     return check_text(text, "messages"), reasoning
 

@@ -226,6 +226,25 @@ def test_thinking_budget(client, real):
     assert (sr, sc) == (reasoning, c.message.content or "")
 
 
+def test_continue_final_message(http, real):
+    """vLLM's continue_final_message: the reply continues the trailing assistant message (no EOS after
+    it); it needs add_generation_prompt off and an assistant message last."""
+    msgs = USER + [{"role": "assistant", "content": "The answer is"}]
+    body = {"messages": msgs, "continue_final_message": True, "add_generation_prompt": False,
+            "reasoning_effort": "none"}
+    got = http.post("/tokenize", json=body).json()["prompt"]
+    assert got == encode_messages(msgs, thinking=False, reasoning_effort=None, tools=None, add_generation_prompt=True)
+    assert got.endswith("The answer is")
+    closed = http.post("/tokenize", json={**body, "continue_final_message": False}).json()["prompt"]
+    assert closed == got + real.tok.eos_token
+    r = http.post("/v1/chat/completions", json={**body, "max_tokens": 2})
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == len(
+        http.post("/tokenize", json=body).json()["tokens"])
+    expect_error(http.post("/v1/chat/completions", json={**body, "add_generation_prompt": True}), 400,
+                 "continue_final_message")
+    expect_error(http.post("/v1/chat/completions", json={**body, "messages": USER}), 400, "continue_final_message")
+
+
 # ---- tool calls end to end (generation forced to a DSML block) ---------------------------------
 @pytest.fixture
 def forced_output(real, monkeypatch):
