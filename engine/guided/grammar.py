@@ -82,7 +82,7 @@ class Grammar:
     # state -> (packed bits of bool[V], whether any token is allowed)
     _masks: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    max_cached_states: int = 4096
+    max_cached_states: int = 1024  # 16 KB each at 129K tokens: 16 MB per grammar at most
 
     def __deepcopy__(self, memo: dict) -> Grammar:
         return self  # immutable apart from its cache: shared by every copy of the params
@@ -167,7 +167,7 @@ class GuideCursor:
 class GuideCompiler:
     """Compiles guides for one tokenizer and keeps the most recent ones (keyed by kind and spec)."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int, max_cached: int = 64) -> None:
+    def __init__(self, tokenizer: Any, vocab_size: int, max_cached: int = 16) -> None:
         self.tokenizer, self.vocab_size, self.max_cached = tokenizer, vocab_size, max_cached
         self._vocab: TokenVocab | None = None
         self._cache: OrderedDict[tuple[str, str], Grammar] = OrderedDict()

@@ -199,6 +199,14 @@ def test_tp2_offline_same_tokens_and_logits(reference, tp2):
     _assert_same(reference, _run(tp2))
 
 
+def test_tp2_structured_output(tp2):
+    """A grammar-constrained request through the TP engine (masks over the sharded vocab's logits)."""
+    import re
+    pattern = r"[a-e]{2,4}-[0-9]{2}"
+    outs = tp2.generate(["hello"], SamplingParams(n=3, temperature=1.0, seed=5, max_tokens=30, guided_regex=pattern))
+    assert all(re.fullmatch(pattern, c.text) and c.finish_reason == "stop" for c in outs[0].outputs)
+
+
 def test_tp4_offline_same_tokens_and_logits(reference, tp_dir):
     llm = LLM(str(tp_dir), tensor_parallel_size=4, **ENGINE_KW)
     try:
