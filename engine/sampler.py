@@ -151,8 +151,7 @@ class SamplingMetadata:
         if allowed and not guide_masks:
             allowed_mask = cls._token_table(device, V, [allow_lists[i] for i in allowed]) > 0
         elif allowed:
-            allowed_mask = torch.from_numpy(cls._guided_table(V, allowed, allow_lists, guide_masks, eos_token_id))
-            allowed_mask = allowed_mask.to(device, non_blocking=True)
+            allowed_mask = cls._guided_table(device, V, allowed, allow_lists, guide_masks, eos_token_id)
 
         pen = [i for i, p in enumerate(params) if p.needs_penalties]
         rep = freq = pres = seen = counts = None
@@ -195,11 +194,11 @@ class SamplingMetadata:
         )
 
     @staticmethod
-    def _guided_table(vocab_size: int, rows: list[int], allow_lists: dict[int, list[int]],
-                      guide_masks: dict[int, tuple[np.ndarray, bool]], eos_token_id: int | None) -> np.ndarray:
-        """numpy bool [len(rows), V] built on the host: each row's grammar mask (packed bits, all
-        unpacked in one call; EOS where the grammar lets the row end), intersected with its allow-list;
-        a row left with nothing may still end (EOS)."""
+    def _guided_table(device: torch.device | str, vocab_size: int, rows: list[int], allow_lists: dict[int, list[int]],
+                      guide_masks: dict[int, tuple[np.ndarray, bool]], eos_token_id: int | None) -> torch.Tensor:
+        """bool [len(rows), V] on `device`: each row's grammar mask (packed bits: V/8 bytes per row cross
+        to the device and are unpacked there; EOS where the grammar lets the row end), intersected with
+        its allow-list; a row left with nothing may still end (EOS)."""
         width = (vocab_size + 7) // 8
         full = np.full(width, 255, dtype=np.uint8)
 
@@ -208,18 +207,23 @@ class SamplingMetadata:
                 return full
             p = guide_masks[i][0][:width]
             return p if len(p) == width else np.pad(p, (0, width - len(p)))  # beyond its vocabulary: no
-        packed = np.stack([bits(i) for i in rows])
-        table = np.unpackbits(packed, axis=1, count=vocab_size).view(bool)
+        packed_np = np.stack([bits(i) for i in rows])
+        if torch.device(device).type == "cpu":  # numpy unpacks faster than torch's uint8 shifts here
+            table = torch.from_numpy(np.unpackbits(packed_np, axis=1, count=vocab_size).view(bool))
+        else:
+            table = unpack_bits(torch.from_numpy(packed_np).to(device, non_blocking=True), vocab_size)
         eos_ok = eos_token_id is not None and eos_token_id < vocab_size
-        for r, i in enumerate(rows):
-            if eos_ok and i in guide_masks and guide_masks[i][1]:
-                table[r, eos_token_id] = True
-            if i in allow_lists:
-                keep = np.zeros(vocab_size, dtype=bool)
-                keep[[t for t in allow_lists[i] if t < vocab_size]] = True
-                table[r] &= keep
-            if eos_token_id is not None and eos_token_id < vocab_size and not table[r].any():
-                table[r, eos_token_id] = True
+        eos_rows = [r for r, i in enumerate(rows) if i in guide_masks and guide_masks[i][1]]
+        if eos_ok and eos_rows:
+            table[torch.tensor(eos_rows, dtype=torch.long).to(device), eos_token_id] = True
+        listed = [r for r, i in enumerate(rows) if i in allow_lists]
+        if listed:  # only these rows can end up empty: a grammar row alone always has a token or EOS
+            keep = SamplingMetadata._token_table(device, vocab_size, [allow_lists[rows[r]] for r in listed]) > 0
+            idx = torch.tensor(listed, dtype=torch.long).to(device)
+            sub = table[idx] & keep
+            if eos_ok:
+                sub[:, eos_token_id] |= ~sub.any(dim=1)
+            table[idx] = sub
         return table
 
     @staticmethod
@@ -240,6 +244,12 @@ class SamplerOutput:
     # per row: {token_id: raw logprob} with the chosen token and the top-k; None for rows that did
     # not ask; the whole list is None when no row asked
     logprobs: list[dict[int, float] | None] | None
+
+
+def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """np.unpackbits(packed, axis=1, count=count) as bool, on packed's device (MSB first)."""
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
+    return ((packed.unsqueeze(-1) >> shifts) & 1).view(packed.shape[0], -1)[:, :count].bool()
 
 
 def gather_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor,

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from engine.sampler import Sampler, SamplingMetadata, gather_logprobs, make_generator
+from engine.sampler import Sampler, SamplingMetadata, gather_logprobs, make_generator, unpack_bits
 from engine.sampling_params import SamplingParams
 
 V = 32
@@ -206,6 +206,28 @@ def test_metadata_validation_and_generator():
     a = torch.rand(5, generator=make_generator(2**70 + 3, "cpu"))
     b = torch.rand(5, generator=make_generator(2**70 + 3, "cpu"))
     assert torch.equal(a, b)
+
+
+def test_unpack_bits_matches_numpy():
+    import numpy as np
+    packed = np.random.default_rng(0).integers(0, 256, (5, 125), dtype=np.uint8)
+    for count in (1000, 997, 993):
+        want = np.unpackbits(packed, axis=1, count=count).astype(bool)
+        assert (unpack_bits(torch.from_numpy(packed), count).numpy() == want).all()
+
+
+def test_guided_rows_mixed_with_allow_lists():
+    """Grammar rows, allow-list rows and rows with both in one table; an empty intersection may end."""
+    import numpy as np
+    V, eos = 20, 1
+    grammar = np.zeros(V, dtype=bool)
+    grammar[[3, 4, 5]] = True
+    packed = np.packbits(grammar)
+    table = SamplingMetadata._guided_table(
+        "cpu", V, [0, 2, 5, 7], {2: [4, 9], 5: [9], 7: [3]},
+        {0: (packed, False), 5: (packed, False), 7: (packed, True)}, eos)
+    rows = [set(np.flatnonzero(r.numpy()).tolist()) for r in table]
+    assert rows == [{3, 4, 5}, {4, 9}, {eos}, {3}]  # the allow-list bounds EOS too, unless nothing is left
 
 
 def test_gather_logprobs_ranks():
