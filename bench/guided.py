@@ -97,11 +97,12 @@ def main() -> None:
                                    "cpu", guides=cursors)
             times.append(time.perf_counter() - t)
         build_ms = float(np.median(times[1:])) * 1e3
-        result[name] = {"dfa_states": g.dfa.num_states, "compile_ms": round(compile_ms, 2),
+        result[name] = {"dfa_states": g.dfa.num_states, "mask_classes": int(g.mask_class.max()) + 1,
+                        "compile_ms": round(compile_ms, 2),
                         "mask_cold_ms": round(float(np.mean(cold)) * 1e3, 2),
                         "mask_cached_ms": round(float(np.mean(warm)) * 1e3, 3),
                         "build_rows_ms": round(build_ms, 2)}
-        print(f"{name:12s} dfa {g.dfa.num_states:5d} states  compile {compile_ms:7.1f} ms  "
+        print(f"{name:12s} dfa {g.dfa.num_states:5d} states ({result[name]['mask_classes']} masks)  compile {compile_ms:7.1f} ms  "
               f"mask cold {result[name]['mask_cold_ms']:6.2f} ms  cached {result[name]['mask_cached_ms']:6.3f} ms  "
               f"SamplingMetadata.build x{args.rows} {build_ms:6.1f} ms")
     result["torch_threads"] = torch.get_num_threads()

@@ -9,6 +9,8 @@ The AST is plain tuples (cheap to build, easy to read in a test failure):
     ("rep", node, lo, hi)       lo..hi repetitions (hi None = unbounded)
     ("seplist", item, sep, lo)  `item (sep item)*` with at least `lo` items (0 or 1), one copy of
                                 `item` in the NFA (JSON members and array items nest without blow-up)
+    ("bytes", [(lo, hi), ...])  raw bytes, one per inclusive range (a loose UTF-8 shape: JSON strings
+                                take any lead byte + continuation count, half the states per character)
 
 Code points become UTF-8 byte-range sequences (surrogates excluded), so the DFA reads token bytes
 directly, including tokens that end in the middle of a character.
@@ -23,7 +25,7 @@ import numpy as np
 MAX_CODE_POINT = 0x10FFFF
 _SURROGATES = (0xD800, 0xDFFF)
 MAX_NFA_STATES = 200_000  # a pattern larger than this is refused (bounded repetitions multiply states)
-MAX_DFA_STATES = 20_000
+MAX_DFA_STATES = 60_000
 
 
 class PatternTooLarge(ValueError):
@@ -82,6 +84,8 @@ def subtract_ranges_in(node: tuple, remove: list[tuple[int, int]]) -> tuple:
         return ("rep", subtract_ranges_in(node[1], remove), node[2], node[3])
     if kind == "seplist":
         return ("seplist", subtract_ranges_in(node[1], remove), subtract_ranges_in(node[2], remove), node[3])
+    if kind == "bytes":
+        return node
     raise ValueError(f"unknown pattern node {kind!r}")
 
 
@@ -162,6 +166,13 @@ class _Nfa:
                         self.edges[cur].append((_mask(a, b), nxt))
                         cur = nxt
             return s, e
+        if kind == "bytes":
+            s = cur = self.new()
+            for lo, hi in node[1]:
+                nxt = self.new()
+                self.edges[cur].append((_mask(lo, hi), nxt))
+                cur = nxt
+            return s, cur
         if kind == "seq":
             s = e = self.new()
             for child in node[1]:

@@ -79,10 +79,15 @@ class Grammar:
     dfa: Dfa
     vocab: TokenVocab
     description: str  # what was compiled, for errors and logs
-    # state -> (packed bits of bool[V], whether any token is allowed)
+    # mask class -> (packed bits of bool[V], whether any token is allowed)
     _masks: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     max_cached_states: int = 1024  # 16 KB each at 129K tokens: 16 MB per grammar at most
+
+    def __post_init__(self) -> None:
+        # states whose masks must agree share a cache entry (a 1000-character string: ~17,000 states,
+        # ~430 masks)
+        self.mask_class = mask_classes(self.dfa, self.vocab.columns.shape[0])
 
     def __deepcopy__(self, memo: dict) -> Grammar:
         return self  # immutable apart from its cache: shared by every copy of the params
@@ -94,15 +99,16 @@ class Grammar:
 
     def packed(self, state: int) -> tuple[np.ndarray, bool]:
         """(`allowed(state)` as packed bits (np.packbits order), whether any token is allowed)."""
+        key = int(self.mask_class[state])
         with self._lock:
-            entry = self._masks.get(state)
+            entry = self._masks.get(key)
             if entry is not None:
-                self._masks.move_to_end(state)
+                self._masks.move_to_end(key)
                 return entry
         mask = self._compute(state) if state != self.dfa.dead else np.zeros(self.vocab.vocab_size, dtype=bool)
         entry = (np.packbits(mask), bool(mask.any()))
         with self._lock:
-            self._masks[state] = entry
+            self._masks[key] = entry
             while len(self._masks) > self.max_cached_states:
                 self._masks.popitem(last=False)
         return entry
@@ -133,6 +139,31 @@ class Grammar:
         """The state after `token_id` (dead for tokens without bytes: special, added, out of range)."""
         data = self.vocab.token_bytes[token_id] if token_id < len(self.vocab.token_bytes) else None
         return self.dfa.dead if not data else self.dfa.step(state, data)
+
+
+def mask_classes(dfa: Dfa, depth: int) -> np.ndarray:
+    """int64[num_states]: states with equal token masks share a class. A mask only asks whether
+    each token's bytes (at most `depth`) lead to a live state, so `depth` rounds of Moore's partition
+    refinement from {dead, live} suffice (fewer once the partition is stable). Rows are compared
+    through two independent 64-bit hashes (a false merge needs both to collide: ~n^2 / 2^128)."""
+    n, c = dfa.trans.shape
+    rng = np.random.default_rng(0x5EED)
+    r1 = rng.integers(1, 2 ** 63, size=c + 1, dtype=np.uint64) | np.uint64(1)
+    r2 = rng.integers(1, 2 ** 63, size=c + 1, dtype=np.uint64) | np.uint64(1)
+    cls = np.ones(n, dtype=np.int64)
+    cls[dfa.dead] = 0
+    k = 2
+    for _ in range(depth):
+        sig = np.concatenate([cls[:, None], cls[dfa.trans]], axis=1).astype(np.uint64)
+        with np.errstate(over="ignore"):
+            h = np.stack([(sig * r1).sum(axis=1), (sig * r2).sum(axis=1)], axis=1)
+        _, inverse = np.unique(h, axis=0, return_inverse=True)
+        cls = inverse.ravel().astype(np.int64)
+        new_k = int(cls.max()) + 1
+        if new_k == k:
+            break
+        k = new_k
+    return cls
 
 
 class GuideCursor:

@@ -37,8 +37,14 @@ _KNOWN = {"type", "enum", "const", "properties", "required", "additionalProperti
 WS = ("rep", lit(" "), 0, 1)
 DIGITS = cset((48, 57))
 NONZERO = cset((49, 57))
+_CONT = (0x80, 0xBF)
 _JSON_CHAR = ("alt", [
-    ("cset", negate_ranges([(0, 31), (34, 34), (92, 92)])),
+    # ASCII but controls, quote and backslash; then any multi-byte shape (lead byte + continuations).
+    # Looser than exact UTF-8 (overlong forms, surrogates) but the text still decodes to a valid JSON
+    # string (U+FFFD at worst), with about half the automaton states per character.
+    ("cset", [(32, 33), (35, 91), (93, 127)]),
+    ("bytes", [(0xC2, 0xDF), _CONT]), ("bytes", [(0xE0, 0xEF), _CONT, _CONT]),
+    ("bytes", [(0xF0, 0xF4), _CONT, _CONT, _CONT]),
     ("seq", [lit("\\"), ("cset", [(34, 34), (47, 47), (92, 92), (98, 98), (102, 102), (110, 110), (114, 114),
                                   (116, 116)])]),
     ("seq", [lit("\\u"), ("rep", cset((48, 57), (65, 70), (97, 102)), 4, 4)]),

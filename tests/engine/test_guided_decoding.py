@@ -75,6 +75,32 @@ def test_masks_equal_a_brute_force_walk(compiler, kind, spec):
     assert compiler.compile(kind, spec) is g  # cached
 
 
+def test_states_sharing_a_mask_class_have_equal_masks(compiler):
+    """A long bounded string is one DFA state per character position (and UTF-8 / escape step), but
+    positions far from the bound all allow the same tokens: they share one cached mask."""
+    g = compiler.compile("json", {"type": "object", "properties": {"s": {"type": "string", "maxLength": 300}},
+                                  "required": ["s"]})
+    classes = g.mask_class
+    assert g.dfa.num_states > 3000 and classes.max() + 1 < g.dfa.num_states / 5
+    rng = np.random.default_rng(1)
+    by_class: dict[int, list[int]] = {}
+    for s, c in enumerate(classes.tolist()):
+        by_class.setdefault(c, []).append(s)
+    groups = [v for v in by_class.values() if len(v) > 1]
+    for group in [groups[i] for i in rng.choice(len(groups), size=min(25, len(groups)), replace=False)]:
+        a, b = rng.choice(group, size=2, replace=False)
+        assert (g._compute(int(a)) == g._compute(int(b))).all()
+    # the cache really is per class: a state of an already computed class costs no walk
+    s0, s1 = groups[0][:2]
+    g.packed(s0)
+    g._compute = None  # any further walk would fail
+    try:
+        assert (np.unpackbits(g.packed(s1)[0], count=g.vocab.vocab_size) == np.unpackbits(
+            g.packed(s0)[0], count=g.vocab.vocab_size)).all()
+    finally:
+        del g._compute
+
+
 def _sample(llm, n=6, max_tokens=300, **kw):
     params = SamplingParams(n=n, temperature=1.0, seed=11, max_tokens=max_tokens, **kw)
     return llm.generate(["Describe a person:"], params)[0].outputs
