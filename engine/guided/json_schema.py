@@ -38,17 +38,19 @@ WS = ("rep", lit(" "), 0, 1)
 DIGITS = cset((48, 57))
 NONZERO = cset((49, 57))
 _CONT = (0x80, 0xBF)
-_JSON_CHAR = ("alt", [
-    # ASCII but controls, quote and backslash; then any multi-byte shape (lead byte + continuations).
-    # Looser than exact UTF-8 (overlong forms, surrogates) but the text still decodes to a valid JSON
-    # string (U+FFFD at worst), with about half the automaton states per character.
-    ("cset", [(32, 33), (35, 91), (93, 127)]),
-    ("bytes", [(0xC2, 0xDF), _CONT]), ("bytes", [(0xE0, 0xEF), _CONT, _CONT]),
-    ("bytes", [(0xF0, 0xF4), _CONT, _CONT, _CONT]),
+_ESCAPES = [
     ("seq", [lit("\\"), ("cset", [(34, 34), (47, 47), (92, 92), (98, 98), (102, 102), (110, 110), (114, 114),
                                   (116, 116)])]),
     ("seq", [lit("\\u"), ("rep", cset((48, 57), (65, 70), (97, 102)), 4, 4)]),
-])
+]
+# One character of a JSON string, exactly: any code point but controls, quote and backslash, or an escape.
+_JSON_CHAR_EXACT = ("alt", [("cset", negate_ranges([(0, 31), (34, 34), (92, 92)]))] + _ESCAPES)
+# The same with any multi-byte shape (lead byte + continuations) instead of exact UTF-8: overlong forms
+# and surrogates pass, yet the text still decodes to a valid JSON string (U+FFFD at worst), with fewer
+# automaton states. Used where no length is counted (a bad sequence decodes to several U+FFFD).
+_JSON_CHAR = ("alt", [("cset", [(32, 33), (35, 91), (93, 127)]), ("bytes", [(0xC2, 0xDF), _CONT]),
+                      ("bytes", [(0xE0, 0xEF), _CONT, _CONT]), ("bytes", [(0xF0, 0xF4), _CONT, _CONT, _CONT])]
+             + _ESCAPES)
 INTEGER = ("seq", [("rep", lit("-"), 0, 1), ("alt", [lit("0"), ("seq", [NONZERO, ("rep", DIGITS, 0, 18)])])])
 NUMBER = ("seq", [INTEGER, ("rep", ("seq", [lit("."), ("rep", DIGITS, 1, 15)]), 0, 1),
                   ("rep", ("seq", [cset((69, 69), (101, 101)), ("rep", cset((43, 43), (45, 45)), 0, 1),
@@ -63,7 +65,8 @@ _FORMATS = {
 
 
 def json_string(inner: tuple | None = None, lo: int = 0, hi: int | None = None) -> tuple:
-    body = inner if inner is not None else ("rep", _JSON_CHAR, lo, hi)
+    char = _JSON_CHAR if lo == 0 and hi is None else _JSON_CHAR_EXACT  # lengths count code points
+    body = inner if inner is not None else ("rep", char, lo, hi)
     return ("seq", [lit('"'), body, lit('"')])
 
 
