@@ -2,9 +2,10 @@
 
 `TokenVocab`: the UTF-8 bytes of every token (byte-level BPE tokens through the GPT-2 byte map; other
 tokenizers through single-token decoding), special / added tokens excluded (a guided output never
-contains them; EOS is handled by the sampler). `Grammar`: a compiled pattern plus its per-state token
-masks, computed for all tokens at once by walking the byte matrix through the DFA (numpy, a few ms
-for a 129K vocabulary) and cached per state as packed bits. `GuideCursor`: one sequence's position.
+contains them; EOS is handled by the sampler). `Grammar`: a compiled pattern plus its token masks,
+computed for all tokens at once by walking the token bytes through the DFA (numpy, a few ms for a
+129K vocabulary) and cached as packed bits per mask class (states that must allow the same tokens
+share a class, see `mask_classes`). `GuideCursor`: one sequence's position.
 `GuideCompiler`: compiles and caches grammars of one tokenizer, keyed by the request's spec.
 """
 
@@ -38,7 +39,7 @@ def _byte_level_map() -> dict[str, int]:
 
 
 class TokenVocab:
-    """Token bytes of one tokenizer, as a length-sorted padded matrix for vectorized DFA walks."""
+    """Token bytes of one tokenizer, as length-sorted padded columns for vectorized DFA walks."""
 
     def __init__(self, tokenizer: Any, vocab_size: int) -> None:
         self.vocab_size = vocab_size  # the model's vocabulary (rows of the logits), >= the tokenizer's
@@ -74,7 +75,7 @@ class TokenVocab:
 
 @dataclass(eq=False)
 class Grammar:
-    """A compiled guide: the DFA, the vocabulary, and the cache of per-state masks."""
+    """A compiled guide: the DFA, the vocabulary, the mask class of every state, and the mask cache."""
 
     dfa: Dfa
     vocab: TokenVocab
@@ -82,10 +83,10 @@ class Grammar:
     # mask class -> (packed bits of bool[V], whether any token is allowed)
     _masks: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    max_cached_states: int = 1024  # 16 KB each at 129K tokens: 16 MB per grammar at most
+    max_cached_masks: int = 1024  # 16 KB each at 129K tokens: 16 MB per grammar at most
 
     def __post_init__(self) -> None:
-        # states whose masks must agree share a cache entry (a 1000-character string: ~17,000 states,
+        # states whose masks must agree share a cache entry (a 1000-character string: ~26,000 states,
         # ~430 masks)
         self.mask_class = mask_classes(self.dfa, self.vocab.columns.shape[0])
 
@@ -109,7 +110,7 @@ class Grammar:
         entry = (np.packbits(mask), bool(mask.any()))
         with self._lock:
             self._masks[key] = entry
-            while len(self._masks) > self.max_cached_states:
+            while len(self._masks) > self.max_cached_masks:
                 self._masks.popitem(last=False)
         return entry
 
