@@ -20,10 +20,10 @@ from models.loading import load_model
 
 from .config import EngineArgs, SchedulerConfig
 from .detokenizer import IncrementalDetokenizer
+from .guided.grammar import GuideCompiler, GuideCursor
 from .model_runner import ModelRunner
 from .outputs import OutputKind, RequestOutput
 from .request_state import RequestState, SampleState
-from .guided.grammar import GuideCompiler, GuideCursor
 from .sampler import Sampler, SamplingMetadata, gather_logprobs, make_generator
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
