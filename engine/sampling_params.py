@@ -71,6 +71,9 @@ class SamplingParams:
     guided_regex: str | None = None
     guided_json: dict | str | None = None  # a JSON schema (dict, or its JSON text)
     guided_json_object: bool = False
+    # a forced DSML tool call (chat tool_choice "required" / named): {"functions": [OpenAI function
+    # objects], "one_call": bool}
+    guided_tool_calls: dict | None = None
     # the grammar applies after this token is generated (a chat reply's `</think>`); None = at once
     guided_start_token_id: int | None = None
     # the compiled grammar (engine.guided.Grammar), filled by the engine or the server; shared, never
@@ -188,7 +191,8 @@ class SamplingParams:
             if self.ignore_eos or self.min_tokens:
                 raise ValueError("guided_choice ends the output with EOS after the choice: it cannot be combined "
                                  "with ignore_eos or min_tokens")
-        guided = [name for name in ("guided_choice", "guided_regex", "guided_json") if getattr(self, name) is not None]
+        guided = [name for name in ("guided_choice", "guided_regex", "guided_json", "guided_tool_calls")
+                  if getattr(self, name) is not None]
         guided += ["guided_json_object"] if self.guided_json_object else []
         if len(guided) > 1:
             raise ValueError(f"at most one guided decoding mode per request, got {', '.join(guided)}")
@@ -197,6 +201,10 @@ class SamplingParams:
         if self.guided_json is not None and not isinstance(self.guided_json, (dict, str)):
             raise ValueError(f"guided_json must be a JSON schema (object or string), got {self.guided_json!r}")
         need_bool("guided_json_object")
+        tc = self.guided_tool_calls
+        if tc is not None and not (isinstance(tc, dict) and isinstance(tc.get("functions"), list)
+                                   and isinstance(tc.get("one_call"), bool)):
+            raise ValueError(f"guided_tool_calls must be {{'functions': [...], 'one_call': bool}}, got {tc!r}")
         need_int("guided_start_token_id", 0, optional=True)
         if guided and guided != ["guided_choice"] and (self.ignore_eos or self.min_tokens):
             raise ValueError(f"{guided[0]} ends the output with EOS once it matches: it cannot be combined "
@@ -214,6 +222,8 @@ class SamplingParams:
             return "json", self.guided_json
         if self.guided_json_object:
             return "json_object", None
+        if self.guided_tool_calls is not None:
+            return "tool_calls", self.guided_tool_calls
         return None
 
     @property

@@ -231,8 +231,6 @@ class ChatCompletionRequest(SamplingFields):
         choice = self.tool_choice
         if choice not in (None, "none", "auto") and not self.tools:
             raise InvalidRequest("tool_choice requires tools", param="tool_choice")
-        if choice == "required" and self.n > 1:
-            raise InvalidRequest("n > 1 is not supported with tool_choice='required'", param="n")
         if isinstance(choice, NamedToolChoice) and choice.function.name not in {t.function.name for t in self.tools}:
             raise InvalidRequest(f"tool_choice names unknown function {choice.function.name!r}", param="tool_choice")
         for i, m in enumerate(self.messages):

@@ -21,7 +21,7 @@ from server.chat_format import encode_messages
 from server.errors import APIError, InvalidRequest, check_text, sse_error
 from server.guided_request import attach_guide, guided_kwargs, guided_param
 from server.output_parser import StreamingParser, parse_completion
-from server.protocol import ChatCompletionRequest, check_continue_final
+from server.protocol import ChatCompletionRequest, NamedToolChoice, check_continue_final
 from server.reasoning import ReasoningConfig, resolve_reasoning
 from server.serving_common import (SSE_DONE, ServerState, chat_logprobs, collect, first_output, log_request,
                                    new_id, prompt_logprobs_json, sse)
@@ -85,6 +85,16 @@ class _ReasoningCount:
             self.num += len(token_ids)
 
 
+def _forced_tool_calls(req: ChatCompletionRequest) -> dict[str, Any] | None:
+    """The tool-call grammar spec for tool_choice "required" (one or more calls, one if
+    parallel_tool_calls is false) or a named function (exactly one call of it); None otherwise."""
+    tools = req.active_tools()
+    if tools is None or req.tool_choice in (None, "none", "auto"):
+        return None
+    one_call = isinstance(req.tool_choice, NamedToolChoice) or req.parallel_tool_calls is False
+    return {"functions": [t["function"] for t in tools], "one_call": one_call}
+
+
 def _finish_reason(reason: str | None, has_tool_calls: bool) -> str | None:
     return "tool_calls" if reason == "stop" and has_tool_calls else reason
 
@@ -109,6 +119,10 @@ class _Ctx:
             raise InvalidRequest(f"{self.guided_param} decides the reply's text: it cannot be combined with tools "
                                  "(set tool_choice 'none' or drop the tools)", param=self.guided_param)
         extra: dict[str, Any] = {"skip_special_tokens": False}
+        forced = _forced_tool_calls(req)
+        if forced is not None:  # the reply is exactly a DSML block calling the allowed function(s)
+            extra["guided_tool_calls"] = forced
+            self.guided_param = "tool_choice"
         if self.guided_param is not None and not is_choice and self.reasoning.thinking:
             extra["guided_start_token_id"] = self.special.think_end_id  # the grammar shapes the content
         if self.reasoning.thinking and self.reasoning.budget_tokens is not None:

@@ -9,8 +9,9 @@ The AST is plain tuples (cheap to build, easy to read in a test failure):
     ("rep", node, lo, hi)       lo..hi repetitions (hi None = unbounded)
     ("seplist", item, sep, lo)  `item (sep item)*` with at least `lo` items (0 or 1), one copy of
                                 `item` in the NFA (JSON members and array items nest without blow-up)
-    ("bytes", [(lo, hi), ...])  raw bytes, one per inclusive range (a loose UTF-8 shape: JSON strings
-                                take any lead byte + continuation count, half the states per character)
+    ("bytes", [(lo, hi), ...])  raw input values, one per inclusive range: bytes (a loose UTF-8 shape:
+                                JSON strings take any lead byte + continuation count) or special-token
+                                symbols >= 256
 
 Code points become UTF-8 byte-range sequences (surrogates excluded), so the DFA reads token bytes
 directly, including tokens that end in the middle of a character.
@@ -24,6 +25,10 @@ import numpy as np
 
 MAX_CODE_POINT = 0x10FFFF
 _SURROGATES = (0xD800, 0xDFFF)
+# Input symbols: the 256 byte values, then SYMBOLS extra values (256, 257, ...) that stand for special
+# tokens a grammar may ask for (tool_calls.py); no text token can produce them.
+NUM_SYMBOLS = 4
+ALPHABET = 256 + NUM_SYMBOLS
 MAX_NFA_STATES = 200_000  # a pattern larger than this is refused (bounded repetitions multiply states)
 MAX_DFA_STATES = 60_000
 
@@ -139,7 +144,7 @@ def _mask(lo: int, hi: int) -> int:
 
 # ---- NFA ---------------------------------------------------------------------------------------
 class _Nfa:
-    """Thompson NFA: per state, epsilon targets and (256-bit byte mask, target) edges."""
+    """Thompson NFA: per state, epsilon targets and (ALPHABET-bit symbol mask, target) edges."""
 
     def __init__(self) -> None:
         self.eps: list[list[int]] = []
@@ -229,7 +234,7 @@ class Dfa:
     reach an accepting state (dead ends are pruned into `dead`)."""
 
     trans: np.ndarray  # [num_states, num_classes] int32: next state per byte class
-    byte_class: np.ndarray  # [256] int32: class of each byte value
+    byte_class: np.ndarray  # [ALPHABET] int32: class of each byte value (and special-token symbol)
     accept: np.ndarray  # [num_states] bool: the bytes so far form a complete match
     start: int
     dead: int
@@ -255,10 +260,10 @@ def compile_dfa(node: tuple) -> Dfa:
     # byte classes: bytes no edge mask tells apart share a class
     masks = {m for edges in nfa.edges for m, _ in edges}
     signature: dict[tuple, int] = {}
-    byte_class = np.zeros(256, dtype=np.int32)
+    byte_class = np.zeros(ALPHABET, dtype=np.int32)
     reps: list[int] = []
     mask_list = sorted(masks)
-    for b in range(256):
+    for b in range(ALPHABET):
         sig = tuple((m >> b) & 1 for m in mask_list)
         if sig not in signature:
             signature[sig] = len(reps)

@@ -22,8 +22,9 @@ import numpy as np
 from .automaton import Dfa, compile_dfa
 from .json_schema import free_object, schema_to_ast
 from .regex import parse_regex
+from .tool_calls import DSML_SYMBOL, DSML_TOKEN, tool_calls_ast
 
-GUIDE_KINDS = ("regex", "json", "json_object")
+GUIDE_KINDS = ("regex", "json", "json_object", "tool_calls")
 
 
 def _byte_level_map() -> dict[str, int]:
@@ -41,17 +42,18 @@ def _byte_level_map() -> dict[str, int]:
 class TokenVocab:
     """Token bytes of one tokenizer, as length-sorted padded columns for vectorized DFA walks."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+    def __init__(self, tokenizer: Any, vocab_size: int, symbols: dict[int, tuple[int, ...]] | None = None) -> None:
         self.vocab_size = vocab_size  # the model's vocabulary (rows of the logits), >= the tokenizer's
+        symbols = symbols or {}  # special tokens a grammar may ask for -> their input symbols (>= 256)
         raw = tokenizer.raw
         decoder = getattr(raw, "decoder", None)
         byte_level = decoder is not None and type(decoder).__name__ == "ByteLevel"
         inv = _byte_level_map() if byte_level else None
         excluded = set(tokenizer.all_special_ids) | set(raw.get_added_tokens_decoder())
-        self.token_bytes: list[bytes | None] = []
+        self.token_bytes: list[bytes | tuple[int, ...] | None] = []  # input values per token
         for tid in range(min(tokenizer.vocab_size, vocab_size)):
-            data = None
-            if tid not in excluded:
+            data = symbols.get(tid)
+            if data is None and tid not in excluded:
                 piece = raw.id_to_token(tid)
                 if piece is not None and inv is not None and all(c in inv for c in piece):
                     data = bytes(inv[c] for c in piece)
@@ -66,10 +68,10 @@ class TokenVocab:
         lens = lens[order]
         self.lengths = lens  # bytes per row, non-increasing
         width = int(lens[0]) if len(lens) else 0
-        data = np.zeros((len(ids), width), dtype=np.uint8)
+        data = np.zeros((len(ids), width), dtype=np.uint16)  # bytes, and symbols >= 256
         for row, t in enumerate(self.ids.tolist()):
             b = self.token_bytes[t]
-            data[row, :len(b)] = np.frombuffer(b, dtype=np.uint8)
+            data[row, :len(b)] = np.frombuffer(b, dtype=np.uint8) if isinstance(b, bytes) else b
         self.columns = np.ascontiguousarray(data.T)  # [width, rows]: byte j of every row, contiguous
 
 
@@ -218,12 +220,15 @@ class GuideCompiler:
     def vocab(self) -> TokenVocab:
         with self._lock:
             if self._vocab is None:
-                self._vocab = TokenVocab(self.tokenizer, self.vocab_size)
+                dsml = self.tokenizer.token_to_id(DSML_TOKEN)
+                symbols = {dsml: (DSML_SYMBOL,)} if dsml is not None else {}
+                self._vocab = TokenVocab(self.tokenizer, self.vocab_size, symbols)
             return self._vocab
 
     def compile(self, kind: str, spec: Any) -> Grammar:
         """A grammar for `kind` ("regex": a pattern string; "json": a JSON schema, dict or string;
-        "json_object": any JSON object, spec None). Raises ValueError naming what is wrong."""
+        "json_object": any JSON object, spec None; "tool_calls": {"functions": [...], "one_call": bool},
+        a forced DSML tool-call block). Raises ValueError naming what is wrong."""
         if kind not in GUIDE_KINDS:
             raise ValueError(f"unknown guide kind {kind!r}")
         key = (kind, json.dumps(spec, sort_keys=True))
@@ -236,6 +241,10 @@ class GuideCompiler:
             ast, what = parse_regex(spec), f"regex {spec!r}"
         elif kind == "json":
             ast, what = schema_to_ast(spec), "JSON schema"
+        elif kind == "tool_calls":
+            if self.tokenizer.token_to_id(DSML_TOKEN) is None:
+                raise ValueError(f"forced tool calls need the {DSML_TOKEN} token, which this tokenizer lacks")
+            ast, what = tool_calls_ast(spec["functions"], spec["one_call"]), "tool-call block"
         else:
             ast, what = free_object(), "JSON object"
         g = Grammar(compile_dfa(ast), self.vocab(), what)

@@ -282,16 +282,19 @@ class _SchemaCompiler:
         members = [(name in required, ("seq", [literal_json(name), lit(":"), WS,
                                                self.compile(sub, f"{where}/properties/{name}")]))
                    for name, sub in props.items()]
-        return ("seq", [lit("{"), _members(members), lit("}")])
+        return ("seq", [lit("{"), ordered_members(members), lit("}")])
 
 
-def _members(members: list[tuple[bool, tuple]]) -> tuple:
-    """Declared members in order: required ones always, optional ones or not, commas between the
-    present ones. Branches on which member comes first (O(n^2) size, not 2^n)."""
+def ordered_members(members: list[tuple[bool, tuple]], sep: tuple | None = None) -> tuple:
+    """Declared members in order: required ones always, optional ones or not, `sep` (default `,`
+    and an optional space) between the present ones. Branches on which member comes first (O(n^2)
+    size, not 2^n)."""
+    sep = ("seq", [lit(","), WS]) if sep is None else sep
+
     def rest(j: int) -> list[tuple]:
         out = []
         for req, m in members[j:]:
-            item = ("seq", [lit(","), WS, m])
+            item = ("seq", [sep, m])
             out.append(item if req else ("rep", item, 0, 1))
         return out
     options = []

@@ -81,6 +81,47 @@ def test_json_object_and_regex(http, real):
     jsonschema.validate(json.loads(r.json()["choices"][0]["text"]), SCHEMA)
 
 
+FORCED_TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 6},
+                                         "days": {"type": "integer", "minimum": 1, "maximum": 14},
+                                         "unit": {"enum": ["C", "F"]}},
+        "required": ["city", "days"]}}},
+    {"type": "function", "function": {"name": "noop", "parameters": {"type": "object", "properties": {}}}}]
+
+
+def test_forced_tool_calls(http, real):
+    """tool_choice "required" / a named function: the reply is a well-formed DSML call whose
+    arguments satisfy the function's schema (random weights: only the grammar makes it so)."""
+    no_eos = {str(real.tok.eos_token_id): -100}  # free text could not end the reply early anyway
+    cases = [({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "reasoning_effort": "none"},
+              {"get_weather"}),
+             ({"tool_choice": "required", "parallel_tool_calls": False, "thinking": {"type": "enabled",
+                                                                                    "budget_tokens": 3}},
+              {"get_weather", "noop"})]
+    for extra, names in cases:
+        r = http.post("/v1/chat/completions", json={"messages": USER, "tools": FORCED_TOOLS, "max_tokens": 300,
+                                                    "temperature": 1.0, "seed": 3, "n": 3, "logit_bias": no_eos,
+                                                    **extra})
+        assert r.status_code == 200, r.text
+        for ch in r.json()["choices"]:
+            calls = ch["message"]["tool_calls"]
+            assert ch["finish_reason"] == "tool_calls" and len(calls) == 1 and not ch["message"]["content"]
+            fn = calls[0]["function"]
+            assert fn["name"] in names
+            schema = next(t["function"]["parameters"] for t in FORCED_TOOLS if t["function"]["name"] == fn["name"])
+            jsonschema.validate(json.loads(fn["arguments"]), schema)
+    # streamed: the same call arrives as tool-call deltas
+    with http.stream("POST", "/v1/chat/completions", json={"messages": USER, "tools": FORCED_TOOLS, "stream": True,
+                                                           "max_tokens": 300, "seed": 1, "reasoning_effort": "none",
+                                                           "tool_choice": cases[0][0]["tool_choice"]}) as s:
+        events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    deltas = [tc for ev in events for ch in ev["choices"] for tc in (ch["delta"].get("tool_calls") or [])]
+    assert deltas and deltas[0]["function"]["name"] == "get_weather"
+    jsonschema.validate(json.loads("".join(d["function"]["arguments"] for d in deltas)), FORCED_TOOLS[0][
+        "function"]["parameters"])
+
+
 def test_vllm_structured_outputs(http):
     """vLLM >= 0.10's `structured_outputs` object: json / regex / choice / json_object."""
     base = {"prompt": "x", "max_tokens": 300, "temperature": 1.0, "seed": 3}
