@@ -102,7 +102,8 @@ def main() -> None:
                         "mask_cold_ms": round(float(np.mean(cold)) * 1e3, 2),
                         "mask_cached_ms": round(float(np.mean(warm)) * 1e3, 3),
                         "build_rows_ms": round(build_ms, 2)}
-        print(f"{name:12s} dfa {g.dfa.num_states:5d} states ({result[name]['mask_classes']} masks)  compile {compile_ms:7.1f} ms  "
+        print(f"{name:12s} dfa {g.dfa.num_states:5d} states ({result[name]['mask_classes']} masks)  "
+              f"compile {compile_ms:7.1f} ms  "
               f"mask cold {result[name]['mask_cold_ms']:6.2f} ms  cached {result[name]['mask_cached_ms']:6.3f} ms  "
               f"SamplingMetadata.build x{args.rows} {build_ms:6.1f} ms")
     result["torch_threads"] = torch.get_num_threads()
