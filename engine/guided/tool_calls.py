@@ -8,7 +8,8 @@ force a call (`tool_choice` "required" or a named function): the reply is exactl
 
 as the chat encoder renders calls, where D is the `｜DSML｜` special token. In `TokenVocab` that
 token is the single input symbol `DSML_SYMBOL` (256: past every byte value, so no text token can
-produce it and no other grammar accepts it), and this grammar asks for it wherever D goes. Parameters follow the function's JSON schema (properties in order, required ones
+produce it and no other grammar accepts it), and this grammar asks for it wherever D goes.
+Parameters follow the function's JSON schema (properties in order, required ones
 always); a parameter whose schema the JSON compiler does not support takes any value of its kind.
 Raw string values exclude `｜` (U+FF5C), so they cannot spell out a closing tag.
 """

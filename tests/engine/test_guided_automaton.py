@@ -54,7 +54,8 @@ def test_utf8_sequences_cover_exactly_the_range():
 
         def covered(data: bytes) -> bool:
             return any(len(s) == len(data) and all(a <= b <= c for (a, c), b in zip(s, data)) for s in seqs)
-        probes = {lo, hi, lo - 1, hi + 1, (lo + hi) // 2} | {rng.randrange(max(lo - 50, 0), hi + 51) for _ in range(300)}
+        probes = {lo, hi, lo - 1, hi + 1, (lo + hi) // 2}
+        probes |= {rng.randrange(max(lo - 50, 0), hi + 51) for _ in range(300)}
         for cp in probes:
             if not 0 <= cp <= 0x10FFFF or 0xD800 <= cp <= 0xDFFF:
                 continue
@@ -155,7 +156,8 @@ def test_numeric_ranges_are_exact(kind):
     texts = [str(v) for v in range(-420, 420, 3)] + ["-2.5", "-1.0", "-0.5", "0.0", "1.5", "3.000", "299.9",
                                                       "-299.9", "12.50", str(10**18 + 7), str(10**18 + 8), "01"]
     for lo, hi in cases:
-        schema = {"type": kind, **({"minimum": lo} if lo is not None else {}), **({"maximum": hi} if hi is not None else {})}
+        schema = {"type": kind, **({"minimum": lo} if lo is not None else {}),
+                  **({"maximum": hi} if hi is not None else {})}
         dfa = compile_dfa(schema_to_ast(schema))
         for text in texts:
             value = Fraction(text)
