@@ -195,17 +195,6 @@ class GuideCursor:
         packed, any_token = self.grammar.packed(self.state)
         return packed, bool(self.grammar.dfa.accept[self.state]) or not any_token
 
-    def allowed(self, eos_token_id: int | None) -> np.ndarray:
-        """bool[vocab_size]: `packed_mask()` unpacked, EOS set when it may come."""
-        packed, eos_ok = self.packed_mask()
-        mask = np.unpackbits(packed, count=self.grammar.vocab.vocab_size).view(bool)
-        if eos_ok and eos_token_id is not None and eos_token_id < len(mask):
-            mask[eos_token_id] = True
-        return mask
-
-    @property
-    def complete(self) -> bool:
-        return self.state is not None and bool(self.grammar.dfa.accept[self.state])
 
 
 class GuideCompiler:
@@ -248,7 +237,7 @@ class GuideCompiler:
         else:
             ast, what = free_object(), "JSON object"
         g = Grammar(compile_dfa(ast), self.vocab(), what)
-        if not g.allowed(g.dfa.start).any() and not g.dfa.accept[g.dfa.start]:
+        if not g.packed(g.dfa.start)[1] and not g.dfa.accept[g.dfa.start]:  # also warms the start mask
             raise ValueError(f"no token of this vocabulary can start a match of the {what}")
         with self._lock:
             self._cache[key] = g
