@@ -211,11 +211,13 @@ class LLMEngine:
         states = [self.requests[c.seq.request_id] for c in sched.chunks]
         want_prompt = [st.prompt_logprobs is not None and c.start < c.seq.num_prompt_tokens
                        and c.seq.sample_index == 0 for st, c in zip(states, sched.chunks)]
+        scheduled = time.monotonic()
+        for st in states:  # before the model runs: queue time ends here, prefill time starts
+            st.mark("first_scheduled", scheduled)
         res = self.runner.execute(sched, want_prompt)
         now = time.monotonic()
         changed: dict[str, RequestState] = {}
         for i, st in enumerate(states):
-            st.mark("first_scheduled", now)
             c = sched.chunks[i]
             # count every prompt token once: a preemption (even mid-prefill) recomputes from 0
             end = min(c.start + c.num_tokens, c.seq.num_prompt_tokens)

@@ -37,8 +37,8 @@ class RequestState:
     arrival_time: float = field(default_factory=time.monotonic)
     prompt_logprobs: list[dict[int, float] | None] | None = None  # filled as prompt chunks run
     prompt_logprob_ranks: list[int | None] | None = None  # the prompt token's rank, beside them
-    # time.monotonic() of arrival / first_scheduled / first_token / finished; replaced, never mutated
-    # (mark()), so outputs share it without a copy
+    # time.monotonic() of arrival / first_scheduled (before its first forward) / first_token (after
+    # it) / finished (last token); replaced, never mutated (mark()), so outputs share it without a copy
     metrics: dict[str, float] = field(default_factory=dict)
     num_prompt_tokens_counted: int = 0  # prompt tokens of sample 0 already in prompt_tokens_total
     output_kind: OutputKind = OutputKind.CUMULATIVE  # what the caller wants each step (outputs.py)

@@ -68,6 +68,8 @@ class ServerMetrics:
         self.prefill = hist("vllm:request_prefill_time_seconds", "Time from first schedule to first token.",
                             _LATENCY_BUCKETS)
         self.decode = hist("vllm:request_decode_time_seconds", "Time from first token to finish.", _LATENCY_BUCKETS)
+        self.inference = hist("vllm:request_inference_time_seconds", "Time from first schedule to finish.",
+                              _LATENCY_BUCKETS)
         self.prompt_tokens = hist("vllm:request_prompt_tokens", "Prompt length per request.", _TOKEN_BUCKETS)
         self.generation_tokens = hist("vllm:request_generation_tokens", "Generated tokens per request.",
                                       _TOKEN_BUCKETS)
@@ -119,18 +121,22 @@ class RequestTimer:
             interval = max(0.0, t["finished"] - t["first_token"]) / (tokens - 1)
             for _ in range(min(tokens - 1, 64)):
                 self.m.itl.observe(interval)
-        arrival = t.get("arrival")
-        end = t.get("finished", time.monotonic())
+        # engine clock (engine/request_state.py): arrival -> first_scheduled (queue) -> first_token
+        # (prefill) -> finished (decode); queue + prefill + decode = e2e, prefill + decode = inference
+        arrival, sched, first, end = (t.get(k) for k in ("arrival", "first_scheduled", "first_token", "finished"))
+        end = end if end is not None else time.monotonic()
         if arrival is not None:
             self.m.e2e.observe(max(0.0, end - arrival))
-            if "first_token" in t:
-                self.m.ttft.observe(max(0.0, t["first_token"] - arrival))
-            if "first_scheduled" in t:
-                self.m.queue.observe(max(0.0, t["first_scheduled"] - arrival))
-        if "first_scheduled" in t and "first_token" in t:
-            self.m.prefill.observe(max(0.0, t["first_token"] - t["first_scheduled"]))
-        if "first_token" in t:
-            self.m.decode.observe(max(0.0, end - t["first_token"]))
+            if first is not None:
+                self.m.ttft.observe(max(0.0, first - arrival))
+            if sched is not None:
+                self.m.queue.observe(max(0.0, sched - arrival))
+        if sched is not None:
+            self.m.inference.observe(max(0.0, end - sched))
+            if first is not None:
+                self.m.prefill.observe(max(0.0, first - sched))
+        if first is not None:
+            self.m.decode.observe(max(0.0, end - first))
         self.m.prompt_tokens.observe(len(out.prompt_token_ids))
         self.m.generation_tokens.observe(tokens)
         for c in out.outputs:
