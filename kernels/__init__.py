@@ -14,13 +14,17 @@ import torch.nn.functional as F
 
 from .quant_weight import QuantWeight
 from .ref import fp8_linear as _ref_fp8
+from .ref import linear_glue as _ref_lin
+from .ref import mhc as _ref_mhc
+from .ref import norm as _ref_norm
 from .ref import moe as _ref_moe
 from .ref import routing as _ref_routing
 
 _BACKEND = "auto"
 
 __all__ = ["QuantWeight", "set_backend", "get_backend", "moe_route", "moe_align", "moe_experts", "fp8_linear",
-           "linear"]
+           "linear", "grouped_linear", "swiglu_linear", "compressor_project", "linear_scaled", "hc_pre", "hc_post",
+           "hc_post_pre", "hc_head", "rms_norm", "rope", "norm_rope", "add_cast"]
 
 
 def set_backend(name: str) -> None:
@@ -77,15 +81,86 @@ def fp8_linear(x, w, scale, act_quant: bool = False, out_dtype=None) -> torch.Te
 
 
 def linear(x, weight, fp32: bool = False) -> torch.Tensor:
-    """Linear layer entry: QuantWeight (fp8) -> fp8_linear; plain tensor -> F.linear (fp32 if asked)."""
-    if isinstance(weight, QuantWeight):
-        if weight.fmt != "fp8":
-            raise NotImplementedError("dense linears take FP8 resident weights only")
-        y = fp8_linear(x.float() if fp32 else x, weight.data, weight.scale)
-        return y.float() if fp32 else y
-    if fp32:
-        return F.linear(x.float(), weight.float())
-    return F.linear(x, weight)
+    """Linear layer entry: QuantWeight (fp8) -> FP8 block linear; plain tensor -> F.linear (fp32 if asked:
+    on CUDA one kernel with bf16 operands and fp32 accumulation/output, no casts)."""
+    impl = _tri("linear_glue") if _use_triton(x) else _ref_lin
+    return impl.linear(x, weight, fp32)
+
+
+def grouped_linear(x, weight, groups: int) -> torch.Tensor:
+    """x [N, g, K] x weight [g*r, K] (plain or QuantWeight fp8) -> [N, g, r]: group j uses rows
+    [j*r, (j+1)*r) (the grouped wo_a). One launch on CUDA."""
+    impl = _tri("linear_glue") if _use_triton(x) else _ref_lin
+    return impl.grouped_linear(x, weight, groups)
+
+
+def swiglu_linear(x, w1, w3, limit: float) -> torch.Tensor:
+    """silu(min(x W1^T, L)) * clamp(x W3^T, -L, L) in x's dtype (the shared expert's hidden)."""
+    impl = _tri("linear_glue") if _use_triton(x) else _ref_lin
+    return impl.swiglu_linear(x, w1, w3, limit)
+
+
+def compressor_project(x, wkv, wgate, ape, positions, ratio: int):
+    """Compressor projections -> (kv fp32, score fp32 incl. ape[positions % ratio])."""
+    impl = _tri("linear_glue") if _use_triton(x) else _ref_lin
+    return impl.compressor_project(x, wkv, wgate, ape, positions, ratio)
+
+
+def linear_scaled(x, weight, alpha: float) -> torch.Tensor:
+    """linear(x, W) in x's dtype, then fp32 * alpha (indexer head weights)."""
+    impl = _tri("linear_glue") if _use_triton(x) else _ref_lin
+    return impl.linear_scaled(x, weight, alpha)
+
+
+# ---- glue: mHC, norms, RoPE (issue 17) -----------------------------------------------------------
+def hc_pre(x, fn, base, scale, hc: int, iters: int, hc_eps: float, norm_eps: float, norm_weight=None):
+    """mHC pre-mix of streams x [N, hc, d] -> (u [N, d] (RMSNorm'ed with norm_weight if given),
+    post [N, hc] fp32, comb [N, hc, hc] fp32 after `iters` Sinkhorn steps). See kernels.ref.mhc."""
+    impl = _tri("mhc") if _use_triton(x) else _ref_mhc
+    return impl.hc_pre(x, fn, base, scale, hc, iters, hc_eps, norm_eps, norm_weight)
+
+
+def hc_post(o, x, post, comb) -> torch.Tensor:
+    """mHC post-mix: X'[j] = post[j] * o + sum_i comb[i, j] * X[i]."""
+    impl = _tri("mhc") if _use_triton(x) else _ref_mhc
+    return impl.hc_post(o, x, post, comb)
+
+
+def hc_post_pre(o, x, post, comb, fn, base, scale, hc: int, iters: int, hc_eps: float, norm_eps: float,
+                norm_weight=None):
+    """hc_post then the next site's hc_pre -> (x', u, post', comb'); one pass over the streams on CUDA."""
+    impl = _tri("mhc") if _use_triton(x) else _ref_mhc
+    return impl.hc_post_pre(o, x, post, comb, fn, base, scale, hc, iters, hc_eps, norm_eps, norm_weight)
+
+
+def hc_head(x, fn, base, scale, hc_eps: float, norm_eps: float, norm_weight=None) -> torch.Tensor:
+    """Final stream collapse [N, hc, d] -> [N, d] (then RMSNorm with norm_weight if given)."""
+    impl = _tri("mhc") if _use_triton(x) else _ref_mhc
+    return impl.hc_head(x, fn, base, scale, hc_eps, norm_eps, norm_weight)
+
+
+def rms_norm(x, weight, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim (weight None: weightless), fp32 math, x's dtype."""
+    impl = _tri("norm") if _use_triton(x) else _ref_norm
+    return impl.rms_norm(x, weight, eps)
+
+
+def rope(x, cos, sin, inverse: bool = False) -> torch.Tensor:
+    """Interleaved partial RoPE of the trailing 2*cos.shape[-1] channels (inverse: conjugate)."""
+    impl = _tri("norm") if _use_triton(x) else _ref_norm
+    return impl.rope(x, cos, sin, inverse)
+
+
+def norm_rope(x, weight, eps, cos, sin, inverse: bool = False, out_dtype=None) -> torch.Tensor:
+    """rms_norm (eps None: none) then rope (cos None: none) then a cast, per row of x [N, (H,) D]."""
+    impl = _tri("norm") if _use_triton(x) else _ref_norm
+    return impl.norm_rope(x, weight, eps, cos, sin, inverse, out_dtype)
+
+
+def add_cast(a, b, out_dtype) -> torch.Tensor:
+    """(a + b.float()).to(out_dtype)."""
+    impl = _tri("norm") if _use_triton(a) else _ref_norm
+    return impl.add_cast(a, b, out_dtype)
 
 
 # ---- attention / indexer / compressor (issue 5) ----------------------------------------------

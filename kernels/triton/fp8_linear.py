@@ -15,12 +15,15 @@ from .common import act_quant_tile, dot_dtype, e8m0_to_f32, interpreting, load_w
 
 
 @triton.jit
-def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_sn, stride_ym,
+def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, w2_ptr, s2_ptr, y_ptr, y2_ptr, ws_ptr, cnt_ptr, tab_ptr, idx_ptr,
+                       M, N, K, stride_xm, stride_wn, stride_sn, stride_ym, x_gs, w_gs, y_gs, R, alpha, limit,
                        K_PER_SPLIT, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                        GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, ACT_FP8: tl.constexpr,
-                       DOT_T: tl.constexpr, DOT_F32: tl.constexpr):
+                       DOT_T: tl.constexpr, DOT_F32: tl.constexpr, WFMT: tl.constexpr, DUAL: tl.constexpr,
+                       EPI: tl.constexpr, ROUND: tl.constexpr):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
+    grp = tl.program_id(2)
     num_pid_m = tl.cdiv(M, BM)
     num_pid_n = tl.cdiv(N, BN)
     in_group = GROUP_M * num_pid_n
@@ -28,12 +31,23 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_wn
     gsize = tl.minimum(num_pid_m - first_m, GROUP_M)
     pid_m = first_m + (pid % in_group) % gsize
     pid_n = (pid % in_group) // gsize
+    # group axis (grouped projections): x columns, weight rows and y columns shift per group
+    x_ptr += grp.to(tl.int64) * x_gs
+    y_ptr += grp.to(tl.int64) * y_gs
+    w_off = grp.to(tl.int64) * w_gs * stride_wn
+    s_off = (grp.to(tl.int64) * w_gs // 128) * stride_sn
+    w_ptr += w_off
+    s_ptr += s_off
+    if DUAL:
+        w2_ptr += w_off
+        s2_ptr += s_off
     offs_m = pid_m * BM + tl.arange(0, BM)
     mmask = offs_m < M
     offs_n = pid_n * BN + tl.arange(0, BN)
     nmask = offs_n < N
     xrow = offs_m.to(tl.int64) * stride_xm
     acc = tl.zeros([BM, BN], dtype=tl.float32)
+    acc2 = tl.zeros([BM, BN], dtype=tl.float32)
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
     for k0 in range(k_lo, k_hi, BK):
@@ -41,25 +55,82 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, stride_xm, stride_wn
         a = tl.load(x_ptr + xrow[:, None] + kk[None, :], mask=mmask[:, None] & (kk[None, :] < K), other=0.0)
         if ACT_FP8:
             aq, xs = act_quant_tile(a, DOT_F32)  # per-token 1x128 blocks (BK == 128)
-            kw = k0 + tl.arange(0, BK)
-            wq = tl.load(w_ptr + offs_n[:, None] * stride_wn + kw[None, :],
-                         mask=nmask[:, None] & (kw[None, :] < K), other=0).to(tl.float8e4nv, bitcast=True)
-            s = tl.load(s_ptr + (offs_n // 128) * stride_sn + k0 // 128, mask=nmask, other=0)
-            ws = e8m0_to_f32(s, 0)
-            if DOT_F32:
-                d = tl.dot(aq, tl.trans(wq.to(tl.float32)), input_precision="ieee")
-            else:
-                d = tl.dot(aq, tl.trans(wq))
-            acc += d * xs[:, None] * ws[None, :]
+            acc += _fp8_block_dot(aq, w_ptr, s_ptr, offs_n, nmask, k0, K, stride_wn, stride_sn, BK,
+                                  DOT_F32) * xs[:, None]
+            if DUAL:
+                acc2 += _fp8_block_dot(aq, w2_ptr, s2_ptr, offs_n, nmask, k0, K, stride_wn, stride_sn, BK,
+                                       DOT_F32) * xs[:, None]
         else:
-            b = load_w_tile(w_ptr, s_ptr, offs_n, nmask, k0, K, stride_wn, 1, stride_sn, 1, 1, BN, BK, DOT_T)
+            b = load_w_tile(w_ptr, s_ptr, offs_n, nmask, k0, K, stride_wn, 1, stride_sn, 1, WFMT, BN, BK, DOT_T)
             acc = mma(a.to(DOT_T), b, acc, DOT_F32)
-    yptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
-    ymask = mmask[:, None] & nmask[None, :]
+            if DUAL:
+                b2 = load_w_tile(w2_ptr, s2_ptr, offs_n, nmask, k0, K, stride_wn, 1, stride_sn, 1, WFMT, BN, BK,
+                                 DOT_T)
+                acc2 = mma(a.to(DOT_T), b2, acc2, DOT_F32)
     if SPLIT_K > 1:
-        tl.atomic_add(yptrs, acc, mask=ymask, sem="relaxed")
+        # self-reducing split-K: partial tiles to the workspace; the last split of a tile (per-tile
+        # arrival counter, reset by it) sums them and runs the epilogue. No memset, no extra launch.
+        tile = grp * (num_pid_m * num_pid_n) + pid
+        n_tiles = tl.num_programs(2) * num_pid_m * num_pid_n
+        tw = tl.arange(0, BM)[:, None] * BN + tl.arange(0, BN)[None, :]
+        wbase = ws_ptr + (tile.to(tl.int64) * SPLIT_K) * (BM * BN)
+        tl.store(wbase + pid_k * (BM * BN) + tw, acc)
+        if DUAL:
+            tl.store(wbase + n_tiles * SPLIT_K * (BM * BN) + pid_k * (BM * BN) + tw, acc2)
+        tl.debug_barrier()
+        old = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+        if old == SPLIT_K - 1:
+            acc = tl.zeros([BM, BN], dtype=tl.float32)
+            acc2 = tl.zeros([BM, BN], dtype=tl.float32)
+            for s in range(SPLIT_K):
+                acc += tl.load(wbase + s * (BM * BN) + tw, cache_modifier=".cg")
+                if DUAL:
+                    acc2 += tl.load(wbase + n_tiles * SPLIT_K * (BM * BN) + s * (BM * BN) + tw, cache_modifier=".cg")
+            tl.atomic_xchg(cnt_ptr + tile, 0)
+            _epilogue(acc, acc2, offs_m, offs_n, mmask, nmask, y_ptr, y2_ptr, stride_ym, tab_ptr, idx_ptr, N, R,
+                      alpha, limit, x_ptr.dtype.element_ty, EPI, ROUND)
     else:
-        tl.store(yptrs, acc.to(y_ptr.dtype.element_ty), mask=ymask)
+        _epilogue(acc, acc2, offs_m, offs_n, mmask, nmask, y_ptr, y2_ptr, stride_ym, tab_ptr, idx_ptr, N, R, alpha,
+                  limit, x_ptr.dtype.element_ty, EPI, ROUND)
+
+
+@triton.jit
+def _fp8_block_dot(aq, w_ptr, s_ptr, offs_n, nmask, k0, K, stride_wn, stride_sn, BK: tl.constexpr,
+                   DOT_F32: tl.constexpr):
+    """FP8 activation codes [BM, BK] x FP8 weight tile -> fp32 [BM, BN], the weight block scale applied."""
+    kw = k0 + tl.arange(0, BK)
+    wq = tl.load(w_ptr + offs_n[:, None] * stride_wn + kw[None, :],
+                 mask=nmask[:, None] & (kw[None, :] < K), other=0).to(tl.float8e4nv, bitcast=True)
+    ws = e8m0_to_f32(tl.load(s_ptr + (offs_n // 128) * stride_sn + k0 // 128, mask=nmask, other=0), 0)
+    if DOT_F32:
+        d = tl.dot(aq, tl.trans(wq.to(tl.float32)), input_precision="ieee")
+    else:
+        d = tl.dot(aq, tl.trans(wq))
+    return d * ws[None, :]
+
+
+@triton.jit
+def _epilogue(acc, acc2, offs_m, offs_n, mmask, nmask, y_ptr, y2_ptr, stride_ym, tab_ptr, idx_ptr, N, R, alpha,
+              limit, X_DT: tl.constexpr, EPI: tl.constexpr, ROUND: tl.constexpr):
+    """EPI 0: y = acc * alpha. 1: y = silu(min(acc, L)) * clamp(acc2, -L, L) (clamped SwiGLU).
+    2: y = acc, y2 = acc2 + tab[idx[m] % R] (compressor score + positional bias). ROUND: the GEMM
+    results are first rounded to the activation dtype, as a separate linear's output would be."""
+    if ROUND:
+        acc = acc.to(X_DT).to(tl.float32)
+        acc2 = acc2.to(X_DT).to(tl.float32)
+    yoff = offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+    ymask = mmask[:, None] & nmask[None, :]
+    if EPI == 1:
+        g = tl.minimum(acc, limit)
+        v = tl.minimum(tl.maximum(acc2, -limit), limit)
+        acc = g / (1.0 + tl.exp(-g)) * v
+    elif EPI == 2:
+        pos = tl.load(idx_ptr + offs_m, mask=mmask, other=0)
+        tab = tl.load(tab_ptr + (pos % R).to(tl.int64)[:, None] * N + offs_n[None, :], mask=ymask, other=0.0)
+        tl.store(y2_ptr + yoff, (acc2 + tab).to(y2_ptr.dtype.element_ty), mask=ymask)
+    else:
+        acc = acc * alpha
+    tl.store(y_ptr + yoff, acc.to(y_ptr.dtype.element_ty), mask=ymask)
 
 
 NUM_SMS = 132
@@ -91,35 +162,73 @@ def pick_config(m: int, n: int, k: int, act_fp8: bool, interp: bool) -> dict:
     return dict(BM=128, BN=128, BK=128 if act_fp8 else 64, GROUP_M=8, num_warps=8, num_stages=3, SPLIT_K=1)
 
 
-def fp8_linear(x, w, scale, act_quant=False, out_dtype=None, config=None):
-    """Same contract as kernels.ref.fp8_linear.fp8_linear."""
-    out_dtype = out_dtype or x.dtype
-    lead = x.shape[:-1]
-    k = x.shape[-1]
-    x2 = x.reshape(-1, k)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    m, n = x2.shape[0], w.shape[0]
+_COUNTERS: dict = {}  # device -> int32 arrival counters of the self-reducing split-K (always back at 0)
+
+
+def _counters(device, n: int) -> torch.Tensor:
+    """Zeroed per-tile counters, allocated once per device (grown if a launch needs more tiles).
+    Every launch leaves them at zero, so they are reused across launches and CUDA-graph replays."""
+    c = _COUNTERS.get(device)
+    if c is None or c.numel() < n:
+        c = torch.zeros(max(n, 16384), dtype=torch.int32, device=device)
+        _COUNTERS[device] = c
+    return c
+
+
+def launch(x, w, y, *, w2=None, y2=None, groups=1, x_gs=0, w_gs=0, y_gs=0, epi=0, round_out=False, alpha=1.0,
+           limit=0.0, tab=None, idx=None, act_quant=False, config=None):
+    """One launch of the block linear on 2-D row views: y[:, g*y_gs + n] (+ y2) from x[:, g*x_gs + k] and
+    weight rows g*w_gs + n. w / w2: QuantWeight (fp8) or plain [rows, K] tensors. x, y row-major
+    with unit column stride; m, n, k = x.shape[0], y's columns per group, the K per group."""
+    from .common import weight_args
+    m = x.shape[0]
+    n = y.shape[1] // groups if y_gs else y.shape[1]
+    k = w.shape[-1]
+    if m == 0 or n == 0:
+        return
+    data, scale, wfmt = weight_args(w)
+    if wfmt not in (0, 1):
+        raise NotImplementedError("dense linears take plain or FP8 weights")
+    if wfmt == 1 and groups > 1 and w_gs % 128:
+        raise ValueError("grouped FP8 linear: group rows must be whole 128-row scale blocks")
+    data2, scale2 = (weight_args(w2)[:2]) if w2 is not None else (data, scale)
     interp = interpreting()
-    cfg = dict(config or pick_config(m, n, k, act_quant, interp))
+    cfg = dict(config or pick_config(m, n * groups, k, act_quant, interp))
     if act_quant:
+        if wfmt != 1:
+            raise NotImplementedError("act_quant needs FP8 weights")
         cfg["BK"] = 128
     split = cfg["SPLIT_K"]
     k_per = triton.cdiv(triton.cdiv(k, split), 128) * 128
     split = triton.cdiv(k, k_per)
+    tiles = triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"])
     if split > 1:
-        y = torch.zeros(m, n, dtype=torch.float32, device=x.device)
+        ws = torch.empty((2 if w2 is not None else 1) * groups * tiles * split * cfg["BM"] * cfg["BN"],
+                         dtype=torch.float32, device=x.device)
+        cnt = _counters(x.device, groups * tiles)
     else:
-        y = torch.empty(m, n, dtype=out_dtype, device=x.device)
-    if m == 0:
-        return y.to(out_dtype).reshape(*lead, n)
-    dot_t, dot_f32 = dot_dtype(x2)
-    su8 = scale.view(torch.uint8) if scale.dtype != torch.uint8 else scale
-    grid = (triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"]), split)
-    _fp8_linear_kernel[grid](
-        x2, w.view(torch.uint8), su8, y, m, n, k, x2.stride(0), w.stride(0), su8.stride(0), y.stride(0), k_per,
+        ws = cnt = y
+    dot_t, dot_f32 = dot_dtype(data if (wfmt == 0 and data.dtype == torch.float32) else x)
+    _fp8_linear_kernel[(tiles, split, groups)](
+        x, data, scale, data2, scale2, y, y2 if y2 is not None else y, ws, cnt,
+        tab if tab is not None else y, idx if idx is not None else y,
+        m, n, k, x.stride(0), data.stride(0), scale.stride(0) if wfmt else 0, y.stride(0), x_gs, w_gs, y_gs,
+        tab.shape[0] if tab is not None else 1, float(alpha), float(limit), k_per,
         BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], GROUP_M=cfg["GROUP_M"], SPLIT_K=split, ACT_FP8=act_quant,
-        DOT_T=dot_t, DOT_F32=dot_f32, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    if y.dtype != out_dtype:
-        y = y.to(out_dtype)
-    return y.reshape(*lead, n)
+        DOT_T=dot_t, DOT_F32=dot_f32, WFMT=wfmt, DUAL=w2 is not None, EPI=epi, ROUND=round_out,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
+def _rows(x):
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 else x2.contiguous()
+
+
+def fp8_linear(x, w, scale, act_quant=False, out_dtype=None, config=None):
+    """Same contract as kernels.ref.fp8_linear.fp8_linear."""
+    from ..quant_weight import QuantWeight
+    out_dtype = out_dtype or x.dtype
+    x2 = _rows(x)
+    y = torch.empty(x2.shape[0], w.shape[0], dtype=out_dtype, device=x.device)
+    launch(x2, QuantWeight(w, scale, "fp8"), y, act_quant=act_quant, config=config)
+    return y.reshape(*x.shape[:-1], w.shape[0])

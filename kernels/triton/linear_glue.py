@@ -1,0 +1,75 @@
+"""Triton linear glue on the block linear kernel (fp8_linear.launch): grouped projection in one launch
+(group grid axis), dual-weight GEMMs with fused epilogues (SwiGLU; compressor score + positional bias),
+fp32-output linears of plain weights, and a scaled-output linear. Same contracts as
+kernels.ref.linear_glue; self-reducing split-K, so every op is one launch and no host sync."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..quant_weight import QuantWeight
+from .fp8_linear import _rows, launch
+
+
+def _plain_or_fp8(w):
+    if isinstance(w, QuantWeight) and w.fmt != "fp8":
+        raise NotImplementedError("dense linears take FP8 resident weights only")
+
+
+def linear(x, weight, fp32=False):
+    """Same contract as kernels.ref.linear_glue.linear (fp32: bf16 operands, fp32 accumulation and
+    output: the same products as the twin's x.float(), whose values are exact in bf16)."""
+    _plain_or_fp8(weight)
+    if not isinstance(weight, QuantWeight) and not fp32:
+        return F.linear(x, weight)
+    x2 = _rows(x)
+    n = weight.shape[0]
+    y = torch.empty(x2.shape[0], n, dtype=torch.float32 if fp32 else x.dtype, device=x.device)
+    launch(x2, weight, y)
+    return y.reshape(*x.shape[:-1], n)
+
+
+def grouped_linear(x, weight, groups):
+    """Same contract as kernels.ref.linear_glue.grouped_linear: one launch, group = grid axis."""
+    _plain_or_fp8(weight)
+    n = x.shape[0]
+    x2 = x.reshape(n, -1)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    r = weight.shape[0] // groups
+    k = weight.shape[-1]
+    y = torch.empty(n, groups * r, dtype=x.dtype, device=x.device)
+    launch(x2, weight, y, groups=groups, x_gs=k, w_gs=r, y_gs=r)
+    return y.view(n, groups, r)
+
+
+def swiglu_linear(x, w1, w3, limit):
+    """Same contract as kernels.ref.linear_glue.swiglu_linear: both GEMMs and the SwiGLU in one launch."""
+    _plain_or_fp8(w1)
+    x2 = _rows(x)
+    y = torch.empty(x2.shape[0], w1.shape[0], dtype=x.dtype, device=x.device)
+    launch(x2, w1, y, w2=w3, epi=1, round_out=True, limit=limit)
+    return y.reshape(*x.shape[:-1], w1.shape[0])
+
+
+def compressor_project(x, wkv, wgate, ape, positions, ratio):
+    """Same contract as kernels.ref.linear_glue.compressor_project: one dual launch, bias in the epilogue."""
+    _plain_or_fp8(wkv)
+    x2 = _rows(x)
+    n = wkv.shape[0]
+    kv = torch.empty(x2.shape[0], n, dtype=torch.float32, device=x.device)
+    score = torch.empty_like(kv)
+    if ape.shape[0] != ratio:
+        raise ValueError(f"ape has {ape.shape[0]} rows, ratio is {ratio}")
+    launch(x2, wkv, kv, w2=wgate, y2=score, epi=2, tab=ape.float().contiguous(), idx=positions.contiguous())
+    return kv, score
+
+
+def linear_scaled(x, weight, alpha):
+    """Same contract as kernels.ref.linear_glue.linear_scaled (rounded to x's dtype, then scaled, in fp32)."""
+    _plain_or_fp8(weight)
+    x2 = _rows(x)
+    y = torch.empty(x2.shape[0], weight.shape[0], dtype=torch.float32, device=x.device)
+    launch(x2, weight, y, round_out=True, alpha=alpha)
+    return y.reshape(*x.shape[:-1], weight.shape[0])

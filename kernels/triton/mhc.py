@@ -1,0 +1,214 @@
+"""Triton mHC glue: two kernels per hyper-connection site.
+
+`_mix_kernel` (split over d): optionally first the post-mix of the previous site,
+X'[j] = post[j] * o + sum_i comb[i, j] * X[i] (written out in X's dtype), then partial sums of the
+`fn` projection of the flattened streams and of their squares -> part [S, N, MP], sq [S, N].
+`_finish_kernel` (one program per token): the RMS factor, sigmoid/scale/base, softmax + Sinkhorn
+on the hc x hc mixer (registers), the pre-weighted collapse u = sum_i pre[i] X[i] and optionally the
+sub-layer's RMSNorm of u. Head mode (hc_head): hc pre weights only. No host sync; sizes from shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import interpreting
+
+
+@triton.jit
+def _mix_kernel(x_ptr, o_ptr, post_ptr, comb_ptr, xo_ptr, fn_ptr, part_ptr, sq_ptr, N, D, MIX, C_PER,
+                HC: tl.constexpr, MP: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, POST: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    rows = pid_m * BM + tl.arange(0, BM)
+    rmask = rows < N
+    r64 = rows.to(tl.int64)
+    hh = tl.arange(0, HC)
+    mm = tl.arange(0, MP)
+    K = HC * D
+    acc = tl.zeros([BM, MP], dtype=tl.float32)
+    sq = tl.zeros([BM], dtype=tl.float32)
+    if POST:
+        post = tl.load(post_ptr + r64[:, None] * HC + hh[None, :], mask=rmask[:, None], other=0.0)
+    c_lo = pid_s * C_PER
+    for c0 in range(c_lo, c_lo + C_PER, BC):
+        cc = c0 + tl.arange(0, BC)
+        cmask = cc < D
+        m2 = rmask[:, None] & cmask[None, :]
+        # offsets [BM, HC, BC] of X[row, j, c]
+        offs = r64[:, None, None] * K + hh[None, :, None] * D + cc[None, None, :]
+        m3 = rmask[:, None, None] & cmask[None, None, :]
+        if POST:
+            o = tl.load(o_ptr + r64[:, None] * D + cc[None, :], mask=m2, other=0.0).to(tl.float32)
+            xn = post[:, :, None] * o[:, None, :]
+            for i in tl.static_range(HC):
+                xi = tl.load(x_ptr + r64[:, None] * K + i * D + cc[None, :], mask=m2, other=0.0).to(tl.float32)
+                ci = tl.load(comb_ptr + r64[:, None] * (HC * HC) + i * HC + hh[None, :], mask=rmask[:, None],
+                             other=0.0)
+                xn += ci[:, :, None] * xi[:, None, :]
+            xn = xn.to(xo_ptr.dtype.element_ty)
+            tl.store(xo_ptr + offs, xn, mask=m3)
+            xv = xn.to(tl.float32)
+        else:
+            xv = tl.load(x_ptr + offs, mask=m3, other=0.0).to(tl.float32)
+        sq += tl.sum(tl.sum(xv * xv, axis=2), axis=1)
+        f = tl.load(fn_ptr + mm[:, None, None] * K + hh[None, :, None] * D + cc[None, None, :],
+                    mask=(mm[:, None, None] < MIX) & cmask[None, None, :], other=0.0)
+        acc = tl.dot(tl.reshape(xv, (BM, HC * BC)), tl.trans(tl.reshape(f, (MP, HC * BC))), acc,
+                     input_precision="ieee")
+    pbase = (pid_s * N + r64) * MP
+    tl.store(part_ptr + pbase[:, None] + mm[None, :], acc, mask=rmask[:, None])
+    tl.store(sq_ptr + pid_s * N + rows, sq, mask=rmask)
+
+
+@triton.jit
+def _finish_kernel(x_ptr, part_ptr, sq_ptr, base_ptr, scale_ptr, nw_ptr, u_ptr, post_ptr, comb_ptr, N, D, S,
+                   iters, hc_eps, norm_eps, HC: tl.constexpr, MP: tl.constexpr, SP: tl.constexpr,
+                   BD: tl.constexpr, HEAD: tl.constexpr, NORM: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    ss = tl.arange(0, SP)
+    smask = ss < S
+    hh = tl.arange(0, HC)
+    sq = tl.sum(tl.load(sq_ptr + ss * N + row, mask=smask, other=0.0), axis=0)
+    r = 1.0 / tl.sqrt(sq / (HC * D) + norm_eps)
+    prow = (ss.to(tl.int64) * N + row) * MP
+    pre_w = tl.sum(tl.load(part_ptr + prow[:, None] + hh[None, :], mask=smask[:, None], other=0.0), axis=0) * r
+    s0 = tl.load(scale_ptr)
+    pre = 1.0 / (1.0 + tl.exp(-(pre_w * s0 + tl.load(base_ptr + hh)))) + hc_eps
+    if not HEAD:
+        s1 = tl.load(scale_ptr + 1)
+        s2 = tl.load(scale_ptr + 2)
+        post_w = tl.sum(tl.load(part_ptr + prow[:, None] + HC + hh[None, :], mask=smask[:, None], other=0.0),
+                        axis=0) * r
+        post = 2.0 / (1.0 + tl.exp(-(post_w * s1 + tl.load(base_ptr + HC + hh))))
+        tl.store(post_ptr + row * HC + hh, post)
+        ij = hh[:, None] * HC + hh[None, :]
+        cw = tl.sum(tl.load(part_ptr + prow[:, None, None] + 2 * HC + ij[None, :, :], mask=smask[:, None, None],
+                            other=0.0), axis=0) * r
+        logit = cw * s2 + tl.load(base_ptr + 2 * HC + ij)
+        e = tl.exp(logit - tl.max(logit, axis=1)[:, None])
+        comb = e / tl.sum(e, axis=1)[:, None] + hc_eps
+        comb = comb / (tl.sum(comb, axis=0)[None, :] + hc_eps)
+        for _ in range(iters - 1):
+            comb = comb / (tl.sum(comb, axis=1)[:, None] + hc_eps)
+            comb = comb / (tl.sum(comb, axis=0)[None, :] + hc_eps)
+        tl.store(comb_ptr + row * (HC * HC) + ij, comb)
+    dd = tl.arange(0, BD)
+    dmask = dd < D
+    xv = tl.load(x_ptr + row * (HC * D) + hh[:, None] * D + dd[None, :], mask=dmask[None, :], other=0.0)
+    u = tl.sum(pre[:, None] * xv.to(tl.float32), axis=0).to(u_ptr.dtype.element_ty)
+    if NORM:
+        uf = u.to(tl.float32)
+        ur = 1.0 / tl.sqrt(tl.sum(uf * uf, axis=0) / D + norm_eps)
+        w = tl.load(nw_ptr + dd, mask=dmask, other=0.0).to(tl.float32)
+        u = (w * (uf * ur)).to(u_ptr.dtype.element_ty)
+    tl.store(u_ptr + row * D + dd, u, mask=dmask)
+
+
+NUM_SMS = 132
+
+
+def _mix(x, fn, o=None, post=None, comb=None):
+    """Launch the mix kernel -> (x' (x itself without post), part [S, N, MP], sq [S, N], S)."""
+    n, hc, d = x.shape
+    mix = fn.shape[0]
+    mp = max(16, triton.next_power_of_2(mix))
+    interp = interpreting()
+    bm = 16
+    bc = 16 if interp else 64
+    tiles = triton.cdiv(n, bm)
+    chunks = triton.cdiv(d, bc)
+    split = max(1, min(chunks, (2 * NUM_SMS) // tiles)) if not interp else min(chunks, 2)
+    c_per = triton.cdiv(chunks, split) * bc
+    split = triton.cdiv(d, c_per)
+    part = torch.empty(split, n, mp, dtype=torch.float32, device=x.device)
+    sq = torch.empty(split, n, dtype=torch.float32, device=x.device)
+    xo = torch.empty_like(x) if o is not None else x
+    has_post = o is not None
+    _mix_kernel[(tiles, split)](
+        x, o if has_post else x, post if has_post else part, comb if has_post else part, xo, fn, part, sq,
+        n, d, mix, c_per, HC=hc, MP=mp, BM=bm, BC=bc, POST=has_post, num_warps=4, num_stages=1 if interp else 3)
+    return xo, part, sq, split
+
+
+def _finish(x, part, sq, split, base, scale, norm_weight, iters, hc_eps, norm_eps, head):
+    n, hc, d = x.shape
+    u = torch.empty(n, d, dtype=x.dtype, device=x.device)
+    post = torch.empty(n, hc, dtype=torch.float32, device=x.device)
+    comb = torch.empty(n, hc, hc, dtype=torch.float32, device=x.device)
+    bd = triton.next_power_of_2(d)
+    warps = 4 if interpreting() else max(4, min(16, hc * bd // 1024))
+    _finish_kernel[(n,)](
+        x, part, sq, base, scale, norm_weight if norm_weight is not None else base, u, post, comb, n, d, split,
+        iters, float(hc_eps), float(norm_eps), HC=hc, MP=part.shape[-1], SP=triton.next_power_of_2(split), BD=bd,
+        HEAD=head, NORM=norm_weight is not None, num_warps=warps)
+    return u, post, comb
+
+
+def _f32(t):
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
+
+
+def _check(x, hc):
+    if hc & (hc - 1):
+        raise ValueError(f"the Triton mHC kernels need a power-of-two hc (got {hc})")
+    if x.shape[1] != hc:
+        raise ValueError(f"x has {x.shape[1]} streams, expected {hc}")
+
+
+def hc_pre(x, fn, base, scale, hc, iters, hc_eps, norm_eps, norm_weight=None):
+    """Same contract as kernels.ref.mhc.hc_pre."""
+    _check(x, hc)
+    x = x.contiguous()
+    xo, part, sq, split = _mix(x, _f32(fn))
+    return _finish(xo, part, sq, split, _f32(base), _f32(scale), norm_weight, iters, hc_eps, norm_eps, False)
+
+
+def hc_post_pre(o, x, post, comb, fn, base, scale, hc, iters, hc_eps, norm_eps, norm_weight=None):
+    """Same contract as kernels.ref.mhc.hc_post_pre."""
+    _check(x, hc)
+    x = x.contiguous()
+    xo, part, sq, split = _mix(x, _f32(fn), o.contiguous(), _f32(post), _f32(comb))
+    return (xo,) + _finish(xo, part, sq, split, _f32(base), _f32(scale), norm_weight, iters, hc_eps, norm_eps,
+                           False)
+
+
+def hc_post(o, x, post, comb):
+    """Same contract as kernels.ref.mhc.hc_post (the mix kernel's post pass; fn of width 0 skipped)."""
+    n, hc, d = x.shape
+    _check(x, hc)
+    out = torch.empty_like(x)
+    if n == 0:
+        return out
+    bd = 16 if interpreting() else 128
+    _post_kernel[(n, triton.cdiv(d, bd))](o.contiguous(), x.contiguous(), _f32(post), _f32(comb), out, d,
+                                          HC=hc, BD=bd, num_warps=4)
+    return out
+
+
+@triton.jit
+def _post_kernel(o_ptr, x_ptr, post_ptr, comb_ptr, out_ptr, D, HC: tl.constexpr, BD: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cc = tl.program_id(1) * BD + tl.arange(0, BD)
+    cmask = cc < D
+    hh = tl.arange(0, HC)
+    o = tl.load(o_ptr + row * D + cc, mask=cmask, other=0.0).to(tl.float32)
+    post = tl.load(post_ptr + row * HC + hh)
+    acc = post[:, None] * o[None, :]
+    for i in tl.static_range(HC):
+        xi = tl.load(x_ptr + row * HC * D + i * D + cc, mask=cmask, other=0.0).to(tl.float32)
+        ci = tl.load(comb_ptr + row * HC * HC + i * HC + hh)
+        acc += ci[:, None] * xi[None, :]
+    tl.store(out_ptr + row * HC * D + hh[:, None] * D + cc[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=cmask[None, :])
+
+
+def hc_head(x, fn, base, scale, hc_eps, norm_eps, norm_weight=None):
+    """Same contract as kernels.ref.mhc.hc_head."""
+    hc = x.shape[1]
+    _check(x, hc)
+    x = x.contiguous()
+    xo, part, sq, split = _mix(x, _f32(fn))
+    return _finish(xo, part, sq, split, _f32(base), _f32(scale), norm_weight, 1, hc_eps, norm_eps, True)[0]

@@ -1,0 +1,103 @@
+"""Triton normalisation / RoPE glue: one program per row (token, or token x head).
+
+`norm_rope`: optional RMSNorm (weighted or weightless) over the row, then interleaved partial RoPE
+of the trailing r = 2 * cos.shape[-1] channels (pairs 2i, 2i+1; inverse = conjugate), then a cast.
+Each step rounds to x's dtype as the separate torch ops do. `add_cast`: (a + b) -> dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _norm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, y_ptr, H, D, R2, eps, stride_xr, stride_cs,
+                      BH: tl.constexpr, NORM: tl.constexpr, HAS_W: tl.constexpr, ROPE: tl.constexpr,
+                      INVERSE: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    tok = row // H
+    p = tl.arange(0, BH)  # pair index: channels 2p, 2p+1
+    pmask = p < D // 2
+    x_dt = x_ptr.dtype.element_ty
+    xb = x_ptr + row * stride_xr
+    x0 = tl.load(xb + 2 * p, mask=pmask, other=0.0).to(tl.float32)
+    x1 = tl.load(xb + 2 * p + 1, mask=pmask, other=0.0).to(tl.float32)
+    if NORM:
+        r = 1.0 / tl.sqrt((tl.sum(x0 * x0, axis=0) + tl.sum(x1 * x1, axis=0)) / D + eps)
+        x0 = x0 * r
+        x1 = x1 * r
+        if HAS_W:
+            x0 = tl.load(w_ptr + 2 * p, mask=pmask, other=0.0).to(tl.float32) * x0
+            x1 = tl.load(w_ptr + 2 * p + 1, mask=pmask, other=0.0).to(tl.float32) * x1
+        x0 = x0.to(x_dt).to(tl.float32)
+        x1 = x1.to(x_dt).to(tl.float32)
+    if ROPE:
+        j = p - (D // 2 - R2)
+        rmask = pmask & (j >= 0)
+        c = tl.load(cos_ptr + tok * stride_cs + j, mask=rmask, other=1.0)
+        s = tl.load(sin_ptr + tok * stride_cs + j, mask=rmask, other=0.0)
+        if INVERSE:
+            s = -s
+        y0 = x0 * c - x1 * s
+        y1 = x0 * s + x1 * c
+        x0 = tl.where(rmask, y0, x0).to(x_dt).to(tl.float32)
+        x1 = tl.where(rmask, y1, x1).to(x_dt).to(tl.float32)
+    yb = y_ptr + row * D
+    tl.store(yb + 2 * p, x0.to(y_ptr.dtype.element_ty), mask=pmask)
+    tl.store(yb + 2 * p + 1, x1.to(y_ptr.dtype.element_ty), mask=pmask)
+
+
+def norm_rope(x, weight, eps, cos, sin, inverse=False, out_dtype=None):
+    """Same contract as kernels.ref.norm.norm_rope."""
+    d = x.shape[-1]
+    if d % 2:
+        raise ValueError("norm_rope needs an even row width")
+    rows = x.reshape(-1, d)
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    n_tok = x.shape[0]
+    h = rows.shape[0] // max(n_tok, 1)
+    y = torch.empty(x.shape, dtype=out_dtype or x.dtype, device=x.device)
+    if rows.shape[0] == 0:
+        return y
+    rope = cos is not None
+    r2 = cos.shape[-1] if rope else 0
+    if rope:
+        cos, sin = cos.float().contiguous(), sin.float().contiguous()
+    bh = triton.next_power_of_2(d // 2)
+    _norm_rope_kernel[(rows.shape[0],)](
+        rows, weight if weight is not None else rows, cos if rope else rows, sin if rope else rows, y,
+        h, d, r2, float(eps or 0.0), rows.stride(0), cos.stride(0) if rope else 0,
+        BH=bh, NORM=eps is not None, HAS_W=weight is not None, ROPE=rope, INVERSE=inverse,
+        num_warps=max(1, min(8, bh // 128)))
+    return y
+
+
+def rms_norm(x, weight, eps):
+    """Same contract as kernels.ref.norm.rms_norm."""
+    return norm_rope(x, weight, eps, None, None)
+
+
+def rope(x, cos, sin, inverse=False):
+    """Same contract as kernels.ref.norm.rope."""
+    return norm_rope(x, None, None, cos, sin, inverse)
+
+
+@triton.jit
+def _add_cast_kernel(a_ptr, b_ptr, y_ptr, numel, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < numel
+    a = tl.load(a_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offs, (a + b).to(y_ptr.dtype.element_ty), mask=m)
+
+
+def add_cast(a, b, out_dtype):
+    """Same contract as kernels.ref.norm.add_cast."""
+    a, b = a.contiguous(), b.contiguous()
+    y = torch.empty(a.shape, dtype=out_dtype, device=a.device)
+    if a.numel():
+        _add_cast_kernel[(triton.cdiv(a.numel(), 1024),)](a, b, y, a.numel(), BLOCK=1024, num_warps=4)
+    return y
