@@ -19,7 +19,7 @@ import kernels as kops
 
 from .compressor import Compressor
 from .config import CSA_RATIO, ModelConfig
-from .layers import Linear, RMSNorm, Rope, rms
+from .layers import Linear, RMSNorm, Rope
 from .state import AttnMeta, ForwardBatch, batch_metadata
 
 
@@ -34,11 +34,11 @@ class Indexer(nn.Module):
         self.compressor = Compressor(cfg.hidden_size, self.head_dim, CSA_RATIO, True, cfg.rms_norm_eps)
         self.weight_scale = self.head_dim ** -0.5 * self.n_heads ** -0.5
 
-    def queries(self, q_lat, x, cos, sin, rope: Rope) -> tuple[torch.Tensor, torch.Tensor]:
+    def queries(self, q_lat, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (q [N, HI, cI] fp32 with RoPE, head weights [N, HI] fp32 incl. both scales)."""
         q = self.wq_b(q_lat).view(-1, self.n_heads, self.head_dim)
-        q = rope.apply(q, cos, sin).float()
-        w = self.weights_proj(x).float() * self.weight_scale
+        q = kops.norm_rope(q, None, None, cos, sin, out_dtype=torch.float32)  # rope, then fp32
+        w = kops.linear_scaled(x, self.weights_proj.quant_weight(), self.weight_scale)
         return q, w
 
     def select(self, q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, meta: AttnMeta) -> torch.Tensor:
@@ -81,9 +81,10 @@ class Attention(nn.Module):
         meta = batch_metadata(batch)
         n_tok = x.shape[0]
         q_lat = self.q_norm(self.wq_a(x))
-        q = rms(self.wq_b(q_lat).view(n_tok, self.n_heads, self.head_dim), cfg.rms_norm_eps)
-        q = rope.apply(q, cos, sin)
-        kv = rope.apply(self.kv_norm(self.wkv(x)), cos, sin)  # [N, c]
+        # per-head weightless rms + rope, and kv_norm + rope: one kernel each on CUDA
+        q = kops.norm_rope(self.wq_b(q_lat).view(n_tok, self.n_heads, self.head_dim), None, cfg.rms_norm_eps,
+                           cos, sin)
+        kv = kops.norm_rope(self.wkv(x), self.kv_norm.weight, self.kv_norm.eps, cos, sin)  # [N, c]
         ring = state["window"]
         kv_cur = kops.kv_pack(kv, ring, cfg.qk_rope_head_dim)
         pool = topk = None
@@ -95,24 +96,18 @@ class Attention(nn.Module):
                 ikv, isc = self.indexer.compressor.project(x, batch.positions)
                 self.indexer.compressor.store(ikv, isc, state["idx_kv_tail"], state["idx_score_tail"],
                                               state["index_keys"], meta, rope, index_keys=True)
-                idx_q, idx_w = self.indexer.queries(q_lat, x, cos, sin, rope)
+                idx_q, idx_w = self.indexer.queries(q_lat, x, cos, sin)
                 topk = self.indexer.select(idx_q, idx_w, state["index_keys"], meta)
         out = kops.sparse_attention(q, kv_cur, ring, pool, topk, meta, self.attn_sink, ratio=self.ratio,
                                     scale=cfg.softmax_scale, rope_dim=cfg.qk_rope_head_dim)
         kops.window_store(kv_cur, ring, meta)
-        out = rope.apply(out, cos, sin, inverse=True)
+        out = kops.rope(out, cos, sin, inverse=True)
         return self._project_out(out)
 
     def _project_out(self, o: torch.Tensor) -> torch.Tensor:
-        """Grouped output projection: each group of H/g heads -> o_lora_rank, then wo_b."""
+        """Grouped output projection: each group of H/g heads -> o_lora_rank (one launch; resident FP8:
+        group j = weight rows [j*r, (j+1)*r), whole 128-blocks), then wo_b."""
         g, r = self.cfg.o_groups, self.cfg.o_lora_rank
         n = o.shape[0]
-        og = o.reshape(n, g, -1)  # [N, g, H/g*c]
-        if self.wo_a.scale is not None:  # resident FP8: group j = weight rows [j*r, (j+1)*r), whole 128-blocks
-            w, sc, rb = self.wo_a.weight, self.wo_a.scale, r // 128
-            z = torch.stack([kops.fp8_linear(og[:, j], w[j * r:(j + 1) * r], sc[j * rb:(j + 1) * rb])
-                             for j in range(g)], dim=1)
-        else:
-            w = self.wo_a.weight.view(g, r, -1)  # [g, r, H/g*c]
-            z = torch.einsum("ngk,grk->ngr", og, w)
+        z = kops.grouped_linear(o.reshape(n, g, -1), self.wo_a.quant_weight(), g)  # [N, g, r]
         return self.wo_b(z.reshape(n, g * r).to(o.dtype))

@@ -8,8 +8,9 @@ per-sequence tail ring (`kv_tail` / `score_tail`, row = position % (coff*m)). Af
 the ring holds its last coff*m positions. Ring rows for positions < 0 are never read, so a
 recycled slot needs no clearing.
 
-The projections are plain GEMMs here; pooling, norm, RoPE, the paged write and the tail update are
-one op, `kernels.compress_and_store` (Triton on CUDA, kernels/ref/compressor.py on CPU).
+The projections are one op, `kernels.compressor_project` (both GEMMs + the positional bias); pooling,
+norm, RoPE, the paged write and the tail update are one op, `kernels.compress_and_store` (Triton on
+CUDA, kernels/ref/compressor.py on CPU).
 """
 
 from __future__ import annotations
@@ -42,9 +43,8 @@ class Compressor(nn.Module):
 
     def project(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [N, d] -> (kv [N, coff*c], score [N, coff*c]) in fp32, score incl. the positional bias."""
-        kv = self.wkv(x)
-        score = self.wgate(x) + self.ape.float()[positions % self.ratio]
-        return kv, score
+        return kops.compressor_project(x, self.wkv.quant_weight(), self.wgate.quant_weight(), self.ape, positions,
+                                       self.ratio)
 
     def store(
         self,

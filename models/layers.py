@@ -1,22 +1,23 @@
-"""Small building blocks: RMSNorm, interleaved partial RoPE (with YaRN), plain linear weights."""
+"""Small building blocks: RMSNorm, interleaved partial RoPE (with YaRN), plain linear weights.
+
+The norm / RoPE math runs in kernels (`rms_norm`, `rope`, `norm_rope`; twins in kernels/ref/norm.py)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import kernels
+from kernels.ref.norm import rope as rotate_interleaved  # noqa: F401  (torch RoPE, kernels/ref/compressor.py)
 
 from .config import ModelConfig, YarnConfig
 
 
 def rms(x: torch.Tensor, eps: float) -> torch.Tensor:
     """Weightless RMS normalisation over the last dim, computed in fp32, returned in x's dtype."""
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)).to(x.dtype)
+    return kernels.rms_norm(x, None, eps)
 
 
 class RMSNorm(nn.Module):
@@ -26,9 +27,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)
-        return (self.weight.float() * y).to(x.dtype)
+        return kernels.rms_norm(x, self.weight, self.eps)
 
 
 class Linear(nn.Module):
@@ -58,20 +57,6 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.linear(x, self.quant_weight(), self.fp32)
-
-
-def rotate_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    """Rotate pairs (x[2i], x[2i+1]) of the trailing 2*cos.shape[-1] dims of x [N, ..., D];
-    cos/sin [N, r/2] broadcast over the middle dims; inverse = conjugate rotation. New tensor."""
-    r = 2 * cos.shape[-1]
-    shape = (cos.shape[0],) + (1,) * (x.dim() - 2) + (r // 2,)
-    c, s = cos.view(shape), sin.view(shape)
-    if inverse:
-        s = -s
-    rot = x[..., -r:].float().unflatten(-1, (r // 2, 2))
-    x0, x1 = rot[..., 0], rot[..., 1]
-    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2).to(x.dtype)
-    return torch.cat((x[..., :-r], out), dim=-1)
 
 
 def rope_inv_freq(rope_dim: int, base: float, yarn: YarnConfig | None) -> torch.Tensor:
@@ -106,7 +91,7 @@ class Rope(nn.Module):
 
     def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
         """x: [N, ..., D]; cos/sin: [N, r/2] (broadcast over middle dims). Returns a new tensor."""
-        return rotate_interleaved(x, cos, sin, inverse)
+        return kernels.rope(x, cos, sin, inverse)
 
 
 def make_ropes(cfg: ModelConfig) -> tuple[Rope, Rope]:

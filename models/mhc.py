@@ -1,54 +1,58 @@
 """Manifold-constrained hyper-connections (mHC): 4 residual streams mixed around each sub-layer.
 
-X: [N, hc, d] residual streams. `hc_pre` collapses them to the sub-layer input and returns the
-`post` weights and the Sinkhorn-projected stream mixer `comb`; `hc_post` writes the sub-layer
-output back: X'[j] = post[j] * o + sum_i comb[i, j] * X[i].
+X: [N, hc, d] residual streams. The pre-mix collapses them to the sub-layer input (RMSNorm'ed with the
+sub-layer's norm) and yields the `post` weights and the Sinkhorn-projected stream mixer `comb`; the
+post-mix writes the sub-layer output back: X'[j] = post[j] * o + sum_i comb[i, j] * X[i].
+
+The post-mix of a sub-layer is deferred (`Pending`) and fused with the next site's pre-mix
+(`kernels.hc_post_pre`: one pass over the streams on CUDA); `flush` applies a leftover one. The math
+lives in kernels.ref.mhc (CPU, reference) and kernels/triton/mhc.py (CUDA).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-import torch.nn.functional as F
+
+import kernels
+
+from .config import ModelConfig
 
 
-def hc_mix(x: torch.Tensor, fn: torch.Tensor, eps: float) -> torch.Tensor:
-    """Unweighted RMS of the flattened streams, then the `fn` projection (all fp32). -> [N, m]"""
-    flat = x.flatten(1).float()
-    flat = flat * torch.rsqrt(flat.square().mean(-1, keepdim=True) + eps)
-    return F.linear(flat, fn.float())
+@dataclass
+class Pending:
+    """A sub-layer output whose post-mix into the streams has not been applied yet."""
+
+    o: torch.Tensor  # [N, d] sub-layer output
+    post: torch.Tensor  # [N, hc] fp32
+    comb: torch.Tensor  # [N, hc, hc] fp32
 
 
-def hc_pre(
-    x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor,
-    hc: int, iters: int, hc_eps: float, norm_eps: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x [N, hc, d] -> (u [N, d] in x.dtype, post [N, hc] fp32, comb [N, hc, hc] fp32)."""
-    mix = hc_mix(x, fn, norm_eps)
-    pre_w, post_w, comb_w = mix.split([hc, hc, hc * hc], dim=-1)
-    base = base.float()
-    pre_b, post_b, comb_b = base.split([hc, hc, hc * hc])
-    scale = scale.float()
-    pre = torch.sigmoid(pre_w * scale[0] + pre_b) + hc_eps
-    post = 2 * torch.sigmoid(post_w * scale[1] + post_b)
-    comb = torch.softmax(comb_w.view(-1, hc, hc) * scale[2] + comb_b.view(hc, hc), dim=-1) + hc_eps
-    comb = comb / (comb.sum(dim=-2, keepdim=True) + hc_eps)
-    for _ in range(iters - 1):
-        comb = comb / (comb.sum(dim=-1, keepdim=True) + hc_eps)
-        comb = comb / (comb.sum(dim=-2, keepdim=True) + hc_eps)
-    u = (pre.unsqueeze(-1) * x.float()).sum(dim=1).to(x.dtype)
-    return u, post, comb
+@dataclass
+class HcSite:
+    """The mixer parameters of one site (`hc_attn_*` / `hc_ffn_*` of a block)."""
+
+    fn: torch.Tensor  # [(2+hc)*hc, hc*d]
+    base: torch.Tensor  # [(2+hc)*hc]
+    scale: torch.Tensor  # [3]
 
 
-def hc_post(o: torch.Tensor, x: torch.Tensor, post: torch.Tensor, comb: torch.Tensor) -> torch.Tensor:
-    """o [N, d], x [N, hc, d] -> [N, hc, d]: destination j sums source streams i with comb[i, j]."""
-    dt = x.dtype
-    return post.to(dt).unsqueeze(-1) * o.unsqueeze(-2) + torch.matmul(comb.to(dt).transpose(-1, -2), x)
+def mix_in(x: torch.Tensor, pending: Pending | None, site: HcSite, cfg: ModelConfig, norm_weight: torch.Tensor):
+    """Apply `pending` to x (if any), then the pre-mix of `site` -> (x, u normed, post, comb)."""
+    args = (site.fn, site.base, site.scale, cfg.hc_mult, cfg.hc_sinkhorn_iters, cfg.hc_eps, cfg.rms_norm_eps,
+            norm_weight)
+    if pending is None:
+        return (x,) + kernels.hc_pre(x, *args)
+    return kernels.hc_post_pre(pending.o, x, pending.post, pending.comb, *args)
 
 
-def hc_head(
-    x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor, hc_eps: float, norm_eps: float
-) -> torch.Tensor:
-    """Final collapse of the streams (no Sinkhorn): [N, hc, d] -> [N, d]."""
-    mix = hc_mix(x, fn, norm_eps)
-    pre = torch.sigmoid(mix * scale.float() + base.float()) + hc_eps
-    return (pre.unsqueeze(-1) * x.float()).sum(dim=1).to(x.dtype)
+def flush(x: torch.Tensor, pending: Pending | None) -> torch.Tensor:
+    """x with `pending` applied."""
+    return x if pending is None else kernels.hc_post(pending.o, x, pending.post, pending.comb)
+
+
+def hc_head(x: torch.Tensor, fn: torch.Tensor, base: torch.Tensor, scale: torch.Tensor, cfg: ModelConfig,
+            norm_weight: torch.Tensor | None) -> torch.Tensor:
+    """Final collapse of the streams (no Sinkhorn), then the final RMSNorm: [N, hc, d] -> [N, d]."""
+    return kernels.hc_head(x, fn, base, scale, cfg.hc_eps, cfg.rms_norm_eps, norm_weight)

@@ -19,7 +19,7 @@ from torch import nn
 from .attention import Attention
 from .config import ModelConfig
 from .layers import Linear, RMSNorm, make_ropes
-from .mhc import hc_head, hc_post, hc_pre
+from .mhc import HcSite, Pending, flush, hc_head, mix_in
 from .moe import MoE
 from .parallel import ParallelContext, local_config, shard_attention, shard_moe
 from .state import ForwardBatch, ModelState, allocate_state, single_sequence_batch
@@ -45,18 +45,19 @@ class Block(nn.Module):
             self.register_parameter(f"hc_{site}_base", nn.Parameter(torch.zeros(mix)))
             self.register_parameter(f"hc_{site}_scale", nn.Parameter(torch.ones(3)))
 
-    def _pre(self, x, site):
-        c = self.cfg
-        return hc_pre(x, getattr(self, f"hc_{site}_fn"), getattr(self, f"hc_{site}_base"),
-                      getattr(self, f"hc_{site}_scale"), c.hc_mult, c.hc_sinkhorn_iters, c.hc_eps, c.rms_norm_eps)
+    def _site(self, site: str) -> HcSite:
+        return HcSite(getattr(self, f"hc_{site}_fn"), getattr(self, f"hc_{site}_base"),
+                      getattr(self, f"hc_{site}_scale"))
 
-    def forward(self, x, batch: ForwardBatch, state, rope, cos, sin) -> torch.Tensor:
-        u, post, comb = self._pre(x, "attn")
-        a = self.tp.all_reduce(self.attn(self.attn_norm(u), batch, state, rope, cos, sin))  # wo_b row-parallel
-        x = hc_post(a, x, post, comb)
-        u, post, comb = self._pre(x, "ffn")
-        f = self.tp.all_reduce(self.ffn(self.ffn_norm(u), batch.input_ids))  # expert-parallel partial sums
-        return hc_post(f, x, post, comb)
+    def forward(self, x, batch: ForwardBatch, state, rope, cos, sin,
+                pending: Pending | None = None) -> tuple[torch.Tensor, Pending]:
+        """x [N, hc, d] streams (with the previous block's FFN output `pending`, not yet mixed in) ->
+        (streams, this block's FFN output pending). Each post-mix is fused with the next pre-mix."""
+        x, u, post, comb = mix_in(x, pending, self._site("attn"), self.cfg, self.attn_norm.weight)
+        a = self.tp.all_reduce(self.attn(u, batch, state, rope, cos, sin))  # wo_b row-parallel
+        x, u, post, comb = mix_in(x, Pending(a, post, comb), self._site("ffn"), self.cfg, self.ffn_norm.weight)
+        f = self.tp.all_reduce(self.ffn(u, batch.input_ids))  # expert-parallel partial sums
+        return x, Pending(f, post, comb)
 
 
 class MTPBlock(Block):
@@ -105,12 +106,12 @@ class DeepseekV4(nn.Module):
         trig = {}
         for name, rope in (("main", self.rope_main), ("compress", self.rope_compress)):
             trig[name] = rope.cos_sin(batch.positions)
+        pending = None
         for i, block in enumerate(self.layers):
             rope, name = (self.rope_main, "main") if cfg.compress_ratios[i] == 0 else (self.rope_compress, "compress")
-            x = block(x, batch, state.layers[i], rope, *trig[name])
-        x = x[batch.logits_indices]
-        return self.norm(hc_head(x, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, cfg.hc_eps,
-                                 cfg.rms_norm_eps))
+            x, pending = block(x, batch, state.layers[i], rope, *trig[name], pending=pending)
+        x = flush(x, pending)[batch.logits_indices]
+        return hc_head(x, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, cfg, self.norm.weight)  # + norm
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """[S, d] -> [S, vocab] fp32 (tensor parallel: on rank 0; the other ranks get None)."""

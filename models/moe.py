@@ -6,7 +6,6 @@ experts stacked per projection, and the shared expert. Routing and expert comput
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import kernels
@@ -49,9 +48,8 @@ class SharedExpert(nn.Module):
         self.limit = cfg.swiglu_limit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.w1(x).float().clamp(max=self.limit)
-        v = self.w3(x).float().clamp(-self.limit, self.limit)
-        return self.w2((F.silu(g) * v).to(x.dtype))  # Linear -> kernels.linear (FP8 resident on CUDA)
+        h = kernels.swiglu_linear(x, self.w1.quant_weight(), self.w3.quant_weight(), self.limit)  # one launch
+        return self.w2(h)  # Linear -> kernels.linear (FP8 resident on CUDA)
 
 
 class MoE(nn.Module):
@@ -70,6 +68,7 @@ class MoE(nn.Module):
         self.shared_experts = SharedExpert(cfg) if cfg.n_shared_experts else None
         self.limit = cfg.swiglu_limit
         self.expert_fmt = None  # None: float stacks; "fp8" / "fp4": resident quantized (see make_resident)
+        self._qw: dict[str, kernels.QuantWeight] = {}  # QuantWeight handles of the resident stacks
 
     def make_resident(self, fmt: str) -> None:
         """Swap the float stacks for uninitialised quantized ones + UE8M0 scale buffers `experts_wX_scale`
@@ -93,7 +92,13 @@ class MoE(nn.Module):
 
     def _w(self, name: str):
         p = getattr(self, name)
-        return p if self.expert_fmt is None else kernels.QuantWeight(p, getattr(self, name + "_scale"), self.expert_fmt)
+        if self.expert_fmt is None:
+            return p
+        scale = getattr(self, name + "_scale")
+        cached = self._qw.get(name)  # one handle per stack: it remembers its max scale byte (no re-sync)
+        if cached is None or cached.data is not p or cached.scale is not scale:
+            cached = self._qw[name] = kernels.QuantWeight(p, scale, self.expert_fmt)
+        return cached
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         weights, ids = self.gate(x, input_ids)
@@ -101,5 +106,5 @@ class MoE(nn.Module):
         experts = kernels.moe_experts if ep is None else ep.moe_experts
         y = experts(x, self._w("experts_w1"), self._w("experts_w3"), self._w("experts_w2"), weights, ids, self.limit)
         if self.shared_experts is not None:
-            y = y + self.shared_experts(x).float()
+            return kernels.add_cast(y, self.shared_experts(x), x.dtype)
         return y.to(x.dtype)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..quant_weight import QuantWeight
-from .fp8_linear import _rows, launch
+from . import fp8_linear as _fl  # module attribute: survives the tests' interpreter reload
 
 
 def _plain_or_fp8(w):
@@ -23,10 +23,10 @@ def linear(x, weight, fp32=False):
     _plain_or_fp8(weight)
     if not isinstance(weight, QuantWeight) and not fp32:
         return F.linear(x, weight)
-    x2 = _rows(x)
+    x2 = _fl._rows(x)
     n = weight.shape[0]
     y = torch.empty(x2.shape[0], n, dtype=torch.float32 if fp32 else x.dtype, device=x.device)
-    launch(x2, weight, y)
+    _fl.launch(x2, weight, y)
     return y.reshape(*x.shape[:-1], n)
 
 
@@ -40,36 +40,36 @@ def grouped_linear(x, weight, groups):
     r = weight.shape[0] // groups
     k = weight.shape[-1]
     y = torch.empty(n, groups * r, dtype=x.dtype, device=x.device)
-    launch(x2, weight, y, groups=groups, x_gs=k, w_gs=r, y_gs=r)
+    _fl.launch(x2, weight, y, groups=groups, x_gs=k, w_gs=r, y_gs=r)
     return y.view(n, groups, r)
 
 
 def swiglu_linear(x, w1, w3, limit):
     """Same contract as kernels.ref.linear_glue.swiglu_linear: both GEMMs and the SwiGLU in one launch."""
     _plain_or_fp8(w1)
-    x2 = _rows(x)
+    x2 = _fl._rows(x)
     y = torch.empty(x2.shape[0], w1.shape[0], dtype=x.dtype, device=x.device)
-    launch(x2, w1, y, w2=w3, epi=1, round_out=True, limit=limit)
+    _fl.launch(x2, w1, y, w2=w3, epi=1, round_out=True, limit=limit)
     return y.reshape(*x.shape[:-1], w1.shape[0])
 
 
 def compressor_project(x, wkv, wgate, ape, positions, ratio):
     """Same contract as kernels.ref.linear_glue.compressor_project: one dual launch, bias in the epilogue."""
     _plain_or_fp8(wkv)
-    x2 = _rows(x)
+    x2 = _fl._rows(x)
     n = wkv.shape[0]
     kv = torch.empty(x2.shape[0], n, dtype=torch.float32, device=x.device)
     score = torch.empty_like(kv)
     if ape.shape[0] != ratio:
         raise ValueError(f"ape has {ape.shape[0]} rows, ratio is {ratio}")
-    launch(x2, wkv, kv, w2=wgate, y2=score, epi=2, tab=ape.float().contiguous(), idx=positions.contiguous())
+    _fl.launch(x2, wkv, kv, w2=wgate, y2=score, epi=2, tab=ape.float().contiguous(), idx=positions.contiguous())
     return kv, score
 
 
 def linear_scaled(x, weight, alpha):
     """Same contract as kernels.ref.linear_glue.linear_scaled (rounded to x's dtype, then scaled, in fp32)."""
     _plain_or_fp8(weight)
-    x2 = _rows(x)
+    x2 = _fl._rows(x)
     y = torch.empty(x2.shape[0], weight.shape[0], dtype=torch.float32, device=x.device)
-    launch(x2, weight, y, round_out=True, alpha=alpha)
+    _fl.launch(x2, weight, y, round_out=True, alpha=alpha)
     return y.reshape(*x.shape[:-1], weight.shape[0])

@@ -139,3 +139,33 @@ def test_linear_glue_interp(fmt, m, k):
     for a, b in zip(tri.compressor_project(x, w1, w3, ape, pos, 4), ref_lin.compressor_project(x, w1, w3, ape, pos, 4)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(tri.linear_scaled(x, w1, 0.3), ref_lin.linear_scaled(x, w1, 0.3), rtol=1e-4, atol=1e-4)
+
+
+def test_model_glue_interp_matches_twins():
+    """The whole model (fp32, tiny) with every glue op on Triton (interpreter) == on the torch twins,
+    through a prefill chunk and decode steps (attention ops on the twins in both runs)."""
+    import kernels
+    from models.config import tiny_config
+    from models.state import single_sequence_batch
+    from tests.models.oracle import our_model, random_state_dict
+
+    interp_modules("mhc", "norm", "fp8_linear", "linear_glue", "routing", "moe")
+    cfg = tiny_config(compress_ratios=(0, 4, 8), index_topk=4)
+    model = our_model(cfg, random_state_dict(cfg, seed=3))
+    ids = torch.randint(0, cfg.vocab_size, (14,), generator=torch.Generator().manual_seed(4))
+    outs = {}
+    kernels.set_attention_backend("ref")
+    try:
+        for backend in ("ref", "triton"):
+            kernels.set_backend(backend)
+            state = model.new_state(num_slots=1, num_blocks=4, block_size=8)
+            table = torch.arange(4)
+            chunks = [model.compute_logits(model(single_sequence_batch(ids[a:b], a, table), state))
+                      for a, b in ((0, 11), (11, 12), (12, 13), (13, 14))]
+            outs[backend] = torch.cat(chunks)
+    finally:
+        kernels.set_attention_backend(None)
+        kernels.set_backend("auto")
+    ref, got = outs["ref"], outs["triton"]
+    assert ref.abs().max() > 0.1
+    assert ((got - ref).norm() / ref.norm()).item() < 1e-4
