@@ -6,6 +6,7 @@ listing every problem (missing / unexpected tensors, wrong shape or dtype, unrea
 shards, an index naming absent files). `iter_checkpoint` then streams `(name, tensor)` shard by shard
 with FP8/FP4 linears dequantized (their `.scale` tensors are consumed, never yielded). It does not
 rename, shard across devices or build modules: the model side consumes the stream.
+MTP tensors (`mtp.*`) are validated and streamed only with `include_mtp=True`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from models.quant import dequant_fp8_block, dequant_mxfp4
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 MAX_LISTED = 20  # problems named per kind in the error message
+MISSING_MTP = "missing MTP tensors (asked for with include_mtp=True)"  # problem kind
 _MAX_HEADER = 100 * 2**20  # refuse absurd header lengths (corrupt file) before reading them
 
 
@@ -131,16 +133,18 @@ def _find_shards(root: Path, problems: dict[str, list[str]]) -> list[Path]:
 
 
 def validate_checkpoint(
-    model_dir: str | Path, cfg: ModelConfig | None = None, include_mtp: bool = True
+    model_dir: str | Path, cfg: ModelConfig | None = None, include_mtp: bool = False
 ) -> CheckpointIndex:
     """Check every shard header against the expected tensor list; raise one CheckpointError on mismatch.
 
     `cfg=None` reads `model_dir/config.json` (raising models.config.ConfigError if it is not V4).
+    `include_mtp`: also require the MTP block(s) (`mtp.*`, for speculative decoding); without it MTP
+    tensors on disk are ignored. Asked for but absent, they are listed under `MISSING_MTP`.
     """
     root = Path(model_dir)
     if cfg is None:
         cfg = ModelConfig.from_json(root)
-    kinds = ("missing shard files", "unreadable shards", "missing tensors", "unexpected tensors",
+    kinds = ("missing shard files", "unreadable shards", "missing tensors", MISSING_MTP, "unexpected tensors",
              "wrong shape", "wrong dtype", "duplicate tensors")
     problems: dict[str, list[str]] = {k: [] for k in kinds}
     shards = _find_shards(root, problems)
@@ -157,10 +161,12 @@ def validate_checkpoint(
             else:
                 found[name] = entry
     specs = expected_tensors(cfg, quantized=cfg.quantization is not None, include_mtp=include_mtp)
+    if include_mtp and cfg.num_nextn_predict_layers == 0:
+        problems[MISSING_MTP].append("config.json declares num_nextn_predict_layers=0 (no MTP block)")
     for name, spec in specs.items():
         e = found.get(name)
         if e is None:
-            problems["missing tensors"].append(name)
+            problems[MISSING_MTP if _is_mtp(name) else "missing tensors"].append(name)
             continue
         if e.shape != spec.shape:
             problems["wrong shape"].append(f"{name}: expected {list(spec.shape)}, found {list(e.shape)}")
@@ -193,7 +199,7 @@ def iter_checkpoint(
     cfg: ModelConfig | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
-    include_mtp: bool = True,
+    include_mtp: bool = False,
     keep_quantized=None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Validate, then yield `(name, tensor)` shard by shard (peak host memory ~ one tensor + its scale).
@@ -256,7 +262,7 @@ def load_state_dict(
     cfg: ModelConfig | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
-    include_mtp: bool = True,
+    include_mtp: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The whole checkpoint as one dict (tests and tiny models only)."""
     return dict(iter_checkpoint(model_dir, cfg, dtype, device, include_mtp))

@@ -61,7 +61,8 @@ class Block(nn.Module):
 
 
 class MTPBlock(Block):
-    """Multi-token-prediction module `mtp.{k}.`: weights load now; speculative decoding uses it later."""
+    """Multi-token-prediction module `mtp.{k}.`: built and loaded only with include_mtp=True (for
+    speculative decoding, not implemented yet)."""
 
     def __init__(self, cfg: ModelConfig, k: int, tp: ParallelContext | None = None):
         super().__init__(cfg, layer=cfg.num_hidden_layers + k, mtp=True, tp=tp)
@@ -77,10 +78,17 @@ class MTPBlock(Block):
 
 
 _EXPERT = re.compile(r"^(.*\.ffn)\.experts\.(\d+)\.(w[123])\.(weight|scale)$")
+_STORED_AS_IS = (torch.float8_e4m3fn, torch.int8, torch.uint8)  # resident quantized data and scale bytes
+
+
+def _check_dtype(name: str, p: torch.Tensor, t: torch.Tensor) -> None:
+    """A quantized parameter must not silently cast a float tensor (or the reverse)."""
+    if (p.dtype in _STORED_AS_IS or t.dtype in _STORED_AS_IS) and p.dtype != t.dtype:
+        raise TypeError(f"{name}: checkpoint tensor {t.dtype} cannot fill model storage {p.dtype}")
 
 
 class DeepseekV4(nn.Module):
-    def __init__(self, cfg: ModelConfig, include_mtp: bool = True, parallel: ParallelContext | None = None):
+    def __init__(self, cfg: ModelConfig, include_mtp: bool = False, parallel: ParallelContext | None = None):
         super().__init__()
         d, hc = cfg.hidden_size, cfg.hc_mult
         self.cfg = cfg
@@ -133,7 +141,9 @@ class DeepseekV4(nn.Module):
 
     # ---- weights -----------------------------------------------------------------------------
     def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy (official name, tensor) pairs into the parameters; every parameter must be covered."""
+        """Copy (official name, tensor) pairs into the already allocated parameters, each tensor straight
+        into place (host -> device copies included); every parameter must be covered. Resident quantized
+        storage (FP8 / packed MXFP4 / UE8M0 bytes) only takes tensors of its own dtype."""
         params = dict(self.named_parameters())
         params.update(dict(self.named_buffers()))
         for skip in [k for k in params if k.endswith("inv_freq")]:
@@ -146,6 +156,7 @@ class DeepseekV4(nn.Module):
                 key = f"{m.group(1)}.experts_{m.group(3)}" + ("_scale" if m.group(4) == "scale" else "")
                 if key not in params:
                     raise KeyError(f"checkpoint tensor {name} has no place in the model")
+                _check_dtype(name, params[key], t)
                 params[key].data[int(m.group(2))].copy_(t)
                 experts_seen[key] = experts_seen.get(key, 0) + 1
                 continue
@@ -154,6 +165,7 @@ class DeepseekV4(nn.Module):
             p = params[name]
             if tuple(p.shape) != tuple(t.shape):
                 raise ValueError(f"{name}: checkpoint shape {tuple(t.shape)} != model shape {tuple(p.shape)}")
+            _check_dtype(name, p, t)
             p.data.copy_(t)
             loaded.add(name)
         for key, cnt in experts_seen.items():

@@ -7,7 +7,8 @@
 
 All scale arithmetic goes through the raw bytes (`.view(torch.uint8)`): exact, and independent of
 how torch rounds float -> float8_e8m0fnu casts (it rounds up, e.g. 3.0 -> 4.0).
-These are loader/test utilities, not kernels: they favour clarity over speed.
+These are loader/test utilities, not kernels: they favour clarity over speed. They run on the device
+of their inputs (the synthetic writer quantizes on the GPU with `--device cuda`).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def quant_fp8_block(w: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, to
     w = w.to(torch.float32)
     n, k = w.shape
     nb, kb = -(-n // block), -(-k // block)
-    padded = torch.zeros(nb * block, kb * block)
+    padded = torch.zeros(nb * block, kb * block, device=w.device)
     padded[:n, :k] = w.abs()
     amax = padded.view(nb, block, kb, block).amax(dim=(1, 3)).clamp(min=AMAX_FLOOR)  # [nb, kb]
     exp = ceil_log2(amax / FP8_MAX).clamp(-E8M0_BIAS, E8M0_BIAS)

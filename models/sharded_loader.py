@@ -9,12 +9,12 @@ assigns to the rank: head / group / indexer-head / vocabulary slices, only the r
 (FP8 128x128 tiles, MXFP4 1x32 blocks) with their scale tiles, dequantized, then trimmed; raw
 (resident) slices must be tile-aligned (`raw_slice_ok`).
 
-`load_model_sharded` builds the rank's model (models.loading.build_model with the context) and fills it.
+`load_model_sharded` builds the rank's model on the meta device (models.loading.build_meta_model with the
+context), allocates it once in its final storage and streams the rank's slices into it.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +26,6 @@ from models.config import ModelConfig
 from models.loader import emit_tensor, validate_checkpoint
 from models.parallel import ParallelContext, TensorShard, check_divisibility, shard_checkpoint_tensor
 from models.quant import dequant_fp8_block, dequant_mxfp4
-
-log = logging.getLogger(__name__)
 
 
 def _block(spec: TensorSpec, dim: int) -> int:
@@ -54,7 +52,8 @@ def _read(f, name: str, dim: int, a: int, b: int) -> torch.Tensor:
 
 
 class _Opener:
-    """safe_open handles of the shards, opened on demand (scales may live in another shard)."""
+    """safe_open handles of the shards, opened on demand (scales may live in another shard) and
+    closed together (each maps its whole file)."""
 
     def __init__(self):
         self.files: dict[Path, object] = {}
@@ -107,7 +106,7 @@ def iter_checkpoint_sharded(
     ctx: ParallelContext,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
-    include_mtp: bool = True,
+    include_mtp: bool = False,
     keep_quantized=None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Validate, then yield this rank's `(name, tensor)` pairs (see the module docstring)."""
@@ -131,33 +130,32 @@ def iter_checkpoint_sharded(
                         yield (scale_name(out) if n.endswith(".scale") else out), t.to(device)
                     continue
                 yield from emit_tensor(index, f, shard, name, out, dtype, device, raw)
+            op.close()  # one shard (file mapping) open at a time
     finally:
         op.close()
 
 
 def load_model_sharded(model_dir: str | Path, ctx: ParallelContext, device: torch.device | str = "cpu",
-                       dtype: torch.dtype = torch.float32, include_mtp: bool = True,
+                       dtype: torch.dtype = torch.float32, include_mtp: bool = False,
                        resident_quant: bool | None = None):
-    """Rank ctx.rank's shard of the model, filled from the official checkpoint (its slices only)."""
-    from models.checkpoint_spec import expected_tensors
-    from models.loading import build_model, weight_bytes
+    """Rank ctx.rank's shard of the model, filled from the official checkpoint (its slices only),
+    with the lean loading of models.loading (meta build, resident storage decided before allocation,
+    host slices copied straight into place)."""
+    import time
 
+    from models.loading import build_meta_model, resident_default, stream_into
+
+    t0 = time.perf_counter()
     cfg = ModelConfig.from_json(model_dir)
     check_divisibility(cfg, ctx.world_size)
-    validate_checkpoint(model_dir, cfg, include_mtp=include_mtp)
-    if resident_quant is None:
-        resident_quant = torch.device(device).type == "cuda" and cfg.quantization is not None
-    model = build_model(cfg, device, dtype, include_mtp=include_mtp, parallel=ctx)
-    keep = None
-    if resident_quant and cfg.quantization is not None:
-        from models.loading import make_resident
+    index = validate_checkpoint(model_dir, cfg, include_mtp=include_mtp)
+    model = build_meta_model(cfg, dtype, include_mtp=include_mtp, parallel=ctx)
+    raw_specs = None
+    if resident_default(device, cfg, resident_quant):  # only tile-aligned slices can stay quantized
+        raw_specs = {n: s for n, s in index.specs.items() if raw_slice_ok(s, shard_checkpoint_tensor(n, cfg, ctx))}
 
-        specs = expected_tensors(cfg, quantized=True, include_mtp=include_mtp)
-        specs = {n: s for n, s in specs.items() if raw_slice_ok(s, shard_checkpoint_tensor(n, cfg, ctx))}
-        keep = make_resident(model, specs).__contains__
-    with torch.no_grad():
-        model.load_weights(iter_checkpoint_sharded(model_dir, cfg, ctx, dtype=dtype, device=device,
-                                                   include_mtp=include_mtp, keep_quantized=keep))
-    log.info("rank %d/%d loaded its shard of %s: %.2f GB on %s", ctx.rank, ctx.world_size, model_dir,
-             weight_bytes(model) / 1e9, device)
-    return model
+    def stream(keep):
+        return iter_checkpoint_sharded(model_dir, cfg, ctx, dtype=dtype, device="cpu", include_mtp=include_mtp,
+                                       keep_quantized=keep)
+
+    return stream_into(model, stream, device, raw_specs, model_dir, t0)

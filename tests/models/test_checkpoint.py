@@ -85,8 +85,9 @@ def test_synthetic_bf16_round_trip(ckpts):
     assert index["metadata"]["total_size"] == total_bytes(specs)
     for name, spec in specs.items():
         assert on_disk[name].shape == spec.shape and on_disk[name].dtype == spec.dtype, name
-    sd = load_state_dict(path, cfg)
+    sd = load_state_dict(path, cfg, include_mtp=True)
     assert set(sd) == set(specs)
+    assert set(load_state_dict(path, cfg)) == {n for n in specs if not n.startswith("mtp.")}  # MTP: when asked
     assert sd["embed.weight"].dtype == torch.float32
     assert torch.equal(sd["embed.weight"], on_disk["embed.weight"].float())
     tid = sd["layers.0.ffn.gate.tid2eid"]
@@ -126,10 +127,39 @@ def test_quantized_checkpoint_dequantizes_close_to_float_weights(ckpts):
 
 def test_iter_checkpoint_streams_without_scales(ckpts):
     qpath, _ = ckpts["quant"]
-    names = [n for n, _ in iter_checkpoint(qpath)]
+    names = [n for n, _ in iter_checkpoint(qpath, include_mtp=True)]
     assert len(names) == len(set(names)) and not any(n.endswith(".scale") for n in names)
-    no_mtp = [n for n, _ in iter_checkpoint(qpath, include_mtp=False)]  # MTP on disk is skipped
+    no_mtp = [n for n, _ in iter_checkpoint(qpath)]  # default: MTP on disk is skipped
     assert no_mtp == [n for n in names if not n.startswith("mtp.")] and len(no_mtp) < len(names)
+
+
+def test_mtp_asked_for_but_missing_names_the_tensors(broken):
+    """A checkpoint without its MTP tensors loads by default; asked for, the error names them."""
+    from models.loader import MISSING_MTP
+
+    def edit(t):
+        for n in [n for n in t if n.startswith("mtp.0.e_proj") or n.startswith("mtp.0.hc_head")]:
+            del t[n]
+    for name in ("mtp.0.e_proj.weight", "mtp.0.hc_head_fn"):
+        _rewrite_shard_of(broken, name, edit)
+    validate_checkpoint(broken)  # the engine's default: MTP neither required nor loaded
+    with pytest.raises(CheckpointError) as ei:
+        validate_checkpoint(broken, include_mtp=True)
+    want = ["mtp.0.e_proj.weight", "mtp.0.hc_head_fn", "mtp.0.hc_head_base", "mtp.0.hc_head_scale"]
+    assert sorted(ei.value.problems[MISSING_MTP]) == sorted(want)
+    assert "missing tensors" not in ei.value.problems
+    assert "include_mtp=True" in str(ei.value) and "mtp.0.e_proj.weight" in str(ei.value)
+
+
+def test_mtp_asked_for_without_mtp_block(tmp_path):
+    from models.loader import MISSING_MTP
+    from models.loading import load_model
+
+    write_synthetic_checkpoint(tiny_config(), tmp_path, seed=1, include_mtp=False)
+    assert len(load_model(tmp_path).mtp) == 0
+    with pytest.raises(CheckpointError, match="num_nextn_predict_layers=0") as ei:
+        load_model(tmp_path, include_mtp=True)
+    assert list(ei.value.problems) == [MISSING_MTP]
 
 
 def test_row_chunked_generation_matches_layout(monkeypatch, tmp_path):

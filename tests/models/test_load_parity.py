@@ -33,13 +33,20 @@ def _oracle_sd(path):
 def test_loaded_checkpoint_matches_oracle(ckpts, which):
     path = ckpts[0] if which == "plain" else ckpts[1]
     model = load_model(path, device="cpu", dtype=torch.float32)
-    assert len(model.mtp) == 1  # MTP weights load
+    assert len(model.mtp) == 0 and not any(n.startswith("mtp.") for n in model.state_dict())  # only when asked
     oracle = build_oracle(model.cfg, _oracle_sd(path))
     ids = torch.randint(0, CFG.vocab_size, (200,), generator=torch.Generator().manual_seed(0)).tolist()
     a, b = model.logits(ids), oracle_logits(oracle, ids)
     diff = (a - b).abs().max().item()
     print(f"{which} checkpoint vs oracle: max abs diff {diff:.2e}")
     assert b.abs().max() > 1.0 and diff <= 1e-4
+    with_mtp = load_model(path, device="cpu", dtype=torch.float32, include_mtp=True)
+    assert len(with_mtp.mtp) == 1  # MTP weights load when asked for; the main model is unchanged
+    assert torch.equal(with_mtp.logits(ids), a)
+    if which == "quant":  # FP8/MXFP4 kept resident (allocated quantized on meta first): same logits
+        resident = load_model(path, device="cpu", dtype=torch.float32, resident_quant=True)
+        assert resident.layers[1].ffn.expert_fmt == "fp4"
+        assert (resident.logits(ids) - b).abs().max().item() <= 1e-4
 
 
 def test_quantized_weights_track_the_float_weights(ckpts):
