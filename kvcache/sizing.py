@@ -24,6 +24,8 @@ import torch
 from models.config import CSA_RATIO, PRESETS, ModelConfig
 from models.state import layer_state_specs, state_bytes
 
+from .snapshots import snapshot_bytes
+
 GiB = 1 << 30
 
 
@@ -43,20 +45,71 @@ def choose_block_size(cfg: ModelConfig, requested: int | None = None) -> int:
 
 def num_blocks_for_budget(
     cfg: ModelConfig, budget_bytes: int, num_slots: int, block_size: int, dtype: torch.dtype,
-    kv_format: str = "bf16",
+    kv_format: str = "bf16", snapshot_interval: int | None = None,
 ) -> int:
-    """Blocks that fit in `budget_bytes` after reserving `num_slots` state slots."""
+    """Blocks that fit in `budget_bytes` after reserving `num_slots` state slots (and, with prefix
+    caching, `num_snapshot_rows` slot-state snapshots of `snapshot_bytes` each)."""
     per_slot, per_block = state_bytes(cfg, block_size, dtype, kv_format)
-    slots_bytes = num_slots * per_slot
+    snap = snapshot_bytes(cfg, block_size, dtype, kv_format) if snapshot_interval else 0
+    slots_bytes = num_slots * (per_slot + snap)
     left = budget_bytes - slots_bytes
     if per_block == 0:  # sliding-window-only model: nothing grows; one nominal block
         if left < 0:
             raise ValueError(_budget_msg(budget_bytes, num_slots, per_slot, per_block))
         return 1
-    n = left // per_block
+    n = left // (per_block + snap * block_size / snapshot_interval) if snap else left // per_block
+    n = int(n)
+    while n >= 1 and snap and n * per_block + num_snapshot_rows(n, block_size, snapshot_interval, 0) * snap > left:
+        n -= 1
     if n < 1:
-        raise ValueError(_budget_msg(budget_bytes, num_slots, per_slot, per_block))
-    return int(n)
+        raise ValueError(_budget_msg(budget_bytes, num_slots, per_slot + snap, per_block))
+    return n
+
+
+# ---- prefix caching: slot-state snapshots (kvcache/snapshots.py) ----------------------------
+PREFIX_SNAPSHOT_FRACTION = 0.2  # default interval: snapshots cost at most this share of the block bytes
+
+
+def prefix_snapshot_interval(cfg: ModelConfig, block_size: int, dtype: torch.dtype, kv_format: str = "bf16",
+                             requested: int | None = None) -> int:
+    """Tokens between the periodic snapshots: `requested` if valid, else the smallest multiple of
+    block_size whose snapshots (one per interval) cost <= PREFIX_SNAPSHOT_FRACTION of the blocks."""
+    if requested is not None:
+        if requested < block_size or requested % block_size:
+            raise ValueError(f"prefix snapshot interval {requested} must be a positive multiple of "
+                             f"block_size {block_size}")
+        return requested
+    _, per_block = state_bytes(cfg, block_size, dtype, kv_format)
+    snap = snapshot_bytes(cfg, block_size, dtype, kv_format)
+    if per_block == 0:
+        return block_size
+    return block_size * max(1, math.ceil(snap / (PREFIX_SNAPSHOT_FRACTION * per_block)))
+
+
+def num_snapshot_rows(num_blocks: int, block_size: int, interval: int, num_slots: int) -> int:
+    """Snapshot rows: one per interval of the whole cache, plus one per state slot (prompt ends and
+    divergence points of the running sequences)."""
+    return num_slots + num_blocks * block_size // interval
+
+
+@dataclass(frozen=True)
+class PrefixCacheReport:
+    snapshot_bytes: int  # one snapshot: windows + open CSA tails, all layers
+    interval: int  # tokens between periodic snapshots
+    block_bytes_per_token: float  # paged state per token (compressed entries + indexer keys)
+    snapshot_bytes_per_token: float  # snapshot rows of the whole cache / its token capacity
+
+    @property
+    def extra_fraction(self) -> float:
+        return self.snapshot_bytes_per_token / self.block_bytes_per_token if self.block_bytes_per_token else 0.0
+
+
+def prefix_cache_report(cfg: ModelConfig, block_size: int, dtype: torch.dtype, kv_format: str, interval: int,
+                        num_blocks: int, num_slots: int) -> PrefixCacheReport:
+    _, per_block = state_bytes(cfg, block_size, dtype, kv_format)
+    snap = snapshot_bytes(cfg, block_size, dtype, kv_format)
+    rows = num_snapshot_rows(num_blocks, block_size, interval, num_slots)
+    return PrefixCacheReport(snap, interval, per_block / block_size, rows * snap / (num_blocks * block_size))
 
 
 def _budget_msg(budget: int, num_slots: int, per_slot: int, per_block: int) -> str:

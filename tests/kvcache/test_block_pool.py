@@ -65,10 +65,44 @@ def test_hash_chain():
     assert h2 != hash_block_tokens(hash_block_tokens(None, [0, 2, 3, 4]), [5, 6, 7, 8])  # depends on the prefix
 
 
-def test_block_hash_is_reserved_and_cleared_on_free():
+def test_cached_block_survives_free_until_evicted_lru():
+    evicted = []
+    pool = BlockPool(3, on_evict=evicted.append)
+    a, b, c = pool.allocate(3)
+    ha, hb = hash_block_tokens(None, [1, 2]), hash_block_tokens(None, [3, 4])
+    assert pool.cache_block(a, ha) and pool.cache_block(b, hb)
+    assert not pool.cache_block(c, ha)  # another block already holds that content
+    pool.free([b, a, c])  # ref 0: free, but a and b keep their hashes (b least recently used)
+    pool.check_integrity()
+    assert pool.num_free == 3 and pool.lookup(ha) == a and pool.lookup(hb) == b
+    pool.touch([a])  # a hit takes a out of the free queue
+    assert pool.num_free == 2 and pool.blocks[a].ref_cnt == 1
+    pool.check_integrity()
+    assert pool.allocate(1) == [b] and evicted == [hb] and pool.lookup(hb) is None  # LRU cached one goes
+    assert pool.allocate(1) == [c]
+    assert pool.allocate(1) is None  # a is referenced: never evicted
+    pool.touch([a])
+    assert pool.blocks[a].ref_cnt == 2
+    pool.free([a])
+    pool.free([a])
+    assert pool.evict_unreferenced() == 1 and evicted == [hb, ha] and pool.num_cached == 0
+    pool.check_integrity()
+
+
+def test_touch_of_uncached_block_and_cache_of_free_block_raise():
     pool = BlockPool(2)
-    assert all(b.block_hash is None for b in pool.blocks)
     (i,) = pool.allocate(1)
-    pool.blocks[i].block_hash = hash_block_tokens(None, [1, 2])
+    with pytest.raises(RuntimeError, match="not in the prefix cache"):
+        pool.touch([i])
     pool.free([i])
-    assert pool.blocks[i].block_hash is None
+    with pytest.raises(RuntimeError, match="unowned"):
+        pool.cache_block(i, 1)
+
+
+def test_integrity_detects_stale_cache_map():
+    pool = BlockPool(2)
+    (i,) = pool.allocate(1)
+    pool.cache_block(i, 7)
+    pool.blocks[i].block_hash = 8
+    with pytest.raises(AssertionError):
+        pool.check_integrity()
