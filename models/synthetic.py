@@ -109,7 +109,7 @@ def make_tensors(spec: TensorSpec, cfg: ModelConfig, seed: int,
             if key not in out:  # output rows scale with input rows (1:1, or 1:128 for FP8 tile scales)
                 total = -(-rows * part.shape[0] // n)
                 out[key], filled[key] = torch.empty((total, *part.shape[1:]), dtype=part.dtype), 0
-            out[key][filled[key]: filled[key] + part.shape[0]] = part
+            out[key][filled[key]: filled[key] + part.shape[0]].copy_(part)  # device -> host
             filled[key] += part.shape[0]
     return out
 
@@ -229,8 +229,11 @@ def main(argv: list[str] | None = None) -> None:
         if not 1 <= args.layers <= cfg.num_hidden_layers:
             ap.error(f"--layers must be in [1, {cfg.num_hidden_layers}] for preset {args.preset}")
         cfg = cfg.with_layers(args.layers)
-    device = torch.device(args.device)
-    if device.type not in ("cpu", "cuda"):
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
         ap.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA GPU is available")

@@ -173,6 +173,45 @@ def test_row_chunked_generation_matches_layout(monkeypatch, tmp_path):
     assert 0.9 < sd["head.weight"].std().item() * cfg.hidden_size ** 0.5 < 1.1
 
 
+def _tensor_digest(path: Path) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    import hashlib
+
+    tensors = {}
+    for f in sorted(path.glob("model-*.safetensors")):
+        tensors.update(load_file(f))
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# Digests of the CPU writer's tiny checkpoints (seed 11) as written before the writer learned
+# `--device`: the CPU output must not change (demo models and cached checkpoints stay valid).
+CPU_WRITER_DIGESTS = {
+    False: "a702f1e65346264436f655c511b47827d296c1a186b502c50a48770692434b39",
+    True: "f787ce5c8225592dbe3766f442cc6411aa23689370c3cb5494f40779e194f3eb",
+}
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_cpu_writer_output_unchanged(tmp_path, quantize):
+    write_synthetic_checkpoint(tiny_config(), tmp_path / "w", seed=11, quantize=quantize)
+    assert _tensor_digest(tmp_path / "w") == CPU_WRITER_DIGESTS[quantize]
+    if quantize:  # the CLI with an explicit --device cpu writes the same tensors
+        synthetic_main(["--preset", "tiny", "--quantize", "--seed", "11", "--device", "cpu",
+                        "--out", str(tmp_path / "c")])
+        assert _tensor_digest(tmp_path / "c") == CPU_WRITER_DIGESTS[True]
+
+
+def test_cli_rejects_unknown_device(tmp_path):
+    for bad in ("mps", "gpu"):
+        with pytest.raises(SystemExit):
+            synthetic_main(["--preset", "tiny", "--device", bad, "--out", str(tmp_path / "x")])
+
+
 def test_cli_tiny_preset(tmp_path):
     synthetic_main(["--preset", "tiny", "--out", str(tmp_path / "cli"), "--quantize", "--seed", "3"])
     cfg = ModelConfig.from_json(tmp_path / "cli")

@@ -57,8 +57,8 @@ def _slack(path: Path) -> int:
 
 
 def _float_model_bytes() -> int:
-    return sum(math.prod(s.logical_shape or s.shape) * 4 for s in expected_tensors(CFG, True, include_mtp=False).values()
-               if s.init != "scale")
+    specs = expected_tensors(CFG, True, include_mtp=False).values()
+    return sum(math.prod(s.logical_shape or s.shape) * 4 for s in specs if s.init != "scale")
 
 
 @pytest.mark.parametrize("dtype,resident", [(torch.float32, True), (torch.bfloat16, False), (torch.bfloat16, True)])
