@@ -59,13 +59,15 @@ class LLM:
              reasoning_effort: str | None = None, thinking: dict | bool | None = None,
              tools: list[dict] | None = None) -> list[RequestOutput]:
         """Render conversations with the V4 chat format (same code as the HTTP server) and generate."""
-        from server.chat_format import SpecialTokens, encode_messages
+        from server.chat_format import SpecialTokens, render_messages
         from server.reasoning import resolve_reasoning
 
         convs = [messages] if messages and isinstance(messages[0], dict) else messages
         rc = resolve_reasoning(reasoning_effort, thinking, None, None)
-        prompts = [self.tokenizer.encode(encode_messages(c, thinking=rc.thinking, reasoning_effort=rc.encoder_effort,
-                                                         tools=tools)) for c in convs]
+        # content never becomes a special token (Tokenizer.encode_segments)
+        prompts = [self.tokenizer.encode_segments(render_messages(c, thinking=rc.thinking,
+                                                                  reasoning_effort=rc.encoder_effort, tools=tools))
+                   for c in convs]
         p = params or SamplingParams(max_tokens=256)
         if rc.budget_tokens is not None:
             p = p.with_updates(thinking_budget=rc.budget_tokens,

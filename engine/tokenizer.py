@@ -8,6 +8,7 @@ decoding in `engine/detokenizer.py`.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import tokenizers
@@ -17,6 +18,9 @@ DEFAULT_BOS_TOKEN = "<｜begin▁of▁sentence｜>"
 DEFAULT_EOS_TOKEN = "<｜end▁of▁sentence｜>"
 DEFAULT_BOS_TOKEN_ID = 0
 DEFAULT_EOS_TOKEN_ID = 1
+# texts at least this long are encoded through encode_batch, which releases the GIL (encode holds it
+# for the whole call: seconds for a multi-megabyte prompt, during which no other thread runs)
+_GIL_FREE_CHARS = 1 << 15
 
 
 def _token_content(entry: object) -> str | None:
@@ -29,7 +33,9 @@ def _token_content(entry: object) -> str | None:
 
 
 class Tokenizer:
-    """Text <-> token ids. Special-token strings inside text encode to their single ids."""
+    """Text <-> token ids. `encode`: special-token strings inside text encode to their single ids
+    (what a caller-owned template wants); `encode_plain` / `encode_segments`: text that is content
+    never becomes a special (added) token, only a template's own pieces do."""
 
     def __init__(self, tokenizer: tokenizers.Tokenizer, bos_token: str | None = None,
                  eos_token: str | None = None):
@@ -41,6 +47,12 @@ class Tokenizer:
         special = {i for i, tok in tokenizer.get_added_tokens_decoder().items() if tok.special}
         self.all_special_ids: set[int] = special | {self.bos_token_id, self.eos_token_id}
         self.vocab_size: int = tokenizer.get_vocab_size(with_added_tokens=True)
+        # every added token (special or not): content text must never encode to one of them
+        self.added_tokens: dict[str, int] = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items()}
+        self.added_ids: frozenset[int] = frozenset(self.added_tokens.values())
+        alternatives = sorted(self.added_tokens, key=len, reverse=True)
+        self._added_split = re.compile("(" + "|".join(map(re.escape, alternatives)) + ")") if alternatives else None
+        self._plain: tokenizers.Tokenizer | None = None  # built on first use (encode_plain)
 
     def _resolve(self, name: str | None, default_name: str, default_id: int, what: str) -> int:
         if name is not None:
@@ -74,8 +86,55 @@ class Tokenizer:
         return cls(raw, bos_token=bos, eos_token=eos)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        """Token ids of `text`; add_special_tokens runs the tokenizer's post-processor (e.g. adds BOS)."""
-        return self.raw.encode(text, add_special_tokens=add_special_tokens).ids
+        """Token ids of `text`; add_special_tokens runs the tokenizer's post-processor (e.g. adds BOS).
+        Special-token strings in `text` become their ids."""
+        return _encode(self.raw, text, add_special_tokens)
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Token ids of `text` as content: an added token's string is spelled with ordinary tokens."""
+        if self._plain is None:
+            spec = json.loads(self.raw.to_str())
+            for tok in spec.get("added_tokens", []):
+                tok["special"] = True  # encode_special_tokens only applies to special ones
+            plain = tokenizers.Tokenizer.from_str(json.dumps(spec))
+            plain.encode_special_tokens = True  # set once, never toggled: safe across threads
+            self._plain = plain
+        ids = _encode(self._plain, text, False)
+        if self.added_ids.intersection(ids):  # a vocabulary whose merges rebuild an added token's text
+            ids = [j for i in ids for j in ([i] if i not in self.added_ids else self._spell(i))]
+        return ids
+
+    def _spell(self, token_id: int) -> list[int]:
+        """An added token's text as ordinary tokens (split until no piece is an added token)."""
+        text = self.raw.decode([token_id], skip_special_tokens=False)
+        if len(text) <= 1:
+            raise ValueError(f"added token {token_id} cannot be spelled with ordinary tokens")
+        return self.encode_plain(text[:1]) + self.encode_plain(text[1:])
+
+    def encode_segments(self, segments: list[tuple[str, bool]]) -> list[int]:
+        """Token ids of `(text, is_template)` pieces: added tokens are recognized only inside template
+        pieces; content pieces are `encode_plain` text. Adjacent ordinary text of both kinds is encoded
+        as one run, so the ids equal `encode("".join(texts))` whenever no content holds an added token."""
+        ids: list[int] = []
+        run: list[str] = []
+
+        def flush() -> None:
+            if run:
+                ids.extend(self.encode_plain("".join(run)))
+                run.clear()
+
+        for text, is_template in segments:
+            if not is_template or self._added_split is None:
+                run.append(text)
+                continue
+            for part in self._added_split.split(text):
+                if part in self.added_tokens:
+                    flush()
+                    ids.append(self.added_tokens[part])
+                elif part:
+                    run.append(part)
+        flush()
+        return ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.raw.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -91,3 +150,9 @@ class Tokenizer:
 
     def __len__(self) -> int:
         return self.vocab_size
+
+
+def _encode(tok: tokenizers.Tokenizer, text: str, add_special_tokens: bool) -> list[int]:
+    if len(text) >= _GIL_FREE_CHARS:
+        return tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+    return tok.encode(text, add_special_tokens=add_special_tokens).ids

@@ -23,7 +23,7 @@ from server.errors import (APIError, InvalidRequest, check_text, error_body, err
                            install_exception_handlers, to_api_error)
 from server.metrics import HttpMetricsMiddleware, ServerMetrics
 from server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
-from server.serving_chat import create_chat_completion, render_chat_prompt
+from server.serving_chat import create_chat_completion, tokenize_chat
 from server.serving_common import ServerState
 from server.serving_completion import create_completion
 
@@ -190,12 +190,13 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
         if req.messages is not None:
             if isinstance(state.special, Exception):
                 raise InvalidRequest(f"this model's tokenizer cannot do chat ({state.special})", param="messages")
-            prompt, _ = render_chat_prompt(state, req)
-            tokens = tok.encode(prompt, add_special_tokens=bool(req.add_special_tokens))
-        else:
+            prompt, tokens, _ = await asyncio.to_thread(tokenize_chat, state, req)
+            if req.add_special_tokens:  # the post-processor's additions (e.g. BOS), before the template's
+                tokens = tok.encode("", add_special_tokens=True) + tokens
+        else:  # completions semantics: the caller owns the template, special-token text is special
             prompt = req.prompt
             add = True if req.add_special_tokens is None else req.add_special_tokens
-            tokens = tok.encode(check_text(prompt, "prompt"), add_special_tokens=add)
+            tokens = await asyncio.to_thread(tok.encode, check_text(prompt, "prompt"), add)
         return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.max_model_len, "prompt": prompt}
 
     @app.post("/detokenize")

@@ -3,7 +3,11 @@
 No Jinja template ships with V4; the normative format is the reference Python encoder
 (`encoding/encoding_dsv4.py` in the HF repo, architecture.md §6.2). This module reproduces its
 output byte for byte for the roles an OpenAI client can send (system, developer, user, assistant,
-tool) and returns text with special tokens spelled out; the engine tokenizes it.
+tool). `render_messages` returns it as `(text, is_template)` segments: only template segments may
+hold special tokens; everything a client wrote (any role's content, reasoning, tool names, arguments,
+results and schemas, the response format) is content, which `Tokenizer.encode_segments` never turns
+into a special token, so a message cannot forge turns, reasoning or tool calls. `encode_messages`
+is the same prompt as one string.
 
 Layout: BOS, [Think-Max preamble], system text (+ tools block, + response-format block),
 `<｜User｜>` turns, then `<｜Assistant｜>` followed by `<think>` (thinking, current turn) or `</think>`
@@ -144,18 +148,31 @@ def _tool_arguments(raw: Any, where: str) -> dict:
     return args
 
 
-def _render_tool_calls(calls: list[tuple[str, str, dict]]) -> str:
-    invokes = []
-    for _, name, args in calls:
-        params = "\n".join(
-            f'<{DSML}parameter name="{key}" string="{"true" if isinstance(v, str) else "false"}">'
-            f"{v if isinstance(v, str) else _to_json(v)}</{DSML}parameter>"
-            for key, v in args.items())
-        invokes.append(f'<{DSML}invoke name="{name}">\n{params}\n</{DSML}invoke>')
-    return f"\n\n<{DSML}tool_calls>\n" + "\n".join(invokes) + f"\n</{DSML}tool_calls>"
+Segment = tuple[str, bool]  # (text, is_template): only template text may hold special tokens
 
 
-def _render_tools(tools: list[dict]) -> str:
+def _t(text: str) -> Segment:
+    return (text, True)
+
+
+def _c(text: str) -> Segment:
+    return (text, False)
+
+
+def _render_tool_calls(calls: list[tuple[str, str, dict]]) -> list[Segment]:
+    out = [_t(f"\n\n<{DSML}tool_calls>\n")]
+    for i, (_, name, args) in enumerate(calls):
+        out += [_t(("\n" if i else "") + f'<{DSML}invoke name="'), _c(name), _t('">\n')]
+        for j, (key, v) in enumerate(args.items()):
+            out += [_t(("\n" if j else "") + f'<{DSML}parameter name="'), _c(key),
+                    _t(f'" string="{"true" if isinstance(v, str) else "false"}">'),
+                    _c(v if isinstance(v, str) else _to_json(v)), _t(f"</{DSML}parameter>")]
+        out.append(_t(f"\n</{DSML}invoke>"))
+    out.append(_t(f"\n</{DSML}tool_calls>"))
+    return out
+
+
+def _render_tools(tools: list[dict]) -> list[Segment]:
     if not isinstance(tools, list):
         raise ValueError("tools must be a list of function tools")
     schemas = []
@@ -164,7 +181,9 @@ def _render_tools(tools: list[dict]) -> str:
         if not isinstance(fn, dict) or tool.get("type", "function") != "function" or not fn.get("name"):
             raise ValueError(f"tools[{i}]: expected {{'type': 'function', 'function': {{'name': ...}}}}")
         schemas.append(_to_json(fn))
-    return _TOOLS_BLOCK.format(D=DSML, TS=THINK_START, TE=THINK_END, SCHEMAS="\n".join(schemas))
+    head, tail = _TOOLS_BLOCK.split("{SCHEMAS}")
+    marks = dict(D=DSML, TS=THINK_START, TE=THINK_END)
+    return [_t(head.format(**marks)), _c("\n".join(schemas)), _t(tail.format(**marks))]
 
 
 def _normalize(messages: list[dict]) -> list[dict]:
@@ -224,10 +243,15 @@ def _normalize(messages: list[dict]) -> list[dict]:
     return turns
 
 
-def encode_messages(messages: list[dict], *, thinking: bool, reasoning_effort: str | None,
+def encode_messages(messages: list[dict], **kwargs: Any) -> str:
+    """The prompt of `render_messages` as one string (special tokens spelled out)."""
+    return "".join(text for text, _ in render_messages(messages, **kwargs))
+
+
+def render_messages(messages: list[dict], *, thinking: bool, reasoning_effort: str | None,
                     tools: list[dict] | None, response_format: dict | None = None,
-                    add_generation_prompt: bool = True, drop_thinking: bool = True) -> str:
-    """Render OpenAI-shaped `messages` into the exact DeepSeek-V4 prompt text.
+                    add_generation_prompt: bool = True, drop_thinking: bool = True) -> list[Segment]:
+    """Render OpenAI-shaped `messages` into the exact DeepSeek-V4 prompt, as segments.
 
     `reasoning_effort` is None, "high" (renders like None) or "max" (Think-Max preamble; needs
     `thinking`). Request `tools` / `response_format` are attached to a leading system/developer
@@ -248,10 +272,13 @@ def encode_messages(messages: list[dict], *, thinking: bool, reasoning_effort: s
             turns.insert(0, {"role": "system", "content": ""})
         head = turns[0]
         head["pinned"] = True  # carries request-level instructions: never dropped from history
+        extra: list[Segment] = []
         if tools:
-            head["content"] += "\n\n" + _render_tools(tools)
+            extra += [_t("\n\n"), *_render_tools(tools)]
         if response_format and response_format.get("type") != "text":
-            head["content"] += "\n\n" + _RESPONSE_FORMAT_BLOCK.format(SCHEMA=_to_json(response_format))
+            block = _RESPONSE_FORMAT_BLOCK.split("{SCHEMA}")[0]
+            extra += [_t("\n\n" + block), _c(_to_json(response_format))]
+        head["extra"] = extra
     drop = drop_thinking and not tools
     last_user = max((i for i, t in enumerate(turns) if t["role"] in ("user", "developer")), default=-1)
     if thinking and drop:  # the reference also drops developer turns from history here
@@ -261,30 +288,34 @@ def encode_messages(messages: list[dict], *, thinking: bool, reasoning_effort: s
     if continuing and turns[-1]["tool_calls"]:
         raise ValueError("cannot continue a trailing assistant message that has tool_calls")
 
-    out = [BOS]
+    out = [_t(BOS)]
     if thinking and reasoning_effort == "max":
-        out.append(REASONING_EFFORT_MAX)
+        out.append(_t(REASONING_EFFORT_MAX))
     for i, turn in enumerate(turns):
         role, is_last = turn["role"], i == len(turns) - 1
-        if role == "system":
-            out.append(turn["content"])
-        elif role == "developer":
-            out.append(USER + turn["content"])
+        if role in ("system", "developer"):
+            out += [_t(USER if role == "developer" else ""), _c(turn["content"]), *turn.get("extra", ())]
         elif role == "user":
-            out.append(USER + "\n\n".join(
-                text if kind == "text" else f"<tool_result>{text}</tool_result>"
-                for kind, _, text in turn["blocks"]))
+            out.append(_t(USER))
+            for j, (kind, _, text) in enumerate(turn["blocks"]):
+                sep = "\n\n" if j else ""
+                out += [_t(sep), _c(text)] if kind == "text" else \
+                    [_t(sep + "<tool_result>"), _c(text), _t("</tool_result>")]
         else:
             keep_reasoning = thinking and (not drop or i > last_user)
             if is_last and continuing:
                 if keep_reasoning:
-                    out.append(turn["reasoning"] + (THINK_END if turn["content"] else ""))
-                out.append(turn["content"])
+                    out += [_c(turn["reasoning"]), _t(THINK_END if turn["content"] else "")]
+                out.append(_c(turn["content"]))
             else:
-                out.append((turn["reasoning"] + THINK_END if keep_reasoning else "") + turn["content"]
-                           + (_render_tool_calls(turn["tool_calls"]) if turn["tool_calls"] else "") + EOS)
+                if keep_reasoning:
+                    out += [_c(turn["reasoning"]), _t(THINK_END)]
+                out.append(_c(turn["content"]))
+                if turn["tool_calls"]:
+                    out += _render_tool_calls(turn["tool_calls"])
+                out.append(_t(EOS))
         next_role = None if is_last else turns[i + 1]["role"]
         opens_reply = next_role == "assistant" or (is_last and add_generation_prompt)
         if role in ("user", "developer") and opens_reply:
-            out.append(ASSISTANT + (THINK_START if thinking and (not drop or i >= last_user) else THINK_END))
-    return "".join(out)
+            out.append(_t(ASSISTANT + (THINK_START if thinking and (not drop or i >= last_user) else THINK_END)))
+    return [seg for seg in out if seg[0]]

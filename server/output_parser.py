@@ -16,6 +16,9 @@ chunking):
   invoke cut off by the end of text, the raw text from the end of the last good element onward
   (the opening tag too if no invoke succeeded yet) is kept verbatim as content. Leftover
   whitespace between tags is markup and is dropped; after the closing tag, content resumes.
+* Cut by a length limit (`cut=True`, finish_reason "length"): an unfinished tool-call block (a
+  well-formed prefix: the opening tag, an unclosed invoke) and a partial opening tag ending the
+  content are markup, dropped; the calls completed before the cut are kept, the cut one is not.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class _Grammar:
     def __init__(self, sp: SpecialTokens):
         d = sp.dsml
         self.eos, self.think_start, self.think_end = sp.eos, sp.think_start, sp.think_end
+        self.dsml = d
         self.tc_open, self.tc_close = f"<{d}tool_calls>", f"</{d}tool_calls>"
         self.invoke_open, self.invoke_close = f"<{d}invoke", f"</{d}invoke>"
         self.content_markers = (self.tc_open, self.think_start, self.think_end)
@@ -70,6 +74,17 @@ class _Grammar:
         self.invoke_head = re.compile(rf'<{re.escape(d)}invoke name="([^"\n]+)">')
         self.param = re.compile(rf'<{re.escape(d)}parameter name="([^"\n]+)" string="(true|false)">(.*?)'
                                 rf"</{re.escape(d)}parameter>", re.DOTALL)
+
+    def trim_cut(self, text: str) -> str:
+        """`text` without a trailing partial tool-calls opening tag: one holding the DSML token, or
+        a bare "<" right after the blank line that leads the markup (dropped with it)."""
+        at = text.rfind("<")
+        if at < 0 or not self.tc_open.startswith(text[at:]):
+            return text
+        lead = text[:at].endswith("\n\n")
+        if len(text) - at == 1 and not lead:
+            return text
+        return text[:at - 2] if lead else text[:at]
 
     def is_markup_tail(self, rest: str) -> bool:
         """True if the text left in a tool-call block is only whitespace and/or a cut-off closing tag."""
@@ -118,14 +133,15 @@ def _strip(text: str | None, tokens: tuple[str, ...]) -> str | None:
     return text
 
 
-def parse_completion(text: str, *, thinking: bool, special: SpecialTokens) -> ParsedMessage:
-    """Parse a whole completion (EOS optional) into reasoning, content and tool calls."""
+def parse_completion(text: str, *, thinking: bool, special: SpecialTokens, cut: bool = False) -> ParsedMessage:
+    """Parse a whole completion (EOS optional) into reasoning, content and tool calls; `cut`: the
+    text was cut by a length limit (an unfinished tool call is dropped, never shown as content)."""
     g = _Grammar(special)
-    msg = _parse(text, thinking, g)
+    msg = _parse(text, thinking, g, cut)
     return ParsedMessage(_strip(msg.reasoning, g.stray), _strip(msg.content, g.stray), msg.tool_calls)
 
 
-def _parse(text: str, thinking: bool, g: _Grammar) -> ParsedMessage:
+def _parse(text: str, thinking: bool, g: _Grammar, truncated: bool = False) -> ParsedMessage:
     if (cut := text.find(g.eos)) >= 0:
         text = text[:cut]
     reasoning = None
@@ -157,11 +173,12 @@ def _parse(text: str, thinking: bool, g: _Grammar) -> ParsedMessage:
             call = g.parse_invoke(text[pos:close + len(g.invoke_close)]) if close >= 0 else None
             if call is None:  # malformed, unterminated, or end of text: keep the raw rest
                 rest = text[pending:]
-                content.append("" if g.is_markup_tail(rest) else rest)
+                unfinished = close < 0 and (text.startswith(g.invoke_open, pos) or g.invoke_open.startswith(text[pos:]))
+                content.append("" if g.is_markup_tail(rest) or (truncated and unfinished) else rest)
                 return ParsedMessage(reasoning, "".join(content), calls)
             calls.append(ToolCall(_new_id(), *call))
             pos = pending = close + len(g.invoke_close)
-    content.append(text[pos:])
+    content.append(g.trim_cut(text[pos:]) if truncated else text[pos:])
     return ParsedMessage(reasoning, "".join(content), calls)
 
 
@@ -196,11 +213,12 @@ class StreamingParser:
         self._buf = self._buf[:cut]
         return self._strip(self._process()) + self.finish()
 
-    def finish(self) -> list[Delta]:
-        """Flush held-back text at end of stream (EOS or length cut-off)."""
+    def finish(self, cut: bool = False) -> list[Delta]:
+        """Flush held-back text at end of stream (EOS, or `cut` off by a length limit: an unfinished
+        tool call is dropped, as in `parse_completion`)."""
         if self._done:
             return []
-        out = self._strip(self._finish())
+        out = self._strip(self._finish(cut))
         tail = [Delta(**{f: t}) for f, st in self._strippers.items() if (t := st.flush())]
         return [d for d in out + tail if d.reasoning or d.content or d.tool_call]
 
@@ -217,11 +235,15 @@ class StreamingParser:
             out.append(d)
         return [d for d in out if d.reasoning or d.content or d.tool_call]
 
-    def _finish(self) -> list[Delta]:
+    def _finish(self, cut: bool = False) -> list[Delta]:
         self._done = True
         state, text, self._buf = self._state, self._buf, ""
         if state == "reasoning":
             return [Delta(reasoning=text)] if text else []
+        if cut and state in ("tools", "invoke"):
+            return []  # a tool-call block cut before it closed: markup, and no call
+        if cut and state == "content":
+            text = self._g.trim_cut(text)
         if state == "content" and self._after_block and not text.strip():
             return []  # only whitespace followed the closing tag: markup
         if state == "tools" and self._g.is_markup_tail(self._pending + text):

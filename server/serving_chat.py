@@ -9,6 +9,7 @@ always decodes with special tokens kept so the parser can find `</think>` and th
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import suppress
 from typing import Any, AsyncIterator
@@ -17,7 +18,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from engine.outputs import OutputKind
-from server.chat_format import encode_messages
+from server.chat_format import Segment, render_messages
 from server.errors import APIError, InvalidRequest, check_text, sse_error
 from server.guided_request import attach_guide, guided_kwargs, guided_param
 from server.output_parser import StreamingParser, parse_completion
@@ -29,8 +30,8 @@ from server.serving_common import (SSE_DONE, ServerState, chat_logprobs, collect
 _TEMPLATE_KWARGS = {"thinking", "enable_thinking", "reasoning_effort", "drop_thinking"}
 
 
-def render_chat_prompt(state: ServerState, req: Any) -> tuple[str, ReasoningConfig]:
-    """Prompt text and reasoning mode for a chat request (also used by /tokenize)."""
+def render_chat_prompt(state: ServerState, req: Any) -> tuple[list[Segment], ReasoningConfig]:
+    """Prompt segments (`chat_format.render_messages`) and reasoning mode for a chat request."""
     kwargs = req.chat_template_kwargs or {}
     unknown = sorted(set(kwargs) - _TEMPLATE_KWARGS)
     if unknown:
@@ -47,10 +48,20 @@ def render_chat_prompt(state: ServerState, req: Any) -> tuple[str, ReasoningConf
     check_continue_final(req)
     # the encoder continues a trailing assistant message when asked for a generation prompt
     generation_prompt = req.add_generation_prompt or req.continue_final_message
-    text = encode_messages(messages, thinking=reasoning.thinking, reasoning_effort=reasoning.encoder_effort,
-                           tools=tools, response_format=rf, add_generation_prompt=generation_prompt,
-                           drop_thinking=drop)
-    return check_text(text, "messages"), reasoning
+    segments = render_messages(messages, thinking=reasoning.thinking, reasoning_effort=reasoning.encoder_effort,
+                               tools=tools, response_format=rf, add_generation_prompt=generation_prompt,
+                               drop_thinking=drop)
+    for text, _ in segments:
+        check_text(text, "messages")
+    return segments, reasoning
+
+
+def tokenize_chat(state: ServerState, req: Any) -> tuple[str, list[int], ReasoningConfig]:
+    """Prompt text, prompt token ids and reasoning mode of a chat request (also used by /tokenize).
+    Message content is never tokenized into special tokens: only the template places them."""
+    segments, reasoning = render_chat_prompt(state, req)
+    ids = state.engine.tokenizer.encode_segments(segments)
+    return "".join(text for text, _ in segments), ids, reasoning
 
 
 def _special(state: ServerState):
@@ -106,10 +117,9 @@ class _Ctx:
         req.check_supported()
         self.state, self.req, self.raw_request = state, req, raw_request
         self.special = _special(state)
-        prompt_text, self.reasoning = render_chat_prompt(state, req)
+        _, prompt_ids, self.reasoning = tokenize_chat(state, req)
         engine = state.engine
-        self.prompt_ids = req.truncate_prompt(engine.tokenizer.encode(prompt_text, add_special_tokens=False),
-                                              engine.max_model_len)
+        self.prompt_ids = req.truncate_prompt(prompt_ids, engine.max_model_len)
         self.guided_param = guided_param(req)
         is_choice = guided_kwargs(req).get("guided_choice") is not None or req.guided_choice is not None
         if is_choice and (self.reasoning.thinking or req.active_tools() is not None):
@@ -120,6 +130,7 @@ class _Ctx:
                                  "(set tool_choice 'none' or drop the tools)", param=self.guided_param)
         extra: dict[str, Any] = {"skip_special_tokens": False}
         forced = _forced_tool_calls(req)
+        self.forced = forced is not None  # the reply is only tool-call markup: never content
         if forced is not None:  # the reply is exactly a DSML block calling the allowed function(s)
             extra["guided_tool_calls"] = forced
             self.guided_param = "tool_choice"
@@ -156,7 +167,8 @@ class _Ctx:
 
 
 async def create_chat_completion(state: ServerState, req: ChatCompletionRequest, raw_request: Request):
-    ctx = _Ctx(state, req, raw_request)
+    # rendering + tokenization take seconds on a multi-megabyte prompt: off the event loop
+    ctx = await asyncio.to_thread(_Ctx, state, req, raw_request)
     ctx.params = await attach_guide(state.engine, ctx.params, ctx.guided_param)
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
     gen = state.engine.generate(ctx.prompt_ids, ctx.params, ctx.request_id, output_kind=kind)
@@ -176,13 +188,15 @@ def _response(ctx: _Ctx, out) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant"}
         tool_calls: list[dict[str, Any]] = []
         if ctx.parse:
-            parsed = parse_completion(c.text, thinking=ctx.reasoning.thinking, special=ctx.special)
+            parsed = parse_completion(c.text, thinking=ctx.reasoning.thinking, special=ctx.special,
+                                      cut=c.finish_reason == "length")
             calls = parsed.tool_calls if ctx.tools_active else []
             if ctx.req.parallel_tool_calls is False:
                 calls = calls[:1]
             tool_calls = [{"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments_json}}
                           for t in calls]
-            message["content"] = parsed.content if (parsed.content or not tool_calls) else None
+            content = "" if ctx.forced else parsed.content
+            message["content"] = content if (content or not tool_calls) else None
             message["reasoning_content"] = message["reasoning"] = parsed.reasoning
         else:
             message["content"] = c.text
@@ -230,12 +244,12 @@ async def _stream(ctx: _Ctx, gen: AsyncIterator, first, timer) -> AsyncIterator[
         else:
             pieces = parsers[k].feed(new_text) if new_text else []
             if final:
-                pieces += parsers[k].finish()
+                pieces += parsers[k].finish(cut=c.finish_reason == "length")
             for p in pieces:
                 if p.reasoning:
                     delta["reasoning_content"] = delta.get("reasoning_content", "") + p.reasoning
                     delta["reasoning"] = delta["reasoning_content"]
-                if p.content:
+                if p.content and not ctx.forced:
                     delta["content"] = delta.get("content", "") + p.content
                 tc = p.tool_call
                 if tc and ctx.tools_active and not (req.parallel_tool_calls is False and tc.index > 0):
