@@ -41,6 +41,14 @@ def peak_host_bytes(fn):
     return peak, out
 
 
+def _headers(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{name: (safetensors dtype, shape)} of every shard's header."""
+    out = {}
+    for shard in sorted(path.glob("model-*.safetensors")):
+        out.update({n: (e.dtype, e.shape) for n, e in read_safetensors_header(shard).items()})
+    return out
+
+
 @pytest.fixture(scope="module")
 def qckpt(tmp_path_factory):
     path = tmp_path_factory.mktemp("lean")
@@ -94,14 +102,18 @@ def test_quantized_storage_refuses_float_tensors(qckpt):
         model.load_weights([("layers.0.attn.wq_a.weight", torch.zeros(w.shape))])
 
 
+def test_engine_loads_no_mtp_by_default(tiny_ckpt):
+    """The engine path (LLM -> LLMEngine -> load_model) leaves the MTP block on disk."""
+    from engine.llm import LLM
+
+    assert any(n.startswith("mtp.") for n in _headers(tiny_ckpt))
+    llm = LLM(str(tiny_ckpt), device="cpu", max_num_seqs=2, kv_cache_memory=8 * 2**20)
+    model = llm.engine.model
+    assert len(model.mtp) == 0 and not any(n.startswith("mtp.") for n in model.state_dict())
+    assert model.load_stats.resident_bytes == weight_bytes(model)
+
+
 # ---- GPU ---------------------------------------------------------------------------------------
-def _headers(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
-    out = {}
-    for shard in sorted(path.glob("model-*.safetensors")):
-        out.update({n: (e.dtype, e.shape) for n, e in read_safetensors_header(shard).items()})
-    return out
-
-
 @pytest.mark.gpu
 def test_synthetic_on_gpu_matches_cpu_format(tmp_path):
     """`python -m models.synthetic --device cuda` writes the CPU writer's tensor names, dtypes and
