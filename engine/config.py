@@ -29,6 +29,9 @@ class EngineArgs:
     seed: int = 0
     tensor_parallel_size: int = 1
     served_model_name: str | None = None
+    # overlapped loop (engine/async_step.py): schedule + launch step N+1 before processing step N's
+    # tokens; None = on for CUDA with tensor_parallel_size 1, off on CPU (nothing to overlap there)
+    async_scheduling: bool | None = None
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -50,6 +53,11 @@ class EngineArgs:
         if self.dtype not in _DTYPES:
             raise ValueError(f"unsupported dtype {self.dtype!r} (float32, bfloat16, float16 or auto)")
         return _DTYPES[self.dtype]
+
+    def resolve_async_scheduling(self, device: torch.device) -> bool:
+        if self.async_scheduling is None:
+            return device.type == "cuda" and self.tensor_parallel_size == 1
+        return bool(self.async_scheduling)
 
     @property
     def kv_format(self) -> str:
@@ -73,6 +81,9 @@ class EngineArgs:
             raise ValueError(f"kv_cache_dtype must be 'auto', 'fp8' or 'fp8_fp4idx', got {self.kv_cache_dtype!r}")
         if self.tensor_parallel_size < 1:
             raise ValueError("tensor_parallel_size must be >= 1")
+        if self.async_scheduling and self.tensor_parallel_size > 1:
+            raise ValueError("async_scheduling needs tensor_parallel_size 1 (the TP workers get each step's "
+                             "token ids from the host)")
 
 
 @dataclass(frozen=True)

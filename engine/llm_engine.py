@@ -18,6 +18,7 @@ from kvcache.sizing import choose_block_size, gpu_kv_budget, log_cache_plan, num
 from models.config import ModelConfig
 from models.loading import load_model
 
+from .async_step import LaunchedStep
 from .config import EngineArgs, SchedulerConfig
 from .detokenizer import IncrementalDetokenizer
 from .guided.grammar import GuideCompiler, GuideCursor
@@ -26,7 +27,7 @@ from .outputs import OutputKind, RequestOutput
 from .request_state import RequestState, SampleState
 from .sampler import Sampler, SamplingMetadata, gather_logprobs, make_generator
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler
+from .scheduler import Scheduler, SchedulerOutput
 from .sequence import Sequence, SequenceStatus
 from .tokenizer import Tokenizer
 
@@ -97,6 +98,9 @@ class LLMEngine:
             max_model_len=self.max_model_len, max_queued_requests=args.max_queued_requests), self.kv)
         self.runner = ModelRunner(self.model, self.kv, self.device, self.tokenizer.vocab_size, executor=self.executor)
         self.sampler = Sampler()
+        # overlapped loop (engine/async_step.py): the launched step whose tokens the host has not seen
+        self.async_scheduling = args.resolve_async_scheduling(self.device) and self.executor is None
+        self._inflight: LaunchedStep | None = None
         self.guides = GuideCompiler(self.tokenizer, self.model_config.vocab_size)  # structured outputs
         self.requests: dict[str, RequestState] = {}
         # decode([token_id]) per skip_special_tokens setting, shared by every detokenizer
@@ -204,19 +208,43 @@ class LLMEngine:
 
     # ---- one step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """One engine step -> outputs of the requests it advanced (FINAL_ONLY ones: once finished)."""
+        """One engine step -> outputs of the requests it advanced (FINAL_ONLY ones: once finished).
+
+        Synchronous: schedule -> launch (forward + sampling) -> process this step's tokens. Async
+        scheduling (engine/async_step.py): schedule and launch step N+1 first (its decode inputs are
+        step N's tokens on the device), then process step N while the device runs N+1; the outputs
+        are step N's. A step N whose rows need their tokens on the host before the next sampling
+        (penalties, grammars, ...) is processed before N+1 is scheduled."""
+        prev, self._inflight = self._inflight, None
+        outputs: list[RequestOutput] = []
+        if prev is not None and prev.needs_host:
+            outputs, prev = self._process(prev), None
         sched = self.scheduler.schedule()
-        if sched.is_empty:
-            return []
+        cur = self._launch(sched, prev) if not sched.is_empty else None
+        if prev is not None:
+            outputs += self._process(prev)
+        if cur is not None:
+            if self.async_scheduling:
+                self._inflight = cur
+            else:
+                outputs += self._process(cur)
+        return outputs
+
+    def _launch(self, sched: SchedulerOutput, prev: LaunchedStep | None) -> LaunchedStep:
+        """Forward + sampling of one scheduled step, left on the device (rows that asked for prompt or
+        sample logprobs wait for it: their host dicts are built here). Inputs pending on the host
+        come from `prev`'s sampled tokens."""
         states = [self.requests[c.seq.request_id] for c in sched.chunks]
         want_prompt = [st.prompt_logprobs is not None and c.start < c.seq.num_prompt_tokens
                        and c.seq.sample_index == 0 for st, c in zip(states, sched.chunks)]
         scheduled = time.monotonic()
         for st in states:  # before the model runs: queue time ends here, prefill time starts
             st.mark("first_scheduled", scheduled)
-        res = self.runner.execute(sched, want_prompt)
-        now = time.monotonic()
-        changed: dict[str, RequestState] = {}
+        dev_tokens = prev.device_tokens(sched.chunks, self.device) if prev is not None else None
+        if dev_tokens is None:
+            res = self.runner.execute(sched, want_prompt)
+        else:
+            res = self.runner.execute(sched, want_prompt, dev_tokens)
         for i, st in enumerate(states):
             c = sched.chunks[i]
             # count every prompt token once: a preemption (even mid-prefill) recomputes from 0
@@ -232,22 +260,35 @@ class LLMEngine:
             st.prompt_logprobs[start + 1:start + 1 + len(lps)] = lps
             st.prompt_logprob_ranks[start + 1:start + 1 + len(ranks)] = ranks
         self.scheduler.update_after_step(sched)
-        if res.sample_chunk_idx:
-            rows = [(states[i], sched.chunks[i].seq) for i in res.sample_chunk_idx]
-            samples = [st.samples[seq.sample_index] for st, seq in rows]
-            meta = SamplingMetadata.build(
-                [st.params for st, _ in rows], [seq.output_token_ids for _, seq in rows],
-                [seq.prompt_token_ids for _, seq in rows], [s.generator for s in samples],
-                self.tokenizer.eos_token_id, self.model_config.vocab_size, res.sample_logits.device,
-                guides=[s.guide for s in samples])
-            out = self.sampler(res.sample_logits, meta)
-            tokens = out.token_ids.tolist()
-            for j, ((st, seq), s) in enumerate(zip(rows, samples)):
-                st.mark("first_token", now)
-                if out.logprobs is not None and s.logprobs is not None:
-                    s.logprobs.append(out.logprobs[j])
-                self._append(st, s, tokens[j])
-                changed[st.request_id] = st
+        if not res.sample_chunk_idx:
+            return LaunchedStep.start([], None, None)
+        rows = [(states[i], states[i].samples[sched.chunks[i].seq.sample_index]) for i in res.sample_chunk_idx]
+        meta = SamplingMetadata.build(
+            [st.params for st, _ in rows], [_outputs_for_sampling(st.params, s.seq) for st, s in rows],
+            [s.seq.prompt_token_ids for _, s in rows], [s.generator for _, s in rows],
+            self.tokenizer.eos_token_id, self.model_config.vocab_size, res.sample_logits.device,
+            guides=[s.guide for _, s in rows])
+        out = self.sampler(res.sample_logits, meta)
+        for _, s in rows:
+            s.seq.num_pending_tokens += 1
+        return LaunchedStep.start(rows, out.token_ids, out.logprobs)
+
+    def _process(self, step: LaunchedStep) -> list[RequestOutput]:
+        """Host side of a launched step: append its tokens (detokenize, stop checks, free finished
+        sequences) -> outputs. Rows of sequences that finished or were aborted after the step was
+        launched are dropped (async scheduling ran them one token past their end)."""
+        tokens = step.tokens()
+        now = time.monotonic()
+        changed: dict[str, RequestState] = {}
+        for j, (st, s) in enumerate(step.rows):
+            s.seq.num_pending_tokens -= 1
+            if s.seq.is_finished:
+                continue
+            st.mark("first_token", now)
+            if step.logprobs is not None and s.logprobs is not None:
+                s.logprobs.append(step.logprobs[j])
+            self._append(st, s, tokens[j])
+            changed[st.request_id] = st
         outputs = []
         for rid, st in changed.items():
             if st.finished:
@@ -294,3 +335,13 @@ class LLMEngine:
     def _finish(self, st: RequestState, k: int, status: SequenceStatus, stop_reason) -> None:
         self.scheduler.finish(st.samples[k].seq.seq_id, status)
         st.finish_sample(k, status.finish_reason, stop_reason)
+
+
+def _outputs_for_sampling(p: SamplingParams, seq: Sequence) -> list[int]:
+    """The output tokens SamplingMetadata sees. A pending token (async scheduling) is not on the host:
+    rows whose sampling reads the tokens themselves never have one (async_step.needs_host_tokens);
+    the others read only the count (min_tokens), so placeholders stand in while it matters."""
+    out = seq.output_token_ids
+    if seq.num_pending_tokens and len(out) < p.min_tokens:
+        return out + [0] * seq.num_pending_tokens
+    return out

@@ -16,6 +16,7 @@ from kvcache.manager import KVCacheManager
 from models.model import DeepseekV4
 from models.state import ForwardBatch
 
+from .async_step import DeviceTokens
 from .scheduler import SchedulerOutput
 
 
@@ -38,8 +39,11 @@ class ModelRunner:
         self.vocab = model.cfg.vocab_size
         self.valid_vocab = min(valid_vocab, self.vocab)  # ids past the tokenizer are never sampled
 
-    def build_batch(self, out: SchedulerOutput, want_prompt: list[bool]) -> tuple[ForwardBatch, list, list]:
-        """-> (batch, sample rows [(chunk idx, flat row)], prompt rows [(chunk idx, first flat row, k)])."""
+    def build_batch(self, out: SchedulerOutput, want_prompt: list[bool],
+                    device_tokens: DeviceTokens | None = None) -> tuple[ForwardBatch, list, list]:
+        """-> (batch, sample rows [(chunk idx, flat row)], prompt rows [(chunk idx, first flat row, k)]).
+        `device_tokens` (async scheduling): chunks whose last input token is only on the device."""
+        on_device = set(device_tokens.chunk_idx) if device_tokens is not None else ()
         ids: list[int] = []
         positions: list[int] = []
         query_start = [0]
@@ -50,6 +54,8 @@ class ModelRunner:
             seq = c.seq
             base = len(ids)
             ids.extend(seq.tokens(c.start, c.start + c.num_tokens))
+            if i in on_device:  # the host list lacks its last token (pending): written on the device below
+                ids.append(0)
             positions.extend(range(c.start, c.start + c.num_tokens))
             query_start.append(len(ids))
             context_lens.append(c.start)
@@ -78,17 +84,25 @@ class ModelRunner:
             query_start=query_start,
             context_lens=context_lens,
         )
+        if device_tokens is not None:
+            last = torch.tensor([query_start[i + 1] - 1 for i in device_tokens.chunk_idx], dtype=torch.long)
+            batch.input_ids.index_copy_(0, last.to(dev, non_blocking=True), device_tokens.token_ids)
         return batch, sample_rows, prompt_rows
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput, want_prompt: list[bool]) -> RunnerOutput:
+    def execute(self, out: SchedulerOutput, want_prompt: list[bool],
+                device_tokens: DeviceTokens | None = None) -> RunnerOutput:
+        """`device_tokens`: async scheduling's inputs still on the device (engine/async_step.py)."""
         if self.executor is None:
-            return self._execute(out, want_prompt)
+            return self._execute(out, want_prompt, device_tokens)
+        if device_tokens is not None:
+            raise ValueError("tensor-parallel workers need every input id on the host (no async scheduling)")
         with self.executor.guard():  # a dead worker / failed collective -> EngineDeadError
             return self._execute(out, want_prompt)
 
-    def _execute(self, out: SchedulerOutput, want_prompt: list[bool]) -> RunnerOutput:
-        batch, sample_rows, prompt_rows = self.build_batch(out, want_prompt)
+    def _execute(self, out: SchedulerOutput, want_prompt: list[bool],
+                 device_tokens: DeviceTokens | None = None) -> RunnerOutput:
+        batch, sample_rows, prompt_rows = self.build_batch(out, want_prompt, device_tokens)
         if batch.logits_indices.numel() == 0:
             self.model(batch, self.kv.state)  # prefill chunk that samples nothing: only fills the cache
             return RunnerOutput(torch.empty(0, self.vocab), [], {}, batch.num_tokens)

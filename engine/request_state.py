@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .async_step import needs_host_tokens
 from .detokenizer import IncrementalDetokenizer
 from .guided.grammar import GuideCursor
 from .outputs import CompletionOutput, OutputKind, RequestOutput
@@ -46,6 +47,8 @@ class RequestState:
 
     def __post_init__(self) -> None:
         self._num_unfinished = sum(s.finish_reason is None for s in self.samples)
+        # async scheduling: sampling the next token needs the previous one on the host (async_step.py)
+        self.needs_host_tokens = needs_host_tokens(self.params)
 
     @property
     def finished(self) -> bool:

@@ -16,6 +16,11 @@ always `running[-1]` and never a sequence already scheduled in this step.
 
 The engine runs the model on `SchedulerOutput.chunks`, calls `update_after_step(output)`, appends
 the sampled tokens (`seq.append_token`) and calls `finish(...)` on stop / length.
+
+Async scheduling (engine/async_step.py): a sequence's length counts `num_pending_tokens` (sampled
+on the device, not appended yet), so it decodes again before the host saw its last token; one whose
+pending token reaches max_tokens / max_model_len is not scheduled again, and a waiting sequence with
+a pending token is not admitted (its recompute needs that token).
 """
 
 from __future__ import annotations
@@ -123,11 +128,16 @@ class Scheduler:
         out = SchedulerOutput()
         chunks, preempted = out.chunks, out.preempted_seq_ids
 
+        max_len = self.config.max_model_len
         i = 0
         while i < len(running) and budget > 0:
             seq = running[i]
             start = seq.num_computed_tokens
-            total = len(seq.prompt_token_ids) + len(seq.output_token_ids)
+            num_out = len(seq.output_token_ids) + seq.num_pending_tokens  # async: + tokens still on the device
+            total = len(seq.prompt_token_ids) + num_out
+            if seq.num_pending_tokens and (num_out >= seq.max_tokens or total >= max_len):
+                i += 1  # its pending token ends it (length): no step past the end
+                continue
             n = total - start
             if n > budget:
                 n = budget
@@ -143,6 +153,8 @@ class Scheduler:
         max_seqs, waiting = self.config.max_num_seqs, self.waiting
         while not preempted and waiting and budget > 0 and len(running) < max_seqs:
             seq = waiting[0]
+            if seq.num_pending_tokens:  # preempted while a step sampled for it: recompute once it is appended
+                break
             start = seq.num_computed_tokens
             total = seq.num_tokens
             n = min(total - start, budget)

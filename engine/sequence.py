@@ -53,6 +53,9 @@ class Sequence:
     num_computed_tokens: int = 0  # tokens whose state is in the cache (reset to 0 by preemption)
     status: SequenceStatus = SequenceStatus.WAITING
     num_preemptions: int = 0  # times this sequence was preempted (its work recomputed)
+    # async scheduling: tokens sampled on the device but not appended yet (engine/async_step.py);
+    # the scheduler counts them in the sequence's length, `output_token_ids` does not hold them
+    num_pending_tokens: int = 0
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -1,0 +1,98 @@
+"""Async scheduling (the overlapped loop): what a launched step carries until the host processes it.
+
+With `EngineArgs.async_scheduling` the engine launches step N+1 before it looks at step N's sampled
+tokens (engine/llm_engine.py `step()`):
+
+    step() call k:   schedule N+1 ──► build + launch N+1 (decode inputs = step N's tokens, on device)
+                                      └─► process N: wait for N's tokens only, append, detokenize,
+                                          stop checks, free finished sequences, outputs
+
+A sequence sampled in step N has one *pending* token (`Sequence.num_pending_tokens`): the scheduler
+counts it, so the sequence decodes again in N+1 at the pending token's position, and the runner
+takes that input id from step N's device tensor (`DeviceTokens`). A sequence found finished while
+processing N has its step-N+1 token dropped (its cache was freed when it finished).
+
+`needs_host_tokens(params)`: rows whose NEXT sampling metadata depends on the tokens themselves
+(not only on their count) make the engine process step N before it schedules N+1 (a synchronous
+step). min_tokens needs only the count, so it stays overlapped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from .request_state import RequestState, SampleState
+    from .sampling_params import SamplingParams
+    from .sequence import Sequence
+
+
+@dataclass
+class DeviceTokens:
+    """Input tokens still on the device: the LAST input token of chunk `chunk_idx[k]` of the step is
+    `token_ids[k]` (the host's token list does not have it yet; the runner writes it on the device)."""
+
+    chunk_idx: list[int]  # chunk indices in SchedulerOutput.chunks, ascending
+    token_ids: torch.Tensor  # [len(chunk_idx)] int64 on the runner's device
+
+
+def needs_host_tokens(p: SamplingParams) -> bool:
+    """True when sampling this row's next token needs its previous tokens on the host: penalties
+    (token counts), structured outputs and guided_choice (the grammar / choice prefix advances with
+    every token), the thinking budget (was the end token generated?) and multi-token bad words (does
+    the output end with a word's prefix?)."""
+    return (p.needs_penalties or p.guide is not None or p.choice_token_ids is not None
+            or p.thinking_budget is not None
+            or any(len(w) > 1 for w in p.bad_words_token_ids or ()))
+
+
+@dataclass
+class LaunchedStep:
+    """A step whose model forward and sampling were launched; the host has not looked at its tokens."""
+
+    rows: list[tuple[RequestState, SampleState]]  # one per sampled row, in row order
+    token_ids: torch.Tensor | None  # [S] int64 on the device: the sampled tokens (next step's inputs)
+    host_tokens: torch.Tensor | None  # [S] int64 on the CPU, filled by a non-blocking copy (CUDA)
+    ready: object | None  # torch.cuda.Event recorded after that copy; None: host_tokens is ready
+    logprobs: list[dict[int, float] | None] | None  # per row (host dicts), when any row asked
+    row_of: dict[Sequence, int] = field(default_factory=dict)  # sampled sequence -> its row
+    needs_host: bool = False  # a row's next sampling needs these tokens on the host first
+
+    @classmethod
+    def start(cls, rows, token_ids: torch.Tensor | None, logprobs) -> "LaunchedStep":
+        """Start the device -> host copy of the sampled tokens right behind the sampler's kernels, so
+        waiting for them later does not wait for anything launched afterwards (the next step)."""
+        host = ready = None
+        if token_ids is not None:
+            if token_ids.device.type == "cuda":
+                host = token_ids.to("cpu", non_blocking=True)  # pinned staging buffer
+                ready = torch.cuda.Event()
+                ready.record()
+            else:
+                host = token_ids
+        row_of = {s.seq: j for j, (_, s) in enumerate(rows)}
+        needs = any(st.needs_host_tokens for st, _ in rows)
+        return cls(rows, token_ids, host, ready, logprobs, row_of, needs)
+
+    def tokens(self) -> list[int]:
+        """The sampled tokens on the host (waits for this step's sampling only)."""
+        if self.host_tokens is None:
+            return []
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.host_tokens.tolist()
+
+    def device_tokens(self, chunks, device: torch.device) -> DeviceTokens | None:
+        """Inputs of the next step that are this step's samples: chunks of sequences with a pending token."""
+        idx, rows = [], []
+        for i, c in enumerate(chunks):
+            if c.seq.num_pending_tokens:
+                idx.append(i)
+                rows.append(self.row_of[c.seq])  # KeyError = a pending token of an older step: a bug
+        if not idx:
+            return None
+        src = torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True)
+        return DeviceTokens(idx, self.token_ids.index_select(0, src))
