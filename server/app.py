@@ -22,7 +22,9 @@ from server.chat_format import SpecialTokens
 from server.errors import (APIError, InvalidRequest, check_text, error_body, error_response,
                            install_exception_handlers, to_api_error)
 from server.metrics import HttpMetricsMiddleware, ServerMetrics
-from server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
+                             warn_unknown_fields)
+from server.request_log import ErrorLogMiddleware
 from server.serving_chat import create_chat_completion, tokenize_chat
 from server.serving_common import ServerState
 from server.serving_completion import create_completion
@@ -197,6 +199,7 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
             prompt = req.prompt
             add = True if req.add_special_tokens is None else req.add_special_tokens
             tokens = await asyncio.to_thread(tok.encode, check_text(prompt, "prompt"), add)
+        warn_unknown_fields(req, "/tokenize")
         return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.max_model_len, "prompt": prompt}
 
     @app.post("/detokenize")
@@ -209,3 +212,4 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
         return {"prompt": tok.decode(req.tokens, skip_special_tokens=False)}
 
     return app
+        warn_unknown_fields(req, "/detokenize")

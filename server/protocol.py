@@ -1,6 +1,7 @@
 """OpenAI request models (chat + legacy completions) and their mapping onto `SamplingParams`.
 
-Unknown top-level fields are ignored, as OpenAI does. Fields that we recognise but cannot honour
+Unknown fields are ignored, as OpenAI and vLLM do, and logged at warning with their names the first
+time each name is seen (`warn_unknown_fields`). Fields that we recognise but cannot honour
 (legacy `functions`, audio, grammar/JSON guided decoding, `suffix`, ...) are rejected with a 400
 that names the parameter: `check_supported()` raises `InvalidRequest` for them. Nothing a client
 sends is silently dropped when it would change the output.
@@ -8,6 +9,8 @@ sends is silently dropped when it would change the output.
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,8 +21,42 @@ from server.errors import InvalidRequest
 from server.guided_request import guided_kwargs
 
 
+logger = logging.getLogger("v4serve.server")
+
+
 class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+    def unknown_fields(self, prefix: str = "") -> list[str]:
+        """Dotted names of the fields no model declares, here and in nested models ("messages[].foo")."""
+        names = [prefix + k for k in (self.model_extra or {}) if k not in _KNOWN_EXTRAS]
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            for v, sub in ((value, f"{prefix}{name}."),) if not isinstance(value, list) else \
+                    ((v, f"{prefix}{name}[].") for v in value):
+                if isinstance(v, OpenAIBaseModel):
+                    names += [n for n in v.unknown_fields(sub) if n not in names]
+        return names
+
+
+_MAX_WARNED = 1024  # distinct unknown names remembered (a hostile client cannot flood the log)
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_unknown_fields(req: OpenAIBaseModel, route: str) -> None:
+    """Log at warning, once per field name, the request fields that are ignored (vLLM logs them too)."""
+    names = req.unknown_fields()
+    if not names:
+        return
+    with _warned_lock:
+        new = [n for n in names if n not in _warned]
+        if not new or len(_warned) >= _MAX_WARNED:
+            return
+        _warned.update(new)
+        full = len(_warned) >= _MAX_WARNED
+    logger.warning("%s: ignoring unknown request fields: %s%s", route, ", ".join(sorted(new)),
+                   " (no more unknown fields will be logged)" if full else "")
 
 
 class StreamOptions(OpenAIBaseModel):
@@ -102,6 +139,7 @@ _UNSUPPORTED = (
     "use_beam_search", "length_penalty",
     "documents", "chat_template", "logits_processors",
     "mm_processor_kwargs", "priority", "vllm_xargs", "kv_transfer_params")
+_KNOWN_EXTRAS = frozenset(_UNSUPPORTED) | {"modalities"}  # handled by check_supported: not "unknown"
 
 
 class SamplingFields(OpenAIBaseModel):

@@ -22,7 +22,8 @@ from server.chat_format import Segment, render_messages
 from server.errors import APIError, InvalidRequest, check_text, sse_error
 from server.guided_request import attach_guide, guided_kwargs, guided_param
 from server.output_parser import StreamingParser, parse_completion
-from server.protocol import ChatCompletionRequest, NamedToolChoice, check_continue_final
+from server.protocol import (ChatCompletionRequest, NamedToolChoice, check_continue_final,
+                             warn_unknown_fields)
 from server.reasoning import ReasoningConfig, resolve_reasoning
 from server.serving_common import (SSE_DONE, ServerState, chat_logprobs, collect, first_output, log_request,
                                    new_id, prompt_logprobs_json, sse)
@@ -115,6 +116,7 @@ class _Ctx:
 
     def __init__(self, state: ServerState, req: ChatCompletionRequest, raw_request: Request) -> None:
         req.check_supported()
+        warn_unknown_fields(req, "/v1/chat/completions")
         self.state, self.req, self.raw_request = state, req, raw_request
         self.special = _special(state)
         _, prompt_ids, self.reasoning = tokenize_chat(state, req)

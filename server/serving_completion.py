@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from engine.outputs import OutputKind
 from server.errors import InvalidRequest, check_text, sse_error
 from server.guided_request import attach_guide, guided_param
-from server.protocol import CompletionRequest
+from server.protocol import CompletionRequest, warn_unknown_fields
 from server.serving_common import (SSE_DONE, ServerState, collect, first_output, legacy_logprobs, log_request,
                                    merge, new_id, prompt_logprobs_json, sse)
 
@@ -55,6 +55,7 @@ def _usage(outs: list[Any]) -> dict[str, Any]:
 
 async def create_completion(state: ServerState, req: CompletionRequest, raw_request: Request):
     req.check_supported()
+    warn_unknown_fields(req, "/v1/completions")
     base_id = new_id("cmpl")
     prompts = _prepare(state, req, base_id)
     engine = state.engine
