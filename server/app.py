@@ -79,14 +79,15 @@ class RequestIdAuthMiddleware:
         except Exception as exc:
             if started:  # mid-body failure: nothing left to answer with
                 raise
-            err = to_api_error(exc)  # logs the traceback of anything unclassified
+            err = to_api_error(exc, path)  # logs the traceback of anything unclassified
             await error_response(err)(scope, receive, _send)
 
 
 def create_app(engine, *, served_model_name: str, api_key: str | None = None,
                default_reasoning_effort: str | None = None, max_queued_requests: int | None = None,
-               on_engine_failure=None) -> FastAPI:
-    """`on_engine_failure(exc)`: called when the engine fails to start (the CLI stops the server)."""
+               on_engine_failure=None, on_engine_ready=None) -> FastAPI:
+    """`on_engine_failure(exc)`: called when the engine fails to start (the CLI stops the server);
+    `on_engine_ready()`: called on the event loop once it is ready (the CLI logs the start-up summary)."""
     metrics = ServerMetrics(engine.stats, served_model_name)
     try:
         special = SpecialTokens.from_tokenizer(engine.tokenizer)
@@ -103,6 +104,8 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
                 await engine.start()
                 startup["started"] = True
                 logger.info("engine ready: serving %s", served_model_name)
+                if on_engine_ready is not None:
+                    on_engine_ready()
             except Exception as e:
                 startup["error"] = e
                 logger.exception("engine failed to start")
@@ -122,6 +125,7 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
     app.state.v4 = state
     install_exception_handlers(app)
     app.add_middleware(RequestIdAuthMiddleware, api_key=api_key)
+    app.add_middleware(ErrorLogMiddleware)  # outside the auth middleware: sees its 401s and 500s
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
 
     def check_model(model: str | None) -> None:

@@ -16,21 +16,52 @@ import sys
 _EFFORTS = ("none", "minimal", "low", "medium", "high", "max", "xhigh")
 
 
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("v4serve")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0.1.0+source"
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """`serve --help` shows every default: "(default: X)" after each help text that does not say
+    its default in words already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is argparse.SUPPRESS or "default" in text.lower():
+            return text
+        value = action.default
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        return f"{text} (default: {str(value).replace('%', '%%')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="v4serve", description="OpenAI-compatible server for DeepSeek-V4 models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="Serve a model over HTTP (OpenAI API, /metrics, /health).")
+    s = sub.add_parser("serve", help="Serve a model over HTTP (OpenAI API, /metrics, /health).",
+                       description="Serve a model over HTTP (OpenAI API, /metrics, /health).",
+                       formatter_class=DefaultsHelpFormatter)
     s.add_argument("model", nargs="?", default=None, metavar="MODEL_DIR",
-                   help="checkpoint directory (config.json, *.safetensors, tokenizer.json); omit for the demo model")
+                   help="checkpoint directory (config.json, *.safetensors, tokenizer.json) (default: the built-in "
+                        "tiny demo model, random weights)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
     s.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     s.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run the model")
     s.add_argument("--dtype", default="auto", help="activation dtype: auto, float32, bfloat16 or float16")
     s.add_argument("--served-model-name", default=None,
-                   help="model name clients must send (default: the checkpoint directory name)")
+                   help="model name clients must send (default: the checkpoint directory name; demo-model-v1 for the "
+                        "demo)")
     s.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize and /detokenize")
-    s.add_argument("--max-model-len", type=int, default=None, help="context length cap (prompt + completion)")
+                   help="require 'Authorization: Bearer KEY' on /v1/*, /tokenize and /detokenize (default: no key, "
+                        "open)")
+    s.add_argument("--max-model-len", type=int, default=None,
+                   help="context length cap, prompt + completion (default: the model's max_position_embeddings, "
+                        "capped by what the KV cache holds)")
     s.add_argument("--max-num-seqs", type=int, default=64, help="most sequences decoded in one step")
     s.add_argument("--max-num-batched-tokens", type=int, default=2048, help="token budget of one engine step")
     s.add_argument("--gpu-memory-utilization", type=float, default=0.9,
@@ -46,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queued-requests", type=int, default=None,
                    help="waiting requests beyond this are refused with HTTP 429 (default: unbounded)")
     s.add_argument("--default-reasoning-effort", default=None, choices=_EFFORTS,
-                   help="reasoning mode when a request names none (none = Non-Think, high, max)")
+                   help="reasoning mode when a request names none: none = Non-Think (thinking off), high = Think "
+                        "High, max = Think Max (default: high, thinking on, as DeepSeek's API)")
     s.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs to shard the model over")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="server log verbosity")
@@ -73,10 +105,13 @@ def configure_logging(level: str) -> None:
 
 
 def serve(ns: argparse.Namespace) -> int:
+    import asyncio
+
     import uvicorn
 
     from engine.async_engine import AsyncLLM
     from server.app import create_app
+    from server.startup_log import ready_line, reasoning_default_line
 
     configure_logging(ns.log_level)
     log = logging.getLogger("v4serve")
@@ -88,9 +123,22 @@ def serve(ns: argparse.Namespace) -> int:
         failed.append(exc)
         server.should_exit = True
 
+    announcing: list[asyncio.Task] = []
+
+    def engine_ready() -> None:  # on the event loop, once the weights are loaded
+        announcing.append(asyncio.get_running_loop().create_task(announce()))
+
+    async def announce() -> None:
+        while not server.started and not server.should_exit:  # uvicorn logs its own lines first
+            await asyncio.sleep(0.05)
+        if server.started and not server.should_exit:
+            log.info("%s", reasoning_default_line(ns.default_reasoning_effort))
+            log.info("%s", ready_line(engine, name, ns.host, ns.port))
+
     app = create_app(engine, served_model_name=name, api_key=ns.api_key,
                      default_reasoning_effort=ns.default_reasoning_effort,
-                     max_queued_requests=ns.max_queued_requests, on_engine_failure=engine_failed)
+                     max_queued_requests=ns.max_queued_requests, on_engine_failure=engine_failed,
+                     on_engine_ready=engine_ready)
     log.info("serving %s on http://%s:%d (loading the model: /health answers 503 until it is ready)",
              name, ns.host, ns.port)
     server = uvicorn.Server(uvicorn.Config(app, host=ns.host, port=ns.port, log_level=ns.log_level,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -58,12 +59,19 @@ def error_body(status: int, message: str, param: str | None = None) -> dict[str,
     return {"error": {"message": message, "type": _TYPES.get(status, "APIError"), "param": param, "code": status}}
 
 
-def to_api_error(exc: BaseException) -> APIError:
-    """Classify any exception raised while serving a request."""
+def prompt_param(path: str | None) -> str:
+    """The request field that holds the prompt on this route: `prompt` on the legacy completions
+    route, `messages` elsewhere (chat)."""
+    return "prompt" if path is not None and path.rstrip("/").endswith("/completions") \
+        and not path.rstrip("/").endswith("/chat/completions") else "messages"
+
+
+def to_api_error(exc: BaseException, path: str | None = None) -> APIError:
+    """Classify any exception raised while serving a request (`path`: the route, when known)."""
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, RequestTooLongError):
-        return APIError(400, str(exc), param="messages")
+        return APIError(400, str(exc), param=prompt_param(path))
     if isinstance(exc, QueueFullError):
         return APIError(429, str(exc) or "server is overloaded: request queue is full, retry later",
                         headers={"Retry-After": str(RETRY_AFTER_S)})
@@ -93,12 +101,71 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
+def _is_json_type(content_type: str | None) -> bool:
+    """What FastAPI parses as JSON: application/json or application/*+json, any parameters."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+_JSON_KINDS = {list: "an array", type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+               str: "a string"}
+
+
+def body_problem(exc: RequestValidationError, content_type: str | None) -> str | None:
+    """The message for a body that is not a JSON object at all (wrong or missing Content-Type,
+    empty body, a top-level array / null / scalar), or None when the problem is inside the object."""
+    top = [e for e in exc.errors() if tuple(e.get("loc", ())) == ("body",)]
+    if not top:
+        return None
+    err = top[0]
+    if err.get("type") == "missing":
+        return "The request body is empty; expected a JSON object (Content-Type: application/json)"
+    got = err.get("input")
+    if isinstance(got, (bytes, bytearray)) or not _is_json_type(content_type):
+        if not content_type:
+            return ("The request has no Content-Type header; send the body as a JSON object with "
+                    "'Content-Type: application/json'")
+        return (f"Unsupported Content-Type {content_type!r}; send the body as a JSON object with "
+                "'Content-Type: application/json'")
+    kind = _JSON_KINDS.get(type(got), type(got).__name__)
+    return f"The request body must be a JSON object, got {kind}"
+
+
+def _position(doc: Any, pos: Any) -> str:
+    """' at line L, column C (char N)' for a JSON decode error position, when known."""
+    if not isinstance(pos, int):
+        return ""
+    if isinstance(doc, (bytes, bytearray)):
+        doc = doc.decode("utf-8", "replace")
+    if not isinstance(doc, str):
+        return f" (char {pos})"
+    line = doc.count("\n", 0, pos) + 1
+    col = pos - (doc.rfind("\n", 0, pos) + 1) + 1
+    return f" at line {line}, column {col} (char {pos})"
+
+
+def parse_failure_message(cause: BaseException | None) -> str:
+    """Why the body could not be decoded (FastAPI's 'There was an error parsing the body')."""
+    if isinstance(cause, UnicodeDecodeError):
+        bad = cause.object[cause.start:cause.start + 1]
+        return (f"The request body is not valid UTF-8: {cause.reason} (byte 0x{bad.hex()} at offset "
+                f"{cause.start}); JSON bodies must be UTF-8")
+    if isinstance(cause, RecursionError):
+        return ("Malformed JSON body: arrays/objects are nested too deeply (the parser stops at about "
+                f"{sys.getrecursionlimit()} levels)")
+    if cause is not None:
+        return f"Could not read the request body: {type(cause).__name__}: {cause}"
+    return "Could not read the request body"
+
+
 def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     for e in errors:
         if e.get("type") == "json_invalid":
             detail = (e.get("ctx") or {}).get("error", "invalid JSON")
-            return f"Malformed JSON body: {detail}", None
+            loc = tuple(e.get("loc", ()))
+            where = _position(getattr(exc, "body", None), loc[1] if len(loc) > 1 else None)
+            return f"Malformed JSON body: {detail}{where}", None
     msgs = []
     for e in errors[:5]:
         loc = _loc(tuple(e.get("loc", ())))
@@ -109,8 +176,9 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def install_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = validation_message(exc)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problem = body_problem(exc, request.headers.get("content-type"))
+        message, param = (problem, None) if problem else validation_message(exc)
         return error_response(APIError(400, message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
@@ -118,6 +186,8 @@ def install_exception_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else "error"
         if exc.status_code == 404 and message == "Not Found":
             message = f"route {request.method} {request.url.path} not found"
+        if exc.status_code == 400 and message == "There was an error parsing the body":  # FastAPI's words
+            message = parse_failure_message(exc.__cause__)
         err = APIError(exc.status_code, message, headers=getattr(exc, "headers", None))
         return error_response(err)
 
@@ -127,5 +197,5 @@ def install_exception_handlers(app: FastAPI) -> None:
 
     for cls in (RequestTooLongError, QueueFullError, EngineDeadError, ValueError, Exception):
         @app.exception_handler(cls)
-        async def _other(_: Request, exc: Exception) -> JSONResponse:
-            return error_response(to_api_error(exc))
+        async def _other(request: Request, exc: Exception) -> JSONResponse:
+            return error_response(to_api_error(exc, request.url.path))
