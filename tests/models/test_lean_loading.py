@@ -153,3 +153,16 @@ def test_gpu_load_peak_within_resident_plus_2gib(tmp_path):
     assert abs(model.load_stats.peak_device_bytes - peak) < 2**20
     ids = torch.arange(64, device="cuda") * 131 % cfg.vocab_size
     assert torch.isfinite(model.logits(ids)).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_load_equals_cpu_load(qckpt, dtype):
+    """Host tensors copied straight into CUDA parameters: bit-identical to the CPU load of the same storage."""
+    gpu = load_model(qckpt, "cuda", dtype)  # resident FP8/MXFP4 by default on CUDA
+    cpu = load_model(qckpt, "cpu", dtype, resident_quant=True)
+    a, b = gpu.state_dict(), cpu.state_dict()
+    assert set(a) == set(b)
+    for name, t in b.items():
+        assert a[name].dtype == t.dtype and a[name].is_cuda, name
+        assert torch.equal(a[name].cpu().view(torch.uint8), t.view(torch.uint8)), name
