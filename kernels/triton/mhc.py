@@ -129,7 +129,7 @@ def _mix(x, fn, o=None, post=None, comb=None):
     has_post = o is not None
     _mix_kernel[(tiles, split)](
         x, o if has_post else x, post if has_post else part, comb if has_post else part, xo, fn, part, sq,
-        n, d, mix, c_per, HC=hc, MP=mp, BM=bm, BC=bc, POST=has_post, num_warps=4, num_stages=1 if interp else 3)
+        n, d, mix, c_per, HC=hc, MP=mp, BM=bm, BC=bc, POST=has_post, num_warps=4, num_stages=1)
     return xo, part, sq, split
 
 
