@@ -59,9 +59,25 @@ def build_meta_model(cfg: ModelConfig, dtype: torch.dtype = torch.float32, inclu
 def materialize(model: DeepseekV4, device: torch.device | str) -> DeepseekV4:
     """Allocate every parameter and buffer of a meta model once, uninitialised, on `device` (the
     checkpoint fills them); the rope tables are computed, not loaded, so they are rebuilt there."""
+    from torch import nn
+
     from .layers import make_ropes
 
-    model = model.to_empty(device=device)
+    done: dict[int, torch.Tensor] = {}  # shared tensors stay shared
+
+    def alloc(t: torch.Tensor, param: bool) -> torch.Tensor:
+        if id(t) not in done:  # torch.empty, not empty_like: a meta input would route through torch._refs
+            new = torch.empty(t.shape, dtype=t.dtype, device=device)
+            done[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad) if param else new
+        return done[id(t)]
+
+    for mod in model.modules():
+        for name, p in mod._parameters.items():
+            if p is not None:
+                mod._parameters[name] = alloc(p, True)
+        for name, b in mod._buffers.items():
+            if b is not None:
+                mod._buffers[name] = alloc(b, False)
     model.rope_main, model.rope_compress = make_ropes(model.cfg)
     model.rope_main.to(device)
     model.rope_compress.to(device)
@@ -188,3 +204,4 @@ def load_model(model_dir: str | Path, device: torch.device | str = "cpu", dtype:
                                keep_quantized=keep)
 
     return stream_into(model, stream, device, raw_specs, model_dir, t0)
+

@@ -94,7 +94,7 @@ class DeepseekV4(nn.Module):
         self.cfg = cfg
         self.tp = tp = parallel or ParallelContext()  # tensor/expert parallelism (world_size 1: none)
         vocab_rows = tp.vocab_range(cfg.vocab_size)[2]  # vocabulary-parallel embedding and head
-        self.embed = nn.Embedding(vocab_rows, d)
+        self.embed = nn.Embedding(vocab_rows, d, _weight=torch.empty(vocab_rows, d))  # no init: the checkpoint fills it
         self.layers = nn.ModuleList(Block(cfg, i, tp=tp) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(d, cfg.rms_norm_eps)
         self.head = Linear(d, vocab_rows)
@@ -103,7 +103,8 @@ class DeepseekV4(nn.Module):
         self.hc_head_scale = nn.Parameter(torch.ones(1))
         n_mtp = cfg.num_nextn_predict_layers if include_mtp else 0
         self.mtp = nn.ModuleList(MTPBlock(cfg, k, tp=tp) for k in range(n_mtp))
-        self.rope_main, self.rope_compress = make_ropes(cfg)
+        with torch.device("cpu"):  # computed tables, not loaded (a meta build skips the slow meta arange)
+            self.rope_main, self.rope_compress = make_ropes(cfg)
 
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, batch: ForwardBatch, state: ModelState) -> torch.Tensor:
