@@ -29,9 +29,12 @@ class EngineArgs:
     seed: int = 0
     tensor_parallel_size: int = 1
     served_model_name: str | None = None
+    enable_prefix_caching: bool = True  # reuse the cached KV of shared prompt prefixes (kvcache/prefix_cache.py)
+    prefix_snapshot_interval: int | None = None  # tokens between state snapshots; None = auto (kvcache/sizing.py)
     # overlapped loop (engine/async_step.py): schedule + launch step N+1 before processing step N's
     # tokens; None = on for CUDA with tensor_parallel_size 1, off on CPU (nothing to overlap there)
     async_scheduling: bool | None = None
+    enforce_eager: bool = False  # True: no CUDA graphs (decode steps run the eager forward, as on CPU)
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":

@@ -16,10 +16,12 @@ from .sampling_params import SamplingParams
 class LLM:
     def __init__(self, model: str | None = None, *, device: str = "auto", dtype: str | torch.dtype = "auto",
                  max_num_seqs: int = 64, max_num_batched_tokens: int = 2048, max_model_len: int | None = None,
-                 num_kv_blocks: int | None = None, kv_cache_memory: int | None = None, **kwargs: Any):
+                 num_kv_blocks: int | None = None, kv_cache_memory: int | None = None, enforce_eager: bool = False,
+                 enable_prefix_caching: bool = True, **kwargs: Any):
         args = EngineArgs(model=model, device=device, dtype=dtype, max_num_seqs=max_num_seqs,
                           max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
-                          num_kv_blocks=num_kv_blocks, kv_cache_memory=kv_cache_memory)
+                          num_kv_blocks=num_kv_blocks, kv_cache_memory=kv_cache_memory, enforce_eager=enforce_eager,
+                          enable_prefix_caching=enable_prefix_caching)
         for k, v in kwargs.items():
             if not hasattr(args, k):
                 raise TypeError(f"LLM() got an unexpected keyword argument {k!r}")

@@ -4,6 +4,9 @@ cache-manager-owned state and returns logits only at the rows that need them.
 Rows that need logits:
   * the last token of every chunk with `sample=True` (the next token is sampled from it);
   * every prompt position of chunks whose request asked for prompt logprobs.
+
+Pure-decode steps (every chunk one sampling token, batch <= the largest bucket) replay a CUDA graph
+when `capture_graphs` ran (engine/cuda_graph.py); mixed and prefill steps run the eager forward.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from dataclasses import dataclass, field
 import torch
 
 from kvcache.manager import KVCacheManager
+from kvcache.prefix_cache import StateOps, apply_state_ops
 from models.model import DeepseekV4
 from models.state import ForwardBatch
 
 from .async_step import DeviceTokens
+from .cuda_graph import is_decode_step
 from .scheduler import SchedulerOutput
 
 
@@ -38,6 +43,23 @@ class ModelRunner:
         self.device = device
         self.vocab = model.cfg.vocab_size
         self.valid_vocab = min(valid_vocab, self.vocab)  # ids past the tokenizer are never sampled
+        self.graphs = None  # engine.cuda_graph.DecodeGraphs once capture_graphs() ran
+        self._state_ops = StateOps()  # this step's snapshot restores / saves (the TP workers get them too)
+        self.num_graph_steps = 0  # decode steps served by the static-buffer (graph) path
+
+    def capture_graphs(self, max_num_seqs: int, max_model_len: int, capture: bool | None = None,
+                       buckets: list[int] | None = None) -> float:
+        """Build the static decode buffers and capture one CUDA graph per batch bucket (capture=False:
+        the same padded static-buffer path runs eagerly, as on CPU). -> capture seconds."""
+        from .cuda_graph import DecodeGraphs
+
+        if self.executor is not None:
+            raise ValueError("CUDA-graph decode is single-process only (tensor parallel runs eager)")
+        self.graphs = DecodeGraphs(self.model, self.kv, self.device, max_num_seqs=max_num_seqs,
+                                   max_model_len=max_model_len, valid_vocab=self.valid_vocab, capture=capture,
+                                   buckets=buckets)
+        with torch.inference_mode():
+            return self.graphs.capture()
 
     def build_batch(self, out: SchedulerOutput, want_prompt: list[bool],
                     device_tokens: DeviceTokens | None = None) -> tuple[ForwardBatch, list, list]:
@@ -74,13 +96,14 @@ class ModelRunner:
         if self.executor is not None:  # the workers run the same forward on this description
             self.executor.send_step(dict(input_ids=ids, positions=positions, slot_ids=slot_ids.numpy(),
                                          block_tables=tables.numpy(), logits_indices=logit_rows,
-                                         query_start=query_start, context_lens=context_lens))
+                                         query_start=query_start, context_lens=context_lens,
+                                         restores=self._state_ops.restores, saves=self._state_ops.saves))
         batch = ForwardBatch(
-            input_ids=torch.tensor(ids, dtype=torch.long).to(dev, non_blocking=True),
-            positions=torch.tensor(positions, dtype=torch.long).to(dev, non_blocking=True),
-            slot_ids=slot_ids.to(dev),
-            block_tables=tables.to(dev),
-            logits_indices=torch.tensor(logit_rows, dtype=torch.long).to(dev, non_blocking=True),
+            input_ids=self._h2d(torch.tensor(ids, dtype=torch.long)),
+            positions=self._h2d(torch.tensor(positions, dtype=torch.long)),
+            slot_ids=self._h2d(slot_ids),
+            block_tables=self._h2d(tables),
+            logits_indices=self._h2d(torch.tensor(logit_rows, dtype=torch.long)),
             query_start=query_start,
             context_lens=context_lens,
         )
@@ -89,19 +112,36 @@ class ModelRunner:
             batch.input_ids.index_copy_(0, last.to(dev, non_blocking=True), device_tokens.token_ids)
         return batch, sample_rows, prompt_rows
 
+    def _h2d(self, t: torch.Tensor) -> torch.Tensor:
+        """Host -> device without waiting for the step in flight: pinned staging (cached by torch's host
+        allocator until the copy ran), then a non-blocking copy."""
+        if self.device.type != "cuda":
+            return t.to(self.device)
+        return t.pin_memory().to(self.device, non_blocking=True)
+
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, want_prompt: list[bool],
                 device_tokens: DeviceTokens | None = None) -> RunnerOutput:
         """`device_tokens`: async scheduling's inputs still on the device (engine/async_step.py)."""
+        # prefix caching: slot snapshots restored before this forward / saved after it (kvcache/snapshots.py)
+        self._state_ops = ops = self.kv.take_state_ops()
         if self.executor is None:
-            return self._execute(out, want_prompt, device_tokens)
+            return self._around(ops, lambda: self._execute(out, want_prompt, device_tokens))
         if device_tokens is not None:
             raise ValueError("tensor-parallel workers need every input id on the host (no async scheduling)")
         with self.executor.guard():  # a dead worker / failed collective -> EngineDeadError
-            return self._execute(out, want_prompt)
+            return self._around(ops, lambda: self._execute(out, want_prompt))
+
+    def _around(self, ops, forward):
+        if not ops:
+            return forward()
+        return apply_state_ops(self.kv.state, self.kv.prefix.tensors, ops.restores, ops.saves, forward)
 
     def _execute(self, out: SchedulerOutput, want_prompt: list[bool],
                  device_tokens: DeviceTokens | None = None) -> RunnerOutput:
+        g = self.graphs
+        if g is not None and len(out.chunks) <= g.max_bs and is_decode_step(out.chunks, want_prompt):
+            return self._execute_graph(out, device_tokens)
         batch, sample_rows, prompt_rows = self.build_batch(out, want_prompt, device_tokens)
         if batch.logits_indices.numel() == 0:
             self.model(batch, self.kv.state)  # prefill chunk that samples nothing: only fills the cache
@@ -113,3 +153,16 @@ class ModelRunner:
         if self.valid_vocab < self.vocab:
             sample_logits[:, self.valid_vocab:] = float("-inf")
         return RunnerOutput(sample_logits, [i for i, _ in sample_rows], prompt, batch.num_tokens)
+
+    def _execute_graph(self, out: SchedulerOutput, device_tokens: DeviceTokens | None = None) -> RunnerOutput:
+        """Pure decode through the static buffers (graph replay on CUDA). `sample_logits` is a view of
+        the graph's output buffer: valid until the next execute()."""
+        seq_ids = [c.seq.seq_id for c in out.chunks]
+        on_device = set(device_tokens.chunk_idx) if device_tokens is not None else ()
+        ids = [0 if i in on_device else c.seq.token_at(c.start) for i, c in enumerate(out.chunks)]
+        positions = [c.start for c in out.chunks]
+        slots = [self.kv.slot(s) for s in seq_ids]
+        logits = self.graphs.run(ids, positions, slots, self.kv.block_table_tensor(seq_ids), device_tokens)
+        self.num_graph_steps += 1
+        n = len(ids)
+        return RunnerOutput(logits, list(range(n)), {}, n)

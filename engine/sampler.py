@@ -172,7 +172,7 @@ class SamplingMetadata:
         return cls(
             num_rows=S,
             temperature=f32([1.0 if g else p.temperature for p, g in zip(params, greedy)]),
-            greedy_rows=torch.tensor(greedy, dtype=torch.bool).to(device) if any(greedy) else None,
+            greedy_rows=torch.tensor(greedy, dtype=torch.bool).to(device, non_blocking=True) if any(greedy) else None,
             all_greedy=all(greedy),
             top_k=top_k, max_top_k=max(ks, default=0),
             top_p=f32([1.0 if g else p.top_p for p, g in zip(params, greedy)]) if use_top_p else None,
@@ -255,18 +255,31 @@ def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
 def gather_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor,
                     num_logprobs: list[int | None], ranks: list[int] | None = None) -> list[dict[int, float] | None]:
     """Logprob dicts for rows of `logprobs` [N, V]: {token_ids[i]: lp} plus the top num_logprobs[i]
-    entries (the chosen token first; it may also be among the top-k). One device -> host sync.
+    entries (the chosen token first; it may also be among the top-k). One device -> host copy.
     Also usable for prompt logprobs (token_ids = next prompt tokens). `ranks`, when given, is
     extended with each chosen token's rank (1 + the number of tokens more likely than it)."""
     k = max((n for n in num_logprobs if n is not None), default=0)
+    n_rows = logprobs.shape[0]
     chosen_t = logprobs.gather(1, token_ids.view(-1, 1))
+    # everything the host needs in ONE device -> host copy: float64 holds fp32 logprobs and token
+    # ids / ranks (< 2^53) exactly; layout [chosen | ids | ranks? | top-k logprobs | top-k ids]
+    parts = [chosen_t.view(-1).double(), token_ids.view(-1).double()]
     if ranks is not None:
-        ranks.extend(((logprobs > chosen_t).sum(dim=1) + 1).tolist())
-    chosen = chosen_t.squeeze(1).tolist()
-    ids = token_ids.tolist()
-    top_lp, top_ids = logprobs.topk(k, dim=-1) if k > 0 else (None, None)
-    top_lp = top_lp.tolist() if top_lp is not None else None
-    top_ids = top_ids.tolist() if top_ids is not None else None
+        parts.append(((logprobs > chosen_t).sum(dim=1) + 1).double())
+    if k > 0:
+        top_lp_t, top_ids_t = logprobs.topk(k, dim=-1)
+        parts += [top_lp_t.reshape(-1).double(), top_ids_t.reshape(-1).double()]
+    host = torch.cat(parts).cpu().numpy()
+    chosen = host[:n_rows].tolist()
+    ids = host[n_rows:2 * n_rows].astype(np.int64).tolist()
+    off = 2 * n_rows
+    if ranks is not None:
+        ranks.extend(host[off:off + n_rows].astype(np.int64).tolist())
+        off += n_rows
+    top_lp = top_ids = None
+    if k > 0:
+        top_lp = host[off:off + n_rows * k].reshape(n_rows, k).tolist()
+        top_ids = host[off + n_rows * k:off + 2 * n_rows * k].reshape(n_rows, k).astype(np.int64).tolist()
     result: list[dict[int, float] | None] = []
     for i, n in enumerate(num_logprobs):
         if n is None:

@@ -1,9 +1,9 @@
 """`v4serve` console script: `v4serve serve [MODEL_DIR] [options]`.
 
 Builds `EngineArgs` -> `AsyncLLM.from_engine_args` -> `create_app` -> uvicorn. Without MODEL_DIR
-the built-in demo model is served on the CPU. SIGTERM/SIGINT are handled by uvicorn: it stops
-accepting connections, lets open responses finish for a grace period, then runs the lifespan
-shutdown, which stops the engine (aborting what is still in flight); the process exits 0.
+the built-in demo model is served on the CPU. SIGTERM/SIGINT start the bounded shutdown
+(server/shutdown.py): new requests get 503, those in flight run for --shutdown-timeout seconds and
+are then aborted, the engine stops and the process exits 0. An engine that dies exits 1.
 """
 
 from __future__ import annotations
@@ -80,6 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reasoning mode when a request names none: none = Non-Think (thinking off), high = Think "
                         "High, max = Think Max (default: high, thinking on, as DeepSeek's API)")
     s.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs to shard the model over")
+    s.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                   help="overlapped loop: schedule and launch the next step while the GPU runs this one "
+                        "(default: on with CUDA and tensor parallel size 1, off on CPU)")
+    s.add_argument("--enforce-eager", action="store_true",
+                   help="no CUDA graphs: decode steps run the eager forward (start-up skips the capture)")
+    s.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse the KV cache of shared prompt prefixes (exact: block hashes + slot-state snapshots)")
+    s.add_argument("--max-request-body-bytes", type=int, default=16 << 20,
+                   help="larger request bodies are refused with HTTP 413 (default 16 MiB)")
+    s.add_argument("--shutdown-timeout", type=float, default=20.0,
+                   help="on SIGTERM: seconds the requests in flight may still run before they are aborted "
+                        "(new requests get 503; the process exits 0 about a second after)")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="server log verbosity")
     return parser
@@ -94,7 +106,9 @@ def engine_args(ns: argparse.Namespace):
                       gpu_memory_utilization=ns.gpu_memory_utilization, kv_cache_memory=ns.kv_cache_memory,
                       block_size=ns.block_size, kv_cache_dtype=ns.kv_cache_dtype,
                       max_queued_requests=ns.max_queued_requests, tensor_parallel_size=ns.tensor_parallel_size,
-                      served_model_name=ns.served_model_name)
+                      served_model_name=ns.served_model_name, enforce_eager=ns.enforce_eager,
+                      enable_prefix_caching=ns.enable_prefix_caching,
+                      async_scheduling=ns.async_scheduling)
     args.validate()
     return args
 
@@ -111,6 +125,7 @@ def serve(ns: argparse.Namespace) -> int:
 
     from engine.async_engine import AsyncLLM
     from server.app import create_app
+    from server.shutdown import GracefulServer
     from server.startup_log import ready_line, reasoning_default_line
 
     configure_logging(ns.log_level)
@@ -138,11 +153,12 @@ def serve(ns: argparse.Namespace) -> int:
     app = create_app(engine, served_model_name=name, api_key=ns.api_key,
                      default_reasoning_effort=ns.default_reasoning_effort,
                      max_queued_requests=ns.max_queued_requests, on_engine_failure=engine_failed,
-                     on_engine_ready=engine_ready)
+                     on_engine_ready=engine_ready, max_request_body_bytes=ns.max_request_body_bytes,
+                     shutdown_timeout=ns.shutdown_timeout)
     log.info("serving %s on http://%s:%d (loading the model: /health answers 503 until it is ready)",
              name, ns.host, ns.port)
-    server = uvicorn.Server(uvicorn.Config(app, host=ns.host, port=ns.port, log_level=ns.log_level,
-                                           access_log=False, timeout_graceful_shutdown=30))
+    server = GracefulServer(uvicorn.Config(app, host=ns.host, port=ns.port, log_level=ns.log_level,
+                                           access_log=False, timeout_graceful_shutdown=1), app.state.drain)
     stopped_by: list[int] = []
     previous = _absorb_stop_signals(server, stopped_by)
     try:
@@ -151,7 +167,7 @@ def serve(ns: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if failed:
-        log.error("the engine failed to start: %s", failed[0])
+        log.error("the engine failed: %s", failed[0])
         return 1
     if not server.started and not stopped_by:
         log.error("the HTTP server did not start")

@@ -1,0 +1,401 @@
+"""End-to-end GPU benchmark of the engine on a V4-Flash-shaped synthetic checkpoint (issue 17).
+
+    python -m bench.e2e                                  # 8 layers, drawn on the GPU into --ckpt-dir
+    python -m bench.e2e --model DIR --kv bf16,fp8_fp4idx --compare-eager
+    python -m bench.e2e --enforce-eager                  # the eager engine only ("before" numbers)
+
+Per KV format (the model is loaded once and reused):
+  decode     B requests (--in-len prompt, --out-len new tokens, greedy, ignore_eos); step = wall time of
+             LLMEngine.step() while all B decode (no extra synchronization: async scheduling keeps its
+             overlap); median. Roofline step = (dense weight bytes + expected
+             distinct experts for B tokens x expert bytes) / HBM read bandwidth measured in this run.
+  prefill    N x L prompts (--prefill 8x4096) through the engine (eager by design): tok/s and MFU
+             (FLOPs from the parameter count + attention over the window / top-k / compressed entries,
+             over the bf16 matmul rate measured in this run, and over the 989 TFLOP/s datasheet peak).
+  context    one sequence decoding at position L for every L in --contexts, state filled with random
+             entries (no L-token prefill: the step's cost does not depend on the values): runner + argmax.
+  profile    torch.profiler over --profile-steps decode steps at --profile-batch: host launch calls,
+             GPU ops per step, GPU-busy fraction (device time / wall), MoE kernels' share.
+Graph ("graph") and eager ("eager") decode are measured on the same engine with --compare-eager
+(the eager numbers toggle the runner's graphs off). Start-up: load (engine build before capture) and
+capture seconds. The last printed line is one JSON object with everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+VOCAB_LO = 1000
+
+
+def log(obj) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+# ---- ceilings ------------------------------------------------------------------------------------
+def hbm_read_gbps() -> float:
+    """Read bandwidth: a reduction over 4 GiB of random bf16 (bytes read / time)."""
+    x = torch.empty(2 * 2**30, dtype=torch.bfloat16, device="cuda").normal_()
+    for _ in range(3):
+        x.sum()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(10):
+        x.sum()
+    torch.cuda.synchronize()
+    bw = 10 * x.numel() * 2 / (time.perf_counter() - t) / 1e9
+    del x
+    torch.cuda.empty_cache()
+    return bw
+
+
+def matmul_tflops(n: int = 8192) -> float:
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return 10 * 2 * n ** 3 / (time.perf_counter() - t) / 1e12
+
+
+# ---- checkpoint ----------------------------------------------------------------------------------
+def ensure_checkpoint(args) -> tuple[str, float]:
+    if args.model:
+        return args.model, 0.0
+    out = Path(args.ckpt_dir or f"/tmp/v4serve_e2e_{args.preset}_L{args.layers}")
+    if (out / "config.json").exists():
+        return str(out), 0.0
+    from models import synthetic
+
+    t = time.perf_counter()
+    synthetic.main(["--preset", args.preset, "--layers", str(args.layers), "--quantize", "--no-mtp",
+                    "--device", "cuda", "--out", str(out)])
+    return str(out), time.perf_counter() - t
+
+
+# ---- model accounting ----------------------------------------------------------------------------
+def model_bytes(model) -> dict:
+    total = experts = embed = 0
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        b = t.numel() * t.element_size()
+        total += b
+        if ".experts_w" in name:
+            experts += b
+        elif "embed" in name:
+            embed += b
+    return {"total": total, "experts": experts, "embed": embed}
+
+
+def flops_per_token(model, ctx: int) -> float:
+    """2 x active weights (experts scaled by k/E, MXFP4 bytes = 2 weights) + attention at context ctx."""
+    cfg = model.cfg
+    dense = routed = 0
+    for name, p in model.named_parameters():
+        if "embed" in name or p.dim() < 2:
+            continue
+        n = p.numel() * (2 if p.dtype == torch.int8 else 1)
+        if ".experts_w" in name:
+            routed += n
+        else:
+            dense += n
+    f = 2.0 * (dense + routed * cfg.num_experts_per_tok / cfg.n_routed_experts)
+    h, c = cfg.num_attention_heads, cfg.head_dim
+    for r in cfg.compress_ratios:
+        entries = cfg.sliding_window
+        if r == 4:
+            entries += min(cfg.index_topk, ctx // 8)
+            f += 2.0 * cfg.index_n_heads * cfg.index_head_dim * ctx / 8  # indexer scores (causal mean)
+        elif r:
+            entries += ctx / (2 * r)
+        f += 4.0 * h * c * entries  # QK^T and PV
+    return f
+
+
+# ---- cases ---------------------------------------------------------------------------------------
+def rand_ids(g, n, vocab_hi):
+    return torch.randint(VOCAB_LO, vocab_hi, (n,), generator=g).tolist()
+
+
+def run_decode(eng, B, in_len, out_len, tag, vocab_hi) -> dict:
+    from engine.sampling_params import SamplingParams
+
+    g = torch.Generator().manual_seed(B)
+    for i in range(B):
+        eng.add_request(f"{tag}{B}-{i}", rand_ids(g, in_len, vocab_hi),
+                        SamplingParams(temperature=0.0, max_tokens=out_len, ignore_eos=True))
+    steps = []
+    while eng.has_unfinished():
+        sch = eng.scheduler
+        full = not sch.waiting and sch.num_running == B and all(
+            s.num_computed_tokens >= s.num_prompt_tokens for s in sch.running)
+        t = time.perf_counter()
+        eng.step()  # no synchronize: an overlapped (async) engine keeps its overlap; each step waits for
+        if full:    # the previous step's tokens, so step-to-step wall time is the steady-state step
+            steps.append(time.perf_counter() - t)
+    steps = steps[2:]
+    med = statistics.median(steps)
+    return {"batch": B, "steps": len(steps), "step_ms": round(med * 1e3, 3),
+            "step_ms_p10": round(sorted(steps)[len(steps) // 10] * 1e3, 3), "tok_s": round(B / med, 1)}
+
+
+def run_prefill(eng, n, L, vocab_hi, tag) -> float:
+    from engine.sampling_params import SamplingParams
+
+    g = torch.Generator().manual_seed(7)
+    reqs = [rand_ids(g, L, vocab_hi) for _ in range(n)]
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i, r in enumerate(reqs):
+        eng.add_request(f"{tag}p{i}", r, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True))
+    while eng.has_unfinished():
+        eng.step()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def fill_random(kv, seq_id: str) -> None:
+    """Random entries in the sequence's slot and blocks (bf16/fp32 normal; packed FP8/MXFP4 bytes & 0x37:
+    finite small values in every field)."""
+    slot, blocks = kv.slot(seq_id), torch.tensor(kv.block_table(seq_id), device=kv.device)
+    for layer in kv.state.layers:
+        for name, t in layer.items():
+            rows = t[slot:slot + 1] if name in ("window", "kv_tail", "score_tail", "idx_kv_tail",
+                                                  "idx_score_tail") else None
+            for i0 in range(0, len(blocks) if rows is None else 1, 512):
+                idx = blocks[i0:i0 + 512] if rows is None else torch.tensor([slot], device=kv.device)
+                shape = (idx.numel(), *t.shape[1:])
+                if t.dtype == torch.uint8:
+                    v = torch.randint(0, 256, shape, dtype=torch.uint8, device=kv.device) & 0x37
+                else:
+                    v = (torch.randn(shape, device=kv.device) * 0.5).to(t.dtype)
+                t.index_copy_(0, idx, v)
+
+
+def run_context(eng, L: int, iters: int, use_graphs: bool) -> float:
+    """Median ms of one decode step (runner + argmax + token to host) of one sequence at position L."""
+    from engine.scheduler import ScheduledChunk, SchedulerOutput
+    from engine.sequence import Sequence
+
+    runner, kv = eng.runner, eng.kv
+    seq = Sequence(seq_id=f"ctx{L}", request_id=f"ctx{L}", sample_index=0, prompt_token_ids=[VOCAB_LO] * (L + 1),
+                   max_tokens=1)
+    if not kv.allocate(seq.seq_id, L + 1):
+        raise RuntimeError(f"cache too small for a {L}-token context (raise --blocks)")
+    try:
+        fill_random(kv, seq.seq_id)
+        chunk = ScheduledChunk(seq=seq, start=L, num_tokens=1, sample=True)
+        out = SchedulerOutput(chunks=[chunk], num_batched_tokens=1)
+        saved = runner.graphs
+        runner.graphs = saved if use_graphs else None
+        times = []
+        for i in range(iters + 3):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            res = runner.execute(out, [False])
+            res.sample_logits.argmax(-1).tolist()
+            if i >= 3:
+                times.append(time.perf_counter() - t)
+        runner.graphs = saved
+        return statistics.median(times) * 1e3
+    finally:
+        kv.free(seq.seq_id)
+
+
+def run_profile(eng, B, steps, in_len, vocab_hi) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    from engine.sampling_params import SamplingParams
+
+    g = torch.Generator().manual_seed(0)
+    for i in range(B):
+        eng.add_request(f"prof{B}-{i}", rand_ids(g, in_len, vocab_hi),
+                        SamplingParams(temperature=0.0, max_tokens=steps + 12, ignore_eos=True))
+    while eng.has_unfinished() and any(s.num_computed_tokens < s.num_prompt_tokens for s in eng.scheduler.running) \
+            or eng.scheduler.waiting:
+        eng.step()
+    for _ in range(4):
+        eng.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        for _ in range(steps):
+            eng.step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t) / steps
+    while eng.has_unfinished():
+        eng.step()
+    ev = prof.key_averages()
+    launch_keys = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC",
+                   "cudaGraphLaunch", "cudaMemcpyAsync", "cudaMemsetAsync")
+    launches = {e.key: e.count / steps for e in ev if e.key in launch_keys}
+    dev = [e for e in ev if e.device_type.name == "CUDA"]
+    gpu_ms = sum(e.self_device_time_total for e in dev) / steps / 1e3
+    moe_ms = sum(e.self_device_time_total for e in dev if "moe" in e.key.lower()) / steps / 1e3
+    syncs = {e.key: e.count / steps for e in ev if e.key in ("aten::item", "aten::_local_scalar_dense",
+                                                             "cudaStreamSynchronize", "cudaDeviceSynchronize")}
+    top = sorted(dev, key=lambda e: -e.self_device_time_total)[:8]
+    return {"batch": B, "wall_ms": round(wall * 1e3, 3), "gpu_ms": round(gpu_ms, 3),
+            "gpu_busy": round(gpu_ms / (wall * 1e3), 3), "gpu_ops_per_step": round(sum(e.count for e in dev) / steps),
+            "host_launch_calls_per_step": {k: round(v, 1) for k, v in launches.items()},
+            "moe_ms": round(moe_ms, 3), "syncs_per_step": syncs,
+            "top_kernels": [(e.key[:60], round(e.self_device_time_total / steps / 1e3, 3)) for e in top]}
+
+
+# ---- driver --------------------------------------------------------------------------------------
+def build_engine(args, model_dir, kv, num_blocks, max_len, max_b, cached_model):
+    import engine.llm_engine as le
+    from engine.config import EngineArgs
+
+    orig = le.load_model
+    if cached_model is not None:  # second KV format: same weights, new cache + graphs
+        le.load_model = lambda *a, **k: cached_model
+    try:
+        eng = le.LLMEngine(EngineArgs(model=model_dir, device="cuda", dtype="bfloat16", max_num_seqs=max_b,
+                                      max_num_batched_tokens=args.budget, num_kv_blocks=num_blocks,
+                                      kv_cache_dtype=kv, max_model_len=max_len, enforce_eager=args.enforce_eager))
+    finally:
+        le.load_model = orig
+    return eng
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="checkpoint dir (default: draw one on the GPU into --ckpt-dir)")
+    ap.add_argument("--preset", default="flash")
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--ckpt-dir", default=None)
+    ap.add_argument("--kv", default="bf16,fp8_fp4idx", help="KV formats, comma-separated (bf16 = auto)")
+    ap.add_argument("--batches", default="1,8,64,256")
+    ap.add_argument("--in-len", type=int, default=128)
+    ap.add_argument("--out-len", type=int, default=48)
+    ap.add_argument("--prefill", default="8x4096", help="N x L prompts ('' = skip)")
+    ap.add_argument("--prefill-kv", default="bf16", help="KV formats that run the prefill case")
+    ap.add_argument("--contexts", default="4096,131072,1048000", help="decode positions ('' = skip)")
+    ap.add_argument("--context-iters", type=int, default=20)
+    ap.add_argument("--profile-batch", default="1,64", help="profiled decode batches ('' = skip)")
+    ap.add_argument("--profile-steps", type=int, default=3)
+    ap.add_argument("--budget", type=int, default=8192, help="max_num_batched_tokens")
+    ap.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs at all (the 'before' engine)")
+    ap.add_argument("--compare-eager", action="store_true", help="also time eager decode on the same engine")
+    ap.add_argument("--preload", default=None, help="python file executed before loading (workarounds)")
+    args = ap.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
+    if args.preload:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(args.preload)))
+        __import__(Path(args.preload).stem)
+    batches = [int(b) for b in args.batches.split(",") if b]
+    contexts = [int(c) for c in args.contexts.split(",") if c]
+    kvs = ["auto" if k == "bf16" else k for k in args.kv.split(",") if k]
+    prefill_kvs = {"auto" if k == "bf16" else k for k in args.prefill_kv.split(",") if k}
+    prof_b = [int(b) for b in args.profile_batch.split(",") if b]
+    result: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "argv": sys.argv[1:]}
+    result["hbm_read_gbps"] = bw = round(hbm_read_gbps(), 1)
+    result["matmul_tflops"] = peak = round(matmul_tflops(), 1)
+    model_dir, gen_s = ensure_checkpoint(args)
+    result["checkpoint"] = {"dir": model_dir, "generate_s": round(gen_s, 1)}
+    log({"case": "setup", **result})
+
+    from kvcache.sizing import choose_block_size
+    from models.config import ModelConfig
+
+    cfg = ModelConfig.from_json(model_dir)
+    bs = choose_block_size(cfg)
+    max_b = max(batches + prof_b + [1])
+    max_len = min(cfg.max_position_embeddings, max(contexts + [4096]) + 2 * bs)
+    n, L = (int(x) for x in args.prefill.split("x")) if args.prefill else (0, 0)
+    num_blocks = (max(contexts + [0]) // bs + 2) + max_b * -(-(args.in_len + args.out_len + 16) // bs) \
+        + n * -(-(L + 1) // bs) + 64
+    result["cache"] = {"block_size": bs, "num_blocks": num_blocks, "max_model_len": max_len}
+    cached_model = None
+    result["formats"] = {}
+    for kv in kvs:
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        eng = build_engine(args, model_dir, kv, num_blocks, max_len, max_b, cached_model)
+        build_s = time.perf_counter() - t
+        graphs = eng.runner.graphs
+        fmt = {"kv": kv, "startup": {"engine_s": round(build_s, 1), "load_s": round(eng.load_s, 1),
+                                     "capture_s": round(graphs.capture_s, 1) if graphs else None,
+                                     "reused_weights": cached_model is not None,
+                                     "graph_buckets": graphs.sizes if graphs else None},
+               "gpu_mem_gb": round(torch.cuda.memory_allocated() / 2**30, 1)}
+        cached_model = eng.model
+        vocab_hi = min(120000, eng.tokenizer.vocab_size - 300)
+        mb = model_bytes(eng.model)
+        fmt["weight_gb"] = round(mb["total"] / 1e9, 2)
+        E, K = cfg.n_routed_experts, cfg.num_experts_per_tok
+        run_decode(eng, min(4, max_b), 64, 8, f"warm{kv}", vocab_hi)
+        modes = ["eager"] if graphs is None else (["graph", "eager"] if args.compare_eager else ["graph"])
+        fmt["decode"] = {}
+        for mode in modes:
+            eng.runner.graphs = graphs if mode == "graph" else None
+            rows = []
+            for B in batches:
+                r = run_decode(eng, B, args.in_len, args.out_len, f"{kv}{mode}", vocab_hi)
+                frac = 1 - (1 - K / E) ** B
+                ideal = (mb["total"] - mb["experts"] - mb["embed"]) + mb["experts"] * frac
+                r["roofline_ms"] = round(ideal / (bw * 1e9) * 1e3, 3)
+                r["pct_roofline"] = round(100 * r["roofline_ms"] / r["step_ms"], 1)
+                log({"case": "decode", "kv": kv, "mode": mode, **r})
+                rows.append(r)
+            fmt["decode"][mode] = rows
+        eng.runner.graphs = graphs
+        if n and kv in prefill_kvs:
+            run_prefill(eng, 1, 512, vocab_hi, f"warm{kv}")
+            dt = run_prefill(eng, n, L, vocab_hi, f"{kv}")
+            fl = flops_per_token(eng.model, L) * n * L
+            fmt["prefill"] = {"n": n, "len": L, "s": round(dt, 3), "tok_s": round(n * L / dt, 1),
+                              "tflops": round(fl / dt / 1e12, 1), "mfu_measured_peak": round(fl / dt / 1e12 / peak, 4),
+                              "mfu_datasheet_989": round(fl / dt / 1e12 / 989, 4)}
+            log({"case": "prefill", "kv": kv, **fmt["prefill"]})
+        fmt["context"] = {}
+        for mode in modes:
+            row = {}
+            for c in contexts:
+                row[c] = round(run_context(eng, c, args.context_iters, mode == "graph"), 3)
+            if contexts:
+                row["ratio_max_vs_first"] = round(row[contexts[-1]] / row[contexts[0]], 3)
+            fmt["context"][mode] = row
+            log({"case": "context", "kv": kv, "mode": mode, **{str(k): v for k, v in row.items()}})
+        fmt["profile"] = {}
+        for mode in modes:
+            eng.runner.graphs = graphs if mode == "graph" else None
+            try:
+                fmt["profile"][mode] = [run_profile(eng, B, args.profile_steps, args.in_len, vocab_hi) for B in prof_b]
+            except Exception as e:  # the profiler is a diagnostic: keep the other numbers
+                fmt["profile"][mode] = {"error": repr(e)[:300]}
+                log({"case": "profile", "kv": kv, "mode": mode, "error": repr(e)[:300]})
+                continue
+            for p in fmt["profile"][mode]:
+                log({"case": "profile", "kv": kv, "mode": mode, **p})
+        eng.runner.graphs = graphs
+        fmt["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+        result["formats"][kv] = fmt
+        del eng, graphs
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    summary = {}
+    for kv, fmt in result["formats"].items():
+        for mode, rows in fmt["decode"].items():
+            summary[f"{kv}/{mode}"] = {r["batch"]: (r["step_ms"], r["pct_roofline"]) for r in rows}
+    result["summary_step_ms_pct_roofline"] = summary
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
