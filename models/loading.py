@@ -134,7 +134,8 @@ def weight_bytes(model: DeepseekV4) -> int:
 
 
 class _DevicePeak:
-    """Peak allocated device memory over a region, relative to what was allocated at its start (CUDA)."""
+    """Peak allocated device memory over a region, relative to what was allocated at its start (CUDA;
+    resets the device's peak statistics)."""
 
     def __init__(self, device: torch.device):
         self.device = device if device.type == "cuda" else None
