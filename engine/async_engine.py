@@ -164,6 +164,13 @@ class AsyncLLM:
         self._cmds.put(("abort", request_id))
         self._wake.set()
 
+    async def reset_prefix_cache(self) -> int:
+        """Drop every unreferenced cached block (on the engine thread, between steps) -> blocks dropped."""
+        fut = asyncio.get_running_loop().create_future()
+        self._cmds.put(("reset_prefix_cache", fut))
+        self._wake.set()
+        return await fut
+
     def stats(self) -> EngineStats:
         return self._stats
 
@@ -191,6 +198,13 @@ class AsyncLLM:
                     eng.add_request(rid, ids, params, arrival_time=arrival, output_kind=output_kind)
                 except Exception as e:  # admission errors reach the caller's first __anext__
                     self._post(rid, e)
+            elif cmd[0] == "reset_prefix_cache":
+                fut = cmd[1]
+                try:
+                    res = eng.reset_prefix_cache()
+                    self._loop.call_soon_threadsafe(lambda r=res: fut.done() or fut.set_result(r))
+                except Exception as e:  # noqa: BLE001 - the HTTP caller gets it
+                    self._loop.call_soon_threadsafe(lambda e=e: fut.done() or fut.set_exception(e))
             else:
                 out = eng.abort_request(cmd[1])
                 if out is not None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from kvcache.manager import KVCacheManager
-from kvcache.sizing import choose_block_size, gpu_kv_budget, log_cache_plan, num_blocks_for_budget
+from kvcache.sizing import (choose_block_size, gpu_kv_budget, log_cache_plan, num_blocks_for_budget,
+                            num_snapshot_rows, prefix_snapshot_interval)
 from models.config import ModelConfig
 from models.loading import load_model
 
@@ -45,6 +46,8 @@ class EngineStats:
     prompt_tokens_total: int  # prompt tokens of finished + running requests' prefills (counted once)
     generation_tokens_total: int
     num_requests: int  # unfinished requests
+    prefix_cache_queries_total: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits_total: int = 0  # of those, tokens reused
 
 
 class LLMEngine:
@@ -74,6 +77,10 @@ class LLMEngine:
         cfg = self.model_config
         self.block_size = choose_block_size(cfg, args.block_size)
         num_slots = args.max_num_seqs
+        snap_interval = None  # prefix caching: tokens between slot-state snapshots (kvcache/sizing.py)
+        if args.enable_prefix_caching:
+            snap_interval = prefix_snapshot_interval(cfg, self.block_size, self.dtype, args.kv_format,
+                                                     args.prefix_snapshot_interval)
         if args.num_kv_blocks is not None:
             num_blocks = args.num_kv_blocks
         else:
@@ -83,11 +90,15 @@ class LLMEngine:
                 budget = gpu_kv_budget(args.gpu_memory_utilization, self.device)
             else:
                 budget = CPU_DEFAULT_KV_BYTES
-            num_blocks = num_blocks_for_budget(cfg, budget, num_slots, self.block_size, self.dtype, args.kv_format)
+            num_blocks = num_blocks_for_budget(cfg, budget, num_slots, self.block_size, self.dtype, args.kv_format,
+                                               snapshot_interval=snap_interval)
+        num_snaps = num_snapshot_rows(num_blocks, self.block_size, snap_interval, num_slots) if snap_interval else 0
         self.kv = KVCacheManager(cfg, num_blocks=num_blocks, num_slots=num_slots, block_size=self.block_size,
-                                 dtype=self.dtype, device=self.device, kv_format=args.kv_format)
+                                 dtype=self.dtype, device=self.device, kv_format=args.kv_format,
+                                 enable_prefix_caching=args.enable_prefix_caching, num_snapshots=num_snaps,
+                                 snapshot_interval=snap_interval)
         if self.executor is not None:
-            self.executor.init_state(num_slots, num_blocks, self.block_size, args.kv_format)
+            self.executor.init_state(num_slots, num_blocks, self.block_size, args.kv_format, num_snaps)
         capacity = num_blocks * self.block_size
         self.max_model_len = args.max_model_len or min(cfg.max_position_embeddings, capacity)
         if self.max_model_len > cfg.max_position_embeddings:
@@ -169,7 +180,8 @@ class LLMEngine:
         samples = []
         for k in range(params.n):
             seq = Sequence(seq_id=f"{request_id}#{k}", request_id=request_id, sample_index=k,
-                           prompt_token_ids=ids, max_tokens=max_tokens, arrival_time=now)
+                           prompt_token_ids=ids, max_tokens=max_tokens, arrival_time=now,
+                           prefix_lookup=params.prompt_logprobs is None)  # cached positions have no logits
             gen = None
             if params.seed is not None and not params.greedy:
                 gen = make_generator(params.seed + k * 1_000_003, self.device)
@@ -202,9 +214,15 @@ class LLMEngine:
         return bool(self.requests)
 
     def stats(self) -> EngineStats:
+        pc = self.kv.prefix.stats if self.kv.prefix is not None else None
         return EngineStats(self.scheduler.num_running, self.scheduler.num_waiting, self.kv.usage,
                            self.scheduler.num_preemptions_total, self.prompt_tokens_total,
-                           self.generation_tokens_total, len(self.requests))
+                           self.generation_tokens_total, len(self.requests),
+                           pc.queries if pc else 0, pc.hits if pc else 0)
+
+    def reset_prefix_cache(self) -> int:
+        """Drop every cached block no running sequence holds (and its state snapshot) -> blocks dropped."""
+        return self.kv.reset_prefix_cache()
 
     # ---- one step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:

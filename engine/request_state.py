@@ -118,5 +118,6 @@ class RequestState:
             prompt=self.prompt,
             finished=self.finished,
             metrics=self.metrics,
+            num_cached_tokens=max(0, self.samples[0].seq.num_cached_tokens),  # prefix-cache hit (usage)
             kind=kind,
         )

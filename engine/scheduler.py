@@ -17,6 +17,11 @@ always `running[-1]` and never a sequence already scheduled in this step.
 The engine runs the model on `SchedulerOutput.chunks`, calls `update_after_step(output)`, appends
 the sampled tokens (`seq.append_token`) and calls `finish(...)` on stop / length.
 
+Prefix caching (when `kv.prefix` is set, kvcache/prefix_cache.py): a waiting sequence is admitted at
+its longest cached prefix (`num_computed_tokens` = the hit, its blocks shared, the slot snapshot
+restored by the runner); chunks are cut at the sequence's `snapshot_points` and the state is saved
+there; `update_after_step`, preemption and finish offer full computed blocks to the cache.
+
 Async scheduling (engine/async_step.py): a sequence's length counts `num_pending_tokens` (sampled
 on the device, not appended yet), so it decodes again before the host saw its last token; one whose
 pending token reaches max_tokens / max_model_len is not scheduled again, and a waiting sequence with
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from kvcache.manager import KVCacheManager
+from kvcache.prefix_cache import PrefixHit
 
 from .config import SchedulerConfig
 from .errors import QueueFullError, RequestTooLongError  # HTTP 429 / 400 (server/errors.py maps them)
@@ -144,9 +150,14 @@ class Scheduler:
             if n <= 0:  # nothing to compute (the engine has not appended the sampled token yet)
                 i += 1
                 continue
+            pts = seq.snapshot_points  # prefix caching: a chunk ends where the slot state is saved
+            if pts and start + n > pts[0]:
+                n = pts[0] - start
             if not allocate(seq.seq_id, start + n) and not self._make_room(seq, start + n, preempted):
                 break  # `seq` preempted itself; it was the last running sequence
             chunks.append(chunk(seq, start, n, start + n == total))
+            if pts and start + n == pts[0]:
+                self._plan_snapshot(seq)
             budget -= n
             i += 1
 
@@ -158,16 +169,56 @@ class Scheduler:
             start = seq.num_computed_tokens
             total = seq.num_tokens
             n = min(total - start, budget)
-            if not kv.allocate(seq.seq_id, start + n):
+            if kv.prefix is not None:  # prefix caching: start at the longest cached prefix
+                n = self._admit_cached(seq, budget)
+                start = seq.num_computed_tokens
+            elif not kv.allocate(seq.seq_id, start + n):
+                n = None
+            if n is None:
                 break  # keep FCFS: nobody overtakes the head of the queue
             waiting.popleft()
             seq.status = _RUNNING
             bisect.insort(running, seq, key=self._key)
             chunks.append(ScheduledChunk(seq, start, n, start + n == total))
             budget -= n
+            if seq.snapshot_points and start + n == seq.snapshot_points[0]:
+                self._plan_snapshot(seq)
 
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
         return out
+
+    # ---- prefix caching (kvcache/prefix_cache.py) -------------------------------------------
+    def _admit_cached(self, seq: Sequence, budget: int) -> int | None:
+        """Admit `seq` (new or preempted) at its longest usable cached prefix -> its first chunk's
+        length, or None (nothing changed) when its blocks or a slot do not fit."""
+        kv, prefix = self.kv, self.kv.prefix
+        total, bs = seq.num_tokens, kv.block_size
+        mx = prefix.max_hit_blocks(total)
+        hashes = seq.hashes_upto(mx, bs)[:mx]
+        hit = prefix.find(hashes) if seq.prefix_lookup else PrefixHit(0, [], None, 0)
+        start = hit.num_tokens
+        pts = prefix.snapshot_points(hit, seq.num_prompt_tokens, total)
+        n = min(total - start, budget)
+        if pts and start + n > pts[0]:
+            n = pts[0] - start
+        if not kv.allocate_prefix(seq.seq_id, hit, start + n, hashes, total if seq.prefix_lookup else 0):
+            return None
+        seq.num_computed_tokens, seq.snapshot_points = start, pts
+        if seq.num_cached_tokens < 0:
+            seq.num_cached_tokens = start  # what usage reports: the first admission's hit
+        return n
+
+    def _plan_snapshot(self, seq: Sequence) -> None:
+        """The chunk just scheduled ends at seq.snapshot_points[0]: save the slot state there."""
+        b = seq.snapshot_points.pop(0)
+        k = b // self.kv.block_size
+        self.kv.prefix.plan_save(self.kv.slot(seq.seq_id), b, seq.hashes_upto(k, self.kv.block_size)[k - 1])
+
+    def _cache_blocks(self, seq: Sequence) -> None:
+        """Offer the sequence's full computed blocks (whose tokens the host has) to the prefix cache."""
+        bs = self.kv.block_size
+        full = min(seq.num_computed_tokens, seq.num_tokens) // bs
+        self.kv.cache_blocks(seq.seq_id, full * bs, seq.hashes_upto(full, bs))
 
     def _make_room(self, seq: Sequence, num_tokens_total: int, preempted: list[str]) -> bool:
         """Preempt from the back of `running` until `seq` fits; False if `seq` itself was preempted."""
@@ -181,8 +232,11 @@ class Scheduler:
                 return True
 
     def _preempt(self, seq: Sequence) -> None:
+        if self.kv.prefix is not None:
+            self._cache_blocks(seq)
         self.kv.free(seq.seq_id)
         seq.num_computed_tokens = 0
+        seq.snapshot_points = []
         seq.status = _WAITING
         seq.num_preemptions += 1
         self.num_preemptions_total += 1
@@ -203,6 +257,10 @@ class Scheduler:
                     f"{seq.num_computed_tokens} tokens are computed (update_after_step called twice?)"
                 )
             seq.num_computed_tokens = c.start + c.num_tokens
+            if self.kv.prefix is not None:
+                self._cache_blocks(seq)
+        if self.kv.prefix is not None:
+            self.kv.prefix.commit()  # the snapshots this step saved become usable
 
     # ---- finishing -------------------------------------------------------------------------
     def finish(self, seq_id: str, status: SequenceStatus) -> Sequence:
@@ -217,6 +275,8 @@ class Scheduler:
         else:
             self.waiting.remove(seq)
         if self.kv.has(seq_id):
+            if self.kv.prefix is not None:
+                self._cache_blocks(seq)
             self.kv.free(seq_id)
         seq.status = status
         del self._priority[seq_id]

@@ -16,6 +16,8 @@ import enum
 import time
 from dataclasses import dataclass, field
 
+from kvcache.block_pool import hash_block_tokens
+
 
 class SequenceStatus(enum.IntEnum):
     WAITING = 0  # queued (new, or preempted and waiting to recompute)
@@ -53,6 +55,11 @@ class Sequence:
     num_computed_tokens: int = 0  # tokens whose state is in the cache (reset to 0 by preemption)
     status: SequenceStatus = SequenceStatus.WAITING
     num_preemptions: int = 0  # times this sequence was preempted (its work recomputed)
+    # prefix caching (kvcache/prefix_cache.py)
+    prefix_lookup: bool = True  # False: never reuse cached blocks (prompt logprobs need every position)
+    num_cached_tokens: int = -1  # tokens reused at the first admission (-1 = not admitted yet)
+    block_hashes: list[int] = field(default_factory=list)  # chain hashes of the leading full blocks
+    snapshot_points: list[int] = field(default_factory=list)  # boundaries still to snapshot, ascending
     # async scheduling: tokens sampled on the device but not appended yet (engine/async_step.py);
     # the scheduler counts them in the sequence's length, `output_token_ids` does not hold them
     num_pending_tokens: int = 0
@@ -99,6 +106,15 @@ class Sequence:
         if start >= p:
             return self.output_token_ids[start - p:end - p]
         return self.prompt_token_ids[start:] + self.output_token_ids[:end - p]
+
+    def hashes_upto(self, num_blocks: int, block_size: int) -> list[int]:
+        """`block_hashes` extended to the first `num_blocks` full blocks (tokens never change, so the
+        chain is computed once per block)."""
+        h = self.block_hashes
+        while len(h) < num_blocks:
+            k = len(h)
+            h.append(hash_block_tokens(h[-1] if k else None, self.tokens(k * block_size, (k + 1) * block_size)))
+        return h
 
     def append_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)

@@ -7,8 +7,8 @@ ending at b has a snapshot. Which boundaries get one (chunks are cut there so th
 after a step):
 
     every `interval` tokens              long shared documents / system prompts
-    the prompt's last full boundary      ((P-1)//bs)*bs: the same prompt again, or any prompt that
-                                         extends it (the next turn of a chat), hits here
+    the prompt's last full boundaries    P//bs*bs: any prompt that extends it (the next turn of a
+                                         chat) hits here; ((P-1)//bs)*bs: the same prompt again
     the divergence point                 where this prompt's cached chain ended: a prefix shared with
                                          an earlier request (system prompt + different question);
                                          the next request sharing it hits there
@@ -96,11 +96,13 @@ class PrefixCache:
             self._ops.restores.append((hit.snapshot_row, slot, hit.num_tokens))
 
     def snapshot_points(self, hit: PrefixHit, num_prompt_tokens: int, num_tokens: int) -> list[int]:
-        """Boundaries after the hit where the sequence's state is saved (sorted; see module docstring)."""
+        """Boundaries after the hit where the sequence's state is saved (sorted; see module docstring).
+        A prompt of P tokens saves at its last full block (P//bs*bs: prompts extending it) and, when P
+        is a whole number of blocks, one block earlier too (the same prompt again)."""
         bs, iv, start = self.block_size, self.interval, hit.num_tokens
-        last = self.max_hit_blocks(num_tokens) * bs
+        last = (num_tokens // bs) * bs
         pts = set(range((start // iv + 1) * iv, last + 1, iv))
-        for b in (((num_prompt_tokens - 1) // bs) * bs, hit.num_matched_blocks * bs):
+        for b in ((num_prompt_tokens // bs) * bs, ((num_prompt_tokens - 1) // bs) * bs, hit.num_matched_blocks * bs):
             if start < b <= last:
                 pts.add(b)
         return sorted(pts)

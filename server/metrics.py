@@ -42,7 +42,11 @@ class _EngineStatsCollector:
         for name, doc, value in (
                 ("vllm:prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens_total),
                 ("vllm:generation_tokens", "Number of generation tokens processed.", s.generation_tokens_total),
-                ("vllm:num_preemptions", "Cumulative number of preemptions.", s.num_preemptions_total)):
+                ("vllm:num_preemptions", "Cumulative number of preemptions.", s.num_preemptions_total),
+                ("vllm:prefix_cache_queries", "Prefix-cache queries, in prompt tokens looked up.",
+                 getattr(s, "prefix_cache_queries_total", 0)),
+                ("vllm:prefix_cache_hits", "Prefix-cache hits, in prompt tokens reused.",
+                 getattr(s, "prefix_cache_hits_total", 0))):
             c = CounterMetricFamily(name, doc, labels=["model_name"])
             c.add_metric(lv, float(value))
             yield c

@@ -221,10 +221,12 @@ class TPExecutor:
                 self._mark_dead(self._worker_failure(i) or f"tensor-parallel worker rank {i + 1} exited")
                 raise EngineDeadError(self.dead)
 
-    def init_state(self, num_slots: int, num_blocks: int, block_size: int, kv_format: str = "bf16") -> None:
-        """Every worker allocates its replica of the KV state tensors (same shapes as rank 0's)."""
+    def init_state(self, num_slots: int, num_blocks: int, block_size: int, kv_format: str = "bf16",
+                   num_snapshots: int = 0) -> None:
+        """Every worker allocates its replica of the KV state tensors (same shapes as rank 0's) and of the
+        prefix cache's slot snapshots (each step description carries the restores / saves to apply)."""
         for c in self.conns:
-            c.send(("state", num_slots, num_blocks, block_size, kv_format))
+            c.send(("state", num_slots, num_blocks, block_size, kv_format, num_snapshots))
         self._wait_all("ready", _startup_timeout())
 
     def send_step(self, host: dict) -> None:

@@ -3,7 +3,10 @@ replicated KV state tensors; runs the same forward as rank 0 on every step descr
 
 Protocol over the duplex pipe to rank 0 (see executor.py):
     worker -> ("loaded", rank, weight_bytes) | ("ready", rank) | ("error", rank, traceback)
-    rank 0 -> ("state", num_slots, num_blocks, block_size, kv_format) | ("step", host batch) | ("shutdown",)
+    rank 0 -> ("state", num_slots, num_blocks, block_size, kv_format, num_snapshots) | ("step", host batch)
+              | ("shutdown",)
+A step's "restores" / "saves" (prefix caching, kvcache/snapshots.py) are applied to this rank's state
+replica before / after its forward, exactly as rank 0 does.
 The model collectives (all-reduce / gather) run over the process group built by `make_group`.
 """
 
@@ -54,6 +57,8 @@ def batch_from_host(host: dict, device: torch.device):
 def worker_main(rank: int, world_size: int, spec: dict, conn, store_path: str) -> None:
     from models.parallel import ParallelContext
     from models.sharded_loader import load_model_sharded
+    from kvcache.prefix_cache import apply_state_ops
+    from kvcache.snapshots import allocate_snapshots
     from models.state import allocate_state
 
     logging.basicConfig(level=spec.get("log_level", logging.WARNING),
@@ -72,6 +77,7 @@ def worker_main(rank: int, world_size: int, spec: dict, conn, store_path: str) -
         conn.send(("loaded", rank, nbytes))
         ctx.group = make_group(store_path, rank, world_size, device, spec["init_timeout"], spec["timeout"])
         state = None
+        snaps: list = []  # prefix caching: this rank's slot-state snapshots
         while True:
             if not conn.poll(0.5):
                 if parent is not None and not parent.is_alive():
@@ -81,16 +87,23 @@ def worker_main(rank: int, world_size: int, spec: dict, conn, store_path: str) -
             msg = conn.recv()
             kind = msg[0]
             if kind == "step":
-                batch = batch_from_host(msg[1], device)
-                with torch.inference_mode():
+                host = msg[1]
+                batch = batch_from_host(host, device)
+
+                def forward():
                     hidden = model(batch, state)
                     if batch.logits_indices.numel():
                         model.compute_logits(hidden)  # joins the vocabulary gather to rank 0
+
+                with torch.inference_mode():
+                    apply_state_ops(state, snaps, host.get("restores", ()), host.get("saves", ()), forward)
             elif kind == "state":
-                _, num_slots, num_blocks, block_size, kv_format = msg
+                _, num_slots, num_blocks, block_size, kv_format, num_snapshots = msg
                 state = None
                 kw = {} if kv_format == "bf16" else {"kv_format": kv_format}
                 state = allocate_state(model.cfg, num_slots, num_blocks, block_size, spec["dtype"], device, **kw)
+                snaps = (allocate_snapshots(model.cfg, num_snapshots, block_size, spec["dtype"], device, kv_format)
+                         if num_snapshots else [])
                 conn.send(("ready", rank))
             elif kind == "shutdown":
                 if device.type == "cuda":  # no collective on the way out; see executor._abort_group
