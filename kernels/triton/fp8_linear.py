@@ -1,8 +1,13 @@
-"""Triton FP8 block-scaled linear: y = x @ (W_fp8 * 2^(S-127))^T, scales per 128x128 weight tile.
+"""Triton block linear: y = x @ (W_fp8 * 2^(S-127))^T, scales per 128x128 weight tile (WFMT 1), or
+plain float weights (WFMT 0).
 
 Activations bf16 (dequantized weight tiles feed a bf16 MMA), or quantized in the kernel per token in
 1x128 blocks with UE8M0 scales (ACT_FP8: FP8 x FP8 MMA, the reference act_quant numerics).
-Decode (small M) uses narrow N tiles plus split-K (fp32 atomics) so every SM streams weights.
+Decode (small M) uses narrow N tiles plus split-K so every SM streams weights; the split-K reduces
+itself (partials to a workspace, the last split of a tile sums them: no memset, no extra launch).
+A group grid axis runs several row blocks of one weight on column blocks of x in one launch (the
+grouped wo_a); DUAL streams a second weight with the same tiles for fused epilogues (clamped SwiGLU,
+compressor score + positional bias). Host wrappers: `fp8_linear` here, the glue ops in linear_glue.py.
 """
 
 from __future__ import annotations
@@ -87,11 +92,17 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, w2_ptr, s2_ptr, y_ptr, y2_ptr, ws_pt
                 if DUAL:
                     acc2 += tl.load(wbase + n_tiles * SPLIT_K * (BM * BN) + s * (BM * BN) + tw, cache_modifier=".cg")
             tl.atomic_xchg(cnt_ptr + tile, 0)
+            if ROUND:  # the GEMM results rounded to the activation dtype, as a separate linear's output
+                acc = acc.to(x_ptr.dtype.element_ty).to(tl.float32)
+                acc2 = acc2.to(x_ptr.dtype.element_ty).to(tl.float32)
             _epilogue(acc, acc2, offs_m, offs_n, mmask, nmask, y_ptr, y2_ptr, stride_ym, tab_ptr, idx_ptr, N, R,
-                      alpha, limit, x_ptr.dtype.element_ty, EPI, ROUND)
+                      alpha, limit, EPI)
     else:
+        if ROUND:
+            acc = acc.to(x_ptr.dtype.element_ty).to(tl.float32)
+            acc2 = acc2.to(x_ptr.dtype.element_ty).to(tl.float32)
         _epilogue(acc, acc2, offs_m, offs_n, mmask, nmask, y_ptr, y2_ptr, stride_ym, tab_ptr, idx_ptr, N, R, alpha,
-                  limit, x_ptr.dtype.element_ty, EPI, ROUND)
+                  limit, EPI)
 
 
 @triton.jit
@@ -111,13 +122,9 @@ def _fp8_block_dot(aq, w_ptr, s_ptr, offs_n, nmask, k0, K, stride_wn, stride_sn,
 
 @triton.jit
 def _epilogue(acc, acc2, offs_m, offs_n, mmask, nmask, y_ptr, y2_ptr, stride_ym, tab_ptr, idx_ptr, N, R, alpha,
-              limit, X_DT: tl.constexpr, EPI: tl.constexpr, ROUND: tl.constexpr):
+              limit, EPI: tl.constexpr):
     """EPI 0: y = acc * alpha. 1: y = silu(min(acc, L)) * clamp(acc2, -L, L) (clamped SwiGLU).
-    2: y = acc, y2 = acc2 + tab[idx[m] % R] (compressor score + positional bias). ROUND: the GEMM
-    results are first rounded to the activation dtype, as a separate linear's output would be."""
-    if ROUND:
-        acc = acc.to(X_DT).to(tl.float32)
-        acc2 = acc2.to(X_DT).to(tl.float32)
+    2: y = acc, y2 = acc2 + tab[idx[m] % R] (compressor score + positional bias)."""
     yoff = offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
     ymask = mmask[:, None] & nmask[None, :]
     if EPI == 1:
