@@ -121,6 +121,8 @@ def body_problem(exc: RequestValidationError, content_type: str | None) -> str |
     if err.get("type") == "missing":
         return "The request body is empty; expected a JSON object (Content-Type: application/json)"
     got = err.get("input")
+    if isinstance(got, dict):  # an object after all: a whole-model validation error, reported as such
+        return None
     if isinstance(got, (bytes, bytearray)) or not _is_json_type(content_type):
         if not content_type:
             return ("The request has no Content-Type header; send the body as a JSON object with "

@@ -131,3 +131,15 @@ def test_mid_stream_error_and_levels_are_logged(caplog):
     assert stream.levelno == logging.WARNING
     assert "GET /stream -> 503 ServiceUnavailableError (mid-stream): engine is not running" in stream.getMessage()
     assert boom.levelno == logging.WARNING and "GET /boom -> 500" in boom.getMessage()
+
+
+def test_whole_object_errors_are_not_called_body_problems():
+    from fastapi.exceptions import RequestValidationError
+
+    from server.errors import body_problem
+
+    exc = RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": "Value error, n too big",
+                                   "input": {"n": 9}}])
+    assert body_problem(exc, "application/json") is None
+    exc = RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "msg": "x", "input": b"{}"}])
+    assert "Unsupported Content-Type 'text/plain'" in body_problem(exc, "text/plain")
