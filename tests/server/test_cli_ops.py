@@ -58,3 +58,16 @@ def test_ready_line():
     assert line == ("ready: http://0.0.0.0:8000/v1 serving model 'v4-flash', max_model_len 1,000, KV cache 6,400 "
                     "tokens = 6.25 full-length sequences (at most 8 sequences run at once: --max-num-seqs)")
     assert base_url("::1", 9000) == "http://[::1]:9000"
+
+
+def test_readme_first_example_says_thinking_is_on():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    talk = readme[readme.index("## Talk to it"):]
+    talk = talk[:talk.index("\n## ", 1)]
+    first_example = talk.index("```")
+    note = talk[:first_example]  # said before the first example
+    assert "Thinking is on by default" in note
+    assert '"reasoning_effort": "none"' in note and "--default-reasoning-effort none" in note
+    assert '"reasoning_effort":"none"' in talk[first_example:]  # and shown in a request
