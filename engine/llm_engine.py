@@ -19,7 +19,7 @@ from kvcache.sizing import (choose_block_size, gpu_kv_budget, log_cache_plan, nu
 from models.config import ModelConfig
 from models.loading import load_model
 
-from .async_step import LaunchedStep
+from .async_step import LaunchedStep, logprob_pack
 from .config import EngineArgs, SchedulerConfig
 from .detokenizer import IncrementalDetokenizer
 from .guided.grammar import GuideCompiler, GuideCursor
@@ -286,16 +286,19 @@ class LLMEngine:
             [s.seq.prompt_token_ids for _, s in rows], [s.generator for _, s in rows],
             self.tokenizer.eos_token_id, self.model_config.vocab_size, res.sample_logits.device,
             guides=[s.guide for _, s in rows])
-        out = self.sampler(res.sample_logits, meta)
+        num_lp, meta.max_num_logprobs = (meta.num_logprobs if meta.max_num_logprobs is not None else None), None
+        out = self.sampler(res.sample_logits, meta)  # sample logprobs: packed below, read with the tokens
+        lp = logprob_pack(res.sample_logits, out.token_ids, num_lp) if num_lp is not None else None
         for _, s in rows:
             s.seq.num_pending_tokens += 1
-        return LaunchedStep.start(rows, out.token_ids, out.logprobs)
+        return LaunchedStep.start(rows, out.token_ids, num_lp, lp)
 
     def _process(self, step: LaunchedStep) -> list[RequestOutput]:
         """Host side of a launched step: append its tokens (detokenize, stop checks, free finished
         sequences) -> outputs. Rows of sequences that finished or were aborted after the step was
         launched are dropped (async scheduling ran them one token past their end)."""
         tokens = step.tokens()
+        logprobs = step.logprobs(tokens)
         now = time.monotonic()
         changed: dict[str, RequestState] = {}
         for j, (st, s) in enumerate(step.rows):
@@ -303,8 +306,8 @@ class LLMEngine:
             if s.seq.is_finished:
                 continue
             st.mark("first_token", now)
-            if step.logprobs is not None and s.logprobs is not None:
-                s.logprobs.append(step.logprobs[j])
+            if logprobs is not None and s.logprobs is not None:
+                s.logprobs.append(logprobs[j])
             self._append(st, s, tokens[j])
             changed[st.request_id] = st
         outputs = []

@@ -14,7 +14,7 @@ import asyncio
 import pytest
 import torch
 
-from engine.async_step import needs_host_tokens
+from engine.async_step import logprob_dicts, logprob_pack, needs_host_tokens
 from engine.config import EngineArgs
 from engine.llm_engine import LLMEngine
 from engine.outputs import OutputKind
@@ -223,7 +223,8 @@ def test_abort_mid_flight_identical(tiny_ckpt, reference):
     eos_is(reference[1][3])(eng)
     b = drive(eng, reqs, OutputKind.DELTA, abort_at={"n3": 2})
     for k, s in b["n3"]["samples"].items():
-        assert s["finish_reason"] == "abort" and s["token_ids"] == full["n3"]["samples"][k]["token_ids"][:len(s["token_ids"])]
+        whole = full["n3"]["samples"][k]["token_ids"]
+        assert s["finish_reason"] == "abort" and s["token_ids"] == whole[:len(s["token_ids"])]
     assert len(b["n3"]["samples"][0]["token_ids"]) == 2
 
 
@@ -325,6 +326,20 @@ def test_needs_host_tokens():
                dict(bad_words_token_ids=[[5, 6]]), dict(thinking_budget=3, thinking_end_token_id=7),
                dict(choice_token_ids=[[1, 2]]), dict(guide=object())):
         assert needs_host_tokens(SamplingParams(**kw)), kw
+
+
+def test_logprob_pack_equals_the_samplers_logprobs():
+    """The loop packs sample logprobs on the device and reads them with the tokens: the same dicts as
+    engine.sampler.gather_logprobs on the raw logits (rows without logprobs, logprobs=0, top-k)."""
+    from engine.sampler import gather_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 300, generator=g) * 3
+    tokens = torch.randint(0, 300, (5,), generator=g)
+    for num in ([2, None, 0, 5, 1], [0, 0, None, 0, 0], [None, 3, None, None, 3]):
+        want = gather_logprobs(logits.log_softmax(-1), tokens, num)
+        got = logprob_dicts(logprob_pack(logits, tokens, num).tolist(), tokens.tolist(), num)
+        assert got == want and [list(d) if d else d for d in got] == [list(d) if d else d for d in want]
 
 
 @pytest.mark.gpu
