@@ -7,6 +7,18 @@ Prompts are random words from a fixed list (seeded); each request asks for exact
 output length (`min_tokens` = `max_tokens`, `ignore_eos`) where the server supports the vLLM extras.
 Arrivals are Poisson at --request-rate (inf = all at once), capped by --max-concurrency. Reports
 TTFT, TPOT, ITL (mean/p50/p90/p99, ms), request and token throughput; the last line is JSON.
+
+Prefix caching (shared-prefix / multi-turn mode):
+
+    python -m bench.serve --shared-prefix-len 4000 --turns 4 --num-prompts 32 --input-len 64 128 \
+        --output-len 64 64 --compare-url http://127.0.0.1:8001      # 8001: --no-enable-prefix-caching
+
+--shared-prefix-len W starts every conversation with the same W-word system prompt (a completion
+prompt: the same text prefix); --turns T makes each of --num-prompts conversations T requests in a
+row, each resending the history (the earlier user turns and the server's replies) plus a new user
+turn. The report adds the prefix-cache hit rate (usage.prompt_tokens_details.cached_tokens over the
+prompt tokens) and TTFT of first vs later turns; --compare-url runs the same workload on a second
+server (e.g. one started with --no-enable-prefix-caching) and reports it under "compare".
 """
 
 from __future__ import annotations
@@ -34,6 +46,9 @@ class Result:
     latency: float = 0.0
     prompt_tokens: int = 0
     output_tokens: int = 0
+    cached_tokens: int = 0  # usage.prompt_tokens_details.cached_tokens (prefix-cache hit)
+    turn: int = 0  # 0 = first request of its conversation
+    text: str = ""  # the reply (the next turn's history)
     itl: list[float] = field(default_factory=list)
 
 
@@ -51,14 +66,15 @@ def _chunk_text(obj: dict, chat: bool) -> str:
     return choices[0].get("text") or ""
 
 
-async def one_request(client: httpx.AsyncClient, args, prompt: str, out_len: int) -> Result:
+async def one_request(client: httpx.AsyncClient, args, prompt: str | list[dict], out_len: int) -> Result:
+    """`prompt`: the completion text, or the chat messages (a str is one user message)."""
     chat = args.endpoint == "chat"
     body: dict = {"model": args.model, "stream": True, "max_tokens": out_len, "temperature": 0.0,
                   "stream_options": {"include_usage": True}}
     if not args.no_vllm_extras:
         body.update(ignore_eos=True, min_tokens=out_len)
     if chat:
-        body["messages"] = [{"role": "user", "content": prompt}]
+        body["messages"] = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         if args.reasoning_effort:
             body["reasoning_effort"] = args.reasoning_effort
     else:
@@ -81,7 +97,10 @@ async def one_request(client: httpx.AsyncClient, args, prompt: str, out_len: int
                 if obj.get("usage") and not obj.get("choices"):
                     res.prompt_tokens = obj["usage"].get("prompt_tokens", 0)
                     res.output_tokens = obj["usage"].get("completion_tokens", 0)
-                if _chunk_text(obj, chat):
+                    res.cached_tokens = (obj["usage"].get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+                piece = _chunk_text(obj, chat)
+                if piece:
+                    res.text += piece
                     now = time.perf_counter()
                     if res.ttft == 0.0:
                         res.ttft = now - start
@@ -108,42 +127,86 @@ def _summary(name: str, xs: list[float]) -> dict:
             **{f"p{q}_{name}_ms": _pct(ms, q) for q in (50, 90, 99)}}
 
 
-async def run(args) -> dict:
+def _conversations(args) -> list[tuple[list[str], int]]:
+    """Per conversation: its user turns (the first one carries the shared prefix for completions) and
+    the output length of each of its requests. Seeded: two servers get the same workload."""
     rng = random.Random(args.seed)
-    work = [(make_prompt(rng, rng.randint(*args.input_len)), rng.randint(*args.output_len))
-            for _ in range(args.num_prompts)]
+    return [([make_prompt(rng, rng.randint(*args.input_len)) for _ in range(args.turns)],
+             rng.randint(*args.output_len)) for _ in range(args.num_prompts)]
+
+
+async def _converse(client, args, sem, shared: str, turns: list[str], out_len: int) -> list[Result]:
+    """One conversation: its turns in a row, each resending the history plus a new user turn."""
+    results: list[Result] = []
+    messages: list[dict] = [{"role": "system", "content": shared}] if shared else []
+    text = shared
+    for k, user in enumerate(turns):
+        if args.endpoint == "chat":
+            messages.append({"role": "user", "content": user})
+            prompt: str | list[dict] = list(messages)
+        else:
+            text = f"{text} {user}".strip()
+            prompt = text
+        async with sem:
+            res = await one_request(client, args, prompt, out_len)
+        res.turn = k
+        results.append(res)
+        if not res.ok:
+            break
+        if args.endpoint == "chat":
+            messages.append({"role": "assistant", "content": res.text})
+        else:
+            text += res.text
+    return results
+
+
+async def run_on(args, base_url: str) -> dict:
+    rng = random.Random(args.seed + 1)
+    shared = make_prompt(random.Random(args.seed + 2), args.shared_prefix_len) if args.shared_prefix_len else ""
+    work = _conversations(args)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     limits = httpx.Limits(max_connections=args.max_concurrency or 10000, max_keepalive_connections=None)
     sem = asyncio.Semaphore(args.max_concurrency or 10**9)
-    async with httpx.AsyncClient(base_url=args.base_url, headers=headers, timeout=args.timeout,
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=args.timeout,
                                  limits=limits) as client:
         if not args.model:
             args.model = (await client.get("/v1/models")).json()["data"][0]["id"]
-
-        async def guarded(prompt: str, out_len: int) -> Result:
-            async with sem:
-                return await one_request(client, args, prompt, out_len)
-
         tasks = []
         t0 = time.perf_counter()
-        for prompt, out_len in work:
-            tasks.append(asyncio.create_task(guarded(prompt, out_len)))
+        for turns, out_len in work:
+            tasks.append(asyncio.create_task(_converse(client, args, sem, shared, turns, out_len)))
             if args.request_rate != float("inf"):
                 await asyncio.sleep(rng.expovariate(args.request_rate))
-        results = await asyncio.gather(*tasks)
+        results = [r for conv in await asyncio.gather(*tasks) for r in conv]
         duration = time.perf_counter() - t0
     ok = [r for r in results if r.ok]
     tpot = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1]
     out_tokens = sum(r.output_tokens for r in ok)
-    report = {"endpoint": args.endpoint, "model": args.model, "num_prompts": args.num_prompts,
-              "completed": len(ok), "failed": len(results) - len(ok), "duration_s": duration,
+    prompt_tokens = sum(r.prompt_tokens for r in ok)
+    cached = sum(r.cached_tokens for r in ok)
+    report = {"endpoint": args.endpoint, "model": args.model, "base_url": base_url, "num_prompts": args.num_prompts,
+              "turns": args.turns, "shared_prefix_len": args.shared_prefix_len,
+              "completed": len(ok), "failed": args.num_prompts * args.turns - len(ok), "duration_s": duration,
               "request_rate": args.request_rate, "max_concurrency": args.max_concurrency,
               "request_throughput": len(ok) / duration, "output_throughput": out_tokens / duration,
-              "total_token_throughput": (out_tokens + sum(r.prompt_tokens for r in ok)) / duration,
-              "total_output_tokens": out_tokens, "total_prompt_tokens": sum(r.prompt_tokens for r in ok),
+              "total_token_throughput": (out_tokens + prompt_tokens) / duration,
+              "total_output_tokens": out_tokens, "total_prompt_tokens": prompt_tokens,
+              "total_cached_tokens": cached, "prefix_cache_hit_rate": cached / prompt_tokens if prompt_tokens else 0.0,
               **_summary("ttft", [r.ttft for r in ok]), **_summary("tpot", tpot),
               **_summary("itl", [x for r in ok for x in r.itl]),
+              **_summary("ttft_first_turn", [r.ttft for r in ok if r.turn == 0]),
+              **_summary("ttft_later_turns", [r.ttft for r in ok if r.turn > 0]),
               "errors": sorted({r.error for r in results if not r.ok})[:5]}
+    return report
+
+
+async def run(args) -> dict:
+    report = await run_on(args, args.base_url)
+    if args.compare_url:
+        other = await run_on(args, args.compare_url)
+        report["compare"] = other
+        if other["mean_ttft_ms"]:
+            report["ttft_mean_ratio_vs_compare"] = report["mean_ttft_ms"] / other["mean_ttft_ms"]
     return report
 
 
@@ -163,10 +226,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-vllm-extras", action="store_true", help="do not send ignore_eos / min_tokens")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--shared-prefix-len", type=int, default=0,
+                   help="words of a system prompt (completions: text prefix) every conversation shares")
+    p.add_argument("--turns", type=int, default=1, help="requests per conversation, each resending the history")
+    p.add_argument("--compare-url", default=None,
+                   help="run the same workload on this server too (e.g. --no-enable-prefix-caching)")
     args = p.parse_args(argv)
+    if args.turns < 1 or args.shared_prefix_len < 0:
+        p.error("--turns must be >= 1 and --shared-prefix-len >= 0")
     report = asyncio.run(run(args))
     for key in ("completed", "failed", "duration_s", "request_throughput", "output_throughput",
-                "mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "p99_tpot_ms", "p50_itl_ms", "p99_itl_ms"):
+                "mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "p99_tpot_ms", "p50_itl_ms", "p99_itl_ms",
+                "prefix_cache_hit_rate", "mean_ttft_first_turn_ms", "mean_ttft_later_turns_ms"):
         v = report[key]
         print(f"{key:>22}: {v:.2f}" if isinstance(v, float) else f"{key:>22}: {v}")
     print(json.dumps(report))

@@ -51,19 +51,27 @@ def num_blocks_for_budget(
     caching, `num_snapshot_rows` slot-state snapshots of `snapshot_bytes` each)."""
     per_slot, per_block = state_bytes(cfg, block_size, dtype, kv_format)
     snap = snapshot_bytes(cfg, block_size, dtype, kv_format) if snapshot_interval else 0
-    slots_bytes = num_slots * (per_slot + snap)
-    left = budget_bytes - slots_bytes
+    left = budget_bytes - num_slots * per_slot
     if per_block == 0:  # sliding-window-only model: nothing grows; one nominal block
-        if left < 0:
-            raise ValueError(_budget_msg(budget_bytes, num_slots, per_slot, per_block))
+        if left < num_slots * snap:
+            raise ValueError(_budget_msg(budget_bytes, num_slots, per_slot + snap, per_block))
         return 1
-    n = left // (per_block + snap * block_size / snapshot_interval) if snap else left // per_block
-    n = int(n)
-    while n >= 1 and snap and n * per_block + num_snapshot_rows(n, block_size, snapshot_interval, 0) * snap > left:
-        n -= 1
+    if not snap:
+        n = left // per_block
+    else:  # largest n with n * per_block + num_snapshot_rows(n) * snap <= left (rows = max(slots, n*bs//iv))
+        def fits(k: int) -> bool:
+            return k * per_block + num_snapshot_rows(k, block_size, snapshot_interval, num_slots) * snap <= left
+
+        n_many = int(left // (per_block + snap * block_size / snapshot_interval))
+        while n_many >= 1 and not fits(n_many):
+            n_many -= 1
+        while fits(n_many + 1):  # the floor in the row count can leave room for a few more
+            n_many += 1
+        n_few = min((left - num_slots * snap) // per_block, (num_slots + 1) * snapshot_interval // block_size - 1)
+        n = max(n_many, n_few if n_few >= 1 and fits(n_few) else 0)
     if n < 1:
         raise ValueError(_budget_msg(budget_bytes, num_slots, per_slot + snap, per_block))
-    return n
+    return int(n)
 
 
 # ---- prefix caching: slot-state snapshots (kvcache/snapshots.py) ----------------------------
@@ -87,9 +95,10 @@ def prefix_snapshot_interval(cfg: ModelConfig, block_size: int, dtype: torch.dty
 
 
 def num_snapshot_rows(num_blocks: int, block_size: int, interval: int, num_slots: int) -> int:
-    """Snapshot rows: one per interval of the whole cache, plus one per state slot (prompt ends and
-    divergence points of the running sequences)."""
-    return num_slots + num_blocks * block_size // interval
+    """Snapshot rows: one per interval of the whole cache, at least one per state slot (small caches).
+    Interval, prompt-end and divergence snapshots share the rows (LRU), so at scale the snapshots
+    cost PREFIX_SNAPSHOT_FRACTION of the block bytes whatever the mix."""
+    return max(num_slots, num_blocks * block_size // interval)
 
 
 @dataclass(frozen=True)

@@ -214,3 +214,21 @@ def test_reset_prefix_cache_keeps_running_blocks(flash_ckpt):
             out = o
     assert out.num_cached_tokens == 0
     assert_same(run(ref_eng, A + [1], greedy(), "r"), out)
+
+
+def test_bench_prefix_runs_on_cpu(flash_ckpt, capsys):
+    import json
+
+    from bench.prefix import main as bench_main
+
+    bench_main(["--model", str(flash_ckpt), "--device", "cpu", "--dtype", "float32", "--prefix-len", "100",
+                "--new-len", "8", "--repeats", "1", "--kv", "bf16,fp8_fp4idx", "--block-size", "16",
+                "--interval", "32", "--budget", "32"])
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [f["kv"] for f in res["formats"]] == ["bf16", "fp8_fp4idx"]
+    for f in res["formats"]:
+        # the hit resumes at the prefix's last full block (96 of 108 tokens) and agrees with a cold run
+        assert f["cached_tokens"] == [96] and f["prompt_tokens"] == 108 and f["same_first_token_as_cold"]
+        assert f["cold_after_reset_cached_tokens"] == 0 and f["snapshot_bytes"] > 0 and "ttft_nocache_ms" in f
+    assert res["flash_reference"]["compressed_bytes_per_token"] == 3514.25
+    assert res["flash_reference"]["extra_fraction"] <= 0.25

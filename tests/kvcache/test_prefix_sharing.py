@@ -142,12 +142,15 @@ def test_integrity_detects_wrong_ref_count():
         kv.check_integrity()
 
 
-def test_budget_counts_snapshots():
+@pytest.mark.parametrize("budget", [2 << 20, 8 << 20, 64 << 20])
+def test_budget_counts_snapshots(budget):
     bs, iv, slots = 16, 32, 3
     per_slot, per_block = state_bytes(CFG, bs, torch.float32)
     snap = snapshot_bytes(CFG, bs, torch.float32)
-    budget = 4 << 20
+
+    def cost(n):
+        return slots * per_slot + n * per_block + num_snapshot_rows(n, bs, iv, slots) * snap
+
     n = num_blocks_for_budget(CFG, budget, slots, bs, torch.float32, snapshot_interval=iv)
-    used = slots * per_slot + n * per_block + num_snapshot_rows(n, bs, iv, slots) * snap
-    assert used <= budget < used + per_block + 2 * snap
+    assert cost(n) <= budget < cost(n + 1)  # the largest cache that fits, snapshots included
     assert n < num_blocks_for_budget(CFG, budget, slots, bs, torch.float32)

@@ -67,3 +67,26 @@ def test_two_turn_chat_reports_cached_tokens_and_metrics(served):
     assert engine.engine.kv.pool.num_cached == 0
     r4 = client.chat.completions.create(model=MODEL, messages=turn1, max_tokens=2, temperature=0, extra_body=extra)
     assert r4.usage.prompt_tokens_details.cached_tokens == 0
+
+
+def test_bench_multi_turn_reports_hit_rate_against_a_no_cache_server(served, demo_dir, capsys):
+    import json
+
+    from bench.serve import main as bench_main
+
+    _, base_url = served
+    off = make_engine(demo_dir, block_size=16, enable_prefix_caching=False)
+    off_url, stop = serve(off)
+    try:
+        bench_main(["--base-url", base_url, "--api-key", KEY, "--compare-url", off_url, "--num-prompts", "3",
+                    "--turns", "2", "--shared-prefix-len", "120", "--input-len", "5", "10", "--output-len", "4", "4",
+                    "--max-concurrency", "2"])
+    finally:
+        stop()
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["completed"] == 6 and report["failed"] == 0 and report["turns"] == 2, report
+    assert 0 < report["total_cached_tokens"] < report["total_prompt_tokens"]
+    assert report["prefix_cache_hit_rate"] > 0.3 and report["mean_ttft_later_turns_ms"] > 0
+    cmp = report["compare"]
+    assert cmp["completed"] == 6 and cmp["total_cached_tokens"] == 0 and cmp["prefix_cache_hit_rate"] == 0.0
+    assert cmp["total_prompt_tokens"] == report["total_prompt_tokens"]  # the same workload
