@@ -9,6 +9,11 @@ asyncio.Queue per request. The event loop is never blocked by model work.
     generate() --("add", ...)-->  cmds  -->  engine.add_request
     abort()    --("abort", id)->  cmds  -->  engine.abort_request (frees cache at this step)
     queue.get() <--- call_soon_threadsafe ---  engine.step() outputs (cumulative, delta or final-only)
+
+An exception inside a step kills the engine (vLLM's EngineDeadError): every open stream gets an
+`EngineDeadError`, `is_ready` turns False and `on_death(exc)` runs on the event loop (the server
+exits non-zero so an orchestrator restarts it). `fault_hook` (tests; `V4SERVE_FAULT_AFTER_STEPS=N`
+in the environment) runs before every step and may raise to inject such a fault.
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import queue
 import threading
 import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from models.config import ModelConfig
 from models.loader import validate_checkpoint
@@ -75,6 +81,8 @@ class AsyncLLM:
         self._stop = threading.Event()
         self._dead: BaseException | None = None
         self._num_pending_adds = 0
+        self.on_death: Callable[[BaseException], None] | None = None  # called on the event loop
+        self.fault_hook: Callable[[], None] | None = _env_fault_hook()  # before every step (tests)
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs, defer_load: bool = False) -> "AsyncLLM":
@@ -164,6 +172,12 @@ class AsyncLLM:
         self._cmds.put(("abort", request_id))
         self._wake.set()
 
+    async def abort_all(self) -> None:
+        """Abort every request in flight: each consumer gets its final "abort" output."""
+        for rid in list(self._streams):
+            self._cmds.put(("abort", rid))
+        self._wake.set()
+
     async def reset_prefix_cache(self) -> int:
         """Drop every unreferenced cached block (on the engine thread, between steps) -> blocks dropped."""
         fut = asyncio.get_running_loop().create_future()
@@ -226,6 +240,8 @@ class AsyncLLM:
                     self._wake.wait(_IDLE_WAIT_S)
                     self._wake.clear()
                     continue
+                if self.fault_hook is not None:
+                    self.fault_hook()
                 for out in eng.step():
                     self._post(out.request_id, out)
                 self._stats = eng.stats()
@@ -242,3 +258,19 @@ class AsyncLLM:
             err = EngineDeadError(f"the engine stopped after an internal error: {e}")
             for rid in list(self._streams):
                 self._post(rid, err)
+            if self.on_death is not None and self._loop is not None:  # after the errors: FIFO
+                self._loop.call_soon_threadsafe(self.on_death, e)
+
+
+def _env_fault_hook() -> Callable[[], None] | None:
+    """`V4SERVE_FAULT_AFTER_STEPS=N`: the (N+1)-th engine step raises (fault-injection tests)."""
+    raw = os.environ.get("V4SERVE_FAULT_AFTER_STEPS")
+    if not raw:
+        return None
+    left = [int(raw)]
+
+    def hook() -> None:
+        if left[0] <= 0:
+            raise RuntimeError("injected engine fault (V4SERVE_FAULT_AFTER_STEPS)")
+        left[0] -= 1
+    return hook

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from server.chat_format import SpecialTokens
 from server.errors import (APIError, InvalidRequest, check_text, error_body, error_response,
                            install_exception_handlers, to_api_error)
+from server.limits import DEFAULT_MAX_REQUEST_BODY_BYTES, BodySizeLimitMiddleware, OffLoopJSONRoute
 from server.metrics import HttpMetricsMiddleware, ServerMetrics
 from server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
                              warn_unknown_fields)
@@ -28,6 +29,7 @@ from server.request_log import ErrorLogMiddleware
 from server.serving_chat import create_chat_completion, tokenize_chat
 from server.serving_common import ServerState
 from server.serving_completion import create_completion
+from server.shutdown import DEFAULT_SHUTDOWN_TIMEOUT_S, Drain, DrainMiddleware
 
 logger = logging.getLogger("v4serve.server")
 _OPEN_PATHS = ("/health", "/metrics", "/version")
@@ -85,22 +87,27 @@ class RequestIdAuthMiddleware:
 
 def create_app(engine, *, served_model_name: str, api_key: str | None = None,
                default_reasoning_effort: str | None = None, max_queued_requests: int | None = None,
-               on_engine_failure=None, on_engine_ready=None) -> FastAPI:
-    """`on_engine_failure(exc)`: called when the engine fails to start (the CLI stops the server);
+               on_engine_failure=None, on_engine_ready=None,
+               max_request_body_bytes: int | None = DEFAULT_MAX_REQUEST_BODY_BYTES,
+               shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> FastAPI:
+    """`on_engine_failure(exc)`: called when the engine fails to start or dies later (the CLI stops
+    the server and exits non-zero); `app.state.drain`: the bounded shutdown (`server/shutdown.py`);
     `on_engine_ready()`: called on the event loop once it is ready (the CLI logs the start-up summary)."""
     metrics = ServerMetrics(engine.stats, served_model_name)
     try:
         special = SpecialTokens.from_tokenizer(engine.tokenizer)
     except ValueError as e:  # chat is refused with a clear 400; completions still work
         special = e
+    drain = Drain(engine, shutdown_timeout)
     state = ServerState(engine=engine, served_model_name=served_model_name, metrics=metrics,
-                        default_reasoning_effort=default_reasoning_effort, special=special)
+                        default_reasoning_effort=default_reasoning_effort, special=special, drain=drain)
     startup: dict[str, object] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         async def start() -> None:
             try:
+                engine.on_death = died
                 await engine.start()
                 startup["started"] = True
                 logger.info("engine ready: serving %s", served_model_name)
@@ -111,6 +118,11 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
                 logger.exception("engine failed to start")
                 if on_engine_failure is not None:
                     on_engine_failure(e)
+        def died(exc: BaseException) -> None:  # an engine step raised: in-flight requests have their error
+            logger.error("the engine died (%s): /health answers 503, the server stops", exc)
+            if on_engine_failure is not None:
+                on_engine_failure(exc)
+
         task = asyncio.create_task(start())
         try:
             yield
@@ -122,8 +134,11 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
             await engine.shutdown()
 
     app = FastAPI(title="v4serve", version=_version(), lifespan=lifespan)
-    app.state.v4 = state
+    app.router.route_class = OffLoopJSONRoute  # before the routes: big JSON bodies decode in a thread
+    app.state.v4, app.state.drain = state, drain
     install_exception_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_request_body_bytes)
+    app.add_middleware(DrainMiddleware, drain=drain)  # 503 while shutting down; counts requests in flight
     app.add_middleware(RequestIdAuthMiddleware, api_key=api_key)
     app.add_middleware(ErrorLogMiddleware)  # outside the auth middleware: sees its 401s and 500s
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
@@ -190,6 +205,7 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
     @app.post("/tokenize")
     async def tokenize(req: TokenizeRequest):
         check_model(req.model)
+        warn_unknown_fields(req, "/tokenize")
         tok = engine.tokenizer
         if (req.prompt is None) == (req.messages is None):
             raise InvalidRequest("give exactly one of prompt or messages", param="prompt")
@@ -203,12 +219,12 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
             prompt = req.prompt
             add = True if req.add_special_tokens is None else req.add_special_tokens
             tokens = await asyncio.to_thread(tok.encode, check_text(prompt, "prompt"), add)
-        warn_unknown_fields(req, "/tokenize")
         return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.max_model_len, "prompt": prompt}
 
     @app.post("/detokenize")
     async def detokenize(req: DetokenizeRequest):
         check_model(req.model)
+        warn_unknown_fields(req, "/detokenize")
         tok = engine.tokenizer
         bad = [t for t in req.tokens if not 0 <= t < tok.vocab_size]
         if bad:
@@ -216,4 +232,3 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
         return {"prompt": tok.decode(req.tokens, skip_special_tokens=False)}
 
     return app
-        warn_unknown_fields(req, "/detokenize")

@@ -194,11 +194,24 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.command == "serve":
         try:
-            return serve(ns)
+            rc = serve(ns)
         except (ValueError, OSError) as e:  # bad flags, unreadable or missing checkpoint files
             print(f"v4serve: error: {e}", file=sys.stderr)
             return 2
+        if argv is None:  # the program itself: skip torch's seconds-long interpreter teardown, so a
+            _exit_now(rc)  # stop signal ends the process within --shutdown-timeout + ~1 s
+        return rc
     return 2
+
+
+def _exit_now(rc: int) -> None:
+    """Everything is stopped and logged: flush and leave without the interpreter's teardown."""
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
 
 
 if __name__ == "__main__":

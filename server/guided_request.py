@@ -88,4 +88,6 @@ async def attach_guide(engine: Any, params: SamplingParams, param: str | None) -
         guide = await asyncio.to_thread(compiler.compile, *spec)
     except ValueError as e:
         raise InvalidRequest(str(e), param=param) from None
+    except RecursionError:  # a hostile nesting depth fails this request only, as a 400
+        raise InvalidRequest("the grammar is nested too deeply", param=param) from None
     return params.with_updates(guide=guide)

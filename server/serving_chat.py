@@ -180,6 +180,7 @@ async def create_chat_completion(state: ServerState, req: ChatCompletionRequest,
         return StreamingResponse(_stream(ctx, gen, first, timer), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     (out,) = await collect(raw_request, state.engine, [(ctx.request_id, gen)], [timer])
+    state.check_not_aborted_by_shutdown([out])
     ctx.log(out)
     return JSONResponse(_response(ctx, out))
 

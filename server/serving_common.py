@@ -31,6 +31,13 @@ class ServerState:
     default_reasoning_effort: str | None = None
     special: Any = None  # server.chat_format.SpecialTokens, or the ValueError saying why not
     token_text_cache: dict[int, str] = field(default_factory=dict)
+    drain: Any = None  # server.shutdown.Drain: `aborted` once shutdown cut the requests in flight
+
+    def check_not_aborted_by_shutdown(self, outs: list[RequestOutput]) -> None:
+        """A non-streaming request aborted by the bounded shutdown gets a 503 envelope, not a reply."""
+        if self.drain is not None and self.drain.aborted and \
+                any(c.finish_reason == "abort" for o in outs for c in o.outputs):
+            raise APIError(503, "the server is shutting down: the request was aborted")
 
     def token_namer(self, as_ids: bool | None) -> Callable[[int], str]:
         """How logprobs name a token: its text, or "token_id:{id}" (vLLM's return_tokens_as_token_ids)."""

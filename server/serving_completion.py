@@ -4,6 +4,7 @@ Non-streaming requests read the engine's final-only outputs, streams its delta o
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import suppress
 from typing import Any, AsyncIterator
@@ -57,7 +58,7 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw_requ
     req.check_supported()
     warn_unknown_fields(req, "/v1/completions")
     base_id = new_id("cmpl")
-    prompts = _prepare(state, req, base_id)
+    prompts = await asyncio.to_thread(_prepare, state, req, base_id)  # tokenizing megabytes: off the event loop
     engine = state.engine
     param = guided_param(req)
     for p in prompts:  # one compile: the grammar cache serves the other prompts
@@ -83,6 +84,7 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw_requ
         body = _stream(state, req, prompts, gens, firsts, timers, base_id, created, started)
         return StreamingResponse(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     outs = await collect(raw_request, engine, gens, timers)
+    state.check_not_aborted_by_shutdown(outs)
     choices = []
     for i, (p, out) in enumerate(zip(prompts, outs)):
         for c in sorted(out.outputs, key=lambda c: c.index):
