@@ -158,9 +158,16 @@ def _check(x, hc):
         raise ValueError(f"x has {x.shape[1]} streams, expected {hc}")
 
 
+def _empty(x, hc):
+    n, _, d = x.shape
+    return (x.new_empty(n, d), x.new_empty(n, hc, dtype=torch.float32), x.new_empty(n, hc, hc, dtype=torch.float32))
+
+
 def hc_pre(x, fn, base, scale, hc, iters, hc_eps, norm_eps, norm_weight=None):
     """Same contract as kernels.ref.mhc.hc_pre."""
     _check(x, hc)
+    if x.shape[0] == 0:
+        return _empty(x, hc)
     x = x.contiguous()
     xo, part, sq, split = _mix(x, _f32(fn))
     return _finish(xo, part, sq, split, _f32(base), _f32(scale), norm_weight, iters, hc_eps, norm_eps, False)
@@ -169,6 +176,8 @@ def hc_pre(x, fn, base, scale, hc, iters, hc_eps, norm_eps, norm_weight=None):
 def hc_post_pre(o, x, post, comb, fn, base, scale, hc, iters, hc_eps, norm_eps, norm_weight=None):
     """Same contract as kernels.ref.mhc.hc_post_pre."""
     _check(x, hc)
+    if x.shape[0] == 0:
+        return (torch.empty_like(x),) + _empty(x, hc)
     x = x.contiguous()
     xo, part, sq, split = _mix(x, _f32(fn), o.contiguous(), _f32(post), _f32(comb))
     return (xo,) + _finish(xo, part, sq, split, _f32(base), _f32(scale), norm_weight, iters, hc_eps, norm_eps,
@@ -209,6 +218,8 @@ def hc_head(x, fn, base, scale, hc_eps, norm_eps, norm_weight=None):
     """Same contract as kernels.ref.mhc.hc_head."""
     hc = x.shape[1]
     _check(x, hc)
+    if x.shape[0] == 0:
+        return _empty(x, hc)[0]
     x = x.contiguous()
     xo, part, sq, split = _mix(x, _f32(fn))
     return _finish(xo, part, sq, split, _f32(base), _f32(scale), norm_weight, 1, hc_eps, norm_eps, True)[0]
