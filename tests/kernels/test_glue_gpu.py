@@ -46,8 +46,9 @@ def test_mhc_gpu(n):
     r0 = ref_mhc.hc_post_pre(o, x, p0, c0, fn, base, scale, HC, 20, 1e-6, 1e-6, w)
     r1 = tri.hc_post_pre(o, x, p0, c0, fn, base, scale, HC, 20, 1e-6, 1e-6, w)
     assert _rel(r1[0], r0[0]) < 1e-2 and _rel(r1[1], r0[1]) < 1e-2
-    torch.testing.assert_close(r1[2], r0[2], rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(r1[3], r0[3], rtol=1e-3, atol=1e-3)
+    # X' is rounded to bf16 once here, after each of three ops in the twin: the mixers see ~1e-3 noise
+    torch.testing.assert_close(r1[2], r0[2], rtol=1e-2, atol=5e-3)
+    torch.testing.assert_close(r1[3], r0[3], rtol=1e-2, atol=5e-3)
     hfn, hbase, hscale = fn[:HC], base[:HC], scale[:1]
     assert _rel(tri.hc_head(x, hfn, hbase, hscale, 1e-6, 1e-6, w), ref_mhc.hc_head(x, hfn, hbase, hscale, 1e-6, 1e-6,
                                                                                       w)) < 1e-2
