@@ -12,9 +12,11 @@ counts it, so the sequence decodes again in N+1 at the pending token's position,
 takes that input id from step N's device tensor (`DeviceTokens`). A sequence found finished while
 processing N has its step-N+1 token dropped (its cache was freed when it finished).
 
-`needs_host_tokens(params)`: rows whose NEXT sampling metadata depends on the tokens themselves
-(not only on their count) make the engine process step N before it schedules N+1 (a synchronous
-step). min_tokens needs only the count, so it stays overlapped.
+Rows whose NEXT sampling depends on the pending tokens themselves make the engine process step N
+before it schedules N+1 (a synchronous step): `needs_host_tokens(params)` (grammars, guided_choice,
+multi-token bad words) and a thinking budget once forcing is possible (`LaunchedStep.start`).
+min_tokens needs only the count (placeholders); penalties get the pending tokens added to their
+count / seen tables on the device (`add_pending_to_penalties`): both stay overlapped.
 """
 
 from __future__ import annotations
@@ -40,13 +42,19 @@ class DeviceTokens:
 
 
 def needs_host_tokens(p: SamplingParams) -> bool:
-    """True when sampling this row's next token needs its previous tokens on the host: penalties
-    (token counts), structured outputs and guided_choice (the grammar / choice prefix advances with
-    every token), the thinking budget (was the end token generated?) and multi-token bad words (does
-    the output end with a word's prefix?)."""
-    return (p.needs_penalties or p.guide is not None or p.choice_token_ids is not None
-            or p.thinking_budget is not None
+    """True when sampling this row's next token always needs its previous tokens on the host:
+    structured outputs and guided_choice (the grammar / choice prefix advances with every token) and
+    multi-token bad words (does the output end with a word's prefix?)."""
+    return (p.guide is not None or p.choice_token_ids is not None
             or any(len(w) > 1 for w in p.bad_words_token_ids or ()))
+
+
+def may_force(p: SamplingParams, s: SampleState) -> bool:
+    """Thinking budget: the row's next draw (output index = appended + pending tokens) may be forced
+    to the end token, unless the host already saw that token. Before the budget nothing is forced,
+    whatever the pending tokens are."""
+    return (p.thinking_budget is not None and not s.thinking_ended
+            and s.seq.num_output_tokens + s.seq.num_pending_tokens >= p.thinking_budget)
 
 
 @dataclass
@@ -77,7 +85,7 @@ class LaunchedStep:
             else:
                 host, host_lp = token_ids, logprobs
         row_of = {s.seq: j for j, (_, s) in enumerate(rows)}
-        needs = any(st.needs_host_tokens for st, _ in rows)
+        needs = any(st.needs_host_tokens or may_force(st.params, s) for st, s in rows)
         return cls(rows, token_ids, host, ready, num_logprobs, host_lp, row_of, needs)
 
     def tokens(self) -> list[int]:
@@ -139,3 +147,25 @@ def logprob_dicts(pack: list[float], tokens: list[int],
             d.setdefault(int(pack[top_ids + i * k + j]), pack[top_lp + i * k + j])
         out.append(d)
     return out
+
+
+def add_pending_to_penalties(meta, rows, prev: LaunchedStep) -> None:
+    """Penalty rows of a step built while `prev`'s tokens are still pending: their output-count and
+    seen tables (built from the host lists) get those tokens added on the device, so they equal the
+    tables of the full output. `meta` is engine.sampler.SamplingMetadata with penalty_rows set, its
+    penalty sub-rows in row order of the rows whose params need penalties."""
+    sub, src = [], []
+    for k, i in enumerate(i for i, (st, _) in enumerate(rows) if st.params.needs_penalties):
+        seq = rows[i][1].seq
+        if seq.num_pending_tokens:
+            sub.append(k)
+            src.append(prev.row_of[seq])
+    if not sub:
+        return
+    dev = prev.token_ids.device
+    toks = prev.token_ids.index_select(0, torch.tensor(src, dtype=torch.long).to(dev, non_blocking=True))
+    sub_t = torch.tensor(sub, dtype=torch.long).to(dev, non_blocking=True)
+    if meta.output_counts is not None:
+        meta.output_counts.index_put_((sub_t, toks), torch.ones(len(sub), device=dev), accumulate=True)
+    if meta.seen_mask is not None:
+        meta.seen_mask.index_put_((sub_t, toks), torch.ones(len(sub), dtype=torch.bool, device=dev))

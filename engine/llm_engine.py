@@ -19,7 +19,7 @@ from kvcache.sizing import (choose_block_size, gpu_kv_budget, log_cache_plan, nu
 from models.config import ModelConfig
 from models.loading import load_model
 
-from .async_step import LaunchedStep, logprob_pack
+from .async_step import LaunchedStep, add_pending_to_penalties, logprob_pack
 from .config import EngineArgs, SchedulerConfig
 from .detokenizer import IncrementalDetokenizer
 from .guided.grammar import GuideCompiler, GuideCursor
@@ -286,6 +286,8 @@ class LLMEngine:
             [s.seq.prompt_token_ids for _, s in rows], [s.generator for _, s in rows],
             self.tokenizer.eos_token_id, self.model_config.vocab_size, res.sample_logits.device,
             guides=[s.guide for _, s in rows])
+        if prev is not None and meta.penalty_rows is not None:
+            add_pending_to_penalties(meta, rows, prev)
         num_lp, meta.max_num_logprobs = (meta.num_logprobs if meta.max_num_logprobs is not None else None), None
         out = self.sampler(res.sample_logits, meta)  # sample logprobs: packed below, read with the tokens
         lp = logprob_pack(res.sample_logits, out.token_ids, num_lp) if num_lp is not None else None
@@ -336,6 +338,8 @@ class LLMEngine:
         self.generation_tokens_total += 1
         if s.guide is not None:
             s.guide.advance(token)
+        if token == p.thinking_end_token_id:
+            s.thinking_ended = True
         k = seq.sample_index
         eos = self.tokenizer.eos_token_id
         if token == eos and not p.ignore_eos:
@@ -358,11 +362,14 @@ class LLMEngine:
         st.finish_sample(k, status.finish_reason, stop_reason)
 
 
+_PENDING = 1 << 62  # placeholder id of a pending token: past every vocabulary, so no table counts it
+
+
 def _outputs_for_sampling(p: SamplingParams, seq: Sequence) -> list[int]:
     """The output tokens SamplingMetadata sees. A pending token (async scheduling) is not on the host:
-    rows whose sampling reads the tokens themselves never have one (async_step.needs_host_tokens);
-    the others read only the count (min_tokens), so placeholders stand in while it matters."""
+    rows whose sampling reads the tokens themselves never have one (engine/async_step.py), penalty
+    tables get it on the device, min_tokens reads only the count: placeholders stand in while it matters."""
     out = seq.output_token_ids
     if seq.num_pending_tokens and len(out) < p.min_tokens:
-        return out + [0] * seq.num_pending_tokens
+        return out + [_PENDING] * seq.num_pending_tokens
     return out

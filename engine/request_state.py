@@ -26,6 +26,7 @@ class SampleState:
     stop_reason: int | str | None = None
     num_tokens_sent: int = 0  # DELTA: generated tokens (and logprobs) already in an output
     guide: GuideCursor | None = None  # structured output: this sequence's place in the grammar
+    thinking_ended: bool = False  # thinking budget: the end token is among the appended tokens
 
 
 @dataclass

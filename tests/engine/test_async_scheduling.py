@@ -183,8 +183,8 @@ def test_preemption_with_a_tiny_cache_identical(tiny_ckpt, reference):
 
 
 def test_host_dependent_sampling_identical(tiny_ckpt, reference):
-    """Grammars, guided_choice, penalties, multi-token bad words and the thinking budget read the
-    previous tokens: their steps run synchronously, mixed with overlapped plain rows."""
+    """Grammars, guided_choice, multi-token bad words and a thinking budget about to force read the
+    previous tokens (synchronous steps); penalties get them on the device; mixed with plain rows."""
     p, toks, _ = reference
     with_end = SamplingParams(max_tokens=10, thinking_budget=4, thinking_end_token_id=toks[9],
                               skip_special_tokens=False, **GREEDY)
@@ -197,6 +197,8 @@ def test_host_dependent_sampling_identical(tiny_ckpt, reference):
         ("json", prompt(11, 23), SamplingParams(max_tokens=15, temperature=1.0, seed=6, guided_json_object=True), 2),
         ("penalties", p, SamplingParams(max_tokens=12, repetition_penalty=1.3, frequency_penalty=0.5,
                                         presence_penalty=0.2, **GREEDY), 3),
+        ("pen_seeded", prompt(14, 25), SamplingParams(n=2, max_tokens=16, temperature=1.0, seed=12, top_k=3,
+                                                      frequency_penalty=1.5, min_tokens=5, ignore_eos=True), 1),
         ("bad_words", p, SamplingParams(max_tokens=12, bad_words_token_ids=[[toks[2], toks[3]]], **GREEDY), 3),
         ("thinking", p, with_end, 4),
         ("seeded", prompt(15, 24), SamplingParams(temperature=1.0, seed=8, max_tokens=10, ignore_eos=True), 5),
@@ -321,11 +323,55 @@ def test_engine_args_switch():
 
 
 def test_needs_host_tokens():
-    assert not needs_host_tokens(SamplingParams(min_tokens=4, logprobs=2, bad_words_token_ids=[[5]], seed=1))
-    for kw in (dict(repetition_penalty=1.1), dict(presence_penalty=0.3), dict(frequency_penalty=-0.2),
-               dict(bad_words_token_ids=[[5, 6]]), dict(thinking_budget=3, thinking_end_token_id=7),
-               dict(choice_token_ids=[[1, 2]]), dict(guide=object())):
+    for kw in (dict(min_tokens=4, logprobs=2, bad_words_token_ids=[[5]], seed=1), dict(repetition_penalty=1.1),
+               dict(presence_penalty=0.3, frequency_penalty=-0.2), dict(thinking_budget=3, thinking_end_token_id=7)):
+        assert not needs_host_tokens(SamplingParams(**kw)), kw
+    for kw in (dict(bad_words_token_ids=[[5, 6]]), dict(choice_token_ids=[[1, 2]]), dict(guide=object())):
         assert needs_host_tokens(SamplingParams(**kw)), kw
+
+
+def test_penalties_and_thinking_budget_overlap(tiny_ckpt, reference):
+    """Penalty rows decode from device inputs every step (their tables get the pending token on the
+    device); a thinking-budget row does until its budget could force the end token, then runs
+    synchronously until the end token is on the host, then overlaps again."""
+    p, toks, _ = reference
+    budget, end = 6, toks[12]
+    fresh = next(t for t in range(2, 500) if t not in p)
+    runs = {}
+    for on in (False, True):
+        eng = make_engine(tiny_ckpt, on, enable_prefix_caching=False)  # one prefill chunk per prompt
+        dev_rows: list[int] = []
+        execute = eng.runner.execute
+
+        def spy(sched, want_prompt, device_tokens=None, _execute=execute, _rows=dev_rows):
+            _rows.append(len(device_tokens.chunk_idx) if device_tokens is not None else 0)
+            return _execute(sched, want_prompt, device_tokens) if device_tokens is not None else \
+                _execute(sched, want_prompt)
+
+        eng.runner.execute = spy
+        # a biased token is taken until its count's penalty outweighs the bias: off by one if the
+        # pending token were not counted
+        reqs = [("pen", p, SamplingParams(max_tokens=14, frequency_penalty=2.0, logit_bias={toks[0]: 7.0},
+                                          **GREEDY), 0)]
+        runs[on, "pen"] = drive(eng, reqs)["pen"]["samples"][0]["token_ids"], list(dev_rows)
+        # the seen table: a strongly biased token is taken once, then the repetition penalty bans it
+        rep = SamplingParams(max_tokens=6, repetition_penalty=50.0, logit_bias={fresh: 30.0}, **GREEDY)
+        runs[on, "rep"] = drive(eng, [("rep", p, rep, 0)])["rep"]["samples"][0]["token_ids"], []
+        dev_rows.clear()
+        think = SamplingParams(max_tokens=14, thinking_budget=budget, thinking_end_token_id=end,
+                               skip_special_tokens=False, **GREEDY)
+        runs[on, "think"] = drive(eng, [("think", p, think, 0)])["think"]["samples"][0]["token_ids"], list(dev_rows)
+    assert runs[False, "pen"][0].count(toks[0]) >= 2 and runs[False, "rep"][0].count(fresh) == 1
+    for kind in ("pen", "rep", "think"):
+        assert runs[False, kind][0] == runs[True, kind][0]
+        assert not any(runs[False, kind][1])
+    assert runs[True, "pen"][1] == [0] + [1] * 13  # every decode step after the prefill overlapped
+    think_toks, rows = runs[True, "think"]
+    assert think_toks[budget] == end and end not in think_toks[:budget]
+    # launch k draws output index k-1: launches 2..budget overlap; the draw at index `budget` may be
+    # forced, and the next one waits for the end token to reach the host: both are launched after the
+    # previous step was processed (no device inputs); then overlapped again
+    assert rows == [0] + [1] * (budget - 1) + [0, 0] + [1] * (14 - budget - 2)
 
 
 def test_logprob_pack_equals_the_samplers_logprobs():
