@@ -91,3 +91,85 @@ def per_layer_launches(model, batch, state) -> tuple[float, dict[str, int], dict
         finally:
             model.layers = layers
     return (full_n - base_n) / len(layers), full, base
+
+
+# ---- CPU proxy (interpreter): torch ops + Triton launches of a decode forward ------------------------
+_NO_LAUNCH = {"view", "_unsafe_view", "reshape", "expand", "unsqueeze", "squeeze", "t", "transpose", "permute",
+              "select", "slice", "split", "split_with_sizes", "unbind", "as_strided", "alias", "detach", "empty",
+              "empty_like", "empty_strided", "unflatten", "flatten", "lift_fresh", "diagonal", "narrow", "view_as",
+              "expand_as", "_reshape_alias", "new_empty", "new_empty_strided", "sym_size", "sym_stride",
+              "is_same_size", "_has_compatible_shallow_copy_type"}
+HOST_SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "item"}
+
+
+def proxy_launches(ratios=(4, 128), batch: int = 2, prompt: int = 9) -> dict:
+    """Under TRITON_INTERPRET=1 on CPU with every op on its Triton path: the torch ops that would launch
+    a kernel on CUDA (everything but views and allocations) plus the Triton launches of one decode
+    forward, per layer (full forward minus the forward without layers), and any host-syncing op
+    (.item() / int() / bool() of a tensor, nonzero, boolean-mask indexing; a CPU .tolist() is invisible)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from triton.runtime.interpreter import InterpretedFunction
+
+    import kernels
+    from models.config import tiny_config
+    from models.state import batch_metadata
+    from tests.models.oracle import our_model, random_state_dict
+
+    counts: Counter = Counter()
+    inside = [0]  # torch ops run by the interpreter itself are not kernels
+
+    class _Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.__name__.split(".")[0]
+            if name == "index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1]):
+                name = "masked_select"  # boolean-mask indexing: a data-dependent shape
+            if not inside[0] and name not in _NO_LAUNCH:
+                counts[("SYNC:" if name in HOST_SYNC_OPS else "aten:") + name] += 1
+            return func(*args, **(kwargs or {}))
+
+    run = InterpretedFunction.run
+
+    def counted_run(self, *a, **k):
+        if not inside[0]:
+            counts["triton:" + self.fn.__name__] += 1
+        inside[0] += 1
+        try:
+            return run(self, *a, **k)
+        finally:
+            inside[0] -= 1
+
+    cfg = tiny_config(compress_ratios=tuple(ratios), index_topk=4)
+    model = our_model(cfg, random_state_dict(cfg, seed=3))
+    bs = max(128, cfg.ratio_lcm)
+    state = model.new_state(num_slots=batch, num_blocks=batch, block_size=bs)
+    tables = torch.arange(batch).view(batch, 1)
+    g = torch.Generator().manual_seed(0)
+    kernels.set_backend("triton")
+    InterpretedFunction.run = counted_run
+    try:
+        with torch.no_grad():
+            ids = torch.randint(0, cfg.vocab_size, (batch * prompt,), generator=g)
+            model(batch_of(ids, [prompt] * batch, [0] * batch, tables), state)
+            out = {}
+            for tag in ("full", "base"):
+                b = batch_of(torch.randint(0, cfg.vocab_size, (batch,), generator=g), [1] * batch, [prompt] * batch,
+                             tables)
+                batch_metadata(b)
+                layers = model.layers
+                if tag == "base":
+                    model.layers = torch.nn.ModuleList()
+                counts.clear()
+                try:
+                    with _Count():
+                        model(b, state)
+                finally:
+                    model.layers = layers
+                out[tag] = Counter(counts)
+    finally:
+        InterpretedFunction.run = run
+        kernels.set_backend("auto")
+    full, base = out["full"], out["base"]
+    return {"per_layer": (sum(full.values()) - sum(base.values())) / len(ratios), "full": dict(full),
+            "base": dict(base), "syncs": {k: v for k, v in full.items() if k.startswith("SYNC:")}}

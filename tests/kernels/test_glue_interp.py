@@ -169,3 +169,17 @@ def test_model_glue_interp_matches_twins():
     ref, got = outs["ref"], outs["triton"]
     assert ref.abs().max() > 0.1
     assert ((got - ref).norm() / ref.norm()).item() < 1e-4
+
+
+def test_decode_launch_proxy_interp():
+    """CPU proxy of the CUDA launch count (torch ops that launch + Triton launches) of a decode forward
+    with every op on its Triton path, CSA + HCA layers: <= 40 per layer and no host-syncing op (.item(),
+    .tolist(), nonzero, ...). The real count is test_glue_gpu.test_decode_launches_per_layer."""
+    from tests.kernels.glue_cases import proxy_launches
+    interp_modules("mhc", "norm", "fp8_linear", "linear_glue", "routing", "moe", "attention", "indexer",
+                   "compressor")
+    r = proxy_launches()
+    print(r)
+    assert not r["syncs"], r["syncs"]
+    assert r["per_layer"] <= 40
+    assert r["full"].get("triton:_finish_kernel", 0) >= 4  # the fused mHC path ran
