@@ -336,6 +336,8 @@ def main(argv=None):
                "gpu_mem_gb": round(torch.cuda.memory_allocated() / 2**30, 1)}
         cached_model = eng.model
         vocab_hi = min(120000, eng.tokenizer.vocab_size - 300)
+        global VOCAB_LO
+        VOCAB_LO = min(VOCAB_LO, vocab_hi // 4)
         mb = model_bytes(eng.model)
         fmt["weight_gb"] = round(mb["total"] / 1e9, 2)
         E, K = cfg.n_routed_experts, cfg.num_experts_per_tok

@@ -10,13 +10,15 @@ Two kernels per tile of query rows:
                   compaction pass writes every e with key > T and the lowest-index ties == T into
                   out[row, :k] (tl.cumsum + a running counter). Rows with <= k eligible entries
                   just list 0..limit-1. Unused slots are -1. Rows of <= REG_TOPK_MAX entries run
-                  the same passes on the row held in registers (IN_REG: read once).
+                  the same passes on the row held in registers (IN_REG: read once). Fewer than 132 longer rows (decode at
+long context) split each row over programs instead (kernels/triton/topk_long.py).
 Long prefill: rows are processed in tiles of at most `row_tile` tokens so the score buffer is
 [row_tile, E] (bounded), never [T, E].
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -174,6 +176,7 @@ def _topk_kernel(scores_ptr, pos_ptr, out_ptr, row0, score_stride, out_stride,
                 cnt_eq += tl.sum(ei, 0)
 
 
+_SPLIT = {"on": os.environ.get("V4_TOPK_SPLIT", "1") == "1"}  # topk_long for few long rows (off on failure)
 REG_TOPK_MAX = 8192  # rows up to this many entries (32K context at ratio 4) use the in-register kernel
 
 
@@ -182,6 +185,15 @@ def topk_rows(scores: torch.Tensor, positions: torch.Tensor, out: torch.Tensor, 
     """Select the top-k of scores[r, :(pos[row0+r]+1)//ratio] into out[row0+r] for r < n_rows."""
     e_cap = scores.shape[1]
     reg_max = REG_TOPK_MAX if reg_max is None else reg_max
+    if e_cap > reg_max and _SPLIT["on"]:
+        from .topk_long import topk_rows_split, use_split
+        if use_split(n_rows, e_cap, topk):  # few long rows (decode at long context): chunks over programs
+            try:
+                return topk_rows_split(scores, positions, out, row0, n_rows, topk, ratio)
+            except (triton.CompilationError, triton.OutOfResources) as e:  # compile-time only: fall back
+                _SPLIT["on"] = False
+                logging.getLogger("v4serve.kernels").warning("split top-k unavailable (%s); streaming kernel",
+                                                             repr(e)[:200])
     if e_cap <= reg_max:
         block = max(16, triton.next_power_of_2(e_cap))
         warps = 4 if INTERPRET else (8 if block <= 2048 else 16)  # H200 sweep (docs/benchmarks.md)

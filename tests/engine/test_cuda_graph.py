@@ -48,7 +48,8 @@ def _tokens(outs):
 
 
 def test_buckets_and_decode_detection():
-    assert batch_buckets(256) == [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256]
+    assert batch_buckets(256) == [1, 2, 4, 8, 16, 32, 64, 128, 192, 256]
+    assert batch_buckets(100) == [1, 2, 4, 8, 16, 32, 64, 100]
     assert batch_buckets(5) == [1, 2, 4, 5]
     assert batch_buckets(1) == [1]
 
