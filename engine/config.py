@@ -35,6 +35,10 @@ class EngineArgs:
     # tokens; None = on for CUDA with tensor_parallel_size 1, off on CPU (nothing to overlap there)
     async_scheduling: bool | None = None
     enforce_eager: bool = False  # True: no CUDA graphs (decode steps run the eager forward, as on CPU)
+    # speculative decoding (engine/spec_decode.py), vLLM's form: {"method": "mtp", "num_speculative_tokens": k},
+    # k = 1..4 (a dict or its JSON text); None = off. On: MTP weights load, the loop runs synchronously
+    # and decode steps run eagerly (no CUDA graphs)
+    speculative_config: dict | str | None = None
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -59,8 +63,15 @@ class EngineArgs:
 
     def resolve_async_scheduling(self, device: torch.device) -> bool:
         if self.async_scheduling is None:
-            return device.type == "cuda" and self.tensor_parallel_size == 1
+            return device.type == "cuda" and self.tensor_parallel_size == 1 and self.spec_config is None
         return bool(self.async_scheduling)
+
+    @property
+    def spec_config(self):
+        """The parsed speculative_config (engine/spec_decode_config.py) or None (off)."""
+        from .spec_decode_config import SpeculativeConfig
+
+        return SpeculativeConfig.parse(self.speculative_config)
 
     @property
     def kv_format(self) -> str:
@@ -84,6 +95,12 @@ class EngineArgs:
             raise ValueError(f"kv_cache_dtype must be 'auto', 'fp8' or 'fp8_fp4idx', got {self.kv_cache_dtype!r}")
         if self.tensor_parallel_size < 1:
             raise ValueError("tensor_parallel_size must be >= 1")
+        spec = self.spec_config
+        if spec is not None and self.tensor_parallel_size > 1:
+            raise ValueError("speculative decoding does not support tensor_parallel_size > 1 yet (the MTP block "
+                             "runs on rank 0 only)")
+        if spec is not None and self.async_scheduling:
+            raise ValueError("speculative decoding runs the synchronous loop: async_scheduling must be off")
         if self.async_scheduling and self.tensor_parallel_size > 1:
             raise ValueError("async_scheduling needs tensor_parallel_size 1 (the TP workers get each step's "
                              "token ids from the host)")

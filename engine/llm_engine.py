@@ -48,6 +48,7 @@ class EngineStats:
     num_requests: int  # unfinished requests
     prefix_cache_queries_total: int = 0  # prompt tokens looked up in the prefix cache
     prefix_cache_hits_total: int = 0  # of those, tokens reused
+    spec_decode: object = None  # engine.spec_decode.SpecDecodeStats when speculative decoding is on
 
 
 class LLMEngine:
@@ -72,7 +73,8 @@ class LLMEngine:
             self.executor = TPExecutor(self.model_dir, args.tensor_parallel_size, self.device, self.dtype)
             self.model = self.executor.model
         else:
-            self.model = load_model(self.model_dir, device=self.device, dtype=self.dtype)
+            spec = args.spec_config  # speculative decoding (engine/spec_decode.py): the MTP block loads too
+            self.model = load_model(self.model_dir, device=self.device, dtype=self.dtype, include_mtp=spec is not None)
         weights_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         cfg = self.model_config
         self.block_size = choose_block_size(cfg, args.block_size)
@@ -109,6 +111,11 @@ class LLMEngine:
             max_model_len=self.max_model_len, max_queued_requests=args.max_queued_requests), self.kv)
         self.runner = ModelRunner(self.model, self.kv, self.device, self.tokenizer.vocab_size, executor=self.executor)
         self.sampler = Sampler()
+        self.spec = None  # speculative decoding (engine/spec_decode.py): MTP drafts, synchronous steps
+        if args.spec_config is not None:
+            from .spec_decode import SpecDecoder
+
+            self.spec = SpecDecoder(self, args.spec_config.num_speculative_tokens)
         # overlapped loop (engine/async_step.py): the launched step whose tokens the host has not seen
         self.async_scheduling = args.resolve_async_scheduling(self.device) and self.executor is None
         self._inflight: LaunchedStep | None = None
@@ -218,7 +225,8 @@ class LLMEngine:
         return EngineStats(self.scheduler.num_running, self.scheduler.num_waiting, self.kv.usage,
                            self.scheduler.num_preemptions_total, self.prompt_tokens_total,
                            self.generation_tokens_total, len(self.requests),
-                           pc.queries if pc else 0, pc.hits if pc else 0)
+                           pc.queries if pc else 0, pc.hits if pc else 0,
+                           self.spec.stats if self.spec is not None else None)
 
     def reset_prefix_cache(self) -> int:
         """Drop every cached block no running sequence holds (and its state snapshot) -> blocks dropped."""
@@ -233,6 +241,9 @@ class LLMEngine:
         step N's tokens on the device), then process step N while the device runs N+1; the outputs
         are step N's. A step N whose rows need their tokens on the host before the next sampling
         (penalties, grammars, ...) is processed before N+1 is scheduled."""
+        if self.spec is not None:  # speculative decoding: verify + rollback + drafting, synchronous
+            sched = self.scheduler.schedule()
+            return self.spec.step(self, sched) if not sched.is_empty else []
         prev, self._inflight = self._inflight, None
         outputs: list[RequestOutput] = []
         if prev is not None and prev.needs_host:

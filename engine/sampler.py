@@ -321,18 +321,7 @@ class Sampler:
         if logits.dtype != torch.float32:
             raise ValueError(f"logits must be float32, got {logits.dtype}")
         raw_logprobs = logits.log_softmax(dim=-1) if meta.max_num_logprobs is not None else None
-
-        x = logits  # every step below is out of place: the caller's logits are never modified
-        if meta.allowed_rows is not None:
-            x = x.index_copy(0, meta.allowed_rows,
-                             x.index_select(0, meta.allowed_rows).masked_fill(~meta.allowed_mask, _NEG_INF))
-        if meta.bias_rows is not None:
-            x = x.index_put((meta.bias_rows, meta.bias_token_ids), meta.bias_values, accumulate=True)
-        if meta.banned_rows is not None:
-            x = x.index_put((meta.banned_rows, meta.banned_token_ids), torch.tensor(_NEG_INF, device=x.device))
-        if meta.penalty_rows is not None:
-            x = x.index_copy(0, meta.penalty_rows, self._penalize(x.index_select(0, meta.penalty_rows), meta))
-
+        x = self.process(logits, meta)
         if meta.all_greedy:
             token_ids = x.argmax(dim=-1)
         else:
@@ -346,6 +335,21 @@ class Sampler:
         if raw_logprobs is not None:
             logprobs = gather_logprobs(raw_logprobs, token_ids, meta.num_logprobs)
         return SamplerOutput(token_ids=token_ids, logprobs=logprobs)
+
+    def process(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+        """Steps 2-3 (masks, logit bias, min_tokens / bad words, penalties) out of place: the logits
+        greedy rows take the argmax of (engine/rejection_sampler.py verifies drafts against them)."""
+        x = logits  # every step below is out of place: the caller's logits are never modified
+        if meta.allowed_rows is not None:
+            x = x.index_copy(0, meta.allowed_rows,
+                             x.index_select(0, meta.allowed_rows).masked_fill(~meta.allowed_mask, _NEG_INF))
+        if meta.bias_rows is not None:
+            x = x.index_put((meta.bias_rows, meta.bias_token_ids), meta.bias_values, accumulate=True)
+        if meta.banned_rows is not None:
+            x = x.index_put((meta.banned_rows, meta.banned_token_ids), torch.tensor(_NEG_INF, device=x.device))
+        if meta.penalty_rows is not None:
+            x = x.index_copy(0, meta.penalty_rows, self._penalize(x.index_select(0, meta.penalty_rows), meta))
+        return x
 
     @staticmethod
     def _penalize(sub: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
@@ -361,17 +365,22 @@ class Sampler:
     @staticmethod
     def _sample(x: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
         """Temperature, min-p, top-k/top-p, then one categorical draw per row."""
-        x = x / meta.temperature.view(-1, 1)
-        if meta.min_p is not None:  # p < min_p * p_max  <=>  logit < max_logit + log(min_p)
-            thresh = x.amax(dim=-1, keepdim=True) + meta.min_p.log().view(-1, 1)
-            x = x.masked_fill(x < thresh, _NEG_INF)
-        if meta.top_k is not None or meta.top_p is not None:
-            x = _apply_top_k_top_p(x, meta.top_k, meta.max_top_k, meta.top_p)
-        probs = x.softmax(dim=-1)
+        probs = Sampler.probs(x, meta)
         q = torch.empty_like(probs).exponential_()
         for row, gen in meta.generators.items():
             q[row].exponential_(generator=gen)
         # q == 0 would turn a zero-probability token into 0/0 = nan (argmax picks nan)
         q.clamp_(min=torch.finfo(q.dtype).tiny)
         return probs.div_(q).argmax(dim=-1)
+
+    @staticmethod
+    def probs(x: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+        """Steps 4-5 on processed logits: the distribution random rows draw from ([S, V] fp32)."""
+        x = x / meta.temperature.view(-1, 1)
+        if meta.min_p is not None:  # p < min_p * p_max  <=>  logit < max_logit + log(min_p)
+            thresh = x.amax(dim=-1, keepdim=True) + meta.min_p.log().view(-1, 1)
+            x = x.masked_fill(x < thresh, _NEG_INF)
+        if meta.top_k is not None or meta.top_p is not None:
+            x = _apply_top_k_top_p(x, meta.top_k, meta.max_top_k, meta.top_p)
+        return x.softmax(dim=-1)
 

@@ -173,6 +173,19 @@ class KVCacheManager:
         self._table[sc.slot, :len(sc.block_ids)] = -1
         self.slots.free(sc.slot)
 
+    def shrink(self, seq_id: str, num_tokens_total: int) -> int:
+        """Give back the trailing blocks past ceil(num_tokens_total / block_size) (speculative decoding:
+        blocks taken for rejected draft positions); hashed (cached) blocks are kept. -> blocks freed."""
+        sc = self._get(seq_id)
+        keep = max(self.num_blocks_needed(num_tokens_total), sc.num_hashed)
+        if keep >= len(sc.block_ids):
+            return 0
+        tail = sc.block_ids[keep:]
+        del sc.block_ids[keep:]
+        self._table[sc.slot, keep:keep + len(tail)] = -1
+        self.pool.free(reversed(tail))
+        return len(tail)
+
     # ---- prefix caching --------------------------------------------------------------------
     def allocate_prefix(self, seq_id: str, hit: PrefixHit, num_tokens_total: int, hashes: list[int],
                         num_query_tokens: int) -> bool:

@@ -62,7 +62,7 @@ class Block(nn.Module):
 
 class MTPBlock(Block):
     """Multi-token-prediction module `mtp.{k}.`: built and loaded only with include_mtp=True (for
-    speculative decoding, not implemented yet)."""
+    speculative decoding: models/mtp.py runs it)."""
 
     def __init__(self, cfg: ModelConfig, k: int, tp: ParallelContext | None = None):
         super().__init__(cfg, layer=cfg.num_hidden_layers + k, mtp=True, tp=tp)
@@ -107,8 +107,10 @@ class DeepseekV4(nn.Module):
             self.rope_main, self.rope_compress = make_ropes(cfg)
 
     # ---- forward -----------------------------------------------------------------------------
-    def forward(self, batch: ForwardBatch, state: ModelState) -> torch.Tensor:
-        """Run all layers on the batch; -> final hidden states [S, d] at batch.logits_indices."""
+    def forward(self, batch: ForwardBatch, state: ModelState, return_streams: bool = False):
+        """Run all layers on the batch; -> final hidden states [S, d] at batch.logits_indices
+        (return_streams: also every row's final streams [N, hc, d] before hc_head, the MTP block's
+        input, models/mtp.py)."""
         cfg = self.cfg
         x = self.tp.embed(self.embed, batch.input_ids, cfg.vocab_size)
         x = x.unsqueeze(1).expand(-1, cfg.hc_mult, -1).contiguous()  # [N, hc, d]
@@ -119,8 +121,10 @@ class DeepseekV4(nn.Module):
         for i, block in enumerate(self.layers):
             rope, name = (self.rope_main, "main") if cfg.compress_ratios[i] == 0 else (self.rope_compress, "compress")
             x, pending = block(x, batch, state.layers[i], rope, *trig[name], pending=pending)
-        x = flush(x, pending)[batch.logits_indices]
-        return hc_head(x, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, cfg, self.norm.weight)  # + norm
+        streams = flush(x, pending)
+        x = streams[batch.logits_indices]
+        hidden = hc_head(x, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, cfg, self.norm.weight)  # + norm
+        return (hidden, streams) if return_streams else hidden
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """[S, d] -> [S, vocab] fp32 (tensor parallel: on rank 0; the other ranks get None)."""

@@ -1,0 +1,293 @@
+"""MTP speculative decoding (issue 13): one engine step = verify forward + rejection sampling +
+rollback + MTP drafting, synchronous (no overlapped loop, no CUDA graphs while it is on).
+
+Per sequence that decodes with drafts d_1..d_k' (k' <= k, drafted by the previous step):
+
+  1. verify: the pending token x_P and the drafts run as one chunk at positions P..P+k'; every row
+     gives target logits. The state rows the draft positions P+1..P+k' write are saved first
+     (kvcache/spec_rollback.py) and their blocks allocated.
+  2. rejection sampling (engine/rejection_sampler.py) -> a accepted drafts + one target token.
+  3. rollback: rows of positions P+a+1..P+k' are put back, blocks past the computed tokens are
+     returned (`KVCacheManager.shrink`); `num_computed_tokens` advances by 1 + a.
+  4. the emitted tokens are appended one by one through the engine's `_append` (detokenizer, stop
+     strings, EOS, max_tokens: identical to appending them in separate steps).
+  5. MTP catch-up: the MTP block (models/mtp.py) runs over every chunk's computed positions t with
+     the main model's streams X_t and the next token x_{t+1} (its own window ring gets row t),
+     then chains k-1 more single-token passes from its own output streams to draft the next
+     step's k tokens; the ring rows the chain wrote are put back at once (they were guesses).
+
+Prefill chunks (any chunking) run unchanged plus the catch-up. A decode chunk gets no drafts when
+its prompt logprobs are wanted, when its end is a block boundary with prefix caching on (a slot
+snapshot may be saved there), or when no budget / block is left; it then decodes one token.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from kvcache.prefix_cache import apply_state_ops
+from kvcache.spec_rollback import RowLog
+from models.mtp import allocate_mtp_state, check_mtp, mtp_forward
+
+from .outputs import OutputKind, RequestOutput
+from .rejection_sampler import VerifyGroup, rejection_sample
+from .sampler import SamplingMetadata, gather_logprobs
+from .scheduler import SchedulerOutput
+from .sequence import SequenceStatus
+from .spec_decode_batch import MtpRow, make_batch, plan_verify
+
+
+@dataclass
+class SpecDecodeStats:
+    """Counters with vLLM's meanings (vllm:spec_decode_*_total)."""
+
+    num_drafts: int = 0  # verify rows that carried at least one draft token
+    num_draft_tokens: int = 0  # draft tokens verified
+    num_accepted_tokens: int = 0  # draft tokens accepted
+    accepted_per_pos: list[int] = field(default_factory=list)  # [k]: accepted drafts at position j
+
+
+class SpecDecoder:
+    def __init__(self, engine, num_speculative_tokens: int):
+        self.model = model = engine.model
+        check_mtp(model)
+        self.k = num_speculative_tokens
+        self.kv = kv = engine.kv
+        self.device = engine.device
+        rows = kv.num_slots + (kv.pad_slot is not None)
+        self.mtp_state = allocate_mtp_state(model.cfg, rows, engine.dtype, self.device, kv.kv_format)
+        self.ratios = list(model.cfg.compress_ratios)
+        self.valid_vocab = engine.runner.valid_vocab
+        self.drafts: dict[str, tuple[int, list[int]]] = {}  # seq_id -> (pending position P, drafts for P+1..)
+        self.stats = SpecDecodeStats(accepted_per_pos=[0] * self.k)
+        # test hook: (seq, P, drafts) -> drafts actually verified (forced acceptance / rejection)
+        self.draft_hook: Callable | None = None
+
+    # ---- one step --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, eng, sched: SchedulerOutput) -> list[RequestOutput]:
+        chunks = sched.chunks
+        states = [eng.requests[c.seq.request_id] for c in chunks]
+        want_prompt = [st.prompt_logprobs is not None and c.start < c.seq.num_prompt_tokens
+                       and c.seq.sample_index == 0 for st, c in zip(states, chunks)]
+        now = time.monotonic()
+        for st in states:
+            st.mark("first_scheduled", now)
+        drafts = self._take_drafts(eng, sched, want_prompt)
+        plan = plan_verify(chunks, want_prompt, drafts)
+        kv = self.kv
+        log = RowLog()
+        log.save_positions(kv.state.layers, self.ratios, kv.block_size,
+                           [(i, kv.slot(chunks[i].seq.seq_id), kv.block_table(chunks[i].seq.seq_id),
+                             list(range(chunks[i].start + 1, chunks[i].start + 1 + len(d))))
+                            for i, d in drafts.items()])
+        batch = make_batch(kv, self.device, plan.ids, plan.positions, plan.query_start, plan.context_lens,
+                           plan.seq_ids, plan.logit_rows)
+        ops = kv.take_state_ops()
+
+        def forward():
+            return self.model(batch, kv.state, return_streams=True)
+
+        if ops:
+            hidden, streams = apply_state_ops(kv.state, kv.prefix.tensors, ops.restores, ops.saves, forward)
+        else:
+            hidden, streams = forward()
+        logits = self.model.compute_logits(hidden) if hidden.shape[0] else None
+        if logits is not None and self.valid_vocab < logits.shape[1]:
+            logits[:, self.valid_vocab:] = float("-inf")
+        _count_prompt(eng, states, chunks)
+        for i, r, k in plan.prompt_rows:
+            st, start = states[i], chunks[i].start
+            nxt = torch.tensor(st.prompt_token_ids[start + 1:start + 1 + k], device=logits.device)
+            ranks: list[int] = []
+            lps = gather_logprobs(logits[r:r + k].log_softmax(-1), nxt, [st.params.prompt_logprobs] * k, ranks)
+            st.prompt_logprobs[start + 1:start + 1 + len(lps)] = lps
+            st.prompt_logprob_ranks[start + 1:start + 1 + len(ranks)] = ranks
+        results = self._verify(eng, plan, states, chunks, logits)
+        eng.scheduler.update_after_step(sched)
+        reject_from = [0] * len(chunks)
+        st = self.stats
+        for i, d in drafts.items():
+            a = results[i][0].num_accepted
+            reject_from[i] = chunks[i].start + 1 + a
+            st.num_drafts += 1
+            st.num_draft_tokens += len(d)
+            st.num_accepted_tokens += a
+            for j in range(a):
+                st.accepted_per_pos[j] += 1
+        log.restore(reject_from)
+        outputs = self._append(eng, states, chunks, results)
+        self._draft(eng, plan, chunks, results, streams)
+        return outputs
+
+    def _take_drafts(self, eng, sched: SchedulerOutput, want_prompt: list[bool]) -> dict[int, list[int]]:
+        """chunk index -> drafts to verify (blocks allocated for them; within the token budget)."""
+        kv, out = self.kv, {}
+        spare = eng.scheduler.config.max_num_batched_tokens - sched.num_batched_tokens
+        bs = kv.block_size
+        for i, c in enumerate(sched.chunks):
+            seq = c.seq
+            entry = self.drafts.get(seq.seq_id)
+            if (entry is None or spare <= 0 or not c.sample or c.num_tokens != 1 or want_prompt[i]
+                    or entry[0] != c.start or c.start != seq.num_tokens - 1):
+                continue
+            if kv.prefix is not None and (c.start + 1) % bs == 0:
+                continue  # a slot snapshot may be saved at this boundary: it must not see drafts
+            left = min(seq.max_tokens - seq.num_output_tokens, eng.max_model_len - seq.num_tokens)
+            n = min(len(entry[1]), left - 1, spare)
+            if n > 0 and not kv.allocate(seq.seq_id, c.start + 1 + n):
+                n = min(n, len(kv.block_table(seq.seq_id)) * bs - c.start - 1)
+            d = entry[1][:max(n, 0)]
+            if self.draft_hook is not None and d:
+                d = list(self.draft_hook(seq, c.start, d))[:len(d)]
+            if d:
+                out[i] = d
+                spare -= len(d)
+        return out
+
+    def _verify(self, eng, plan, states, chunks, logits) -> dict[int, tuple]:
+        """Rejection sampling of every sampling chunk -> chunk -> (VerifyResult, logprob dicts | None)."""
+        if not plan.sample_rows:
+            return {}
+        params, outs, prompts, guides, groups, owner = [], [], [], [], [], []
+        rows = []
+        for i, first in plan.sample_rows.items():
+            st, c = states[i], chunks[i]
+            s = st.samples[c.seq.sample_index]
+            d = plan.drafts.get(i, [])
+            cursor = s.guide
+            groups.append(VerifyGroup(len(params), d, s.generator))
+            owner.append(i)
+            for j in range(len(d) + 1):
+                if j:
+                    cursor = copy.copy(cursor) if cursor is not None else None
+                    if cursor is not None:
+                        cursor.advance(d[j - 1])
+                params.append(st.params)
+                outs.append(c.seq.output_token_ids + d[:j])
+                prompts.append(c.seq.prompt_token_ids)
+                guides.append(cursor)
+                rows.append(first + j)
+        sample_logits = logits.index_select(0, torch.tensor(rows, dtype=torch.long, device=logits.device))
+        meta = SamplingMetadata.build(params, outs, prompts, [None] * len(params), eng.tokenizer.eos_token_id,
+                                      eng.model_config.vocab_size, logits.device, guides=guides)
+        x = eng.sampler.process(sample_logits, meta)
+        res = rejection_sample(x, meta, groups)
+        out = {}
+        raw = None
+        for g, i, r in zip(groups, owner, res):
+            lps = None
+            n_lp = states[i].params.logprobs
+            if n_lp is not None:
+                raw = sample_logits.log_softmax(-1) if raw is None else raw
+                idx = torch.tensor(r.rows, dtype=torch.long, device=raw.device)
+                lps = gather_logprobs(raw.index_select(0, idx), torch.tensor(r.tokens, device=raw.device),
+                                      [n_lp] * len(r.tokens))
+            out[i] = (r, lps)
+        return out
+
+    def _append(self, eng, states, chunks, results) -> list[RequestOutput]:
+        now = time.monotonic()
+        changed = {}
+        for i, (r, lps) in results.items():
+            st, c = states[i], chunks[i]
+            s = st.samples[c.seq.sample_index]
+            seq = s.seq
+            if seq.is_finished:
+                continue
+            st.mark("first_token", now)
+            if seq.status is SequenceStatus.RUNNING and r.num_accepted:
+                seq.num_computed_tokens += r.num_accepted  # the accepted draft positions are computed
+            for j, tok in enumerate(r.tokens):
+                if seq.is_finished:
+                    break
+                if lps is not None and s.logprobs is not None:
+                    s.logprobs.append(lps[j])
+                eng._append(st, s, tok)
+            if not seq.is_finished and self.kv.has(seq.seq_id):
+                self.kv.shrink(seq.seq_id, seq.num_tokens)
+            changed[st.request_id] = st
+        outputs = []
+        for rid, st in changed.items():
+            if st.finished:
+                eng.requests.pop(rid, None)
+                outputs.append(st.make_output())
+            elif st.output_kind is not OutputKind.FINAL_ONLY:
+                outputs.append(st.make_output())
+        return outputs
+
+    # ---- drafting --------------------------------------------------------------------------
+    def _draft(self, eng, plan, chunks, results, streams) -> None:
+        """MTP catch-up over every chunk's computed positions, then k-1 chained draft passes."""
+        rows: list[MtpRow] = []
+        for i, c in enumerate(chunks):
+            seq = c.seq
+            if seq.is_finished or seq.status is not SequenceStatus.RUNNING:
+                self.drafts.pop(seq.seq_id, None)
+                continue
+            n = c.num_tokens + (results[i][0].num_accepted if i in results else 0)
+            if c.start + n + 1 > seq.num_tokens:
+                continue  # defensive: the next token is not known
+            rows.append(MtpRow(seq.seq_id, c.start, plan.query_start[i], seq.tokens(c.start + 1, c.start + n + 1),
+                               c.sample))
+        live = {c.seq.seq_id for c in chunks}
+        for sid in [s for s in self.drafts if s not in live and s not in eng.scheduler._seqs]:
+            del self.drafts[sid]
+        if not rows:
+            return
+        kv, dev = self.kv, self.device
+        ids, pos, qs, cl, sids, flat, last = [], [], [0], [], [], [], []
+        for r in rows:
+            n = len(r.next_ids)
+            ids += r.next_ids
+            pos += range(r.start, r.start + n)
+            flat += range(r.flat, r.flat + n)
+            qs.append(len(ids))
+            cl.append(r.start)
+            sids.append(r.seq_id)
+            if r.draft:
+                last.append(len(ids) - 1)
+        batch = make_batch(kv, dev, ids, pos, qs, cl, sids, last)
+        x = streams.index_select(0, torch.tensor(flat, dtype=torch.long, device=dev))
+        x, hidden = mtp_forward(self.model, x, batch.input_ids, batch, self.mtp_state)
+        drafting = [r for r in rows if r.draft]
+        if not drafting:
+            return
+        tok = self._argmax(hidden)
+        x = x[batch.logits_indices]
+        pending = [r.start + len(r.next_ids) for r in drafting]  # P: the pending token's position
+        out = [[t] for t in tok]
+        if self.k > 1:
+            log = RowLog()
+            sd = [r.seq_id for r in drafting]
+            log.save_positions([self.mtp_state], [0], kv.block_size,
+                               [(b, kv.slot(s), [], list(range(p, p + self.k - 1))) for b, (s, p) in
+                                enumerate(zip(sd, pending))])
+            for j in range(1, self.k):
+                prev = [o[-1] for o in out]
+                b = make_batch(kv, dev, prev, [p + j - 1 for p in pending], list(range(len(sd) + 1)),
+                               [p + j - 1 for p in pending], sd, list(range(len(sd))))
+                x, hidden = mtp_forward(self.model, x, b.input_ids, b, self.mtp_state)
+                for o, t in zip(out, self._argmax(hidden)):
+                    o.append(t)
+            log.restore([0] * len(sd))
+        for r, p, d in zip(drafting, pending, out):
+            self.drafts[r.seq_id] = (p, d)
+
+    def _argmax(self, hidden: torch.Tensor) -> list[int]:
+        logits = self.model.compute_logits(hidden)
+        return logits[:, :self.valid_vocab].argmax(dim=-1).tolist()
+
+
+def _count_prompt(eng, states, chunks) -> None:
+    """Prompt tokens counted once per request (as LLMEngine._launch does)."""
+    for st, c in zip(states, chunks):
+        end = min(c.start + c.num_tokens, c.seq.num_prompt_tokens)
+        if c.seq.sample_index == 0 and end > st.num_prompt_tokens_counted:
+            eng.prompt_tokens_total += end - st.num_prompt_tokens_counted
+            st.num_prompt_tokens_counted = end

@@ -1,0 +1,110 @@
+"""Rollback of speculative positions: save every state row a speculative position will write, then
+put back the rows of the positions that were rejected.
+
+A position p of a sequence (slot s, block table T) writes, per main layer (models/state.py):
+  * slot rings: `window[s, p % W]`, `kv_tail/score_tail[s, p % (coff*m)]`, `idx_*_tail[s, p % 8]`;
+  * block rows, only when p closes a compressed entry e = (p+1)/m - 1 ((p+1) % m == 0):
+    `compressed[T[e*m // bs], (e*m % bs) // m]` and, for CSA, `index_keys` at the same address.
+Nothing else depends on p (attention reads are bounded by position), so restoring exactly these rows
+for the rejected positions leaves the state bit-identical to a run that never saw them. Rows are
+saved before the forward (`RowLog.save_positions`) and restored after the acceptance is known
+(`RowLog.restore`), all on the state's device (one host -> device copy of the reject bounds).
+Ring rows of two positions of one sequence must differ: every ring is longer than the k + 1
+positions of a verify chunk (checked).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+_RING = ("window", "kv_tail", "score_tail", "idx_kv_tail", "idx_score_tail")
+_BLOCK = ("compressed", "index_keys")
+
+
+@dataclass
+class _Saved:
+    tensor: torch.Tensor  # the state tensor the rows belong to
+    i0: torch.Tensor  # [R] long: slot or block index
+    i1: torch.Tensor  # [R] long: row within it
+    values: torch.Tensor  # [R, ...] copies taken before the forward
+    pos: torch.Tensor  # [R] long: the position that writes the row
+    seq: torch.Tensor  # [R] long: index of the owning sequence (into restore's reject_from)
+
+
+@dataclass
+class RowLog:
+    """Saved rows of one speculative forward (several state dicts may be logged into one)."""
+
+    saved: list[_Saved] = field(default_factory=list)
+
+    def save_positions(self, layers: list[dict[str, torch.Tensor]], ratios: list[int], block_size: int,
+                       items: list[tuple[int, int, list[int], list[int]]]) -> None:
+        """items: (sequence index, slot, block table, speculative positions). `layers[i]` is a state
+        dict of a layer with compress ratio `ratios[i]` (0 = sliding only)."""
+        if not items:
+            return
+        dev = next(iter(layers[0].values())).device
+        slot_rows, slot_pos, slot_seq = [], [], []
+        for b, slot, _, positions in items:
+            slot_rows += [slot] * len(positions)
+            slot_pos += positions
+            slot_seq += [b] * len(positions)
+        s_slot = torch.tensor(slot_rows, dtype=torch.long, device=dev)
+        s_pos = torch.tensor(slot_pos, dtype=torch.long, device=dev)
+        s_seq = torch.tensor(slot_seq, dtype=torch.long, device=dev)
+        block_cache: dict[int, tuple] = {}
+        for st, m in zip(layers, ratios):
+            for name in _RING:
+                t = st.get(name)
+                if t is None:
+                    continue
+                ring = t.shape[1]
+                if ring <= max(len(p) for *_, p in items):
+                    raise ValueError(f"state ring {name} of {ring} rows is too short for {max(len(p) for *_, p in items)} "
+                                     "speculative positions")
+                self._save(t, s_slot, s_pos % ring, s_pos, s_seq)
+            if m and any(name in st for name in _BLOCK):
+                if m not in block_cache:
+                    block_cache[m] = self._block_rows(items, m, block_size, dev)
+                rows = block_cache[m]
+                if rows is not None:
+                    for name in _BLOCK:
+                        if name in st:
+                            self._save(st[name], *rows)
+
+    @staticmethod
+    def _block_rows(items, m: int, block_size: int, dev):
+        i0, i1, pos, seq = [], [], [], []
+        for b, _, table, positions in items:
+            for p in positions:
+                if (p + 1) % m == 0:
+                    e = (p + 1) // m - 1
+                    blk = table[e * m // block_size]
+                    if blk < 0:
+                        raise ValueError(f"position {p} closes entry {e} outside the block table")
+                    i0.append(blk)
+                    i1.append((e * m % block_size) // m)
+                    pos.append(p)
+                    seq.append(b)
+        if not i0:
+            return None
+        as_t = lambda v: torch.tensor(v, dtype=torch.long, device=dev)  # noqa: E731
+        return as_t(i0), as_t(i1), as_t(pos), as_t(seq)
+
+    def _save(self, t: torch.Tensor, i0, i1, pos, seq) -> None:
+        self.saved.append(_Saved(t, i0, i1, t[i0, i1].clone(), pos, seq))
+
+    def restore(self, reject_from: list[int]) -> None:
+        """Put back every saved row whose position is >= reject_from[its sequence] (the first rejected
+        position; a sequence that kept everything has a bound past its last speculative position)."""
+        if not self.saved:
+            return
+        bound = torch.tensor(reject_from, dtype=torch.long).to(self.saved[0].pos.device)
+        for s in reversed(self.saved):
+            keep = s.pos >= bound[s.seq]
+            idx = keep.nonzero().view(-1)
+            if idx.numel():
+                s.tensor[s.i0[idx], s.i1[idx]] = s.values[idx]
+        self.saved.clear()
