@@ -1,22 +1,19 @@
 """Async scheduling (the overlapped loop): what a launched step carries until the host processes it.
 
-With `EngineArgs.async_scheduling` the engine launches step N+1 before it looks at step N's sampled
-tokens (engine/llm_engine.py `step()`):
+With `EngineArgs.async_scheduling` the engine launches step N+1's forward before it looks at step
+N's sampled tokens (engine/llm_engine.py `step()`, vLLM's execute / sample split):
 
-    step() call k:   schedule N+1 ──► build + launch N+1 (decode inputs = step N's tokens, on device)
-                                      └─► process N: wait for N's tokens only, append, detokenize,
-                                          stop checks, free finished sequences, outputs
+    step() call k:   schedule N+1 ─► launch N+1's forward (decode inputs = step N's tokens, on device)
+                     process N: wait for N's tokens only, append, advance grammars, detokenize,
+                                stop checks, free finished sequences, outputs   (device: N+1 forward)
+                     sample N+1: host state now complete (grammar masks, penalties, min_tokens,
+                                 thinking budget); left on the device with a non-blocking copy
 
-A sequence sampled in step N has one *pending* token (`Sequence.num_pending_tokens`): the scheduler
-counts it, so the sequence decodes again in N+1 at the pending token's position, and the runner
-takes that input id from step N's device tensor (`DeviceTokens`). A sequence found finished while
-processing N has its step-N+1 token dropped (its cache was freed when it finished).
-
-Rows whose NEXT sampling depends on the pending tokens themselves make the engine process step N
-before it schedules N+1 (a synchronous step): `needs_host_tokens(params)` (grammars, guided_choice,
-multi-token bad words) and a thinking budget once forcing is possible (`LaunchedStep.start`).
-min_tokens needs only the count (placeholders); penalties get the pending tokens added to their
-count / seen tables on the device (`add_pending_to_penalties`): both stay overlapped.
+A sequence sampled in step N has one *pending* token (`Sequence.num_pending_tokens`) until N is
+processed: the scheduler counts it, so the sequence decodes again in N+1 at the pending token's
+position, and the runner takes that input id from step N's device tensor (`DeviceTokens`). A
+sequence found finished while processing N is not sampled in N+1 (its forward row is wasted, its
+cache was freed when it finished).
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ import torch
 
 if TYPE_CHECKING:
     from .request_state import RequestState, SampleState
-    from .sampling_params import SamplingParams
     from .sequence import Sequence
 
 
@@ -39,22 +35,6 @@ class DeviceTokens:
 
     chunk_idx: list[int]  # chunk indices in SchedulerOutput.chunks, ascending
     token_ids: torch.Tensor  # [len(chunk_idx)] int64 on the runner's device
-
-
-def needs_host_tokens(p: SamplingParams) -> bool:
-    """True when sampling this row's next token always needs its previous tokens on the host:
-    structured outputs and guided_choice (the grammar / choice prefix advances with every token) and
-    multi-token bad words (does the output end with a word's prefix?)."""
-    return (p.guide is not None or p.choice_token_ids is not None
-            or any(len(w) > 1 for w in p.bad_words_token_ids or ()))
-
-
-def may_force(p: SamplingParams, s: SampleState) -> bool:
-    """Thinking budget: the row's next draw (output index = appended + pending tokens) may be forced
-    to the end token, unless the host already saw that token. Before the budget nothing is forced,
-    whatever the pending tokens are."""
-    return (p.thinking_budget is not None and not s.thinking_ended
-            and s.seq.num_output_tokens + s.seq.num_pending_tokens >= p.thinking_budget)
 
 
 @dataclass
@@ -68,7 +48,6 @@ class LaunchedStep:
     num_logprobs: list[int | None] | None  # per row: top-k logprobs asked (None: none); None: no row asked
     host_logprobs: torch.Tensor | None  # float64 pack of the rows' logprobs (logprob_pack), copied like tokens
     row_of: dict[Sequence, int] = field(default_factory=dict)  # sampled sequence -> its row
-    needs_host: bool = False  # a row's next sampling needs these tokens on the host first
 
     @classmethod
     def start(cls, rows, token_ids: torch.Tensor | None, num_logprobs: list[int | None] | None = None,
@@ -85,8 +64,7 @@ class LaunchedStep:
             else:
                 host, host_lp = token_ids, logprobs
         row_of = {s.seq: j for j, (_, s) in enumerate(rows)}
-        needs = any(st.needs_host_tokens or may_force(st.params, s) for st, s in rows)
-        return cls(rows, token_ids, host, ready, num_logprobs, host_lp, row_of, needs)
+        return cls(rows, token_ids, host, ready, num_logprobs, host_lp, row_of)
 
     def tokens(self) -> list[int]:
         """The sampled tokens on the host (waits for this step's sampling only)."""
@@ -148,24 +126,3 @@ def logprob_dicts(pack: list[float], tokens: list[int],
         out.append(d)
     return out
 
-
-def add_pending_to_penalties(meta, rows, prev: LaunchedStep) -> None:
-    """Penalty rows of a step built while `prev`'s tokens are still pending: their output-count and
-    seen tables (built from the host lists) get those tokens added on the device, so they equal the
-    tables of the full output. `meta` is engine.sampler.SamplingMetadata with penalty_rows set, its
-    penalty sub-rows in row order of the rows whose params need penalties."""
-    sub, src = [], []
-    for k, i in enumerate(i for i, (st, _) in enumerate(rows) if st.params.needs_penalties):
-        seq = rows[i][1].seq
-        if seq.num_pending_tokens:
-            sub.append(k)
-            src.append(prev.row_of[seq])
-    if not sub:
-        return
-    dev = prev.token_ids.device
-    toks = prev.token_ids.index_select(0, torch.tensor(src, dtype=torch.long).to(dev, non_blocking=True))
-    sub_t = torch.tensor(sub, dtype=torch.long).to(dev, non_blocking=True)
-    if meta.output_counts is not None:
-        meta.output_counts.index_put_((sub_t, toks), torch.ones(len(sub), device=dev), accumulate=True)
-    if meta.seen_mask is not None:
-        meta.seen_mask.index_put_((sub_t, toks), torch.ones(len(sub), dtype=torch.bool, device=dev))

@@ -19,11 +19,11 @@ from kvcache.sizing import (choose_block_size, gpu_kv_budget, log_cache_plan, nu
 from models.config import ModelConfig
 from models.loading import load_model
 
-from .async_step import LaunchedStep, add_pending_to_penalties, logprob_pack
+from .async_step import LaunchedStep, logprob_pack
 from .config import EngineArgs, SchedulerConfig
 from .detokenizer import IncrementalDetokenizer
 from .guided.grammar import GuideCompiler, GuideCursor
-from .model_runner import ModelRunner
+from .model_runner import ModelRunner, RunnerOutput
 from .outputs import OutputKind, RequestOutput
 from .request_state import RequestState, SampleState
 from .sampler import Sampler, SamplingMetadata, gather_logprobs, make_generator
@@ -48,7 +48,6 @@ class EngineStats:
     num_requests: int  # unfinished requests
     prefix_cache_queries_total: int = 0  # prompt tokens looked up in the prefix cache
     prefix_cache_hits_total: int = 0  # of those, tokens reused
-    spec_decode: object = None  # engine.spec_decode.SpecDecodeStats when speculative decoding is on
 
 
 class LLMEngine:
@@ -73,8 +72,7 @@ class LLMEngine:
             self.executor = TPExecutor(self.model_dir, args.tensor_parallel_size, self.device, self.dtype)
             self.model = self.executor.model
         else:
-            spec = args.spec_config  # speculative decoding (engine/spec_decode.py): the MTP block loads too
-            self.model = load_model(self.model_dir, device=self.device, dtype=self.dtype, include_mtp=spec is not None)
+            self.model = load_model(self.model_dir, device=self.device, dtype=self.dtype)
         weights_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         cfg = self.model_config
         self.block_size = choose_block_size(cfg, args.block_size)
@@ -111,11 +109,6 @@ class LLMEngine:
             max_model_len=self.max_model_len, max_queued_requests=args.max_queued_requests), self.kv)
         self.runner = ModelRunner(self.model, self.kv, self.device, self.tokenizer.vocab_size, executor=self.executor)
         self.sampler = Sampler()
-        self.spec = None  # speculative decoding (engine/spec_decode.py): MTP drafts, synchronous steps
-        if args.spec_config is not None:
-            from .spec_decode import SpecDecoder
-
-            self.spec = SpecDecoder(self, args.spec_config.num_speculative_tokens)
         # overlapped loop (engine/async_step.py): the launched step whose tokens the host has not seen
         self.async_scheduling = args.resolve_async_scheduling(self.device) and self.executor is None
         self._inflight: LaunchedStep | None = None
@@ -225,8 +218,7 @@ class LLMEngine:
         return EngineStats(self.scheduler.num_running, self.scheduler.num_waiting, self.kv.usage,
                            self.scheduler.num_preemptions_total, self.prompt_tokens_total,
                            self.generation_tokens_total, len(self.requests),
-                           pc.queries if pc else 0, pc.hits if pc else 0,
-                           self.spec.stats if self.spec is not None else None)
+                           pc.queries if pc else 0, pc.hits if pc else 0)
 
     def reset_prefix_cache(self) -> int:
         """Drop every cached block no running sequence holds (and its state snapshot) -> blocks dropped."""
@@ -236,33 +228,26 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """One engine step -> outputs of the requests it advanced (FINAL_ONLY ones: once finished).
 
-        Synchronous: schedule -> launch (forward + sampling) -> process this step's tokens. Async
-        scheduling (engine/async_step.py): schedule and launch step N+1 first (its decode inputs are
-        step N's tokens on the device), then process step N while the device runs N+1; the outputs
-        are step N's. A step N whose rows need their tokens on the host before the next sampling
-        (penalties, grammars, ...) is processed before N+1 is scheduled."""
-        if self.spec is not None:  # speculative decoding: verify + rollback + drafting, synchronous
-            sched = self.scheduler.schedule()
-            return self.spec.step(self, sched) if not sched.is_empty else []
+        Synchronous: schedule -> forward -> sample -> process this step's tokens. Async scheduling
+        (engine/async_step.py): schedule step N+1 and launch its forward (decode inputs = step N's
+        tokens, on the device), process step N on the host while it runs, then sample N+1 with the
+        host state complete (grammar masks, penalties, ...) and leave it in flight; the outputs are
+        step N's."""
         prev, self._inflight = self._inflight, None
-        outputs: list[RequestOutput] = []
-        if prev is not None and prev.needs_host:
-            outputs, prev = self._process(prev), None
         sched = self.scheduler.schedule()
-        cur = self._launch(sched, prev) if not sched.is_empty else None
-        if prev is not None:
-            outputs += self._process(prev)
-        if cur is not None:
+        fwd = self._forward(sched, prev) if not sched.is_empty else None
+        outputs = self._process(prev) if prev is not None else []
+        if fwd is not None:
+            cur = self._sample(sched, *fwd)
             if self.async_scheduling:
                 self._inflight = cur
             else:
                 outputs += self._process(cur)
         return outputs
 
-    def _launch(self, sched: SchedulerOutput, prev: LaunchedStep | None) -> LaunchedStep:
-        """Forward + sampling of one scheduled step, left on the device (rows that asked for prompt or
-        sample logprobs wait for it: their host dicts are built here). Inputs pending on the host
-        come from `prev`'s sampled tokens."""
+    def _forward(self, sched: SchedulerOutput, prev: LaunchedStep | None) -> tuple[list[RequestState], RunnerOutput]:
+        """Launch the model on one scheduled step (inputs still pending on the host come from `prev`'s
+        sampled tokens, on the device) -> (request of each chunk, runner output)."""
         states = [self.requests[c.seq.request_id] for c in sched.chunks]
         want_prompt = [st.prompt_logprobs is not None and c.start < c.seq.num_prompt_tokens
                        and c.seq.sample_index == 0 for st, c in zip(states, sched.chunks)]
@@ -281,6 +266,13 @@ class LLMEngine:
             if c.seq.sample_index == 0 and end > st.num_prompt_tokens_counted:
                 self.prompt_tokens_total += end - st.num_prompt_tokens_counted
                 st.num_prompt_tokens_counted = end
+        self.scheduler.update_after_step(sched)
+        return states, res
+
+    def _sample(self, sched: SchedulerOutput, states: list[RequestState], res: RunnerOutput) -> LaunchedStep:
+        """Prompt logprobs (host dicts: they wait for the forward) and sampling of a launched forward,
+        left on the device. Rows of sequences that finished meanwhile (found in the previous step's
+        tokens) are not sampled."""
         for i, (start, logits) in res.prompt_logits.items():
             st = states[i]
             nxt = torch.tensor(st.prompt_token_ids[start + 1:start + 1 + logits.shape[0]], device=logits.device)
@@ -288,20 +280,22 @@ class LLMEngine:
             lps = gather_logprobs(logits.log_softmax(-1), nxt, [st.params.prompt_logprobs] * len(nxt), ranks)
             st.prompt_logprobs[start + 1:start + 1 + len(lps)] = lps
             st.prompt_logprob_ranks[start + 1:start + 1 + len(ranks)] = ranks
-        self.scheduler.update_after_step(sched)
-        if not res.sample_chunk_idx:
-            return LaunchedStep.start([], None, None)
         rows = [(states[i], states[i].samples[sched.chunks[i].seq.sample_index]) for i in res.sample_chunk_idx]
+        logits = res.sample_logits
+        live = [j for j, (_, s) in enumerate(rows) if not s.seq.is_finished]
+        if len(live) < len(rows):
+            rows = [rows[j] for j in live]
+            logits = logits.index_select(0, torch.tensor(live, dtype=torch.long).to(logits.device, non_blocking=True))
+        if not rows:
+            return LaunchedStep.start([], None)
         meta = SamplingMetadata.build(
-            [st.params for st, _ in rows], [_outputs_for_sampling(st.params, s.seq) for st, s in rows],
+            [st.params for st, _ in rows], [s.seq.output_token_ids for _, s in rows],
             [s.seq.prompt_token_ids for _, s in rows], [s.generator for _, s in rows],
-            self.tokenizer.eos_token_id, self.model_config.vocab_size, res.sample_logits.device,
+            self.tokenizer.eos_token_id, self.model_config.vocab_size, logits.device,
             guides=[s.guide for _, s in rows])
-        if prev is not None and meta.penalty_rows is not None:
-            add_pending_to_penalties(meta, rows, prev)
         num_lp, meta.max_num_logprobs = (meta.num_logprobs if meta.max_num_logprobs is not None else None), None
-        out = self.sampler(res.sample_logits, meta)  # sample logprobs: packed below, read with the tokens
-        lp = logprob_pack(res.sample_logits, out.token_ids, num_lp) if num_lp is not None else None
+        out = self.sampler(logits, meta)  # sample logprobs: packed below, read with the tokens
+        lp = logprob_pack(logits, out.token_ids, num_lp) if num_lp is not None else None
         for _, s in rows:
             s.seq.num_pending_tokens += 1
         return LaunchedStep.start(rows, out.token_ids, num_lp, lp)
@@ -349,8 +343,6 @@ class LLMEngine:
         self.generation_tokens_total += 1
         if s.guide is not None:
             s.guide.advance(token)
-        if token == p.thinking_end_token_id:
-            s.thinking_ended = True
         k = seq.sample_index
         eos = self.tokenizer.eos_token_id
         if token == eos and not p.ignore_eos:
@@ -371,16 +363,3 @@ class LLMEngine:
     def _finish(self, st: RequestState, k: int, status: SequenceStatus, stop_reason) -> None:
         self.scheduler.finish(st.samples[k].seq.seq_id, status)
         st.finish_sample(k, status.finish_reason, stop_reason)
-
-
-_PENDING = 1 << 62  # placeholder id of a pending token: past every vocabulary, so no table counts it
-
-
-def _outputs_for_sampling(p: SamplingParams, seq: Sequence) -> list[int]:
-    """The output tokens SamplingMetadata sees. A pending token (async scheduling) is not on the host:
-    rows whose sampling reads the tokens themselves never have one (engine/async_step.py), penalty
-    tables get it on the device, min_tokens reads only the count: placeholders stand in while it matters."""
-    out = seq.output_token_ids
-    if seq.num_pending_tokens and len(out) < p.min_tokens:
-        return out + [_PENDING] * seq.num_pending_tokens
-    return out

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .async_step import needs_host_tokens
 from .detokenizer import IncrementalDetokenizer
 from .guided.grammar import GuideCursor
 from .outputs import CompletionOutput, OutputKind, RequestOutput
@@ -26,7 +25,6 @@ class SampleState:
     stop_reason: int | str | None = None
     num_tokens_sent: int = 0  # DELTA: generated tokens (and logprobs) already in an output
     guide: GuideCursor | None = None  # structured output: this sequence's place in the grammar
-    thinking_ended: bool = False  # thinking budget: the end token is among the appended tokens
 
 
 @dataclass
@@ -48,8 +46,6 @@ class RequestState:
 
     def __post_init__(self) -> None:
         self._num_unfinished = sum(s.finish_reason is None for s in self.samples)
-        # async scheduling: sampling the next token needs the previous one on the host (async_step.py)
-        self.needs_host_tokens = needs_host_tokens(self.params)
 
     @property
     def finished(self) -> bool:

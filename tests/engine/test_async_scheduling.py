@@ -14,7 +14,7 @@ import asyncio
 import pytest
 import torch
 
-from engine.async_step import logprob_dicts, logprob_pack, needs_host_tokens
+from engine.async_step import logprob_dicts, logprob_pack
 from engine.config import EngineArgs
 from engine.llm_engine import LLMEngine
 from engine.outputs import OutputKind
@@ -183,8 +183,8 @@ def test_preemption_with_a_tiny_cache_identical(tiny_ckpt, reference):
 
 
 def test_host_dependent_sampling_identical(tiny_ckpt, reference):
-    """Grammars, guided_choice, multi-token bad words and a thinking budget about to force read the
-    previous tokens (synchronous steps); penalties get them on the device; mixed with plain rows."""
+    """Grammars, guided_choice, penalties, multi-token bad words and the thinking budget read the
+    previous tokens: the loop samples N+1 only after processing N, mixed with plain rows."""
     p, toks, _ = reference
     with_end = SamplingParams(max_tokens=10, thinking_budget=4, thinking_end_token_id=toks[9],
                               skip_special_tokens=False, **GREEDY)
@@ -322,18 +322,10 @@ def test_engine_args_switch():
         EngineArgs(async_scheduling=True, tensor_parallel_size=2).validate()
 
 
-def test_needs_host_tokens():
-    for kw in (dict(min_tokens=4, logprobs=2, bad_words_token_ids=[[5]], seed=1), dict(repetition_penalty=1.1),
-               dict(presence_penalty=0.3, frequency_penalty=-0.2), dict(thinking_budget=3, thinking_end_token_id=7)):
-        assert not needs_host_tokens(SamplingParams(**kw)), kw
-    for kw in (dict(bad_words_token_ids=[[5, 6]]), dict(choice_token_ids=[[1, 2]]), dict(guide=object())):
-        assert needs_host_tokens(SamplingParams(**kw)), kw
-
-
-def test_penalties_and_thinking_budget_overlap(tiny_ckpt, reference):
-    """Penalty rows decode from device inputs every step (their tables get the pending token on the
-    device); a thinking-budget row does until its budget could force the end token, then runs
-    synchronously until the end token is on the host, then overlaps again."""
+def test_host_dependent_rows_overlap(tiny_ckpt, reference):
+    """Rows whose sampling reads their previous tokens (penalties, thinking budget, grammars) still
+    decode from device inputs every step: the forward of N+1 is launched before N is processed, and
+    N+1 is sampled after. (Off: no device inputs, same tokens.)"""
     p, toks, _ = reference
     budget, end = 6, toks[12]
     fresh = next(t for t in range(2, 500) if t not in p)
@@ -361,17 +353,21 @@ def test_penalties_and_thinking_budget_overlap(tiny_ckpt, reference):
         think = SamplingParams(max_tokens=14, thinking_budget=budget, thinking_end_token_id=end,
                                skip_special_tokens=False, **GREEDY)
         runs[on, "think"] = drive(eng, [("think", p, think, 0)])["think"]["samples"][0]["token_ids"], list(dev_rows)
+        dev_rows.clear()
+        regex = SamplingParams(max_tokens=14, temperature=1.0, seed=4, guided_regex=r"(cat|dog)s? [0-9]{2,12}")
+        runs[on, "regex"] = drive(eng, [("regex", p, regex, 0)])["regex"]["samples"][0]["token_ids"], list(dev_rows)
     assert runs[False, "pen"][0].count(toks[0]) >= 2 and runs[False, "rep"][0].count(fresh) == 1
-    for kind in ("pen", "rep", "think"):
+    for kind in ("pen", "rep", "think", "regex"):
         assert runs[False, kind][0] == runs[True, kind][0]
         assert not any(runs[False, kind][1])
-    assert runs[True, "pen"][1] == [0] + [1] * 13  # every decode step after the prefill overlapped
-    think_toks, rows = runs[True, "think"]
+    # every decode step after the prefill takes device inputs; a row that stops (the regex's EOS)
+    # had its next forward launched before the host saw the stop: one forward row wasted, not sampled
+    for kind, wasted in (("pen", 0), ("think", 0), ("regex", 1)):
+        n = len(runs[True, kind][0])
+        assert runs[True, kind][1] == [0] + [1] * (n - 1 + wasted), kind
+    assert runs[True, "regex"][0][-1] == eng.tokenizer.eos_token_id
+    think_toks = runs[True, "think"][0]
     assert think_toks[budget] == end and end not in think_toks[:budget]
-    # launch k draws output index k-1: launches 2..budget overlap; the draw at index `budget` may be
-    # forced, and the next one waits for the end token to reach the host: both are launched after the
-    # previous step was processed (no device inputs); then overlapped again
-    assert rows == [0] + [1] * (budget - 1) + [0, 0] + [1] * (14 - budget - 2)
 
 
 def test_logprob_pack_equals_the_samplers_logprobs():
