@@ -2,7 +2,8 @@
 
 `_mix_kernel` (split over d): optionally first the post-mix of the previous site,
 X'[j] = post[j] * o + sum_i comb[i, j] * X[i] (written out in X's dtype), then partial sums of the
-`fn` projection of the flattened streams and of their squares -> part [S, N, MP], sq [S, N].
+`fn` projection of the flattened streams (3xTF32 tensor-core dots: fp32-level accuracy) and of their
+squares -> part [S, N, MP], sq [S, N].
 `_finish_kernel` (one program per token): the RMS factor, sigmoid/scale/base, softmax + Sinkhorn
 on the hc x hc mixer (registers), the pre-weighted collapse u = sum_i pre[i] X[i] and optionally the
 sub-layer's RMSNorm of u. Head mode (hc_head): hc pre weights only. No host sync; sizes from shapes.
@@ -25,39 +26,34 @@ def _mix_kernel(x_ptr, o_ptr, post_ptr, comb_ptr, xo_ptr, fn_ptr, part_ptr, sq_p
     rows = pid_m * BM + tl.arange(0, BM)
     rmask = rows < N
     r64 = rows.to(tl.int64)
-    hh = tl.arange(0, HC)
     mm = tl.arange(0, MP)
     K = HC * D
     acc = tl.zeros([BM, MP], dtype=tl.float32)
     sq = tl.zeros([BM], dtype=tl.float32)
-    if POST:
-        post = tl.load(post_ptr + r64[:, None] * HC + hh[None, :], mask=rmask[:, None], other=0.0)
     c_lo = pid_s * C_PER
     for c0 in range(c_lo, c_lo + C_PER, BC):
         cc = c0 + tl.arange(0, BC)
         cmask = cc < D
         m2 = rmask[:, None] & cmask[None, :]
-        # offsets [BM, HC, BC] of X[row, j, c]
-        offs = r64[:, None, None] * K + hh[None, :, None] * D + cc[None, None, :]
-        m3 = rmask[:, None, None] & cmask[None, None, :]
         if POST:
             o = tl.load(o_ptr + r64[:, None] * D + cc[None, :], mask=m2, other=0.0).to(tl.float32)
-            xn = post[:, :, None] * o[:, None, :]
-            for i in tl.static_range(HC):
-                xi = tl.load(x_ptr + r64[:, None] * K + i * D + cc[None, :], mask=m2, other=0.0).to(tl.float32)
-                ci = tl.load(comb_ptr + r64[:, None] * (HC * HC) + i * HC + hh[None, :], mask=rmask[:, None],
-                             other=0.0)
-                xn += ci[:, :, None] * xi[:, None, :]
-            xn = xn.to(xo_ptr.dtype.element_ty)
-            tl.store(xo_ptr + offs, xn, mask=m3)
-            xv = xn.to(tl.float32)
-        else:
-            xv = tl.load(x_ptr + offs, mask=m3, other=0.0).to(tl.float32)
-        sq += tl.sum(tl.sum(xv * xv, axis=2), axis=1)
-        f = tl.load(fn_ptr + mm[:, None, None] * K + hh[None, :, None] * D + cc[None, None, :],
-                    mask=(mm[:, None, None] < MIX) & cmask[None, None, :], other=0.0)
-        acc = tl.dot(tl.reshape(xv, (BM, HC * BC)), tl.trans(tl.reshape(f, (MP, HC * BC))), acc,
-                     input_precision="ieee")
+        for j in tl.static_range(HC):  # destination stream j: 2-D tiles, one small dot per stream
+            if POST:
+                pj = tl.load(post_ptr + r64 * HC + j, mask=rmask, other=0.0)
+                xj = pj[:, None] * o
+                for i in tl.static_range(HC):
+                    cij = tl.load(comb_ptr + r64 * (HC * HC) + i * HC + j, mask=rmask, other=0.0)
+                    xi = tl.load(x_ptr + r64[:, None] * K + i * D + cc[None, :], mask=m2, other=0.0)
+                    xj += cij[:, None] * xi.to(tl.float32)
+                xj = xj.to(xo_ptr.dtype.element_ty)
+                tl.store(xo_ptr + r64[:, None] * K + j * D + cc[None, :], xj, mask=m2)
+                xv = xj.to(tl.float32)
+            else:
+                xv = tl.load(x_ptr + r64[:, None] * K + j * D + cc[None, :], mask=m2, other=0.0).to(tl.float32)
+            sq += tl.sum(xv * xv, axis=1)
+            f = tl.load(fn_ptr + mm[:, None] * K + j * D + cc[None, :], mask=(mm[:, None] < MIX) & cmask[None, :],
+                        other=0.0)
+            acc = tl.dot(xv, tl.trans(f), acc, input_precision="tf32x3")  # ~fp32 accuracy on tensor cores
     pbase = (pid_s * N + r64) * MP
     tl.store(part_ptr + pbase[:, None] + mm[None, :], acc, mask=rmask[:, None])
     tl.store(sq_ptr + pid_s * N + rows, sq, mask=rmask)
@@ -117,7 +113,7 @@ def _mix(x, fn, o=None, post=None, comb=None):
     mp = max(16, triton.next_power_of_2(mix))
     interp = interpreting()
     bm = 16
-    bc = 16 if interp else 64
+    bc = 16 if interp else 32  # (sm_90 ptxas: 32 columns x 8 warps keeps the 4x4 stream unroll in registers)
     tiles = triton.cdiv(n, bm)
     chunks = triton.cdiv(d, bc)
     split = max(1, min(chunks, (2 * NUM_SMS) // tiles)) if not interp else min(chunks, 2)
@@ -129,7 +125,7 @@ def _mix(x, fn, o=None, post=None, comb=None):
     has_post = o is not None
     _mix_kernel[(tiles, split)](
         x, o if has_post else x, post if has_post else part, comb if has_post else part, xo, fn, part, sq,
-        n, d, mix, c_per, HC=hc, MP=mp, BM=bm, BC=bc, POST=has_post, num_warps=4, num_stages=1)
+        n, d, mix, c_per, HC=hc, MP=mp, BM=bm, BC=bc, POST=has_post, num_warps=4 if interp else 8, num_stages=1)
     return xo, part, sq, split
 
 
