@@ -60,7 +60,7 @@ class LaunchedStep:
                 host_lp = logprobs.to("cpu", non_blocking=True) if logprobs is not None else None
                 host = token_ids.to("cpu", non_blocking=True)
                 ready = torch.cuda.Event()
-                ready.record()
+                ready.record(torch.cuda.current_stream(token_ids.device))
             else:
                 host, host_lp = token_ids, logprobs
         row_of = {s.seq: j for j, (_, s) in enumerate(rows)}
