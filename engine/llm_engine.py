@@ -301,9 +301,8 @@ class LLMEngine:
         return LaunchedStep.start(rows, out.token_ids, num_lp, lp)
 
     def _process(self, step: LaunchedStep) -> list[RequestOutput]:
-        """Host side of a launched step: append its tokens (detokenize, stop checks, free finished
-        sequences) -> outputs. Rows of sequences that finished or were aborted after the step was
-        launched are dropped (async scheduling ran them one token past their end)."""
+        """Host side of a sampled step: append its tokens (detokenize, stop checks, free finished
+        sequences) -> outputs. Rows of requests aborted after the step was sampled are dropped."""
         tokens = step.tokens()
         logprobs = step.logprobs(tokens)
         now = time.monotonic()
