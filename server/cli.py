@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: on with CUDA and tensor parallel size 1, off on CPU)")
     s.add_argument("--enforce-eager", action="store_true",
                    help="no CUDA graphs: decode steps run the eager forward (start-up skips the capture)")
+    s.add_argument("--speculative-config", default=None, metavar="JSON",
+                   help='speculative decoding with the checkpoint\'s MTP block, e.g. \'{"method": "mtp", '
+                        '"num_speculative_tokens": 2}\' (k = 1..4; loads the MTP weights; steps run synchronously '
+                        'and without CUDA graphs) (default: off)')
     s.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse the KV cache of shared prompt prefixes (exact: block hashes + slot-state snapshots)")
     s.add_argument("--max-request-body-bytes", type=int, default=16 << 20,
@@ -108,7 +112,7 @@ def engine_args(ns: argparse.Namespace):
                       max_queued_requests=ns.max_queued_requests, tensor_parallel_size=ns.tensor_parallel_size,
                       served_model_name=ns.served_model_name, enforce_eager=ns.enforce_eager,
                       enable_prefix_caching=ns.enable_prefix_caching,
-                      async_scheduling=ns.async_scheduling)
+                      async_scheduling=ns.async_scheduling, speculative_config=ns.speculative_config)
     args.validate()
     return args
 

@@ -50,6 +50,20 @@ class _EngineStatsCollector:
             c = CounterMetricFamily(name, doc, labels=["model_name"])
             c.add_metric(lv, float(value))
             yield c
+        sd = getattr(s, "spec_decode", None)  # speculative decoding on (engine/spec_decode.py): vLLM's counters
+        if sd is not None:
+            for name, doc, value in (
+                    ("vllm:spec_decode_num_drafts", "Number of spec decoding drafts.", sd.num_drafts),
+                    ("vllm:spec_decode_num_draft_tokens", "Number of draft tokens.", sd.num_draft_tokens),
+                    ("vllm:spec_decode_num_accepted_tokens", "Number of accepted tokens.", sd.num_accepted_tokens)):
+                c = CounterMetricFamily(name, doc, labels=["model_name"])
+                c.add_metric(lv, float(value))
+                yield c
+            c = CounterMetricFamily("vllm:spec_decode_num_accepted_tokens_per_pos",
+                                    "Accepted tokens per draft position.", labels=["model_name", "position"])
+            for pos, value in enumerate(list(sd.accepted_per_pos)):
+                c.add_metric(lv + [str(pos)], float(value))
+            yield c
 
 
 class ServerMetrics:
