@@ -34,8 +34,15 @@ def _moe_gemm_kernel(
     A_DIV: tl.constexpr, OUT_DIV: tl.constexpr, GATE_UP: tl.constexpr, WFMT: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
     DOT_T: tl.constexpr, DOT_F32: tl.constexpr, USE_ASM: tl.constexpr, ACT_FP8: tl.constexpr,
+    zero_ptr, ZERO_PER, ZERO_N, ZERO: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    if ZERO:  # gate/up launch: clear the down kernel's fp32 output (no separate memset launch)
+        zoffs = tl.arange(0, 1024)
+        zend = tl.minimum(pid * ZERO_PER + ZERO_PER, ZERO_N)
+        for z0 in range(pid * ZERO_PER, zend, 1024):
+            zo = z0 + zoffs
+            tl.store(zero_ptr + zo, tl.zeros([1024], dtype=tl.float32), mask=zo < zend)
     npad = tl.load(npad_ptr)
     num_pid_m = tl.cdiv(npad, BM)
     num_pid_n = tl.cdiv(N, BN)
@@ -127,7 +134,7 @@ def pick_config(num_pairs: int, num_experts: int, n_out: int, wfmt: int, gate_up
 
 
 def _launch(a, w, w2, out, rw, sorted_ids, eids, npad, n_out, k_in, p, limit, a_div, out_div, gate_up, cfg,
-            fp4_mode, act_quant=False):
+            fp4_mode, act_quant=False, zero=None):
     data, scale, wfmt = weight_args(w, fp4_mode)
     data2, scale2, _ = weight_args(w2, fp4_mode) if w2 is not None else (data, scale, wfmt)
     use_asm = wfmt in (3, 6) and fp4_use_asm(w) and (w2 is None or fp4_use_asm(w2))
@@ -140,13 +147,16 @@ def _launch(a, w, w2, out, rw, sorted_ids, eids, npad, n_out, k_in, p, limit, a_
         sse, ssn, ssk = scale.stride()
     max_blocks = eids.numel()
     grid = (max_blocks * triton.cdiv(n_out, cfg["BN"]),)
+    zero_n = zero.numel() if zero is not None else 0
+    zero_per = triton.cdiv(triton.cdiv(zero_n, grid[0]), 1024) * 1024
     _moe_gemm_kernel[grid](
         a, data, data2, scale, scale2, out, rw, sorted_ids, eids, npad,
         n_out, k_in, p, float(limit),
         a.stride(0), data.stride(0), data.stride(1), data.stride(2), sse, ssn, ssk, out.stride(0),
         A_DIV=a_div, OUT_DIV=out_div, GATE_UP=gate_up, WFMT=wfmt,
         BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], GROUP_M=cfg["GROUP_M"], DOT_T=dot_t, DOT_F32=dot_f32,
-        USE_ASM=use_asm, ACT_FP8=act_quant, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        USE_ASM=use_asm, ACT_FP8=act_quant, zero_ptr=zero if zero is not None else rw, ZERO_PER=zero_per,
+        ZERO_N=zero_n, ZERO=zero is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
 def moe_experts(x, w1, w3, w2, weights, ids, limit, config1=None, config2=None, fp4_mode="interleave",
@@ -161,9 +171,9 @@ def moe_experts(x, w1, w3, w2, weights, ids, limit, config1=None, config2=None, 
     k = ids.shape[1]
     num_e, inter = w1.shape[0], w1.shape[1]
     p = n * k
-    out = torch.zeros(n, d, dtype=torch.float32, device=x.device)
     if p == 0:
-        return out
+        return torch.zeros(n, d, dtype=torch.float32, device=x.device)
+    out = torch.empty(n, d, dtype=torch.float32, device=x.device)  # zeroed by the gate/up launch
     wfmt = weight_args(w1)[2]
     interp = interpreting()
     c1 = dict(config1 or pick_config(p, num_e, inter, wfmt, True, interp))
@@ -173,7 +183,7 @@ def moe_experts(x, w1, w3, w2, weights, ids, limit, config1=None, config2=None, 
     rw = weights.reshape(-1).float().contiguous()
     s1, e1, np1 = moe_align(ids, num_e, c1["BM"])
     h = torch.empty(p, inter, dtype=x.dtype, device=x.device)
-    _launch(x, w1, w3, h, rw, s1, e1, np1, inter, d, p, limit, k, 1, True, c1, fp4_mode, act_quant)
+    _launch(x, w1, w3, h, rw, s1, e1, np1, inter, d, p, limit, k, 1, True, c1, fp4_mode, act_quant, zero=out)
     if c2["BM"] == c1["BM"]:
         s2, e2, np2 = s1, e1, np1
     else:
