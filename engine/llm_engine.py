@@ -93,8 +93,9 @@ class LLMEngine:
             num_blocks = num_blocks_for_budget(cfg, budget, num_slots, self.block_size, self.dtype, args.kv_format,
                                                snapshot_interval=snap_interval)
         num_snaps = num_snapshot_rows(num_blocks, self.block_size, snap_interval, num_slots) if snap_interval else 0
+        use_graphs = self.device.type == "cuda" and not args.enforce_eager and self.executor is None
         self.kv = KVCacheManager(cfg, num_blocks=num_blocks, num_slots=num_slots, block_size=self.block_size,
-                                 dtype=self.dtype, device=self.device, kv_format=args.kv_format,
+                                 dtype=self.dtype, device=self.device, kv_format=args.kv_format, pad_row=use_graphs,
                                  enable_prefix_caching=args.enable_prefix_caching, num_snapshots=num_snaps,
                                  snapshot_interval=snap_interval)
         if self.executor is not None:
@@ -108,6 +109,9 @@ class LLMEngine:
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
             max_model_len=self.max_model_len, max_queued_requests=args.max_queued_requests), self.kv)
         self.runner = ModelRunner(self.model, self.kv, self.device, self.tokenizer.vocab_size, executor=self.executor)
+        self.load_s = time.monotonic() - t0  # load + cache allocation (start-up before the graph capture)
+        if use_graphs:  # decode CUDA graphs (engine/cuda_graph.py); --enforce-eager skips them
+            self.runner.capture_graphs(args.max_num_seqs, self.max_model_len)
         self.sampler = Sampler()
         # overlapped loop (engine/async_step.py): the launched step whose tokens the host has not seen
         self.async_scheduling = args.resolve_async_scheduling(self.device) and self.executor is None
