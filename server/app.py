@@ -202,6 +202,15 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
     async def server_version():
         return {"version": _version()}
 
+    @app.post("/reset_prefix_cache")
+    async def reset_prefix_cache():
+        """vLLM's route: drop every cached block no running request holds (behind --api-key)."""
+        if not engine.is_ready:
+            raise APIError(503, unavailable_reason())
+        dropped = await engine.reset_prefix_cache()
+        logger.info("prefix cache reset: %d cached blocks dropped", dropped)
+        return Response(status_code=200)
+
     @app.post("/tokenize")
     async def tokenize(req: TokenizeRequest):
         check_model(req.model)
