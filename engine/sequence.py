@@ -113,7 +113,10 @@ class Sequence:
         h = self.block_hashes
         while len(h) < num_blocks:
             k = len(h)
-            h.append(hash_block_tokens(h[-1] if k else None, self.tokens(k * block_size, (k + 1) * block_size)))
+            toks = self.tokens(k * block_size, (k + 1) * block_size)
+            if len(toks) != block_size:  # a token still pending on the device: never hash a partial block
+                raise RuntimeError(f"{self.seq_id!r}: block {k} is not full on the host ({len(toks)} tokens)")
+            h.append(hash_block_tokens(h[-1] if k else None, toks))
         return h
 
     def append_token(self, token_id: int) -> None:

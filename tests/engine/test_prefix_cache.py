@@ -232,3 +232,14 @@ def test_bench_prefix_runs_on_cpu(flash_ckpt, capsys):
         assert f["cold_after_reset_cached_tokens"] == 0 and f["snapshot_bytes"] > 0 and "ttft_nocache_ms" in f
     assert res["flash_reference"]["compressed_bytes_per_token"] == 3514.25
     assert res["flash_reference"]["extra_fraction"] <= 0.25
+
+
+def test_hits_with_async_scheduling(flash_ckpt):
+    """The overlapped loop (engine/async_step.py) hashes a block only once its tokens reached the host
+    and saves / restores snapshots around the forward it launches: same results as the sync engine."""
+    ref_eng, eng = make(flash_ckpt, False), make(flash_ckpt, True, async_scheduling=True)
+    assert eng.async_scheduling
+    for i, (prompt, cached) in enumerate(CASES):
+        got = run(eng, prompt, greedy(), f"r{i}")
+        assert got.num_cached_tokens == cached, f"case {i}"
+        assert_same(run(ref_eng, prompt, greedy(), f"ref{i}"), got)
