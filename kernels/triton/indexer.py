@@ -1,8 +1,8 @@
 """Triton lightning indexer: scores sum_h w_h * relu(q_h . k_e) + radix top-k select.
 
 Two kernels per tile of query rows:
-  _score_kernel   grid (rows, splits; each program strides over key tiles up to its row's own limit): gathers BLOCK_E indexer keys through the block table
-                  (dense, FP8 + fp32 scale, or MXFP4), one tl.dot [BLOCK_E, cI] x [cI, HI] for all heads,
+  _score_kernel   grid (rows, splits; each program strides over key tiles up to its row's own limit):
+                  gathers BLOCK_E indexer keys through the block table (dense, FP8 + fp32 scale, or MXFP4), one tl.dot [BLOCK_E, cI] x [cI, HI] for all heads,
                   relu, weight, head-sum -> scores[row, e] (fp32, only e < (pos+1)//ratio written).
   _topk_kernel    grid (rows,): radix select of the k-th largest score without sorting the row:
                   four 8-bit histogram passes (tl.histogram) over order-preserving uint32 keys of
@@ -10,8 +10,8 @@ Two kernels per tile of query rows:
                   compaction pass writes every e with key > T and the lowest-index ties == T into
                   out[row, :k] (tl.cumsum + a running counter). Rows with <= k eligible entries
                   just list 0..limit-1. Unused slots are -1. Rows of <= REG_TOPK_MAX entries run
-                  the same passes on the row held in registers (IN_REG: read once). Fewer than 132 longer rows (decode at
-long context) split each row over programs instead (kernels/triton/topk_long.py).
+                  the same passes on the row held in registers (IN_REG: read once). Fewer than 132
+                  longer rows (decode at long context) are split over programs (triton/topk_long.py).
 Long prefill: rows are processed in tiles of at most `row_tile` tokens so the score buffer is
 [row_tile, E] (bounded), never [T, E].
 """
