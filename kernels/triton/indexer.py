@@ -3,7 +3,8 @@
 Two kernels per tile of query rows:
   _score_kernel   grid (rows, splits; each program strides over key tiles up to its row's own limit):
                   gathers BLOCK_E indexer keys through the block table (dense, FP8 + fp32 scale, or
-                  MXFP4), one tl.dot [BLOCK_E, cI] x [cI, HI] for all heads, relu, weight, head-sum -> scores[row, e] (fp32, only e < (pos+1)//ratio written).
+                  MXFP4), one tl.dot [BLOCK_E, cI] x [cI, HI] for all heads, relu, weight, head-sum
+                  -> scores[row, e] (fp32, only e < (pos+1)//ratio written).
   _topk_kernel    grid (rows,): radix select of the k-th largest score without sorting the row:
                   four 8-bit histogram passes (tl.histogram) over order-preserving uint32 keys of
                   the float bits find the exact threshold key T and how many ties to take, then one
