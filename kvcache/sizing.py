@@ -238,6 +238,14 @@ def format_table(cfg: ModelConfig, name: str, fmt: str, indexer_fmt: str, dtype:
         (f"allocated here ({str(dtype).removeprefix('torch.')}, block {bs})",
          f"{per_slot:,} B/slot, {per_block:,} B/block ({per_block / bs:,.1f} B/token)"),
     ]
+    # the engine's kv_format for this (entries, indexer) pair, if it has one: its prefix-cache snapshot cost
+    kv_format = {("bf16", "bf16"): "bf16", ("fp8", "fp8"): "fp8", ("fp8", "fp4"): "fp8_fp4idx"}.get((fmt, indexer_fmt))
+    if kv_format is not None:
+        iv = prefix_snapshot_interval(cfg, bs, dtype, kv_format)
+        snap, paged = snapshot_bytes(cfg, bs, dtype, kv_format), state_bytes(cfg, bs, dtype, kv_format)[1] / bs
+        rows.append(("prefix-cache snapshot (window + open CSA tails)",
+                     f"{snap:,} B, every {iv:,} tokens -> {snap / iv:,.1f} B/cached token "
+                     f"({snap / iv / paged:.1%} of the paged bytes)"))
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}".rstrip() for k, v in rows)
 

@@ -154,3 +154,10 @@ def test_budget_counts_snapshots(budget):
     n = num_blocks_for_budget(CFG, budget, slots, bs, torch.float32, snapshot_interval=iv)
     assert cost(n) <= budget < cost(n + 1)  # the largest cache that fits, snapshots included
     assert n < num_blocks_for_budget(CFG, budget, slots, bs, torch.float32)
+
+
+def test_sizing_table_reports_the_snapshot_cost():
+    from kvcache.sizing import format_table
+
+    text = format_table(PRESETS["flash"](), "flash", "fp8", "fp4", torch.bfloat16)
+    assert "prefix-cache snapshot" in text and "4,074,496 B, every 5,888 tokens -> 692.0 B/cached token" in text
