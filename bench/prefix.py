@@ -78,7 +78,8 @@ def byte_report(eng) -> dict:
     kv = eng.kv
     rep = prefix_cache_report(eng.model_config, kv.block_size, eng.dtype, kv.kv_format, kv.prefix.interval,
                               kv.num_blocks, kv.num_slots)
-    return {"snapshot_bytes": rep.snapshot_bytes, "interval": rep.interval, "snapshot_rows": kv.prefix.snapshots.num_rows,
+    return {"snapshot_bytes": rep.snapshot_bytes, "interval": rep.interval,
+            "snapshot_rows": kv.prefix.snapshots.num_rows,
             "block_bytes_per_token": round(rep.block_bytes_per_token, 2),
             "snapshot_bytes_per_cached_token": round(rep.snapshot_bytes_per_token, 2),
             "extra_fraction": round(rep.extra_fraction, 4)}
