@@ -20,6 +20,7 @@ line is one JSON object with everything.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -126,7 +127,8 @@ def run_format(args, model_dir, kv: str, cached_model, vocab_hi: int) -> tuple[d
            "cached_tokens": cached, "prompt_tokens": len(probe),
            "same_first_token_as_cold": first_hit == out_cold.outputs[0].token_ids,
            "cold_after_reset_cached_tokens": out_cold.num_cached_tokens, **byte_report(eng)}
-    del eng
+    del eng, out, out_cold
+    gc.collect()  # the engine's cache, snapshots and graph pool go before the next engine allocates
     if args.device == "cuda":
         torch.cuda.empty_cache()
     if args.compare_nocache:
