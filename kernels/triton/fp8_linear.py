@@ -169,6 +169,17 @@ def pick_config(m: int, n: int, k: int, act_fp8: bool, interp: bool) -> dict:
     return dict(BM=128, BN=128, BK=128 if act_fp8 else 64, GROUP_M=8, num_warps=8, num_stages=3, SPLIT_K=1)
 
 
+SMEM_BYTES = 220 * 1024  # H200: 227 KB of shared memory per block, less room for the epilogue
+
+
+def fit_shared_memory(cfg: dict, x_bytes: int, w_bytes: int, dual: bool) -> None:
+    """Drop pipeline stages until the stage buffers (an x tile and one or two weight tiles per stage) fit in
+    shared memory: the dual-weight launch with 2-byte weights at BM64 BN128 BK128 would need 320 KB at 4."""
+    per_stage = cfg["BM"] * cfg["BK"] * x_bytes + (2 if dual else 1) * cfg["BN"] * cfg["BK"] * w_bytes
+    while cfg["num_stages"] > 1 and per_stage * cfg["num_stages"] > SMEM_BYTES:
+        cfg["num_stages"] -= 1
+
+
 _COUNTERS: dict = {}  # device -> int32 arrival counters of the self-reducing split-K (always back at 0)
 
 
@@ -205,6 +216,8 @@ def launch(x, w, y, *, w2=None, y2=None, groups=1, x_gs=0, w_gs=0, y_gs=0, epi=0
         if wfmt != 1:
             raise NotImplementedError("act_quant needs FP8 weights")
         cfg["BK"] = 128
+    if config is None:
+        fit_shared_memory(cfg, 1 if act_quant else x.element_size(), data.element_size(), w2 is not None)
     split = cfg["SPLIT_K"]
     k_per = triton.cdiv(triton.cdiv(k, split), 128) * 128
     split = triton.cdiv(k, k_per)
