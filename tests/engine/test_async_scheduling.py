@@ -110,10 +110,20 @@ def run_both(ckpt, reqs, kind=OutputKind.CUMULATIVE, abort_at=None, setup=None, 
         assert eng.async_scheduling is on
         if setup is not None:
             setup(eng)
+        sampled = [0]
+        sampler = eng.sampler
+
+        def count(logits, meta, _sampler=sampler):
+            sampled[0] += logits.shape[0]
+            return _sampler(logits, meta)
+
+        eng.sampler = count
         res.append(drive(eng, reqs, kind, abort_at))
         engines.append(eng)
         num_out = sum(s["num_tokens"] for r in res[-1].values() for s in r["samples"].values())
-        assert eng.generation_tokens_total == num_out  # tokens dropped past a finish are not counted
+        assert eng.generation_tokens_total == num_out  # tokens of aborted rows in flight are not counted
+        if not abort_at:  # a sequence that stopped is never sampled again (its next forward row is wasted)
+            assert sampled[0] == num_out
     assert_same(res[0], res[1])
     assert engines[0].prompt_tokens_total == engines[1].prompt_tokens_total
     return res[0], res[1], engines
