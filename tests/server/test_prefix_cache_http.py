@@ -90,3 +90,21 @@ def test_bench_multi_turn_reports_hit_rate_against_a_no_cache_server(served, dem
     cmp = report["compare"]
     assert cmp["completed"] == 6 and cmp["total_cached_tokens"] == 0 and cmp["prefix_cache_hit_rate"] == 0.0
     assert cmp["total_prompt_tokens"] == report["total_prompt_tokens"]  # the same workload
+
+
+def test_cli_flag_and_llm_kwarg():
+    from engine.config import EngineArgs
+    from server.cli import build_parser, engine_args
+
+    assert EngineArgs().enable_prefix_caching  # on by default, as vLLM
+    assert engine_args(build_parser().parse_args(["serve", "/m"])).enable_prefix_caching
+    assert not engine_args(build_parser().parse_args(["serve", "/m", "--no-enable-prefix-caching"])).enable_prefix_caching
+    assert engine_args(build_parser().parse_args(["serve", "/m", "--enable-prefix-caching"])).enable_prefix_caching
+
+
+def test_llm_kwarg_turns_it_off(demo_dir):
+    from engine.llm import LLM
+
+    llm = LLM(str(demo_dir), device="cpu", num_kv_blocks=16, enable_prefix_caching=False)
+    assert llm.engine.kv.prefix is None and llm.engine.args.enable_prefix_caching is False
+    assert LLM(str(demo_dir), device="cpu", num_kv_blocks=16).engine.kv.prefix is not None
