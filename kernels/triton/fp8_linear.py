@@ -212,6 +212,9 @@ def launch(x, w, y, *, w2=None, y2=None, groups=1, x_gs=0, w_gs=0, y_gs=0, epi=0
     data2, scale2 = (weight_args(w2)[:2]) if w2 is not None else (data, scale)
     interp = interpreting()
     cfg = dict(config or pick_config(m, n * groups, k, act_quant, interp))
+    if w2 is not None and m > 64 and not interp and config is None:
+        # two accumulators: narrower N tiles (sm_90 ptxas: 128x128 dual spills 750 B, 128x64 160 B)
+        cfg.update(BM=128, BN=64, BK=128 if act_quant else 64, GROUP_M=8, num_warps=8, num_stages=3)
     if act_quant:
         if wfmt != 1:
             raise NotImplementedError("act_quant needs FP8 weights")
