@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 
 import torch
-import torch.nn.functional as F
 
 from .quant_weight import QuantWeight
 from .ref import fp8_linear as _ref_fp8
