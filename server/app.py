@@ -23,6 +23,8 @@ from server.errors import (APIError, InvalidRequest, check_text, error_body, err
                            install_exception_handlers, to_api_error)
 from server.limits import DEFAULT_MAX_REQUEST_BODY_BYTES, BodySizeLimitMiddleware, OffLoopJSONRoute
 from server.metrics import HttpMetricsMiddleware, ServerMetrics
+from server.openapi import (ChatCompletionResponse, CompletionResponse, DetokenizeResponse, ModelCard, ModelList,
+                            TokenizeResponse, VersionResponse, install_openapi, responses)
 from server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
                              warn_unknown_fields)
 from server.request_log import ErrorLogMiddleware
@@ -135,6 +137,7 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
 
     app = FastAPI(title="v4serve", version=_version(), lifespan=lifespan)
     app.router.route_class = OffLoopJSONRoute  # before the routes: big JSON bodies decode in a thread
+    install_openapi(app, served_model_name, engine)
     app.state.v4, app.state.drain = state, drain
     install_exception_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_request_body_bytes)
@@ -162,13 +165,13 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
             raise APIError(429, "server is overloaded: request queue is full, retry later",
                            headers={"Retry-After": "1"})
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=responses(ChatCompletionResponse, stream=True))
     async def chat_completions(req: ChatCompletionRequest, raw_request: Request):
         check_model(req.model)
         check_capacity()
         return await create_chat_completion(state, req, raw_request)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=responses(CompletionResponse, stream=True))
     async def completions(req: CompletionRequest, raw_request: Request):
         check_model(req.model)
         check_capacity()
@@ -178,16 +181,16 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
         return {"id": served_model_name, "object": "model", "created": int(time.time()), "owned_by": "v4serve",
                 "root": served_model_name, "parent": None, "max_model_len": engine.max_model_len}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=responses(ModelList))
     async def models():
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{model:path}")
+    @app.get("/v1/models/{model:path}", responses=responses(ModelCard))
     async def model(model: str):
         check_model(model)
         return model_card()
 
-    @app.get("/health")
+    @app.get("/health", responses=responses(None))
     async def health():
         if engine.is_ready:
             return Response(status_code=200)
@@ -198,7 +201,7 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
-    @app.get("/version")
+    @app.get("/version", responses=responses(VersionResponse))
     async def server_version():
         return {"version": _version()}
 
@@ -211,7 +214,7 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
         logger.info("prefix cache reset: %d cached blocks dropped", dropped)
         return Response(status_code=200)
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", responses=responses(TokenizeResponse))
     async def tokenize(req: TokenizeRequest):
         check_model(req.model)
         warn_unknown_fields(req, "/tokenize")
@@ -230,7 +233,7 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
             tokens = await asyncio.to_thread(tok.encode, check_text(prompt, "prompt"), add)
         return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.max_model_len, "prompt": prompt}
 
-    @app.post("/detokenize")
+    @app.post("/detokenize", responses=responses(DetokenizeResponse))
     async def detokenize(req: DetokenizeRequest):
         check_model(req.model)
         warn_unknown_fields(req, "/detokenize")
