@@ -147,7 +147,7 @@ class ModelRunner:
             self.model(batch, self.kv.state)  # prefill chunk that samples nothing: only fills the cache
             return RunnerOutput(torch.empty(0, self.vocab), [], {}, batch.num_tokens)
         logits = self.model.compute_logits(self.model(batch, self.kv.state))
-        sample_idx = torch.tensor([r for _, r in sample_rows], dtype=torch.long, device=logits.device)
+        sample_idx = self._h2d(torch.tensor([r for _, r in sample_rows], dtype=torch.long))  # no stream sync
         prompt = {i: (out.chunks[i].start, logits[r:r + k]) for i, r, k in prompt_rows}
         sample_logits = logits.index_select(0, sample_idx)
         if self.valid_vocab < self.vocab:

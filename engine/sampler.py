@@ -215,11 +215,11 @@ class SamplingMetadata:
         eos_ok = eos_token_id is not None and eos_token_id < vocab_size
         eos_rows = [r for r, i in enumerate(rows) if i in guide_masks and guide_masks[i][1]]
         if eos_ok and eos_rows:
-            table[torch.tensor(eos_rows, dtype=torch.long).to(device), eos_token_id] = True
+            table[torch.tensor(eos_rows, dtype=torch.long).to(device, non_blocking=True), eos_token_id] = True
         listed = [r for r, i in enumerate(rows) if i in allow_lists]
         if listed:  # only these rows can end up empty: a grammar row alone always has a token or EOS
             keep = SamplingMetadata._token_table(device, vocab_size, [allow_lists[rows[r]] for r in listed]) > 0
-            idx = torch.tensor(listed, dtype=torch.long).to(device)
+            idx = torch.tensor(listed, dtype=torch.long).to(device, non_blocking=True)
             sub = table[idx] & keep
             if eos_ok:
                 sub[:, eos_token_id] |= ~sub.any(dim=1)
@@ -233,7 +233,7 @@ class SamplingMetadata:
                                dtype=torch.long)
         tok_idx = torch.tensor(list(itertools.chain.from_iterable(rows)), dtype=torch.long)
         keep = tok_idx < vocab_size
-        row_t, tok_t = row_idx[keep].to(device), tok_idx[keep].to(device)
+        row_t, tok_t = row_idx[keep].to(device, non_blocking=True), tok_idx[keep].to(device, non_blocking=True)
         table = torch.zeros(len(rows), vocab_size, dtype=torch.float32, device=device)
         return table.index_put_((row_t, tok_t), torch.ones_like(tok_t, dtype=torch.float32), accumulate=True)
 
@@ -346,7 +346,7 @@ class Sampler:
         if meta.bias_rows is not None:
             x = x.index_put((meta.bias_rows, meta.bias_token_ids), meta.bias_values, accumulate=True)
         if meta.banned_rows is not None:
-            x = x.index_put((meta.banned_rows, meta.banned_token_ids), torch.tensor(_NEG_INF, device=x.device))
+            x = x.index_put((meta.banned_rows, meta.banned_token_ids), torch.full((), _NEG_INF, device=x.device))
         if meta.penalty_rows is not None:
             x = x.index_copy(0, meta.penalty_rows, self._penalize(x.index_select(0, meta.penalty_rows), meta))
         return x
