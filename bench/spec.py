@@ -9,12 +9,12 @@ Synthetic weights make acceptance meaningless, so this measures costs: B greedy 
   plain_eager   the speculative engine's own loop with speculation switched off (eager, synchronous)
   spec_k        a speculative step with k drafts: verify forward of k+1 tokens per sequence, rejection
                 sampling, rollback, MTP catch-up + k-1 chained MTP passes (the MTP's own drafts: almost
-                always rejected on random weights, so every step is a full-cost step)
-  draft_ms      of spec_k, the MTP part alone (synchronized around it)
+                always rejected on random weights, so every step is a full-cost step); pure-decode
+                steps replay the two speculative CUDA graphs (engine/spec_decode_graphs.py;
+                `graph_steps` counts them; --eager-spec: without)
+  eager_draft_ms  of an eager spec_k step, the MTP part alone (synchronized around it)
 Implied tokens/s at accept length A (tokens emitted per step per sequence, published V4 figures 1.9 /
-2.5) = B x A / spec step; speedup = that / (B / plain_graph step). `depth43` re-scales the main-model
-part to V4-Flash's 43 layers ((step - draft) x 43 / layers + draft; plain x 43 / layers): a rough
-full-depth estimate, the MTP block and LM head being one layer-equivalent either way.
+2.5) = B x A / spec step; speedup = that / (B / plain_graph step).
 The last printed line is one JSON object with everything.
 """
 
@@ -47,7 +47,7 @@ def ensure_checkpoint(args) -> str:
     return str(out)
 
 
-def build(args, model_dir, kv, spec, cached):
+def build(args, model_dir, kv, spec, cached, eager=False):
     import engine.llm_engine as le
     from engine.config import EngineArgs
 
@@ -59,7 +59,7 @@ def build(args, model_dir, kv, spec, cached):
             model=model_dir, device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32", max_num_seqs=max(args.batch_list),
             max_num_batched_tokens=args.budget, num_kv_blocks=args.blocks, kv_cache_dtype=kv,
             max_model_len=args.in_len + args.out_len + 8, enable_prefix_caching=False,
-            speculative_config=spec))
+            speculative_config=spec, enforce_eager=eager))
     finally:
         le.load_model = orig
 
@@ -109,6 +109,7 @@ def main(argv=None):
     ap.add_argument("--out-len", type=int, default=40)
     ap.add_argument("--blocks", type=int, default=256)
     ap.add_argument("--budget", type=int, default=8192)
+    ap.add_argument("--eager-spec", action="store_true", help="speculative steps without their CUDA graphs")
     ap.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only to smoke-test the script")
     args = ap.parse_args(argv)
     args.batch_list = [int(b) for b in args.batches.split(",")]
@@ -116,45 +117,55 @@ def main(argv=None):
     accepts = [float(a) for a in args.accept.split(",")]
     model_dir = ensure_checkpoint(args)
 
-    spec_eng = build(args, model_dir, args.kv, {"method": "mtp", "num_speculative_tokens": max(ks)}, None)
-    sd = spec_eng.spec
-    draft_times: list[float] = []
-    inner = sd._draft
+    def spec_engine(k, cached):
+        return build(args, model_dir, args.kv, {"method": "mtp", "num_speculative_tokens": k}, cached,
+                     eager=args.eager_spec)
 
-    def timed_draft(*a, **kw):
-        sync()
-        t = time.perf_counter()
-        inner(*a, **kw)
-        sync()
-        draft_times.append(time.perf_counter() - t)
-    sd._draft = timed_draft
-    results = {"layers": spec_eng.model_config.num_hidden_layers, "kv": args.kv, "batches": {}}
-    plain_eng = build(args, model_dir, args.kv, None, spec_eng.model)
-    for B in args.batch_list:
-        row = {"plain_graph_ms": median_ms(timed_decode(plain_eng, B, args, "g"))}
-        spec_eng.spec = None  # the same engine, speculation off: eager synchronous decode
-        row["plain_eager_ms"] = median_ms(timed_decode(spec_eng, B, args, "e"))
-        spec_eng.spec = sd
-        for k in ks:
-            sd.k = k
+    first = spec_engine(ks[0], None)  # loads the weights (incl. the MTP block) once
+    model = first.model
+    plain_eng = build(args, model_dir, args.kv, None, model)
+    L = plain_eng.model_config.num_hidden_layers
+    results = {"layers": L, "kv": args.kv, "spec_graphs": not args.eager_spec, "batches": {}}
+    rows = {B: {"plain_graph_ms": median_ms(timed_decode(plain_eng, B, args, "g"))} for B in args.batch_list}
+    del plain_eng
+    for k in ks:
+        eng = first if k == ks[0] else spec_engine(k, model)
+        sd = eng.spec
+        draft_times: list[float] = []
+        inner = sd._draft
+
+        def timed_draft(*a, _inner=inner, _times=draft_times, **kw):
+            sync()
+            t = time.perf_counter()
+            _inner(*a, **kw)
+            sync()
+            _times.append(time.perf_counter() - t)
+        sd._draft = timed_draft  # the eager step's MTP part (the graph step's is inside its replay)
+        for B in args.batch_list:
+            row = rows[B]
+            if "plain_eager_ms" not in row:
+                eng.spec = None  # the same engine, speculation off: eager synchronous decode
+                row["plain_eager_ms"] = median_ms(timed_decode(eng, B, args, "e"))
+                eng.spec = sd
             sd.drafts.clear()
             draft_times.clear()
-            st = median_ms(timed_decode(spec_eng, B, args, f"s{k}"))
-            dr = median_ms(draft_times[2:])
-            r = {"step_ms": st, "draft_ms": dr, "vs_plain_graph": round(st / row["plain_graph_ms"], 3),
+            g0 = sd.graphs.num_steps if sd.graphs is not None else 0
+            st = median_ms(timed_decode(eng, B, args, f"s{k}"))
+            r = {"step_ms": st, "graph_steps": (sd.graphs.num_steps - g0) if sd.graphs is not None else 0,
+                 "eager_draft_ms": median_ms(draft_times[2:]) if draft_times[2:] else None,
+                 "vs_plain_graph": round(st / row["plain_graph_ms"], 3),
                  "vs_plain_eager": round(st / row["plain_eager_ms"], 3)}
-            L = results["layers"]
-            main_ms = st - dr
-            est_spec, est_plain = main_ms * 43 / L + dr, row["plain_graph_ms"] * 43 / L
             for a in accepts:
                 tok_s = B * a / st * 1e3
                 r[f"tok_s@{a}"] = round(tok_s, 1)
                 r[f"speedup@{a}"] = round(tok_s / (B / row["plain_graph_ms"] * 1e3), 3)
-                r[f"depth43_speedup@{a}"] = round(a * est_plain / est_spec, 3)
             row[f"spec_k{k}"] = r
             log({"batch": B, "k": k, **r})
-        results["batches"][str(B)] = row
-        log({"batch": B, **{k: v for k, v in row.items() if not k.startswith("spec_")}})
+        if eng is not first:
+            del eng
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    for B in args.batch_list:
+        results["batches"][str(B)] = rows[B]
     log({"bench": "spec", **results})
 
 

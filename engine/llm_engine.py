@@ -48,6 +48,7 @@ class EngineStats:
     num_requests: int  # unfinished requests
     prefix_cache_queries_total: int = 0  # prompt tokens looked up in the prefix cache
     prefix_cache_hits_total: int = 0  # of those, tokens reused
+    spec_decode: object = None  # engine.spec_decode.SpecDecodeStats when speculative decoding is on
 
 
 class LLMEngine:
@@ -72,7 +73,8 @@ class LLMEngine:
             self.executor = TPExecutor(self.model_dir, args.tensor_parallel_size, self.device, self.dtype)
             self.model = self.executor.model
         else:
-            self.model = load_model(self.model_dir, device=self.device, dtype=self.dtype)
+            spec = args.spec_config  # speculative decoding (engine/spec_decode.py): the MTP block loads too
+            self.model = load_model(self.model_dir, device=self.device, dtype=self.dtype, include_mtp=spec is not None)
         weights_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         cfg = self.model_config
         self.block_size = choose_block_size(cfg, args.block_size)
@@ -93,9 +95,11 @@ class LLMEngine:
             num_blocks = num_blocks_for_budget(cfg, budget, num_slots, self.block_size, self.dtype, args.kv_format,
                                                snapshot_interval=snap_interval)
         num_snaps = num_snapshot_rows(num_blocks, self.block_size, snap_interval, num_slots) if snap_interval else 0
-        use_graphs = self.device.type == "cuda" and not args.enforce_eager and self.executor is None
+        use_graphs = (self.device.type == "cuda" and not args.enforce_eager and self.executor is None
+                      and args.spec_config is None)  # speculation: its own graphs (engine/spec_decode_graphs.py)
         self.kv = KVCacheManager(cfg, num_blocks=num_blocks, num_slots=num_slots, block_size=self.block_size,
-                                 dtype=self.dtype, device=self.device, kv_format=args.kv_format, pad_row=use_graphs,
+                                 dtype=self.dtype, device=self.device, kv_format=args.kv_format,
+                                 pad_row=use_graphs or args.spec_config is not None,  # + speculative graphs
                                  enable_prefix_caching=args.enable_prefix_caching, num_snapshots=num_snaps,
                                  snapshot_interval=snap_interval)
         if self.executor is not None:
@@ -113,6 +117,11 @@ class LLMEngine:
         if use_graphs:  # decode CUDA graphs (engine/cuda_graph.py); --enforce-eager skips them
             self.runner.capture_graphs(args.max_num_seqs, self.max_model_len)
         self.sampler = Sampler()
+        self.spec = None  # speculative decoding (engine/spec_decode.py): MTP drafts, synchronous steps
+        if args.spec_config is not None:
+            from .spec_decode import SpecDecoder
+
+            self.spec = SpecDecoder(self, args.spec_config.num_speculative_tokens)
         # overlapped loop (engine/async_step.py): the launched step whose tokens the host has not seen
         self.async_scheduling = args.resolve_async_scheduling(self.device) and self.executor is None
         self._inflight: LaunchedStep | None = None
@@ -222,7 +231,8 @@ class LLMEngine:
         return EngineStats(self.scheduler.num_running, self.scheduler.num_waiting, self.kv.usage,
                            self.scheduler.num_preemptions_total, self.prompt_tokens_total,
                            self.generation_tokens_total, len(self.requests),
-                           pc.queries if pc else 0, pc.hits if pc else 0)
+                           pc.queries if pc else 0, pc.hits if pc else 0,
+                           self.spec.stats if self.spec is not None else None)
 
     def reset_prefix_cache(self) -> int:
         """Drop every cached block no running sequence holds (and its state snapshot) -> blocks dropped."""
@@ -237,6 +247,9 @@ class LLMEngine:
         tokens, on the device), process step N on the host while it runs, then sample N+1 with the
         host state complete (grammar masks, penalties, ...) and leave it in flight; the outputs are
         step N's."""
+        if self.spec is not None:  # speculative decoding: verify + rollback + drafting, synchronous
+            sched = self.scheduler.schedule()
+            return self.spec.step(self, sched) if not sched.is_empty else []
         prev, self._inflight = self._inflight, None
         sched = self.scheduler.schedule()
         fwd = self._forward(sched, prev) if not sched.is_empty else None

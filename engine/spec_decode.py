@@ -24,6 +24,7 @@ snapshot may be saved there), or when no budget / block is left; it then decodes
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -40,6 +41,9 @@ from .sampler import SamplingMetadata, gather_logprobs
 from .scheduler import SchedulerOutput
 from .sequence import SequenceStatus
 from .spec_decode_batch import MtpRow, make_batch, plan_verify
+from .spec_decode_graph_step import graph_step
+
+log = logging.getLogger("v4serve.spec_decode")
 
 
 @dataclass
@@ -67,6 +71,24 @@ class SpecDecoder:
         self.stats = SpecDecodeStats(accepted_per_pos=[0] * self.k)
         # test hook: (seq, P, drafts) -> drafts actually verified (forced acceptance / rejection)
         self.draft_hook: Callable | None = None
+        self.max_num_seqs, self.max_model_len = engine.args.max_num_seqs, engine.max_model_len
+        self.graphs = None  # engine/spec_decode_graphs.py: pure-decode steps as two CUDA graphs
+        if self.device.type == "cuda" and not engine.args.enforce_eager and kv.pad_slot is not None:
+            try:
+                self.enable_graphs()
+            except Exception as e:  # noqa: BLE001 - speculation still works eagerly
+                log.warning("speculative CUDA graphs unavailable, verify steps run eagerly: %s", e)
+                self.graphs = None
+
+    def enable_graphs(self, capture: bool | None = None, buckets: list[int] | None = None) -> None:
+        """Build (and on CUDA capture) the pure-decode verify/draft graphs (capture=False: the same static
+        buffers run eagerly, CPU tests)."""
+        from .spec_decode_graphs import SpecGraphs
+
+        self.graphs = SpecGraphs(self.model, self.kv, self.mtp_state, self.device, k=self.k,
+                                 max_num_seqs=self.max_num_seqs, max_model_len=self.max_model_len,
+                                 valid_vocab=self.valid_vocab, capture=capture, buckets=buckets)
+        self.graphs.capture()
 
     # ---- one step --------------------------------------------------------------------------
     @torch.inference_mode()
@@ -78,9 +100,14 @@ class SpecDecoder:
         now = time.monotonic()
         for st in states:
             st.mark("first_scheduled", now)
+        kv = self.kv
+        ops = kv.take_state_ops()
+        if self.graphs is not None and not ops:
+            out = graph_step(self, eng, sched, states, want_prompt)
+            if out is not None:
+                return out
         drafts = self._take_drafts(eng, sched, want_prompt)
         plan = plan_verify(chunks, want_prompt, drafts)
-        kv = self.kv
         log = RowLog()
         log.save_positions(kv.state.layers, self.ratios, kv.block_size,
                            [(i, kv.slot(chunks[i].seq.seq_id), kv.block_table(chunks[i].seq.seq_id),
@@ -88,7 +115,6 @@ class SpecDecoder:
                             for i, d in drafts.items()])
         batch = make_batch(kv, self.device, plan.ids, plan.positions, plan.query_start, plan.context_lens,
                            plan.seq_ids, plan.logit_rows)
-        ops = kv.take_state_ops()
 
         def forward():
             return self.model(batch, kv.state, return_streams=True)
@@ -111,19 +137,23 @@ class SpecDecoder:
         results = self._verify(eng, plan, states, chunks, logits)
         eng.scheduler.update_after_step(sched)
         reject_from = [0] * len(chunks)
+        for i in drafts:
+            reject_from[i] = chunks[i].start + 1 + results[i][0].num_accepted
+        self._count(drafts, results)
+        log.restore(reject_from)
+        outputs = self._append(eng, states, chunks, results)
+        self._draft(eng, plan, chunks, results, streams)
+        return outputs
+
+    def _count(self, drafts: dict[int, list[int]], results) -> None:
         st = self.stats
         for i, d in drafts.items():
             a = results[i][0].num_accepted
-            reject_from[i] = chunks[i].start + 1 + a
             st.num_drafts += 1
             st.num_draft_tokens += len(d)
             st.num_accepted_tokens += a
             for j in range(a):
                 st.accepted_per_pos[j] += 1
-        log.restore(reject_from)
-        outputs = self._append(eng, states, chunks, results)
-        self._draft(eng, plan, chunks, results, streams)
-        return outputs
 
     def _take_drafts(self, eng, sched: SchedulerOutput, want_prompt: list[bool]) -> dict[int, list[int]]:
         """chunk index -> drafts to verify (blocks allocated for them; within the token budget)."""

@@ -108,3 +108,79 @@ class RowLog:
             if idx.numel():
                 s.tensor[s.i0[idx], s.i1[idx]] = s.values[idx]
         self.saved.clear()
+
+
+@dataclass
+class _StaticSaved:
+    tensor: torch.Tensor
+    i0: torch.Tensor  # [R] long
+    i1: torch.Tensor  # [R] long
+    values: torch.Tensor  # [R, ...]
+    pos: torch.Tensor  # [R] long, -1 = nothing to restore (no entry closed)
+    seq: torch.Tensor  # [R] long: row of the owning sequence in the batch
+
+
+class StaticRowLog:
+    """RowLog with static shapes and no host synchronization (CUDA-graph capturable): every sequence of
+    the batch logs the rows of n consecutive positions first_pos..first_pos+n-1. Block rows: at most
+    one entry per compress ratio closes within n <= ratio positions (checked); a sequence whose
+    positions close none logs the scratch row `pad_block` with position -1 (never restored)."""
+
+    def __init__(self, layers: list[dict[str, torch.Tensor]], ratios: list[int], block_size: int, n: int,
+                 pad_block: int | None):
+        self.layers, self.ratios, self.block_size, self.n, self.pad_block = layers, ratios, block_size, n, pad_block
+        for st, m in zip(layers, ratios):
+            for name in _RING:
+                if name in st and st[name].shape[1] < n:
+                    raise ValueError(f"state ring {name} of {st[name].shape[1]} rows < {n} logged positions")
+            if m and any(name in st for name in _BLOCK) and (m < n or pad_block is None):
+                raise ValueError(f"ratio {m}: {n} logged positions need ratio >= n and a scratch block")
+
+    def save(self, slots: torch.Tensor, first_pos: torch.Tensor, tables: torch.Tensor) -> list[_StaticSaved]:
+        """slots [B] long, first_pos [B] long, tables [B, width] (block ids, -1 = none) -> saved rows."""
+        n, B = self.n, slots.shape[0]
+        dev = slots.device
+        j = torch.arange(n, device=dev)
+        pos = (first_pos.view(-1, 1) + j).reshape(-1)  # [B*n]
+        seq = torch.arange(B, device=dev).repeat_interleave(n)
+        i0 = slots.repeat_interleave(n)
+        out: list[_StaticSaved] = []
+        blocks: dict[int, tuple] = {}
+        for st, m in zip(self.layers, self.ratios):
+            for name in _RING:
+                t = st.get(name)
+                if t is not None:
+                    i1 = pos % t.shape[1]
+                    out.append(_StaticSaved(t, i0, i1, t[i0, i1].clone(), pos, seq))
+            if m and any(name in st for name in _BLOCK):
+                if m not in blocks:
+                    blocks[m] = self._block_rows(first_pos, tables, m)
+                b0, b1, bpos = blocks[m]
+                bseq = torch.arange(B, device=dev)
+                for name in _BLOCK:
+                    if name in st:
+                        t = st[name]
+                        out.append(_StaticSaved(t, b0, b1, t[b0, b1].clone(), bpos, bseq))
+        return out
+
+    def _block_rows(self, first_pos: torch.Tensor, tables: torch.Tensor, m: int):
+        """The one entry a sequence's positions may close: (block, row, closing position or -1)."""
+        bs = self.block_size
+        p = first_pos + (m - 1 - first_pos % m)  # first p >= first_pos with (p+1) % m == 0
+        valid = p <= first_pos + self.n - 1
+        e = (p + 1) // m - 1
+        col = (e * m // bs).clamp(0, tables.shape[1] - 1)
+        blk = tables.long().gather(1, col.view(-1, 1)).view(-1)
+        valid = valid & (blk >= 0)
+        blk = torch.where(valid, blk, torch.full_like(blk, self.pad_block))
+        row = torch.where(valid, (e * m % bs) // m, torch.zeros_like(e))
+        return blk, row, torch.where(valid, p, torch.full_like(p, -1))
+
+    @staticmethod
+    def restore(saved: list[_StaticSaved], bound: torch.Tensor) -> None:
+        """Put back the rows whose position >= bound[sequence] (bound [B] long, on the device)."""
+        for s in reversed(saved):
+            keep = (s.pos >= bound[s.seq]) & (s.pos >= 0)
+            cur = s.tensor[s.i0, s.i1]
+            shape = (-1,) + (1,) * (cur.dim() - 1)
+            s.tensor[s.i0, s.i1] = torch.where(keep.view(shape), s.values, cur)

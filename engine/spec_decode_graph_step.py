@@ -1,0 +1,71 @@
+"""A pure-decode speculative step through the CUDA graphs of engine/spec_decode_graphs.py.
+
+Taken when every scheduled chunk is a one-token decode with drafts ready, no prompt logprobs, no
+slot-state snapshot / restore pending, the token budget holds B x (k+1) and blocks for k more
+positions are free; otherwise the eager speculative step runs (engine/spec_decode.py). Sequences
+with fewer than k real drafts (near max_tokens / max_model_len) pad with dummy drafts that are never
+offered to the rejection sampler; their positions are rolled back like rejected ones.
+"""
+
+from __future__ import annotations
+
+from .scheduler import SchedulerOutput
+from .sequence import SequenceStatus
+from .spec_decode_batch import VerifyPlan
+
+
+def graph_step(spec, eng, sched: SchedulerOutput, states, want_prompt: list[bool]):
+    """-> outputs, or None (nothing done but block allocations, which the eager step's shrink undoes)."""
+    g, kv, k = spec.graphs, spec.kv, spec.k
+    chunks = sched.chunks
+    if g is None or g.k != k or len(chunks) > g.max_bs:
+        return None
+    if eng.scheduler.config.max_num_batched_tokens - sched.num_batched_tokens < len(chunks) * k:
+        return None
+    bs = kv.block_size
+    ready = []
+    for i, c in enumerate(chunks):
+        seq = c.seq
+        entry = spec.drafts.get(seq.seq_id)
+        if (entry is None or not c.sample or c.num_tokens != 1 or want_prompt[i] or entry[0] != c.start
+                or c.start != seq.num_tokens - 1 or (kv.prefix is not None and (c.start + 1) % bs == 0)):
+            return None
+        ready.append(entry[1])
+    for c in chunks:
+        if not kv.allocate(c.seq.seq_id, c.start + 1 + k):
+            return None
+    drafts: dict[int, list[int]] = {}
+    ids, pos, slots = [], [], []
+    for i, c in enumerate(chunks):
+        seq = c.seq
+        left = min(seq.max_tokens - seq.num_output_tokens, eng.max_model_len - seq.num_tokens)
+        d = ready[i][:max(0, min(k, left - 1))]
+        if spec.draft_hook is not None and d:
+            d = list(spec.draft_hook(seq, c.start, d))[:len(d)]
+        if d:
+            drafts[i] = d
+        ids += [seq.token_at(c.start)] + d + [0] * (k - len(d))
+        pos += range(c.start, c.start + k + 1)
+        slots.append(kv.slot(seq.seq_id))
+    logits = g.verify(ids, pos, slots, kv.block_table_tensor([c.seq.seq_id for c in chunks]))
+    plan = VerifyPlan(drafts=drafts)
+    plan.sample_rows = {i: i * (k + 1) for i in range(len(chunks))}
+    results = spec._verify(eng, plan, states, chunks, logits)
+    spec._count(drafts, results)
+    acc, next_ids = [], []
+    for i in range(len(chunks)):
+        r = results[i][0]
+        a = r.num_accepted
+        nxt = drafts.get(i, [])[:a] + [r.tokens[-1]]
+        next_ids += nxt + [nxt[-1]] * (k + 1 - len(nxt))
+        acc.append(a)
+    new = g.draft(next_ids, acc, [c.start for c in chunks])
+    eng.scheduler.update_after_step(sched)
+    outputs = spec._append(eng, states, chunks, results)
+    for i, c in enumerate(chunks):
+        seq = c.seq
+        if seq.is_finished or seq.status is not SequenceStatus.RUNNING:
+            spec.drafts.pop(seq.seq_id, None)
+        else:
+            spec.drafts[seq.seq_id] = (c.start + 1 + acc[i], new[i])
+    return outputs

@@ -1,0 +1,258 @@
+"""CUDA graphs for pure-decode speculative steps: every sequence verifies exactly k drafts (q = k+1
+tokens; a sequence with fewer real drafts pads with dummies the host never accepts).
+
+Two graphs per batch bucket Bp (padding rows decode at positions 0..k in the cache manager's scratch
+slot / block, like engine/cuda_graph.py):
+
+  verify   stage -> ids/positions/slots/tables; save the rows positions P+1..P+k will write
+           (StaticRowLog); main forward over Bp*q tokens with the streams kept; LM head on every row
+  draft    stage2 -> next ids, accepted count a, reject bound P+a+1; restore the rejected rows; save the
+           MTP ring rows of positions P..P+2k; MTP catch-up over all q rows (rows past a are garbage,
+           causally invisible to rows <= a) and put back its ring rows past P+a; k-1 chained passes
+           at P+a+j from row a's streams; put back the rows past P+a again; -> drafts [Bp, k]
+
+Between them the host runs rejection sampling (engine/rejection_sampler.py, eager: per-request
+generators) and learns a. On CPU (or capture=False) the same static-buffer bodies run eagerly, which is
+how they are tested against the eager speculative path without a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from kvcache.spec_rollback import StaticRowLog
+from models.mtp import mtp_forward
+from models.state import AttnMeta, ForwardBatch
+
+from .cuda_graph import batch_buckets
+
+log = logging.getLogger("v4serve.spec_graphs")
+
+
+def _meta_batch(ids, pos, pos32, ctx32, slots32, tables, qs, tok_seq, rows, bp, q, max_seq_len) -> ForwardBatch:
+    qs_host = list(range(0, bp * q + 1, q))
+    ctx_host = [0] * bp
+    meta = AttnMeta(query_start=qs, context_lens=ctx32, slot_ids=slots32, block_tables=tables, tok_seq=tok_seq,
+                    positions=pos32, query_start_host=qs_host, context_lens_host=ctx_host, max_query_len=q,
+                    max_seq_len=max_seq_len)
+    return ForwardBatch(input_ids=ids, positions=pos, slot_ids=slots32, block_tables=tables, logits_indices=rows,
+                        query_start=qs_host, context_lens=ctx_host, meta=meta)
+
+
+@dataclass
+class _Bucket:
+    size: int
+    verify: ForwardBatch  # q tokens per sequence
+    catchup: ForwardBatch  # same layout and meta, next ids, logits at row a
+    chain: ForwardBatch  # 1 token per sequence
+    g_verify: "torch.cuda.CUDAGraph | None" = None
+    g_draft: "torch.cuda.CUDAGraph | None" = None
+    out: dict = field(default_factory=dict)  # logits, streams, saved, drafts
+
+
+class SpecGraphs:
+    def __init__(self, model, kv, mtp_state: dict, device: torch.device, *, k: int, max_num_seqs: int,
+                 max_model_len: int, valid_vocab: int, capture: bool | None = None, buckets: list[int] | None = None):
+        if kv.pad_slot is None:
+            raise ValueError("speculative CUDA graphs need the cache manager's padding row")
+        self.model, self.kv, self.mtp_state, self.device, self.k = model, kv, mtp_state, device, k
+        self.q = q = k + 1
+        self.capture_enabled = device.type == "cuda" if capture is None else capture
+        self.sizes = sorted(buckets or batch_buckets(max_num_seqs))
+        self.max_bs = bmax = self.sizes[-1]
+        self.vocab, self.valid_vocab = model.cfg.vocab_size, valid_vocab
+        self.max_seq_len = max_model_len + 2 * k
+        self.width = max(1, -(-(max_model_len + k + 1) // kv.block_size))
+        i64, i32 = dict(dtype=torch.int64, device=device), dict(dtype=torch.int32, device=device)
+        nq = bmax * q
+        self.stage = torch.zeros(2 * nq + bmax + bmax * self.width, **i64)
+        self.stage2 = torch.zeros(nq + 2 * bmax, **i64)
+        self.ids, self.pos, self.next_ids = (torch.zeros(nq, **i64) for _ in range(3))
+        self.pos32 = torch.zeros(nq, **i32)
+        self.ctx = torch.zeros(bmax, **i64)
+        self.ctx32 = torch.zeros(bmax, **i32)
+        self.slots = torch.full((bmax,), kv.pad_slot, **i64)
+        self.slots32 = torch.full((bmax,), kv.pad_slot, **i32)
+        self.tables = torch.full((bmax, self.width), -1, **i32)
+        self.tables[:, 0] = kv.pad_block
+        self.acc = torch.zeros(bmax, **i64)
+        self.bound = torch.zeros(bmax, **i64)
+        self.last = torch.zeros(bmax, **i64)
+        self.c_ids = torch.zeros(bmax, **i64)
+        self.c_pos = torch.zeros(bmax, **i64)
+        self.c_pos32 = torch.zeros(bmax, **i32)
+        self.qs = torch.arange(0, nq + 1, q, **i32)
+        self.tok_seq = torch.arange(bmax, **i32).repeat_interleave(q)
+        self.all_rows = torch.arange(nq, **i64)
+        self.c_qs = torch.arange(bmax + 1, **i32)
+        self.c_tok = torch.arange(bmax, **i32)
+        self.c_rows = torch.arange(bmax, **i64)
+        cfg = model.cfg
+        self.main_log = StaticRowLog(kv.state.layers, list(cfg.compress_ratios), kv.block_size, k, kv.pad_block)
+        self.mtp_log = StaticRowLog([mtp_state], [0], kv.block_size, 2 * k + 1, kv.pad_block)
+        self.buckets = {b: self._bucket(b) for b in self.sizes}
+        self._pool = None
+        self.capture_s = 0.0
+        self.num_steps = 0
+
+    def _bucket(self, bp: int) -> _Bucket:
+        q, n = self.q, bp * self.q
+        v = _meta_batch(self.ids[:n], self.pos[:n], self.pos32[:n], self.ctx32[:bp], self.slots32[:bp],
+                        self.tables[:bp], self.qs[:bp + 1], self.tok_seq[:n], self.all_rows[:n], bp, q,
+                        self.max_seq_len)
+        c = ForwardBatch(input_ids=self.next_ids[:n], positions=self.pos[:n], slot_ids=self.slots32[:bp],
+                         block_tables=self.tables[:bp], logits_indices=self.last[:bp], query_start=v.query_start,
+                         context_lens=v.context_lens, meta=v.meta)
+        ch = _meta_batch(self.c_ids[:bp], self.c_pos[:bp], self.c_pos32[:bp], self.c_pos32[:bp], self.slots32[:bp],
+                         self.tables[:bp], self.c_qs[:bp + 1], self.c_tok[:bp], self.c_rows[:bp], bp, 1,
+                         self.max_seq_len)
+        return _Bucket(bp, v, c, ch)
+
+    def bucket_for(self, n: int) -> int | None:
+        return next((b for b in self.sizes if b >= n), None)
+
+    # ---- bodies (what the graphs run) --------------------------------------------------------
+    def _verify_body(self, bk: _Bucket) -> dict:
+        bp, q = bk.size, self.q
+        n = bp * q
+        st = self.stage
+        self.ids[:n].copy_(st[0:n])
+        self.pos[:n].copy_(st[n:2 * n])
+        self.pos32[:n].copy_(st[n:2 * n])
+        self.slots[:bp].copy_(st[2 * n:2 * n + bp])
+        self.slots32[:bp].copy_(st[2 * n:2 * n + bp])
+        self.ctx[:bp].copy_(self.pos[:n].view(bp, q)[:, 0])
+        self.ctx32[:bp].copy_(self.ctx[:bp])
+        saved = self.main_log.save(self.slots[:bp], self.ctx[:bp] + 1, self.tables[:bp])
+        hidden, streams = self.model(bk.verify, self.kv.state, return_streams=True)
+        logits = self.model.compute_logits(hidden)
+        if self.valid_vocab < self.vocab:
+            logits[:, self.valid_vocab:] = float("-inf")
+        return {"logits": logits, "streams": streams, "saved": saved}
+
+    def _draft_body(self, bk: _Bucket, host_ctx: list[list[int]] | None = None) -> torch.Tensor:
+        bp, q, k = bk.size, self.q, self.k
+        n = bp * q
+        st2 = self.stage2
+        self.next_ids[:n].copy_(st2[0:n])
+        self.acc[:bp].copy_(st2[n:n + bp])
+        self.bound[:bp].copy_(st2[n + bp:n + 2 * bp])
+        StaticRowLog.restore(bk.out["saved"], self.bound[:bp])
+        mtp_saved = self.mtp_log.save(self.slots[:bp], self.ctx[:bp], self.tables[:bp])
+        torch.add(self.c_rows[:bp] * q, self.acc[:bp], out=self.last[:bp])
+        x, hidden = mtp_forward(self.model, bk.out["streams"], self.next_ids[:n], bk.catchup, self.mtp_state)
+        tok = self._argmax(hidden)
+        drafts = [tok]
+        h = x.index_select(0, self.last[:bp])
+        keep_to = self.ctx[:bp] + self.acc[:bp] + 1
+        StaticRowLog.restore(mtp_saved, keep_to)  # rows past P+a: the chain must read the old window there
+        for j in range(1, k):
+            self.c_ids[:bp].copy_(tok)
+            torch.add(self.ctx[:bp] + j, self.acc[:bp], out=self.c_pos[:bp])
+            self.c_pos32[:bp].copy_(self.c_pos[:bp])
+            if host_ctx is not None:
+                bk.chain.context_lens[:] = host_ctx[j - 1]
+            h, hidden = mtp_forward(self.model, h, self.c_ids[:bp], bk.chain, self.mtp_state)
+            tok = self._argmax(hidden)
+            drafts.append(tok)
+        StaticRowLog.restore(mtp_saved, keep_to)
+        return torch.stack(drafts, dim=1)
+
+    def _argmax(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.compute_logits(hidden)[:, :self.valid_vocab].argmax(dim=-1)
+
+    # ---- capture / run -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def capture(self) -> float:
+        if not self.capture_enabled:
+            return 0.0
+        t0 = time.monotonic()
+        self._pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for bp in reversed(self.sizes):
+                bk = self.buckets[bp]
+                self._fill(bp, [], [], [], torch.empty(0, 1, dtype=torch.int64))
+                self._fill2(bp, [], [], [])
+                for _ in range(2 if bp == self.max_bs else 1):  # compile every kernel variant
+                    bk.out = self._verify_body(bk)
+                    bk.out["drafts"] = self._draft_body(bk)
+                torch.cuda.synchronize(self.device)
+                g1, g2 = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g1, pool=self._pool, stream=stream):
+                    bk.out = self._verify_body(bk)
+                with torch.cuda.graph(g2, pool=self._pool, stream=stream):
+                    bk.out["drafts"] = self._draft_body(bk)
+                bk.g_verify, bk.g_draft = g1, g2
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        torch.cuda.synchronize(self.device)
+        self.capture_s = time.monotonic() - t0
+        log.info("captured %d speculative (k=%d) CUDA-graph pairs (batch buckets %s) in %.1fs", len(self.sizes),
+                 self.k, self.sizes, self.capture_s)
+        return self.capture_s
+
+    def _fill(self, bp: int, ids: list[int], positions: list[int], slots: list[int], tables: torch.Tensor) -> None:
+        """ONE host -> device copy: ids [Bp*q], positions [Bp*q], slots [Bp], the B x width table rows.
+        Padding sequences: token 0 at positions 0..k in the scratch slot."""
+        q, n = self.q, len(ids)
+        nq = bp * q
+        b, w = tables.shape
+        size = 2 * nq + bp + b * w
+        host_t = torch.empty(size, dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        h = host_t.numpy()
+        h[0:n], h[n:nq] = ids, 0
+        h[nq:nq + n] = positions
+        h[nq + n:2 * nq] = list(range(q)) * (bp - n // q)
+        h[2 * nq:2 * nq + len(slots)], h[2 * nq + len(slots):2 * nq + bp] = slots, self.kv.pad_slot
+        h[2 * nq + bp:size] = tables.reshape(-1).numpy()
+        self.stage[:size].copy_(host_t, non_blocking=True)
+        if b:
+            self.tables[:b, :w].copy_(self.stage[2 * nq + bp:size].view(b, w))
+            self.tables[:b, w:] = -1
+        bk = self.buckets[bp]
+        bk.verify.context_lens[:] = [positions[i * q] for i in range(b)] + [0] * (bp - b)
+
+    def _fill2(self, bp: int, next_ids: list[int], acc: list[int], bound: list[int]) -> None:
+        nq, n, b = bp * self.q, len(next_ids), len(acc)
+        host_t = torch.empty(nq + 2 * bp, dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        h = host_t.numpy()
+        h[0:n], h[n:nq] = next_ids, 0
+        h[nq:nq + b], h[nq + b:nq + bp] = acc, 0
+        h[nq + bp:nq + bp + b], h[nq + bp + b:nq + 2 * bp] = bound, 0
+        self.stage2[:host_t.numel()].copy_(host_t, non_blocking=True)
+
+    @torch.inference_mode()
+    def verify(self, ids: list[int], positions: list[int], slots: list[int], tables: torch.Tensor) -> torch.Tensor:
+        """B sequences x q tokens -> logits [B*q, V] (a view of the graph's buffer)."""
+        b = len(slots)
+        bp = self.bucket_for(b)
+        bk = self.buckets[bp]
+        self._fill(bp, ids, positions, slots, tables)
+        if bk.g_verify is not None:
+            bk.g_verify.replay()
+        else:
+            bk.out = self._verify_body(bk)
+        self._bp = bp
+        self.num_steps += 1
+        return bk.out["logits"][:b * self.q]
+
+    @torch.inference_mode()
+    def draft(self, next_ids: list[int], acc: list[int], first_pos: list[int]) -> list[list[int]]:
+        """After `verify`: restore rejected rows, MTP catch-up + chain -> k drafts per sequence."""
+        bp = self._bp
+        bk = self.buckets[bp]
+        b = len(acc)
+        bound = [p + 1 + a for p, a in zip(first_pos, acc)]
+        self._fill2(bp, next_ids, acc, bound)
+        if bk.g_draft is not None:
+            bk.g_draft.replay()
+            drafts = bk.out["drafts"]
+        else:
+            host_ctx = [[p + a + j for p, a in zip(first_pos, acc)] + [0] * (bp - b) for j in range(1, self.k)]
+            drafts = self._draft_body(bk, host_ctx)
+        return drafts[:b].tolist()

@@ -1,0 +1,93 @@
+"""The speculative CUDA-graph step's static-buffer path (engine/spec_decode_graphs.py), run eagerly on
+CPU (capture=False): same tokens, drafts and per-step state as the eager speculative step, padding
+rows leave real sequences untouched. GPU: the captured graphs replay to the same tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.engine.test_spec_decode import (_logical_state, full_tokens, greedy, make, reference_hook, run,
+                                           toks)
+
+from models.config import tiny_config
+from models.synthetic import write_synthetic_checkpoint
+
+BS = 16
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("specg")
+    write_synthetic_checkpoint(tiny_config(compress_ratios=(0, 4, 8, 4)), out, seed=11, quantize=False)
+    return out
+
+
+def graph_engine(ckpt, k, **kw):
+    eng = make(ckpt, BS, k, **kw)
+    eng.spec.enable_graphs(capture=False, buckets=[1, 2, 4])
+    return eng
+
+
+PROMPTS = [toks(n, n) for n in (5, 12, 30)]  # 3 sequences: bucket 4 has a padding row
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_graph_step_equals_eager_step(ckpt, k):
+    eager, graph = make(ckpt, BS, k), graph_engine(ckpt, k)
+    params = greedy(16)
+    for i, p in enumerate(PROMPTS):
+        for eng in (eager, graph):
+            eng.add_request(str(i), p, params)
+    while eager.has_unfinished() or graph.has_unfinished():
+        a, b = eager.step(), graph.step()
+        assert [(o.request_id, o.outputs[0].token_ids) for o in a] == [(o.request_id, o.outputs[0].token_ids) for o in b]
+        assert {s: d for s, d in eager.spec.drafts.items()} == {s: d for s, d in graph.spec.drafts.items()}
+        for seq in eager.scheduler.running:
+            st_a = _logical_state(eager, seq.seq_id, seq.num_computed_tokens)
+            st_b = _logical_state(graph, seq.seq_id, seq.num_computed_tokens)
+            for name in st_a:
+                torch.testing.assert_close(st_b[name], st_a[name], atol=1e-5, rtol=1e-5)
+            slot_a, slot_b = eager.kv.slot(seq.seq_id), graph.kv.slot(seq.seq_id)
+            torch.testing.assert_close(graph.spec.mtp_state["window"][slot_b], eager.spec.mtp_state["window"][slot_a],
+                                       atol=1e-5, rtol=1e-5)
+        graph.kv.check_integrity()
+    assert graph.spec.graphs.num_steps > 0
+    assert eager.spec.stats == graph.spec.stats
+
+
+@pytest.mark.parametrize("mode", ["mixed", "all", "none"])
+def test_graph_step_forced_drafts(ckpt, mode):
+    params = greedy(14)
+    base = run(make(ckpt, BS), PROMPTS, params)
+    ref = full_tokens(PROMPTS, base)
+    eng = graph_engine(ckpt, 3)
+    eng.spec.draft_hook = reference_hook(ref, mode)
+    out = run(eng, PROMPTS, params)
+    assert {r: o.outputs[0].token_ids for r, o in out.items()} == {r: o.outputs[0].token_ids for r, o in base.items()}
+    st = eng.spec.stats
+    assert eng.spec.graphs.num_steps > 0
+    if mode == "none":
+        assert st.num_accepted_tokens == 0
+    else:
+        assert st.num_accepted_tokens > 0
+    assert eng.kv.num_free_blocks == eng.kv.num_blocks
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_captured_graphs_match_eager_gpu(ckpt):
+    def go(graphs: bool):
+        from engine.config import EngineArgs
+        from engine.llm_engine import LLMEngine
+
+        eng = LLMEngine(EngineArgs(model=str(ckpt), device="cuda", dtype="float32", max_num_seqs=4,
+                                   num_kv_blocks=64, block_size=BS, enforce_eager=not graphs,
+                                   speculative_config={"method": "mtp", "num_speculative_tokens": 2}))
+        assert (eng.spec.graphs is not None) == graphs
+        out = run(eng, PROMPTS, greedy(16))
+        return {r: o.outputs[0].token_ids for r, o in out.items()}, eng
+
+    a, _ = go(False)
+    b, eng = go(True)
+    assert a == b and eng.spec.graphs.num_steps > 0
