@@ -400,3 +400,48 @@ def test_overlapped_loop_on_cuda_identical(tiny_ckpt, reference):
     reqs = mixed_requests(reference)
     run_both(tiny_ckpt, reqs, OutputKind.DELTA, setup=eos_is(reference[1][3]), device="cuda", dtype="float32",
              max_num_batched_tokens=29)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("enforce_eager", [False, True])
+def test_launches_never_synchronize_on_cuda(tiny_ckpt, reference, enforce_eager):
+    """The overlap needs the host to launch a step (forward, then sampling) without waiting for the
+    device: under torch's sync debug mode "error", `_forward` and `_sample` of every step after the
+    first raise on any synchronizing call (blocking copies, .item(), .cpu()). Rows: greedy, seeded
+    top-k/top-p, logprobs, penalties, min_tokens, bad words, a grammar, n=2; a request arriving later
+    makes a mixed (eager) step. enforce_eager=False: decode steps replay CUDA graphs."""
+    eng = make_engine(tiny_ckpt, True, device="cuda", dtype="float32", enable_prefix_caching=False,
+                      enforce_eager=enforce_eager)
+    p, toks, _ = reference
+    reqs = [("g", p, SamplingParams(max_tokens=12, **GREEDY), 0),
+            ("s", prompt(20, 2), SamplingParams(temperature=0.8, top_k=20, top_p=0.9, seed=1, max_tokens=12,
+                                                ignore_eos=True, logprobs=2), 0),
+            ("pen", prompt(15, 3), SamplingParams(max_tokens=12, frequency_penalty=0.5, repetition_penalty=1.2,
+                                                  min_tokens=4, bad_words_token_ids=[[toks[1], toks[2]]],
+                                                  **GREEDY), 0),
+            ("re", prompt(9, 4), SamplingParams(max_tokens=12, temperature=1.0, seed=2,
+                                                guided_regex=r"(cat|dog)s? [0-9]{2,9}"), 0),
+            ("n2", prompt(11, 5), SamplingParams(n=2, temperature=1.0, seed=3, max_tokens=10, ignore_eos=True), 0),
+            ("late", prompt(33, 6), SamplingParams(max_tokens=5, **GREEDY), 4)]
+    checked = [0]
+    for name in ("_forward", "_sample"):
+        fn = getattr(eng, name)
+
+        def strict(*a, _fn=fn, **k):
+            if not checked[0]:  # the first step may allocate and warm up
+                return _fn(*a, **k)
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return _fn(*a, **k)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        setattr(eng, name, strict)
+    step, done = 0, set()
+    while eng.has_unfinished() or step <= 4:
+        for rid, pr, sp, at in reqs:
+            if at == step:
+                eng.add_request(rid, pr, sp)
+        done |= {o.request_id for o in eng.step() if o.finished}
+        checked[0] += 1
+        step += 1
+    assert done == {r[0] for r in reqs}
