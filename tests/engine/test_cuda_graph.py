@@ -173,13 +173,26 @@ def test_graph_replay_equals_eager_every_bucket_gpu(tiny_ckpt):
         assert torch.equal(e.argmax(-1)[clear], g.argmax(-1)[clear])
 
 
+@pytest.fixture(scope="module")
+def fp8_shaped_ckpt(tmp_path_factory):
+    """Tiny checkpoint whose head shape the FP8 entry kernels take (nope a multiple of 64, rope 64)."""
+    from models.config import tiny_config
+    from models.synthetic import write_synthetic_checkpoint
+
+    out = tmp_path_factory.mktemp("fp8_shaped_ckpt")
+    write_synthetic_checkpoint(tiny_config(head_dim=128, qk_rope_head_dim=64, index_head_dim=64), out, seed=0,
+                               quantize=False)
+    return out
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("kv_dtype", ["auto", "fp8_fp4idx"])
-def test_graph_engine_tokens_equal_eager_gpu(tiny_ckpt, kv_dtype):
+def test_graph_engine_tokens_equal_eager_gpu(tiny_ckpt, fp8_shaped_ckpt, kv_dtype):
     """Whole generations: graphs on vs --enforce-eager, greedy, padded batches of 5 and 11."""
+    ckpt = tiny_ckpt if kv_dtype == "auto" else fp8_shaped_ckpt
     common = dict(device="cuda", max_num_seqs=16, num_kv_blocks=200, kv_cache_dtype=kv_dtype)
-    eager = LLM(str(tiny_ckpt), enforce_eager=True, **common)
-    graphs = LLM(str(tiny_ckpt), **common)
+    eager = LLM(str(ckpt), enforce_eager=True, **common)
+    graphs = LLM(str(ckpt), **common)
     assert eager.engine.runner.graphs is None and graphs.engine.runner.graphs is not None
     for n in (5, 11):
         p = [SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)] * n
