@@ -15,11 +15,6 @@ from kernels.ref.norm import rope as rotate_interleaved  # noqa: F401  (torch Ro
 from .config import ModelConfig, YarnConfig
 
 
-def rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Weightless RMS normalisation over the last dim, computed in fp32, returned in x's dtype."""
-    return kernels.rms_norm(x, None, eps)
-
-
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
