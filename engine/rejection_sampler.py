@@ -93,6 +93,17 @@ def rejection_sample(x: torch.Tensor, meta: SamplingMetadata, groups: list[Verif
     host = torch.stack(parts).cpu().tolist()
     am = host[0]
     cd, ac = (host[1], host[2]) if cand is not None else (None, None)
+    return _walk(groups, am, greedy, forced, cd, ac)
+
+
+def greedy_verify(logits: torch.Tensor, groups: list[VerifyGroup]) -> list[VerifyResult]:
+    """Every row greedy with nothing that changes its logits (no masks, bias, bans, penalties,
+    forcing): the argmax of the raw rows decides (one device -> host copy)."""
+    am = logits.argmax(dim=-1).cpu().tolist()
+    return _walk(groups, am, [True] * len(am), {}, None, None)
+
+
+def _walk(groups, am, greedy, forced, cd, ac) -> list[VerifyResult]:
     out = []
     for g in groups:
         toks, rows = [], []

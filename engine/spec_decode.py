@@ -36,7 +36,7 @@ from kvcache.spec_rollback import RowLog
 from models.mtp import allocate_mtp_state, check_mtp, mtp_forward
 
 from .outputs import OutputKind, RequestOutput
-from .rejection_sampler import VerifyGroup, rejection_sample
+from .rejection_sampler import VerifyGroup, greedy_verify, rejection_sample
 from .sampler import SamplingMetadata, gather_logprobs
 from .scheduler import SchedulerOutput
 from .sequence import SequenceStatus
@@ -184,42 +184,47 @@ class SpecDecoder:
         """Rejection sampling of every sampling chunk -> chunk -> (VerifyResult, logprob dicts | None)."""
         if not plan.sample_rows:
             return {}
-        params, outs, prompts, guides, groups, owner = [], [], [], [], [], []
-        rows = []
+        groups, owner, rows = [], [], []
         for i, first in plan.sample_rows.items():
-            st, c = states[i], chunks[i]
-            s = st.samples[c.seq.sample_index]
+            c = chunks[i]
             d = plan.drafts.get(i, [])
-            cursor = s.guide
-            groups.append(VerifyGroup(len(params), d, s.generator))
+            groups.append(VerifyGroup(len(rows), d, states[i].samples[c.seq.sample_index].generator))
             owner.append(i)
-            for j in range(len(d) + 1):
-                if j:
-                    cursor = copy.copy(cursor) if cursor is not None else None
-                    if cursor is not None:
-                        cursor.advance(d[j - 1])
-                params.append(st.params)
-                outs.append(c.seq.output_token_ids + d[:j])
-                prompts.append(c.seq.prompt_token_ids)
-                guides.append(cursor)
-                rows.append(first + j)
+            rows += range(first, first + len(d) + 1)
         sample_logits = logits.index_select(0, torch.tensor(rows, dtype=torch.long, device=logits.device))
-        meta = SamplingMetadata.build(params, outs, prompts, [None] * len(params), eng.tokenizer.eos_token_id,
-                                      eng.model_config.vocab_size, logits.device, guides=guides)
-        x = eng.sampler.process(sample_logits, meta)
-        res = rejection_sample(x, meta, groups)
-        out = {}
-        raw = None
-        for g, i, r in zip(groups, owner, res):
-            lps = None
-            n_lp = states[i].params.logprobs
-            if n_lp is not None:
-                raw = sample_logits.log_softmax(-1) if raw is None else raw
-                idx = torch.tensor(r.rows, dtype=torch.long, device=raw.device)
-                lps = gather_logprobs(raw.index_select(0, idx), torch.tensor(r.tokens, device=raw.device),
-                                      [n_lp] * len(r.tokens))
-            out[i] = (r, lps)
-        return out
+        if all(_plain_greedy(states[i].params, chunks[i].seq) for i in owner):
+            res = greedy_verify(sample_logits, groups)  # no logits processing: skip the metadata
+        else:
+            params, outs, prompts, guides = [], [], [], []
+            for i in owner:  # row j sees the output extended by d_1..d_j (and a grammar cursor past them)
+                st, c = states[i], chunks[i]
+                d = plan.drafts.get(i, [])
+                cursor = st.samples[c.seq.sample_index].guide
+                for j in range(len(d) + 1):
+                    if j and cursor is not None:
+                        cursor = copy.copy(cursor)
+                        cursor.advance(d[j - 1])
+                    params.append(st.params)
+                    outs.append(c.seq.output_token_ids + d[:j] if j else c.seq.output_token_ids)
+                    prompts.append(c.seq.prompt_token_ids)
+                    guides.append(cursor)
+            meta = SamplingMetadata.build(params, outs, prompts, [None] * len(params), eng.tokenizer.eos_token_id,
+                                          eng.model_config.vocab_size, logits.device, guides=guides)
+            res = rejection_sample(eng.sampler.process(sample_logits, meta), meta, groups)
+        want = [(i, r, states[i].params.logprobs) for i, r in zip(owner, res) if states[i].params.logprobs is not None]
+        lps: dict[int, list] = {}
+        if want:  # the target's raw logprobs of every emitted token, one gather for the step
+            rows_lp = [row for _, r, _ in want for row in r.rows]
+            toks = [t for _, r, _ in want for t in r.tokens]
+            nums = [n for _, r, n in want for _ in r.tokens]
+            dev = sample_logits.device
+            raw = sample_logits.index_select(0, torch.tensor(rows_lp, dtype=torch.long, device=dev)).log_softmax(-1)
+            flat = gather_logprobs(raw, torch.tensor(toks, dtype=torch.long, device=dev), nums)
+            off = 0
+            for i, r, _ in want:
+                lps[i] = flat[off:off + len(r.tokens)]
+                off += len(r.tokens)
+        return {i: (r, lps.get(i)) for i, r in zip(owner, res)}
 
     def _append(self, eng, states, chunks, results) -> list[RequestOutput]:
         now = time.monotonic()
@@ -321,3 +326,10 @@ def _count_prompt(eng, states, chunks) -> None:
         if c.seq.sample_index == 0 and end > st.num_prompt_tokens_counted:
             eng.prompt_tokens_total += end - st.num_prompt_tokens_counted
             st.num_prompt_tokens_counted = end
+
+
+def _plain_greedy(p, seq) -> bool:
+    """Greedy with raw logits: nothing the sampler would apply before the argmax."""
+    return (p.greedy and not p.logit_bias and p.allowed_token_ids is None and p.choice_token_ids is None
+            and p.guide is None and not p.bad_words_token_ids and not p.needs_penalties
+            and p.thinking_budget is None and seq.num_output_tokens >= p.min_tokens)
