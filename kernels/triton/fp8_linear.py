@@ -184,13 +184,13 @@ _COUNTERS: dict = {}  # device -> int32 arrival counters of the self-reducing sp
 
 
 def _counters(device, n: int) -> torch.Tensor:
-    """Zeroed per-tile counters, allocated once per device (grown if a launch needs more tiles).
-    Every launch leaves them at zero, so they are reused across launches and CUDA-graph replays."""
-    c = _COUNTERS.get(device)
-    if c is None or c.numel() < n:
-        c = torch.zeros(max(n, 16384), dtype=torch.int32, device=device)
-        _COUNTERS[device] = c
-    return c
+    """Zeroed per-tile counters, allocated once per device (a larger buffer if a launch needs more tiles;
+    replaced buffers stay alive: a captured CUDA graph may still use them). Every launch leaves them
+    at zero, so they are reused across launches and graph replays."""
+    bufs = _COUNTERS.setdefault(device, [])
+    if not bufs or bufs[-1].numel() < n:
+        bufs.append(torch.zeros(max(n, 16384), dtype=torch.int32, device=device))
+    return bufs[-1]
 
 
 def launch(x, w, y, *, w2=None, y2=None, groups=1, x_gs=0, w_gs=0, y_gs=0, epi=0, round_out=False, alpha=1.0,
