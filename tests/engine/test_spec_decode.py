@@ -211,3 +211,39 @@ def test_seeded_sampling_reproducible_and_features(model):
     eng.abort_request("x")
     eng.kv.check_integrity()
     assert eng.kv.num_free_blocks == eng.kv.num_blocks and not eng.has_unfinished()
+
+
+@pytest.mark.parametrize("extra", [
+    dict(repetition_penalty=1.5, frequency_penalty=0.7, presence_penalty=0.3),  # penalties see the drafts
+    dict(min_tokens=6, logit_bias={7: 3.0}, bad_words_token_ids=[[9, 11]]),
+    dict(n=2, logprobs=2),
+])
+def test_processed_greedy_and_stop_strings_equal(model, extra):
+    """Greedy rows whose logits are processed (penalties, min_tokens, bias, bad words) verify each draft
+    against the output extended by the earlier drafts; stop strings end at the same text."""
+    name, path, bs = model
+    if name != "c4":
+        pytest.skip("one layout")
+    prompts = [toks(7, 1), toks(19, 2)]
+    params = SamplingParams(temperature=0.0, max_tokens=14, ignore_eos=True, **extra)
+    base = run(make(path, bs), prompts, params)
+    ref = {rid: p + base[rid].outputs[0].token_ids for rid, p in zip(("0", "1"), prompts)}
+    for mode in ("all", "mixed"):
+        eng = make(path, bs, 3)
+        eng.spec.draft_hook = reference_hook(ref, mode)
+        out = run(eng, prompts, params)
+        for rid in base:
+            assert [o.token_ids for o in out[rid].outputs] == [o.token_ids for o in base[rid].outputs], (mode, rid)
+        assert eng.spec.stats.num_accepted_tokens > 0
+    # a stop string taken from the middle of the reference text
+    text = base["1"].outputs[0].text
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    if stop.strip():
+        sp = SamplingParams(temperature=0.0, max_tokens=14, ignore_eos=True, stop=[stop], **extra)
+        b = run(make(path, bs), prompts, sp)
+        eng = make(path, bs, 3)
+        eng.spec.draft_hook = reference_hook(ref, "all")
+        s = run(eng, prompts, sp)
+        for rid in b:
+            assert [(o.text, o.finish_reason, o.stop_reason) for o in s[rid].outputs] == \
+                [(o.text, o.finish_reason, o.stop_reason) for o in b[rid].outputs]
