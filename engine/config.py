@@ -96,9 +96,6 @@ class EngineArgs:
         if self.tensor_parallel_size < 1:
             raise ValueError("tensor_parallel_size must be >= 1")
         spec = self.spec_config
-        if spec is not None and self.tensor_parallel_size > 1:
-            raise ValueError("speculative decoding does not support tensor_parallel_size > 1 yet (the MTP block "
-                             "runs on rank 0 only)")
         if spec is not None and self.async_scheduling:
             raise ValueError("speculative decoding runs the synchronous loop: async_scheduling must be off")
         if self.async_scheduling and self.tensor_parallel_size > 1:

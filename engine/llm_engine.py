@@ -70,7 +70,8 @@ class LLMEngine:
         if args.tensor_parallel_size > 1:
             from .distributed.executor import TPExecutor
 
-            self.executor = TPExecutor(self.model_dir, args.tensor_parallel_size, self.device, self.dtype)
+            self.executor = TPExecutor(self.model_dir, args.tensor_parallel_size, self.device, self.dtype,
+                                       include_mtp=args.spec_config is not None)  # speculative decoding
             self.model = self.executor.model
         else:
             spec = args.spec_config  # speculative decoding (engine/spec_decode.py): the MTP block loads too

@@ -23,6 +23,7 @@ snapshot may be saved there), or when no budget / block is left; it then decodes
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -72,8 +73,10 @@ class SpecDecoder:
         # test hook: (seq, P, drafts) -> drafts actually verified (forced acceptance / rejection)
         self.draft_hook: Callable | None = None
         self.max_num_seqs, self.max_model_len = engine.args.max_num_seqs, engine.max_model_len
+        self.executor = engine.executor  # tensor parallel: workers mirror every model pass (spec_decode_tp.py)
         self.graphs = None  # engine/spec_decode_graphs.py: pure-decode steps as two CUDA graphs
-        if self.device.type == "cuda" and not engine.args.enforce_eager and kv.pad_slot is not None:
+        if (self.device.type == "cuda" and not engine.args.enforce_eager and kv.pad_slot is not None
+                and self.executor is None):
             try:
                 self.enable_graphs()
             except Exception as e:  # noqa: BLE001 - speculation still works eagerly
@@ -108,13 +111,21 @@ class SpecDecoder:
                 return out
         drafts = self._take_drafts(eng, sched, want_prompt)
         plan = plan_verify(chunks, want_prompt, drafts)
+        with self.executor.guard() if self.executor is not None else contextlib.nullcontext():
+            return self._eager_step(eng, sched, states, want_prompt, drafts, plan, ops)
+
+    def _eager_step(self, eng, sched, states, want_prompt, drafts, plan, ops) -> list[RequestOutput]:
+        kv, chunks, ex = self.kv, sched.chunks, self.executor
+        items = [(i, kv.slot(chunks[i].seq.seq_id), kv.block_table(chunks[i].seq.seq_id),
+                  list(range(chunks[i].start + 1, chunks[i].start + 1 + len(d)))) for i, d in drafts.items()]
         log = RowLog()
-        log.save_positions(kv.state.layers, self.ratios, kv.block_size,
-                           [(i, kv.slot(chunks[i].seq.seq_id), kv.block_table(chunks[i].seq.seq_id),
-                             list(range(chunks[i].start + 1, chunks[i].start + 1 + len(d))))
-                            for i, d in drafts.items()])
+        log.save_positions(kv.state.layers, self.ratios, kv.block_size, items)
         batch = make_batch(kv, self.device, plan.ids, plan.positions, plan.query_start, plan.context_lens,
                            plan.seq_ids, plan.logit_rows)
+        if ex is not None:  # tensor parallel: the workers run the same verify (engine/spec_decode_tp.py)
+            ex.send_step(self._host(plan.ids, plan.positions, plan.query_start, plan.context_lens, plan.seq_ids,
+                                    plan.logit_rows, restores=ops.restores, saves=ops.saves, spec_streams=1,
+                                    spec_save_items=items))
 
         def forward():
             return self.model(batch, kv.state, return_streams=True)
@@ -140,6 +151,8 @@ class SpecDecoder:
         for i in drafts:
             reject_from[i] = chunks[i].start + 1 + results[i][0].num_accepted
         self._count(drafts, results)
+        if ex is not None:
+            ex.send_step(reject_from, kind="spec_restore")
         log.restore(reject_from)
         outputs = self._append(eng, states, chunks, results)
         self._draft(eng, plan, chunks, results, streams)
@@ -288,6 +301,9 @@ class SpecDecoder:
             if r.draft:
                 last.append(len(ids) - 1)
         batch = make_batch(kv, dev, ids, pos, qs, cl, sids, last)
+        ex = self.executor
+        if ex is not None:
+            ex.send_step(self._host(ids, pos, qs, cl, sids, last, flat=flat), kind="spec_mtp")
         x = streams.index_select(0, torch.tensor(flat, dtype=torch.long, device=dev))
         x, hidden = mtp_forward(self.model, x, batch.input_ids, batch, self.mtp_state)
         drafting = [r for r in rows if r.draft]
@@ -300,19 +316,29 @@ class SpecDecoder:
         if self.k > 1:
             log = RowLog()
             sd = [r.seq_id for r in drafting]
-            log.save_positions([self.mtp_state], [0], kv.block_size,
-                               [(b, kv.slot(s), [], list(range(p, p + self.k - 1))) for b, (s, p) in
-                                enumerate(zip(sd, pending))])
+            items = [(b, kv.slot(s), [], list(range(p, p + self.k - 1))) for b, (s, p) in enumerate(zip(sd, pending))]
+            log.save_positions([self.mtp_state], [0], kv.block_size, items)
             for j in range(1, self.k):
                 prev = [o[-1] for o in out]
-                b = make_batch(kv, dev, prev, [p + j - 1 for p in pending], list(range(len(sd) + 1)),
-                               [p + j - 1 for p in pending], sd, list(range(len(sd))))
+                args = (prev, [p + j - 1 for p in pending], list(range(len(sd) + 1)), [p + j - 1 for p in pending],
+                        sd, list(range(len(sd))))
+                b = make_batch(kv, dev, *args)
+                if ex is not None:
+                    ex.send_step(self._host(*args, chain=1, save_items=items if j == 1 else None), kind="spec_mtp")
                 x, hidden = mtp_forward(self.model, x, b.input_ids, b, self.mtp_state)
                 for o, t in zip(out, self._argmax(hidden)):
                     o.append(t)
+            if ex is not None:
+                ex.send_step(len(sd), kind="spec_mtp_restore")
             log.restore([0] * len(sd))
         for r, p, d in zip(drafting, pending, out):
             self.drafts[r.seq_id] = (p, d)
+
+    def _host(self, ids, pos, qs, cl, sids, rows, **extra) -> dict:
+        """A batch description for the tensor-parallel workers (engine/spec_decode_tp.py)."""
+        return dict(input_ids=ids, positions=pos, slot_ids=self.kv.slot_tensor(sids).numpy(),
+                    block_tables=self.kv.block_table_tensor(sids).numpy(), logits_indices=rows, query_start=qs,
+                    context_lens=cl, **extra)
 
     def _argmax(self, hidden: torch.Tensor) -> list[int]:
         logits = self.model.compute_logits(hidden)

@@ -94,7 +94,8 @@ class TPExecutor:
     """Spawns workers 1..N-1, loads rank 0's shard in this process and joins the process group."""
 
     def __init__(self, model_dir: str | Path, world_size: int, device: torch.device, dtype: torch.dtype, *,
-                 timeout: datetime.timedelta | None = None, worker_options: dict | None = None):
+                 timeout: datetime.timedelta | None = None, worker_options: dict | None = None,
+                 include_mtp: bool = False):
         cfg = ModelConfig.from_json(model_dir)
         check_divisibility(cfg, world_size)  # before anything is spawned
         if world_size < 2:
@@ -111,7 +112,8 @@ class TPExecutor:
         store_path = os.path.join(self._tmpdir, "store")
         init_timeout = datetime.timedelta(seconds=_startup_timeout())
         spec = {"model_dir": str(model_dir), "device": device.type, "dtype": dtype, "timeout": self.timeout,
-                "init_timeout": init_timeout, "log_level": logging.getLogger().getEffectiveLevel()}
+                "init_timeout": init_timeout, "log_level": logging.getLogger().getEffectiveLevel(),
+                "include_mtp": include_mtp}  # speculative decoding: the MTP block's shard too
         spec.update(worker_options or {})
         mp = torch.multiprocessing.get_context(_start_method(device))
         if mp.get_start_method() == "forkserver":  # torch + the model code imported once, in the server
@@ -131,7 +133,7 @@ class TPExecutor:
             self.ctx = ParallelContext(0, world_size)
             from models.sharded_loader import load_model_sharded
 
-            self.model = load_model_sharded(model_dir, self.ctx, device, dtype)
+            self.model = load_model_sharded(model_dir, self.ctx, device, dtype, include_mtp=include_mtp)
             self._wait_all("loaded", _startup_timeout())
             self.ctx.group = make_group(store_path, 0, world_size, device, init_timeout, self.timeout)
             self._groups.append(self.ctx.group)
@@ -229,11 +231,14 @@ class TPExecutor:
             c.send(("state", num_slots, num_blocks, block_size, kv_format, num_snapshots))
         self._wait_all("ready", _startup_timeout())
 
-    def send_step(self, host: dict) -> None:
-        """Hand one step's batch description to every worker (they start the same forward)."""
+    def send_step(self, host: dict, kind: str = "step") -> None:
+        """Hand one step's batch description to every worker (they start the same forward). `kind`:
+        "step", or a speculative-decoding command (engine/spec_decode_tp.py; host may then be any value)."""
         self.check_alive()
-        msg = ("step", {k: (np.asarray(v, dtype=np.int64) if isinstance(v, (list, np.ndarray)) else v)
-                        for k, v in host.items()})
+        if isinstance(host, dict):
+            host = {k: (np.asarray(v, dtype=np.int64) if isinstance(v, (list, np.ndarray)) and not k.endswith("items")
+                        else v) for k, v in host.items()}
+        msg = (kind, host)
         try:
             for c in self.conns:
                 c.send(msg)

@@ -4,7 +4,7 @@ replicated KV state tensors; runs the same forward as rank 0 on every step descr
 Protocol over the duplex pipe to rank 0 (see executor.py):
     worker -> ("loaded", rank, weight_bytes) | ("ready", rank) | ("error", rank, traceback)
     rank 0 -> ("state", num_slots, num_blocks, block_size, kv_format, num_snapshots) | ("step", host batch)
-              | ("shutdown",)
+              | ("spec_*", ...) (speculative decoding, engine/spec_decode_tp.py) | ("shutdown",)
 A step's "restores" / "saves" (prefix caching, kvcache/snapshots.py) are applied to this rank's state
 replica before / after its forward, exactly as rank 0 does.
 The model collectives (all-reduce / gather) run over the process group built by `make_group`.
@@ -72,12 +72,14 @@ def worker_main(rank: int, world_size: int, spec: dict, conn, store_path: str) -
         if spec.get("crash_at_load"):  # tests: a worker that fails while loading
             raise RuntimeError("injected load failure")
         ctx = ParallelContext(rank, world_size)
-        model = load_model_sharded(spec["model_dir"], ctx, device, spec["dtype"])
+        model = load_model_sharded(spec["model_dir"], ctx, device, spec["dtype"],
+                                   include_mtp=spec.get("include_mtp", False))
         nbytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
         conn.send(("loaded", rank, nbytes))
         ctx.group = make_group(store_path, rank, world_size, device, spec["init_timeout"], spec["timeout"])
         state = None
         snaps: list = []  # prefix caching: this rank's slot-state snapshots
+        spec_w = None  # speculative decoding's worker side (engine/spec_decode_tp.py), made on first use
         while True:
             if not conn.poll(0.5):
                 if parent is not None and not parent.is_alive():
@@ -89,6 +91,12 @@ def worker_main(rank: int, world_size: int, spec: dict, conn, store_path: str) -
             if kind == "step":
                 host = msg[1]
                 batch = batch_from_host(host, device)
+                if "spec_streams" in host:  # a speculative verify step
+                    from engine.spec_decode_tp import SpecWorker
+
+                    spec_w = spec_w or SpecWorker()
+                    spec_w.step(host, batch, model, state, snaps, apply_state_ops)
+                    continue
 
                 def forward():
                     hidden = model(batch, state)
@@ -105,6 +113,8 @@ def worker_main(rank: int, world_size: int, spec: dict, conn, store_path: str) -
                 snaps = (allocate_snapshots(model.cfg, num_snapshots, block_size, spec["dtype"], device, kv_format)
                          if num_snapshots else [])
                 conn.send(("ready", rank))
+            elif kind.startswith("spec_"):
+                spec_w.handle(msg, model, state, device, batch_from_host)
             elif kind == "shutdown":
                 if device.type == "cuda":  # no collective on the way out; see executor._abort_group
                     from .executor import _abort_group

@@ -128,8 +128,6 @@ def test_config_parsing_and_errors(ckpt, tmp_path):
                 {"method": "mtp", "num_speculative_tokens": 1, "draft_model": "x"}):
         with pytest.raises(ValueError, match="speculative_config"):
             SpeculativeConfig.parse(bad)
-    with pytest.raises(ValueError, match="tensor_parallel_size"):
-        EngineArgs(model=str(ckpt), speculative_config=SPEC2, tensor_parallel_size=2).validate()
     with pytest.raises(ValueError, match="async_scheduling"):
         EngineArgs(model=str(ckpt), speculative_config=SPEC2, async_scheduling=True).validate()
     assert EngineArgs(model=str(ckpt), speculative_config=SPEC2).resolve_async_scheduling(torch.device("cuda")) is False
