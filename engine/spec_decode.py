@@ -69,6 +69,7 @@ class SpecDecoder:
         self.ratios = list(model.cfg.compress_ratios)
         self.valid_vocab = engine.runner.valid_vocab
         self.drafts: dict[str, tuple[int, list[int]]] = {}  # seq_id -> (pending position P, drafts for P+1..)
+        self.mtp_pos: dict[str, int] = {}  # seq_id -> positions the MTP ring holds (catch-up ran up to)
         self.stats = SpecDecodeStats(accepted_per_pos=[0] * self.k)
         # test hook: (seq, P, drafts) -> drafts actually verified (forced acceptance / rejection)
         self.draft_hook: Callable | None = None
@@ -284,11 +285,22 @@ class SpecDecoder:
             rows.append(MtpRow(seq.seq_id, c.start, plan.query_start[i], seq.tokens(c.start + 1, c.start + n + 1),
                                c.sample))
         live = {c.seq.seq_id for c in chunks}
-        for sid in [s for s in self.drafts if s not in live and s not in eng.scheduler._seqs]:
-            del self.drafts[sid]
+        for table in (self.drafts, self.mtp_pos):
+            for sid in [s for s in table if s not in live and s not in eng.scheduler._seqs]:
+                del table[sid]
         if not rows:
             return
         kv, dev = self.kv, self.device
+        ring = self.mtp_state["window"]
+        zero = []  # a chunk the MTP ring did not follow up to (prefix-cache hit): its window rows -> 0, so
+        for r in rows:  # drafts never depend on what the slot held before (deterministic seeded runs)
+            if r.start > 0 and self.mtp_pos.get(r.seq_id) != r.start:
+                slot, W = kv.slot(r.seq_id), ring.shape[1]
+                zero += [(slot, p % W) for p in range(max(0, r.start - W + 1), r.start)]
+            self.mtp_pos[r.seq_id] = r.start + len(r.next_ids)
+        if zero:
+            zt = torch.tensor(zero, dtype=torch.long, device=dev)
+            ring[zt[:, 0], zt[:, 1]] = 0
         ids, pos, qs, cl, sids, flat, last = [], [], [0], [], [], [], []
         for r in rows:
             n = len(r.next_ids)
@@ -303,7 +315,7 @@ class SpecDecoder:
         batch = make_batch(kv, dev, ids, pos, qs, cl, sids, last)
         ex = self.executor
         if ex is not None:
-            ex.send_step(self._host(ids, pos, qs, cl, sids, last, flat=flat), kind="spec_mtp")
+            ex.send_step(self._host(ids, pos, qs, cl, sids, last, flat=flat, zero_rows=zero), kind="spec_mtp")
         x = streams.index_select(0, torch.tensor(flat, dtype=torch.long, device=dev))
         x, hidden = mtp_forward(self.model, x, batch.input_ids, batch, self.mtp_state)
         drafting = [r for r in rows if r.draft]

@@ -68,4 +68,5 @@ def graph_step(spec, eng, sched: SchedulerOutput, states, want_prompt: list[bool
             spec.drafts.pop(seq.seq_id, None)
         else:
             spec.drafts[seq.seq_id] = (c.start + 1 + acc[i], new[i])
+            spec.mtp_pos[seq.seq_id] = c.start + 1 + acc[i]
     return outputs

@@ -60,6 +60,10 @@ class SpecWorker:
             host = msg[1]
             self._ensure(model, state)
             batch = batch_from_host(host, device)
+            zero = np.asarray(host.get("zero_rows", ()), dtype=np.int64).reshape(-1, 2)
+            if len(zero):  # window rows of a chunk the ring did not follow (prefix-cache hit)
+                z = torch.from_numpy(zero).to(device)
+                self.mtp_state["window"][z[:, 0], z[:, 1]] = 0
             if host.get("chain"):
                 x = self.h
             else:

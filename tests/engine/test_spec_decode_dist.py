@@ -190,3 +190,28 @@ def test_metrics_exported_only_when_on():
         assert line in text, line
     off = generate_latest(ServerMetrics(lambda: EngineStats(1, 0, 0.1, 0, 5, 5, 1), "m").registry).decode()
     assert "spec_decode" not in off
+
+
+def test_prefix_hit_drafts_do_not_depend_on_slot_history(ckpt):
+    """After a prefix-cache hit the MTP ring has not seen the cached positions: its window rows there are
+    zeroed, so the drafts (and seeded outputs) do not depend on what the slot held before."""
+    P = torch.randint(2, 400, (40,), generator=torch.Generator().manual_seed(4)).tolist()
+    W = torch.randint(2, 400, (40,), generator=torch.Generator().manual_seed(5)).tolist()
+    Y = P + [17, 18, 19]  # the drafting row (42) still sees window positions 27..31 (not computed here)
+    one = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+
+    def drafts_after_hit(history):
+        eng = LLMEngine(EngineArgs(model=str(ckpt), device="cpu", dtype="float32", max_num_seqs=1, num_kv_blocks=32,
+                                   block_size=16, max_num_batched_tokens=64, speculative_config=SPEC2,
+                                   prefix_snapshot_interval=16))
+        for n, prompt in enumerate(history):
+            eng.add_request(f"h{n}", prompt, one)
+            while eng.has_unfinished():
+                eng.step()
+        eng.add_request("y", Y, SamplingParams(temperature=0.7, seed=3, max_tokens=4, ignore_eos=True))
+        while "y#0" not in eng.spec.drafts:
+            eng.step()
+        assert eng.requests["y"].samples[0].seq.num_cached_tokens == 32
+        return eng.spec.drafts["y#0"]
+
+    assert drafts_after_hit([P]) == drafts_after_hit([P, W])
