@@ -22,8 +22,8 @@ from .ref import routing as _ref_routing
 _BACKEND = "auto"
 
 __all__ = ["QuantWeight", "set_backend", "get_backend", "moe_route", "moe_align", "moe_experts", "fp8_linear",
-           "linear", "grouped_linear", "swiglu_linear", "compressor_project", "linear_scaled", "hc_pre", "hc_post",
-           "hc_post_pre", "hc_head", "rms_norm", "rope", "norm_rope", "add_cast"]
+           "linear", "grouped_linear", "swiglu_linear", "compressor_project", "norm_linear", "linear_scaled",
+           "hc_pre", "hc_post", "hc_post_pre", "hc_head", "rms_norm", "rope", "norm_rope", "add_cast"]
 
 
 def set_backend(name: str) -> None:
@@ -103,6 +103,12 @@ def compressor_project(x, wkv, wgate, ape, positions, ratio: int):
     """Compressor projections -> (kv fp32, score fp32 incl. ape[positions % ratio])."""
     impl = _tri("linear_glue") if _use_triton(x) else _ref_lin
     return impl.compressor_project(x, wkv, wgate, ape, positions, ratio)
+
+
+def norm_linear(x, norm_weight, eps: float, weight) -> torch.Tensor:
+    """linear(RMSNorm(x), W): the norm as the GEMM's prologue on CUDA with FP8 weights (q_norm -> wq_b)."""
+    impl = _tri("linear_glue") if _use_triton(x) else _ref_lin
+    return impl.norm_linear(x, norm_weight, eps, weight)
 
 
 def linear_scaled(x, weight, alpha: float) -> torch.Tensor:

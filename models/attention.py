@@ -34,9 +34,11 @@ class Indexer(nn.Module):
         self.compressor = Compressor(cfg.hidden_size, self.head_dim, CSA_RATIO, True, cfg.rms_norm_eps)
         self.weight_scale = self.head_dim ** -0.5 * self.n_heads ** -0.5
 
-    def queries(self, q_lat, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (q [N, HI, cI] fp32 with RoPE, head weights [N, HI] fp32 incl. both scales)."""
-        q = self.wq_b(q_lat).view(-1, self.n_heads, self.head_dim)
+    def queries(self, q_lat, q_norm: RMSNorm, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
+        """q_lat: wq_a(x) before the attention's q_norm (applied here, in the GEMM's prologue on CUDA)
+        -> (q [N, HI, cI] fp32 with RoPE, head weights [N, HI] fp32 incl. both scales)."""
+        q = kops.norm_linear(q_lat, q_norm.weight, q_norm.eps, self.wq_b.quant_weight())
+        q = q.view(-1, self.n_heads, self.head_dim)
         q = kops.norm_rope(q, None, None, cos, sin, out_dtype=torch.float32)  # rope, then fp32
         w = kops.linear_scaled(x, self.weights_proj.quant_weight(), self.weight_scale)
         return q, w
@@ -80,10 +82,10 @@ class Attention(nn.Module):
         cfg = self.cfg
         meta = batch_metadata(batch)
         n_tok = x.shape[0]
-        q_lat = self.q_norm(self.wq_a(x))
+        q_lat = self.wq_a(x)  # q_norm runs as the prologue of the wq_b GEMMs (kops.norm_linear)
+        q = kops.norm_linear(q_lat, self.q_norm.weight, self.q_norm.eps, self.wq_b.quant_weight())
         # per-head weightless rms + rope, and kv_norm + rope: one kernel each on CUDA
-        q = kops.norm_rope(self.wq_b(q_lat).view(n_tok, self.n_heads, self.head_dim), None, cfg.rms_norm_eps,
-                           cos, sin)
+        q = kops.norm_rope(q.view(n_tok, self.n_heads, self.head_dim), None, cfg.rms_norm_eps, cos, sin)
         kv = kops.norm_rope(self.wkv(x), self.kv_norm.weight, self.kv_norm.eps, cos, sin)  # [N, c]
         ring = state["window"]
         kv_cur = kops.kv_pack(kv, ring, cfg.qk_rope_head_dim)
@@ -96,7 +98,7 @@ class Attention(nn.Module):
                 ikv, isc = self.indexer.compressor.project(x, batch.positions)
                 self.indexer.compressor.store(ikv, isc, state["idx_kv_tail"], state["idx_score_tail"],
                                               state["index_keys"], meta, rope, index_keys=True)
-                idx_q, idx_w = self.indexer.queries(q_lat, x, cos, sin)
+                idx_q, idx_w = self.indexer.queries(q_lat, self.q_norm, x, cos, sin)
                 topk = self.indexer.select(idx_q, idx_w, state["index_keys"], meta)
         out = kops.sparse_attention(q, kv_cur, ring, pool, topk, meta, self.attn_sink, ratio=self.ratio,
                                     scale=cfg.softmax_scale, rope_dim=cfg.qk_rope_head_dim)

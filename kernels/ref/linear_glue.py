@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..quant_weight import QuantWeight
 from .fp8_linear import fp8_linear
-from .norm import swiglu
+from .norm import rms_norm, swiglu
 
 
 def linear(x: torch.Tensor, weight, fp32: bool = False) -> torch.Tensor:
@@ -52,3 +52,8 @@ def compressor_project(x: torch.Tensor, wkv, wgate, ape: torch.Tensor, positions
 def linear_scaled(x: torch.Tensor, weight, alpha: float) -> torch.Tensor:
     """linear(x, W) (in x's dtype) -> fp32 * alpha."""
     return linear(x, weight).float() * alpha
+
+
+def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight) -> torch.Tensor:
+    """linear(RMSNorm(x) with norm_weight, W) in x's dtype (q_norm -> wq_b)."""
+    return linear(rms_norm(x, norm_weight, eps), weight)

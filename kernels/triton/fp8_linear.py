@@ -22,10 +22,10 @@ from .common import act_quant_tile, dot_dtype, e8m0_to_f32, interpreting, load_w
 @triton.jit
 def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, w2_ptr, s2_ptr, y_ptr, y2_ptr, ws_ptr, cnt_ptr, tab_ptr, idx_ptr,
                        M, N, K, stride_xm, stride_wn, stride_sn, stride_ym, x_gs, w_gs, y_gs, R, alpha, limit,
-                       K_PER_SPLIT, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                       K_PER_SPLIT, nw_ptr, norm_eps, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                        GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, ACT_FP8: tl.constexpr,
                        DOT_T: tl.constexpr, DOT_F32: tl.constexpr, WFMT: tl.constexpr, DUAL: tl.constexpr,
-                       EPI: tl.constexpr, ROUND: tl.constexpr):
+                       EPI: tl.constexpr, ROUND: tl.constexpr, NORM_IN: tl.constexpr):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     grp = tl.program_id(2)
@@ -55,9 +55,20 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, w2_ptr, s2_ptr, y_ptr, y2_ptr, ws_pt
     acc2 = tl.zeros([BM, BN], dtype=tl.float32)
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
+    if NORM_IN:  # RMSNorm of the input rows (prologue): the full-row sum of squares first
+        ssq = tl.zeros([BM], dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            kk = k0 + tl.arange(0, BK)
+            a = tl.load(x_ptr + xrow[:, None] + kk[None, :], mask=mmask[:, None] & (kk[None, :] < K),
+                        other=0.0).to(tl.float32)
+            ssq += tl.sum(a * a, axis=1)
+        rr = 1.0 / tl.sqrt(ssq / K + norm_eps)
     for k0 in range(k_lo, k_hi, BK):
         kk = k0 + tl.arange(0, BK)
         a = tl.load(x_ptr + xrow[:, None] + kk[None, :], mask=mmask[:, None] & (kk[None, :] < K), other=0.0)
+        if NORM_IN:  # weight * (x * rsqrt), rounded to x's dtype as the RMSNorm output is
+            nw = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+            a = (nw[None, :] * (a.to(tl.float32) * rr[:, None])).to(x_ptr.dtype.element_ty)
         if ACT_FP8:
             aq, xs = act_quant_tile(a, DOT_F32)  # per-token 1x128 blocks (BK == 128)
             acc += _fp8_block_dot(aq, w_ptr, s_ptr, offs_n, nmask, k0, K, stride_wn, stride_sn, BK,
@@ -194,10 +205,11 @@ def _counters(device, n: int) -> torch.Tensor:
 
 
 def launch(x, w, y, *, w2=None, y2=None, groups=1, x_gs=0, w_gs=0, y_gs=0, epi=0, round_out=False, alpha=1.0,
-           limit=0.0, tab=None, idx=None, act_quant=False, config=None):
+           limit=0.0, tab=None, idx=None, norm_weight=None, norm_eps=0.0, act_quant=False, config=None):
     """One launch of the block linear on 2-D row views: y[:, g*y_gs + n] (+ y2) from x[:, g*x_gs + k] and
     weight rows g*w_gs + n. w / w2: QuantWeight (fp8) or plain [rows, K] tensors. x, y row-major
-    with unit column stride; m, n, k = x.shape[0], y's columns per group, the K per group."""
+    with unit column stride; m, n, k = x.shape[0], y's columns per group, the K per group.
+    `norm_weight`: the rows of x are first RMSNorm'ed with it (eps `norm_eps`; one group only)."""
     from .common import weight_args
     m = x.shape[0]
     n = y.shape[1] // groups if y_gs else y.shape[1]
@@ -210,6 +222,8 @@ def launch(x, w, y, *, w2=None, y2=None, groups=1, x_gs=0, w_gs=0, y_gs=0, epi=0
     if wfmt == 1 and groups > 1 and w_gs % 128:
         raise ValueError("grouped FP8 linear: group rows must be whole 128-row scale blocks")
     data2, scale2 = (weight_args(w2)[:2]) if w2 is not None else (data, scale)
+    if norm_weight is not None and (groups > 1 or x.shape[1] != k):
+        raise ValueError("the RMSNorm prologue needs whole rows of x (one group)")
     interp = interpreting()
     cfg = dict(config or pick_config(m, n * groups, k, act_quant, interp))
     if w2 is not None and m > 64 and not interp and config is None:
@@ -237,9 +251,10 @@ def launch(x, w, y, *, w2=None, y2=None, groups=1, x_gs=0, w_gs=0, y_gs=0, epi=0
         tab if tab is not None else y, idx if idx is not None else y,
         m, n, k, x.stride(0), data.stride(0), scale.stride(0) if wfmt else 0, y.stride(0), x_gs, w_gs, y_gs,
         tab.shape[0] if tab is not None else 1, float(alpha), float(limit), k_per,
+        norm_weight if norm_weight is not None else y, float(norm_eps),
         BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], GROUP_M=cfg["GROUP_M"], SPLIT_K=split, ACT_FP8=act_quant,
         DOT_T=dot_t, DOT_F32=dot_f32, WFMT=wfmt, DUAL=w2 is not None, EPI=epi, ROUND=round_out,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        NORM_IN=norm_weight is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
 def _rows(x):

@@ -1,7 +1,7 @@
 """Triton linear glue on the block linear kernel (fp8_linear.launch): grouped projection in one launch
 (group grid axis), dual-weight GEMMs with fused epilogues (SwiGLU; compressor score + positional bias),
-fp32-output linears of plain weights, and a scaled-output linear. Same contracts as
-kernels.ref.linear_glue; self-reducing split-K, so every op is one launch and no host sync."""
+fp32-output linears of plain weights, a scaled-output linear and an RMSNorm prologue (q_norm -> wq_b).
+Same contracts as kernels.ref.linear_glue; self-reducing split-K, so every op is one launch and no host sync."""
 
 from __future__ import annotations
 
@@ -72,4 +72,17 @@ def linear_scaled(x, weight, alpha):
     x2 = _fl._rows(x)
     y = torch.empty(x2.shape[0], weight.shape[0], dtype=torch.float32, device=x.device)
     _fl.launch(x2, weight, y, round_out=True, alpha=alpha)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def norm_linear(x, norm_weight, eps, weight):
+    """Same contract as kernels.ref.linear_glue.norm_linear: FP8 weights take the RMSNorm as the GEMM's
+    prologue (one launch); plain weights: the norm kernel, then cuBLAS."""
+    _plain_or_fp8(weight)
+    if not isinstance(weight, QuantWeight):
+        from . import norm
+        return F.linear(norm.rms_norm(x, norm_weight, eps), weight)
+    x2 = _fl._rows(x)
+    y = torch.empty(x2.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)
+    _fl.launch(x2, weight, y, norm_weight=norm_weight, norm_eps=eps)
     return y.reshape(*x.shape[:-1], weight.shape[0])

@@ -103,7 +103,8 @@ HOST_SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_
 
 
 def proxy_launches(ratios=(4, 128), batch: int = 2, prompt: int = 9) -> dict:
-    """Under TRITON_INTERPRET=1 on CPU with every op on its Triton path: the torch ops that would launch
+    """A tiny quantized model (resident FP8 weights, as on the GPU) under TRITON_INTERPRET=1 on CPU with
+    every op on its Triton path: the torch ops that would launch
     a kernel on CUDA (everything but views and allocations) plus the Triton launches of one decode
     forward, per layer (full forward minus the forward without layers), and any host-syncing op
     (.item() / int() / bool() of a tensor, nonzero, boolean-mask indexing; a CPU .tolist() is invisible)."""
@@ -112,10 +113,13 @@ def proxy_launches(ratios=(4, 128), batch: int = 2, prompt: int = 9) -> dict:
     from torch.utils._python_dispatch import TorchDispatchMode
     from triton.runtime.interpreter import InterpretedFunction
 
+    import tempfile
+
     import kernels
     from models.config import tiny_config
+    from models.loading import load_model
     from models.state import batch_metadata
-    from tests.models.oracle import our_model, random_state_dict
+    from models.synthetic import write_synthetic_checkpoint
 
     counts: Counter = Counter()
     inside = [0]  # torch ops run by the interpreter itself are not kernels
@@ -140,8 +144,14 @@ def proxy_launches(ratios=(4, 128), batch: int = 2, prompt: int = 9) -> dict:
         finally:
             inside[0] -= 1
 
-    cfg = tiny_config(compress_ratios=tuple(ratios), index_topk=4)
-    model = our_model(cfg, random_state_dict(cfg, seed=3))
+    # FP8 dense linears + FP8 experts kept resident (the GPU layout), 2 heads x 64 per o-group so wo_a
+    # is whole 128x128 scale blocks and runs grouped
+    cfg = tiny_config(compress_ratios=tuple(ratios), index_topk=4, o_lora_rank=128, num_attention_heads=4,
+                      o_groups=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_synthetic_checkpoint(cfg, tmp, seed=3, quantize=True, include_mtp=False)
+        model = load_model(tmp, "cpu", torch.float32, resident_quant=True)
+    cfg = model.cfg
     bs = max(128, cfg.ratio_lcm)
     state = model.new_state(num_slots=batch, num_blocks=batch, block_size=bs)
     tables = torch.arange(batch).view(batch, 1)

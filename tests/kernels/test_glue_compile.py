@@ -25,7 +25,8 @@ FIN_SIG = dict(x_ptr=P["bf16"], part_ptr=P["fp32"], sq_ptr=P["fp32"], base_ptr=P
 LIN_SIG = dict(x_ptr=P["bf16"], w_ptr=P["u8"], s_ptr=P["u8"], w2_ptr=P["u8"], s2_ptr=P["u8"], y_ptr=P["bf16"],
                y2_ptr=P["fp32"], ws_ptr=P["fp32"], cnt_ptr=P["i32"], tab_ptr=P["fp32"], idx_ptr=P["i64"], M="i32",
                N="i32", K="i32", stride_xm="i32", stride_wn="i32", stride_sn="i32", stride_ym="i32", x_gs="i32",
-               w_gs="i32", y_gs="i32", R="i32", alpha="fp32", limit="fp32", K_PER_SPLIT="i32")
+               w_gs="i32", y_gs="i32", R="i32", alpha="fp32", limit="fp32", K_PER_SPLIT="i32", nw_ptr=P["bf16"],
+               norm_eps="fp32")
 
 
 def _compile(fn, sig, consts, warps, stages=1):
@@ -64,15 +65,18 @@ def _cases():
         yield moe._moe_gemm_kernel, msig, dict(A_DIV=6, OUT_DIV=1, GATE_UP=True, WFMT=wfmt, BM=16, BN=64, BK=128,
                                                GROUP_M=1, DOT_T=tl.bfloat16, DOT_F32=False, USE_ASM=False,
                                                ACT_FP8=False, ZERO=True), 4
-    for split, dual, epi, rnd, wfmt, act in ((1, False, 0, False, 1, False), (4, False, 0, False, 1, False),
-                                             (4, True, 1, True, 1, False), (2, True, 2, False, 0, False),
-                                             (2, False, 0, True, 1, False), (4, True, 1, True, 1, True)):
+    lin_cases = [  # (split, dual, epi, round, wfmt, act_fp8, norm_in)
+        (1, False, 0, False, 1, False, False), (4, False, 0, False, 1, False, False),
+        (4, True, 1, True, 1, False, False), (2, True, 2, False, 0, False, False),
+        (2, False, 0, True, 1, False, False), (4, True, 1, True, 1, True, False),
+        (1, False, 0, False, 1, False, True), (4, False, 0, False, 1, True, True)]
+    for split, dual, epi, rnd, wfmt, act, nrm in lin_cases:
         sig = dict(LIN_SIG)
         if wfmt == 0:
             sig.update(w_ptr=P["bf16"], s_ptr=P["bf16"], w2_ptr=P["bf16"], s2_ptr=P["bf16"], y_ptr=P["fp32"])
         yield fl._fp8_linear_kernel, sig, dict(BM=16, BN=32, BK=128, GROUP_M=1, SPLIT_K=split, ACT_FP8=act,
                                                DOT_T=tl.bfloat16, DOT_F32=False, WFMT=wfmt, DUAL=dual, EPI=epi,
-                                               ROUND=rnd), 4
+                                               ROUND=rnd, NORM_IN=nrm), 4
 
 
 def compile_all() -> int:
@@ -93,4 +97,4 @@ def test_glue_kernels_compile_for_sm90():
     if p.returncode and "ptxas" in p.stderr and "not found" in p.stderr.lower():
         pytest.skip("no ptxas in this Triton install")
     assert p.returncode == 0, p.stderr[-3000:]
-    assert int(p.stdout.split("COMPILED")[-1]) >= 17
+    assert int(p.stdout.split("COMPILED")[-1]) >= 19

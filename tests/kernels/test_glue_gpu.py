@@ -111,6 +111,11 @@ def test_linear_glue_gpu(n):
     assert _rel(tri.linear(x, gate, fp32=True), ref_lin.linear(x, gate, fp32=True)) < 1e-4
     wp = _fp8w(128, D, g)  # weights_proj (64 heads, padded to a whole block here)
     assert _rel(tri.linear_scaled(x, wp, 0.01), ref_lin.linear_scaled(x, wp, 0.01)) < 1e-2
+    lat = torch.randn(n, 1024, device="cuda", generator=g).bfloat16()
+    qn = (1 + 0.02 * torch.randn(1024, device="cuda", generator=g)).bfloat16()
+    for rows in (32768, 8192):  # q_norm -> wq_b and -> indexer wq_b, the norm in the GEMM's prologue
+        w = _fp8w(rows, 1024, g)
+        assert _rel(tri.norm_linear(lat, qn, 1e-6, w), ref_lin.norm_linear(lat, qn, 1e-6, w)) < 1e-2
     for shape in [(1024, 4096), (4096, 8192), (512, 4096)]:  # wq_a, wo_b, wkv: split-K at decode
         w = _fp8w(*shape, g)
         xx = torch.randn(n, shape[1], device="cuda", generator=g).bfloat16()

@@ -183,3 +183,22 @@ def test_decode_launch_proxy_interp():
     assert not r["syncs"], r["syncs"]
     assert r["per_layer"] <= 40
     assert r["full"].get("triton:_finish_kernel", 0) >= 4  # the fused mHC path ran
+
+
+@pytest.mark.parametrize("m,k,split", [(1, 256, 2), (5, 384, 3), (3, 128, 1)])
+def test_norm_linear_interp(m, k, split):
+    """RMSNorm as the FP8 GEMM's prologue (every split recomputes the full-row norm) == norm then linear."""
+    (fl, tri) = interp_modules("fp8_linear", "linear_glue")
+    g = torch.Generator().manual_seed(m * k)
+    x = torch.randn(m, k, generator=g) * 3
+    nw = torch.randn(k, generator=g)
+    w = _fp8(256, k, g)
+    ref = ref_lin.norm_linear(x, nw, 1e-6, w)
+    torch.testing.assert_close(tri.norm_linear(x, nw, 1e-6, w), ref, rtol=1e-4, atol=1e-4)
+    y = torch.empty(m, 256)
+    fl.launch(x, w, y, norm_weight=nw, norm_eps=1e-6,
+              config=dict(BM=16, BN=32, BK=64, GROUP_M=1, num_warps=4, num_stages=1, SPLIT_K=split))
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+    wp = torch.randn(64, k, generator=g) * 0.05  # plain weights: norm kernel + F.linear
+    torch.testing.assert_close(tri.norm_linear(x, nw, 1e-6, wp), ref_lin.norm_linear(x, nw, 1e-6, wp), rtol=1e-4,
+                               atol=1e-4)
