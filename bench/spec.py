@@ -56,7 +56,8 @@ def build(args, model_dir, kv, spec, cached, eager=False):
         le.load_model = lambda *a, **k: cached
     try:
         return le.LLMEngine(EngineArgs(
-            model=model_dir, device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32", max_num_seqs=max(args.batch_list),
+            model=model_dir, device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32",
+            max_num_seqs=max(args.batch_list),
             max_num_batched_tokens=args.budget, num_kv_blocks=args.blocks, kv_cache_dtype=kv,
             max_model_len=args.in_len + args.out_len + 8, enable_prefix_caching=False,
             speculative_config=spec, enforce_eager=eager))

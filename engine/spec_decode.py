@@ -119,8 +119,8 @@ class SpecDecoder:
         kv, chunks, ex = self.kv, sched.chunks, self.executor
         items = [(i, kv.slot(chunks[i].seq.seq_id), kv.block_table(chunks[i].seq.seq_id),
                   list(range(chunks[i].start + 1, chunks[i].start + 1 + len(d)))) for i, d in drafts.items()]
-        log = RowLog()
-        log.save_positions(kv.state.layers, self.ratios, kv.block_size, items)
+        row_log = RowLog()
+        row_log.save_positions(kv.state.layers, self.ratios, kv.block_size, items)
         batch = make_batch(kv, self.device, plan.ids, plan.positions, plan.query_start, plan.context_lens,
                            plan.seq_ids, plan.logit_rows)
         if ex is not None:  # tensor parallel: the workers run the same verify (engine/spec_decode_tp.py)
@@ -154,7 +154,7 @@ class SpecDecoder:
         self._count(drafts, results)
         if ex is not None:
             ex.send_step(reject_from, kind="spec_restore")
-        log.restore(reject_from)
+        row_log.restore(reject_from)
         outputs = self._append(eng, states, chunks, results)
         self._draft(eng, plan, chunks, results, streams)
         return outputs
@@ -326,10 +326,10 @@ class SpecDecoder:
         pending = [r.start + len(r.next_ids) for r in drafting]  # P: the pending token's position
         out = [[t] for t in tok]
         if self.k > 1:
-            log = RowLog()
+            row_log = RowLog()
             sd = [r.seq_id for r in drafting]
             items = [(b, kv.slot(s), [], list(range(p, p + self.k - 1))) for b, (s, p) in enumerate(zip(sd, pending))]
-            log.save_positions([self.mtp_state], [0], kv.block_size, items)
+            row_log.save_positions([self.mtp_state], [0], kv.block_size, items)
             for j in range(1, self.k):
                 prev = [o[-1] for o in out]
                 args = (prev, [p + j - 1 for p in pending], list(range(len(sd) + 1)), [p + j - 1 for p in pending],
@@ -342,7 +342,7 @@ class SpecDecoder:
                     o.append(t)
             if ex is not None:
                 ex.send_step(len(sd), kind="spec_mtp_restore")
-            log.restore([0] * len(sd))
+            row_log.restore([0] * len(sd))
         for r, p, d in zip(drafting, pending, out):
             self.drafts[r.seq_id] = (p, d)
 

@@ -61,8 +61,9 @@ class RowLog:
                 if t is None:
                     continue
                 ring = t.shape[1]
-                if ring <= max(len(p) for *_, p in items):
-                    raise ValueError(f"state ring {name} of {ring} rows is too short for {max(len(p) for *_, p in items)} "
+                longest = max(len(p) for *_, p in items)
+                if ring <= longest:
+                    raise ValueError(f"state ring {name} of {ring} rows is too short for {longest} "
                                      "speculative positions")
                 self._save(t, s_slot, s_pos % ring, s_pos, s_seq)
             if m and any(name in st for name in _BLOCK):

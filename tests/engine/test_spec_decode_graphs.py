@@ -41,7 +41,8 @@ def test_graph_step_equals_eager_step(ckpt, k):
             eng.add_request(str(i), p, params)
     while eager.has_unfinished() or graph.has_unfinished():
         a, b = eager.step(), graph.step()
-        assert [(o.request_id, o.outputs[0].token_ids) for o in a] == [(o.request_id, o.outputs[0].token_ids) for o in b]
+        assert [(o.request_id, o.outputs[0].token_ids) for o in a] == \
+            [(o.request_id, o.outputs[0].token_ids) for o in b]
         assert {s: d for s, d in eager.spec.drafts.items()} == {s: d for s, d in graph.spec.drafts.items()}
         for seq in eager.scheduler.running:
             st_a = _logical_state(eager, seq.seq_id, seq.num_computed_tokens)
