@@ -93,6 +93,6 @@ def test_captured_graphs_match_eager_gpu(ckpt):
     b, eng = go(True)
     assert eng.spec.graphs.num_steps > 0
     # bf16: the replay batches rows differently from the eager step (padding, k+1 catch-up rows), so a
-    # rare argmax tie may flip; everything up to the first difference must agree, and nearly all tokens
+    # rare near-tie argmax may flip (then the rest of that sequence diverges): nearly all tokens agree
     same = sum(x == y for r in a for x, y in zip(a[r], b[r]))
     assert same >= 0.9 * sum(len(v) for v in a.values()), (a, b)
