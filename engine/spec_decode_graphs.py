@@ -92,8 +92,9 @@ class SpecGraphs:
         self.c_tok = torch.arange(bmax, **i32)
         self.c_rows = torch.arange(bmax, **i64)
         cfg = model.cfg
-        self.main_log = StaticRowLog(kv.state.layers, list(cfg.compress_ratios), kv.block_size, k, kv.pad_block)
-        self.mtp_log = StaticRowLog([mtp_state], [0], kv.block_size, 2 * k + 1, kv.pad_block)
+        self.main_log = StaticRowLog(kv.state.layers, list(cfg.compress_ratios), kv.block_size, k, kv.pad_block,
+                                     kv.pad_slot)
+        self.mtp_log = StaticRowLog([mtp_state], [0], kv.block_size, 2 * k + 1, kv.pad_block, kv.pad_slot)
         self.buckets = {b: self._bucket(b) for b in self.sizes}
         self._pool = None
         self.capture_s = 0.0
@@ -141,7 +142,7 @@ class SpecGraphs:
         self.next_ids[:n].copy_(st2[0:n])
         self.acc[:bp].copy_(st2[n:n + bp])
         self.bound[:bp].copy_(st2[n + bp:n + 2 * bp])
-        StaticRowLog.restore(bk.out["saved"], self.bound[:bp])
+        self.main_log.restore(bk.out["saved"], self.bound[:bp])
         mtp_saved = self.mtp_log.save(self.slots[:bp], self.ctx[:bp], self.tables[:bp])
         torch.add(self.c_rows[:bp] * q, self.acc[:bp], out=self.last[:bp])
         x, hidden = mtp_forward(self.model, bk.out["streams"], self.next_ids[:n], bk.catchup, self.mtp_state)
@@ -149,7 +150,7 @@ class SpecGraphs:
         drafts = [tok]
         h = x.index_select(0, self.last[:bp])
         keep_to = self.ctx[:bp] + self.acc[:bp] + 1
-        StaticRowLog.restore(mtp_saved, keep_to)  # rows past P+a: the chain must read the old window there
+        self.mtp_log.restore(mtp_saved, keep_to)  # rows past P+a: the chain must read the old window there
         for j in range(1, k):
             self.c_ids[:bp].copy_(tok)
             torch.add(self.ctx[:bp] + j, self.acc[:bp], out=self.c_pos[:bp])
@@ -159,7 +160,7 @@ class SpecGraphs:
             h, hidden = mtp_forward(self.model, h, self.c_ids[:bp], bk.chain, self.mtp_state)
             tok = self._argmax(hidden)
             drafts.append(tok)
-        StaticRowLog.restore(mtp_saved, keep_to)
+        self.mtp_log.restore(mtp_saved, keep_to)
         return torch.stack(drafts, dim=1)
 
     def _argmax(self, hidden: torch.Tensor) -> torch.Tensor:

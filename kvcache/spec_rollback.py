@@ -31,6 +31,7 @@ class _Saved:
     values: torch.Tensor  # [R, ...] copies taken before the forward
     pos: torch.Tensor  # [R] long: the position that writes the row
     seq: torch.Tensor  # [R] long: index of the owning sequence (into restore's reject_from)
+    host: tuple[list[int], list[int]] = ((), ())  # (pos, seq) on the host: restore picks rows without a sync
 
 
 @dataclass
@@ -54,6 +55,8 @@ class RowLog:
         s_slot = torch.tensor(slot_rows, dtype=torch.long, device=dev)
         s_pos = torch.tensor(slot_pos, dtype=torch.long, device=dev)
         s_seq = torch.tensor(slot_seq, dtype=torch.long, device=dev)
+        s_host = (slot_pos, slot_seq)
+        ring_rows: dict[int, torch.Tensor] = {}  # ring length -> rows (shared by the tensors of that length)
         block_cache: dict[int, tuple] = {}
         for st, m in zip(layers, ratios):
             for name in _RING:
@@ -65,7 +68,9 @@ class RowLog:
                 if ring <= longest:
                     raise ValueError(f"state ring {name} of {ring} rows is too short for {longest} "
                                      "speculative positions")
-                self._save(t, s_slot, s_pos % ring, s_pos, s_seq)
+                if ring not in ring_rows:
+                    ring_rows[ring] = s_pos % ring
+                self._save(t, s_slot, ring_rows[ring], s_pos, s_seq, s_host)
             if m and any(name in st for name in _BLOCK):
                 if m not in block_cache:
                     block_cache[m] = self._block_rows(items, m, block_size, dev)
@@ -92,21 +97,29 @@ class RowLog:
         if not i0:
             return None
         as_t = lambda v: torch.tensor(v, dtype=torch.long, device=dev)  # noqa: E731
-        return as_t(i0), as_t(i1), as_t(pos), as_t(seq)
+        return as_t(i0), as_t(i1), as_t(pos), as_t(seq), (pos, seq)
 
-    def _save(self, t: torch.Tensor, i0, i1, pos, seq) -> None:
-        self.saved.append(_Saved(t, i0, i1, t[i0, i1].clone(), pos, seq))
+    def _save(self, t: torch.Tensor, i0, i1, pos, seq, host) -> None:
+        self.saved.append(_Saved(t, i0, i1, t[i0, i1].clone(), pos, seq, host))
 
     def restore(self, reject_from: list[int]) -> None:
         """Put back every saved row whose position is >= reject_from[its sequence] (the first rejected
-        position; a sequence that kept everything has a bound past its last speculative position)."""
-        if not self.saved:
-            return
-        bound = torch.tensor(reject_from, dtype=torch.long).to(self.saved[0].pos.device)
+        position; a sequence that kept everything has a bound past its last speculative position).
+        The rows are picked on the host (one small host -> device copy per group of rows)."""
+        picked: dict[int, torch.Tensor | None] = {}
         for s in reversed(self.saved):
-            keep = s.pos >= bound[s.seq]
-            idx = keep.nonzero().view(-1)
-            if idx.numel():
+            key = id(s.host[0])
+            if key not in picked:
+                pos, seq = s.host
+                rows = [r for r, (p, b) in enumerate(zip(pos, seq)) if p >= reject_from[b]]
+                picked[key] = (None if not rows else "all" if len(rows) == len(pos)
+                               else torch.tensor(rows, dtype=torch.long).to(s.pos.device, non_blocking=True))
+            idx = picked[key]
+            if idx is None:
+                continue
+            if isinstance(idx, str):
+                s.tensor[s.i0, s.i1] = s.values
+            else:
                 s.tensor[s.i0[idx], s.i1[idx]] = s.values[idx]
         self.saved.clear()
 
@@ -119,6 +132,7 @@ class _StaticSaved:
     values: torch.Tensor  # [R, ...]
     pos: torch.Tensor  # [R] long, -1 = nothing to restore (no entry closed)
     seq: torch.Tensor  # [R] long: row of the owning sequence in the batch
+    block: bool  # a block-scoped tensor (scratch row: the scratch block) or slot-scoped (the scratch slot)
 
 
 class StaticRowLog:
@@ -128,8 +142,9 @@ class StaticRowLog:
     positions close none logs the scratch row `pad_block` with position -1 (never restored)."""
 
     def __init__(self, layers: list[dict[str, torch.Tensor]], ratios: list[int], block_size: int, n: int,
-                 pad_block: int | None):
+                 pad_block: int | None, pad_slot: int | None = None):
         self.layers, self.ratios, self.block_size, self.n, self.pad_block = layers, ratios, block_size, n, pad_block
+        self.pad_slot = pad_slot  # restore writes the rows it keeps as they are into the scratch slot / block
         for st, m in zip(layers, ratios):
             for name in _RING:
                 if name in st and st[name].shape[1] < n:
@@ -147,12 +162,15 @@ class StaticRowLog:
         i0 = slots.repeat_interleave(n)
         out: list[_StaticSaved] = []
         blocks: dict[int, tuple] = {}
+        ring_rows: dict[int, torch.Tensor] = {}
         for st, m in zip(self.layers, self.ratios):
             for name in _RING:
                 t = st.get(name)
                 if t is not None:
-                    i1 = pos % t.shape[1]
-                    out.append(_StaticSaved(t, i0, i1, t[i0, i1].clone(), pos, seq))
+                    if t.shape[1] not in ring_rows:
+                        ring_rows[t.shape[1]] = pos % t.shape[1]
+                    i1 = ring_rows[t.shape[1]]
+                    out.append(_StaticSaved(t, i0, i1, t[i0, i1].clone(), pos, seq, False))
             if m and any(name in st for name in _BLOCK):
                 if m not in blocks:
                     blocks[m] = self._block_rows(first_pos, tables, m)
@@ -161,7 +179,7 @@ class StaticRowLog:
                 for name in _BLOCK:
                     if name in st:
                         t = st[name]
-                        out.append(_StaticSaved(t, b0, b1, t[b0, b1].clone(), bpos, bseq))
+                        out.append(_StaticSaved(t, b0, b1, t[b0, b1].clone(), bpos, bseq, True))
         return out
 
     def _block_rows(self, first_pos: torch.Tensor, tables: torch.Tensor, m: int):
@@ -177,11 +195,18 @@ class StaticRowLog:
         row = torch.where(valid, (e * m % bs) // m, torch.zeros_like(e))
         return blk, row, torch.where(valid, p, torch.full_like(p, -1))
 
-    @staticmethod
-    def restore(saved: list[_StaticSaved], bound: torch.Tensor) -> None:
-        """Put back the rows whose position >= bound[sequence] (bound [B] long, on the device)."""
+    def restore(self, saved: list[_StaticSaved], bound: torch.Tensor) -> None:
+        """Put back the rows whose position >= bound[sequence] (bound [B] long, on the device): one
+        scatter per tensor; the other rows' writes are sent to the scratch slot / block (row 0)."""
+        targets: dict[tuple, tuple] = {}
         for s in reversed(saved):
-            keep = (s.pos >= bound[s.seq]) & (s.pos >= 0)
-            cur = s.tensor[s.i0, s.i1]
-            shape = (-1,) + (1,) * (cur.dim() - 1)
-            s.tensor[s.i0, s.i1] = torch.where(keep.view(shape), s.values, cur)
+            key = (id(s.i0), id(s.i1), id(s.pos), s.block)
+            if key not in targets:
+                keep = (s.pos >= bound[s.seq]) & (s.pos >= 0)
+                scratch = self.pad_block if s.block else self.pad_slot
+                if scratch is None:
+                    raise ValueError("StaticRowLog.restore needs the scratch slot / block")
+                targets[key] = (torch.where(keep, s.i0, torch.full_like(s.i0, scratch)),
+                                torch.where(keep, s.i1, torch.zeros_like(s.i1)))
+            i0, i1 = targets[key]
+            s.tensor[i0, i1] = s.values
