@@ -321,29 +321,30 @@ class SpecDecoder:
         drafting = [r for r in rows if r.draft]
         if not drafting:
             return
-        tok = self._argmax(hidden)
+        tok = self._argmax(hidden)  # [S] on the device: the chain feeds it back without a host copy
         x = x[batch.logits_indices]
         pending = [r.start + len(r.next_ids) for r in drafting]  # P: the pending token's position
-        out = [[t] for t in tok]
+        out = [tok]
         if self.k > 1:
             row_log = RowLog()
             sd = [r.seq_id for r in drafting]
             items = [(b, kv.slot(s), [], list(range(p, p + self.k - 1))) for b, (s, p) in enumerate(zip(sd, pending))]
             row_log.save_positions([self.mtp_state], [0], kv.block_size, items)
             for j in range(1, self.k):
-                prev = [o[-1] for o in out]
-                args = (prev, [p + j - 1 for p in pending], list(range(len(sd) + 1)), [p + j - 1 for p in pending],
-                        sd, list(range(len(sd))))
+                host_ids = out[-1].tolist() if ex is not None else [0] * len(sd)  # TP: workers need the ids
+                args = (host_ids, [p + j - 1 for p in pending], list(range(len(sd) + 1)),
+                        [p + j - 1 for p in pending], sd, list(range(len(sd))))
                 b = make_batch(kv, dev, *args)
+                b.input_ids = out[-1]
                 if ex is not None:
                     ex.send_step(self._host(*args, chain=1, save_items=items if j == 1 else None), kind="spec_mtp")
                 x, hidden = mtp_forward(self.model, x, b.input_ids, b, self.mtp_state)
-                for o, t in zip(out, self._argmax(hidden)):
-                    o.append(t)
+                out.append(self._argmax(hidden))
             if ex is not None:
                 ex.send_step(len(sd), kind="spec_mtp_restore")
             row_log.restore([0] * len(sd))
-        for r, p, d in zip(drafting, pending, out):
+        drafts = torch.stack(out, dim=1).tolist()  # one device -> host copy
+        for r, p, d in zip(drafting, pending, drafts):
             self.drafts[r.seq_id] = (p, d)
 
     def _host(self, ids, pos, qs, cl, sids, rows, **extra) -> dict:
@@ -352,9 +353,9 @@ class SpecDecoder:
                     block_tables=self.kv.block_table_tensor(sids).numpy(), logits_indices=rows, query_start=qs,
                     context_lens=cl, **extra)
 
-    def _argmax(self, hidden: torch.Tensor) -> list[int]:
-        logits = self.model.compute_logits(hidden)
-        return logits[:, :self.valid_vocab].argmax(dim=-1).tolist()
+    def _argmax(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Greedy drafts (tensor parallel: the gathered logits are on rank 0, where this runs)."""
+        return self.model.compute_logits(hidden)[:, :self.valid_vocab].argmax(dim=-1)
 
 
 def _count_prompt(eng, states, chunks) -> None:
