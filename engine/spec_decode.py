@@ -94,6 +94,21 @@ class SpecDecoder:
                                  valid_vocab=self.valid_vocab, capture=capture, buckets=buckets)
         self.graphs.capture()
 
+    def check_integrity(self, eng) -> None:
+        """After a step: no sequence holds blocks for rejected draft positions (at most the blocks of its
+        tokens, cached ones aside), and drafts are kept only for live sequences at their pending token."""
+        kv = self.kv
+        for seq in eng.scheduler.running:
+            if kv.has(seq.seq_id):
+                held = len(kv.block_table(seq.seq_id))
+                need = kv.num_blocks_needed(max(seq.num_tokens, seq.num_computed_tokens))
+                assert held <= max(need, kv._get(seq.seq_id).num_hashed), (
+                    f"{seq.seq_id!r} holds {held} blocks for {seq.num_tokens} tokens (draft blocks not returned)")
+            entry = self.drafts.get(seq.seq_id)
+            assert entry is None or entry[0] <= seq.num_tokens - 1, f"stale drafts of {seq.seq_id!r}"
+        live = set(eng.scheduler._seqs)
+        assert set(self.drafts) <= live, f"drafts of finished sequences: {sorted(set(self.drafts) - live)}"
+
     # ---- one step --------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self, eng, sched: SchedulerOutput) -> list[RequestOutput]:

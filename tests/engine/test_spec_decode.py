@@ -52,6 +52,8 @@ def run(eng: LLMEngine, prompts, params, on_step=None) -> dict[str, list[int]]:
         for o in eng.step():
             out[o.request_id] = o
         eng.kv.check_integrity()
+        if eng.spec is not None:
+            eng.spec.check_integrity(eng)
         if on_step is not None:
             on_step(eng)
     return out
