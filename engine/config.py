@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.kv_format import from_cli as kv_format_from_cli
+
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 
@@ -23,7 +25,7 @@ class EngineArgs:
     num_kv_blocks: int | None = None  # explicit cache size in blocks (overrides the memory budget)
     kv_cache_memory: int | None = None  # explicit byte budget for the KV cache (CPU default 256 MiB)
     gpu_memory_utilization: float = 0.9  # fraction of free GPU memory for the KV cache after weights
-    kv_cache_dtype: str = "auto"  # "auto": activation dtype; "fp8": 584-byte FP8 entries; "fp8_fp4idx": + MXFP4 indexer keys
+    kv_cache_dtype: str = "auto"  # a kernels/kv_format.py CLI_CHOICES value ("auto": dense in the activation dtype)
     block_size: int | None = None  # tokens per cache block; None = smallest multiple of every ratio >= 64
     max_queued_requests: int | None = None  # waiting requests beyond this are rejected (HTTP 429)
     seed: int = 0
@@ -75,8 +77,8 @@ class EngineArgs:
 
     @property
     def kv_format(self) -> str:
-        """models.state kv_format: "bf16" = dense entries in the KV dtype, "fp8" = packed FP8 entries."""
-        return self.kv_cache_dtype if self.kv_cache_dtype in ("fp8", "fp8_fp4idx") else "bf16"
+        """The engine kv_format name of kv_cache_dtype (kernels/kv_format.py: "bf16" = dense entries)."""
+        return kv_format_from_cli(self.kv_cache_dtype).name
 
     def validate(self) -> None:
         if self.max_num_seqs < 1:
@@ -91,8 +93,7 @@ class EngineArgs:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.max_queued_requests is not None and self.max_queued_requests < 0:
             raise ValueError("max_queued_requests must be >= 0")
-        if self.kv_cache_dtype not in ("auto", "bf16", "fp8", "fp8_fp4idx"):
-            raise ValueError(f"kv_cache_dtype must be 'auto', 'fp8' or 'fp8_fp4idx', got {self.kv_cache_dtype!r}")
+        kv_format_from_cli(self.kv_cache_dtype)  # raises on an unknown name
         if self.tensor_parallel_size < 1:
             raise ValueError("tensor_parallel_size must be >= 1")
         spec = self.spec_config

@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from kernels.kv_format import get as get_kv_format
 from models.config import ModelConfig
-from models.state import KV_FORMATS, ModelState, allocate_state
+from models.state import ModelState, allocate_state
 
 from .block_pool import BlockPool
 from .prefix_cache import PrefixCache, PrefixHit, StateOps
@@ -71,9 +72,7 @@ class KVCacheManager:
                 f"block_size {block_size} must be a positive multiple of every compression ratio "
                 f"{model_cfg.distinct_ratios} (i.e. of {model_cfg.ratio_lcm})"
             )
-        if kv_format not in KV_FORMATS:
-            raise ValueError(f"kv_format {kv_format!r}: choose 'bf16' (dense, default), 'fp8' (584-byte entries, "
-                             "FP8 indexer keys) or 'fp8_fp4idx' (584-byte entries, MXFP4 indexer keys)")
+        get_kv_format(kv_format)  # unknown names raise here, before any allocation
         self.model_cfg = model_cfg
         self.block_size = block_size
         self.num_blocks = num_blocks

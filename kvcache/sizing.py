@@ -21,6 +21,8 @@ from typing import Callable
 
 import torch
 
+from kernels.kv_format import entry_bytes, index_key_bytes
+from kernels.kv_format import find as find_kv_format
 from models.config import CSA_RATIO, PRESETS, ModelConfig
 from models.state import layer_state_specs, state_bytes
 
@@ -150,17 +152,10 @@ class KVEntryFormat:
     indexer_key_bytes: Callable[[int], int]
 
 
-def _fp8_entry(head_dim: int, rope_dim: int) -> int:
-    """FP8 nope dims + BF16 rope dims + one UE8M0 scale byte per 64 nope dims, padded to 8 (584 for V4)."""
-    nope = head_dim - rope_dim
-    raw = nope + 2 * rope_dim + math.ceil(nope / 64)
-    return -(-raw // 8) * 8
-
-
-FORMATS: dict[str, KVEntryFormat] = {
+FORMATS: dict[str, KVEntryFormat] = {  # planning names: "bf16" = dense entries in bf16 (2 bytes a dim)
     "bf16": KVEntryFormat("bf16", lambda c, r: 2 * c, lambda ci: 2 * ci),
-    "fp8": KVEntryFormat("fp8", _fp8_entry, lambda ci: ci + 4),  # indexer: FP8 + one FP32 scale (132 B)
-    "fp4": KVEntryFormat("fp4", None, lambda ci: ci // 2 + math.ceil(ci / 32)),  # MXFP4 + UE8M0 per 32 (68 B)
+    "fp8": KVEntryFormat("fp8", entry_bytes, lambda ci: index_key_bytes(ci, "fp8")),  # FP8 + fp32 scale (132 B)
+    "fp4": KVEntryFormat("fp4", None, lambda ci: index_key_bytes(ci, "fp4")),  # MXFP4 + UE8M0 per 32 (68 B)
 }
 
 
@@ -239,8 +234,10 @@ def format_table(cfg: ModelConfig, name: str, fmt: str, indexer_fmt: str, dtype:
          f"{per_slot:,} B/slot, {per_block:,} B/block ({per_block / bs:,.1f} B/token)"),
     ]
     # the engine's kv_format for this (entries, indexer) pair, if it has one: its prefix-cache snapshot cost
-    kv_format = {("bf16", "bf16"): "bf16", ("fp8", "fp8"): "fp8", ("fp8", "fp4"): "fp8_fp4idx"}.get((fmt, indexer_fmt))
-    if kv_format is not None:
+    dense = {"bf16": "dense"}
+    engine_fmt = find_kv_format(dense.get(fmt, fmt), dense.get(indexer_fmt, indexer_fmt))
+    if engine_fmt is not None:
+        kv_format = engine_fmt.name
         iv = prefix_snapshot_interval(cfg, bs, dtype, kv_format)
         snap, paged = snapshot_bytes(cfg, bs, dtype, kv_format), state_bytes(cfg, bs, dtype, kv_format)[1] / bs
         rows.append(("prefix-cache snapshot (window + open CSA tails)",

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import torch
 
+from kernels.kv_format import get as get_kv_format
+
 from .mhc import flush, hc_head
-from .state import ForwardBatch, _fp8_entry_bytes
+from .state import ForwardBatch
 
 
 def mtp_state_shapes(cfg, kv_format: str = "bf16") -> dict[str, tuple[tuple[int, ...], bool]]:
@@ -27,9 +29,8 @@ def mtp_state_shapes(cfg, kv_format: str = "bf16") -> dict[str, tuple[tuple[int,
     ratios = cfg.mtp_compress_ratios or (0,)
     if ratios[0] != 0:
         raise NotImplementedError(f"an MTP block with compress ratio {ratios[0]} (V4's is sliding-only: 0)")
-    fp8 = kv_format in ("fp8", "fp8_fp4idx")
-    width = _fp8_entry_bytes(cfg.head_dim, cfg.qk_rope_head_dim) if fp8 else cfg.head_dim
-    return {"window": ((cfg.sliding_window, width), fp8)}
+    fmt = get_kv_format(kv_format)
+    return {"window": ((cfg.sliding_window, fmt.entry_width(cfg.head_dim, cfg.qk_rope_head_dim)), fmt.packed)}
 
 
 def allocate_mtp_state(cfg, num_slots: int, dtype: torch.dtype, device, kv_format: str = "bf16"

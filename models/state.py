@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+import kernels.kv_format as kv_format_registry
+
 from .config import CSA_RATIO, ModelConfig
 
 
@@ -55,23 +57,7 @@ class StateTensorSpec:
         return torch.uint8 if self.packed else (torch.float32 if self.fp32 else kv_dtype)
 
 
-KV_FORMATS = ("bf16", "fp8", "fp8_fp4idx")
-
-
-def _fp8_entry_bytes(c: int, r: int) -> int:
-    nope = c - r
-    raw = nope + 2 * r + -(-nope // 64)
-    return -(-raw // 8) * 8
-
-
-def _index_key_width(ci: int, kv_format: str) -> int:
-    from kernels.ref.kv_fp8 import index_key_bytes  # the packed formats' one definition (lazy: no cycle)
-
-    if kv_format == "fp8_fp4idx":
-        if ci & (ci - 1):  # the Triton compressor's in-register Hadamard needs a power of two
-            raise ValueError(f"kv_format 'fp8_fp4idx' needs a power-of-two index_head_dim >= 32, got {ci}")
-        return index_key_bytes(ci, "fp4")
-    return index_key_bytes(ci, "fp8") if kv_format == "fp8" else ci
+KV_FORMATS = tuple(kv_format_registry.KV_FORMATS)  # engine kv_format names (kernels/kv_format.py)
 
 
 def layer_state_specs(cfg: ModelConfig, layer: int, block_size: int, kv_format: str = "bf16") -> list[StateTensorSpec]:
@@ -83,11 +69,10 @@ def layer_state_specs(cfg: ModelConfig, layer: int, block_size: int, kv_format: 
     ci FP8 bytes + one fp32 scale (132 B); "fp8_fp4idx": the same entries, indexer keys MXFP4 rows
     (Hadamard-rotated, ci/2 code bytes + ci/32 UE8M0 scales = 68 B); see kernels/ref/kv_fp8.py.
     """
-    if kv_format not in KV_FORMATS:
-        raise ValueError(f"unknown kv_format {kv_format!r} (choose from {KV_FORMATS})")
-    fp8 = kv_format in ("fp8", "fp8_fp4idx")
+    fmt = kv_format_registry.get(kv_format)
+    fp8 = fmt.packed
     c = cfg.head_dim
-    ew = _fp8_entry_bytes(c, cfg.qk_rope_head_dim) if fp8 else c
+    ew = fmt.entry_width(c, cfg.qk_rope_head_dim)
     ratio = cfg.compress_ratios[layer]
     specs = [StateTensorSpec("window", "slot", (cfg.sliding_window, ew), False, fp8)]
     if ratio == 0:
@@ -105,7 +90,7 @@ def layer_state_specs(cfg: ModelConfig, layer: int, block_size: int, kv_format: 
         specs += [
             StateTensorSpec("idx_kv_tail", "slot", (2 * ratio, 2 * ci), True),
             StateTensorSpec("idx_score_tail", "slot", (2 * ratio, 2 * ci), True),
-            StateTensorSpec("index_keys", "block", (block_size // ratio, _index_key_width(ci, kv_format)), False, fp8),
+            StateTensorSpec("index_keys", "block", (block_size // ratio, fmt.index_key_width(ci)), False, fp8),
         ]
     return specs
 

@@ -40,6 +40,8 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kernels import kv_format  # the KV formats' one registry
+
     parser = argparse.ArgumentParser(prog="v4serve", description="OpenAI-compatible server for DeepSeek-V4 models.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,10 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of free GPU memory used for the KV cache after the weights")
     s.add_argument("--kv-cache-memory", type=int, default=None,
                    help="KV cache size in bytes (default: --gpu-memory-utilization on GPU, 256 MiB on CPU)")
-    s.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "fp8", "fp8_fp4idx"),
-                   help="KV entries: auto = activation dtype; fp8 = 584-byte FP8 entries (448 e4m3 + 64 bf16 rope) "
-                        "and FP8 indexer keys (132 B); fp8_fp4idx = the same with MXFP4 indexer keys (68 B, "
-                        "3.5 KB/token on V4-Flash)")
+    s.add_argument("--kv-cache-dtype", default="auto", choices=kv_format.CLI_CHOICES, help=kv_format.cli_help())
     s.add_argument("--block-size", type=int, default=None,
                    help="tokens per KV block (a multiple of every compression ratio; default: smallest >= 64)")
     s.add_argument("--max-queued-requests", type=int, default=None,

@@ -27,25 +27,9 @@ import math
 
 import torch
 
+from kernels.kv_format import FP8_QBLOCK as QBLOCK, entry_bytes, index_key_bytes  # the widths' one definition
+
 FP8_MAX = 448.0
-QBLOCK = 64
-
-
-def entry_bytes(c: int, r: int) -> int:
-    nope = c - r
-    raw = nope + 2 * r + math.ceil(nope / QBLOCK)
-    return -(-raw // 8) * 8
-
-
-def index_key_bytes(ci: int, fmt: str = "fp8") -> int:
-    """Row bytes of a packed indexer key: "fp8" (E4M3 + fp32 scale) or "fp4" (MXFP4, rotated)."""
-    if fmt == "fp8":
-        return ci + 4
-    if fmt == "fp4":
-        if ci % 32:
-            raise ValueError(f"MXFP4 indexer keys need index_head_dim % 32 == 0, got {ci}")
-        return ci // 2 + ci // 32
-    raise ValueError(f"unknown indexer key format {fmt!r}")
 
 
 def index_key_format(store: torch.Tensor, ci: int) -> str:
@@ -53,9 +37,9 @@ def index_key_format(store: torch.Tensor, ci: int) -> str:
     if not is_packed(store):
         return "dense"
     width = store.shape[-1]
-    if width == ci + 4:
+    if width == index_key_bytes(ci, "fp8"):
         return "fp8"
-    if ci % 32 == 0 and width == ci // 2 + ci // 32:
+    if ci % 32 == 0 and width == index_key_bytes(ci, "fp4"):
         return "fp4"
     raise ValueError(f"indexer key rows of {width} bytes match no format for index_head_dim {ci}")
 
