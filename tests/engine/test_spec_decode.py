@@ -249,3 +249,18 @@ def test_processed_greedy_and_stop_strings_equal(model, extra):
         for rid in b:
             assert [(o.text, o.finish_reason, o.stop_reason) for o in s[rid].outputs] == \
                 [(o.text, o.finish_reason, o.stop_reason) for o in b[rid].outputs]
+
+
+@pytest.mark.parametrize("kv_dtype", ["fp8", "fp8_fp4idx"])
+def test_fp8_cache_formats(model, kv_dtype):
+    """Packed FP8 entries / MXFP4 indexer keys roll back like dense ones (rows are bytes)."""
+    name, path, bs = model
+    if name != "c4":
+        pytest.skip("one layout")
+    prompts = [toks(13, 3), toks(22, 4)]
+    base = run(make(path, bs, kv_cache_dtype=kv_dtype), prompts, greedy())
+    eng = make(path, bs, 2, kv_cache_dtype=kv_dtype)
+    eng.spec.draft_hook = reference_hook(full_tokens(prompts, base), "mixed")
+    out = run(eng, prompts, greedy())
+    assert {r: o.outputs[0].token_ids for r, o in out.items()} == {r: o.outputs[0].token_ids for r, o in base.items()}
+    assert 0 < eng.spec.stats.num_accepted_tokens < eng.spec.stats.num_draft_tokens
