@@ -7,6 +7,8 @@ decoding in `engine/detokenizer.py`.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import re
 from pathlib import Path
@@ -21,6 +23,15 @@ DEFAULT_EOS_TOKEN_ID = 1
 # texts at least this long are encoded through encode_batch, which releases the GIL (encode holds it
 # for the whole call: seconds for a multi-megabyte prompt, during which no other thread runs)
 _GIL_FREE_CHARS = 1 << 15
+_TRIM_CHARS = 1 << 20  # after encoding this much text, hand the freed heap back to the OS
+
+
+class TooManyTokens(ValueError):
+    """The text encodes to more than the caller's `limit` tokens (the ids were never built)."""
+
+    def __init__(self, num_tokens: int, limit: int) -> None:
+        super().__init__(f"{num_tokens} tokens, more than the limit of {limit}")
+        self.num_tokens, self.limit = num_tokens, limit
 
 
 def _token_content(entry: object) -> str | None:
@@ -85,12 +96,13 @@ class Tokenizer:
             eos = _token_content(config.get("eos_token"))
         return cls(raw, bos_token=bos, eos_token=eos)
 
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = False, limit: int | None = None) -> list[int]:
         """Token ids of `text`; add_special_tokens runs the tokenizer's post-processor (e.g. adds BOS).
-        Special-token strings in `text` become their ids."""
-        return _encode(self.raw, text, add_special_tokens)
+        Special-token strings in `text` become their ids. More than `limit` ids: `TooManyTokens`,
+        raised before the id list exists (a multi-megabyte prompt that cannot fit costs no list)."""
+        return _encode(self.raw, text, add_special_tokens, limit)
 
-    def encode_plain(self, text: str) -> list[int]:
+    def encode_plain(self, text: str, limit: int | None = None) -> list[int]:
         """Token ids of `text` as content: an added token's string is spelled with ordinary tokens."""
         if self._plain is None:
             spec = json.loads(self.raw.to_str())
@@ -99,7 +111,7 @@ class Tokenizer:
             plain = tokenizers.Tokenizer.from_str(json.dumps(spec))
             plain.encode_special_tokens = True  # set once, never toggled: safe across threads
             self._plain = plain
-        ids = _encode(self._plain, text, False)
+        ids = _encode(self._plain, text, False, limit)
         if self.added_ids.intersection(ids):  # a vocabulary whose merges rebuild an added token's text
             ids = [j for i in ids for j in ([i] if i not in self.added_ids else self._spell(i))]
         return ids
@@ -111,30 +123,51 @@ class Tokenizer:
             raise ValueError(f"added token {token_id} cannot be spelled with ordinary tokens")
         return self.encode_plain(text[:1]) + self.encode_plain(text[1:])
 
-    def encode_segments(self, segments: list[tuple[str, bool]]) -> list[int]:
+    def encode_segments(self, segments: list[tuple[str, bool]], limit: int | None = None) -> list[int]:
         """Token ids of `(text, is_template)` pieces: added tokens are recognized only inside template
         pieces; content pieces are `encode_plain` text. Adjacent ordinary text of both kinds is encoded
-        as one run, so the ids equal `encode("".join(texts))` whenever no content holds an added token."""
-        ids: list[int] = []
+        as one run, so the ids equal `encode("".join(texts))` whenever no content holds an added token.
+        More than `limit` ids in all: `TooManyTokens` with the exact count (no id list is built)."""
+        pieces: list[str | int] = []  # runs of ordinary text and template-placed added-token ids
         run: list[str] = []
-
-        def flush() -> None:
-            if run:
-                ids.extend(self.encode_plain("".join(run)))
-                run.clear()
-
         for text, is_template in segments:
             if not is_template or self._added_split is None:
                 run.append(text)
                 continue
             for part in self._added_split.split(text):
                 if part in self.added_tokens:
-                    flush()
-                    ids.append(self.added_tokens[part])
+                    if run:
+                        pieces.append("".join(run))
+                        run.clear()
+                    pieces.append(self.added_tokens[part])
                 elif part:
                     run.append(part)
-        flush()
+        if run:
+            pieces.append("".join(run))
+        ids: list[int] = []
+        for k, piece in enumerate(pieces):
+            if isinstance(piece, int):
+                ids.append(piece)
+            else:
+                try:
+                    ids.extend(self.encode_plain(piece, None if limit is None else max(0, limit - len(ids))))
+                except TooManyTokens as e:
+                    rest = pieces[k + 1:]
+                    total = len(ids) + e.num_tokens + sum(1 if isinstance(p, int) else self._count_plain(p)
+                                                          for p in rest)
+                    raise TooManyTokens(total, limit) from None
+            if limit is not None and len(ids) > limit:
+                rest = pieces[k + 1:]
+                raise TooManyTokens(len(ids) + sum(1 if isinstance(p, int) else self._count_plain(p) for p in rest),
+                                    limit)
         return ids
+
+    def _count_plain(self, text: str) -> int:
+        try:
+            self.encode_plain(text, 0)
+        except TooManyTokens as e:
+            return e.num_tokens
+        return 0
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.raw.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -152,7 +185,35 @@ class Tokenizer:
         return self.vocab_size
 
 
-def _encode(tok: tokenizers.Tokenizer, text: str, add_special_tokens: bool) -> list[int]:
-    if len(text) >= _GIL_FREE_CHARS:
-        return tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
-    return tok.encode(text, add_special_tokens=add_special_tokens).ids
+def _encode(tok: tokenizers.Tokenizer, text: str, add_special_tokens: bool, limit: int | None = None) -> list[int]:
+    if len(text) < _GIL_FREE_CHARS:
+        enc = tok.encode(text, add_special_tokens=add_special_tokens)
+    else:  # without offsets (tokenizers >= 0.21): half the time, and a 6x smaller Encoding to free
+        batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
+        enc = batch([text], add_special_tokens=add_special_tokens)[0]
+    try:
+        if limit is not None and len(enc) > limit:
+            raise TooManyTokens(len(enc), limit)
+        return enc.ids
+    finally:
+        del enc  # freed under the GIL: tens of bytes per token (strings, masks)
+        if len(text) >= _TRIM_CHARS:
+            trim_heap()
+
+
+def trim_heap() -> None:
+    """glibc keeps freed memory in per-thread arenas; give it back so a one-off multi-megabyte
+    prompt does not leave the process gigabytes larger (no-op without glibc)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()

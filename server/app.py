@@ -238,9 +238,12 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
         check_model(req.model)
         warn_unknown_fields(req, "/detokenize")
         tok = engine.tokenizer
-        bad = [t for t in req.tokens if not 0 <= t < tok.vocab_size]
-        if bad:
-            raise InvalidRequest(f"token id {bad[0]} is out of range [0, {tok.vocab_size})", param="tokens")
-        return {"prompt": tok.decode(req.tokens, skip_special_tokens=False)}
+
+        def decode() -> str:  # millions of ids take a while: off the event loop
+            bad = [t for t in req.tokens if not 0 <= t < tok.vocab_size]
+            if bad:
+                raise InvalidRequest(f"token id {bad[0]} is out of range [0, {tok.vocab_size})", param="tokens")
+            return tok.decode(req.tokens, skip_special_tokens=False)
+        return {"prompt": await asyncio.to_thread(decode)}
 
     return app

@@ -4,7 +4,8 @@ A request whose `Content-Length` exceeds the cap is answered 413 (OpenAI error e
 of its body is read; a body without a length (chunked) or longer than it claimed is counted while
 the application reads it and fails with the same 413 as soon as it passes the cap, so at most the
 cap plus one chunk is ever buffered. Bodies above `_THREAD_JSON_BYTES` are decoded in a worker
-thread (`OffLoopJSONRoute`), so a 10 MB prompt does not hold the event loop while it is parsed.
+thread (`OffLoopJSONRoute`), so a 10 MB prompt does not hold the event loop while it is parsed, and
+the process heap is trimmed after such a request, so its memory goes back to the OS.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
+from engine.tokenizer import trim_heap
 from server.errors import error_body
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 16 << 20  # 16 MiB: a 1M-token prompt is ~4 MB of text
 _THREAD_JSON_BYTES = 1 << 20
+_TRIM_BYTES = 1 << 20
 
 
 class _OffLoopJSONRequest(Request):
@@ -95,3 +98,6 @@ class BodySizeLimitMiddleware:
                 raise
             await JSONResponse(error_body(413, exc.detail), status_code=413,
                                headers={"Connection": "close"})(scope, receive, send)
+        finally:
+            if seen >= _TRIM_BYTES:  # its copies (body, JSON, prompt) are gone: return the heap to the OS
+                await asyncio.to_thread(trim_heap)

@@ -17,7 +17,9 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from engine.errors import RequestTooLongError
 from engine.outputs import OutputKind
+from engine.tokenizer import TooManyTokens
 from server.chat_format import Segment, render_messages
 from server.errors import APIError, InvalidRequest, check_text, sse_error
 from server.guided_request import attach_guide, guided_kwargs, guided_param
@@ -57,11 +59,12 @@ def render_chat_prompt(state: ServerState, req: Any) -> tuple[list[Segment], Rea
     return segments, reasoning
 
 
-def tokenize_chat(state: ServerState, req: Any) -> tuple[str, list[int], ReasoningConfig]:
+def tokenize_chat(state: ServerState, req: Any, limit: int | None = None) -> tuple[str, list[int], ReasoningConfig]:
     """Prompt text, prompt token ids and reasoning mode of a chat request (also used by /tokenize).
-    Message content is never tokenized into special tokens: only the template places them."""
+    Message content is never tokenized into special tokens: only the template places them. A prompt
+    of more than `limit` tokens raises `TooManyTokens` (its ids are never built)."""
     segments, reasoning = render_chat_prompt(state, req)
-    ids = state.engine.tokenizer.encode_segments(segments)
+    ids = state.engine.tokenizer.encode_segments(segments, limit)
     return "".join(text for text, _ in segments), ids, reasoning
 
 
@@ -119,8 +122,13 @@ class _Ctx:
         warn_unknown_fields(req, "/v1/chat/completions")
         self.state, self.req, self.raw_request = state, req, raw_request
         self.special = _special(state)
-        _, prompt_ids, self.reasoning = tokenize_chat(state, req)
         engine = state.engine
+        try:  # without truncation a prompt must leave room for one generated token
+            limit = None if req.truncate_prompt_tokens is not None else engine.max_model_len - 1
+            _, prompt_ids, self.reasoning = tokenize_chat(state, req, limit)
+        except TooManyTokens as e:
+            raise RequestTooLongError.for_lengths(engine.max_model_len, e.num_tokens,
+                                                  req.max_completion_tokens or req.max_tokens) from None
         self.prompt_ids = req.truncate_prompt(prompt_ids, engine.max_model_len)
         self.guided_param = guided_param(req)
         is_choice = guided_kwargs(req).get("guided_choice") is not None or req.guided_choice is not None

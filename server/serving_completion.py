@@ -12,7 +12,9 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from engine.errors import RequestTooLongError
 from engine.outputs import OutputKind
+from engine.tokenizer import TooManyTokens
 from server.errors import InvalidRequest, check_text, sse_error
 from server.guided_request import attach_guide, guided_param
 from server.protocol import CompletionRequest, warn_unknown_fields
@@ -30,7 +32,11 @@ def _prepare(state: ServerState, req: CompletionRequest, base_id: str) -> list[_
     prompts = []
     for i, p in enumerate(req.prompts()):
         if isinstance(p, str):
-            ids = tok.encode(check_text(p, "prompt"), add_special_tokens=True)
+            limit = None if req.truncate_prompt_tokens is not None else engine.max_model_len - 1
+            try:  # a prompt that cannot fit is counted, never turned into an id list
+                ids = tok.encode(check_text(p, "prompt"), add_special_tokens=True, limit=limit)
+            except TooManyTokens as e:
+                raise RequestTooLongError.for_lengths(engine.max_model_len, e.num_tokens, req.max_tokens) from None
             text = p
         else:
             bad = [t for t in p if not 0 <= t < tok.vocab_size]

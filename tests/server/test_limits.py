@@ -33,7 +33,8 @@ def small():
 
 
 def _chat_body(size: int) -> bytes:
-    return json.dumps({"model": "fake-v4", "max_tokens": 2, "messages": [{"role": "user", "content": "hello " * (size // 6)}]}).encode()
+    msg = {"role": "user", "content": "hello " * (size // 6)}
+    return json.dumps({"model": "fake-v4", "max_tokens": 2, "messages": [msg]}).encode()
 
 
 def test_under_the_limit_is_served(small):
