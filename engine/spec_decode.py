@@ -17,8 +17,8 @@ Per sequence that decodes with drafts d_1..d_k' (k' <= k, drafted by the previou
      step's k tokens; the ring rows the chain wrote are put back at once (they were guesses).
 
 Prefill chunks (any chunking) run unchanged plus the catch-up. A decode chunk gets no drafts when
-its prompt logprobs are wanted, when its end is a block boundary with prefix caching on (a slot
-snapshot may be saved there), or when no budget / block is left; it then decodes one token.
+its prompt logprobs are wanted, when its slot's prefix-cache snapshot is saved after this forward
+(the snapshot must not see drafts), or when no budget / block is left; it then decodes one token.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ class SpecDecoder:
             out = graph_step(self, eng, sched, states, want_prompt)
             if out is not None:
                 return out
-        drafts = self._take_drafts(eng, sched, want_prompt)
+        drafts = self._take_drafts(eng, sched, want_prompt, {slot for slot, _, _ in ops.saves})
         plan = plan_verify(chunks, want_prompt, drafts)
         with self.executor.guard() if self.executor is not None else contextlib.nullcontext():
             return self._eager_step(eng, sched, states, want_prompt, drafts, plan, ops)
@@ -184,8 +184,10 @@ class SpecDecoder:
             for j in range(a):
                 st.accepted_per_pos[j] += 1
 
-    def _take_drafts(self, eng, sched: SchedulerOutput, want_prompt: list[bool]) -> dict[int, list[int]]:
-        """chunk index -> drafts to verify (blocks allocated for them; within the token budget)."""
+    def _take_drafts(self, eng, sched: SchedulerOutput, want_prompt: list[bool], saving: set[int]
+                     ) -> dict[int, list[int]]:
+        """chunk index -> drafts to verify (blocks allocated for them; within the token budget). Slots in
+        `saving` get a prefix-cache snapshot after this forward: they verify nothing (it must not see drafts)."""
         kv, out = self.kv, {}
         spare = eng.scheduler.config.max_num_batched_tokens - sched.num_batched_tokens
         bs = kv.block_size
@@ -195,8 +197,8 @@ class SpecDecoder:
             if (entry is None or spare <= 0 or not c.sample or c.num_tokens != 1 or want_prompt[i]
                     or entry[0] != c.start or c.start != seq.num_tokens - 1):
                 continue
-            if kv.prefix is not None and (c.start + 1) % bs == 0:
-                continue  # a slot snapshot may be saved at this boundary: it must not see drafts
+            if saving and kv.slot(seq.seq_id) in saving:
+                continue
             left = min(seq.max_tokens - seq.num_output_tokens, eng.max_model_len - seq.num_tokens)
             n = min(len(entry[1]), left - 1, spare)
             if n > 0 and not kv.allocate(seq.seq_id, c.start + 1 + n):

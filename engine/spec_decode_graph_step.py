@@ -1,7 +1,7 @@
 """A pure-decode speculative step through the CUDA graphs of engine/spec_decode_graphs.py.
 
 Taken when every scheduled chunk is a one-token decode with drafts ready, no prompt logprobs, no
-slot-state snapshot / restore pending, the token budget holds B x (k+1) and blocks for k more
+prefix-cache slot-state snapshot / restore in this step (the caller checks), the token budget holds B x (k+1) and blocks for k more
 positions are free; otherwise the eager speculative step runs (engine/spec_decode.py). Sequences
 with fewer than k real drafts (near max_tokens / max_model_len) pad with dummy drafts that are never
 offered to the rejection sampler; their positions are rolled back like rejected ones.
@@ -22,13 +22,12 @@ def graph_step(spec, eng, sched: SchedulerOutput, states, want_prompt: list[bool
         return None
     if eng.scheduler.config.max_num_batched_tokens - sched.num_batched_tokens < len(chunks) * k:
         return None
-    bs = kv.block_size
     ready = []
     for i, c in enumerate(chunks):
         seq = c.seq
         entry = spec.drafts.get(seq.seq_id)
         if (entry is None or not c.sample or c.num_tokens != 1 or want_prompt[i] or entry[0] != c.start
-                or c.start != seq.num_tokens - 1 or (kv.prefix is not None and (c.start + 1) % bs == 0)):
+                or c.start != seq.num_tokens - 1):
             return None
         ready.append(entry[1])
     for c in chunks:
