@@ -68,7 +68,7 @@ def build(args, model_dir, kv: str, caching: bool, cached_model):
             model=model_dir, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.budget, num_kv_blocks=args.num_blocks, kv_cache_dtype=kv,
             block_size=args.block_size, enable_prefix_caching=caching, prefix_snapshot_interval=args.interval,
-            max_model_len=args.prefix_len + args.new_len + 8))
+            max_model_len=args.prefix_len + args.new_len + 8, enforce_eager=args.enforce_eager))
     finally:
         le.load_model = orig
 
@@ -157,6 +157,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--block-size", type=int, default=None)
     ap.add_argument("--interval", type=int, default=None, help="snapshot interval (default: auto)")
     ap.add_argument("--max-num-seqs", type=int, default=8)
+    ap.add_argument("--enforce-eager", action="store_true",
+                    help="skip the decode CUDA graphs (TTFT is a prefill step either way; saves capture time)")
     ap.add_argument("--no-compare-nocache", dest="compare_nocache", action="store_false",
                     help="skip the engine without prefix caching")
     args = ap.parse_args(argv)
