@@ -74,6 +74,9 @@ def op_cases(n: int):
     ape = torch.randn(4, 1024, device=DEV, generator=g)
     pos = torch.arange(n, device=DEV) + 1000
     gate = torch.randn(256, D, device=DEV, generator=g).bfloat16() * 0.02
+    lat = torch.randn(n, 1024, device=DEV, generator=g).bfloat16()
+    qn = torch.ones(1024, device=DEV, dtype=torch.bfloat16)
+    wq_b = _fp8w(32768, 1024, g)
     y32 = torch.randn(n, D, device=DEV, generator=g)
     it = 20
     return {
@@ -94,6 +97,8 @@ def op_cases(n: int):
                               lambda: tl_lin.swiglu_linear(xd, w1, w3, 10.0)),
         "compressor_project": (lambda: rlin.compressor_project(xd, wkv, wgate, ape, pos, 4),
                                lambda: tl_lin.compressor_project(xd, wkv, wgate, ape, pos, 4)),
+        "q_norm_wq_b_fp8": (lambda: kernels.fp8_linear(rnorm.rms_norm(lat, qn, 1e-6), wq_b.data, wq_b.scale),
+                            lambda: tl_lin.norm_linear(lat, qn, 1e-6, wq_b)),
         "gate_fp32_linear": (lambda: rlin.linear(xd, gate, fp32=True), lambda: tl_lin.linear(xd, gate, fp32=True)),
         "moe_add_cast": (lambda: rnorm.add_cast(y32, xd, torch.bfloat16),
                          lambda: tnorm.add_cast(y32, xd, torch.bfloat16)),
