@@ -17,7 +17,7 @@ from kvcache.manager import KVCacheManager
 from kvcache.sizing import (choose_block_size, gpu_kv_budget, log_cache_plan, num_blocks_for_budget,
                             num_snapshot_rows, prefix_snapshot_interval)
 from models.config import ModelConfig
-from models.loading import load_model
+from models.loading import load_model, weight_bytes
 
 from .async_step import LaunchedStep, logprob_pack
 from .config import EngineArgs, SchedulerConfig
@@ -29,7 +29,7 @@ from .request_state import RequestState, SampleState
 from .sampler import Sampler, SamplingMetadata, gather_logprobs, make_generator
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler, SchedulerOutput
-from .sequence import Sequence, SequenceStatus
+from .sequence import Sequence, SequenceStatus, reached_length, token_stop
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("v4serve.engine")
@@ -76,7 +76,7 @@ class LLMEngine:
         else:
             spec = args.spec_config  # speculative decoding (engine/spec_decode.py): the MTP block loads too
             self.model = load_model(self.model_dir, device=self.device, dtype=self.dtype, include_mtp=spec is not None)
-        weights_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        weights_bytes = weight_bytes(self.model)  # parameters and buffers (resident FP8/MXFP4 scales too)
         cfg = self.model_config
         self.block_size = choose_block_size(cfg, args.block_size)
         num_slots = args.max_num_seqs
@@ -277,27 +277,23 @@ class LLMEngine:
             res = self.runner.execute(sched, want_prompt)
         else:
             res = self.runner.execute(sched, want_prompt, dev_tokens)
-        for i, st in enumerate(states):
-            c = sched.chunks[i]
-            # count every prompt token once: a preemption (even mid-prefill) recomputes from 0
+        self._count_prompt_tokens(sched, states)
+        self.scheduler.update_after_step(sched)
+        return states, res
+
+    def _count_prompt_tokens(self, sched: SchedulerOutput, states: list[RequestState]) -> None:
+        """prompt_tokens_total: every prompt token once (a preemption, even mid-prefill, recomputes from 0)."""
+        for c, st in zip(sched.chunks, states):
             end = min(c.start + c.num_tokens, c.seq.num_prompt_tokens)
             if c.seq.sample_index == 0 and end > st.num_prompt_tokens_counted:
                 self.prompt_tokens_total += end - st.num_prompt_tokens_counted
                 st.num_prompt_tokens_counted = end
-        self.scheduler.update_after_step(sched)
-        return states, res
 
     def _sample(self, sched: SchedulerOutput, states: list[RequestState], res: RunnerOutput) -> LaunchedStep:
         """Prompt logprobs (host dicts: they wait for the forward) and sampling of a launched forward,
         left on the device. Rows of sequences that finished meanwhile (found in the previous step's
         tokens) are not sampled."""
-        for i, (start, logits) in res.prompt_logits.items():
-            st = states[i]
-            nxt = torch.tensor(st.prompt_token_ids[start + 1:start + 1 + logits.shape[0]], device=logits.device)
-            ranks: list[int] = []
-            lps = gather_logprobs(logits.log_softmax(-1), nxt, [st.params.prompt_logprobs] * len(nxt), ranks)
-            st.prompt_logprobs[start + 1:start + 1 + len(lps)] = lps
-            st.prompt_logprob_ranks[start + 1:start + 1 + len(ranks)] = ranks
+        self._record_prompt_logprobs(states, res)
         rows = [(states[i], states[i].samples[sched.chunks[i].seq.sample_index]) for i in res.sample_chunk_idx]
         logits = res.sample_logits
         live = [j for j, (_, s) in enumerate(rows) if not s.seq.is_finished]
@@ -317,6 +313,17 @@ class LLMEngine:
         for _, s in rows:
             s.seq.num_pending_tokens += 1
         return LaunchedStep.start(rows, out.token_ids, num_lp, lp)
+
+    @staticmethod
+    def _record_prompt_logprobs(states: list[RequestState], res: RunnerOutput) -> None:
+        """Prompt logprobs of the chunks that asked for them (host dicts: they wait for the forward)."""
+        for i, (start, logits) in res.prompt_logits.items():
+            st = states[i]
+            nxt = torch.tensor(st.prompt_token_ids[start + 1:start + 1 + logits.shape[0]], device=logits.device)
+            ranks: list[int] = []
+            lps = gather_logprobs(logits.log_softmax(-1), nxt, [st.params.prompt_logprobs] * len(nxt), ranks)
+            st.prompt_logprobs[start + 1:start + 1 + len(lps)] = lps
+            st.prompt_logprob_ranks[start + 1:start + 1 + len(ranks)] = ranks
 
     def _process(self, step: LaunchedStep) -> list[RequestOutput]:
         """Host side of a sampled step: append its tokens (detokenize, stop checks, free finished
@@ -361,11 +368,11 @@ class LLMEngine:
         if s.guide is not None:
             s.guide.advance(token)
         k = seq.sample_index
-        eos = self.tokenizer.eos_token_id
-        if token == eos and not p.ignore_eos:
+        stop = token_stop(token, p, self.tokenizer.eos_token_id)
+        if stop == "eos":
             s.detok.flush()
             return self._finish(st, k, SequenceStatus.FINISHED_STOPPED, None)
-        if token in p.stop_token_ids:
+        if stop == "stop_token":
             if p.include_stop_str_in_output:
                 s.detok.add_token(token)
             s.detok.flush()
@@ -373,7 +380,7 @@ class LLMEngine:
         step = s.detok.add_token(token)
         if step.stop_str is not None:
             return self._finish(st, k, SequenceStatus.FINISHED_STOPPED, step.stop_str)
-        if seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
+        if reached_length(seq, self.max_model_len):
             s.detok.flush()
             return self._finish(st, k, SequenceStatus.FINISHED_LENGTH, None)
 

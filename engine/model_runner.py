@@ -34,6 +34,30 @@ class RunnerOutput:
     num_tokens: int = 0
 
 
+@dataclass
+class HostBatch:
+    """One step's flat batch on the host: what `build_batch` copies to the device and what the
+    tensor-parallel workers receive (`worker_step`)."""
+
+    input_ids: list[int]  # flat token ids, sequences end to end (0 where the token is on the device)
+    positions: list[int]  # absolute position of each flat token
+    slot_ids: torch.Tensor  # [B] int64 (CPU): state slot of each sequence
+    block_tables: torch.Tensor  # [B, W] int64 (CPU), -1 padded
+    logits_indices: list[int]  # flat rows whose logits are computed
+    query_start: list[int]  # [B + 1] flat offsets of each sequence's chunk
+    context_lens: list[int]  # [B] tokens already in the cache before each chunk
+    sample_rows: list[tuple[int, int]]  # (chunk idx, logits row) of each chunk that samples
+    prompt_rows: list[tuple[int, int, int]]  # (chunk idx, first logits row, k) of prompt-logprob chunks
+
+    def worker_step(self, ops: StateOps) -> dict:
+        """The description a tensor-parallel worker builds its ForwardBatch from (engine/distributed),
+        with this step's prefix-cache snapshot restores / saves."""
+        return dict(input_ids=self.input_ids, positions=self.positions, slot_ids=self.slot_ids.numpy(),
+                    block_tables=self.block_tables.numpy(), logits_indices=self.logits_indices,
+                    query_start=self.query_start, context_lens=self.context_lens,
+                    restores=ops.restores, saves=ops.saves)
+
+
 class ModelRunner:
     def __init__(self, model: DeepseekV4, kv: KVCacheManager, device: torch.device, valid_vocab: int,
                  executor=None):
@@ -61,10 +85,10 @@ class ModelRunner:
         with torch.inference_mode():
             return self.graphs.capture()
 
-    def build_batch(self, out: SchedulerOutput, want_prompt: list[bool],
-                    device_tokens: DeviceTokens | None = None) -> tuple[ForwardBatch, list, list]:
-        """-> (batch, sample rows [(chunk idx, flat row)], prompt rows [(chunk idx, first flat row, k)]).
-        `device_tokens` (async scheduling): chunks whose last input token is only on the device."""
+    def host_batch(self, out: SchedulerOutput, want_prompt: list[bool],
+                   device_tokens: DeviceTokens | None = None) -> HostBatch:
+        """The flat batch of one scheduled step, on the host. `device_tokens` (async scheduling): chunks
+        whose last input token is only on the device (a 0 stands in for it here)."""
         on_device = set(device_tokens.chunk_idx) if device_tokens is not None else ()
         ids: list[int] = []
         positions: list[int] = []
@@ -76,7 +100,7 @@ class ModelRunner:
             seq = c.seq
             base = len(ids)
             ids.extend(seq.tokens(c.start, c.start + c.num_tokens))
-            if i in on_device:  # the host list lacks its last token (pending): written on the device below
+            if i in on_device:  # the host list lacks its last token (pending): written on the device later
                 ids.append(0)
             positions.extend(range(c.start, c.start + c.num_tokens))
             query_start.append(len(ids))
@@ -91,26 +115,28 @@ class ModelRunner:
             if c.sample:
                 sample_rows.append((i, len(logit_rows)))
                 logit_rows.append(len(ids) - 1)
+        return HostBatch(ids, positions, self.kv.slot_tensor(seq_ids), self.kv.block_table_tensor(seq_ids),
+                         logit_rows, query_start, context_lens, sample_rows, prompt_rows)
+
+    def build_batch(self, out: SchedulerOutput, want_prompt: list[bool],
+                    device_tokens: DeviceTokens | None = None) -> tuple[ForwardBatch, HostBatch]:
+        """-> (the step's ForwardBatch on the device, its host description). No side effect: running it
+        (here, and on the tensor-parallel workers) is `_execute`'s."""
+        host = self.host_batch(out, want_prompt, device_tokens)
         dev = self.device
-        slot_ids, tables = self.kv.slot_tensor(seq_ids), self.kv.block_table_tensor(seq_ids)
-        if self.executor is not None:  # the workers run the same forward on this description
-            self.executor.send_step(dict(input_ids=ids, positions=positions, slot_ids=slot_ids.numpy(),
-                                         block_tables=tables.numpy(), logits_indices=logit_rows,
-                                         query_start=query_start, context_lens=context_lens,
-                                         restores=self._state_ops.restores, saves=self._state_ops.saves))
         batch = ForwardBatch(
-            input_ids=self._h2d(torch.tensor(ids, dtype=torch.long)),
-            positions=self._h2d(torch.tensor(positions, dtype=torch.long)),
-            slot_ids=self._h2d(slot_ids),
-            block_tables=self._h2d(tables),
-            logits_indices=self._h2d(torch.tensor(logit_rows, dtype=torch.long)),
-            query_start=query_start,
-            context_lens=context_lens,
+            input_ids=self._h2d(torch.tensor(host.input_ids, dtype=torch.long)),
+            positions=self._h2d(torch.tensor(host.positions, dtype=torch.long)),
+            slot_ids=self._h2d(host.slot_ids),
+            block_tables=self._h2d(host.block_tables),
+            logits_indices=self._h2d(torch.tensor(host.logits_indices, dtype=torch.long)),
+            query_start=host.query_start,
+            context_lens=host.context_lens,
         )
         if device_tokens is not None:
-            last = torch.tensor([query_start[i + 1] - 1 for i in device_tokens.chunk_idx], dtype=torch.long)
+            last = torch.tensor([host.query_start[i + 1] - 1 for i in device_tokens.chunk_idx], dtype=torch.long)
             batch.input_ids.index_copy_(0, last.to(dev, non_blocking=True), device_tokens.token_ids)
-        return batch, sample_rows, prompt_rows
+        return batch, host
 
     def _h2d(self, t: torch.Tensor) -> torch.Tensor:
         """Host -> device without waiting for the step in flight: pinned staging (cached by torch's host
@@ -142,7 +168,10 @@ class ModelRunner:
         g = self.graphs
         if g is not None and len(out.chunks) <= g.max_bs and is_decode_step(out.chunks, want_prompt):
             return self._execute_graph(out, device_tokens)
-        batch, sample_rows, prompt_rows = self.build_batch(out, want_prompt, device_tokens)
+        batch, host = self.build_batch(out, want_prompt, device_tokens)
+        if self.executor is not None:  # the workers run the same forward on the host description
+            self.executor.send_step(host.worker_step(self._state_ops))
+        sample_rows, prompt_rows = host.sample_rows, host.prompt_rows
         if batch.logits_indices.numel() == 0:
             self.model(batch, self.kv.state)  # prefill chunk that samples nothing: only fills the cache
             return RunnerOutput(torch.empty(0, self.vocab), [], {}, batch.num_tokens)

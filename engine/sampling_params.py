@@ -1,8 +1,9 @@
 """`SamplingParams`: per-request decoding knobs with vLLM-compatible meaning, validated on creation.
 
 This file only describes and checks the knobs. Applying them is the job of `engine/sampler.py` (logits
-side: penalties, temperature, top-k/top-p/min-p, min_tokens masks, forced thinking end) and of the
-engine/detokenizer (stop strings, stop token ids, EOS, max_tokens). Every invalid value raises
+side: penalties, temperature, top-k/top-p/min-p, min_tokens masks, forced thinking end), of the
+engine's per-token stop rules (`engine/sequence.py` token_stop / reached_length: EOS, stop token ids,
+max_tokens) and of the detokenizer (stop strings). Every invalid value raises
 `ValueError` whose message names the parameter, so the HTTP layer can turn it into a 400.
 """
 

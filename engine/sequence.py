@@ -45,7 +45,7 @@ _FINISH_REASONS = {
 
 @dataclass(eq=False)  # identity equality: list.remove / `in` must never confuse two sequences
 class Sequence:
-    seq_id: str  # unique among live sequences, e.g. f"{request_id}-{sample_index}"
+    seq_id: str  # unique among live sequences: f"{request_id}#{sample_index}" (engine/llm_engine.py)
     request_id: str  # the request this sample belongs to (abort works per request)
     sample_index: int  # k in [0, n)
     prompt_token_ids: list[int]
@@ -77,21 +77,8 @@ class Sequence:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
 
     @property
-    def num_uncomputed_tokens(self) -> int:
-        return len(self.prompt_token_ids) + len(self.output_token_ids) - self.num_computed_tokens
-
-    @property
     def is_finished(self) -> bool:
         return self.status.is_finished
-
-    @property
-    def all_token_ids(self) -> list[int]:
-        """Prompt + output as a new list (O(n): not for per-step hot paths; use token_at / tokens)."""
-        return self.prompt_token_ids + self.output_token_ids
-
-    @property
-    def last_token_id(self) -> int:
-        return self.output_token_ids[-1] if self.output_token_ids else self.prompt_token_ids[-1]
 
     def token_at(self, i: int) -> int:
         """Token at absolute position i (0 <= i < num_tokens)."""
@@ -121,3 +108,19 @@ class Sequence:
 
     def append_token(self, token_id: int) -> None:
         self.output_token_ids.append(token_id)
+
+
+def token_stop(token: int, params, eos_token_id: int | None) -> str | None:
+    """Whether a sampled token ends its sequence by itself: "eos" (the tokenizer's EOS, unless
+    params.ignore_eos), "stop_token" (one of params.stop_token_ids) or None. Stop strings are the
+    detokenizer's, after this check; the length limit (`reached_length`) after both."""
+    if token == eos_token_id and not params.ignore_eos:
+        return "eos"
+    if token in params.stop_token_ids:
+        return "stop_token"
+    return None
+
+
+def reached_length(seq: Sequence, max_model_len: int) -> bool:
+    """max_tokens generated, or the context full (FINISHED_LENGTH)."""
+    return seq.num_output_tokens >= seq.max_tokens or seq.num_tokens >= max_model_len

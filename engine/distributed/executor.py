@@ -38,7 +38,7 @@ from models.config import ModelConfig
 from models.parallel import ParallelConfigError, ParallelContext, check_divisibility, default_timeout
 
 from ..errors import EngineDeadError
-from .worker import make_group, worker_main
+from .worker import abort_group, make_group, worker_main
 
 log = logging.getLogger("v4serve.tp")
 
@@ -52,17 +52,6 @@ def _start_method(device: torch.device) -> str:
     if m:
         return m
     return "spawn"  # CUDA needs spawn; on CPU it also keeps the workers free of the parent's threads
-
-
-def _abort_group(g) -> None:
-    """Tear a process group down without a collective (a NCCL group left to the garbage collector
-    blocked in its destructor for minutes in the GPU run)."""
-    for name in ("abort", "shutdown"):
-        fn = getattr(g, name, None)
-        if fn is not None:
-            with contextlib.suppress(Exception):
-                fn()
-                return
 
 
 def _cleanup(procs, conns, tmpdir, groups) -> None:
@@ -85,7 +74,7 @@ def _cleanup(procs, conns, tmpdir, groups) -> None:
         with contextlib.suppress(Exception):
             c.close()
     for g in groups:
-        _abort_group(g)
+        abort_group(g)
     groups.clear()
     shutil.rmtree(tmpdir, ignore_errors=True)
 

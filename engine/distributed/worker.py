@@ -12,6 +12,7 @@ The model collectives (all-reduce / gather) run over the process group built by 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import multiprocessing as mp
@@ -42,6 +43,17 @@ def make_group(store_path: str, rank: int, world_size: int, device: torch.device
     return pg
 
 
+def abort_group(g) -> None:
+    """Tear a process group down without a collective (a NCCL group left to the garbage collector
+    blocked in its destructor for minutes in the GPU run)."""
+    for name in ("abort", "shutdown"):
+        fn = getattr(g, name, None)
+        if fn is not None:
+            with contextlib.suppress(Exception):
+                fn()
+                return
+
+
 def batch_from_host(host: dict, device: torch.device):
     """The ForwardBatch a step description (numpy arrays + lists) stands for, on `device`."""
     from models.state import ForwardBatch
@@ -56,6 +68,7 @@ def batch_from_host(host: dict, device: torch.device):
 
 def worker_main(rank: int, world_size: int, spec: dict, conn, store_path: str) -> None:
     from models.parallel import ParallelContext
+    from models.loading import weight_bytes
     from models.sharded_loader import load_model_sharded
     from kvcache.prefix_cache import apply_state_ops
     from kvcache.snapshots import allocate_snapshots
@@ -74,8 +87,7 @@ def worker_main(rank: int, world_size: int, spec: dict, conn, store_path: str) -
         ctx = ParallelContext(rank, world_size)
         model = load_model_sharded(spec["model_dir"], ctx, device, spec["dtype"],
                                    include_mtp=spec.get("include_mtp", False))
-        nbytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-        conn.send(("loaded", rank, nbytes))
+        conn.send(("loaded", rank, weight_bytes(model)))
         ctx.group = make_group(store_path, rank, world_size, device, spec["init_timeout"], spec["timeout"])
         state = None
         snaps: list = []  # prefix caching: this rank's slot-state snapshots
@@ -116,10 +128,8 @@ def worker_main(rank: int, world_size: int, spec: dict, conn, store_path: str) -
             elif kind.startswith("spec_"):
                 spec_w.handle(msg, model, state, device, batch_from_host)
             elif kind == "shutdown":
-                if device.type == "cuda":  # no collective on the way out; see executor._abort_group
-                    from .executor import _abort_group
-
-                    _abort_group(ctx.group)
+                if device.type == "cuda":  # no collective on the way out; see abort_group
+                    abort_group(ctx.group)
                 return
             else:
                 raise RuntimeError(f"unknown command {kind!r}")
