@@ -10,9 +10,9 @@ import threading
 
 import httpx
 import openai
-import pytest
 from real_server import MODEL, USER, expect_error, get_metrics, make_engine, serve, wait_idle, wait_metric
 
+from tests.server.disconnect import post_then_disconnect
 from tests.server.metric_names import VLLM_METRICS
 
 
@@ -42,8 +42,8 @@ def test_non_stream_cancel_frees_cache(real, http):
     wait_idle(http)
     aborted = _aborted(http)
     for route, body in (("/v1/chat/completions", {"messages": USER}), ("/v1/completions", {"prompt": "hi"})):
-        with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=real.base_url, timeout=0.5) as c:
-            c.post(route, json={**body, "max_tokens": 400, "ignore_eos": True})
+        post_then_disconnect(real.base_url, route, {**body, "max_tokens": 400, "ignore_eos": True},
+                             lambda: wait_metric(http, lambda m: m["vllm:num_requests_running"] == 1))
         wait_idle(http)
     assert _aborted(http) == aborted + 2
     # the server still works afterwards
