@@ -1,0 +1,80 @@
+"""The import rule of docs/architecture.md: packages form layers, and a module imports only its own
+package or a lower layer (server -> engine -> kvcache -> models -> kernels). Every import statement of
+every module is parsed (lazy, in-function imports too), so a new upward edge fails here."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("kernels", "models", "kvcache", "engine", "server")  # bottom -> top
+RANK = {p: i for i, p in enumerate(LAYERS)}
+
+# Known upward edges still to remove (issue 15 item 2), as "importer -> imported module". The list must
+# be exact: an edge that is gone has to leave it too, so it only shrinks.
+KNOWN_UPWARD = {
+    "engine/llm.py -> server.chat_format",
+    "engine/llm.py -> server.reasoning",
+    "kernels/ref/attention.py -> models.state",
+    "kernels/ref/compressor.py -> models.layers",
+    "kernels/ref/compressor.py -> models.state",
+    "kernels/ref/indexer.py -> models.state",
+    "kernels/ref/kv_fp8.py -> models.quant",
+    "kernels/triton/attention.py -> models.state",
+    "kernels/triton/compressor.py -> models.state",
+    "kernels/triton/indexer.py -> models.state",
+}
+
+
+def _imported(path: Path, root: Path = ROOT) -> set[str]:
+    rel = path.relative_to(root)
+    tree = ast.parse(path.read_text(), str(path))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the importer's package
+                base = list(rel.parts[:-1])[:len(rel.parts) - node.level]
+                out.add(".".join(base + ([node.module] if node.module else [])))
+            else:
+                out.add(node.module)
+    return out
+
+
+def upward_edges(root: Path = ROOT) -> set[str]:
+    edges = set()
+    for pkg in LAYERS:
+        for path in sorted((root / pkg).rglob("*.py")):
+            for mod in _imported(path, root):
+                top = mod.split(".")[0]
+                if top in RANK and RANK[top] > RANK[pkg]:
+                    edges.add(f"{path.relative_to(root).as_posix()} -> {mod}")
+    return edges
+
+
+def test_imports_run_one_way():
+    edges = upward_edges()
+    new = sorted(edges - KNOWN_UPWARD)
+    assert not new, "imports against the layer rule (docs/architecture.md, 'Import rule'):\n" + "\n".join(new)
+    gone = sorted(KNOWN_UPWARD - edges)
+    assert not gone, "fixed upward imports: drop them from KNOWN_UPWARD:\n" + "\n".join(gone)
+
+
+def test_the_rule_sees_an_upward_import(tmp_path):
+    """The parser catches absolute, relative and lazy upward imports (guards the test itself)."""
+    for pkg, body in (("kernels", "def f():\n    from models.state import AttnMeta\n"),
+                      ("engine", "import server.app\n"), ("kvcache", "from engine import LLM\n")):
+        (tmp_path / pkg).mkdir()
+        (tmp_path / pkg / "m.py").write_text(body)
+    for pkg in set(LAYERS) - {"kernels", "engine", "kvcache"}:
+        (tmp_path / pkg).mkdir()
+    (tmp_path / "models" / "ok.py").write_text("from ..kernels import x\nfrom .state import y\n")
+    assert upward_edges(tmp_path) == {"kernels/m.py -> models.state", "engine/m.py -> server.app",
+                                      "kvcache/m.py -> engine"}
+
+
+def test_no_import_cycle_between_executor_and_worker():
+    worker = ROOT / "engine" / "distributed" / "worker.py"
+    assert not any("executor" in m for m in _imported(worker))
