@@ -3,6 +3,8 @@
 The reply depends on the prompt: thinking mode (prompt ends with `<think>`) produces
 `reasoning</think>answer`, a prompt with a tools block produces a DSML tool call, anything else
 plain text. One token per step, `step_delay` seconds apart; closing the iterator records an abort.
+It finishes on EOS and max_tokens only: stop strings and stop token ids are the real engine's (tests
+of them run the demo-model engine), the fake refuses them.
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class FakeAsyncLLM:
             raise RequestTooLongError.for_lengths(self.max_model_len, len(prompt_ids), params.max_tokens)
         if self.queue_full:
             raise QueueFullError("request queue is full")
+        if params.stop or params.stop_token_ids:  # the real demo engine is cheap: test_api_real_* cover these
+            raise NotImplementedError("the fake engine has no stop strings / stop token ids")
         tok = self.tokenizer
         script = tok.encode(self._script(prompt_ids))
         outs = [CompletionOutput(index=k, logprobs=[] if params.logprobs is not None else None)
@@ -127,13 +131,9 @@ class FakeAsyncLLM:
                         o.logprobs.append({tid: -0.5, **{t: -2.0 - t / 1000 for t in (5, 6, 7) if t != tid}})
                     ids = o.token_ids[:-1] if tid == tok.eos_token_id and not params.ignore_eos else o.token_ids
                     o.text = tok.decode(ids, skip_special_tokens=params.skip_special_tokens)
-                    for s in params.stop:
-                        if s in o.text:
-                            o.text = o.text[:o.text.index(s)]
-                            o.finish_reason, o.stop_reason = "stop", s
-                    if o.finish_reason is None and tid == tok.eos_token_id and not params.ignore_eos:
+                    if tid == tok.eos_token_id and not params.ignore_eos:
                         o.finish_reason = "stop"
-                    elif o.finish_reason is None and len(o.token_ids) >= params.max_tokens:
+                    elif len(o.token_ids) >= params.max_tokens:
                         o.finish_reason = "length"
                 self._stats.generation_tokens_total += len(outs)
                 metrics.setdefault("first_token", time.monotonic())
