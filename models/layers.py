@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 import kernels
-from kernels.ref.norm import rope as rotate_interleaved  # noqa: F401  (torch RoPE, kernels/ref/compressor.py)
 
 from .config import ModelConfig, YarnConfig
 

@@ -22,7 +22,7 @@ from safetensors import safe_open
 
 from models.checkpoint_spec import ST_DTYPES, TensorSpec, expected_tensors, scale_name
 from models.config import ModelConfig
-from models.quant import dequant_fp8_block, dequant_mxfp4
+from kernels.codecs import dequant_fp8_block, dequant_mxfp4
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"

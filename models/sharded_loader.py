@@ -25,7 +25,7 @@ from models.checkpoint_spec import FP4_BLOCK, FP8_BLOCK, TensorSpec, scale_name
 from models.config import ModelConfig
 from models.loader import emit_tensor, validate_checkpoint
 from models.parallel import ParallelContext, TensorShard, check_divisibility, shard_checkpoint_tensor
-from models.quant import dequant_fp8_block, dequant_mxfp4
+from kernels.codecs import dequant_fp8_block, dequant_mxfp4
 
 
 def _block(spec: TensorSpec, dim: int) -> int:

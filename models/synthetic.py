@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 
 from models.checkpoint_spec import TensorSpec, expected_tensors, scale_name
 from models.config import PRESETS, ModelConfig, QuantConfig
-from models.quant import pack_mxfp4, quant_fp8_block
+from kernels.codecs import pack_mxfp4, quant_fp8_block
 from models.synthetic_tokenizer import write_tokenizer_files
 
 DEFAULT_SHARD_BYTES = 4 * 2**30

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from models.state import AttnMeta
+from kernels.attn_meta import AttnMeta
 
 from .kv_fp8 import is_packed, read_entries, write_entries
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from models.layers import rotate_interleaved
-
-from models.state import AttnMeta
+from kernels.attn_meta import AttnMeta
 
 from .kv_fp8 import is_packed, write_entries, write_keys
+from .norm import rope as rotate_interleaved
 
 
 def rope_rows(x: torch.Tensor, pos: torch.Tensor, inv_freq: torch.Tensor, inverse: bool = False) -> torch.Tensor:

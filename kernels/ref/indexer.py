@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from models.state import AttnMeta
+from kernels.attn_meta import AttnMeta
 
 from .attention import gather_entries
 from .kv_fp8 import read_keys, rotate_for_keys

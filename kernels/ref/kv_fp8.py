@@ -27,6 +27,7 @@ import math
 
 import torch
 
+from kernels.codecs import E2M1_TABLE, pack_mxfp4
 from kernels.kv_format import FP8_QBLOCK as QBLOCK, entry_bytes, index_key_bytes  # the widths' one definition
 
 FP8_MAX = 448.0
@@ -129,7 +130,6 @@ def unpack_index_key(b: torch.Tensor, ci: int) -> torch.Tensor:
 
 def pack_index_key_fp4(x: torch.Tensor) -> torch.Tensor:
     """x [..., ci] float -> uint8 [..., ci/2 + ci/32]: x @ H as MXFP4 (see the module docstring)."""
-    from models.quant import pack_mxfp4
     ci = x.shape[-1]
     lead = x.shape[:-1]
     y = x.float().reshape(-1, ci) @ hadamard(ci, x.device)
@@ -140,7 +140,6 @@ def pack_index_key_fp4(x: torch.Tensor) -> torch.Tensor:
 
 def unpack_index_key_fp4(b: torch.Tensor, ci: int) -> torch.Tensor:
     """uint8 [..., ci/2 + ci/32] -> fp32 [..., ci] rotated key values (x @ H, quantized)."""
-    from models.quant import E2M1_TABLE
     lead = b.shape[:-1]
     flat = b.reshape(-1, b.shape[-1])
     codes = flat[:, :ci // 2]

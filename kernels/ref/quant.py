@@ -1,10 +1,11 @@
-"""Pure-torch codecs used by the kernel twins (kept independent of models/quant.py)."""
+"""Pure-torch dequantization used by the kernel twins (any leading dims; the codecs' bit layouts and
+E2M1 table are kernels/codecs.py's)."""
 
 from __future__ import annotations
 
 import torch
 
-_E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
+from kernels.codecs import E2M1_TABLE as _E2M1
 
 
 def e8m0_float(scale: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from models.state import AttnMeta
+from kernels.attn_meta import AttnMeta
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 

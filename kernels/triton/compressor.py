@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from kernels.ref.kv_fp8 import index_key_format
-from models.state import AttnMeta
+from kernels.attn_meta import AttnMeta
 
 from .attention import store_entry_fp8
 

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from kernels.ref.kv_fp8 import index_key_format, rotate_for_keys
-from models.state import AttnMeta
+from kernels.attn_meta import AttnMeta
 
 from .common import e2m1_f32, e8m0_to_f32
 

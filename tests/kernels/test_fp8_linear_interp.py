@@ -27,7 +27,7 @@ def _rel(a, b):
 @pytest.mark.parametrize("m,n,k", [(1, 96, 256), (5, 160, 200), (20, 64, 128)])
 @pytest.mark.parametrize("act_quant", [False, True])
 def test_fp8_linear_interp(m, n, k, act_quant):
-    from models.quant import quant_fp8_block
+    from kernels.codecs import quant_fp8_block
     (tri,) = interp_modules("fp8_linear")
     g = torch.Generator().manual_seed(m * n + k)
     x = torch.randn(m, k, generator=g)
@@ -41,7 +41,7 @@ def test_fp8_linear_interp(m, n, k, act_quant):
 def test_linear_dispatch_cpu():
     """kernels.linear on a QuantWeight uses the twin on CPU and matches dequantize-then-F.linear."""
     import kernels
-    from models.quant import dequant_fp8_block, quant_fp8_block
+    from kernels.codecs import dequant_fp8_block, quant_fp8_block
     wq, ws = quant_fp8_block(torch.randn(64, 128) * 0.05)
     x = torch.randn(3, 128)
     y = kernels.linear(x, kernels.QuantWeight(wq, ws.view(torch.uint8), "fp8"))

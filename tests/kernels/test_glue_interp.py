@@ -104,7 +104,7 @@ def test_add_cast_interp():
 
 
 def _fp8(n, k, g):
-    from models.quant import quant_fp8_block
+    from kernels.codecs import quant_fp8_block
     wq, ws = quant_fp8_block(torch.randn(n, k, generator=g) * 0.05)
     return QuantWeight(wq, ws.view(torch.uint8), "fp8")
 

@@ -26,7 +26,7 @@ from tests.kernels.interp_util import interp_modules  # noqa: E402
 
 def _quant(w: torch.Tensor, fmt: str):
     """Float stack [E, N, K] -> QuantWeight via the checkpoint codecs (CPU)."""
-    from models.quant import pack_mxfp4, quant_fp8_block
+    from kernels.codecs import pack_mxfp4, quant_fp8_block
     if fmt == "bf16":
         return w
     f = quant_fp8_block if fmt == "fp8" else pack_mxfp4

@@ -1,9 +1,9 @@
-"""Weight codecs of models/quant.py: hand-computed bit layouts and quantize/dequantize round trips."""
+"""Weight codecs of kernels/codecs.py: hand-computed bit layouts and quantize/dequantize round trips."""
 
 import pytest
 import torch
 
-from models.quant import (
+from kernels.codecs import (
     E2M1_TABLE,
     ceil_log2,
     dequant_fp8_block,
