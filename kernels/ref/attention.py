@@ -19,9 +19,9 @@ from kernels.attn_meta import AttnMeta
 from .kv_fp8 import is_packed, read_entries, write_entries
 
 
-def kv_pack(kv: torch.Tensor, like: torch.Tensor, rope_dim: int) -> torch.Tensor:
-    """Chunk K=V vectors [N, c] -> rows in the storage format of `like` (the window ring)."""
-    return write_entries(kv, like, rope_dim)
+def kv_pack(kv: torch.Tensor, ring: torch.Tensor, rope_dim: int) -> torch.Tensor:
+    """Chunk K=V vectors [N, c] -> rows in the storage format of the window ring."""
+    return write_entries(kv, ring, rope_dim)
 
 
 def window_store(kv_cur: torch.Tensor, ring: torch.Tensor, meta: AttnMeta) -> None:
