@@ -20,19 +20,23 @@ import kernels as kops
 from .compressor import Compressor
 from .config import CSA_RATIO, ModelConfig
 from .layers import Linear, RMSNorm, Rope
+from .parallel import ParallelContext, local_config
 from .state import AttnMeta, ForwardBatch, batch_metadata
 
 
 class Indexer(nn.Module):
     """Lightning indexer (CSA layers). Official names under `attn.indexer.`."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, tp: ParallelContext | None = None):
+        """cfg: the model's (global) config; a tensor-parallel rank builds its share of the heads."""
         super().__init__()
+        self.tp = tp = tp or ParallelContext()  # tensor parallel: head-partial scores all-reduced
+        self.weight_scale = cfg.index_head_dim ** -0.5 * cfg.index_n_heads ** -0.5  # global head count
+        cfg = local_config(cfg, tp.world_size)
         self.n_heads, self.head_dim, self.topk = cfg.index_n_heads, cfg.index_head_dim, cfg.index_topk
         self.wq_b = Linear(cfg.q_lora_rank, self.n_heads * self.head_dim)
         self.weights_proj = Linear(cfg.hidden_size, self.n_heads)
         self.compressor = Compressor(cfg.hidden_size, self.head_dim, CSA_RATIO, True, cfg.rms_norm_eps)
-        self.weight_scale = self.head_dim ** -0.5 * self.n_heads ** -0.5
 
     def queries(self, q_lat, q_norm: RMSNorm, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
         """q_lat: wq_a(x) before the attention's q_norm (applied here, in the GEMM's prologue on CUDA)
@@ -45,9 +49,8 @@ class Indexer(nn.Module):
 
     def select(self, q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, meta: AttnMeta) -> torch.Tensor:
         """Top-k eligible entries per query -> [N, topk] int32 entry indices, -1 = none."""
-        tp = getattr(self, "tp", None)  # tensor parallel (models/parallel.py): head-partial scores all-reduced
-        if tp is not None:
-            return tp.indexer_topk(q, w, keys, meta, self.topk, ratio=CSA_RATIO)
+        if self.tp.enabled:
+            return self.tp.indexer_topk(q, w, keys, meta, self.topk, ratio=CSA_RATIO)
         return kops.indexer_topk(q, w, keys, meta, self.topk, ratio=CSA_RATIO)
 
 
@@ -55,8 +58,11 @@ class Attention(nn.Module):
     """Official names under `layers.{L}.attn.`: wq_a, q_norm, wq_b, wkv, kv_norm, wo_a, wo_b,
     attn_sink, compressor.*, indexer.*"""
 
-    def __init__(self, cfg: ModelConfig, ratio: int):
+    def __init__(self, cfg: ModelConfig, ratio: int, tp: ParallelContext | None = None):
+        """cfg: the model's (global) config; a tensor-parallel rank builds its heads (models/parallel.py)."""
         super().__init__()
+        tp = tp or ParallelContext()
+        global_cfg, cfg = cfg, local_config(cfg, tp.world_size)
         self.cfg = cfg
         self.ratio = ratio  # 0 sliding-only, 4 CSA, other m HCA
         h, c, d = cfg.num_attention_heads, cfg.head_dim, cfg.hidden_size
@@ -72,7 +78,7 @@ class Attention(nn.Module):
         self.compressor = (
             Compressor(d, c, self.ratio, self.ratio == CSA_RATIO, cfg.rms_norm_eps) if self.ratio else None
         )
-        self.indexer = Indexer(cfg) if self.ratio == CSA_RATIO else None
+        self.indexer = Indexer(global_cfg, tp) if self.ratio == CSA_RATIO else None
 
     def forward(
         self, x: torch.Tensor, batch: ForwardBatch, state: dict[str, torch.Tensor], rope: Rope,

@@ -21,7 +21,7 @@ from .config import ModelConfig
 from .layers import Linear, RMSNorm, make_ropes
 from .mhc import HcSite, Pending, flush, hc_head, mix_in
 from .moe import MoE
-from .parallel import ParallelContext, local_config, shard_attention, shard_moe
+from .parallel import ParallelContext
 from .state import ForwardBatch, ModelState, allocate_state, single_sequence_batch
 
 
@@ -35,11 +35,8 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(d, cfg.rms_norm_eps)
         self.ffn_norm = RMSNorm(d, cfg.rms_norm_eps)
         ratio = cfg.mtp_compress_ratios[layer - cfg.num_hidden_layers] if mtp else cfg.compress_ratios[layer]
-        self.attn = Attention(local_config(cfg, tp.world_size), ratio)  # this rank's heads (models/parallel.py)
-        self.ffn = MoE(cfg, hash_routed=(not mtp) and cfg.is_hash_layer(layer))
-        if tp.enabled:
-            shard_attention(self.attn, cfg, tp)
-            shard_moe(self.ffn, tp, cfg.n_routed_experts)
+        self.attn = Attention(cfg, ratio, tp)  # this rank's heads
+        self.ffn = MoE(cfg, (not mtp) and cfg.is_hash_layer(layer), tp)  # this rank's experts
         for site in ("attn", "ffn"):
             self.register_parameter(f"hc_{site}_fn", nn.Parameter(torch.zeros(mix, hc * d)))
             self.register_parameter(f"hc_{site}_base", nn.Parameter(torch.zeros(mix)))

@@ -12,6 +12,7 @@ import kernels
 
 from .config import ModelConfig
 from .layers import Linear
+from .parallel import ExpertParallel, ParallelContext
 
 
 class Gate(nn.Module):
@@ -58,14 +59,20 @@ class MoE(nn.Module):
     Checkpoint names `ffn.experts.{e}.w{1,2,3}.weight` map to row e of the stacks (see load_weights).
     """
 
-    def __init__(self, cfg: ModelConfig, hash_routed: bool):
+    def __init__(self, cfg: ModelConfig, hash_routed: bool, tp: ParallelContext | None = None):
         super().__init__()
-        e, d, i = cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size
+        tp = tp or ParallelContext()
+        d, i = cfg.hidden_size, cfg.moe_intermediate_size
+        e0, e1 = tp.split(cfg.n_routed_experts)  # expert parallelism: this rank's experts [e0, e1)
+        e = e1 - e0
         self.gate = Gate(cfg, hash_routed)
         self.experts_w1 = nn.Parameter(torch.empty(e, i, d))
         self.experts_w3 = nn.Parameter(torch.empty(e, i, d))
         self.experts_w2 = nn.Parameter(torch.empty(e, d, i))
-        self.shared_experts = SharedExpert(cfg) if cfg.n_shared_experts else None
+        # the shared expert is added once, on rank 0 (before the all-reduce)
+        self.shared_experts = SharedExpert(cfg) if cfg.n_shared_experts and tp.rank == 0 else None
+        # None: every expert is here; else global expert ids -> this rank's stacks, partial sum
+        self.ep = ExpertParallel(e0, e1) if tp.enabled else None
         self.limit = cfg.swiglu_limit
         self.expert_fmt = None  # None: float stacks; "fp8" / "fp4": resident quantized (see make_resident)
         self._qw: dict[str, kernels.QuantWeight] = {}  # QuantWeight handles of the resident stacks
@@ -102,8 +109,7 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         weights, ids = self.gate(x, input_ids)
-        ep = getattr(self, "ep", None)  # expert parallelism (models/parallel.py): this rank's experts only
-        experts = kernels.moe_experts if ep is None else ep.moe_experts
+        experts = kernels.moe_experts if self.ep is None else self.ep.moe_experts
         y = experts(x, self._w("experts_w1"), self._w("experts_w3"), self._w("experts_w2"), weights, ids, self.limit)
         if self.shared_experts is not None:
             return kernels.add_cast(y, self.shared_experts(x), x.dtype)

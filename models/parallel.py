@@ -15,7 +15,9 @@ collective is a no-op and the model is exactly the single-device model. Sharding
     the vocabulary padded to a multiple of N when it does not divide;
   * mHC, norms, compressors, window and compressed KV (single KV head): replicated.
 
-The module shapes of rank r come from `local_config` (heads, o_groups, index heads divided by N);
+Modules take the context in their constructors (no-op by default) and build rank r's share:
+`Attention` / `Indexer` their heads from `local_config` (heads, o_groups, index heads divided by N),
+`MoE` its experts and an `ExpertParallel`; nothing is patched onto a built module.
 `shard_checkpoint_tensor` says which slice of every checkpoint tensor rank r reads
 (models/sharded_loader.py).
 """
@@ -202,27 +204,6 @@ class ExpertParallel:
         y = kernels.moe_experts(x.index_select(0, tok), w1, w3, w2, weights.reshape(-1)[mine].unsqueeze(1),
                                 (flat[mine] - self.e0).to(ids.dtype).unsqueeze(1), limit)
         return out.index_add_(0, tok, y)
-
-
-def shard_moe(moe, ctx: ParallelContext, n_experts: int) -> None:
-    """Cut a freshly built MoE (float stacks) down to this rank's experts; shared expert on rank 0."""
-    from torch import nn
-
-    e0, e1 = ctx.split(n_experts)
-    for name in ("experts_w1", "experts_w3", "experts_w2"):
-        p = getattr(moe, name)
-        setattr(moe, name, nn.Parameter(torch.empty((e1 - e0, *p.shape[1:]), dtype=p.dtype, device=p.device)))
-    moe.ep = ExpertParallel(e0, e1)
-    if ctx.rank != 0:
-        moe.shared_experts = None  # added once (rank 0), before the all-reduce
-
-
-def shard_attention(attn, cfg: ModelConfig, ctx: ParallelContext) -> None:
-    """Attention built from local_config: restore the indexer's global score scale, attach the group."""
-    idx = getattr(attn, "indexer", None)
-    if idx is not None:
-        idx.weight_scale = cfg.index_head_dim ** -0.5 * cfg.index_n_heads ** -0.5
-        idx.tp = ctx
 
 
 # ---- which slice of a checkpoint tensor each rank reads ----------------------------------------
