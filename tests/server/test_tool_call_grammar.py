@@ -18,6 +18,11 @@ NOOP = {"name": "noop", "parameters": {"type": "object", "properties": {}}}
 FREE = {"name": "free"}  # no parameters schema: any keys and values
 
 
+def _calls_text(calls) -> str:
+    """The encoder's rendering of `calls` (its (text, is_template) segments joined)."""
+    return "".join(text for text, _ in _render_tool_calls(calls))
+
+
 def _symbols(text: str) -> list[int]:
     """The encoder's text as the automaton's input: UTF-8 bytes, the DSML token as its symbol."""
     out: list[int] = []
@@ -29,7 +34,7 @@ def _symbols(text: str) -> list[int]:
 
 
 def _matches(dfa, calls) -> bool:
-    return bool(dfa.accept[dfa.step(dfa.start, _symbols(_render_tool_calls(calls)))])
+    return bool(dfa.accept[dfa.step(dfa.start, _symbols(_calls_text(calls)))])
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +74,7 @@ def test_invalid_calls_do_not_match(grammars, calls):
 def test_one_call_or_several(grammars):
     two = GOOD[0] + [("c2", "noop", {})]
     assert _matches(grammars[False], two) and not _matches(grammars[True], two)
-    plain = _symbols("Sure! " + _render_tool_calls(GOOD[0]))
+    plain = _symbols("Sure! " + _calls_text(GOOD[0]))
     assert not grammars[False].accept[grammars[False].step(grammars[False].start, plain)]
 
 
