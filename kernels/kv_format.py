@@ -9,14 +9,16 @@ A `KVFormat` names how the attention state stores its two kinds of rows:
 
 Readers: the CLI's --kv-cache-dtype choices (server/cli.py), EngineArgs.validate and
 EngineArgs.kv_format (engine/config.py), the state specs (models/state.py, models/mtp.py), the size
-planner (kvcache/sizing.py) and the pack/unpack code (kernels/ref/kv_fp8.py). Adding a format (e.g.
-NVFP4 entries) is one `KVFormat` row here, its byte widths below, and its pack/unpack kernels.
+planner (kvcache/sizing.py, whose per-row planning encodings `ENCODINGS` are defined here too) and the
+pack/unpack code (kernels/ref/kv_fp8.py). Adding a format (e.g. NVFP4 entries) is one `KVFormat` row
+here, its byte widths (and planning encoding) below, and its pack/unpack kernels.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 FP8_QBLOCK = 64  # nope dims per UE8M0 scale byte of an FP8 main entry
 FP4_QBLOCK = 32  # dims per UE8M0 scale byte of an MXFP4 indexer key
@@ -78,11 +80,7 @@ CLI_CHOICES: tuple[str, ...] = tuple(f.cli for f in KV_FORMATS.values())  # --kv
 
 def get(name: str | KVFormat) -> KVFormat:
     """The format of an engine kv_format name (or a KVFormat, returned as is)."""
-    if isinstance(name, KVFormat):
-        return name
-    if name not in KV_FORMATS:
-        raise ValueError(f"unknown kv_format {name!r} (choose from {', '.join(KV_FORMATS)})")
-    return KV_FORMATS[name]
+    return name if isinstance(name, KVFormat) else _lookup(KV_FORMATS, name, "kv_format")
 
 
 def from_cli(kv_cache_dtype: str) -> KVFormat:
@@ -99,6 +97,34 @@ def find(entries: str, index_keys: str) -> KVFormat | None:
         if (f.entries, f.index_keys) == (entries, index_keys):
             return f
     return None
+
+
+# ---- row encodings for size planning (kvcache/sizing.py) -----------------------------------------
+@dataclass(frozen=True)
+class KVEntryFormat:
+    name: str
+    # bytes of one main KV entry (window or compressed) given (head_dim, rope_dim); None = not a main format
+    main_entry_bytes: Callable[[int, int], int] | None
+    # bytes of one CSA indexer key given index_head_dim
+    indexer_key_bytes: Callable[[int], int]
+
+
+ENCODINGS: dict[str, KVEntryFormat] = {  # planning names: "bf16" = dense rows in bf16 (2 bytes a dim)
+    "bf16": KVEntryFormat("bf16", lambda c, r: 2 * c, lambda ci: 2 * ci),
+    "fp8": KVEntryFormat("fp8", entry_bytes, lambda ci: index_key_bytes(ci, "fp8")),  # FP8 + fp32 scale (132 B)
+    "fp4": KVEntryFormat("fp4", None, lambda ci: index_key_bytes(ci, "fp4")),  # MXFP4 + UE8M0 per 32 (68 B)
+}
+
+
+def get_encoding(fmt: str | KVEntryFormat) -> KVEntryFormat:
+    """A planning encoding by name (or a custom KVEntryFormat, returned as is)."""
+    return fmt if isinstance(fmt, KVEntryFormat) else _lookup(ENCODINGS, fmt, "KV entry format")
+
+
+def _lookup(table: dict, name: str, kind: str):
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r} (choose from {', '.join(table)})")
+    return table[name]
 
 
 def cli_help() -> str:

@@ -5,7 +5,7 @@ Two kinds of numbers live here:
 * what *this* engine allocates (`num_blocks_for_budget`): exact, from `models.state.state_bytes`,
   i.e. dense entries in the compute dtype plus FP32 compressor tails;
 * what a given *entry format* costs (`kv_size_report`): the per-token growth and per-sequence fixed
-  state of a V4 cache whose entries are stored as `KVEntryFormat` (bf16, or the 584-byte FP8 entry
+  state of a V4 cache whose entries are stored as a `KVEntryFormat` (kernels/kv_format.py: bf16, or the 584-byte FP8 entry
   with an FP8/FP4 indexer, architecture.md §5.3-5.4). Used for planning and the startup log.
 
     python -m kvcache.sizing --preset flash --format fp8 --indexer fp4
@@ -17,11 +17,10 @@ import argparse
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from kernels.kv_format import entry_bytes, index_key_bytes
+from kernels.kv_format import KVEntryFormat, get_encoding
 from kernels.kv_format import find as find_kv_format
 from models.config import CSA_RATIO, PRESETS, ModelConfig
 from models.state import layer_state_specs, state_bytes
@@ -142,31 +141,6 @@ def gpu_kv_budget(gpu_memory_utilization: float, device: torch.device | str | in
     return int(free * gpu_memory_utilization)
 
 
-# ---- entry formats -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class KVEntryFormat:
-    name: str
-    # bytes of one main KV entry (window or compressed) given (head_dim, rope_dim); None = not a main format
-    main_entry_bytes: Callable[[int, int], int] | None
-    # bytes of one CSA indexer key given index_head_dim
-    indexer_key_bytes: Callable[[int], int]
-
-
-FORMATS: dict[str, KVEntryFormat] = {  # planning names: "bf16" = dense entries in bf16 (2 bytes a dim)
-    "bf16": KVEntryFormat("bf16", lambda c, r: 2 * c, lambda ci: 2 * ci),
-    "fp8": KVEntryFormat("fp8", entry_bytes, lambda ci: index_key_bytes(ci, "fp8")),  # FP8 + fp32 scale (132 B)
-    "fp4": KVEntryFormat("fp4", None, lambda ci: index_key_bytes(ci, "fp4")),  # MXFP4 + UE8M0 per 32 (68 B)
-}
-
-
-def get_format(fmt: str | KVEntryFormat) -> KVEntryFormat:
-    if isinstance(fmt, KVEntryFormat):
-        return fmt
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown KV entry format {fmt!r} (choose from {', '.join(FORMATS)})")
-    return FORMATS[fmt]
-
-
 @dataclass(frozen=True)
 class KVSizeReport:
     bytes_per_token: float  # growth per context token: compressed entries + indexer keys, all layers
@@ -181,7 +155,7 @@ class KVSizeReport:
 def kv_size_report(
     cfg: ModelConfig, fmt: str | KVEntryFormat = "fp8", indexer_fmt: str | KVEntryFormat = "fp4"
 ) -> KVSizeReport:
-    main, idx = get_format(fmt), get_format(indexer_fmt)
+    main, idx = get_encoding(fmt), get_encoding(indexer_fmt)
     if main.main_entry_bytes is None:
         raise ValueError(f"{main.name!r} is an indexer-only format; main entries use bf16 or fp8")
     entry = main.main_entry_bytes(cfg.head_dim, cfg.qk_rope_head_dim)

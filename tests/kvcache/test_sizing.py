@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from kvcache import sizing
-from kvcache.sizing import (FORMATS, KVEntryFormat, choose_block_size, kv_size_report, log_cache_plan,
-                            num_blocks_for_budget)
+from kernels.kv_format import ENCODINGS as FORMATS
+from kernels.kv_format import KVEntryFormat
+from kvcache.sizing import choose_block_size, kv_size_report, log_cache_plan, num_blocks_for_budget
 from models.config import flash_config, pro_config, tiny_config
 from models.state import state_bytes
 
