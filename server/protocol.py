@@ -19,6 +19,7 @@ from engine.errors import RequestTooLongError
 from engine.sampling_params import SamplingParams
 from server.errors import InvalidRequest
 from server.guided_request import guided_kwargs
+from server.request_schema import EFFORTS, TEMPLATE_KWARGS, THINKING, doc, message_variants, prompt_or_messages
 
 
 logger = logging.getLogger("v4serve.server")
@@ -57,65 +58,6 @@ def warn_unknown_fields(req: OpenAIBaseModel, route: str) -> None:
         full = len(_warned) >= _MAX_WARNED
     logger.warning("%s: ignoring unknown request fields: %s%s", route, ", ".join(sorted(new)),
                    " (no more unknown fields will be logged)" if full else "")
-
-
-# ---- published schema (/openapi.json) ------------------------------------------------------------
-# JSON-schema constraints the server enforces at run time (check_supported, the chat encoder, the
-# engine), published with the fields so that generated clients and fuzzers send what is accepted;
-# bounds known only at run time (vocabulary size, max_model_len, model name) are added by
-# server/openapi.py. Validation itself is unchanged: these only describe it.
-EFFORTS = ("none", "minimal", "low", "medium", "high", "max", "xhigh")
-_TEXT_PARTS = {"type": "array", "items": {"type": "object", "required": ["type", "text"],
-                                          "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}}
-
-
-def _content(min_length: int = 0) -> dict[str, Any]:
-    return {"anyOf": [{"type": "string", "minLength": min_length}, {**_TEXT_PARTS, "minItems": min_length}]}
-
-
-def _message_variants(schema: dict[str, Any]) -> None:
-    """One variant per role, with the fields that role needs (a tool result names its call, a
-    developer message is not empty, assistant tool calls are function calls)."""
-    call = {"type": "object", "required": ["type", "function"], "properties": {
-        "id": {"type": "string"}, "type": {"const": "function"},
-        "function": {"type": "object", "required": ["name", "arguments"], "properties": {
-            "name": {"type": "string", "minLength": 1}, "arguments": {"type": "string"}}}}}
-    nullable = {"type": ["string", "null"]}
-    schema.clear()
-    schema.update({"title": "ChatMessage", "anyOf": [
-        {"type": "object", "required": ["role", "content"],
-         "properties": {"role": {"const": "system"}, "content": _content(), "name": {"type": "string"}}},
-        {"type": "object", "required": ["role", "content"],
-         "properties": {"role": {"const": "developer"}, "content": _content(1), "name": {"type": "string"}}},
-        {"type": "object", "required": ["role", "content"],
-         "properties": {"role": {"const": "user"}, "content": _content(), "name": {"type": "string"}}},
-        {"type": "object", "required": ["role"],
-         "properties": {"role": {"const": "assistant"}, "content": {"anyOf": [_content(), {"type": "null"}]},
-                        "name": {"type": "string"}, "reasoning_content": nullable, "reasoning": nullable,
-                        "tool_calls": {"type": "array", "items": call}}},
-        {"type": "object", "required": ["role", "tool_call_id", "content"],
-         "properties": {"role": {"const": "tool"}, "tool_call_id": {"type": "string", "minLength": 1},
-                        "content": _content()}},
-    ]})
-
-
-def _prompt_or_messages(schema: dict[str, Any]) -> None:
-    """/tokenize takes exactly one of prompt and messages."""
-    schema["anyOf"] = [
-        {"required": ["prompt"], "properties": {"prompt": {"type": "string"}, "messages": {"type": "null"}}},
-        {"required": ["messages"], "properties": {"messages": {"type": "array"}, "prompt": {"type": "null"}}}]
-
-
-_THINKING = {"properties": {"type": {"enum": ["enabled", "disabled"]}, "budget_tokens": {"type": "integer",
-                                                                                        "minimum": 1}},
-             "required": ["type"]}
-_TEMPLATE_KWARGS = {"properties": {"thinking": {"type": "boolean"}, "enable_thinking": {"type": "boolean"},
-                                   "reasoning_effort": {"enum": list(EFFORTS)}, "drop_thinking": {"type": "boolean"}},
-                    "additionalProperties": False}
-
-
-def _doc(**constraints: Any) -> Any:
-    return {"json_schema_extra": constraints}
 
 
 class StreamOptions(OpenAIBaseModel):
@@ -162,7 +104,7 @@ class ContentPart(OpenAIBaseModel):
 
 
 class ChatMessage(OpenAIBaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra=_message_variants)
+    model_config = ConfigDict(extra="allow", json_schema_extra=message_variants)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
@@ -210,13 +152,13 @@ class SamplingFields(OpenAIBaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=128)
-    stop: str | list[str] | None = Field(None, **_doc(minLength=1, items={"minLength": 1}))
+    stop: str | list[str] | None = Field(None, **doc(minLength=1, items={"minLength": 1}))
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = Field(None, **_doc(propertyNames={"pattern": "^[0-9]+$"},
+    logit_bias: dict[str, float] | None = Field(None, **doc(propertyNames={"pattern": "^[0-9]+$"},
                                                             additionalProperties={"minimum": -100, "maximum": 100}))
     user: str | None = None
     # vLLM extras
@@ -226,13 +168,13 @@ class SamplingFields(OpenAIBaseModel):
     min_tokens: int | None = Field(None, ge=0)
     ignore_eos: bool | None = None
     skip_special_tokens: bool = True
-    stop_token_ids: list[int] | None = Field(None, **_doc(items={"minimum": 0}))
+    stop_token_ids: list[int] | None = Field(None, **doc(items={"minimum": 0}))
     include_stop_str_in_output: bool | None = None
-    allowed_token_ids: list[int] | None = Field(None, **_doc(minItems=1, items={"minimum": 0}))
-    bad_words: list[str] | None = Field(None, **_doc(items={"pattern": "\\S"}))
-    guided_choice: list[str] | None = Field(None, **_doc(minItems=1, items={"minLength": 1}))
+    allowed_token_ids: list[int] | None = Field(None, **doc(minItems=1, items={"minimum": 0}))
+    bad_words: list[str] | None = Field(None, **doc(items={"pattern": "\\S"}))
+    guided_choice: list[str] | None = Field(None, **doc(minItems=1, items={"minLength": 1}))
     # keep only the last k prompt tokens (left truncation); -1: the last max_model_len
-    truncate_prompt_tokens: int | None = Field(None, ge=-1, **_doc(**{"not": {"const": 0}}))
+    truncate_prompt_tokens: int | None = Field(None, ge=-1, **doc(**{"not": {"const": 0}}))
     # structured output (server/guided_request.py): OpenAI's response_format, vLLM's guided_json / _regex
     response_format: ResponseFormat | None = None
     guided_json: dict[str, Any] | str | None = None
@@ -317,9 +259,9 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    reasoning_effort: str | None = Field(None, **_doc(enum=[*EFFORTS, None]))
-    thinking: bool | dict[str, Any] | None = Field(None, **_doc(**_THINKING))
-    chat_template_kwargs: dict[str, Any] | None = Field(None, **_doc(**_TEMPLATE_KWARGS))
+    reasoning_effort: str | None = Field(None, **doc(enum=[*EFFORTS, None]))
+    thinking: bool | dict[str, Any] | None = Field(None, **doc(**THINKING))
+    chat_template_kwargs: dict[str, Any] | None = Field(None, **doc(**TEMPLATE_KWARGS))
     add_generation_prompt: bool = True
     continue_final_message: bool = False  # vLLM: the reply continues the last (assistant) message
 
@@ -359,12 +301,12 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(**_doc(
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(**doc(
         minLength=1, minItems=1, items={"minLength": 1, "minimum": 0, "minItems": 1, "items": {"minimum": 0}}))
     max_tokens: int | None = Field(16, ge=1)  # OpenAI/vLLM default for legacy completions; null = fill context
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
-    suffix: str | None = Field(None, **_doc(maxLength=0))  # not supported: a non-empty suffix is a 400
+    suffix: str | None = Field(None, **doc(maxLength=0))  # not supported: a non-empty suffix is a 400
     best_of: int | None = Field(None, ge=1)
 
     def check_supported(self) -> None:
@@ -422,19 +364,19 @@ def fit_max_tokens(max_tokens: int | None, prompt_len: int, max_model_len: int) 
 
 
 class TokenizeRequest(OpenAIBaseModel):
-    model_config = ConfigDict(extra="allow", json_schema_extra=_prompt_or_messages)
+    model_config = ConfigDict(extra="allow", json_schema_extra=prompt_or_messages)
 
     model: str | None = None
     prompt: str | None = None
-    messages: list[ChatMessage] | None = Field(None, **_doc(minItems=1))
+    messages: list[ChatMessage] | None = Field(None, **doc(minItems=1))
     add_special_tokens: bool | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     tools: list[Tool] | None = None
     response_format: ResponseFormat | None = None  # rendered into the prompt as in chat
-    reasoning_effort: str | None = Field(None, **_doc(enum=[*EFFORTS, None]))
-    thinking: bool | dict[str, Any] | None = Field(None, **_doc(**_THINKING))
-    chat_template_kwargs: dict[str, Any] | None = Field(None, **_doc(**_TEMPLATE_KWARGS))
+    reasoning_effort: str | None = Field(None, **doc(enum=[*EFFORTS, None]))
+    thinking: bool | dict[str, Any] | None = Field(None, **doc(**THINKING))
+    chat_template_kwargs: dict[str, Any] | None = Field(None, **doc(**TEMPLATE_KWARGS))
 
 
 class DetokenizeRequest(OpenAIBaseModel):
