@@ -139,7 +139,8 @@ def install(register, bench_ms):
                         keys[..., 128:] = torch.full((nb, BS // 4, 1), 0.01, device="cuda").view(torch.uint8)
                     else:
                         keys = torch.randn(nb, BS // 4, 128, device="cuda", dtype=torch.bfloat16, generator=g)
-                    us = us_of(lambda: ti.indexer_topk(q, w, keys, meta, TOPK))
+                    kf = "fp4" if fp8 == "fp4" else ("fp8" if fp8 else "dense")
+                    us = us_of(lambda: ti.indexer_topk(q, w, keys, meta, TOPK, key_format=kf))
                     _emit(ctx, "indexer_score_topk", us, b * n_ent * keys.shape[-1] * keys.element_size(),
                           2 * 64 * 128 * n_ent * b, batch=b, context=n_ctx, fp8=fp8)
                 scores = torch.randn(b, n_ent, device="cuda", generator=g)
@@ -171,7 +172,8 @@ def install(register, bench_ms):
                     pool = torch.zeros(nb, BS // ratio, rowb, device="cuda",
                                        dtype=torch.uint8 if fp8 else torch.bfloat16)
                     us = us_of(lambda: tc.compress_and_store(kv, sc, kt, st, nw, invf, pool, meta, ratio=ratio,
-                                                             overlap=overlap, eps=1e-6, index_keys=key))
+                                                             overlap=overlap, eps=1e-6,
+                                                             index_keys=("fp8" if fp8 else "dense") if key else None))
                     _emit(ctx, f"compress_store_decode_{name}", us, b * coff * ratio * coff * c * 4 * 2, 0, batch=b,
                           fp8=fp8)
 
@@ -202,11 +204,11 @@ def install(register, bench_ms):
         keys = torch.randn(nb, BS // 4, 128, device=dev, dtype=torch.bfloat16, generator=g)
         pool4 = torch.randn(nb, BS // 4, C, device=dev, dtype=torch.bfloat16, generator=g)
         pool128 = torch.randn(nb, BS // 128, C, device=dev, dtype=torch.bfloat16, generator=g)
-        us_i = us_of(lambda: ti.indexer_topk(iq, iw, keys, meta, TOPK), graph=False, rep=300)
+        us_i = us_of(lambda: ti.indexer_topk(iq, iw, keys, meta, TOPK, key_format="dense"), graph=False, rep=300)
         n_avg = (start + chunk / 2) / 4
         _emit(ctx, "prefill128k_indexer", us_i, 0, 2 * 64 * 128 * n_avg * chunk, chunk=chunk,
               tok_per_s=chunk / us_i * 1e6, score_rows_per_tile=ti.SCORE_BUDGET_BYTES // (4 * n_ctx // 4))
-        idx = ti.indexer_topk(iq, iw, keys, meta, TOPK)
+        idx = ti.indexer_topk(iq, iw, keys, meta, TOPK, key_format="dense")
         us_a = us_of(lambda: ta.sparse_attention(q, kv_cur, ring, pool4, idx, meta, sink, ratio=4, scale=C ** -0.5,
                                                  rope_dim=R), graph=False, rep=300)
         _emit(ctx, "prefill128k_csa_attention", us_a, 0, 4 * H * C * (W + TOPK) * chunk, chunk=chunk,

@@ -231,14 +231,16 @@ def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta, sink, *, ratio: int,
                                                          scale=scale, rope_dim=rope_dim)
 
 
-def indexer_topk(q, w, keys, meta, topk: int, *, ratio: int = 4):
-    """Lightning-indexer scores + top-k -> [N, topk] int32 entry indices, -1 = none."""
-    return _impl("indexer_topk", q).indexer_topk(q, w, keys, meta, topk, ratio=ratio)
+def indexer_topk(q, w, keys, meta, topk: int, *, ratio: int = 4, key_format: str):
+    """Lightning-indexer scores + top-k -> [N, topk] int32 entry indices, -1 = none. `key_format`:
+    "dense" | "fp8" | "fp4", the format of `keys` (the state's KVFormat.index_keys)."""
+    return _impl("indexer_topk", q).indexer_topk(q, w, keys, meta, topk, ratio=ratio, key_format=key_format)
 
 
 def compress_and_store(kv, score, kv_tail, score_tail, norm_weight, inv_freq, pool, meta, *, ratio: int,
-                       overlap: bool, eps: float, index_keys: bool = False) -> None:
-    """Gated pooling + RMSNorm + RoPE of every entry closed by the chunk, paged write, tail update."""
+                       overlap: bool, eps: float, index_keys: str | None = None) -> None:
+    """Gated pooling + RMSNorm + RoPE of every entry closed by the chunk, paged write, tail update.
+    `index_keys`: None = main entries, else the indexer keys' format ("dense" | "fp8" | "fp4")."""
     return _impl("compress_and_store", kv).compress_and_store(kv, score, kv_tail, score_tail, norm_weight, inv_freq,
                                                               pool, meta, ratio=ratio, overlap=overlap, eps=eps,
                                                               index_keys=index_keys)

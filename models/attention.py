@@ -47,11 +47,12 @@ class Indexer(nn.Module):
         w = kops.linear_scaled(x, self.weights_proj.quant_weight(), self.weight_scale)
         return q, w
 
-    def select(self, q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, meta: AttnMeta) -> torch.Tensor:
+    def select(self, q: torch.Tensor, w: torch.Tensor, keys: torch.Tensor, meta: AttnMeta,
+               key_format: str) -> torch.Tensor:
         """Top-k eligible entries per query -> [N, topk] int32 entry indices, -1 = none."""
         if self.tp.enabled:
-            return self.tp.indexer_topk(q, w, keys, meta, self.topk, ratio=CSA_RATIO)
-        return kops.indexer_topk(q, w, keys, meta, self.topk, ratio=CSA_RATIO)
+            return self.tp.indexer_topk(q, w, keys, meta, self.topk, ratio=CSA_RATIO, key_format=key_format)
+        return kops.indexer_topk(q, w, keys, meta, self.topk, ratio=CSA_RATIO, key_format=key_format)
 
 
 class Attention(nn.Module):
@@ -82,9 +83,10 @@ class Attention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, batch: ForwardBatch, state: dict[str, torch.Tensor], rope: Rope,
-        cos: torch.Tensor, sin: torch.Tensor,
+        cos: torch.Tensor, sin: torch.Tensor, key_format: str | None = None,
     ) -> torch.Tensor:
-        """x [N, d] normalized input -> [N, d]. Reads and updates this layer's `state` tensors."""
+        """x [N, d] normalized input -> [N, d]. Reads and updates this layer's `state` tensors.
+        `key_format`: the state's indexer-key format (KVFormat.index_keys), needed by CSA layers."""
         cfg = self.cfg
         meta = batch_metadata(batch)
         n_tok = x.shape[0]
@@ -101,11 +103,13 @@ class Attention(nn.Module):
             ckv, csc = self.compressor.project(x, batch.positions)
             self.compressor.store(ckv, csc, state["kv_tail"], state["score_tail"], pool, meta, rope)
             if self.indexer is not None:
+                if key_format is None:
+                    raise ValueError("a CSA layer needs the state's indexer-key format (key_format)")
                 ikv, isc = self.indexer.compressor.project(x, batch.positions)
                 self.indexer.compressor.store(ikv, isc, state["idx_kv_tail"], state["idx_score_tail"],
-                                              state["index_keys"], meta, rope, index_keys=True)
+                                              state["index_keys"], meta, rope, index_keys=key_format)
                 idx_q, idx_w = self.indexer.queries(q_lat, self.q_norm, x, cos, sin)
-                topk = self.indexer.select(idx_q, idx_w, state["index_keys"], meta)
+                topk = self.indexer.select(idx_q, idx_w, state["index_keys"], meta, key_format)
         out = kops.sparse_attention(q, kv_cur, ring, pool, topk, meta, self.attn_sink, ratio=self.ratio,
                                     scale=cfg.softmax_scale, rope_dim=cfg.qk_rope_head_dim)
         kops.window_store(kv_cur, ring, meta)

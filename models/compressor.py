@@ -55,7 +55,7 @@ class Compressor(nn.Module):
         pool: torch.Tensor,  # paged entries (updated)
         meta: AttnMeta,
         rope: Rope,
-        index_keys: bool = False,
+        index_keys: str | None = None,  # None: main entries; else the indexer keys' format
     ) -> None:
         """Close every entry completed by the batch's chunks, write it into `pool`, update the tails."""
         kops.compress_and_store(

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.kv_format import get as get_kv_format
+
 from .attention import Attention
 from .config import ModelConfig
 from .layers import Linear, RMSNorm, make_ropes
@@ -47,11 +49,11 @@ class Block(nn.Module):
                       getattr(self, f"hc_{site}_scale"))
 
     def forward(self, x, batch: ForwardBatch, state, rope, cos, sin,
-                pending: Pending | None = None) -> tuple[torch.Tensor, Pending]:
+                pending: Pending | None = None, key_format: str | None = None) -> tuple[torch.Tensor, Pending]:
         """x [N, hc, d] streams (with the previous block's FFN output `pending`, not yet mixed in) ->
         (streams, this block's FFN output pending). Each post-mix is fused with the next pre-mix."""
         x, u, post, comb = mix_in(x, pending, self._site("attn"), self.cfg, self.attn_norm.weight)
-        a = self.tp.all_reduce(self.attn(u, batch, state, rope, cos, sin))  # wo_b row-parallel
+        a = self.tp.all_reduce(self.attn(u, batch, state, rope, cos, sin, key_format))  # wo_b row-parallel
         x, u, post, comb = mix_in(x, Pending(a, post, comb), self._site("ffn"), self.cfg, self.ffn_norm.weight)
         f = self.tp.all_reduce(self.ffn(u, batch.input_ids))  # expert-parallel partial sums
         return x, Pending(f, post, comb)
@@ -115,9 +117,10 @@ class DeepseekV4(nn.Module):
         for name, rope in (("main", self.rope_main), ("compress", self.rope_compress)):
             trig[name] = rope.cos_sin(batch.positions)
         pending = None
+        key_format = get_kv_format(state.kv_format).index_keys  # the format travels, never guessed from widths
         for i, block in enumerate(self.layers):
             rope, name = (self.rope_main, "main") if cfg.compress_ratios[i] == 0 else (self.rope_compress, "compress")
-            x, pending = block(x, batch, state.layers[i], rope, *trig[name], pending=pending)
+            x, pending = block(x, batch, state.layers[i], rope, *trig[name], pending=pending, key_format=key_format)
         streams = flush(x, pending)
         x = streams[batch.logits_indices]
         hidden = hc_head(x, self.hc_head_fn, self.hc_head_base, self.hc_head_scale, cfg, self.norm.weight)  # + norm

@@ -14,7 +14,7 @@ import torch
 
 from kernels.attn_meta import AttnMeta
 
-from .kv_fp8 import is_packed, write_entries, write_keys
+from .kv_fp8 import check_key_store, is_packed, write_entries, write_keys
 from .norm import rope as rotate_interleaved
 
 
@@ -61,10 +61,12 @@ def compress_and_store(
     ratio: int,
     overlap: bool,
     eps: float,
-    index_keys: bool = False,  # pool holds indexer keys (FP8 key format when packed)
+    index_keys: str | None = None,  # None: main entries; "dense" | "fp8" | "fp4": pool holds indexer keys so
 ) -> None:
     m, coff = ratio, (2 if overlap else 1)
     c = kv.shape[1] // coff
+    if index_keys is not None:
+        check_key_store(pool, c, index_keys)
     ring = coff * m
     r = 2 * inv_freq.numel()
     per_block = pool.shape[1]
@@ -86,7 +88,7 @@ def compress_and_store(
             ent = rope_rows(ent, torch.arange(first, end, device=kv.device) * m, inv_freq)
             e = torch.arange(first, end, device=pool.device)
             table = meta.block_tables[b]
-            vals = write_keys(ent, pool) if index_keys else write_entries(ent, pool, r)
+            vals = write_keys(ent, pool, index_keys) if index_keys is not None else write_entries(ent, pool, r)
             pool[table[e // per_block].long(), e % per_block] = vals
         keep = min(n, ring)
         rows = torch.arange(start + n - keep, start + n, device=kv.device) % ring

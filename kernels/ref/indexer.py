@@ -25,15 +25,16 @@ def indexer_topk(
     topk: int,
     *,
     ratio: int = 4,
+    key_format: str,  # "dense" | "fp8" | "fp4": the format of `keys` (the state's KVFormat.index_keys)
 ) -> torch.Tensor:
     n_tok, _, ci = q.shape
     out = torch.full((n_tok, topk), -1, dtype=torch.int32, device=q.device)
-    q = rotate_for_keys(q, keys)  # MXFP4 keys are stored rotated by H
+    q = rotate_for_keys(q, key_format)  # MXFP4 keys are stored rotated by H
     for b, s0, s1, start in meta.chunks():
         e = (start + s1 - s0) // ratio
         if e == 0:
             continue
-        kb = read_keys(gather_entries(keys, meta.block_tables[b], e), ci)
+        kb = read_keys(gather_entries(keys, meta.block_tables[b], e), ci, key_format)
         pos = meta.positions[s0:s1].long()
         scores = torch.einsum("nhc,ec->nhe", q[s0:s1].float(), kb).relu_()
         scores = (scores * w[s0:s1].float().unsqueeze(-1)).sum(1)  # [n, E]

@@ -8,7 +8,8 @@ Main entry (window ring rows and compressed entries), FlashMLA "MODEL1" layout, 
     [nope + 2r, + ceil(nope/64))  UE8M0 scale byte s_j of nope dims [64 j, 64 j + 64)
     pad to a multiple of 8 bytes
 
-Indexer key (CSA), two packed formats, told apart by the row width:
+Indexer key (CSA), two packed formats; the caller names the format of a key store (the state's
+`KVFormat.index_keys`, kernels/kv_format.py: "dense" | "fp8" | "fp4"), it is never guessed from a width:
   FP8   uint8 row of ci + 4 bytes (132 for ci=128): FP8 E4M3 of the ci dims, then one FP32 scale
         (value = fp8 * scale), scale = amax / 448.
   MXFP4 uint8 row of ci/2 + ci/32 bytes (68 for ci=128): the key rotated by the normalized Hadamard
@@ -33,16 +34,19 @@ from kernels.kv_format import FP8_QBLOCK as QBLOCK, entry_bytes, index_key_bytes
 FP8_MAX = 448.0
 
 
-def index_key_format(store: torch.Tensor, ci: int) -> str:
-    """"dense" | "fp8" | "fp4" for an indexer-key store (rows of its last dim)."""
-    if not is_packed(store):
-        return "dense"
-    width = store.shape[-1]
-    if width == index_key_bytes(ci, "fp8"):
-        return "fp8"
-    if ci % 32 == 0 and width == index_key_bytes(ci, "fp4"):
-        return "fp4"
-    raise ValueError(f"indexer key rows of {width} bytes match no format for index_head_dim {ci}")
+KEY_FORMATS = ("dense", "fp8", "fp4")
+
+
+def check_key_store(store: torch.Tensor, ci: int, fmt: str) -> str:
+    """`fmt` if `store` can hold indexer keys of index_head_dim `ci` in that format (dtype and row
+    width), else ValueError: a store and a format that disagree are a caller's bug."""
+    if fmt not in KEY_FORMATS:
+        raise ValueError(f"unknown indexer key format {fmt!r} (choose from {', '.join(KEY_FORMATS)})")
+    want = ci if fmt == "dense" else index_key_bytes(ci, fmt)
+    if is_packed(store) != (fmt != "dense") or store.shape[-1] != want:
+        raise ValueError(f"indexer key store {tuple(store.shape)} {store.dtype} does not hold {fmt!r} keys "
+                         f"of index_head_dim {ci} (rows of {want})")
+    return fmt
 
 
 def hadamard(n: int, device) -> torch.Tensor:
@@ -64,10 +68,10 @@ def _hadamard(n: int, device: str) -> torch.Tensor:
     return ((1 - 2 * parity).float() / math.sqrt(n)).to(device)
 
 
-def rotate_for_keys(q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """q [..., ci] rotated by H when `keys` hold MXFP4 (rotated) keys, else q unchanged."""
+def rotate_for_keys(q: torch.Tensor, key_format: str) -> torch.Tensor:
+    """q [..., ci] rotated by H for MXFP4 (rotated) keys, else q unchanged."""
     ci = q.shape[-1]
-    if index_key_format(keys, ci) != "fp4":
+    if key_format != "fp4":
         return q
     return (q.float() @ hadamard(ci, q.device)).to(q.dtype)
 
@@ -159,9 +163,10 @@ def write_entries(x: torch.Tensor, like: torch.Tensor, r: int) -> torch.Tensor:
     return pack_entry(x, r) if is_packed(like) else x.to(like.dtype)
 
 
-def read_keys(store: torch.Tensor, ci: int) -> torch.Tensor:
-    """Indexer-key rows -> fp32 values (MXFP4 rows give the rotated key: pair with rotate_for_keys)."""
-    fmt = index_key_format(store, ci)
+def read_keys(store: torch.Tensor, ci: int, fmt: str) -> torch.Tensor:
+    """Indexer-key rows in format `fmt` -> fp32 values (MXFP4 rows give the rotated key: pair with
+    rotate_for_keys)."""
+    check_key_store(store, ci, fmt)
     if fmt == "fp8":
         return unpack_index_key(store, ci)
     if fmt == "fp4":
@@ -169,8 +174,9 @@ def read_keys(store: torch.Tensor, ci: int) -> torch.Tensor:
     return store.float()
 
 
-def write_keys(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    fmt = index_key_format(like, x.shape[-1])
+def write_keys(x: torch.Tensor, like: torch.Tensor, fmt: str) -> torch.Tensor:
+    """Key values [..., ci] -> rows of format `fmt` (the store `like`'s)."""
+    check_key_store(like, x.shape[-1], fmt)
     if fmt == "fp8":
         return pack_index_key(x)
     if fmt == "fp4":

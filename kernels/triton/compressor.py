@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.ref.kv_fp8 import index_key_format
+from kernels.ref.kv_fp8 import check_key_store
 from kernels.attn_meta import AttnMeta
 
 from .attention import store_entry_fp8
@@ -171,7 +171,7 @@ def _tail_kernel(kv_ptr, sc_ptr, kt_ptr, st_ptr, tok_seq_ptr, pos_ptr, qstart_pt
 
 
 def compress_and_store(kv, score, kv_tail, score_tail, norm_weight, inv_freq, pool, meta: AttnMeta, *, ratio: int,
-                       overlap: bool, eps: float, index_keys: bool = False) -> None:
+                       overlap: bool, eps: float, index_keys: str | None = None) -> None:
     n_tok = kv.shape[0]
     if n_tok == 0:
         return
@@ -183,14 +183,16 @@ def compress_and_store(kv, score, kv_tail, score_tail, norm_weight, inv_freq, po
     score = score.float().contiguous()
     max_new = (meta.max_query_len + ratio - 1) // ratio + 1
     fp8 = pool.dtype == torch.uint8
-    key_fp4 = bool(index_keys and fp8 and index_key_format(pool, c) == "fp4")
+    if index_keys is not None:  # indexer keys in the named format (kernels/ref/kv_fp8.py)
+        check_key_store(pool, c, index_keys)
+    key_fp4 = index_keys == "fp4"
     if key_fp4 and c & (c - 1):
         raise ValueError(f"MXFP4 indexer keys need a power-of-two index_head_dim, got {c}")
     _emit_kernel[(meta.num_seqs, max_new)](
         kv, score, kv_tail, score_tail, norm_weight.float().contiguous(), inv_freq.float().contiguous(), pool,
         meta.block_tables, meta.query_start, meta.context_lens, meta.slot_ids, meta.block_tables.stride(0), eps,
         M=ratio, COFF=coff, C=c, C_P2=triton.next_power_of_2(c), R=r, PB=pool.shape[1], ROW=pool.shape[2],
-        FP8=fp8, INDEX_KEY=index_keys, KEY_FP4=key_fp4, num_warps=4,
+        FP8=fp8, INDEX_KEY=index_keys is not None, KEY_FP4=key_fp4, num_warps=4,
     )
     _tail_kernel[(n_tok,)](kv, score, kv_tail, score_tail, meta.tok_seq, meta.positions, meta.query_start,
                            meta.slot_ids, RING=coff * ratio, WIDTH=width,

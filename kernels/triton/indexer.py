@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.ref.kv_fp8 import index_key_format, rotate_for_keys
+from kernels.ref.kv_fp8 import check_key_store, rotate_for_keys
 from kernels.attn_meta import AttnMeta
 
 from .common import e2m1_f32, e8m0_to_f32
@@ -208,9 +208,10 @@ def topk_rows(scores: torch.Tensor, positions: torch.Tensor, out: torch.Tensor, 
                             num_warps=4 if INTERPRET else int(os.environ.get("V4_TOPK_WARPS", 8)))
 
 
-def indexer_scores(q, w, keys, meta: AttnMeta, scores: torch.Tensor, row0: int, n_rows: int, ratio: int) -> None:
+def indexer_scores(q, w, keys, meta: AttnMeta, scores: torch.Tensor, row0: int, n_rows: int, ratio: int,
+                   key_format: str) -> None:
     n_tok, hi, ci = q.shape
-    kfmt = {"dense": 0, "fp8": 1, "fp4": 2}[index_key_format(keys, ci)]
+    kfmt = {"dense": 0, "fp8": 1, "fp4": 2}[check_key_store(keys, ci, key_format)]
     row = keys.shape[2]
     pb = keys.shape[1]
     e_cap = scores.shape[1]
@@ -227,13 +228,14 @@ def indexer_scores(q, w, keys, meta: AttnMeta, scores: torch.Tensor, row0: int, 
     )
 
 
-def indexer_topk(q, w, keys, meta: AttnMeta, topk: int, *, ratio: int = 4, row_tile: int | None = None):
+def indexer_topk(q, w, keys, meta: AttnMeta, topk: int, *, ratio: int = 4, key_format: str,
+                 row_tile: int | None = None):
     n_tok = q.shape[0]
     out = torch.full((n_tok, topk), -1, dtype=torch.int32, device=q.device)
     e_cap = meta.max_seq_len // ratio
     if n_tok == 0 or e_cap == 0:
         return out
-    q = rotate_for_keys(q, keys).contiguous()  # MXFP4 keys are stored rotated by H
+    q = rotate_for_keys(q, key_format).contiguous()  # MXFP4 keys are stored rotated by H
     w = w.float().contiguous()
     if not INTERPRET and q.dtype == torch.float32:
         q = q.to(torch.bfloat16)
@@ -241,6 +243,6 @@ def indexer_topk(q, w, keys, meta: AttnMeta, topk: int, *, ratio: int = 4, row_t
     scores = torch.empty((min(tile, n_tok), e_cap), dtype=torch.float32, device=q.device)
     for row0 in range(0, n_tok, tile):
         n = min(tile, n_tok - row0)
-        indexer_scores(q, w, keys, meta, scores, row0, n, ratio)
+        indexer_scores(q, w, keys, meta, scores, row0, n, ratio, key_format)
         topk_rows(scores, meta.positions, out, row0, n, topk, ratio)
     return out

@@ -109,11 +109,12 @@ def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_ti
         q = q.bfloat16().float()  # the GPU kernel scores bf16 q; give the twin the same inputs
         if not fp8:
             keys = keys.bfloat16()
-    ref = ri.indexer_topk(q, wt, keys, meta, topk)
-    got = ti.indexer_topk(q, wt, keys, meta, topk, row_tile=row_tile)
+    kf = "fp4" if fp8 == "fp4" else ("fp8" if fp8 else "dense")
+    ref = ri.indexer_topk(q, wt, keys, meta, topk, key_format=kf)
+    got = ti.indexer_topk(q, wt, keys, meta, topk, key_format=kf, row_tile=row_tile)
     # compare selected sets; for near-ties accept equal score sums
     bad = 0
-    kv = kv_fp8.read_keys(keys, ci) if fp8 else keys.float()
+    kv = kv_fp8.read_keys(keys, ci, kf)
     for b in range(meta.num_seqs):
         s0, s1 = meta.query_start_host[b], meta.query_start_host[b + 1]
         e = (meta.context_lens_host[b] + s1 - s0) // 4
@@ -129,7 +130,7 @@ def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_ti
             if len(a) != len(bsel) or len(set(bsel)) != len(bsel):
                 bad += 1
                 continue
-            sc = ((kv_fp8.rotate_for_keys(q[t], keys).float() @ kb.T).relu() * wt[t, :, None]).sum(0)
+            sc = ((kv_fp8.rotate_for_keys(q[t], kf).float() @ kb.T).relu() * wt[t, :, None]).sum(0)
             sa, sb = sc[a].sort().values, sc[bsel].sort().values
             # FP4 keys: the GPU kernel scores the rotated q rounded to bf16, the twin in fp32
             tol = 5e-3 if (fp8 == "fp4" and device != "cpu") else 1e-3
@@ -158,6 +159,7 @@ def compressor_case(specs, *, c, r, ratio, overlap, block_size, fp8, index_key, 
     from kernels.ref import compressor as rc
     from kernels.triton import compressor as tc
     meta, nblocks, nslots = make_meta(specs, block_size, device, seed)
+    kf = "fp4" if fp8 == "fp4" else ("fp8" if fp8 else "dense")  # the key store's format, named explicitly
     g = torch.Generator().manual_seed(seed + 3)
     coff = 2 if overlap else 1
     n = meta.num_tokens
@@ -177,12 +179,12 @@ def compressor_case(specs, *, c, r, ratio, overlap, block_size, fp8, index_key, 
     for mod in (rc, tc):
         p, a, b = pool.clone(), kt.clone(), st.clone()
         mod.compress_and_store(kv, sc, a, b, normw, invf, p, meta, ratio=ratio, overlap=overlap, eps=1e-6,
-                               index_keys=index_key)
+                               index_keys=kf if index_key else None)
         res.append((p, a, b))
     (p0, a0, b0), (p1, a1, b1) = res
     if fp8:
-        v0 = kv_fp8.read_keys(p0, c) if index_key else kv_fp8.unpack_entry(p0, c, r)
-        v1 = kv_fp8.read_keys(p1, c) if index_key else kv_fp8.unpack_entry(p1, c, r)
+        v0 = kv_fp8.read_keys(p0, c, kf) if index_key else kv_fp8.unpack_entry(p0, c, r)
+        v1 = kv_fp8.read_keys(p1, c, kf) if index_key else kv_fp8.unpack_entry(p1, c, r)
         err = _rel(v1, v0)
         if fp8 == "fp4":  # byte-exact except where fp32 summation order flips a rounding tie
             err = float((p0 != p1).float().mean().item())

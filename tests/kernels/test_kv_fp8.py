@@ -1,5 +1,6 @@
 """FP8 KV entry format: 584-byte layout round trip, indexer keys, and a CPU model run on fp8 state."""
 
+import pytest
 import torch
 
 from kernels.ref import kv_fp8
@@ -61,15 +62,17 @@ def test_mxfp4_index_keys_rotated_round_trip_and_scores():
     g = torch.Generator().manual_seed(0)
     k = torch.randn(64, 128, generator=g)
     kb = kv_fp8.pack_index_key_fp4(k)
-    assert kb.shape == (64, 68) and kv_fp8.index_key_format(kb, 128) == "fp4"
-    back = kv_fp8.read_keys(kb, 128)  # rotated values
+    assert kb.shape == (64, 68) and kv_fp8.check_key_store(kb, 128, "fp4") == "fp4"
+    with pytest.raises(ValueError, match="does not hold 'fp8'"):  # a store and a format that disagree
+        kv_fp8.read_keys(kb, 128, "fp8")
+    back = kv_fp8.read_keys(kb, 128, "fp4")  # rotated values
     assert ((back - k @ H).norm() / (k @ H).norm()).item() < 0.15  # FP4: ~10 % rounding
     # the indexer on MXFP4 keys picks (nearly) the same entries as on the exact keys
     meta, nblocks, _ = make_meta([(400, 1)], 16, "cpu")
     keys = torch.randn(nblocks, 4, 128, generator=g)
     q = torch.randn(1, 8, 128, generator=g)
     w = torch.rand(1, 8, generator=g)
-    exact = set(indexer_topk(q, w, keys, meta, 20).flatten().tolist())
-    fp4 = set(indexer_topk(q, w, kv_fp8.pack_index_key_fp4(keys), meta, 20).flatten().tolist())
+    exact = set(indexer_topk(q, w, keys, meta, 20, key_format="dense").flatten().tolist())
+    fp4 = set(indexer_topk(q, w, kv_fp8.pack_index_key_fp4(keys), meta, 20, key_format="fp4").flatten().tolist())
     assert len(exact & fp4) >= 14, (exact, fp4)
-    assert kv_fp8.rotate_for_keys(q, keys) is q  # dense keys: q untouched
+    assert kv_fp8.rotate_for_keys(q, "dense") is q  # dense keys: q untouched
