@@ -67,6 +67,50 @@ def test_the_rule_sees_an_upward_import(tmp_path):
                                       "kvcache/m.py -> engine"}
 
 
-def test_no_import_cycle_between_executor_and_worker():
-    worker = ROOT / "engine" / "distributed" / "worker.py"
-    assert not any("executor" in m for m in _imported(worker))
+def _module_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """module -> modules it imports (lazy imports too), over the layered packages."""
+    files = {}
+    for pkg in LAYERS:
+        for path in (root / pkg).rglob("*.py"):
+            name = ".".join(path.relative_to(root).with_suffix("").parts)
+            files[name.removesuffix(".__init__")] = path
+
+    def resolve(mod: str) -> str:  # "pkg.mod.name" -> the module file that defines it
+        while mod and mod not in files:
+            mod = mod.rpartition(".")[0]
+        return mod
+
+    return {m: {r for r in map(resolve, _imported(p, root)) if r and r != m} for m, p in files.items()}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    seen, done, cycles = [], set(), []
+
+    def visit(m: str) -> None:
+        seen.append(m)
+        for n in sorted(graph[m]):
+            if n in seen:
+                cycles.append(seen[seen.index(n):] + [n])
+            elif n not in done:
+                visit(n)
+        seen.pop()
+        done.add(m)
+
+    for m in sorted(graph):
+        if m not in done:
+            visit(m)
+    return cycles
+
+
+def test_no_import_cycles():
+    """No two modules import each other, directly or around a loop (e.g. executor <-> worker once)."""
+    cycles = import_cycles(_module_graph())
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_cycle_check_sees_a_lazy_cycle(tmp_path):
+    for pkg in LAYERS:
+        (tmp_path / pkg).mkdir()
+    (tmp_path / "engine" / "a.py").write_text("from .b import f\n")
+    (tmp_path / "engine" / "b.py").write_text("def f():\n    from .a import g\n")
+    assert import_cycles(_module_graph(tmp_path)) == [["engine.a", "engine.b", "engine.a"]]

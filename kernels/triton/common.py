@@ -205,3 +205,24 @@ def fp4_use_asm(w) -> bool:
     """The packed bf16 conversion folds 2^126 into the scale: valid while every UE8M0 byte is <= 128
     (|w| <= 12); larger scales (never seen in checkpoints) take the fp16-trick conversion instead."""
     return not interpreting() and w.max_scale_byte() <= 128
+
+
+# ---- radix top-k helpers (triton/indexer.py, triton/topk_long.py) ----------------------------------
+@triton.jit
+def ordered_key(x):
+    """fp32 -> uint32 key with the same order (radix top-k of the indexer, indexer.py / topk_long.py)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    neg = (bits >> 31) == 1
+    return tl.where(neg, ~bits, bits | 0x80000000)
+
+
+@triton.jit
+def select_digit(hist, need, prefix, pmask, shift, bins):
+    """One radix level: the digit d* holding the k-th largest key (count of keys with digit >= d*
+    reaches `need`), how many are still needed below it, and the prefix/mask extended by d*."""
+    cum_desc = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist  # count with digit >= d
+    dstar = tl.max(tl.where(cum_desc >= need, bins, 0), 0)
+    need = need - tl.sum(tl.where(bins == dstar, cum_desc - hist, 0), 0)
+    prefix = prefix | (dstar.to(tl.uint32) << shift)
+    pmask = pmask | (tl.full([], 255, tl.uint32) << shift)
+    return need, prefix, pmask

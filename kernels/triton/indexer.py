@@ -30,7 +30,7 @@ import triton.language as tl
 from kernels.ref.kv_fp8 import check_key_store, rotate_for_keys
 from kernels.attn_meta import AttnMeta
 
-from .common import e2m1_f32, e8m0_to_f32
+from .common import e2m1_f32, e8m0_to_f32, ordered_key, select_digit
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 SCORE_BUDGET_BYTES = 256 << 20  # cap on the per-tile score buffer
@@ -96,25 +96,6 @@ def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scor
 
 
 @triton.jit
-def _ordered_key(x):
-    bits = x.to(tl.uint32, bitcast=True)
-    neg = (bits >> 31) == 1
-    return tl.where(neg, ~bits, bits | 0x80000000)
-
-
-@triton.jit
-def _select_digit(hist, need, prefix, pmask, shift, bins):
-    """One radix level: the digit d* holding the k-th largest key (count of keys with digit >= d*
-    reaches `need`), how many are still needed below it, and the prefix/mask extended by d*."""
-    cum_desc = tl.sum(hist, 0) - tl.cumsum(hist, 0) + hist  # count with digit >= d
-    dstar = tl.max(tl.where(cum_desc >= need, bins, 0), 0)
-    need = need - tl.sum(tl.where(bins == dstar, cum_desc - hist, 0), 0)
-    prefix = prefix | (dstar.to(tl.uint32) << shift)
-    pmask = pmask | (tl.full([], 255, tl.uint32) << shift)
-    return need, prefix, pmask
-
-
-@triton.jit
 def _topk_kernel(scores_ptr, pos_ptr, out_ptr, row0, score_stride, out_stride,
                  K: tl.constexpr, RATIO: tl.constexpr, BLOCK: tl.constexpr, IN_REG: tl.constexpr):
     """IN_REG: the whole row (<= BLOCK entries) is read once into registers and every pass runs
@@ -137,7 +118,7 @@ def _topk_kernel(scores_ptr, pos_ptr, out_ptr, row0, score_stride, out_stride,
         bins = tl.arange(0, 256)
         if IN_REG:
             ok = offs < limit
-            key = _ordered_key(tl.load(srow + offs, mask=ok, other=0.0))
+            key = ordered_key(tl.load(srow + offs, mask=ok, other=0.0))
         for level in tl.static_range(4):
             shift = 24 - 8 * level
             if IN_REG:
@@ -147,10 +128,10 @@ def _topk_kernel(scores_ptr, pos_ptr, out_ptr, row0, score_stride, out_stride,
                 for e0 in range(0, limit, BLOCK):
                     e = e0 + offs
                     ok_c = e < limit
-                    key_c = _ordered_key(tl.load(srow + e, mask=ok_c, other=0.0))
+                    key_c = ordered_key(tl.load(srow + e, mask=ok_c, other=0.0))
                     sel = ok_c & ((key_c & pmask) == prefix)
                     hist += tl.histogram(((key_c >> shift) & 255).to(tl.int32), 256, mask=sel)
-            need, prefix, pmask = _select_digit(hist, need, prefix, pmask, shift, bins)
+            need, prefix, pmask = select_digit(hist, need, prefix, pmask, shift, bins)
         n_gt = K - need
         if IN_REG:
             gt = ok & (key > prefix)
@@ -164,7 +145,7 @@ def _topk_kernel(scores_ptr, pos_ptr, out_ptr, row0, score_stride, out_stride,
             for e0 in range(0, limit, BLOCK):
                 e = e0 + offs
                 ok_c = e < limit
-                key_c = _ordered_key(tl.load(srow + e, mask=ok_c, other=0.0))
+                key_c = ordered_key(tl.load(srow + e, mask=ok_c, other=0.0))
                 gt = ok_c & (key_c > prefix)
                 eq = ok_c & (key_c == prefix)
                 gi = gt.to(tl.int32)

@@ -4,7 +4,7 @@ One program per row (indexer._topk_kernel, streaming) reads a 262K-entry row (1M
 five times with one CTA: about 1.2 ms per CSA layer at batch 1 (H200, docs/benchmarks.md). Here:
 
   stage 1  grid (rows, chunks): program (r, c) holds CHUNK entries of row r in registers and selects
-           their top-k with the same radix passes (indexer._select_digit) -> candidate entry ids + scores
+           their top-k with the same radix passes (common.select_digit) -> candidate entry ids + scores
            [rows, chunks*k] (a chunk with <= k eligible entries lists them all; unused slots -1 / -inf);
   middle   while the candidates exceed CHUNK: the same selection over chunks of candidates (ids mapped);
   last     grid (rows,): the top-k of the remaining candidates -> out[row, :k] through their ids.
@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .indexer import _ordered_key, _select_digit
+from .common import ordered_key, select_digit
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CHUNK = int(os.environ.get("V4_TOPK_CHUNK", 8192))  # entries (or candidates) per program
@@ -39,7 +39,7 @@ def _select_block(key, ok, n, K: tl.constexpr, BLOCK: tl.constexpr):
     for level in tl.static_range(4):
         shift = 24 - 8 * level
         hist = tl.histogram(((key >> shift) & 255).to(tl.int32), 256, mask=ok & ((key & pmask) == prefix))
-        need, prefix, pmask = _select_digit(hist, need, prefix, pmask, shift, bins)
+        need, prefix, pmask = select_digit(hist, need, prefix, pmask, shift, bins)
     gt = ok & (key > prefix)
     eq = ok & (key == prefix)
     rank_eq = tl.cumsum(eq.to(tl.int32), 0) - 1
@@ -84,7 +84,7 @@ def _chunk_topk_kernel(src_ptr, map_ptr, pos_ptr, idx_ptr, val_ptr, row0, src_st
             ids = lo + offs
         else:
             ids = tl.load(mrow + offs, mask=ok, other=-1)
-        take, slot = _select_block(_ordered_key(x), ok, n, K, CHUNK)
+        take, slot = _select_block(ordered_key(x), ok, n, K, CHUNK)
         tl.store(orow + slot, ids, mask=take)
         if WRITE_VAL:
             tl.store(vrow + slot, x, mask=take)
