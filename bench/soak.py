@@ -46,7 +46,8 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "description":
 SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
                                            "n": {"type": "integer", "minimum": 0, "maximum": 99}},
           "required": ["name", "n"]}
-SPECIALS = "<｜begin▁of▁sentence｜><｜User｜><｜Assistant｜><think></think>｜DSML｜<｜end▁of▁sentence｜>"
+SPECIALS = ("<｜begin▁of▁sentence｜><｜User｜><｜Assistant｜><think></think>｜DSML｜"
+            "<｜end▁of▁sentence｜>")
 WORDS = "alpha beta gamma delta cache token stream block queue model server layer window kernel".split()
 
 

@@ -12,7 +12,8 @@ from engine.tokenizer import TooManyTokens
 
 def test_limit_counts_exactly(real):
     tok = real.tok
-    segs = [("<｜begin▁of▁sentence｜><｜User｜>", True), ("hello world " * 300, False), ("<｜Assistant｜></think>", True)]
+    segs = [("<｜begin▁of▁sentence｜><｜User｜>", True), ("hello world " * 300, False),
+            ("<｜Assistant｜></think>", True)]
     full = tok.encode_segments(segs)
     assert tok.encode_segments(segs, limit=len(full)) == full
     for limit in (0, 1, 5, len(full) // 2, len(full) - 1):
