@@ -27,7 +27,7 @@ class EngineArgs:
     gpu_memory_utilization: float = 0.9  # fraction of free GPU memory for the KV cache after weights
     kv_cache_dtype: str = "auto"  # a kernels/kv_format.py CLI_CHOICES value ("auto": dense in the activation dtype)
     block_size: int | None = None  # tokens per cache block; None = smallest multiple of every ratio >= 64
-    max_queued_requests: int | None = None  # waiting requests beyond this are rejected (HTTP 429)
+    max_queued_requests: int | None = None  # waiting sequences (n per request) beyond this: HTTP 429
     seed: int = 0
     tensor_parallel_size: int = 1
     served_model_name: str | None = None

@@ -158,8 +158,8 @@ class LLMEngine:
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
-        if not ids:
-            raise ValueError("the prompt is empty")
+        # the one admission decision (empty prompt, lengths, KV capacity, queue cap); raises
+        max_tokens = self.scheduler.admit(len(ids), params.max_tokens, params.n)
         for name, toks in (("logit_bias", params.logit_bias or ()), ("allowed_token_ids", params.allowed_token_ids or ()),
                            ("bad_words_token_ids", [t for s in params.bad_words_token_ids or () for t in s]),
                            ("guided_choice", [t for s in params.choice_token_ids or () for t in s])):
@@ -183,13 +183,6 @@ class LLMEngine:
             if set(params.allowed_token_ids) <= held_back:
                 raise ValueError("allowed_token_ids holds only EOS / stop tokens, which min_tokens masks: "
                                  "nothing could be sampled")
-        max_tokens = params.max_tokens
-        if max_tokens is None:
-            max_tokens = self.max_model_len - len(ids)
-            if max_tokens < 1:
-                from .errors import RequestTooLongError
-
-                raise RequestTooLongError.for_lengths(self.max_model_len, len(ids), None)
         now = arrival_time if arrival_time is not None else time.monotonic()
         samples = []
         for k in range(params.n):
@@ -205,7 +198,7 @@ class LLMEngine:
                                            token_text_cache=self._token_texts[params.skip_special_tokens])
             guide = GuideCursor(params.guide, params.guided_start_token_id) if params.guide is not None else None
             samples.append(SampleState(seq, detok, gen, [] if params.logprobs is not None else None, guide=guide))
-        self.scheduler.add_request([s.seq for s in samples])  # raises on too long / queue full
+        self.scheduler.enqueue([s.seq for s in samples])
         st = RequestState(request_id, text, ids, params, samples, arrival_time=now, output_kind=output_kind)
         st.mark("arrival", now)
         if params.prompt_logprobs is not None:

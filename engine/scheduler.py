@@ -81,22 +81,38 @@ class Scheduler:
         self.num_preemptions_total = 0
 
     # ---- admission -------------------------------------------------------------------------
+    def admit(self, prompt_len: int, max_tokens: int | None, n: int = 1) -> int:
+        """The admission decision for one request of `n` samples -> its max_tokens (None: the rest of
+        the context). Raises ValueError (empty prompt, max_tokens < 1), RequestTooLongError (past
+        max_model_len or what the KV cache holds) or QueueFullError (the cap counts waiting
+        sequences: a request of n samples needs n free places). LLMEngine.add_request calls it once,
+        then `enqueue`s the request's sequences."""
+        max_tokens = self._check_lengths(prompt_len, max_tokens)
+        self._check_queue(n)
+        return max_tokens
+
     def add(self, seq: Sequence) -> None:
         self.add_request([seq])
 
     def add_request(self, seqs: Iterable[Sequence]) -> None:
-        """Queue all sequences of one request, or none of them (every check runs before any is added)."""
+        """admit + enqueue for sequences built by the caller: all of them or none (every check runs
+        before any is added)."""
         seqs = list(seqs)
         for seq in seqs:
-            self._check_admissible(seq)
+            self._check_lengths(seq.num_prompt_tokens, seq.max_tokens)
+        self._check_queue(len(seqs))
+        self.enqueue(seqs)
+
+    def enqueue(self, seqs: Iterable[Sequence]) -> None:
+        """Queue the new sequences of one admitted request (no admission checks: see `admit`)."""
+        seqs = list(seqs)
+        for seq in seqs:
+            if seq.seq_id in self._seqs:
+                raise ValueError(f"sequence {seq.seq_id!r} is already scheduled")
+            if seq.status != _WAITING or seq.output_token_ids or seq.num_computed_tokens:
+                raise ValueError(f"sequence {seq.seq_id!r} is not new (status {seq.status.name})")
         if len({s.seq_id for s in seqs}) != len(seqs):
             raise ValueError("duplicate seq_id within one request")
-        cap = self.config.max_queued_requests
-        if cap is not None and len(self.waiting) + len(seqs) > cap:
-            raise QueueFullError(
-                f"the server is overloaded: {len(self.waiting)} sequences are already waiting "
-                f"(max_queued_requests={cap}); retry later"
-            )
         for seq in seqs:
             seq.status = _WAITING
             seq.num_computed_tokens = 0
@@ -105,17 +121,17 @@ class Scheduler:
             self._priority[seq.seq_id] = (seq.arrival_time, next(self._counter))
             self.waiting.append(seq)
 
-    def _check_admissible(self, seq: Sequence) -> None:
-        if seq.seq_id in self._seqs:
-            raise ValueError(f"sequence {seq.seq_id!r} is already scheduled")
-        if seq.status != _WAITING or seq.output_token_ids or seq.num_computed_tokens:
-            raise ValueError(f"sequence {seq.seq_id!r} is not new (status {seq.status.name})")
-        num_prompt, num_out = seq.num_prompt_tokens, seq.max_tokens
+    def _check_lengths(self, num_prompt: int, num_out: int | None) -> int:
+        max_len = self.config.max_model_len
         if num_prompt == 0:
             raise ValueError("the prompt is empty")
+        if num_out is None:  # the rest of the context
+            if num_prompt >= max_len:
+                raise RequestTooLongError.for_lengths(max_len, num_prompt, None)
+            num_out = max_len - num_prompt
         if num_out < 1:
             raise ValueError(f"max_tokens must be >= 1, got {num_out}")
-        total, max_len = num_prompt + num_out, self.config.max_model_len
+        total = num_prompt + num_out
         if total > max_len:
             raise RequestTooLongError.for_lengths(max_len, num_prompt, num_out)
         cap = self.kv.capacity_tokens
@@ -124,6 +140,15 @@ class Scheduler:
                 f"The KV cache can hold at most {cap} tokens. However, you requested {total} tokens "
                 f"({num_prompt} in the messages, {num_out} in the completion). "
                 "Please reduce the length of the messages or completion."
+            )
+        return num_out
+
+    def _check_queue(self, n: int) -> None:
+        cap = self.config.max_queued_requests
+        if cap is not None and len(self.waiting) + n > cap:
+            raise QueueFullError(
+                f"the server is overloaded: {len(self.waiting)} sequences are already waiting "
+                f"(max_queued_requests={cap}); retry later"
             )
 
     # ---- one step --------------------------------------------------------------------------

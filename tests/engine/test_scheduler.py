@@ -263,6 +263,22 @@ def test_queue_full_and_all_or_nothing_requests():
     sched.add(seq(4, 4))
 
 
+def test_admit_is_the_one_decision():
+    """admit() (what LLMEngine.add_request calls once) resolves max_tokens and refuses what add_request
+    refuses; the queue cap counts sequences; admitting queues nothing."""
+    sched, kv = make(max_model_len=60, num_blocks=8, block_size=8, max_queued=3)
+    assert sched.admit(30, None) == 30 and sched.admit(30, 5) == 5
+    with pytest.raises(RequestTooLongError):
+        sched.admit(60, None)
+    with pytest.raises(ValueError, match="empty"):
+        sched.admit(0, 4)
+    with pytest.raises(ValueError, match="max_tokens"):
+        sched.admit(4, 0)
+    with pytest.raises(QueueFullError):
+        sched.admit(4, 4, n=4)  # 4 sequences, cap 3
+    assert sched.admit(4, 4, n=3) == 4 and sched.num_waiting == 0
+
+
 def test_finish_statuses():
     sched, kv = make()
     outs = run_all(sched, kv, workload())
