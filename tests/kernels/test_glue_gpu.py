@@ -46,9 +46,13 @@ def test_mhc_gpu(n):
     r0 = ref_mhc.hc_post_pre(o, x, p0, c0, fn, base, scale, HC, 20, 1e-6, 1e-6, w)
     r1 = tri.hc_post_pre(o, x, p0, c0, fn, base, scale, HC, 20, 1e-6, 1e-6, w)
     assert _rel(r1[0], r0[0]) < 1e-2 and _rel(r1[1], r0[1]) < 1e-2
-    # X' is rounded to bf16 once here, after each of three ops in the twin: the mixers see ~1e-3 noise
-    torch.testing.assert_close(r1[2], r0[2], rtol=1e-2, atol=5e-3)
-    torch.testing.assert_close(r1[3], r0[3], rtol=1e-2, atol=5e-3)
+    # X' is rounded to bf16 once in the kernel and after each of three ops in the twin, so the mixers of
+    # the two paths see ~1e-3 apart inputs (a fixed tolerance on them failed at batch 256 on the H200):
+    # check the fused pre-mix against the twin's pre-mix of the kernel's own X' instead, tightly.
+    u2, p2, c2 = ref_mhc.hc_pre(r1[0], fn, base, scale, HC, 20, 1e-6, 1e-6, w)
+    assert _rel(r1[1], u2) < 1e-2
+    torch.testing.assert_close(r1[2], p2, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(r1[3], c2, rtol=1e-4, atol=1e-4)
     hfn, hbase, hscale = fn[:HC], base[:HC], scale[:1]
     assert _rel(tri.hc_head(x, hfn, hbase, hscale, 1e-6, 1e-6, w), ref_mhc.hc_head(x, hfn, hbase, hscale, 1e-6, 1e-6,
                                                                                       w)) < 1e-2
