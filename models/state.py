@@ -193,12 +193,20 @@ def batch_metadata(batch: ForwardBatch) -> AttnMeta:
     qs, cl = list(batch.query_start), list(batch.context_lens)
     lens = [qs[b + 1] - qs[b] for b in range(len(cl))]
     tok_seq = torch.repeat_interleave(torch.arange(len(cl), dtype=torch.int32), torch.tensor(lens, dtype=torch.long))
+    # one host->device copy for the three host-built vectors; on CUDA from pinned memory, non-blocking, so
+    # an eager step never waits for the step in flight (a plain torch.tensor(..., device=cuda) syncs)
+    host = torch.cat((torch.tensor(qs, dtype=torch.int32), torch.tensor(cl, dtype=torch.int32), tok_seq))
+    if dev.type == "cuda":
+        flat = host.pin_memory().to(dev, non_blocking=True)
+    else:
+        flat = host.to(dev)
+    n_seq = len(cl)
     batch.meta = AttnMeta(
-        query_start=torch.tensor(qs, dtype=torch.int32, device=dev),
-        context_lens=torch.tensor(cl, dtype=torch.int32, device=dev),
+        query_start=flat[:n_seq + 1],
+        context_lens=flat[n_seq + 1:2 * n_seq + 1],
         slot_ids=batch.slot_ids.to(device=dev, dtype=torch.int32),
         block_tables=batch.block_tables.to(device=dev, dtype=torch.int32).contiguous(),
-        tok_seq=tok_seq.to(dev),
+        tok_seq=flat[2 * n_seq + 1:],
         positions=batch.positions.to(torch.int32),
         query_start_host=qs,
         context_lens_host=cl,
