@@ -31,6 +31,7 @@ RUN pip install --no-cache-dir "torch==${TORCH_VERSION}"
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY server ./server
+COPY chat ./chat
 COPY engine ./engine
 COPY kvcache ./kvcache
 COPY kernels ./kernels

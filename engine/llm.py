@@ -61,8 +61,8 @@ class LLM:
              reasoning_effort: str | None = None, thinking: dict | bool | None = None,
              tools: list[dict] | None = None) -> list[RequestOutput]:
         """Render conversations with the V4 chat format (same code as the HTTP server) and generate."""
-        from server.chat_format import SpecialTokens, render_messages
-        from server.reasoning import resolve_reasoning
+        from chat.encoder import SpecialTokens, render_messages
+        from chat.reasoning import resolve_reasoning
 
         convs = [messages] if messages and isinstance(messages[0], dict) else messages
         rc = resolve_reasoning(reasoning_effort, thinking, None, None)

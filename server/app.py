@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from server.chat_format import SpecialTokens
+from chat.encoder import SpecialTokens
 from server.errors import (APIError, InvalidRequest, check_text, error_body, error_response,
                            install_exception_handlers, to_api_error)
 from server.limits import DEFAULT_MAX_REQUEST_BODY_BYTES, BodySizeLimitMiddleware, OffLoopJSONRoute

@@ -20,13 +20,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from engine.errors import RequestTooLongError
 from engine.outputs import OutputKind
 from engine.tokenizer import TooManyTokens
-from server.chat_format import Segment, render_messages
+from chat.encoder import Segment, render_messages
 from server.errors import APIError, InvalidRequest, check_text, sse_error
 from server.guided_request import attach_guide, guided_kwargs, guided_param
-from server.output_parser import StreamingParser, parse_completion
+from chat.output_parser import StreamingParser, parse_completion
 from server.protocol import (ChatCompletionRequest, NamedToolChoice, check_continue_final,
                              warn_unknown_fields)
-from server.reasoning import ReasoningConfig, resolve_reasoning
+from chat.reasoning import ReasoningConfig, resolve_reasoning
 from server.serving_common import (SSE_DONE, ServerState, chat_logprobs, collect, first_output, log_request,
                                    new_id, prompt_logprobs_json, sse)
 
@@ -34,7 +34,7 @@ _TEMPLATE_KWARGS = {"thinking", "enable_thinking", "reasoning_effort", "drop_thi
 
 
 def render_chat_prompt(state: ServerState, req: Any) -> tuple[list[Segment], ReasoningConfig]:
-    """Prompt segments (`chat_format.render_messages`) and reasoning mode for a chat request."""
+    """Prompt segments (`chat.encoder.render_messages`) and reasoning mode for a chat request."""
     kwargs = req.chat_template_kwargs or {}
     unknown = sorted(set(kwargs) - _TEMPLATE_KWARGS)
     if unknown:

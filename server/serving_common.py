@@ -29,7 +29,7 @@ class ServerState:
     served_model_name: str
     metrics: ServerMetrics
     default_reasoning_effort: str | None = None
-    special: Any = None  # server.chat_format.SpecialTokens, or the ValueError saying why not
+    special: Any = None  # chat.encoder.SpecialTokens, or the ValueError saying why not
     token_text_cache: dict[int, str] = field(default_factory=dict)
     drain: Any = None  # server.shutdown.Drain: `aborted` once shutdown cut the requests in flight
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.reasoning import ReasoningMode, resolve_reasoning
+from chat.reasoning import ReasoningMode, resolve_reasoning
 
 
 def reasoning_default_line(default_effort: str | None) -> str:

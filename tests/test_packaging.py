@@ -15,7 +15,7 @@ def test_every_subpackage_is_packaged():
     include = cfg["tool"]["setuptools"]["packages"]["find"]["include"]
     shipped = set(find_packages(str(ROOT), include=include))
     on_disk = {str(p.parent.relative_to(ROOT)).replace("/", ".") for p in ROOT.glob("*/**/__init__.py")
-               if p.parts[len(ROOT.parts)] in {"server", "engine", "kvcache", "kernels", "models", "bench"}}
+               if p.parts[len(ROOT.parts)] in {"server", "chat", "engine", "kvcache", "kernels", "models", "bench"}}
     assert on_disk and on_disk <= shipped, sorted(on_disk - shipped)
     assert not any(p.startswith("tests") for p in shipped)
 

@@ -17,7 +17,7 @@ from server_fixture import start_server
 from engine.async_engine import AsyncLLM
 from engine.config import EngineArgs
 from server.app import create_app
-from server.chat_format import SpecialTokens
+from chat.encoder import SpecialTokens
 
 MODEL = "v4-demo"
 USER = [{"role": "user", "content": "hi"}]

@@ -15,8 +15,8 @@ from real_server import (
     make_engine, raw_text, serve,
 )
 
-from server.chat_format import BOS, REASONING_EFFORT_MAX, encode_messages
-from server.output_parser import parse_completion
+from chat.encoder import BOS, REASONING_EFFORT_MAX, encode_messages
+from chat.output_parser import parse_completion
 
 
 # ---- basics --------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import jsonschema
 import pydantic
 from real_server import MODEL, TOOLS, USER, expect_error
 
-from server.chat_format import encode_messages
+from chat.encoder import encode_messages
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
                                            "days": {"type": "integer"},

@@ -3,7 +3,7 @@ of the DeepSeek-V4 HF repo, transcribed as strings) plus edge cases and validati
 
 import pytest
 
-from server.chat_format import SpecialTokens, encode_messages
+from chat.encoder import SpecialTokens, encode_messages
 
 BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 USER, ASSISTANT = "<｜User｜>", "<｜Assistant｜>"

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from server.chat_format import SpecialTokens
-from server.output_parser import StreamingParser, parse_completion
+from chat.encoder import SpecialTokens
+from chat.output_parser import StreamingParser, parse_completion
 
 EOS = "<｜end▁of▁sentence｜>"
 VOCAB = {"<｜begin▁of▁sentence｜>": 0, EOS: 1, "<｜User｜>": 128803, "<｜Assistant｜>": 128804,

@@ -7,7 +7,7 @@ import random
 
 from test_output_parser import SP, WEATHER, D, block, invoke
 
-from server.output_parser import StreamingParser, parse_completion
+from chat.output_parser import StreamingParser, parse_completion
 
 PING = invoke("ping", ("n", "false", "1"))
 # auto: text then a block; forced: the block right away (the tool-call grammar's output)

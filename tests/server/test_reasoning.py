@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.reasoning import ReasoningConfig, ReasoningMode, resolve_reasoning
+from chat.reasoning import ReasoningConfig, ReasoningMode, resolve_reasoning
 
 NON, HIGH, MAX = ReasoningMode.NON_THINK, ReasoningMode.THINK_HIGH, ReasoningMode.THINK_MAX
 

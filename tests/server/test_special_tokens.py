@@ -129,7 +129,7 @@ def test_completions_prompt_keeps_special_tokens(real, http):
 
 
 def test_segments_tokenize_like_the_whole_text_without_injection(real):
-    from server.chat_format import render_messages
+    from chat.encoder import render_messages
 
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there, 12 + 30?"},
             {"role": "assistant", "content": "42.", "reasoning_content": "add them",

@@ -8,7 +8,7 @@ import pytest
 
 from engine.guided.automaton import compile_dfa
 from engine.guided.tool_calls import DSML_SYMBOL, tool_calls_ast
-from server.chat_format import DSML, _render_tool_calls
+from chat.encoder import DSML, _render_tool_calls
 
 WEATHER = {"name": "get_weather", "parameters": {"type": "object", "properties": {
     "city": {"type": "string", "maxLength": 12}, "days": {"type": "integer", "minimum": 1, "maximum": 14},

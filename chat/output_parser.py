@@ -28,7 +28,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from server.chat_format import SpecialTokens
+from chat.encoder import SpecialTokens
 
 
 @dataclass
