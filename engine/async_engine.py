@@ -31,8 +31,9 @@ from typing import AsyncIterator, Callable
 from models.config import ModelConfig
 from models.loader import validate_checkpoint
 
+from .admission import admit
 from .config import EngineArgs
-from .errors import EngineDeadError, QueueFullError, RequestTooLongError
+from .errors import EngineDeadError
 from .guided.grammar import GuideCompiler
 from .llm_engine import EngineStats, LLMEngine
 from .outputs import OutputKind, RequestOutput
@@ -124,17 +125,14 @@ class AsyncLLM:
 
     # ---- requests ----------------------------------------------------------------------------
     def check_request(self, prompt_len: int, params: SamplingParams) -> None:
-        """Cheap admission checks done synchronously so HTTP can answer 400/429 before streaming."""
+        """The admission rule (engine/admission.py) on the last published counts, synchronously, so
+        HTTP can answer 400/429 before streaming; the engine thread decides again with live counts."""
         if self._dead is not None:
             raise EngineDeadError(f"the engine stopped after an internal error: {self._dead}")
-        if prompt_len == 0:
-            raise ValueError("the prompt is empty")
-        want = params.max_tokens if params.max_tokens is not None else 1
-        if prompt_len + want > self.max_model_len:
-            raise RequestTooLongError.for_lengths(self.max_model_len, prompt_len, params.max_tokens)
-        cap = self._args.max_queued_requests
-        if cap is not None and self._stats.num_waiting + self._num_pending_adds + params.n > cap:
-            raise QueueFullError(f"the server is overloaded: more than {cap} requests are waiting; retry later")
+        admit(prompt_len, params.max_tokens, params.n, max_model_len=self.max_model_len,
+              kv_capacity=self.engine.kv.capacity_tokens if self.engine is not None else None,
+              num_waiting=self._stats.num_waiting + self._num_pending_adds,
+              max_queued=self._args.max_queued_requests)
 
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
                        request_id: str, output_kind: OutputKind = OutputKind.CUMULATIVE

@@ -39,6 +39,7 @@ from typing import Iterable
 from kvcache.manager import KVCacheManager
 from kvcache.prefix_cache import PrefixHit
 
+from .admission import admit
 from .config import SchedulerConfig
 from .errors import QueueFullError, RequestTooLongError  # HTTP 429 / 400 (server/errors.py maps them)
 from .sequence import Sequence, SequenceStatus
@@ -82,14 +83,11 @@ class Scheduler:
 
     # ---- admission -------------------------------------------------------------------------
     def admit(self, prompt_len: int, max_tokens: int | None, n: int = 1) -> int:
-        """The admission decision for one request of `n` samples -> its max_tokens (None: the rest of
-        the context). Raises ValueError (empty prompt, max_tokens < 1), RequestTooLongError (past
-        max_model_len or what the KV cache holds) or QueueFullError (the cap counts waiting
-        sequences: a request of n samples needs n free places). LLMEngine.add_request calls it once,
-        then `enqueue`s the request's sequences."""
-        max_tokens = self._check_lengths(prompt_len, max_tokens)
-        self._check_queue(n)
-        return max_tokens
+        """The admission decision (engine/admission.py) with the live queue -> the request's max_tokens.
+        LLMEngine.add_request calls it once, then `enqueue`s the request's sequences."""
+        return admit(prompt_len, max_tokens, n, max_model_len=self.config.max_model_len,
+                     kv_capacity=self.kv.capacity_tokens, num_waiting=len(self.waiting),
+                     max_queued=self.config.max_queued_requests)
 
     def add(self, seq: Sequence) -> None:
         self.add_request([seq])
@@ -99,8 +97,7 @@ class Scheduler:
         before any is added)."""
         seqs = list(seqs)
         for seq in seqs:
-            self._check_lengths(seq.num_prompt_tokens, seq.max_tokens)
-        self._check_queue(len(seqs))
+            self.admit(seq.num_prompt_tokens, seq.max_tokens, len(seqs))
         self.enqueue(seqs)
 
     def enqueue(self, seqs: Iterable[Sequence]) -> None:
@@ -120,36 +117,6 @@ class Scheduler:
             self._by_request.setdefault(seq.request_id, []).append(seq.seq_id)
             self._priority[seq.seq_id] = (seq.arrival_time, next(self._counter))
             self.waiting.append(seq)
-
-    def _check_lengths(self, num_prompt: int, num_out: int | None) -> int:
-        max_len = self.config.max_model_len
-        if num_prompt == 0:
-            raise ValueError("the prompt is empty")
-        if num_out is None:  # the rest of the context
-            if num_prompt >= max_len:
-                raise RequestTooLongError.for_lengths(max_len, num_prompt, None)
-            num_out = max_len - num_prompt
-        if num_out < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {num_out}")
-        total = num_prompt + num_out
-        if total > max_len:
-            raise RequestTooLongError.for_lengths(max_len, num_prompt, num_out)
-        cap = self.kv.capacity_tokens
-        if total > cap:
-            raise RequestTooLongError(
-                f"The KV cache can hold at most {cap} tokens. However, you requested {total} tokens "
-                f"({num_prompt} in the messages, {num_out} in the completion). "
-                "Please reduce the length of the messages or completion."
-            )
-        return num_out
-
-    def _check_queue(self, n: int) -> None:
-        cap = self.config.max_queued_requests
-        if cap is not None and len(self.waiting) + n > cap:
-            raise QueueFullError(
-                f"the server is overloaded: {len(self.waiting)} sequences are already waiting "
-                f"(max_queued_requests={cap}); retry later"
-            )
 
     # ---- one step --------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:

@@ -88,7 +88,7 @@ class RequestIdAuthMiddleware:
 
 
 def create_app(engine, *, served_model_name: str, api_key: str | None = None,
-               default_reasoning_effort: str | None = None, max_queued_requests: int | None = None,
+               default_reasoning_effort: str | None = None,
                on_engine_failure=None, on_engine_ready=None,
                max_request_body_bytes: int | None = DEFAULT_MAX_REQUEST_BODY_BYTES,
                shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S) -> FastAPI:
@@ -161,9 +161,6 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
     def check_capacity() -> None:
         if not engine.is_ready:
             raise APIError(503, unavailable_reason())
-        if max_queued_requests is not None and engine.stats().num_waiting >= max_queued_requests:
-            raise APIError(429, "server is overloaded: request queue is full, retry later",
-                           headers={"Retry-After": "1"})
 
     @app.post("/v1/chat/completions", responses=responses(ChatCompletionResponse, stream=True))
     async def chat_completions(req: ChatCompletionRequest, raw_request: Request):

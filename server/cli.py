@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--block-size", type=int, default=None,
                    help="tokens per KV block (a multiple of every compression ratio; default: smallest >= 64)")
     s.add_argument("--max-queued-requests", type=int, default=None,
-                   help="waiting requests beyond this are refused with HTTP 429 (default: unbounded)")
+                   help="waiting sequences (n per request) beyond this are refused with HTTP 429 (default: unbounded)")
     s.add_argument("--default-reasoning-effort", default=None, choices=_EFFORTS,
                    help="reasoning mode when a request names none: none = Non-Think (thinking off), high = Think "
                         "High, max = Think Max (default: high, thinking on, as DeepSeek's API)")
@@ -155,7 +155,7 @@ def serve(ns: argparse.Namespace) -> int:
 
     app = create_app(engine, served_model_name=name, api_key=ns.api_key,
                      default_reasoning_effort=ns.default_reasoning_effort,
-                     max_queued_requests=ns.max_queued_requests, on_engine_failure=engine_failed,
+                     on_engine_failure=engine_failed,
                      on_engine_ready=engine_ready, max_request_body_bytes=ns.max_request_body_bytes,
                      shutdown_timeout=ns.shutdown_timeout)
     log.info("serving %s on http://%s:%d (loading the model: /health answers 503 until it is ready)",

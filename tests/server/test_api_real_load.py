@@ -103,7 +103,7 @@ def test_metrics_names_and_counts(http):
 
 def test_queue_full_429(demo_dir):
     engine = make_engine(demo_dir, max_num_seqs=1, max_queued_requests=1, kv_cache_memory=16 << 20)
-    base_url, stop = serve(engine, max_queued_requests=1)
+    base_url, stop = serve(engine)  # the cap is the engine's only: one admission point
     long = {"max_tokens": 300, "ignore_eos": True, "stream": True}
     release, second = threading.Event(), []
 
