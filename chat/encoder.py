@@ -105,10 +105,6 @@ class SpecialTokens:
     def tool_calls_start(self) -> str:
         return f"<{self.dsml}tool_calls>"
 
-    @property
-    def tool_calls_end(self) -> str:
-        return f"</{self.dsml}tool_calls>"
-
 
 def _to_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)

@@ -39,6 +39,13 @@ class ReasoningConfig:
         """Value for `encode_messages(thinking=...)` and the output parsers."""
         return self.mode is not ReasoningMode.NON_THINK
 
+    def budget_params(self, think_end_id: int) -> dict[str, int]:
+        """SamplingParams fields of the thinking budget (empty without one): the sampler forces
+        `</think>` (think_end_id) after budget_tokens reasoning tokens."""
+        if not self.thinking or self.budget_tokens is None:
+            return {}
+        return {"thinking_budget": self.budget_tokens, "thinking_end_token_id": think_end_id}
+
     @property
     def encoder_effort(self) -> str | None:
         """Value for `encode_messages(reasoning_effort=...)`: "max", "high" or None."""

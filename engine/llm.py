@@ -71,7 +71,7 @@ class LLM:
                                                                   reasoning_effort=rc.encoder_effort, tools=tools))
                    for c in convs]
         p = params or SamplingParams(max_tokens=256)
-        if rc.budget_tokens is not None:
-            p = p.with_updates(thinking_budget=rc.budget_tokens,
-                               thinking_end_token_id=SpecialTokens.from_tokenizer(self.tokenizer).think_end_id)
+        budget = rc.budget_params(SpecialTokens.from_tokenizer(self.tokenizer).think_end_id)
+        if budget:
+            p = p.with_updates(**budget)
         return self.generate(prompts, p)

@@ -2,7 +2,8 @@
 
 Unknown fields are ignored, as OpenAI and vLLM do, and logged at warning with their names the first
 time each name is seen (`warn_unknown_fields`). Fields that we recognise but cannot honour
-(legacy `functions`, audio, grammar/JSON guided decoding, `suffix`, ...) are rejected with a 400
+(legacy `functions`, audio, `guided_grammar`, `suffix`, ...; JSON / regex / choice guided decoding is
+supported, server/guided_request.py) are rejected with a 400
 that names the parameter: `check_supported()` raises `InvalidRequest` for them. Nothing a client
 sends is silently dropped when it would change the output.
 """
@@ -266,8 +267,7 @@ class ChatCompletionRequest(SamplingFields):
     continue_final_message: bool = False  # vLLM: the reply continues the last (assistant) message
 
     def check_supported(self) -> None:
-        super().check_supported()
-        check_continue_final(self)
+        super().check_supported()  # continue_final_message: checked where the prompt is rendered
         if self.top_logprobs is not None and not self.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs=true", param="top_logprobs")
         choice = self.tool_choice

@@ -31,17 +31,23 @@ from server.serving_common import (SSE_DONE, ServerState, chat_logprobs, collect
                                    new_id, prompt_logprobs_json, sse)
 
 _TEMPLATE_KWARGS = {"thinking", "enable_thinking", "reasoning_effort", "drop_thinking"}
+_UNRESOLVED = object()  # tokenize_chat: the caller did not resolve the request's tools
 
 
-def render_chat_prompt(state: ServerState, req: Any) -> tuple[list[Segment], ReasoningConfig]:
+def _tools(req: Any) -> list[dict] | None:
+    """The tools a chat (or /tokenize) request offers the model; None: no tool use."""
+    if isinstance(req, ChatCompletionRequest):
+        return req.active_tools()
+    return [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
+
+
+def render_chat_prompt(state: ServerState, req: Any, tools: list[dict] | None) -> tuple[list[Segment], ReasoningConfig]:
     """Prompt segments (`chat.encoder.render_messages`) and reasoning mode for a chat request."""
     kwargs = req.chat_template_kwargs or {}
     unknown = sorted(set(kwargs) - _TEMPLATE_KWARGS)
     if unknown:
         raise InvalidRequest(f"unsupported chat_template_kwargs: {', '.join(unknown)}", param="chat_template_kwargs")
     reasoning = resolve_reasoning(req.reasoning_effort, req.thinking, kwargs, state.default_reasoning_effort)
-    tools = req.active_tools() if isinstance(req, ChatCompletionRequest) else (
-        [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None)
     drop = kwargs.get("drop_thinking", True)
     if not isinstance(drop, bool):
         raise InvalidRequest("chat_template_kwargs.drop_thinking must be a boolean", param="chat_template_kwargs")
@@ -59,11 +65,13 @@ def render_chat_prompt(state: ServerState, req: Any) -> tuple[list[Segment], Rea
     return segments, reasoning
 
 
-def tokenize_chat(state: ServerState, req: Any, limit: int | None = None) -> tuple[str, list[int], ReasoningConfig]:
-    """Prompt text, prompt token ids and reasoning mode of a chat request (also used by /tokenize).
+def tokenize_chat(state: ServerState, req: Any, limit: int | None = None,
+                  tools: Any = _UNRESOLVED) -> tuple[str, list[int], ReasoningConfig]:
+    """Prompt text, prompt token ids and reasoning mode of a chat request (also used by /tokenize;
+    `tools`: the request's active tools when the caller resolved them, else resolved here).
     Message content is never tokenized into special tokens: only the template places them. A prompt
     of more than `limit` tokens raises `TooManyTokens` (its ids are never built)."""
-    segments, reasoning = render_chat_prompt(state, req)
+    segments, reasoning = render_chat_prompt(state, req, _tools(req) if tools is _UNRESOLVED else tools)
     ids = state.engine.tokenizer.encode_segments(segments, limit)
     return "".join(text for text, _ in segments), ids, reasoning
 
@@ -100,10 +108,9 @@ class _ReasoningCount:
             self.num += len(token_ids)
 
 
-def _forced_tool_calls(req: ChatCompletionRequest) -> dict[str, Any] | None:
+def _forced_tool_calls(req: ChatCompletionRequest, tools: list[dict] | None) -> dict[str, Any] | None:
     """The tool-call grammar spec for tool_choice "required" (one or more calls, one if
     parallel_tool_calls is false) or a named function (exactly one call of it); None otherwise."""
-    tools = req.active_tools()
     if tools is None or req.tool_choice in (None, "none", "auto"):
         return None
     one_call = isinstance(req.tool_choice, NamedToolChoice) or req.parallel_tool_calls is False
@@ -115,7 +122,8 @@ def _finish_reason(reason: str | None, has_tool_calls: bool) -> str | None:
 
 
 class _Ctx:
-    """Per-request constants shared by the streaming and non-streaming paths."""
+    """The plan of one chat request, resolved once (prompt ids, reasoning mode, tools, guide, sampling
+    params) and shared by the streaming and non-streaming paths."""
 
     def __init__(self, state: ServerState, req: ChatCompletionRequest, raw_request: Request) -> None:
         req.check_supported()
@@ -123,36 +131,36 @@ class _Ctx:
         self.state, self.req, self.raw_request = state, req, raw_request
         self.special = _special(state)
         engine = state.engine
+        self.tools = tools = req.active_tools()  # None: no tool use
         try:  # without truncation a prompt must leave room for one generated token
             limit = None if req.truncate_prompt_tokens is not None else engine.max_model_len - 1
-            _, prompt_ids, self.reasoning = tokenize_chat(state, req, limit)
+            _, prompt_ids, self.reasoning = tokenize_chat(state, req, limit, tools)
         except TooManyTokens as e:
             raise RequestTooLongError.for_lengths(engine.max_model_len, e.num_tokens,
                                                   req.max_completion_tokens or req.max_tokens) from None
         self.prompt_ids = req.truncate_prompt(prompt_ids, engine.max_model_len)
         self.guided_param = guided_param(req)
         is_choice = guided_kwargs(req).get("guided_choice") is not None or req.guided_choice is not None
-        if is_choice and (self.reasoning.thinking or req.active_tools() is not None):
+        if is_choice and (self.reasoning.thinking or tools is not None):
             raise InvalidRequest("guided_choice constrains the whole reply: use it with thinking off "
                                  "(reasoning_effort 'none') and without tools", param=self.guided_param)
-        if self.guided_param is not None and req.active_tools() is not None:
+        if self.guided_param is not None and tools is not None:
             raise InvalidRequest(f"{self.guided_param} decides the reply's text: it cannot be combined with tools "
                                  "(set tool_choice 'none' or drop the tools)", param=self.guided_param)
         extra: dict[str, Any] = {"skip_special_tokens": False}
-        forced = _forced_tool_calls(req)
+        forced = _forced_tool_calls(req, tools)
         self.forced = forced is not None  # the reply is only tool-call markup: never content
         if forced is not None:  # the reply is exactly a DSML block calling the allowed function(s)
             extra["guided_tool_calls"] = forced
             self.guided_param = "tool_choice"
         if self.guided_param is not None and not is_choice and self.reasoning.thinking:
             extra["guided_start_token_id"] = self.special.think_end_id  # the grammar shapes the content
-        if self.reasoning.thinking and self.reasoning.budget_tokens is not None:
-            extra.update(thinking_budget=self.reasoning.budget_tokens, thinking_end_token_id=self.special.think_end_id)
+        extra.update(self.reasoning.budget_params(self.special.think_end_id))
         self.params = req.to_sampling_params(prompt_len=len(self.prompt_ids), max_model_len=engine.max_model_len,
                                              **extra)
         self.raw = not req.skip_special_tokens
         self.parse = not self.raw
-        self.tools_active = req.active_tools() is not None
+        self.tools_active = tools is not None
         self.request_id = new_id("chatcmpl")
         self.created = int(time.time())
         self.top_k = (req.top_logprobs or 0) if req.logprobs else 0
