@@ -8,16 +8,16 @@ decides admission.
 
 from __future__ import annotations
 
-from .errors import QueueFullError, RequestTooLongError
+from .errors import EmptyPromptError, QueueFullError, RequestTooLongError
 
 
 def admit(prompt_len: int, max_tokens: int | None, n: int, *, max_model_len: int, kv_capacity: int | None,
           num_waiting: int, max_queued: int | None) -> int:
-    """-> the request's max_tokens (None: the rest of the context). Raises ValueError (empty prompt,
-    max_tokens < 1), RequestTooLongError (past max_model_len, or more than the KV cache holds) or
+    """-> the request's max_tokens (None: the rest of the context). Raises EmptyPromptError (a ValueError),
+    ValueError (max_tokens < 1), RequestTooLongError (past max_model_len, or more than the KV cache holds) or
     QueueFullError (the cap counts waiting sequences: n samples need n places)."""
     if prompt_len == 0:
-        raise ValueError("the prompt is empty")
+        raise EmptyPromptError("the prompt is empty")
     if max_tokens is None:  # the rest of the context
         if prompt_len >= max_model_len:
             raise RequestTooLongError.for_lengths(max_model_len, prompt_len, None)

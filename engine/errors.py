@@ -17,6 +17,18 @@ class RequestTooLongError(ValueError):
                    f"Please reduce the length of the messages or completion.")
 
 
+class EmptyPromptError(ValueError):
+    """The request has no prompt tokens (HTTP 400 naming the route's prompt field)."""
+
+
+class InvalidParameter(ValueError):
+    """A sampling parameter has an invalid value; `param` names it (None: a combination of several)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class QueueFullError(Exception):
     """Admission control refused the request because the waiting queue is full (HTTP 429)."""
 

@@ -3,8 +3,10 @@
 This file only describes and checks the knobs. Applying them is the job of `engine/sampler.py` (logits
 side: penalties, temperature, top-k/top-p/min-p, min_tokens masks, forced thinking end), of the
 engine's per-token stop rules (`engine/sequence.py` token_stop / reached_length: EOS, stop token ids,
-max_tokens) and of the detokenizer (stop strings). Every invalid value raises
-`ValueError` whose message names the parameter, so the HTTP layer can turn it into a 400.
+max_tokens) and of the detokenizer (stop strings). Every invalid value raises `InvalidParameter`
+(a ValueError) whose message starts with the parameter's name and whose `param` holds it, so the
+HTTP layer can turn it into a 400 naming the field. This is the one place sampling values are checked
+(the request models only parse types and shapes).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from .errors import InvalidParameter
 
 MAX_LOGPROBS = 20  # most top-k logprobs a request may ask for (per generated or prompt token)
 GREEDY_EPS = 1e-5  # temperature below this samples greedily (vLLM's _SAMPLING_EPS)
@@ -82,7 +86,17 @@ class SamplingParams:
     guide: Any = None
 
     def __post_init__(self) -> None:
-        # normalize accepted shorthands before validating
+        try:
+            self._normalize()
+            self._validate()
+        except InvalidParameter:
+            raise
+        except ValueError as e:  # every message starts with the parameter it is about
+            first = str(e).split(" ", 1)[0]
+            raise InvalidParameter(str(e), first if first in _FIELDS else None) from None
+
+    def _normalize(self) -> None:
+        """Accepted shorthands -> the canonical types (str stop -> list, "token id" keys -> int, ...)."""
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         elif self.stop is None:
@@ -111,7 +125,6 @@ class SamplingParams:
             self.bad_words = []
         elif isinstance(self.bad_words, (list, tuple)):
             self.bad_words = list(self.bad_words)
-        self._validate()
 
     def _validate(self) -> None:
         def need_int(name: str, lo: int | None = None, optional: bool = False) -> None:
@@ -248,3 +261,6 @@ class SamplingParams:
         if unknown:
             raise ValueError(f"unknown sampling parameter(s): {', '.join(unknown)}")
         return dataclasses.replace(self.clone(), **changes)
+
+
+_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams))

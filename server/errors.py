@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.errors import EngineDeadError, QueueFullError, RequestTooLongError
+from engine.errors import EmptyPromptError, EngineDeadError, QueueFullError, RequestTooLongError
 
 logger = logging.getLogger("v4serve.server")
 
@@ -70,7 +70,7 @@ def to_api_error(exc: BaseException, path: str | None = None) -> APIError:
     """Classify any exception raised while serving a request (`path`: the route, when known)."""
     if isinstance(exc, APIError):
         return exc
-    if isinstance(exc, RequestTooLongError):
+    if isinstance(exc, (RequestTooLongError, EmptyPromptError)):
         return APIError(400, str(exc), param=prompt_param(path))
     if isinstance(exc, QueueFullError):
         return APIError(429, str(exc) or "server is overloaded: request queue is full, retry later",

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.errors import RequestTooLongError
+from engine.errors import InvalidParameter
 from engine.sampling_params import SamplingParams
 from server.errors import InvalidRequest
 from server.guided_request import guided_kwargs
@@ -185,6 +185,9 @@ class SamplingFields(OpenAIBaseModel):
     prompt_logprobs: int | None = Field(None, ge=0, le=20)  # vLLM: top-k logprobs per prompt token
 
     def check_supported(self) -> None:
+        """Parameters this server does not implement, and combinations of request fields. Sampling values
+        are checked by `SamplingParams` (`sampling_params`), admission (empty prompt, context length,
+        queue) by engine/admission.py."""
         extra = self.model_extra or {}
         for name in _UNSUPPORTED:
             if _is_set(extra.get(name)):
@@ -192,25 +195,8 @@ class SamplingFields(OpenAIBaseModel):
         modalities = extra.get("modalities")
         if modalities is not None and list(modalities) != ["text"]:
             raise InvalidRequest("only modalities=['text'] is supported", param="modalities")
-        for tok, bias in (self.logit_bias or {}).items():
-            if not str(tok).isdigit():
-                raise InvalidRequest(f"logit_bias keys must be token ids, got {tok!r}", param="logit_bias")
-            if not -100.0 <= bias <= 100.0:
-                raise InvalidRequest(f"logit_bias values must be in [-100, 100], got {bias} for token {tok}",
-                                     param="logit_bias")
-        if self.guided_choice is not None and (not self.guided_choice or not all(self.guided_choice)):
-            raise InvalidRequest("guided_choice must be a non-empty list of non-empty strings", param="guided_choice")
-        if self.guided_choice is not None and (self.ignore_eos or self.min_tokens):
-            raise InvalidRequest("guided_choice cannot be combined with ignore_eos or min_tokens", param="guided_choice")
-        if self.bad_words is not None and not all(w.strip() for w in self.bad_words):
-            raise InvalidRequest("bad_words must be non-empty strings", param="bad_words")
-        if self.allowed_token_ids is not None and (not self.allowed_token_ids or min(self.allowed_token_ids) < 0):
-            raise InvalidRequest("allowed_token_ids must be a non-empty list of token ids", param="allowed_token_ids")
         if self.stream_options is not None and not self.stream:
             raise InvalidRequest("stream_options is only allowed when stream is true", param="stream_options")
-        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
-        if any(s == "" for s in stops):
-            raise InvalidRequest("stop strings must be non-empty", param="stop")
         if self.prompt_logprobs is not None and self.stream:
             raise InvalidRequest("prompt_logprobs is not available when stream is true", param="prompt_logprobs")
         if self.truncate_prompt_tokens == 0:
@@ -245,6 +231,14 @@ class SamplingFields(OpenAIBaseModel):
             kw["logit_bias"] = dict(self.logit_bias)  # "token id" string keys; SamplingParams converts them
         kw.update(guided_kwargs(self))
         return kw
+
+    def sampling_params(self, kw: dict[str, Any]) -> SamplingParams:
+        """`SamplingParams(**kw)`; its InvalidParameter becomes a 400 naming the field when the client
+        sent a field of that name (a value the server derived, e.g. from response_format, names none)."""
+        try:
+            return SamplingParams(**kw)
+        except InvalidParameter as e:
+            raise InvalidRequest(str(e), param=e.param if e.param in self.model_fields_set else None) from None
 
 
 def _is_set(value: Any) -> bool:
@@ -291,13 +285,14 @@ class ChatCompletionRequest(SamplingFields):
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.to_dict(i) for i, m in enumerate(self.messages)]
 
-    def to_sampling_params(self, *, prompt_len: int, max_model_len: int, **engine_kw: Any) -> SamplingParams:
+    def to_sampling_params(self, **engine_kw: Any) -> SamplingParams:
+        """max_tokens None (not set) = the rest of the context, resolved at admission (engine/admission.py)."""
         kw = self.common_sampling_kwargs()
-        kw["max_tokens"] = fit_max_tokens(self.max_completion_tokens or self.max_tokens, prompt_len, max_model_len)
+        kw["max_tokens"] = self.max_completion_tokens or self.max_tokens
         if self.logprobs:
             kw["logprobs"] = self.top_logprobs or 0
         kw.update(engine_kw)
-        return SamplingParams(**kw)
+        return self.sampling_params(kw)
 
 
 class CompletionRequest(SamplingFields):
@@ -315,8 +310,6 @@ class CompletionRequest(SamplingFields):
             raise InvalidRequest("suffix is not supported by this server", param="suffix")
         if self.best_of is not None and self.best_of != self.n:
             raise InvalidRequest("best_of different from n is not supported", param="best_of")
-        if isinstance(self.prompt, list) and len(self.prompt) == 0:
-            raise InvalidRequest("prompt must not be empty", param="prompt")
         if self.stream and self.echo and self.logprobs is not None:
             raise InvalidRequest("echo with logprobs is not supported when streaming", param="echo")
 
@@ -329,15 +322,16 @@ class CompletionRequest(SamplingFields):
             return [list(p)]
         return list(p)
 
-    def to_sampling_params(self, *, prompt_len: int, max_model_len: int, **engine_kw: Any) -> SamplingParams:
+    def to_sampling_params(self, **engine_kw: Any) -> SamplingParams:
+        """max_tokens null = the rest of the context, resolved at admission (engine/admission.py)."""
         kw = self.common_sampling_kwargs()
-        kw["max_tokens"] = fit_max_tokens(self.max_tokens, prompt_len, max_model_len)
+        kw["max_tokens"] = self.max_tokens
         if self.logprobs is not None:
             kw["logprobs"] = self.logprobs
             if self.echo:
                 kw["prompt_logprobs"] = max(kw.get("prompt_logprobs") or 0, self.logprobs)
         kw.update(engine_kw)
-        return SamplingParams(**kw)
+        return self.sampling_params(kw)
 
 
 def check_continue_final(req: Any) -> None:
@@ -350,17 +344,6 @@ def check_continue_final(req: Any) -> None:
     if not req.messages or req.messages[-1].role != "assistant":
         raise InvalidRequest("continue_final_message needs the last message to be from the assistant",
                              param="continue_final_message")
-
-
-def fit_max_tokens(max_tokens: int | None, prompt_len: int, max_model_len: int) -> int:
-    """Requested completion length, or whatever the context has left; raises the vLLM too-long error."""
-    if prompt_len >= max_model_len:
-        raise RequestTooLongError.for_lengths(max_model_len, prompt_len, max_tokens)
-    if max_tokens is None:
-        return max_model_len - prompt_len
-    if prompt_len + max_tokens > max_model_len:
-        raise RequestTooLongError.for_lengths(max_model_len, prompt_len, max_tokens)
-    return max_tokens
 
 
 class TokenizeRequest(OpenAIBaseModel):

@@ -156,8 +156,7 @@ class _Ctx:
         if self.guided_param is not None and not is_choice and self.reasoning.thinking:
             extra["guided_start_token_id"] = self.special.think_end_id  # the grammar shapes the content
         extra.update(self.reasoning.budget_params(self.special.think_end_id))
-        self.params = req.to_sampling_params(prompt_len=len(self.prompt_ids), max_model_len=engine.max_model_len,
-                                             **extra)
+        self.params = req.to_sampling_params(**extra)  # lengths: checked at admission (engine/admission.py)
         self.raw = not req.skip_special_tokens
         self.parse = not self.raw
         self.tools_active = tools is not None

@@ -43,12 +43,10 @@ def _prepare(state: ServerState, req: CompletionRequest, base_id: str) -> list[_
             if bad:
                 raise InvalidRequest(f"token id {bad[0]} is out of range [0, {tok.vocab_size})", param="prompt")
             ids, text = list(p), tok.decode(p, skip_special_tokens=False)
-        if not ids:
-            raise InvalidRequest("prompt must not be empty", param="prompt")
         kept = req.truncate_prompt(ids, engine.max_model_len)
         if len(kept) < len(ids):  # echo shows what the model saw
             ids, text = kept, tok.decode(kept, skip_special_tokens=False)
-        params = req.to_sampling_params(prompt_len=len(ids), max_model_len=engine.max_model_len)
+        params = req.to_sampling_params()  # admission (engine/admission.py) checks lengths
         prompts.append(_Prompt(text, ids, f"{base_id}-{i}", params))
     return prompts
 

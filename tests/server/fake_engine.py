@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from engine.errors import QueueFullError, RequestTooLongError
+from engine.admission import admit
+from engine.errors import QueueFullError
 from engine.outputs import CompletionOutput, OutputKind, RequestOutput
 from engine.tokenizer import Tokenizer
 
@@ -102,8 +103,8 @@ class FakeAsyncLLM:
         final_only, delta = output_kind is OutputKind.FINAL_ONLY, output_kind is OutputKind.DELTA
         sent_tokens, sent_text = [0] * params.n, [0] * params.n  # delta: what earlier outputs carried
         arrival = time.monotonic()
-        if params.max_tokens is not None and len(prompt_ids) + params.max_tokens > self.max_model_len:
-            raise RequestTooLongError.for_lengths(self.max_model_len, len(prompt_ids), params.max_tokens)
+        max_tokens = admit(len(prompt_ids), params.max_tokens, params.n, max_model_len=self.max_model_len,
+                           kv_capacity=None, num_waiting=0, max_queued=None)  # the real admission rule
         if self.queue_full:
             raise QueueFullError("request queue is full")
         if params.stop or params.stop_token_ids:  # the real demo engine is cheap: test_api_real_* cover these
@@ -133,7 +134,7 @@ class FakeAsyncLLM:
                     o.text = tok.decode(ids, skip_special_tokens=params.skip_special_tokens)
                     if tid == tok.eos_token_id and not params.ignore_eos:
                         o.finish_reason = "stop"
-                    elif len(o.token_ids) >= params.max_tokens:
+                    elif len(o.token_ids) >= max_tokens:
                         o.finish_reason = "length"
                 self._stats.generation_tokens_total += len(outs)
                 metrics.setdefault("first_token", time.monotonic())

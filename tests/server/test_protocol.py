@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import RequestTooLongError
+from engine.admission import admit
 from server.errors import InvalidRequest
-from server.protocol import ChatCompletionRequest, CompletionRequest, fit_max_tokens
+from server.protocol import ChatCompletionRequest, CompletionRequest
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -26,22 +27,30 @@ def test_unknown_fields_ignored_known_unsupported_rejected():
 def test_sampling_params_mapping():
     req = ChatCompletionRequest(messages=USER, max_completion_tokens=7, temperature=0.5, stop="END", top_k=5,
                                 logprobs=True, top_logprobs=3, n=2)
-    sp = req.to_sampling_params(prompt_len=10, max_model_len=100)
+    sp = req.to_sampling_params()
     assert (sp.max_tokens, sp.temperature, sp.stop, sp.top_k, sp.logprobs, sp.n) == (7, 0.5, ["END"], 5, 3, 2)
-    assert ChatCompletionRequest(messages=USER).to_sampling_params(prompt_len=10, max_model_len=100).max_tokens == 90
-    sp = CompletionRequest(prompt="x", logprobs=2, echo=True).to_sampling_params(prompt_len=3, max_model_len=100)
+    assert ChatCompletionRequest(messages=USER).to_sampling_params().max_tokens is None  # admission fills the context
+    sp = CompletionRequest(prompt="x", logprobs=2, echo=True).to_sampling_params()
     assert (sp.max_tokens, sp.logprobs, sp.prompt_logprobs) == (16, 2, 2)
-    with pytest.raises(ValueError):
-        ChatCompletionRequest(messages=USER, min_tokens=50, max_tokens=5).to_sampling_params(
-            prompt_len=1, max_model_len=100)
+    with pytest.raises(InvalidRequest) as e:  # SamplingParams checks the value, the 400 names the field
+        ChatCompletionRequest(messages=USER, min_tokens=50, max_tokens=5).to_sampling_params()
+    assert e.value.param == "min_tokens"
+    with pytest.raises(InvalidRequest) as e:
+        CompletionRequest(prompt="x", stop=["a", ""]).to_sampling_params()
+    assert e.value.param == "stop"
+    with pytest.raises(InvalidRequest) as e:  # a value the server derived names no field
+        ChatCompletionRequest(messages=USER).to_sampling_params(thinking_budget=3)
+    assert e.value.param is None
 
 
-def test_fit_max_tokens_wording():
-    assert fit_max_tokens(None, 10, 100) == 90
+def test_admission_resolves_max_tokens_with_the_vllm_wording():
+    """The server leaves max_tokens to admission (engine/admission.py): None fills the context."""
+    kw = dict(max_model_len=100, kv_capacity=None, num_waiting=0, max_queued=None)
+    assert admit(10, None, 1, **kw) == 90
     with pytest.raises(RequestTooLongError, match="maximum context length is 100 tokens.*60 in the messages, 50"):
-        fit_max_tokens(50, 60, 100)
+        admit(60, 50, 1, **kw)
     with pytest.raises(RequestTooLongError, match="maximum context length"):
-        fit_max_tokens(None, 100, 100)
+        admit(100, None, 1, **kw)
 
 
 def test_tool_choice_rules():
