@@ -28,7 +28,8 @@ from server.openapi import (ChatCompletionResponse, CompletionResponse, Detokeni
 from server.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
                              warn_unknown_fields)
 from server.request_log import ErrorLogMiddleware
-from server.serving_chat import create_chat_completion, tokenize_chat
+from server.chat_plan import tokenize_chat
+from server.serving_chat import create_chat_completion
 from server.serving_common import ServerState
 from server.serving_completion import create_completion
 from server.shutdown import DEFAULT_SHUTDOWN_TIMEOUT_S, Drain, DrainMiddleware

@@ -10,7 +10,9 @@ its reasoning. Tool calls and a grammar do not mix (both decide the reply's text
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from engine.sampling_params import SamplingParams
 from server.errors import InvalidRequest
@@ -29,9 +31,30 @@ def guided_param(req: Any) -> str | None:
     return asks[0] if asks else None
 
 
-def guided_kwargs(req: Any) -> dict[str, Any]:
-    """SamplingParams fields for the request's grammar (guided_choice is passed on by the caller)."""
+@dataclass(frozen=True)
+class GuideSpec:
+    """The structured output one request asks for, resolved once (`resolve_guide`)."""
+
+    param: str | None = None  # the request field that asked for it (named in a 400); None: no grammar
+    # the SamplingParams guided_* fields it sets (guided_json / _regex / _choice / _json_object / _tool_calls)
+    fields: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def is_choice(self) -> bool:
+        """guided_choice: the grammar is the whole reply (no reasoning, no tools)."""
+        return "guided_choice" in self.fields
+
+
+def resolve_guide(req: Any) -> GuideSpec:
+    """The request's structured-output parameters -> one GuideSpec (more than one is a 400)."""
     param = guided_param(req)
+    return GuideSpec(param, MappingProxyType(_guided_fields(req, param)))
+
+
+def _guided_fields(req: Any, param: str | None) -> dict[str, Any]:
+    """SamplingParams fields for the request's grammar."""
+    if param == "guided_choice":
+        return {"guided_choice": req.guided_choice}
     if param == "guided_json":
         return {"guided_json": req.guided_json}
     if param == "guided_regex":

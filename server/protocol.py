@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.errors import InvalidParameter
 from engine.sampling_params import SamplingParams
 from server.errors import InvalidRequest
-from server.guided_request import guided_kwargs
+from server.guided_request import GuideSpec, resolve_guide
 from server.request_schema import EFFORTS, TEMPLATE_KWARGS, THINKING, doc, message_variants, prompt_or_messages
 
 
@@ -217,19 +217,19 @@ class SamplingFields(OpenAIBaseModel):
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
-    def common_sampling_kwargs(self) -> dict[str, Any]:
-        """Only the fields the client set; `SamplingParams` supplies its own defaults for the rest."""
+    def common_sampling_kwargs(self, guide: GuideSpec | None) -> dict[str, Any]:
+        """Only the fields the client set; `SamplingParams` supplies its own defaults for the rest.
+        `guide`: the request's resolved structured output (None: resolved here)."""
         kw: dict[str, Any] = {"n": self.n, "stop": self.stop_list(), "skip_special_tokens": self.skip_special_tokens}
         for name in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty", "top_k", "min_p",
                      "repetition_penalty", "min_tokens", "ignore_eos", "stop_token_ids",
-                     "include_stop_str_in_output", "allowed_token_ids", "bad_words", "guided_choice",
-                     "prompt_logprobs"):
+                     "include_stop_str_in_output", "allowed_token_ids", "bad_words", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None:
                 kw[name] = value
         if self.logit_bias:
             kw["logit_bias"] = dict(self.logit_bias)  # "token id" string keys; SamplingParams converts them
-        kw.update(guided_kwargs(self))
+        kw.update((guide if guide is not None else resolve_guide(self)).fields)
         return kw
 
     def sampling_params(self, kw: dict[str, Any]) -> SamplingParams:
@@ -285,9 +285,9 @@ class ChatCompletionRequest(SamplingFields):
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.to_dict(i) for i, m in enumerate(self.messages)]
 
-    def to_sampling_params(self, **engine_kw: Any) -> SamplingParams:
+    def to_sampling_params(self, guide: GuideSpec | None = None, **engine_kw: Any) -> SamplingParams:
         """max_tokens None (not set) = the rest of the context, resolved at admission (engine/admission.py)."""
-        kw = self.common_sampling_kwargs()
+        kw = self.common_sampling_kwargs(guide)
         kw["max_tokens"] = self.max_completion_tokens or self.max_tokens
         if self.logprobs:
             kw["logprobs"] = self.top_logprobs or 0
@@ -322,9 +322,9 @@ class CompletionRequest(SamplingFields):
             return [list(p)]
         return list(p)
 
-    def to_sampling_params(self, **engine_kw: Any) -> SamplingParams:
+    def to_sampling_params(self, guide: GuideSpec | None = None, **engine_kw: Any) -> SamplingParams:
         """max_tokens null = the rest of the context, resolved at admission (engine/admission.py)."""
-        kw = self.common_sampling_kwargs()
+        kw = self.common_sampling_kwargs(guide)
         kw["max_tokens"] = self.max_tokens
         if self.logprobs is not None:
             kw["logprobs"] = self.logprobs

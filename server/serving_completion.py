@@ -16,7 +16,7 @@ from engine.errors import RequestTooLongError
 from engine.outputs import OutputKind
 from engine.tokenizer import TooManyTokens
 from server.errors import InvalidRequest, check_text, sse_error
-from server.guided_request import attach_guide, guided_param
+from server.guided_request import GuideSpec, attach_guide, resolve_guide
 from server.protocol import CompletionRequest, warn_unknown_fields
 from server.serving_common import (SSE_DONE, ServerState, collect, first_output, legacy_logprobs, log_request,
                                    merge, new_id, prompt_logprobs_json, sse)
@@ -27,7 +27,7 @@ class _Prompt:
         self.text, self.ids, self.request_id, self.params = text, ids, request_id, params
 
 
-def _prepare(state: ServerState, req: CompletionRequest, base_id: str) -> list[_Prompt]:
+def _prepare(state: ServerState, req: CompletionRequest, guide: GuideSpec, base_id: str) -> list[_Prompt]:
     tok, engine = state.engine.tokenizer, state.engine
     prompts = []
     for i, p in enumerate(req.prompts()):
@@ -46,7 +46,7 @@ def _prepare(state: ServerState, req: CompletionRequest, base_id: str) -> list[_
         kept = req.truncate_prompt(ids, engine.max_model_len)
         if len(kept) < len(ids):  # echo shows what the model saw
             ids, text = kept, tok.decode(kept, skip_special_tokens=False)
-        params = req.to_sampling_params()  # admission (engine/admission.py) checks lengths
+        params = req.to_sampling_params(guide)  # admission (engine/admission.py) checks lengths
         prompts.append(_Prompt(text, ids, f"{base_id}-{i}", params))
     return prompts
 
@@ -62,11 +62,11 @@ async def create_completion(state: ServerState, req: CompletionRequest, raw_requ
     req.check_supported()
     warn_unknown_fields(req, "/v1/completions")
     base_id = new_id("cmpl")
-    prompts = await asyncio.to_thread(_prepare, state, req, base_id)  # tokenizing megabytes: off the event loop
+    guide = resolve_guide(req)  # once for all prompts of the batch
+    prompts = await asyncio.to_thread(_prepare, state, req, guide, base_id)  # tokenizing megabytes: off the event loop
     engine = state.engine
-    param = guided_param(req)
     for p in prompts:  # one compile: the grammar cache serves the other prompts
-        p.params = await attach_guide(engine, p.params, param)
+        p.params = await attach_guide(engine, p.params, guide.param)
     kind = OutputKind.DELTA if req.stream else OutputKind.FINAL_ONLY
     gens = [(p.request_id, engine.generate(p.ids, p.params, p.request_id, output_kind=kind)) for p in prompts]
     timers = [state.metrics.timer(p.params.n) for p in prompts]
