@@ -22,6 +22,7 @@ from models.state import ForwardBatch
 
 from .async_step import DeviceTokens
 from .cuda_graph import is_decode_step
+from .local_executor import LocalExecutor
 from .scheduler import SchedulerOutput
 
 
@@ -62,7 +63,9 @@ class ModelRunner:
     def __init__(self, model: DeepseekV4, kv: KVCacheManager, device: torch.device, valid_vocab: int,
                  executor=None):
         self.model = model
-        self.executor = executor  # engine.distributed.executor.TPExecutor (tensor parallel) or None
+        # runs every eager step: LocalExecutor (one process, the default) or the tensor-parallel
+        # engine.distributed.executor.TPExecutor
+        self.executor = executor if executor is not None else LocalExecutor(model)
         self.kv = kv
         self.device = device
         self.vocab = model.cfg.vocab_size
@@ -77,7 +80,7 @@ class ModelRunner:
         the same padded static-buffer path runs eagerly, as on CPU). -> capture seconds."""
         from .cuda_graph import DecodeGraphs
 
-        if self.executor is not None:
+        if self.executor.multi_process:
             raise ValueError("CUDA-graph decode is single-process only (tensor parallel runs eager)")
         self.graphs = DecodeGraphs(self.model, self.kv, self.device, max_num_seqs=max_num_seqs,
                                    max_model_len=max_model_len, valid_vocab=self.valid_vocab, capture=capture,
@@ -121,7 +124,7 @@ class ModelRunner:
     def build_batch(self, out: SchedulerOutput, want_prompt: list[bool],
                     device_tokens: DeviceTokens | None = None) -> tuple[ForwardBatch, HostBatch]:
         """-> (the step's ForwardBatch on the device, its host description). No side effect: running it
-        (here, and on the tensor-parallel workers) is `_execute`'s."""
+        is the executor's (`_execute`)."""
         host = self.host_batch(out, want_prompt, device_tokens)
         dev = self.device
         batch = ForwardBatch(
@@ -151,12 +154,10 @@ class ModelRunner:
         """`device_tokens`: async scheduling's inputs still on the device (engine/async_step.py)."""
         # prefix caching: slot snapshots restored before this forward / saved after it (kvcache/snapshots.py)
         self._state_ops = ops = self.kv.take_state_ops()
-        if self.executor is None:
-            return self._around(ops, lambda: self._execute(out, want_prompt, device_tokens))
-        if device_tokens is not None:
+        if device_tokens is not None and self.executor.multi_process:
             raise ValueError("tensor-parallel workers need every input id on the host (no async scheduling)")
-        with self.executor.guard():  # a dead worker / failed collective -> EngineDeadError
-            return self._around(ops, lambda: self._execute(out, want_prompt))
+        with self.executor.guard():  # tensor parallel: a dead worker / failed collective -> EngineDeadError
+            return self._around(ops, lambda: self._execute(out, want_prompt, device_tokens))
 
     def _around(self, ops, forward):
         if not ops:
@@ -169,13 +170,11 @@ class ModelRunner:
         if g is not None and len(out.chunks) <= g.max_bs and is_decode_step(out.chunks, want_prompt):
             return self._execute_graph(out, device_tokens)
         batch, host = self.build_batch(out, want_prompt, device_tokens)
-        if self.executor is not None:  # the workers run the same forward on the host description
-            self.executor.send_step(host.worker_step(self._state_ops))
+        hidden = self.executor.forward(batch, self.kv.state, host, self._state_ops)
         sample_rows, prompt_rows = host.sample_rows, host.prompt_rows
-        if batch.logits_indices.numel() == 0:
-            self.model(batch, self.kv.state)  # prefill chunk that samples nothing: only fills the cache
+        if batch.logits_indices.numel() == 0:  # prefill chunk that samples nothing: only fills the cache
             return RunnerOutput(torch.empty(0, self.vocab), [], {}, batch.num_tokens)
-        logits = self.model.compute_logits(self.model(batch, self.kv.state))
+        logits = self.model.compute_logits(hidden)
         sample_idx = self._h2d(torch.tensor([r for _, r in sample_rows], dtype=torch.long))  # no stream sync
         prompt = {i: (out.chunks[i].start, logits[r:r + k]) for i, r, k in prompt_rows}
         sample_logits = logits.index_select(0, sample_idx)

@@ -220,6 +220,14 @@ class TPExecutor:
             c.send(("state", num_slots, num_blocks, block_size, kv_format, num_snapshots))
         self._wait_all("ready", _startup_timeout())
 
+    multi_process = True  # no CUDA graphs, every input id on the host (no async scheduling)
+
+    def forward(self, batch, state, host, ops) -> torch.Tensor:
+        """One step: the workers get its host description (engine.model_runner.HostBatch) and the
+        prefix-cache state ops, then rank 0 runs its shard; the collectives join the ranks."""
+        self.send_step(host.worker_step(ops))
+        return self.model(batch, state)
+
     def send_step(self, host: dict, kind: str = "step") -> None:
         """Hand one step's batch description to every worker (they start the same forward). `kind`:
         "step", or a speculative-decoding command (engine/spec_decode_tp.py; host may then be any value)."""
