@@ -8,20 +8,24 @@ decides admission.
 
 from __future__ import annotations
 
-from .errors import EmptyPromptError, QueueFullError, RequestTooLongError
+from .errors import EmptyPromptError, InvalidParameter, QueueFullError, RequestTooLongError
 
 
 def admit(prompt_len: int, max_tokens: int | None, n: int, *, max_model_len: int, kv_capacity: int | None,
-          num_waiting: int, max_queued: int | None) -> int:
+          num_waiting: int, max_queued: int | None, min_tokens: int = 0) -> int:
     """-> the request's max_tokens (None: the rest of the context). Raises EmptyPromptError (a ValueError),
     ValueError (max_tokens < 1), RequestTooLongError (past max_model_len, or more than the KV cache holds) or
-    QueueFullError (the cap counts waiting sequences: n samples need n places)."""
+    QueueFullError (the cap counts waiting sequences: n samples need n places); InvalidParameter
+    when min_tokens exceeds the max_tokens resolved here."""
     if prompt_len == 0:
         raise EmptyPromptError("the prompt is empty")
     if max_tokens is None:  # the rest of the context
         if prompt_len >= max_model_len:
             raise RequestTooLongError.for_lengths(max_model_len, prompt_len, None)
         max_tokens = max_model_len - prompt_len
+        if min_tokens > max_tokens:  # (SamplingParams checks min_tokens against an explicit max_tokens)
+            raise InvalidParameter(f"min_tokens ({min_tokens}) must be <= max_tokens ({max_tokens}: the rest of "
+                                   f"the context)", "min_tokens")
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     total = prompt_len + max_tokens

@@ -132,7 +132,7 @@ class AsyncLLM:
         admit(prompt_len, params.max_tokens, params.n, max_model_len=self.max_model_len,
               kv_capacity=self.engine.kv.capacity_tokens if self.engine is not None else None,
               num_waiting=self._stats.num_waiting + self._num_pending_adds,
-              max_queued=self._args.max_queued_requests)
+              max_queued=self._args.max_queued_requests, min_tokens=params.min_tokens)
 
     async def generate(self, prompt_token_ids: list[int], params: SamplingParams,
                        request_id: str, output_kind: OutputKind = OutputKind.CUMULATIVE

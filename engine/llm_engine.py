@@ -159,7 +159,7 @@ class LLMEngine:
         if bad:
             raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
         # the one admission decision (empty prompt, lengths, KV capacity, queue cap); raises
-        max_tokens = self.scheduler.admit(len(ids), params.max_tokens, params.n)
+        max_tokens = self.scheduler.admit(len(ids), params.max_tokens, params.n, params.min_tokens)
         for name, toks in (("logit_bias", params.logit_bias or ()), ("allowed_token_ids", params.allowed_token_ids or ()),
                            ("bad_words_token_ids", [t for s in params.bad_words_token_ids or () for t in s]),
                            ("guided_choice", [t for s in params.choice_token_ids or () for t in s])):

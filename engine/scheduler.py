@@ -82,12 +82,12 @@ class Scheduler:
         self.num_preemptions_total = 0
 
     # ---- admission -------------------------------------------------------------------------
-    def admit(self, prompt_len: int, max_tokens: int | None, n: int = 1) -> int:
+    def admit(self, prompt_len: int, max_tokens: int | None, n: int = 1, min_tokens: int = 0) -> int:
         """The admission decision (engine/admission.py) with the live queue -> the request's max_tokens.
         LLMEngine.add_request calls it once, then `enqueue`s the request's sequences."""
         return admit(prompt_len, max_tokens, n, max_model_len=self.config.max_model_len,
                      kv_capacity=self.kv.capacity_tokens, num_waiting=len(self.waiting),
-                     max_queued=self.config.max_queued_requests)
+                     max_queued=self.config.max_queued_requests, min_tokens=min_tokens)
 
     def add(self, seq: Sequence) -> None:
         self.add_request([seq])

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.errors import EmptyPromptError, EngineDeadError, QueueFullError, RequestTooLongError
+from engine.errors import EmptyPromptError, EngineDeadError, InvalidParameter, QueueFullError, RequestTooLongError
 
 logger = logging.getLogger("v4serve.server")
 
@@ -77,6 +77,8 @@ def to_api_error(exc: BaseException, path: str | None = None) -> APIError:
                         headers={"Retry-After": str(RETRY_AFTER_S)})
     if isinstance(exc, EngineDeadError):
         return APIError(503, str(exc) or "engine is not running")
+    if isinstance(exc, InvalidParameter):  # engine-side (admission); the request models name it themselves
+        return APIError(400, str(exc), param=exc.param)
     if isinstance(exc, ValueError):
         return APIError(400, str(exc))
     logger.error("unexpected error while serving a request", exc_info=exc)

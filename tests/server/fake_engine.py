@@ -104,7 +104,7 @@ class FakeAsyncLLM:
         sent_tokens, sent_text = [0] * params.n, [0] * params.n  # delta: what earlier outputs carried
         arrival = time.monotonic()
         max_tokens = admit(len(prompt_ids), params.max_tokens, params.n, max_model_len=self.max_model_len,
-                           kv_capacity=None, num_waiting=0, max_queued=None)  # the real admission rule
+                           kv_capacity=None, num_waiting=0, max_queued=None, min_tokens=params.min_tokens)  # the real admission rule
         if self.queue_full:
             raise QueueFullError("request queue is full")
         if params.stop or params.stop_token_ids:  # the real demo engine is cheap: test_api_real_* cover these

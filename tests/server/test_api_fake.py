@@ -165,6 +165,8 @@ def _err(r: httpx.Response, status: int, param: str | None = None) -> dict:
     ({"messages": USER, "logit_bias": {"five": 1.0}}, "logit_bias"),
     ({"messages": USER, "allowed_token_ids": []}, "allowed_token_ids"),
     ({"messages": USER, "bad_words": ["ok", "  "]}, "bad_words"),
+    ({"messages": USER, "stop": ["a", ""]}, "stop"),
+    ({"messages": USER, "min_tokens": 5000}, "min_tokens"),  # more than the context leaves (admission)
     ({"messages": USER, "functions": [{"name": "f"}]}, "functions"),
     ({"messages": USER, "response_format": {"type": "xml"}}, "response_format.type"),
     ({"messages": USER, "response_format": {"type": "json_schema"}}, "response_format"),
@@ -185,6 +187,7 @@ def test_completion_bad_requests(http):
     _err(http.post("/v1/completions", json={"prompt": "x", "best_of": 3}), 400, "best_of")
     _err(http.post("/v1/completions", json={"prompt": [10**9]}), 400, "prompt")
     _err(http.post("/v1/completions", json={"prompt": []}), 400, "prompt")
+    _err(http.post("/v1/completions", json={"prompt": [[1], []]}), 400, "prompt")  # empty: admission says so
 
 
 def test_malformed_json_and_routes(http):

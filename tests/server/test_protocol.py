@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.errors import RequestTooLongError
+from engine.errors import InvalidParameter, RequestTooLongError
 from engine.admission import admit
 from server.errors import InvalidRequest
 from server.protocol import ChatCompletionRequest, CompletionRequest
@@ -51,6 +51,9 @@ def test_admission_resolves_max_tokens_with_the_vllm_wording():
         admit(60, 50, 1, **kw)
     with pytest.raises(RequestTooLongError, match="maximum context length"):
         admit(100, None, 1, **kw)
+    with pytest.raises(InvalidParameter, match="min_tokens") as e:  # against the resolved max_tokens
+        admit(10, None, 1, min_tokens=91, **kw)
+    assert e.value.param == "min_tokens" and admit(10, None, 1, min_tokens=90, **kw) == 90
 
 
 def test_tool_choice_rules():
