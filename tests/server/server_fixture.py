@@ -38,3 +38,10 @@ def start_server(app, *, timeout: float = 10.0, log_level: str = "warning") -> t
         sock.close()
 
     return f"http://127.0.0.1:{port}", stop
+
+
+def wait_ready(engine, timeout: float = 5.0) -> None:
+    """Wait (at most `timeout` s) until the served engine reports is_ready (its loop has started)."""
+    deadline = time.monotonic() + timeout
+    while not engine.is_ready and time.monotonic() < deadline:
+        time.sleep(0.01)

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 from fake_engine import ANSWER, REASONING, FakeAsyncLLM
-from server_fixture import start_server
+from server_fixture import start_server, wait_ready
 
 from server.app import create_app
 from tests.server.disconnect import post_then_disconnect
@@ -25,9 +25,7 @@ USER = [{"role": "user", "content": "hi"}]
 def served():
     engine = FakeAsyncLLM()
     base_url, stop = start_server(create_app(engine, served_model_name="fake-v4"))
-    deadline = time.monotonic() + 5
-    while not engine.is_ready and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_ready(engine)
     yield engine, base_url
     stop()
     assert engine.shut_down

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fake_engine import FakeAsyncLLM
 from real_server import MODEL, expect_error
-from server_fixture import start_server
+from server_fixture import start_server, wait_ready
 
 from server.app import create_app
 from server.limits import DEFAULT_MAX_REQUEST_BODY_BYTES
@@ -25,9 +25,7 @@ LIMIT = 4096
 def small():
     engine = FakeAsyncLLM()
     base_url, stop = start_server(create_app(engine, served_model_name="fake-v4", max_request_body_bytes=LIMIT))
-    deadline = time.monotonic() + 5
-    while not engine.is_ready and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_ready(engine)
     yield base_url
     stop()
 

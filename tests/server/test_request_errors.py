@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from real_server import expect_error
-from server_fixture import start_server
+from server_fixture import start_server, wait_ready
 
 from server.app import create_app
 from server.errors import APIError, sse_error
@@ -29,9 +29,7 @@ DEEP = b"[" * 10_000 + b"]" * 10_000
 def http():
     engine = FakeAsyncLLM()
     base_url, stop = start_server(create_app(engine, served_model_name="fake-v4"))
-    deadline = time.monotonic() + 5
-    while not engine.is_ready and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_ready(engine)
     with httpx.Client(base_url=base_url, timeout=30) as c:
         yield c
     stop()

@@ -4,13 +4,12 @@ grammar), streamed or not: no markup in content, the cut call never reported, fi
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
 from fake_engine import FakeAsyncLLM
 from real_server import MODEL, TOOLS
-from server_fixture import start_server
+from server_fixture import start_server, wait_ready
 
 from server.app import create_app
 
@@ -21,9 +20,7 @@ _MARKUP = ("DSML", "tool_calls", "invoke", "parameter", "</", "<｜")
 def fake_http():
     engine = FakeAsyncLLM()
     base_url, stop = start_server(create_app(engine, served_model_name="fake-v4"))
-    deadline = time.monotonic() + 5
-    while not engine.is_ready and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_ready(engine)
     with httpx.Client(base_url=base_url, timeout=30) as c:
         yield engine, c
     stop()
