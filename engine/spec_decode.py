@@ -153,7 +153,7 @@ class SpecDecoder:
         logits = self.model.compute_logits(hidden) if hidden.shape[0] else None
         if logits is not None and self.valid_vocab < logits.shape[1]:
             logits[:, self.valid_vocab:] = float("-inf")
-        _count_prompt(eng, states, chunks)
+        eng._count_prompt_tokens(sched, states)
         for i, r, k in plan.prompt_rows:
             st, start = states[i], chunks[i].start
             nxt = torch.tensor(st.prompt_token_ids[start + 1:start + 1 + k], device=logits.device)
@@ -373,15 +373,6 @@ class SpecDecoder:
     def _argmax(self, hidden: torch.Tensor) -> torch.Tensor:
         """Greedy drafts (tensor parallel: the gathered logits are on rank 0, where this runs)."""
         return self.model.compute_logits(hidden)[:, :self.valid_vocab].argmax(dim=-1)
-
-
-def _count_prompt(eng, states, chunks) -> None:
-    """Prompt tokens counted once per request (as LLMEngine._launch does)."""
-    for st, c in zip(states, chunks):
-        end = min(c.start + c.num_tokens, c.seq.num_prompt_tokens)
-        if c.seq.sample_index == 0 and end > st.num_prompt_tokens_counted:
-            eng.prompt_tokens_total += end - st.num_prompt_tokens_counted
-            st.num_prompt_tokens_counted = end
 
 
 def _plain_greedy(p, seq) -> bool:
