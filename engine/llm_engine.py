@@ -266,10 +266,7 @@ class LLMEngine:
         for st in states:  # before the model runs: queue time ends here, prefill time starts
             st.mark("first_scheduled", scheduled)
         dev_tokens = prev.device_tokens(sched.chunks, self.device) if prev is not None else None
-        if dev_tokens is None:
-            res = self.runner.execute(sched, want_prompt)
-        else:
-            res = self.runner.execute(sched, want_prompt, dev_tokens)
+        res = self.runner.execute(sched, want_prompt, dev_tokens)
         self._count_prompt_tokens(sched, states)
         self.scheduler.update_after_step(sched)
         return states, res
