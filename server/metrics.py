@@ -32,33 +32,28 @@ class _EngineStatsCollector:
     def collect(self):
         s = self.stats_fn()
         lv = [self.model_name]
-        for name, doc, value in (
-                ("vllm:num_requests_running", "Number of requests running on the engine.", s.num_running),
-                ("vllm:num_requests_waiting", "Number of requests waiting to be scheduled.", s.num_waiting),
-                ("vllm:kv_cache_usage_perc", "KV-cache usage, 1 means 100 percent.", s.kv_cache_usage)):
-            g = GaugeMetricFamily(name, doc, labels=["model_name"])
-            g.add_metric(lv, float(value))
-            yield g
-        for name, doc, value in (
-                ("vllm:prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens_total),
-                ("vllm:generation_tokens", "Number of generation tokens processed.", s.generation_tokens_total),
-                ("vllm:num_preemptions", "Cumulative number of preemptions.", s.num_preemptions_total),
-                ("vllm:prefix_cache_queries", "Prefix-cache queries, in prompt tokens looked up.",
-                 getattr(s, "prefix_cache_queries_total", 0)),
-                ("vllm:prefix_cache_hits", "Prefix-cache hits, in prompt tokens reused.",
-                 getattr(s, "prefix_cache_hits_total", 0))):
-            c = CounterMetricFamily(name, doc, labels=["model_name"])
-            c.add_metric(lv, float(value))
-            yield c
-        sd = getattr(s, "spec_decode", None)  # speculative decoding on (engine/spec_decode.py): vLLM's counters
+        G, C = GaugeMetricFamily, CounterMetricFamily
+        single = [
+            (G, "vllm:num_requests_running", "Number of requests running on the engine.", s.num_running),
+            (G, "vllm:num_requests_waiting", "Number of requests waiting to be scheduled.", s.num_waiting),
+            (G, "vllm:kv_cache_usage_perc", "KV-cache usage, 1 means 100 percent.", s.kv_cache_usage),
+            (C, "vllm:prompt_tokens", "Number of prefill tokens processed.", s.prompt_tokens_total),
+            (C, "vllm:generation_tokens", "Number of generation tokens processed.", s.generation_tokens_total),
+            (C, "vllm:num_preemptions", "Cumulative number of preemptions.", s.num_preemptions_total),
+            (C, "vllm:prefix_cache_queries", "Prefix-cache queries, in prompt tokens looked up.",
+             s.prefix_cache_queries_total),
+            (C, "vllm:prefix_cache_hits", "Prefix-cache hits, in prompt tokens reused.", s.prefix_cache_hits_total)]
+        sd = s.spec_decode  # speculative decoding on (engine/spec_decode.py): vLLM's counters
         if sd is not None:
-            for name, doc, value in (
-                    ("vllm:spec_decode_num_drafts", "Number of spec decoding drafts.", sd.num_drafts),
-                    ("vllm:spec_decode_num_draft_tokens", "Number of draft tokens.", sd.num_draft_tokens),
-                    ("vllm:spec_decode_num_accepted_tokens", "Number of accepted tokens.", sd.num_accepted_tokens)):
-                c = CounterMetricFamily(name, doc, labels=["model_name"])
-                c.add_metric(lv, float(value))
-                yield c
+            single += [
+                (C, "vllm:spec_decode_num_drafts", "Number of spec decoding drafts.", sd.num_drafts),
+                (C, "vllm:spec_decode_num_draft_tokens", "Number of draft tokens.", sd.num_draft_tokens),
+                (C, "vllm:spec_decode_num_accepted_tokens", "Number of accepted tokens.", sd.num_accepted_tokens)]
+        for family, name, doc, value in single:
+            m = family(name, doc, labels=["model_name"])
+            m.add_metric(lv, float(value))
+            yield m
+        if sd is not None:
             c = CounterMetricFamily("vllm:spec_decode_num_accepted_tokens_per_pos",
                                     "Accepted tokens per draft position.", labels=["model_name", "position"])
             for pos, value in enumerate(list(sd.accepted_per_pos)):

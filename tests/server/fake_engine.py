@@ -51,6 +51,9 @@ class FakeStats:
     num_preemptions_total: int = 0
     prompt_tokens_total: int = 0
     generation_tokens_total: int = 0
+    prefix_cache_queries_total: int = 0  # EngineStats' fields the metrics collector reads
+    prefix_cache_hits_total: int = 0
+    spec_decode: object = None
 
 
 class FakeAsyncLLM:
