@@ -42,16 +42,6 @@ def allocate_mtp_state(cfg, num_slots: int, dtype: torch.dtype, device, kv_forma
     return out
 
 
-def mtp_state_bytes_per_slot(cfg, dtype: torch.dtype, kv_format: str = "bf16") -> int:
-    n = 0
-    for shape, packed in mtp_state_shapes(cfg, kv_format).values():
-        rows = 1
-        for s in shape:
-            rows *= s
-        n += rows * (1 if packed else torch.empty(0, dtype=dtype).element_size())
-    return n
-
-
 def check_mtp(model) -> None:
     if not len(getattr(model, "mtp", ())):
         raise ValueError("speculative decoding (method 'mtp') needs the model built with include_mtp=True "
