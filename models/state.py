@@ -58,9 +58,6 @@ class StateTensorSpec:
         return torch.uint8 if self.packed else (torch.float32 if self.fp32 else kv_dtype)
 
 
-KV_FORMATS = tuple(kv_format_registry.KV_FORMATS)  # engine kv_format names (kernels/kv_format.py)
-
-
 def layer_state_specs(cfg: ModelConfig, layer: int, block_size: int, kv_format: str = "bf16") -> list[StateTensorSpec]:
     """State tensors of main layer `layer` (see the module docstring for the layouts).
 
