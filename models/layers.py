@@ -83,10 +83,6 @@ class Rope(nn.Module):
         freqs = positions.float()[:, None] * self.inv_freq.to(positions.device)[None, :]  # [N, r/2]
         return freqs.cos(), freqs.sin()
 
-    def apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-        """x: [N, ..., D]; cos/sin: [N, r/2] (broadcast over middle dims). Returns a new tensor."""
-        return kernels.rope(x, cos, sin, inverse)
-
 
 def make_ropes(cfg: ModelConfig) -> tuple[Rope, Rope]:
     """(main rope for sliding-only layers: theta, no YaRN; compress rope: compress theta + YaRN)."""
