@@ -181,7 +181,7 @@ def hc_post_pre(o, x, post, comb, fn, base, scale, hc, iters, hc_eps, norm_eps, 
 
 
 def hc_post(o, x, post, comb):
-    """Same contract as kernels.ref.mhc.hc_post (the mix kernel's post pass; fn of width 0 skipped)."""
+    """Same contract as kernels.ref.mhc.hc_post (one pass of `_post_kernel`: grid rows x column tiles)."""
     n, hc, d = x.shape
     _check(x, hc)
     out = torch.empty_like(x)
