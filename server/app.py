@@ -228,7 +228,7 @@ def create_app(engine, *, served_model_name: str, api_key: str | None = None,
         else:  # completions semantics: the caller owns the template, special-token text is special
             prompt = req.prompt
             add = True if req.add_special_tokens is None else req.add_special_tokens
-            tokens = await asyncio.to_thread(tok.encode, check_text(prompt, "prompt"), add)
+            tokens = await asyncio.to_thread(lambda: tok.encode(check_text(prompt, "prompt"), add))  # both O(len)
         return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.max_model_len, "prompt": prompt}
 
     @app.post("/detokenize", responses=responses(DetokenizeResponse))
