@@ -283,7 +283,7 @@ class LLMEngine:
         """Prompt logprobs (host dicts: they wait for the forward) and sampling of a launched forward,
         left on the device. Rows of sequences that finished meanwhile (found in the previous step's
         tokens) are not sampled."""
-        self._record_prompt_logprobs(states, res)
+        self._record_prompt_logprobs(states, res.prompt_logits)
         rows = [(states[i], states[i].samples[sched.chunks[i].seq.sample_index]) for i in res.sample_chunk_idx]
         logits = res.sample_logits
         live = [j for j, (_, s) in enumerate(rows) if not s.seq.is_finished]
@@ -305,9 +305,10 @@ class LLMEngine:
         return LaunchedStep.start(rows, out.token_ids, num_lp, lp)
 
     @staticmethod
-    def _record_prompt_logprobs(states: list[RequestState], res: RunnerOutput) -> None:
-        """Prompt logprobs of the chunks that asked for them (host dicts: they wait for the forward)."""
-        for i, (start, logits) in res.prompt_logits.items():
+    def _record_prompt_logprobs(states: list[RequestState], prompt_logits: dict[int, tuple[int, torch.Tensor]]) -> None:
+        """Prompt logprobs of the chunks that asked for them (host dicts: they wait for the forward);
+        `prompt_logits`: chunk index -> (chunk start, its logits rows), as RunnerOutput.prompt_logits."""
+        for i, (start, logits) in prompt_logits.items():
             st = states[i]
             nxt = torch.tensor(st.prompt_token_ids[start + 1:start + 1 + logits.shape[0]], device=logits.device)
             ranks: list[int] = []

@@ -154,13 +154,7 @@ class SpecDecoder:
         if logits is not None and self.valid_vocab < logits.shape[1]:
             logits[:, self.valid_vocab:] = float("-inf")
         eng._count_prompt_tokens(sched, states)
-        for i, r, k in plan.prompt_rows:
-            st, start = states[i], chunks[i].start
-            nxt = torch.tensor(st.prompt_token_ids[start + 1:start + 1 + k], device=logits.device)
-            ranks: list[int] = []
-            lps = gather_logprobs(logits[r:r + k].log_softmax(-1), nxt, [st.params.prompt_logprobs] * k, ranks)
-            st.prompt_logprobs[start + 1:start + 1 + len(lps)] = lps
-            st.prompt_logprob_ranks[start + 1:start + 1 + len(ranks)] = ranks
+        eng._record_prompt_logprobs(states, {i: (chunks[i].start, logits[r:r + k]) for i, r, k in plan.prompt_rows})
         results = self._verify(eng, plan, states, chunks, logits)
         eng.scheduler.update_after_step(sched)
         reject_from = [0] * len(chunks)
