@@ -2,7 +2,7 @@
 # Build:       docker build -t v4serve .
 # Demo model:  docker run --rm -p 8000:8000 v4serve                (tiny random-weight model; no GPU needed)
 # Checkpoint:  docker run --rm --gpus all --shm-size 16g -p 8000:8000 \
-#                -v /path/to/DeepSeek-V4-Flash:/model:ro v4serve [v4serve serve flags]
+#                -v /path/to/DeepSeek-V4-Flash:/model:ro -v v4serve-kernels:/cache/triton v4serve [v4serve serve flags]
 # A checkpoint mounted at /model (any directory with a config.json; V4SERVE_MODEL_DIR moves it) is
 # served instead of the demo; flags after the image name go to `v4serve serve` (see --help).
 FROM nvidia/cuda:12.8.1-runtime-ubuntu22.04
@@ -41,13 +41,16 @@ COPY bench ./bench
 RUN pip install --no-cache-dir . && python -c "import triton; print('triton', triton.__version__)"
 COPY deploy/docker-entrypoint.sh /usr/local/bin/v4serve-entrypoint
 
-RUN useradd --create-home --uid 1000 v4serve
+# Compiled Triton kernels: the first start on a GPU compiles every kernel variant the CUDA-graph capture
+# needs (about 1.5 minutes on one H200); mount a volume at /cache/triton so restarts reuse them.
+RUN useradd --create-home --uid 1000 v4serve && mkdir -p /cache/triton && chown 1000:1000 /cache/triton
 USER 1000:1000
 # The demo model is written at build time (~/.cache/v4serve), so a run without a checkpoint starts at once.
 RUN python -c "from models.demo import ensure_demo_model; print(ensure_demo_model())"
 
 ENV V4SERVE_MODEL_DIR=/model \
-    V4SERVE_PORT=8000
+    V4SERVE_PORT=8000 \
+    TRITON_CACHE_DIR=/cache/triton
 EXPOSE 8000
 # /health answers 503 while the weights load (minutes for a real checkpoint), 200 once ready.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=900s --retries=3 \

@@ -129,11 +129,12 @@ def serve(ns: argparse.Namespace) -> int:
     from engine.async_engine import AsyncLLM
     from server.app import create_app
     from server.shutdown import GracefulServer
-    from server.startup_log import ready_line, reasoning_default_line
+    from server.startup_log import kernel_cache_line, ready_line, reasoning_default_line
 
     configure_logging(ns.log_level)
     log = logging.getLogger("v4serve")
-    engine = AsyncLLM.from_engine_args(engine_args(ns), defer_load=True)  # weights load behind /health 503
+    args = engine_args(ns)
+    engine = AsyncLLM.from_engine_args(args, defer_load=True)  # weights load behind /health 503
     name = ns.served_model_name or engine.model_name
     failed: list[BaseException] = []
 
@@ -160,6 +161,9 @@ def serve(ns: argparse.Namespace) -> int:
                      shutdown_timeout=ns.shutdown_timeout)
     log.info("serving %s on http://%s:%d (loading the model: /health answers 503 until it is ready)",
              name, ns.host, ns.port)
+    cache_line = kernel_cache_line(str(args.resolve_device()))
+    if cache_line:
+        log.info("%s", cache_line)
     server = GracefulServer(uvicorn.Config(app, host=ns.host, port=ns.port, log_level=ns.log_level,
                                            access_log=False, timeout_graceful_shutdown=1), app.state.drain)
     stopped_by: list[int] = []

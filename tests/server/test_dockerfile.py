@@ -107,3 +107,24 @@ def test_readme_documents_the_container():
     assert "docker run --rm -p 8000:8000 v4serve\n" in text  # the demo, no arguments
     gpu = [ln for ln in text.splitlines() if "docker run" in ln and "--gpus all" in ln]
     assert any(":/model" in ln for ln in gpu), gpu  # a checkpoint at the documented path, on the GPUs
+
+
+def test_compiled_kernel_cache_is_persistable(tmp_path, monkeypatch):
+    """The image keeps Triton's compiled kernels in one directory that a volume can hold (restarts skip the
+    first start's compilation), the GPU compose file mounts one there, and the start-up line names it."""
+    import yaml
+
+    from server.startup_log import kernel_cache_line
+
+    ins = _instructions()
+    env = " ".join(a for n, a in ins if n == "ENV")
+    assert "TRITON_CACHE_DIR=/cache/triton" in env
+    assert any(n == "RUN" and "chown 1000:1000 /cache/triton" in a for n, a in ins)
+    gpu = yaml.safe_load((ROOT / "deploy" / "compose.gpu.yaml").read_text())
+    assert "triton-cache:/cache/triton" in " ".join(gpu["services"]["v4serve"]["volumes"])
+    assert "triton-cache" in gpu["volumes"]
+    assert kernel_cache_line("cpu") is None
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    assert "empty" in kernel_cache_line("cuda") and str(tmp_path) in kernel_cache_line("cuda:0")
+    (tmp_path / "abc").mkdir()
+    assert "1 cached kernels" in kernel_cache_line("cuda")
