@@ -13,6 +13,17 @@ Synthetic weights make acceptance meaningless, so this measures costs: B greedy 
                 steps replay the two speculative CUDA graphs (engine/spec_decode_graphs.py;
                 `graph_steps` counts them; --eager-spec: without)
   eager_draft_ms  of an eager spec_k step, the MTP part alone (synchronized around it)
+  breakdown     median ms per segment of the graph steps (engine/spec_decode_timing.py): host segments
+                (plan, verify_fill, rejection, draft_fill, draft_wait, append, host_total) and device
+                segments (verify_gpu, draft_gpu, gpu_gap = device idle while the host samples);
+                sched_ms = step wall - host_total (scheduler, LLMEngine.step around it)
+  sections_ms   device ms of every section of the two graphs (verify.rowlog_save / forward / lm_head,
+                draft.rowlog_restore / mtp_catchup / mtp_head / mtp_chain*...), each captured alone and
+                replayed on an all-padding batch of random tokens (short context); plain_sections_ms the
+                same for the plain decode graph (decode.forward / head)
+  projected_43  a PROJECTION, not a measurement: the ratio at V4-Flash's 43 layers, from the measured
+                per-layer forward times (plain decode.forward / L, verify.forward / L) -- the main forward
+                scales with layers, the MTP passes, LM heads and host work do not
 Implied tokens/s at accept length A (tokens emitted per step per sequence, published V4 figures 1.9 /
 2.5) = B x A / spec step; speedup = that / (B / plain_graph step).
 The last printed line is one JSON object with everything.
@@ -27,6 +38,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from engine.spec_decode_timing import StepTimer
 
 VOCAB_LO = 1000
 
@@ -55,12 +68,18 @@ def build(args, model_dir, kv, spec, cached, eager=False):
     if cached is not None:  # same weights (incl. the MTP block), a new cache
         le.load_model = lambda *a, **k: cached
     try:
-        return le.LLMEngine(EngineArgs(
+        eng = le.LLMEngine(EngineArgs(
             model=model_dir, device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32",
             max_num_seqs=max(args.batch_list),
             max_num_batched_tokens=args.budget, num_kv_blocks=args.blocks, kv_cache_dtype=kv,
             max_model_len=args.in_len + args.out_len + 8, enable_prefix_caching=False,
             speculative_config=spec, enforce_eager=eager))
+        if args.cpu_graphs:  # smoke test: the static-buffer graph bodies run eagerly
+            if eng.spec is not None:
+                eng.spec.enable_graphs(capture=False)
+            elif eng.kv.pad_slot is not None:
+                eng.runner.capture_graphs(max(args.batch_list), eng.max_model_len, capture=False)
+        return eng
     finally:
         le.load_model = orig
 
@@ -87,6 +106,18 @@ def timed_decode(eng, B: int, args, tag: str) -> list[float]:
     return steps[2:]
 
 
+def project(plain_ms: float, spec_ms: float, plain_fwd: float, verify_fwd: float, layers: int,
+            target: int = 43) -> dict:
+    """Step times at `target` layers: the measured step + (target - layers) x the measured per-layer forward
+    time (plain: decode.forward / layers at q=1; spec: verify.forward / layers at q=k+1)."""
+    extra = target - layers
+    p = plain_ms + extra * plain_fwd / layers
+    s = spec_ms + extra * verify_fwd / layers
+    return {"what": f"PROJECTION to {target} layers (measured step + per-layer forward x {extra})",
+            "per_layer_plain_ms": round(plain_fwd / layers, 4), "per_layer_verify_ms": round(verify_fwd / layers, 4),
+            "plain_ms": round(p, 3), "spec_ms": round(s, 3), "ratio": round(s / p, 3)}
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -111,6 +142,8 @@ def main(argv=None):
     ap.add_argument("--blocks", type=int, default=256)
     ap.add_argument("--budget", type=int, default=8192)
     ap.add_argument("--eager-spec", action="store_true", help="speculative steps without their CUDA graphs")
+    ap.add_argument("--cpu-graphs", action="store_true", help=argparse.SUPPRESS)  # CPU smoke test of the graph path
+    ap.add_argument("--no-breakdown", action="store_true", help="skip the step breakdown and section profile")
     ap.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only to smoke-test the script")
     args = ap.parse_args(argv)
     args.batch_list = [int(b) for b in args.batches.split(",")]
@@ -128,7 +161,11 @@ def main(argv=None):
     L = plain_eng.model_config.num_hidden_layers
     results = {"layers": L, "kv": args.kv, "spec_graphs": not args.eager_spec, "batches": {}}
     rows = {B: {"plain_graph_ms": median_ms(timed_decode(plain_eng, B, args, "g"))} for B in args.batch_list}
-    del plain_eng
+    pg = plain_eng.runner.graphs
+    for B in args.batch_list:
+        if pg is not None and not args.no_breakdown:
+            rows[B]["plain_sections_ms"] = pg.time_sections(pg.bucket_for(B))
+    del plain_eng, pg
     for k in ks:
         eng = first if k == ks[0] else spec_engine(k, model)
         sd = eng.spec
@@ -151,11 +188,25 @@ def main(argv=None):
             sd.drafts.clear()
             draft_times.clear()
             g0 = sd.graphs.num_steps if sd.graphs is not None else 0
-            st = median_ms(timed_decode(eng, B, args, f"s{k}"))
+            sd.timer = StepTimer(eng.device) if not args.no_breakdown else None
+            walls = timed_decode(eng, B, args, f"s{k}")
+            st = median_ms(walls)
             r = {"step_ms": st, "graph_steps": (sd.graphs.num_steps - g0) if sd.graphs is not None else 0,
                  "eager_draft_ms": median_ms(draft_times[2:]) if draft_times[2:] else None,
                  "vs_plain_graph": round(st / row["plain_graph_ms"], 3),
                  "vs_plain_eager": round(st / row["plain_eager_ms"], 3)}
+            if sd.timer is not None and sd.timer.steps:
+                bd = sd.timer.summary()
+                bd["sched_ms"] = round(st - bd.get("host_total", 0.0), 4)
+                r["breakdown"] = bd
+                sd.timer = None
+                sec = sd.graphs.time_sections(sd.graphs.bucket_for(B)) if sd.graphs is not None else {}
+                r["sections_ms"] = sec
+                r["mtp_sections_ms"] = round(sum(v for n, v in sec.items() if ".mtp_" in n), 4)
+                r["rowlog_sections_ms"] = round(sum(v for n, v in sec.items() if "rowlog" in n), 4)
+                pf = row.get("plain_sections_ms", {}).get("decode.forward")
+                if pf and "verify.forward" in sec:
+                    r["projected_43"] = project(row["plain_graph_ms"], st, pf, sec["verify.forward"], L)
             for a in accepts:
                 tok_s = B * a / st * 1e3
                 r[f"tok_s@{a}"] = round(tok_s, 1)

@@ -25,28 +25,17 @@ the eager forward, which is how the padding is tested without a GPU.
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from models.state import AttnMeta, ForwardBatch
 
+from .graph_buckets import BucketGraphs, batch_buckets, pinned_int64
+
 log = logging.getLogger("v4serve.cuda_graph")
 
-
-def batch_buckets(max_num_seqs: int) -> list[int]:
-    """1, 2, 4, 8, 16, 32, 64, then every 64 (and max_num_seqs itself), ascending. Few buckets: each costs
-    start-up (warm-up + capture, ~2.5 s measured for 8 V4-Flash layers) and a padded row costs little in
-    a decode step (the weights dominate; padding rows share token 0's experts)."""
-    out = [b for b in (1, 2, 4, 8, 16, 32, 64) if b < max_num_seqs]
-    b = 128
-    while b < max_num_seqs:
-        out.append(b)
-        b += 64
-    out.append(max_num_seqs)
-    return out
+__all__ = ["DecodeGraphs", "batch_buckets", "is_decode_step"]
 
 
 def is_decode_step(chunks, want_prompt: list[bool]) -> bool:
@@ -58,21 +47,29 @@ def is_decode_step(chunks, want_prompt: list[bool]) -> bool:
 class _Bucket:
     size: int  # Bp
     batch: ForwardBatch  # static views of the shared buffers (meta set: no batch_metadata rebuild)
-    graph: "torch.cuda.CUDAGraph | None" = None
-    logits: torch.Tensor | None = None  # [Bp, V] fp32 output of the last run/replay
+    graphs: dict = field(default_factory=dict)  # "decode" -> CUDAGraph once captured
+    out: dict = field(default_factory=dict)  # "logits": [Bp, V] fp32 output of the last run/replay
+
+    @property
+    def graph(self):
+        return self.graphs.get("decode")
+
+    @property
+    def logits(self) -> torch.Tensor | None:
+        return self.out.get("logits")
 
 
-class DecodeGraphs:
+class DecodeGraphs(BucketGraphs):
     """Static buffers + one graph per batch bucket for the pure-decode steps of one model/cache."""
+
+    graph_names = ("decode",)
 
     def __init__(self, model, kv, device: torch.device, *, max_num_seqs: int, max_model_len: int, valid_vocab: int,
                  capture: bool | None = None, buckets: list[int] | None = None):
         if kv.pad_slot is None:
             raise ValueError("CUDA-graph decode needs the cache manager's padding row (KVCacheManager(pad_row=True))")
-        self.model, self.kv, self.device = model, kv, device
-        self.capture_enabled = device.type == "cuda" if capture is None else capture
-        self.sizes = sorted(buckets or batch_buckets(max_num_seqs))
-        self.max_bs = self.sizes[-1]
+        self.model, self.kv = model, kv
+        self._init_buckets(device, max_num_seqs, capture, buckets)
         self.max_model_len = max_model_len
         self.vocab = model.cfg.vocab_size
         self.valid_vocab = valid_vocab
@@ -92,8 +89,6 @@ class DecodeGraphs:
         self.tok_seq = torch.arange(bmax, **i32)
         self.rows = torch.arange(bmax, **i64)
         self.buckets = {b: self._make_bucket(b) for b in self.sizes}
-        self.capture_s = 0.0
-        self._pool = None
 
     # ---- buffers -----------------------------------------------------------------------------
     def _make_bucket(self, bp: int) -> _Bucket:
@@ -107,12 +102,6 @@ class DecodeGraphs:
                              context_lens=ctx_host, meta=meta)
         return _Bucket(bp, batch)
 
-    def bucket_for(self, n: int) -> int | None:
-        for b in self.sizes:
-            if b >= n:
-                return b
-        return None
-
     def _fill(self, bp: int, ids: list[int], positions: list[int], slots: list[int], tables: torch.Tensor,
               extra: list[int] = ()) -> torch.Tensor:
         """ONE host -> device copy of the step's inputs (padding rows: token 0, position 0, scratch slot),
@@ -121,7 +110,7 @@ class DecodeGraphs:
         n = len(ids)
         b, w = tables.shape
         size = 3 * bp + b * w
-        host_t = torch.empty(size + len(extra), dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        host_t = pinned_int64(size + len(extra), self.device)
         host = host_t.numpy()
         host[0:n], host[n:bp] = ids, 0
         host[bp:bp + n], host[bp + n:2 * bp] = positions, 0
@@ -135,45 +124,40 @@ class DecodeGraphs:
         bk.batch.context_lens[:] = list(positions) + [0] * (bp - n)
         return self.stage[size:size + len(extra)]
 
-    def _body(self, bk: _Bucket) -> torch.Tensor:
-        """What the graph runs: unpack the stage, forward, LM head; -> logits [Bp, V] fp32."""
+    def _fill_idle(self, bp: int, gen: torch.Generator | None = None) -> None:
+        ids = [] if gen is None else torch.randint(0, self.valid_vocab, (bp,), generator=gen).tolist()
+        n = len(ids)
+        tables = torch.full((n, 1), self.kv.pad_block, dtype=torch.int64)
+        self._fill(bp, ids, [0] * n, [self.kv.pad_slot] * n, tables)
+
+    def _sections(self, bk: _Bucket, name: str, out: dict):
+        """What the graph runs: unpack the stage, forward, LM head; -> out["logits"] [Bp, V] fp32."""
         bp = bk.size
-        self.ids[:bp].copy_(self.stage[0:bp])
-        self.pos[:bp].copy_(self.stage[bp:2 * bp])
-        self.pos32[:bp].copy_(self.stage[bp:2 * bp])
-        self.ctx32[:bp].copy_(self.stage[bp:2 * bp])
-        self.slots32[:bp].copy_(self.stage[2 * bp:3 * bp])
-        logits = self.model.compute_logits(self.model(bk.batch, self.kv.state))
-        if self.valid_vocab < self.vocab:
-            logits[:, self.valid_vocab:] = float("-inf")
-        return logits
+
+        def stage():
+            self.ids[:bp].copy_(self.stage[0:bp])
+            self.pos[:bp].copy_(self.stage[bp:2 * bp])
+            self.pos32[:bp].copy_(self.stage[bp:2 * bp])
+            self.ctx32[:bp].copy_(self.stage[bp:2 * bp])
+            self.slots32[:bp].copy_(self.stage[2 * bp:3 * bp])
+
+        def forward():
+            out["hidden"] = self.model(bk.batch, self.kv.state)
+
+        def head():
+            logits = self.model.compute_logits(out["hidden"])
+            if self.valid_vocab < self.vocab:
+                logits[:, self.valid_vocab:] = float("-inf")
+            out["logits"] = logits
+
+        return [("stage", stage), ("forward", forward), ("head", head)]
 
     # ---- capture / run -----------------------------------------------------------------------
-    @torch.inference_mode()
     def capture(self) -> float:
-        """Warm up (compiles every kernel variant) and capture every bucket, largest first, into one
-        memory pool. -> seconds taken. No-op (0.0) when capture is disabled (CPU)."""
+        """Warm up and capture every bucket, largest first, into one memory pool (graph_buckets.py)."""
         if not self.capture_enabled:
             return 0.0
-        t0 = time.monotonic()
-        self._pool = torch.cuda.graph_pool_handle()
-        empty = torch.empty(0, 1, dtype=torch.int64)
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for bp in reversed(self.sizes):
-                bk = self.buckets[bp]
-                self._fill(bp, [], [], [], empty)  # all rows padding: writes only the scratch slot
-                for _ in range(2 if bp == self.max_bs else 1):  # compiles this bucket's kernel variants
-                    self._body(bk)
-                torch.cuda.synchronize(self.device)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g, pool=self._pool, stream=stream):
-                    bk.logits = self._body(bk)
-                bk.graph = g
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        torch.cuda.synchronize(self.device)
-        self.capture_s = time.monotonic() - t0
+        super().capture()
         log.info("captured %d decode CUDA graphs (batch buckets %s, context bound %d) in %.1fs",
                  len(self.sizes), self.sizes, self.max_model_len, self.capture_s)
         return self.capture_s
@@ -192,8 +176,5 @@ class DecodeGraphs:
         rows = self._fill(bp, ids, positions, slots, tables, extra)
         if device_tokens is not None:  # stage[0:bp] holds the ids; the graph copies them in
             self.stage[:bp].index_copy_(0, rows, device_tokens.token_ids)
-        if bk.graph is not None:
-            bk.graph.replay()
-        else:
-            bk.logits = self._body(bk)
-        return bk.logits[:n]
+        self._run(bk, "decode")
+        return bk.out["logits"][:n]

@@ -76,6 +76,7 @@ class SpecDecoder:
         self.max_num_seqs, self.max_model_len = engine.args.max_num_seqs, engine.max_model_len
         self.executor = engine.executor  # tensor parallel: workers mirror every model pass (spec_decode_tp.py)
         self.graphs = None  # engine/spec_decode_graphs.py: pure-decode steps as two CUDA graphs
+        self.timer = None  # engine/spec_decode_timing.StepTimer: graph-step breakdown (bench/spec.py)
         if (self.device.type == "cuda" and not engine.args.enforce_eager and kv.pad_slot is not None
                 and self.executor is None):
             try:

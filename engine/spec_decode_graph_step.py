@@ -17,6 +17,8 @@ from .spec_decode_batch import VerifyPlan
 def graph_step(spec, eng, sched: SchedulerOutput, states, want_prompt: list[bool]):
     """-> outputs, or None (nothing done but block allocations, which the eager step's shrink undoes)."""
     g, kv, k = spec.graphs, spec.kv, spec.k
+    if spec.timer is not None:
+        spec.timer.begin()
     chunks = sched.chunks
     if g is None or g.k != k or len(chunks) > g.max_bs:
         return None
@@ -46,10 +48,20 @@ def graph_step(spec, eng, sched: SchedulerOutput, states, want_prompt: list[bool
         ids += [seq.token_at(c.start)] + d + [0] * (k - len(d))
         pos += range(c.start, c.start + k + 1)
         slots.append(kv.slot(seq.seq_id))
-    logits = g.verify(ids, pos, slots, kv.block_table_tensor([c.seq.seq_id for c in chunks]))
+    tm = spec.timer  # engine/spec_decode_timing.py (bench only)
+    tables = kv.block_table_tensor([c.seq.seq_id for c in chunks])
+    if tm is not None:
+        tm.host("plan")
+        tm.event("v0")
+    logits = g.verify(ids, pos, slots, tables)
+    if tm is not None:
+        tm.event("v1")
+        tm.host("verify_fill")
     plan = VerifyPlan(drafts=drafts)
     plan.sample_rows = {i: i * (k + 1) for i in range(len(chunks))}
     results = spec._verify(eng, plan, states, chunks, logits)
+    if tm is not None:
+        tm.host("rejection")
     spec._count(drafts, results)
     acc, next_ids = [], []
     for i in range(len(chunks)):
@@ -58,7 +70,11 @@ def graph_step(spec, eng, sched: SchedulerOutput, states, want_prompt: list[bool
         nxt = drafts.get(i, [])[:a] + [r.tokens[-1]]
         next_ids += nxt + [nxt[-1]] * (k + 1 - len(nxt))
         acc.append(a)
-    new = g.draft(next_ids, acc, [c.start for c in chunks])
+    if tm is not None:
+        tm.event("d0")
+    new = g.draft(next_ids, acc, [c.start for c in chunks], timer=tm)
+    if tm is not None:
+        tm.host("draft_wait")
     eng.scheduler.update_after_step(sched)
     outputs = spec._append(eng, states, chunks, results)
     for i, c in enumerate(chunks):
@@ -68,4 +84,6 @@ def graph_step(spec, eng, sched: SchedulerOutput, states, want_prompt: list[bool
         else:
             spec.drafts[seq.seq_id] = (c.start + 1 + acc[i], new[i])
             spec.mtp_pos[seq.seq_id] = c.start + 1 + acc[i]
+    if tm is not None:
+        tm.end()
     return outputs

@@ -19,7 +19,6 @@ how they are tested against the eager speculative path without a GPU.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +27,7 @@ from kvcache.spec_rollback import StaticRowLog
 from models.mtp import mtp_forward
 from models.state import AttnMeta, ForwardBatch
 
-from .cuda_graph import batch_buckets
+from .graph_buckets import BucketGraphs, pinned_int64
 
 log = logging.getLogger("v4serve.spec_graphs")
 
@@ -49,21 +48,21 @@ class _Bucket:
     verify: ForwardBatch  # q tokens per sequence
     catchup: ForwardBatch  # same layout and meta, next ids, logits at row a
     chain: ForwardBatch  # 1 token per sequence
-    g_verify: "torch.cuda.CUDAGraph | None" = None
-    g_draft: "torch.cuda.CUDAGraph | None" = None
+    graphs: dict = field(default_factory=dict)  # "verify" / "draft" -> CUDAGraph once captured
     out: dict = field(default_factory=dict)  # logits, streams, saved, drafts
 
 
-class SpecGraphs:
+class SpecGraphs(BucketGraphs):
+    graph_names = ("verify", "draft")
+
     def __init__(self, model, kv, mtp_state: dict, device: torch.device, *, k: int, max_num_seqs: int,
                  max_model_len: int, valid_vocab: int, capture: bool | None = None, buckets: list[int] | None = None):
         if kv.pad_slot is None:
             raise ValueError("speculative CUDA graphs need the cache manager's padding row")
-        self.model, self.kv, self.mtp_state, self.device, self.k = model, kv, mtp_state, device, k
+        self.model, self.kv, self.mtp_state, self.k = model, kv, mtp_state, k
         self.q = q = k + 1
-        self.capture_enabled = device.type == "cuda" if capture is None else capture
-        self.sizes = sorted(buckets or batch_buckets(max_num_seqs))
-        self.max_bs = bmax = self.sizes[-1]
+        self._init_buckets(device, max_num_seqs, capture, buckets)
+        bmax = self.max_bs
         self.vocab, self.valid_vocab = model.cfg.vocab_size, valid_vocab
         self.max_seq_len = max_model_len + 2 * k
         self.width = max(1, -(-(max_model_len + k + 1) // kv.block_size))
@@ -96,8 +95,7 @@ class SpecGraphs:
                                      kv.pad_slot)
         self.mtp_log = StaticRowLog([mtp_state], [0], kv.block_size, 2 * k + 1, kv.pad_block, kv.pad_slot)
         self.buckets = {b: self._bucket(b) for b in self.sizes}
-        self._pool = None
-        self.capture_s = 0.0
+        self._host_ctx = None  # eager (CPU) draft: host context lengths of the chained passes
         self.num_steps = 0
 
     def _bucket(self, bp: int) -> _Bucket:
@@ -113,89 +111,111 @@ class SpecGraphs:
                          self.max_seq_len)
         return _Bucket(bp, v, c, ch)
 
-    def bucket_for(self, n: int) -> int | None:
-        return next((b for b in self.sizes if b >= n), None)
+    # ---- bodies (what the graphs run), as named sections (graph_buckets.py) --------------------
+    def _sections(self, bk: _Bucket, name: str, out: dict):
+        return self._verify_sections(bk, out) if name == "verify" else self._draft_sections(bk, out)
 
-    # ---- bodies (what the graphs run) --------------------------------------------------------
-    def _verify_body(self, bk: _Bucket) -> dict:
+    def _verify_sections(self, bk: _Bucket, out: dict):
         bp, q = bk.size, self.q
         n = bp * q
         st = self.stage
-        self.ids[:n].copy_(st[0:n])
-        self.pos[:n].copy_(st[n:2 * n])
-        self.pos32[:n].copy_(st[n:2 * n])
-        self.slots[:bp].copy_(st[2 * n:2 * n + bp])
-        self.slots32[:bp].copy_(st[2 * n:2 * n + bp])
-        self.ctx[:bp].copy_(self.pos[:n].view(bp, q)[:, 0])
-        self.ctx32[:bp].copy_(self.ctx[:bp])
-        saved = self.main_log.save(self.slots[:bp], self.ctx[:bp] + 1, self.tables[:bp])
-        hidden, streams = self.model(bk.verify, self.kv.state, return_streams=True)
-        logits = self.model.compute_logits(hidden)
-        if self.valid_vocab < self.vocab:
-            logits[:, self.valid_vocab:] = float("-inf")
-        return {"logits": logits, "streams": streams, "saved": saved}
 
-    def _draft_body(self, bk: _Bucket, host_ctx: list[list[int]] | None = None) -> torch.Tensor:
+        def stage():
+            self.ids[:n].copy_(st[0:n])
+            self.pos[:n].copy_(st[n:2 * n])
+            self.pos32[:n].copy_(st[n:2 * n])
+            self.slots[:bp].copy_(st[2 * n:2 * n + bp])
+            self.slots32[:bp].copy_(st[2 * n:2 * n + bp])
+            self.ctx[:bp].copy_(self.pos[:n].view(bp, q)[:, 0])
+            self.ctx32[:bp].copy_(self.ctx[:bp])
+
+        def save():
+            out["saved"] = self.main_log.save(self.slots[:bp], self.ctx[:bp] + 1, self.tables[:bp])
+
+        def forward():
+            out["hidden"], out["streams"] = self.model(bk.verify, self.kv.state, return_streams=True)
+
+        def head():
+            logits = self.model.compute_logits(out["hidden"])
+            if self.valid_vocab < self.vocab:
+                logits[:, self.valid_vocab:] = float("-inf")
+            out["logits"] = logits
+
+        return [("stage", stage), ("rowlog_save", save), ("forward", forward), ("lm_head", head)]
+
+    def _draft_sections(self, bk: _Bucket, out: dict):
         bp, q, k = bk.size, self.q, self.k
         n = bp * q
         st2 = self.stage2
-        self.next_ids[:n].copy_(st2[0:n])
-        self.acc[:bp].copy_(st2[n:n + bp])
-        self.bound[:bp].copy_(st2[n + bp:n + 2 * bp])
-        self.main_log.restore(bk.out["saved"], self.bound[:bp])
-        mtp_saved = self.mtp_log.save(self.slots[:bp], self.ctx[:bp], self.tables[:bp])
-        torch.add(self.c_rows[:bp] * q, self.acc[:bp], out=self.last[:bp])
-        x, hidden = mtp_forward(self.model, bk.out["streams"], self.next_ids[:n], bk.catchup, self.mtp_state)
-        tok = self._argmax(hidden)
-        drafts = [tok]
-        h = x.index_select(0, self.last[:bp])
-        keep_to = self.ctx[:bp] + self.acc[:bp] + 1
-        self.mtp_log.restore(mtp_saved, keep_to)  # rows past P+a: the chain must read the old window there
+
+        def stage():
+            self.next_ids[:n].copy_(st2[0:n])
+            self.acc[:bp].copy_(st2[n:n + bp])
+            self.bound[:bp].copy_(st2[n + bp:n + 2 * bp])
+
+        def restore():
+            self.main_log.restore(out["saved"], self.bound[:bp])
+
+        def mtp_save():
+            out["mtp_saved"] = self.mtp_log.save(self.slots[:bp], self.ctx[:bp], self.tables[:bp])
+            torch.add(self.c_rows[:bp] * q, self.acc[:bp], out=self.last[:bp])
+            out["keep_to"] = self.ctx[:bp] + self.acc[:bp] + 1
+
+        def catchup():
+            out["x"], out["mtp_hidden"] = mtp_forward(self.model, out["streams"], self.next_ids[:n], bk.catchup,
+                                                      self.mtp_state)
+
+        def catchup_head():
+            out["tok"] = [self._argmax(out["mtp_hidden"])]
+            out["h"] = out["x"].index_select(0, self.last[:bp])
+
+        def mtp_restore():  # rows past P+a: the chain must read the old window there
+            self.mtp_log.restore(out["mtp_saved"], out["keep_to"])
+
+        def chain(j):
+            def fn():
+                self.c_ids[:bp].copy_(out["tok"][-1])
+                torch.add(self.ctx[:bp] + j, self.acc[:bp], out=self.c_pos[:bp])
+                self.c_pos32[:bp].copy_(self.c_pos[:bp])
+                if self._host_ctx is not None:
+                    bk.chain.context_lens[:] = self._host_ctx[j - 1]
+                out["h"], out["mtp_hidden"] = mtp_forward(self.model, out["h"], self.c_ids[:bp], bk.chain,
+                                                          self.mtp_state)
+            return fn
+
+        def chain_head():
+            out["tok"].append(self._argmax(out["mtp_hidden"]))
+
+        def finish():
+            self.mtp_log.restore(out["mtp_saved"], out["keep_to"])
+            out["drafts"] = torch.stack(out["tok"], dim=1)
+
+        secs = [("stage", stage), ("rowlog_restore", restore), ("mtp_rowlog_save", mtp_save),
+                ("mtp_catchup", catchup), ("mtp_head", catchup_head), ("mtp_rowlog_restore", mtp_restore)]
         for j in range(1, k):
-            self.c_ids[:bp].copy_(tok)
-            torch.add(self.ctx[:bp] + j, self.acc[:bp], out=self.c_pos[:bp])
-            self.c_pos32[:bp].copy_(self.c_pos[:bp])
-            if host_ctx is not None:
-                bk.chain.context_lens[:] = host_ctx[j - 1]
-            h, hidden = mtp_forward(self.model, h, self.c_ids[:bp], bk.chain, self.mtp_state)
-            tok = self._argmax(hidden)
-            drafts.append(tok)
-        self.mtp_log.restore(mtp_saved, keep_to)
-        return torch.stack(drafts, dim=1)
+            secs += [(f"mtp_chain{j}", chain(j)), (f"mtp_chain{j}_head", chain_head)]
+        return secs + [("mtp_rowlog_restore2", finish)]
 
     def _argmax(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.model.compute_logits(hidden)[:, :self.valid_vocab].argmax(dim=-1)
 
     # ---- capture / run -----------------------------------------------------------------------
-    @torch.inference_mode()
     def capture(self) -> float:
         if not self.capture_enabled:
             return 0.0
-        t0 = time.monotonic()
-        self._pool = torch.cuda.graph_pool_handle()
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for bp in reversed(self.sizes):
-                bk = self.buckets[bp]
-                self._fill(bp, [], [], [], torch.empty(0, 1, dtype=torch.int64))
-                self._fill2(bp, [], [], [])
-                for _ in range(2 if bp == self.max_bs else 1):  # compile every kernel variant
-                    bk.out = self._verify_body(bk)
-                    bk.out["drafts"] = self._draft_body(bk)
-                torch.cuda.synchronize(self.device)
-                g1, g2 = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g1, pool=self._pool, stream=stream):
-                    bk.out = self._verify_body(bk)
-                with torch.cuda.graph(g2, pool=self._pool, stream=stream):
-                    bk.out["drafts"] = self._draft_body(bk)
-                bk.g_verify, bk.g_draft = g1, g2
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        torch.cuda.synchronize(self.device)
-        self.capture_s = time.monotonic() - t0
+        super().capture()
         log.info("captured %d speculative (k=%d) CUDA-graph pairs (batch buckets %s) in %.1fs", len(self.sizes),
                  self.k, self.sizes, self.capture_s)
         return self.capture_s
+
+    def _fill_idle(self, bp: int, gen: torch.Generator | None = None) -> None:
+        q = self.q
+        ids = [] if gen is None else torch.randint(0, self.valid_vocab, (bp * q,), generator=gen).tolist()
+        b = len(ids) // q
+        self._fill(bp, ids, list(range(q)) * b, [self.kv.pad_slot] * b,
+                   torch.full((b, 1), self.kv.pad_block, dtype=torch.int64))
+        self._fill2(bp, ids, [0] * b, [1] * b)
+        self._host_ctx = [[0] * bp for _ in range(1, self.k)]
 
     def _fill(self, bp: int, ids: list[int], positions: list[int], slots: list[int], tables: torch.Tensor) -> None:
         """ONE host -> device copy: ids [Bp*q], positions [Bp*q], slots [Bp], the B x width table rows.
@@ -204,7 +224,7 @@ class SpecGraphs:
         nq = bp * q
         b, w = tables.shape
         size = 2 * nq + bp + b * w
-        host_t = torch.empty(size, dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        host_t = pinned_int64(size, self.device)
         h = host_t.numpy()
         h[0:n], h[n:nq] = ids, 0
         h[nq:nq + n] = positions
@@ -220,7 +240,7 @@ class SpecGraphs:
 
     def _fill2(self, bp: int, next_ids: list[int], acc: list[int], bound: list[int]) -> None:
         nq, n, b = bp * self.q, len(next_ids), len(acc)
-        host_t = torch.empty(nq + 2 * bp, dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        host_t = pinned_int64(nq + 2 * bp, self.device)
         h = host_t.numpy()
         h[0:n], h[n:nq] = next_ids, 0
         h[nq:nq + b], h[nq + b:nq + bp] = acc, 0
@@ -234,26 +254,22 @@ class SpecGraphs:
         bp = self.bucket_for(b)
         bk = self.buckets[bp]
         self._fill(bp, ids, positions, slots, tables)
-        if bk.g_verify is not None:
-            bk.g_verify.replay()
-        else:
-            bk.out = self._verify_body(bk)
+        self._run(bk, "verify")
         self._bp = bp
         self.num_steps += 1
         return bk.out["logits"][:b * self.q]
 
     @torch.inference_mode()
-    def draft(self, next_ids: list[int], acc: list[int], first_pos: list[int]) -> list[list[int]]:
+    def draft(self, next_ids: list[int], acc: list[int], first_pos: list[int], timer=None) -> list[list[int]]:
         """After `verify`: restore rejected rows, MTP catch-up + chain -> k drafts per sequence."""
         bp = self._bp
         bk = self.buckets[bp]
         b = len(acc)
         bound = [p + 1 + a for p, a in zip(first_pos, acc)]
         self._fill2(bp, next_ids, acc, bound)
-        if bk.g_draft is not None:
-            bk.g_draft.replay()
-            drafts = bk.out["drafts"]
-        else:
-            host_ctx = [[p + a + j for p, a in zip(first_pos, acc)] + [0] * (bp - b) for j in range(1, self.k)]
-            drafts = self._draft_body(bk, host_ctx)
-        return drafts[:b].tolist()
+        self._host_ctx = [[p + a + j for p, a in zip(first_pos, acc)] + [0] * (bp - b) for j in range(1, self.k)]
+        self._run(bk, "draft")
+        if timer is not None:
+            timer.event("d1")
+            timer.host("draft_fill")
+        return bk.out["drafts"][:b].tolist()
