@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .h2d import h2d
+from .sampler import logprob_dicts
+
 if TYPE_CHECKING:
     from .request_state import RequestState, SampleState
     from .sequence import Sequence
@@ -46,14 +49,15 @@ class LaunchedStep:
     host_tokens: torch.Tensor | None  # [S] int64 on the CPU, filled by a non-blocking copy (CUDA)
     ready: object | None  # torch.cuda.Event recorded after the copies; None: the host tensors are ready
     num_logprobs: list[int | None] | None  # per row: top-k logprobs asked (None: none); None: no row asked
-    host_logprobs: torch.Tensor | None  # float64 pack of the rows' logprobs (logprob_pack), copied like tokens
+    host_logprobs: torch.Tensor | None  # the rows' sampler.logprob_pack on the CPU, copied like the tokens
     row_of: dict[Sequence, int] = field(default_factory=dict)  # sampled sequence -> its row
 
     @classmethod
     def start(cls, rows, token_ids: torch.Tensor | None, num_logprobs: list[int | None] | None = None,
               logprobs: torch.Tensor | None = None) -> "LaunchedStep":
-        """Start the device -> host copies of the sampled tokens (and the logprob pack) right behind the
-        sampler's kernels, so waiting for them later does not wait for anything launched afterwards."""
+        """Start the device -> host copies of the sampled tokens (and the sampler's logprob pack) right
+        behind the sampler's kernels, so waiting for them later does not wait for anything launched
+        afterwards."""
         host = host_lp = ready = None
         if token_ids is not None:
             if token_ids.device.type == "cuda":  # pinned staging buffers, non-blocking
@@ -74,12 +78,12 @@ class LaunchedStep:
             self.ready.synchronize()
         return self.host_tokens.tolist()
 
-    def logprobs(self, tokens: list[int]) -> list[dict[int, float] | None] | None:
-        """Per row {token: logprob} (sampled token + top-k) or None, as the sampler gives them; call after
-        tokens()."""
+    def logprobs(self) -> list[dict[int, float] | None] | None:
+        """Per row {token: logprob} (sampled token + top-k) or None, as SamplerOutput.logprobs() gives
+        them; call after tokens()."""
         if self.num_logprobs is None:
             return None
-        return logprob_dicts(self.host_logprobs.tolist(), tokens, self.num_logprobs)
+        return logprob_dicts(self.host_logprobs.numpy(), self.num_logprobs)
 
     def device_tokens(self, chunks, device: torch.device) -> DeviceTokens | None:
         """Inputs of the next step that are this step's samples: chunks of sequences with a pending token."""
@@ -92,37 +96,5 @@ class LaunchedStep:
             return None
         if rows == list(range(self.token_ids.shape[0])):  # every row, in order (steady decode)
             return DeviceTokens(idx, self.token_ids)
-        src = torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True)
+        src = h2d(torch.tensor(rows, dtype=torch.long), device)
         return DeviceTokens(idx, self.token_ids.index_select(0, src))
-
-
-def logprob_pack(logits: torch.Tensor, token_ids: torch.Tensor, num_logprobs: list[int | None]) -> torch.Tensor:
-    """Device half of the sample logprobs (engine/sampler.py's semantics: the RAW logits' log_softmax,
-    the sampled token's entry + the top-k): one float64 tensor [S * (1 + 2k)] = [chosen | top-k
-    logprobs | top-k ids] (float64 holds fp32 values and ids < 2^53 exactly), so it reaches the host in
-    the same once-per-step copy as the tokens."""
-    k = max((n for n in num_logprobs if n is not None), default=0)
-    raw = logits.log_softmax(dim=-1)
-    parts = [raw.gather(1, token_ids.view(-1, 1)).view(-1).double()]
-    if k > 0:
-        top_lp, top_ids = raw.topk(k, dim=-1)
-        parts += [top_lp.reshape(-1).double(), top_ids.reshape(-1).double()]
-    return torch.cat(parts)
-
-
-def logprob_dicts(pack: list[float], tokens: list[int],
-                  num_logprobs: list[int | None]) -> list[dict[int, float] | None]:
-    """Host half: per row None (not asked) or {sampled token: logprob, then the top-n not already in}."""
-    rows, k = len(tokens), max((n for n in num_logprobs if n is not None), default=0)
-    top_lp, top_ids = rows, rows + rows * k  # offsets in the pack
-    out: list[dict[int, float] | None] = []
-    for i, n in enumerate(num_logprobs):
-        if n is None:
-            out.append(None)
-            continue
-        d = {tokens[i]: pack[i]}
-        for j in range(n):
-            d.setdefault(int(pack[top_ids + i * k + j]), pack[top_lp + i * k + j])
-        out.append(d)
-    return out
-

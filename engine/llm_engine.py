@@ -13,15 +13,17 @@ from pathlib import Path
 
 import torch
 
+from kernels.kv_format import check_kernel_dims
 from kvcache.manager import KVCacheManager
 from kvcache.sizing import (choose_block_size, gpu_kv_budget, log_cache_plan, num_blocks_for_budget,
                             num_snapshot_rows, prefix_snapshot_interval)
 from models.config import ModelConfig
 from models.loading import load_model, weight_bytes
 
-from .async_step import LaunchedStep, logprob_pack
+from .async_step import LaunchedStep
 from .config import EngineArgs, SchedulerConfig
 from .detokenizer import IncrementalDetokenizer
+from .h2d import h2d
 from .guided.grammar import GuideCompiler, GuideCursor
 from .model_runner import ModelRunner, RunnerOutput
 from .outputs import OutputKind, RequestOutput
@@ -64,6 +66,8 @@ class LLMEngine:
             model_dir = ensure_demo_model()
         self.model_dir = Path(model_dir)
         self.model_config = ModelConfig.from_json(self.model_dir)
+        # before any weight loads: a KV format the device's kernels cannot store is a clear error here
+        check_kernel_dims(args.kv_format, self.model_config.head_dim, self.model_config.qk_rope_head_dim, self.device)
         self.tokenizer = Tokenizer.from_dir(self.model_dir)
         t0 = time.monotonic()
         self.executor = None  # tensor parallel: rank 0's driver of the N-1 worker processes
@@ -289,7 +293,7 @@ class LLMEngine:
         live = [j for j, (_, s) in enumerate(rows) if not s.seq.is_finished]
         if len(live) < len(rows):
             rows = [rows[j] for j in live]
-            logits = logits.index_select(0, torch.tensor(live, dtype=torch.long).to(logits.device, non_blocking=True))
+            logits = logits.index_select(0, h2d(torch.tensor(live, dtype=torch.long), logits.device))
         if not rows:
             return LaunchedStep.start([], None)
         meta = SamplingMetadata.build(
@@ -297,12 +301,10 @@ class LLMEngine:
             [s.seq.prompt_token_ids for _, s in rows], [s.generator for _, s in rows],
             self.tokenizer.eos_token_id, self.model_config.vocab_size, logits.device,
             guides=[s.guide for _, s in rows])
-        num_lp, meta.max_num_logprobs = (meta.num_logprobs if meta.max_num_logprobs is not None else None), None
-        out = self.sampler(logits, meta)  # sample logprobs: packed below, read with the tokens
-        lp = logprob_pack(logits, out.token_ids, num_lp) if num_lp is not None else None
+        out = self.sampler(logits, meta)  # tokens + logprob pack on the device, read together in _process
         for _, s in rows:
             s.seq.num_pending_tokens += 1
-        return LaunchedStep.start(rows, out.token_ids, num_lp, lp)
+        return LaunchedStep.start(rows, out.token_ids, out.num_logprobs, out.logprob_pack)
 
     @staticmethod
     def _record_prompt_logprobs(states: list[RequestState], prompt_logits: dict[int, tuple[int, torch.Tensor]]) -> None:
@@ -320,7 +322,7 @@ class LLMEngine:
         """Host side of a sampled step: append its tokens (detokenize, stop checks, free finished
         sequences) -> outputs. Rows of requests aborted after the step was sampled are dropped."""
         tokens = step.tokens()
-        logprobs = step.logprobs(tokens)
+        logprobs = step.logprobs()
         now = time.monotonic()
         changed: dict[str, RequestState] = {}
         for j, (st, s) in enumerate(step.rows):

@@ -21,8 +21,10 @@ Processing order (vLLM's), all on the logits' device, batched over rows:
   7. forced tokens (thinking budget reached) replace the chosen token; their logprob entry holds the
      forced token's raw logprob.
 
-The only host -> device traffic is `SamplingMetadata.build` (once per step); the only device -> host
-sync is building logprob dicts, and only when a row asked for logprobs.
+The only host -> device traffic is `SamplingMetadata.build` (once per step, pinned and non-blocking:
+building never waits for the device); the only device -> host sync is reading logprob dicts
+(`SamplerOutput.logprobs()`, or the engine's once-per-step copy of `logprob_pack`), and only when a
+row asked for logprobs.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from engine.h2d import h2d
 from engine.sampling_params import SamplingParams
 
 _NEG_INF = float("-inf")
@@ -117,10 +120,10 @@ class SamplingMetadata:
             raise ValueError("params, output_token_ids, prompt_token_ids and generators must have one entry per row")
 
         def f32(vals: list[float]) -> torch.Tensor:
-            return torch.tensor(vals, dtype=torch.float32).to(device, non_blocking=True)
+            return h2d(torch.tensor(vals, dtype=torch.float32), device)
 
         def i64(vals: list[int]) -> torch.Tensor:
-            return torch.tensor(vals, dtype=torch.long).to(device, non_blocking=True)
+            return h2d(torch.tensor(vals, dtype=torch.long), device)
 
         greedy = [p.greedy for p in params]
         rand = [i for i in range(S) if not greedy[i]]
@@ -172,7 +175,7 @@ class SamplingMetadata:
         return cls(
             num_rows=S,
             temperature=f32([1.0 if g else p.temperature for p, g in zip(params, greedy)]),
-            greedy_rows=torch.tensor(greedy, dtype=torch.bool).to(device, non_blocking=True) if any(greedy) else None,
+            greedy_rows=h2d(torch.tensor(greedy, dtype=torch.bool), device) if any(greedy) else None,
             all_greedy=all(greedy),
             top_k=top_k, max_top_k=max(ks, default=0),
             top_p=f32([1.0 if g else p.top_p for p, g in zip(params, greedy)]) if use_top_p else None,
@@ -196,35 +199,32 @@ class SamplingMetadata:
     @staticmethod
     def _guided_table(device: torch.device | str, vocab_size: int, rows: list[int], allow_lists: dict[int, list[int]],
                       guide_masks: dict[int, tuple[np.ndarray, bool]], eos_token_id: int | None) -> torch.Tensor:
-        """bool [len(rows), V] on `device`: each row's grammar mask (packed bits: V/8 bytes per row cross
-        to the device and are unpacked there; EOS where the grammar lets the row end), intersected with
-        its allow-list; a row left with nothing may still end (EOS)."""
+        """bool [len(rows), V] on `device`: each row's grammar mask (EOS where the grammar lets the row
+        end), intersected with its allow-list; a row left with nothing may still end (EOS). Built as
+        packed bits on the host (V/8 bytes a row), which cross to the device in one copy and are
+        unpacked there."""
         width = (vocab_size + 7) // 8
-        full = np.full(width, 255, dtype=np.uint8)
-
-        def bits(i: int) -> np.ndarray:
-            if i not in guide_masks:
-                return full
-            p = guide_masks[i][0][:width]
-            return p if len(p) == width else np.pad(p, (0, width - len(p)))  # beyond its vocabulary: no
-        packed_np = np.stack([bits(i) for i in rows])
-        if torch.device(device).type == "cpu":  # numpy unpacks faster than torch's uint8 shifts here
-            table = torch.from_numpy(np.unpackbits(packed_np, axis=1, count=vocab_size).view(bool))
-        else:
-            table = unpack_bits(torch.from_numpy(packed_np).to(device, non_blocking=True), vocab_size)
         eos_ok = eos_token_id is not None and eos_token_id < vocab_size
-        eos_rows = [r for r, i in enumerate(rows) if i in guide_masks and guide_masks[i][1]]
-        if eos_ok and eos_rows:
-            table[torch.tensor(eos_rows, dtype=torch.long).to(device, non_blocking=True), eos_token_id] = True
-        listed = [r for r, i in enumerate(rows) if i in allow_lists]
-        if listed:  # only these rows can end up empty: a grammar row alone always has a token or EOS
-            keep = SamplingMetadata._token_table(device, vocab_size, [allow_lists[rows[r]] for r in listed]) > 0
-            idx = torch.tensor(listed, dtype=torch.long).to(device, non_blocking=True)
-            sub = table[idx] & keep
-            if eos_ok:
-                sub[:, eos_token_id] |= ~sub.any(dim=1)
-            table[idx] = sub
-        return table
+        eos_byte, eos_bit = divmod(eos_token_id, 8) if eos_ok else (0, 0)
+        eos_val = np.uint8(0x80 >> eos_bit)  # MSB first, as np.packbits
+        packed_np = np.full((len(rows), width), 255, dtype=np.uint8)
+        for r, i in enumerate(rows):
+            if i in guide_masks:
+                bits, may_end = guide_masks[i]
+                bits = bits[:width]
+                packed_np[r, :len(bits)] = bits
+                packed_np[r, len(bits):] = 0  # beyond the grammar's vocabulary: no
+                if eos_ok and may_end:
+                    packed_np[r, eos_byte] |= eos_val
+            if i in allow_lists:  # only these rows can end up empty: a grammar row alone has a token or EOS
+                allow = np.zeros(width * 8, dtype=bool)
+                allow[[t for t in allow_lists[i] if t < vocab_size]] = True
+                packed_np[r] &= np.packbits(allow)
+                if eos_ok and not packed_np[r].any():
+                    packed_np[r, eos_byte] |= eos_val
+        if torch.device(device).type == "cpu":  # numpy unpacks faster than torch's uint8 shifts here
+            return torch.from_numpy(np.unpackbits(packed_np, axis=1, count=vocab_size).view(bool))
+        return unpack_bits(h2d(torch.from_numpy(packed_np), device), vocab_size)
 
     @staticmethod
     def _token_table(device: torch.device | str, vocab_size: int, rows: list[list[int]]) -> torch.Tensor:
@@ -233,7 +233,7 @@ class SamplingMetadata:
                                dtype=torch.long)
         tok_idx = torch.tensor(list(itertools.chain.from_iterable(rows)), dtype=torch.long)
         keep = tok_idx < vocab_size
-        row_t, tok_t = row_idx[keep].to(device, non_blocking=True), tok_idx[keep].to(device, non_blocking=True)
+        row_t, tok_t = h2d(row_idx[keep], device), h2d(tok_idx[keep], device)
         table = torch.zeros(len(rows), vocab_size, dtype=torch.float32, device=device)
         return table.index_put_((row_t, tok_t), torch.ones_like(tok_t, dtype=torch.float32), accumulate=True)
 
@@ -241,9 +241,15 @@ class SamplingMetadata:
 @dataclass
 class SamplerOutput:
     token_ids: torch.Tensor  # [S] long, on the logits' device
-    # per row: {token_id: raw logprob} with the chosen token and the top-k; None for rows that did
-    # not ask; the whole list is None when no row asked
-    logprobs: list[dict[int, float] | None] | None
+    num_logprobs: list[int | None] | None  # per row: top-k logprobs asked (None: not asked); None: no row asked
+    logprob_pack: torch.Tensor | None  # the rows' raw logprobs as `logprob_pack`, on the device; None: no row asked
+
+    def logprobs(self) -> list[dict[int, float] | None] | None:
+        """Per row {token_id: raw logprob} with the chosen token and the top-k, None for rows that did
+        not ask; None when no row asked. One device -> host copy (waits for the sampler)."""
+        if self.logprob_pack is None:
+            return None
+        return logprob_dicts(self.logprob_pack.cpu().numpy(), self.num_logprobs)
 
 
 def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
@@ -252,34 +258,40 @@ def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
     return ((packed.unsqueeze(-1) >> shifts) & 1).view(packed.shape[0], -1)[:, :count].bool()
 
 
-def gather_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor,
-                    num_logprobs: list[int | None], ranks: list[int] | None = None) -> list[dict[int, float] | None]:
-    """Logprob dicts for rows of `logprobs` [N, V]: {token_ids[i]: lp} plus the top num_logprobs[i]
-    entries (the chosen token first; it may also be among the top-k). One device -> host copy.
-    Also usable for prompt logprobs (token_ids = next prompt tokens). `ranks`, when given, is
-    extended with each chosen token's rank (1 + the number of tokens more likely than it)."""
+# ---- logprobs: a device pack, read on the host in one copy ---------------------------------------
+def logprob_pack(logprobs: torch.Tensor, token_ids: torch.Tensor, num_logprobs: list[int | None],
+                 with_ranks: bool = False) -> torch.Tensor:
+    """Device half of the logprob dicts of the rows of `logprobs` [N, V] (log_softmax of the raw
+    logits): ONE float64 tensor, [chosen | ids | ranks (with_ranks) | top-k logprobs | top-k ids] with
+    k = max(num_logprobs), so everything reaches the host in one copy (float64 holds fp32 logprobs
+    and token ids / ranks < 2^53 exactly). A rank is 1 + the number of tokens more likely than the
+    chosen one."""
     k = max((n for n in num_logprobs if n is not None), default=0)
-    n_rows = logprobs.shape[0]
-    chosen_t = logprobs.gather(1, token_ids.view(-1, 1))
-    # everything the host needs in ONE device -> host copy: float64 holds fp32 logprobs and token
-    # ids / ranks (< 2^53) exactly; layout [chosen | ids | ranks? | top-k logprobs | top-k ids]
-    parts = [chosen_t.view(-1).double(), token_ids.view(-1).double()]
-    if ranks is not None:
-        parts.append(((logprobs > chosen_t).sum(dim=1) + 1).double())
+    chosen = logprobs.gather(1, token_ids.view(-1, 1))
+    parts = [chosen.view(-1).double(), token_ids.view(-1).double()]
+    if with_ranks:
+        parts.append(((logprobs > chosen).sum(dim=1) + 1).double())
     if k > 0:
-        top_lp_t, top_ids_t = logprobs.topk(k, dim=-1)
-        parts += [top_lp_t.reshape(-1).double(), top_ids_t.reshape(-1).double()]
-    host = torch.cat(parts).cpu().numpy()
-    chosen = host[:n_rows].tolist()
-    ids = host[n_rows:2 * n_rows].astype(np.int64).tolist()
+        top_lp, top_ids = logprobs.topk(k, dim=-1)
+        parts += [top_lp.reshape(-1).double(), top_ids.reshape(-1).double()]
+    return torch.cat(parts)
+
+
+def logprob_dicts(pack: np.ndarray, num_logprobs: list[int | None],
+                  ranks: list[int] | None = None) -> list[dict[int, float] | None]:
+    """Host half: `pack` (a `logprob_pack` on the host, as a float64 array) -> per row None (not asked)
+    or {chosen token: logprob, then the top-n not already in}. `ranks` (the pack was made with
+    with_ranks): extended with each chosen token's rank."""
+    n_rows, k = len(num_logprobs), max((n for n in num_logprobs if n is not None), default=0)
+    chosen = pack[:n_rows].tolist()
+    ids = pack[n_rows:2 * n_rows].astype(np.int64).tolist()
     off = 2 * n_rows
     if ranks is not None:
-        ranks.extend(host[off:off + n_rows].astype(np.int64).tolist())
+        ranks.extend(pack[off:off + n_rows].astype(np.int64).tolist())
         off += n_rows
-    top_lp = top_ids = None
     if k > 0:
-        top_lp = host[off:off + n_rows * k].reshape(n_rows, k).tolist()
-        top_ids = host[off + n_rows * k:off + 2 * n_rows * k].reshape(n_rows, k).astype(np.int64).tolist()
+        top_lp = pack[off:off + n_rows * k].reshape(n_rows, k).tolist()
+        top_ids = pack[off + n_rows * k:off + 2 * n_rows * k].reshape(n_rows, k).astype(np.int64).tolist()
     result: list[dict[int, float] | None] = []
     for i, n in enumerate(num_logprobs):
         if n is None:
@@ -290,6 +302,16 @@ def gather_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor,
             d.setdefault(top_ids[i][j], top_lp[i][j])
         result.append(d)
     return result
+
+
+def gather_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor,
+                    num_logprobs: list[int | None], ranks: list[int] | None = None) -> list[dict[int, float] | None]:
+    """Logprob dicts for rows of `logprobs` [N, V]: {token_ids[i]: lp} plus the top num_logprobs[i]
+    entries (the chosen token first; it may also be among the top-k). One device -> host copy.
+    Also usable for prompt logprobs (token_ids = next prompt tokens). `ranks`, when given, is
+    extended with each chosen token's rank (1 + the number of tokens more likely than it)."""
+    pack = logprob_pack(logprobs, token_ids, num_logprobs, with_ranks=ranks is not None)
+    return logprob_dicts(pack.cpu().numpy(), num_logprobs, ranks)
 
 
 def _apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, max_top_k: int,
@@ -313,7 +335,8 @@ def _apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, max_top
 
 
 class Sampler:
-    """Stateless; `sampler(logits, meta)` -> SamplerOutput. See the module docstring for the order."""
+    """Stateless; `sampler(logits, meta)` -> SamplerOutput (tokens and the logprob pack, on the device;
+    nothing waits for the device). See the module docstring for the order."""
 
     def __call__(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
         if logits.dim() != 2 or logits.shape[0] != meta.num_rows:
@@ -330,11 +353,10 @@ class Sampler:
                 token_ids = torch.where(meta.greedy_rows, x.argmax(dim=-1), token_ids)
         if meta.forced_rows is not None:
             token_ids = token_ids.index_put((meta.forced_rows,), meta.forced_token_ids)
-
-        logprobs = None
-        if raw_logprobs is not None:
-            logprobs = gather_logprobs(raw_logprobs, token_ids, meta.num_logprobs)
-        return SamplerOutput(token_ids=token_ids, logprobs=logprobs)
+        if raw_logprobs is None:
+            return SamplerOutput(token_ids, None, None)
+        # left on the device: read with SamplerOutput.logprobs() or copied with the tokens (async_step)
+        return SamplerOutput(token_ids, meta.num_logprobs, logprob_pack(raw_logprobs, token_ids, meta.num_logprobs))
 
     def process(self, logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
         """Steps 2-3 (masks, logit bias, min_tokens / bad words, penalties) out of place: the logits

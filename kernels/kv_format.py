@@ -99,6 +99,20 @@ def find(entries: str, index_keys: str) -> KVFormat | None:
     return None
 
 
+def check_kernel_dims(fmt: str | KVFormat, head_dim: int, rope_dim: int, device) -> None:
+    """ValueError when the kernels that run on `device` ("cpu" / "cuda" / a torch.device) cannot store
+    `fmt`'s main entries for this head shape. The Triton kernels (CUDA) quantize an FP8 entry's nope
+    dims (head_dim - rope_dim) in whole 64-dim scale blocks, so they need nope % 64 == 0 (V4: 448);
+    the torch twins (CPU) take any width. Checked once when the engine is built."""
+    f = get(fmt)
+    device_type = getattr(device, "type", str(device).split(":")[0])
+    nope = head_dim - rope_dim
+    if f.entries == "fp8" and device_type == "cuda" and nope % FP8_QBLOCK:
+        raise ValueError(f"kv_format {f.name!r} on CUDA (Triton kernels) needs head_dim - qk_rope_head_dim (the "
+                         f"FP8 nope dims) to be a multiple of {FP8_QBLOCK}; this model has head_dim={head_dim}, "
+                         f"qk_rope_head_dim={rope_dim} (nope {nope}): use kv_cache_dtype 'auto' for it")
+
+
 # ---- row encodings for size planning (kvcache/sizing.py) -----------------------------------------
 @dataclass(frozen=True)
 class KVEntryFormat:

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from kernels.attn_meta import AttnMeta
+from kernels.kv_format import check_kernel_dims
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -161,12 +162,12 @@ def _combine_kernel(part_acc_ptr, part_ml_ptr, sink_ptr, out_ptr, H,
 
 
 def _fmt(store: torch.Tensor, c: int, rope_dim: int):
-    fp8 = store.dtype == torch.uint8
-    if fp8:
-        nope = c - rope_dim
-        assert nope % 64 == 0 and rope_dim == 64 or INTERPRET or nope % 64 == 0, "FP8 Triton path needs nope % 64 == 0"
-        return True, nope, rope_dim
-    return False, c, rope_dim
+    """-> (FP8 entries?, nope dims, rope dims) of a ring / pool store; FP8 needs whole 64-dim scale
+    blocks of nope dims (the engine checks this at build time, kv_format.check_kernel_dims)."""
+    if store.dtype != torch.uint8:
+        return False, c, rope_dim
+    check_kernel_dims("fp8", c, rope_dim, "cuda")
+    return True, c - rope_dim, rope_dim
 
 
 def _num_splits(n_tok: int, max_total: int, block_n: int) -> int:

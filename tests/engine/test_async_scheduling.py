@@ -14,7 +14,6 @@ import asyncio
 import pytest
 import torch
 
-from engine.async_step import logprob_dicts, logprob_pack
 from engine.config import EngineArgs
 from engine.llm_engine import LLMEngine
 from engine.outputs import OutputKind
@@ -380,18 +379,27 @@ def test_host_dependent_rows_overlap(tiny_ckpt, reference):
     assert think_toks[budget] == end and end not in think_toks[:budget]
 
 
-def test_logprob_pack_equals_the_samplers_logprobs():
-    """The loop packs sample logprobs on the device and reads them with the tokens: the same dicts as
-    engine.sampler.gather_logprobs on the raw logits (rows without logprobs, logprobs=0, top-k)."""
-    from engine.sampler import gather_logprobs
+def test_launched_step_reads_the_samplers_logprobs():
+    """One logprob path: the loop carries the sampler's device pack to the host with the tokens, so
+    LaunchedStep.logprobs() == SamplerOutput.logprobs() == gather_logprobs on the raw logits (rows
+    without logprobs, logprobs=0, top-k; no row asking -> None)."""
+    from engine.async_step import LaunchedStep
+    from engine.sampler import Sampler, SamplingMetadata, gather_logprobs
 
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(5, 300, generator=g) * 3
-    tokens = torch.randint(0, 300, (5,), generator=g)
-    for num in ([2, None, 0, 5, 1], [0, 0, None, 0, 0], [None, 3, None, None, 3]):
-        want = gather_logprobs(logits.log_softmax(-1), tokens, num)
-        got = logprob_dicts(logprob_pack(logits, tokens, num).tolist(), tokens.tolist(), num)
-        assert got == want and [list(d) if d else d for d in got] == [list(d) if d else d for d in want]
+    logits = torch.randn(5, 300, generator=torch.Generator().manual_seed(0)) * 3
+    for num in ([2, None, 0, 5, 1], [0, 0, None, 0, 0], [None, 3, None, None, 3], [None] * 5):
+        params = [SamplingParams(temperature=0.0, logprobs=n) for n in num]
+        meta = SamplingMetadata.build(params, [[]] * 5, [[1]] * 5, [None] * 5, None, 300, "cpu")
+        out = Sampler()(logits, meta)
+        step = LaunchedStep.start([], out.token_ids, out.num_logprobs, out.logprob_pack)
+        assert step.tokens() == logits.argmax(-1).tolist()
+        got = step.logprobs()
+        if all(n is None for n in num):
+            assert got is None and out.logprobs() is None
+            continue
+        want = gather_logprobs(logits.log_softmax(-1), out.token_ids, num)
+        assert got == want == out.logprobs()
+        assert [list(d) if d else d for d in got] == [list(d) if d else d for d in want]
 
 
 @pytest.mark.gpu

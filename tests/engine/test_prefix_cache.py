@@ -39,6 +39,16 @@ def flash_ckpt(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def flash_ckpt_wide(tmp_path_factory):
+    """The "flash" layout with heads the CUDA FP8 entries can store: nope = 128 - 64, a whole 64-dim scale
+    block (kernels/kv_format.check_kernel_dims), and a 64-wide indexer."""
+    out = tmp_path_factory.mktemp("pc_flash_wide")
+    write_synthetic_checkpoint(tiny_config(**CONFIGS["flash"], head_dim=128, qk_rope_head_dim=64, index_head_dim=64),
+                               out, seed=5, quantize=False)
+    return out
+
+
 def make(ckpt, caching: bool, **kw) -> LLMEngine:
     args = dict(model=str(ckpt), device="cpu", dtype="float32", max_num_seqs=4, max_num_batched_tokens=BS,
                 num_kv_blocks=64, block_size=BS, enable_prefix_caching=caching, prefix_snapshot_interval=2 * BS)
@@ -247,12 +257,12 @@ def test_hits_with_async_scheduling(flash_ckpt):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kv_format", ["auto", "fp8_fp4idx"])
-def test_hits_on_cuda_match_no_caching_gpu(flash_ckpt, kv_format):
+def test_hits_on_cuda_match_no_caching_gpu(flash_ckpt_wide, kv_format):
     """CUDA (bf16, Triton kernels, CUDA-graph decode, async scheduling): the snapshot restore is a byte
     copy and every chunk starts on a block boundary in both engines, so the hit reproduces the
     no-caching run (same tokens; logprobs equal up to the kernels' own run-to-run rounding)."""
     kw = dict(device="cuda", dtype="auto", kv_cache_dtype=kv_format)
-    ref_eng, eng = make(flash_ckpt, False, **kw), make(flash_ckpt, True, **kw)
+    ref_eng, eng = make(flash_ckpt_wide, False, **kw), make(flash_ckpt_wide, True, **kw)
     assert eng.async_scheduling and eng.runner.graphs is not None
     for i, (prompt, cached) in enumerate(CASES):
         got = run(eng, prompt, greedy(), f"r{i}")

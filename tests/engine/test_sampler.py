@@ -29,7 +29,7 @@ def test_greedy_is_argmax_and_logits_untouched():
     before = logits.clone()
     out, meta = run(logits, [SamplingParams(temperature=0.0)] * 6)
     assert meta.all_greedy and torch.equal(out.token_ids, logits.argmax(-1))
-    assert out.logprobs is None and torch.equal(logits, before)
+    assert out.logprobs() is None and torch.equal(logits, before)
 
 
 @pytest.mark.parametrize("kw", [{"top_k": 1}, {"top_p": 1e-6}, {"min_p": 1.0}, {"top_k": 1, "top_p": 0.5}])
@@ -119,8 +119,8 @@ def test_forced_thinking_end_token():
     assert meta.forced_rows.tolist() == [1, 3]
     assert out.token_ids.tolist() == [3, think_end, 3, think_end]
     raw = logits.log_softmax(-1)
-    assert out.logprobs[1][think_end] == pytest.approx(raw[1, think_end].item())
-    assert 3 in out.logprobs[1]  # the top-1 still reported
+    assert out.logprobs()[1][think_end] == pytest.approx(raw[1, think_end].item())
+    assert 3 in out.logprobs()[1]  # the top-1 still reported
     # budget 0: the very first token is forced
     out, _ = run(logits[:1], [p.with_updates(thinking_budget=0, temperature=1.0)])
     assert out.token_ids.tolist() == [think_end]
@@ -132,14 +132,14 @@ def test_logprobs_are_raw_and_include_sampled_token():
               SamplingParams(temperature=0.1, logprobs=0, seed=3)]
     out, _ = run(logits, params, outputs=[[0, 1], [], []])
     raw = logits.log_softmax(-1)
-    assert out.logprobs[1] is None
-    lp0 = out.logprobs[0]
+    assert out.logprobs()[1] is None
+    lp0 = out.logprobs()[0]
     top = raw[0].topk(3)
     assert set(top.indices.tolist()) <= set(lp0) and len(lp0) in (3, 4)
     for t, v in lp0.items():
         assert v == pytest.approx(raw[0, t].item())
     t2 = out.token_ids[2].item()
-    assert out.logprobs[2] == {t2: pytest.approx(raw[2, t2].item())}
+    assert out.logprobs()[2] == {t2: pytest.approx(raw[2, t2].item())}
 
 
 def test_gather_logprobs_for_prompt_positions():
@@ -216,18 +216,38 @@ def test_unpack_bits_matches_numpy():
         assert (unpack_bits(torch.from_numpy(packed), count).numpy() == want).all()
 
 
-def test_guided_rows_mixed_with_allow_lists():
-    """Grammar rows, allow-list rows and rows with both in one table; an empty intersection may end."""
+def _guided_case(device):
     import numpy as np
     V, eos = 20, 1
     grammar = np.zeros(V, dtype=bool)
     grammar[[3, 4, 5]] = True
     packed = np.packbits(grammar)
+    short = np.packbits(np.eye(8, dtype=bool)[6])  # a grammar over the first 8 tokens only
     table = SamplingMetadata._guided_table(
-        "cpu", V, [0, 2, 5, 7], {2: [4, 9], 5: [9], 7: [3]},
-        {0: (packed, False), 5: (packed, False), 7: (packed, True)}, eos)
+        device, V, [0, 2, 5, 7, 8, 9], {2: [4, 9], 5: [9], 7: [3], 9: [6, 25]},
+        {0: (packed, False), 5: (packed, False), 7: (packed, True), 8: (packed, True), 9: (short, False)}, eos)
+    return table, eos
+
+
+def test_guided_rows_mixed_with_allow_lists():
+    """Grammar rows, allow-list rows and rows with both in one table; an empty intersection may end."""
+    import numpy as np
+    table, eos = _guided_case("cpu")
     rows = [set(np.flatnonzero(r.numpy()).tolist()) for r in table]
-    assert rows == [{3, 4, 5}, {4, 9}, {eos}, {3}]  # the allow-list bounds EOS too, unless nothing is left
+    # the allow-list bounds EOS too, unless nothing is left; ids >= V and bits past a grammar's vocabulary: no
+    assert rows == [{3, 4, 5}, {4, 9}, {eos}, {3}, {eos, 3, 4, 5}, {6}]
+
+
+@pytest.mark.gpu
+def test_guided_table_on_cuda_equals_cpu_without_syncing():
+    """CUDA: the packed table crosses in one pinned, non-blocking copy (no sync) and equals the CPU table."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        table, _ = _guided_case("cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.equal(table.cpu(), _guided_case("cpu")[0])
 
 
 def test_gather_logprobs_ranks():
@@ -254,7 +274,7 @@ def test_logit_bias_moves_the_choice_and_leaves_logprobs_raw():
     second[top[1]] = float("-inf")
     assert out.token_ids[1] == second.argmax() and out.token_ids[2] == top[2]
     raw = logits.log_softmax(-1)
-    assert abs(out.logprobs[0][int(low[0])] - raw[0, low[0]].item()) < 1e-5  # raw model logprob
+    assert abs(out.logprobs()[0][int(low[0])] - raw[0, low[0]].item()) < 1e-5  # raw model logprob
     assert meta.bias_rows.tolist() == [0, 1]
 
 

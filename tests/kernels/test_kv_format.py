@@ -55,3 +55,29 @@ def test_sizing_reads_the_registry():
     assert kv_format.find("dense", "fp4") is None
     assert "prefix-cache snapshot" in format_table(cfg, "flash", "fp8", "fp4", torch.bfloat16)
     assert "prefix-cache snapshot" not in format_table(cfg, "flash", "bf16", "fp4", torch.bfloat16)
+
+
+def test_fp8_entries_on_cuda_need_whole_scale_blocks_of_nope_dims():
+    """The Triton kernels store FP8 entries in 64-dim scale blocks: the engine refuses, at build time and
+    naming the config values, an FP8 format on CUDA whose nope dims (head_dim - rope) are not a multiple
+    of 64; the CPU twins and dense entries take any width."""
+    import re
+
+    for fmt in ("fp8", "fp8_fp4idx"):
+        with pytest.raises(ValueError, match=re.escape(f"kv_format {fmt!r} on CUDA") + r".*multiple of 64.*"
+                           r"head_dim=64, qk_rope_head_dim=16 \(nope 48\)"):
+            kv_format.check_kernel_dims(fmt, 64, 16, "cuda")
+        kv_format.check_kernel_dims(fmt, 64, 16, "cpu")
+        kv_format.check_kernel_dims(fmt, 128, 64, "cuda:0")
+        kv_format.check_kernel_dims(fmt, 512, 64, "cuda")
+    kv_format.check_kernel_dims("bf16", 64, 16, "cuda")
+
+
+def test_engine_build_checks_the_kernel_dims_first(tiny_ckpt, monkeypatch):
+    """LLMEngine on CUDA with FP8 entries and a tiny model (nope 48): the clear error, before any weight
+    loads (CUDA availability faked: the check comes before anything touches the device)."""
+    from engine.llm_engine import LLMEngine
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValueError, match=r"fp8_fp4idx.*head_dim=64, qk_rope_head_dim=16 \(nope 48\)"):
+        LLMEngine(EngineArgs(model=str(tiny_ckpt), device="cuda", kv_cache_dtype="fp8_fp4idx"))
