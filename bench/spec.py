@@ -17,8 +17,9 @@ Synthetic weights make acceptance meaningless, so this measures costs: B greedy 
                 (plan, verify_fill, rejection, draft_fill, draft_wait, append, host_total) and device
                 segments (verify_gpu, draft_gpu, gpu_gap = device idle while the host samples);
                 sched_ms = step wall - host_total (scheduler, LLMEngine.step around it)
-  sections_ms   device ms of every section of the two graphs (verify.rowlog_save / forward / lm_head,
-                draft.rowlog_restore / mtp_catchup / mtp_head / mtp_chain*...), each captured alone and
+  sections_ms   device ms of every section of the graphs the steps ran (greedy rows: the one `greedy` graph
+                = verify + accept + draft; else `verify` and `draft`): rowlog_save / forward / lm_head /
+                accept / rowlog_restore / mtp_catchup / mtp_head / mtp_chain*..., each captured alone and
                 replayed on an all-padding batch of random tokens (short context); plain_sections_ms the
                 same for the plain decode graph (decode.forward / head)
   projected_43  a PROJECTION, not a measurement: the ratio at V4-Flash's 43 layers, from the measured
@@ -188,6 +189,7 @@ def main(argv=None):
             sd.drafts.clear()
             draft_times.clear()
             g0 = sd.graphs.num_steps if sd.graphs is not None else 0
+            gg0 = sd.graphs.num_greedy_steps if sd.graphs is not None else 0
             sd.timer = StepTimer(eng.device) if not args.no_breakdown else None
             walls = timed_decode(eng, B, args, f"s{k}")
             st = median_ms(walls)
@@ -200,13 +202,17 @@ def main(argv=None):
                 bd["sched_ms"] = round(st - bd.get("host_total", 0.0), 4)
                 r["breakdown"] = bd
                 sd.timer = None
-                sec = sd.graphs.time_sections(sd.graphs.bucket_for(B)) if sd.graphs is not None else {}
+                gr = sd.graphs
+                names = ("greedy",) if gr is not None and gr.num_greedy_steps else ("verify", "draft")
+                sec = gr.time_sections(gr.bucket_for(B), names=names) if gr is not None else {}
+                r["greedy_graph_steps"] = gr.num_greedy_steps - gg0 if gr is not None else 0
                 r["sections_ms"] = sec
                 r["mtp_sections_ms"] = round(sum(v for n, v in sec.items() if ".mtp_" in n), 4)
                 r["rowlog_sections_ms"] = round(sum(v for n, v in sec.items() if "rowlog" in n), 4)
                 pf = row.get("plain_sections_ms", {}).get("decode.forward")
-                if pf and "verify.forward" in sec:
-                    r["projected_43"] = project(row["plain_graph_ms"], st, pf, sec["verify.forward"], L)
+                vf = next((v for n, v in sec.items() if n.endswith(".forward")), None)
+                if pf and vf:
+                    r["projected_43"] = project(row["plain_graph_ms"], st, pf, vf, L)
             for a in accepts:
                 tok_s = B * a / st * 1e3
                 r[f"tok_s@{a}"] = round(tok_s, 1)

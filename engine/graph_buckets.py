@@ -104,14 +104,15 @@ class BucketGraphs:
         return self.capture_s
 
     @torch.inference_mode()
-    def time_sections(self, bp: int, iters: int = 20) -> dict[str, float]:
+    def time_sections(self, bp: int, iters: int = 20, names: tuple[str, ...] | None = None) -> dict[str, float]:
         """Device time (ms, mean over `iters`) of every section of bucket `bp`, each captured as its own graph
         (CUDA; events between back-to-back replays) or run eagerly with host timers (CPU). Runs an
         all-padding batch of random token ids: only scratch rows are written, so call it between steps.
         Attention reads the scratch rows' short context (positions 0..q-1): context-length effects are not in it."""
         bk = self.buckets[bp]
         out: dict = {}
-        secs = [(f"{name}.{label}", fn) for name in self.graph_names for label, fn in self._sections(bk, name, out)]
+        secs = [(f"{name}.{label}", fn) for name in names or self.graph_names
+                for label, fn in self._sections(bk, name, out)]
         self._fill_idle(bp, torch.Generator().manual_seed(bp))
         if not self.capture_enabled:
             tot = {label: 0.0 for label, _ in secs}

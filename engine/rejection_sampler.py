@@ -103,6 +103,13 @@ def greedy_verify(logits: torch.Tensor, groups: list[VerifyGroup]) -> list[Verif
     return _walk(groups, am, [True] * len(am), {}, None, None)
 
 
+def plain_greedy(p, seq) -> bool:
+    """Greedy with raw logits: nothing the sampler would apply before the argmax (p: SamplingParams)."""
+    return (p.greedy and not p.logit_bias and p.allowed_token_ids is None and p.choice_token_ids is None
+            and p.guide is None and not p.bad_words_token_ids and not p.needs_penalties
+            and p.thinking_budget is None and seq.num_output_tokens >= p.min_tokens)
+
+
 def _walk(groups, am, greedy, forced, cd, ac) -> list[VerifyResult]:
     out = []
     for g in groups:

@@ -37,7 +37,7 @@ from kvcache.spec_rollback import RowLog
 from models.mtp import allocate_mtp_state, check_mtp, mtp_forward
 
 from .outputs import OutputKind, RequestOutput
-from .rejection_sampler import VerifyGroup, greedy_verify, rejection_sample
+from .rejection_sampler import VerifyGroup, greedy_verify, plain_greedy, rejection_sample
 from .sampler import SamplingMetadata, gather_logprobs
 from .scheduler import SchedulerOutput
 from .sequence import SequenceStatus
@@ -218,7 +218,7 @@ class SpecDecoder:
             owner.append(i)
             rows += range(first, first + len(d) + 1)
         sample_logits = logits.index_select(0, torch.tensor(rows, dtype=torch.long, device=logits.device))
-        if all(_plain_greedy(states[i].params, chunks[i].seq) for i in owner):
+        if all(plain_greedy(states[i].params, chunks[i].seq) for i in owner):
             res = greedy_verify(sample_logits, groups)  # no logits processing: skip the metadata
         else:
             params, outs, prompts, guides = [], [], [], []
@@ -368,10 +368,3 @@ class SpecDecoder:
     def _argmax(self, hidden: torch.Tensor) -> torch.Tensor:
         """Greedy drafts (tensor parallel: the gathered logits are on rank 0, where this runs)."""
         return self.model.compute_logits(hidden)[:, :self.valid_vocab].argmax(dim=-1)
-
-
-def _plain_greedy(p, seq) -> bool:
-    """Greedy with raw logits: nothing the sampler would apply before the argmax."""
-    return (p.greedy and not p.logit_bias and p.allowed_token_ids is None and p.choice_token_ids is None
-            and p.guide is None and not p.bad_words_token_ids and not p.needs_penalties
-            and p.thinking_budget is None and seq.num_output_tokens >= p.min_tokens)

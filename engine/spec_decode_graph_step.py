@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .scheduler import SchedulerOutput
 from .sequence import SequenceStatus
+from .rejection_sampler import VerifyResult, plain_greedy
 from .spec_decode_batch import VerifyPlan
 
 
@@ -53,6 +54,16 @@ def graph_step(spec, eng, sched: SchedulerOutput, states, want_prompt: list[bool
     if tm is not None:
         tm.host("plan")
         tm.event("v0")
+    if all(plain_greedy(st.params, c.seq) and st.params.logprobs is None for st, c in zip(states, chunks)):
+        # greedy acceptance on the device: verify + accept + draft in one graph, one device -> host copy
+        am, acc, new = g.verify_greedy(ids, pos, slots, tables, [len(drafts.get(i, ())) for i in range(len(chunks))],
+                                       timer=tm)
+        results = {i: (VerifyResult(am[i][:a + 1], list(range(i * (k + 1), i * (k + 1) + a + 1)), a), None)
+                   for i, a in enumerate(acc)}
+        spec._count(drafts, results)
+        if tm is not None:
+            tm.host("draft_wait")
+        return _finish(spec, eng, sched, states, chunks, results, acc, new)
     logits = g.verify(ids, pos, slots, tables)
     if tm is not None:
         tm.event("v1")
@@ -75,6 +86,12 @@ def graph_step(spec, eng, sched: SchedulerOutput, states, want_prompt: list[bool
     new = g.draft(next_ids, acc, [c.start for c in chunks], timer=tm)
     if tm is not None:
         tm.host("draft_wait")
+    return _finish(spec, eng, sched, states, chunks, results, acc, new)
+
+
+def _finish(spec, eng, sched, states, chunks, results, acc, new):
+    """Scheduler update, emitted tokens appended, next drafts kept."""
+    tm = spec.timer
     eng.scheduler.update_after_step(sched)
     outputs = spec._append(eng, states, chunks, results)
     for i, c in enumerate(chunks):

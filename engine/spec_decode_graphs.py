@@ -53,7 +53,7 @@ class _Bucket:
 
 
 class SpecGraphs(BucketGraphs):
-    graph_names = ("verify", "draft")
+    graph_names = ("verify", "draft", "greedy")
 
     def __init__(self, model, kv, mtp_state: dict, device: torch.device, *, k: int, max_num_seqs: int,
                  max_model_len: int, valid_vocab: int, capture: bool | None = None, buckets: list[int] | None = None):
@@ -90,13 +90,13 @@ class SpecGraphs(BucketGraphs):
         self.c_qs = torch.arange(bmax + 1, **i32)
         self.c_tok = torch.arange(bmax, **i32)
         self.c_rows = torch.arange(bmax, **i64)
+        self.cols = torch.arange(q, **i64)
         cfg = model.cfg
-        self.main_log = StaticRowLog(kv.state.layers, list(cfg.compress_ratios), kv.block_size, k, kv.pad_block,
-                                     kv.pad_slot)
-        self.mtp_log = StaticRowLog([mtp_state], [0], kv.block_size, 2 * k + 1, kv.pad_block, kv.pad_slot)
+        self.main_log = StaticRowLog(kv.state.layers, list(cfg.compress_ratios), kv.block_size, k)
+        self.mtp_log = StaticRowLog([mtp_state], [0], kv.block_size, 2 * k + 1)
         self.buckets = {b: self._bucket(b) for b in self.sizes}
-        self._host_ctx = None  # eager (CPU) draft: host context lengths of the chained passes
-        self.num_steps = 0
+        self.num_steps = 0  # graph steps (verify or verify_greedy)
+        self.num_greedy_steps = 0  # of which one-graph greedy steps
 
     def _bucket(self, bp: int) -> _Bucket:
         q, n = self.q, bp * self.q
@@ -113,7 +113,36 @@ class SpecGraphs(BucketGraphs):
 
     # ---- bodies (what the graphs run), as named sections (graph_buckets.py) --------------------
     def _sections(self, bk: _Bucket, name: str, out: dict):
-        return self._verify_sections(bk, out) if name == "verify" else self._draft_sections(bk, out)
+        if name == "verify":
+            return self._verify_sections(bk, out)
+        if name == "draft":
+            return self._draft_sections(bk, out)
+        acc, res = self._greedy_sections(bk, out)
+        return self._verify_sections(bk, out) + acc + self._draft_sections(bk, out)[1:] + res
+
+    def _greedy_sections(self, bk: _Bucket, out: dict):
+        """Greedy acceptance on the device (every row plain greedy: raw argmax, no logprobs): row j of a
+        sequence accepts d_{j+1} while argmax_j == d_{j+1} (real drafts only: their count nd is staged in
+        stage2's acc field); the accepted drafts equal the argmaxes, so the emitted tokens are argmax_0..a
+        and the catch-up's next ids argmax_j (j <= a; rows past a repeat argmax_a, never used)."""
+        bp, q, k = bk.size, self.q, self.k
+        n = bp * q
+
+        def accept():
+            am = out["logits"].argmax(dim=-1).view(bp, q)
+            nd = self.stage2[n:n + bp]
+            match = (am[:, :k] == self.ids[:n].view(bp, q)[:, 1:]) & (self.cols[:k].view(1, k) < nd.view(bp, 1))
+            a = match.long().cumprod(dim=1).sum(dim=1)
+            self.acc[:bp].copy_(a)
+            torch.add(self.ctx[:bp] + 1, a, out=self.bound[:bp])
+            nxt = torch.where(self.cols.view(1, q) <= a.view(bp, 1), am, am.gather(1, a.view(bp, 1)))
+            self.next_ids[:n].copy_(nxt.view(-1))
+            out["am"] = am
+
+        def result():
+            out["result"] = torch.cat([out["am"].view(-1), self.acc[:bp], out["drafts"].view(-1)])
+
+        return [("accept", accept)], [("result", result)]
 
     def _verify_sections(self, bk: _Bucket, out: dict):
         bp, q = bk.size, self.q
@@ -177,8 +206,8 @@ class SpecGraphs(BucketGraphs):
                 self.c_ids[:bp].copy_(out["tok"][-1])
                 torch.add(self.ctx[:bp] + j, self.acc[:bp], out=self.c_pos[:bp])
                 self.c_pos32[:bp].copy_(self.c_pos[:bp])
-                if self._host_ctx is not None:
-                    bk.chain.context_lens[:] = self._host_ctx[j - 1]
+                if not self.capture_enabled:  # host mirror for the torch twins (eager runs only)
+                    bk.chain.context_lens[:] = self.c_pos[:bp].tolist()
                 out["h"], out["mtp_hidden"] = mtp_forward(self.model, out["h"], self.c_ids[:bp], bk.chain,
                                                           self.mtp_state)
             return fn
@@ -215,7 +244,6 @@ class SpecGraphs(BucketGraphs):
         self._fill(bp, ids, list(range(q)) * b, [self.kv.pad_slot] * b,
                    torch.full((b, 1), self.kv.pad_block, dtype=torch.int64))
         self._fill2(bp, ids, [0] * b, [1] * b)
-        self._host_ctx = [[0] * bp for _ in range(1, self.k)]
 
     def _fill(self, bp: int, ids: list[int], positions: list[int], slots: list[int], tables: torch.Tensor) -> None:
         """ONE host -> device copy: ids [Bp*q], positions [Bp*q], slots [Bp], the B x width table rows.
@@ -260,6 +288,27 @@ class SpecGraphs(BucketGraphs):
         return bk.out["logits"][:b * self.q]
 
     @torch.inference_mode()
+    @torch.inference_mode()
+    def verify_greedy(self, ids: list[int], positions: list[int], slots: list[int], tables: torch.Tensor,
+                      num_drafts: list[int], timer=None) -> tuple[list[list[int]], list[int], list[list[int]]]:
+        """Verify + device-side greedy acceptance + drafting in one graph and ONE device -> host copy.
+        -> (argmax rows [B][q], accepted drafts [B], next drafts [B][k])."""
+        b, q, k = len(slots), self.q, self.k
+        bp = self.bucket_for(b)
+        bk = self.buckets[bp]
+        self._fill(bp, ids, positions, slots, tables)
+        self._fill2(bp, [], num_drafts, [0] * b)  # acc field = number of real drafts
+        self._run(bk, "greedy")
+        self.num_steps += 1
+        self.num_greedy_steps += 1
+        if timer is not None:
+            timer.event("v1")
+            timer.host("verify_fill")
+        host = bk.out["result"].tolist()
+        am, acc, dr = host[:bp * q], host[bp * q:bp * q + b], host[bp * q + bp:]
+        return [am[i * q:(i + 1) * q] for i in range(b)], acc, [dr[i * k:(i + 1) * k] for i in range(b)]
+
+    @torch.inference_mode()
     def draft(self, next_ids: list[int], acc: list[int], first_pos: list[int], timer=None) -> list[list[int]]:
         """After `verify`: restore rejected rows, MTP catch-up + chain -> k drafts per sequence."""
         bp = self._bp
@@ -267,7 +316,6 @@ class SpecGraphs(BucketGraphs):
         b = len(acc)
         bound = [p + 1 + a for p, a in zip(first_pos, acc)]
         self._fill2(bp, next_ids, acc, bound)
-        self._host_ctx = [[p + a + j for p, a in zip(first_pos, acc)] + [0] * (bp - b) for j in range(1, self.k)]
         self._run(bk, "draft")
         if timer is not None:
             timer.event("d1")

@@ -23,6 +23,7 @@ from .ref import mhc as _ref_mhc
 from .ref import moe as _ref_moe
 from .ref import norm as _ref_norm
 from .ref import routing as _ref_routing
+from .ref import row_copy as _ref_row_copy
 
 # op -> (pure-torch twin module, Triton module under kernels/triton, backend group). The one place
 # that says which implementation an op has; a new op is one row here plus its public function below.
@@ -38,6 +39,7 @@ _OPS: dict[str, tuple[object, str, str]] = {
     **{op: (_ref_attn, "attention", "attention") for op in ("kv_pack", "window_store", "sparse_attention")},
     "indexer_topk": (_ref_idx, "indexer", "attention"),
     "compress_and_store": (_ref_comp, "compressor", "attention"),
+    "row_copy": (_ref_row_copy, "row_copy", "main"),
 }
 _BACKENDS = ("auto", "ref", "triton")
 # the backend override of each group: "all" (every op) and "attention" (attention / indexer / compressor
@@ -207,6 +209,14 @@ def add_cast(a, b, out_dtype) -> torch.Tensor:
     """(a + b.float()).to(out_dtype)."""
     impl = _impl("add_cast", a)
     return impl.add_cast(a, b, out_dtype)
+
+
+# ---- state rows (speculative rollback, issue 13) ------------------------------------------------
+def row_copy(tensors, sets, i0, i1, buf, to_buf: bool, keep=None) -> None:
+    """Rows of many tensors <-> one byte buffer in one launch (contract: kernels/ref/row_copy.py):
+    tensor t's rows (i0[sets[t], r], i1[sets[t], r]), r < R; to_buf saves, else restores where `keep`."""
+    impl = _impl("row_copy", buf)
+    impl.row_copy(tensors, sets, i0, i1, buf, to_buf, keep)
 
 
 # ---- attention / indexer / compressor (issue 5) ----------------------------------------------

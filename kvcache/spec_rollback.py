@@ -19,6 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+import kernels
+from kernels.ref.row_copy import row_copy_bytes
+
 _RING = ("window", "kv_tail", "score_tail", "idx_kv_tail", "idx_score_tail")
 _BLOCK = ("compressed", "index_keys")
 
@@ -126,87 +129,83 @@ class RowLog:
 
 @dataclass
 class _StaticSaved:
-    tensor: torch.Tensor
-    i0: torch.Tensor  # [R] long
-    i1: torch.Tensor  # [R] long
-    values: torch.Tensor  # [R, ...]
-    pos: torch.Tensor  # [R] long, -1 = nothing to restore (no entry closed)
-    seq: torch.Tensor  # [R] long: row of the owning sequence in the batch
-    block: bool  # a block-scoped tensor (scratch row: the scratch block) or slot-scoped (the scratch slot)
+    buf: torch.Tensor  # uint8: every logged row, tensor by tensor (kernels.row_copy layout)
+    i0: torch.Tensor  # [S, R] long: slot or block index per index set (-1: no row)
+    i1: torch.Tensor  # [S, R] long: row within it
+    pos: torch.Tensor  # [S, R] long: the position that writes the row (-1: none)
+    seq: torch.Tensor  # [S, R] long: row of the owning sequence in the batch
 
 
 class StaticRowLog:
     """RowLog with static shapes and no host synchronization (CUDA-graph capturable): every sequence of
     the batch logs the rows of n consecutive positions first_pos..first_pos+n-1. Block rows: at most
     one entry per compress ratio closes within n <= ratio positions (checked); a sequence whose
-    positions close none logs the scratch row `pad_block` with position -1 (never restored)."""
+    positions close none logs no block row (index -1).
 
-    def __init__(self, layers: list[dict[str, torch.Tensor]], ratios: list[int], block_size: int, n: int,
-                 pad_block: int | None, pad_slot: int | None = None):
-        self.layers, self.ratios, self.block_size, self.n, self.pad_block = layers, ratios, block_size, n, pad_block
-        self.pad_slot = pad_slot  # restore writes the rows it keeps as they are into the scratch slot / block
+    The rows are addressed by a few index sets (one per ring length, one per compress ratio's block
+    rows), computed once per save for all tensors that share them, and copied by ONE `kernels.row_copy`
+    launch each way (save: rows -> one byte buffer; restore: buffer -> the rows of rejected positions)."""
+
+    def __init__(self, layers: list[dict[str, torch.Tensor]], ratios: list[int], block_size: int, n: int):
+        self.block_size, self.n = block_size, n
+        self.tensors: list[torch.Tensor] = []
+        self.sets: list[int] = []
+        self.keys: list[tuple[str, int]] = []  # index set s: ("ring", length) or ("block", ratio)
         for st, m in zip(layers, ratios):
             for name in _RING:
-                if name in st and st[name].shape[1] < n:
-                    raise ValueError(f"state ring {name} of {st[name].shape[1]} rows < {n} logged positions")
-            if m and any(name in st for name in _BLOCK) and (m < n or pad_block is None):
-                raise ValueError(f"ratio {m}: {n} logged positions need ratio >= n and a scratch block")
+                if name in st:
+                    if st[name].shape[1] < n:
+                        raise ValueError(f"state ring {name} of {st[name].shape[1]} rows < {n} logged positions")
+                    self._add(st[name], ("ring", st[name].shape[1]))
+            if m and any(name in st for name in _BLOCK):
+                if m < n:
+                    raise ValueError(f"ratio {m}: {n} logged positions need ratio >= n")
+                for name in _BLOCK:
+                    if name in st:
+                        self._add(st[name], ("block", m))
 
-    def save(self, slots: torch.Tensor, first_pos: torch.Tensor, tables: torch.Tensor) -> list[_StaticSaved]:
+    def _add(self, t: torch.Tensor, key: tuple[str, int]) -> None:
+        if key not in self.keys:
+            self.keys.append(key)
+        self.tensors.append(t)
+        self.sets.append(self.keys.index(key))
+
+    def save(self, slots: torch.Tensor, first_pos: torch.Tensor, tables: torch.Tensor) -> _StaticSaved:
         """slots [B] long, first_pos [B] long, tables [B, width] (block ids, -1 = none) -> saved rows."""
         n, B = self.n, slots.shape[0]
         dev = slots.device
-        j = torch.arange(n, device=dev)
-        pos = (first_pos.view(-1, 1) + j).reshape(-1)  # [B*n]
+        pos = (first_pos.view(-1, 1) + torch.arange(n, device=dev)).reshape(-1)  # [B*n]
         seq = torch.arange(B, device=dev).repeat_interleave(n)
-        i0 = slots.repeat_interleave(n)
-        out: list[_StaticSaved] = []
-        blocks: dict[int, tuple] = {}
-        ring_rows: dict[int, torch.Tensor] = {}
-        for st, m in zip(self.layers, self.ratios):
-            for name in _RING:
-                t = st.get(name)
-                if t is not None:
-                    if t.shape[1] not in ring_rows:
-                        ring_rows[t.shape[1]] = pos % t.shape[1]
-                    i1 = ring_rows[t.shape[1]]
-                    out.append(_StaticSaved(t, i0, i1, t[i0, i1].clone(), pos, seq, False))
-            if m and any(name in st for name in _BLOCK):
-                if m not in blocks:
-                    blocks[m] = self._block_rows(first_pos, tables, m)
-                b0, b1, bpos = blocks[m]
-                bseq = torch.arange(B, device=dev)
-                for name in _BLOCK:
-                    if name in st:
-                        t = st[name]
-                        out.append(_StaticSaved(t, b0, b1, t[b0, b1].clone(), bpos, bseq, True))
-        return out
+        slot_rows = slots.repeat_interleave(n)
+        i0, i1, ps = [], [], []
+        for kind, v in self.keys:
+            if kind == "ring":
+                i0.append(slot_rows)
+                i1.append(pos % v)
+                ps.append(pos)
+            else:  # one block row per sequence, in its first column of n
+                blk, row, bpos = self._block_rows(first_pos, tables, v)
+                pad = torch.full((B, n - 1), -1, dtype=torch.long, device=dev)
+                i0.append(torch.cat([blk.view(B, 1), pad], 1).view(-1))
+                i1.append(torch.cat([row.view(B, 1), pad.clamp(min=0)], 1).view(-1))
+                ps.append(torch.cat([bpos.view(B, 1), pad], 1).view(-1))
+        I0, I1, P = torch.stack(i0), torch.stack(i1), torch.stack(ps)
+        buf = torch.empty(row_copy_bytes(self.tensors, B * n), dtype=torch.uint8, device=dev)
+        kernels.row_copy(self.tensors, self.sets, I0, I1, buf, True)
+        return _StaticSaved(buf, I0, I1, P, seq.expand(len(self.keys), -1))
 
     def _block_rows(self, first_pos: torch.Tensor, tables: torch.Tensor, m: int):
-        """The one entry a sequence's positions may close: (block, row, closing position or -1)."""
+        """The one entry a sequence's positions may close: (block or -1, row, closing position or -1)."""
         bs = self.block_size
         p = first_pos + (m - 1 - first_pos % m)  # first p >= first_pos with (p+1) % m == 0
-        valid = p <= first_pos + self.n - 1
         e = (p + 1) // m - 1
         col = (e * m // bs).clamp(0, tables.shape[1] - 1)
         blk = tables.long().gather(1, col.view(-1, 1)).view(-1)
-        valid = valid & (blk >= 0)
-        blk = torch.where(valid, blk, torch.full_like(blk, self.pad_block))
-        row = torch.where(valid, (e * m % bs) // m, torch.zeros_like(e))
-        return blk, row, torch.where(valid, p, torch.full_like(p, -1))
+        valid = (p <= first_pos + self.n - 1) & (blk >= 0)
+        neg = torch.full_like(blk, -1)
+        return torch.where(valid, blk, neg), (e * m % bs) // m, torch.where(valid, p, neg)
 
-    def restore(self, saved: list[_StaticSaved], bound: torch.Tensor) -> None:
-        """Put back the rows whose position >= bound[sequence] (bound [B] long, on the device): one
-        scatter per tensor; the other rows' writes are sent to the scratch slot / block (row 0)."""
-        targets: dict[tuple, tuple] = {}
-        for s in reversed(saved):
-            key = (id(s.i0), id(s.i1), id(s.pos), s.block)
-            if key not in targets:
-                keep = (s.pos >= bound[s.seq]) & (s.pos >= 0)
-                scratch = self.pad_block if s.block else self.pad_slot
-                if scratch is None:
-                    raise ValueError("StaticRowLog.restore needs the scratch slot / block")
-                targets[key] = (torch.where(keep, s.i0, torch.full_like(s.i0, scratch)),
-                                torch.where(keep, s.i1, torch.zeros_like(s.i1)))
-            i0, i1 = targets[key]
-            s.tensor[i0, i1] = s.values
+    def restore(self, saved: _StaticSaved, bound: torch.Tensor) -> None:
+        """Put back the rows whose position >= bound[sequence] (bound [B] long, on the device): one launch."""
+        keep = (saved.pos >= bound[saved.seq]) & (saved.pos >= 0)
+        kernels.row_copy(self.tensors, self.sets, saved.i0, saved.i1, saved.buf, False, keep)

@@ -32,10 +32,12 @@ def graph_engine(ckpt, k, **kw):
 PROMPTS = [toks(n, n) for n in (5, 12, 30)]  # 3 sequences: bucket 4 has a padding row
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_graph_step_equals_eager_step(ckpt, k):
+@pytest.mark.parametrize("k,extra", [(1, {}), (3, {}), (2, {"logprobs": 1}), (3, {"repetition_penalty": 1.3})])
+def test_graph_step_equals_eager_step(ckpt, k, extra):
+    """Plain greedy rows take the one-graph device-side acceptance (verify_greedy); logprobs or processed
+    logits take the verify graph + host rejection sampling + draft graph."""
     eager, graph = make(ckpt, BS, k), graph_engine(ckpt, k)
-    params = greedy(16)
+    params = greedy(16, **extra)
     for i, p in enumerate(PROMPTS):
         for eng in (eager, graph):
             eng.add_request(str(i), p, params)
@@ -54,6 +56,7 @@ def test_graph_step_equals_eager_step(ckpt, k):
                                        atol=1e-5, rtol=1e-5)
         graph.kv.check_integrity()
     assert graph.spec.graphs.num_steps > 0
+    assert graph.spec.graphs.num_greedy_steps == (graph.spec.graphs.num_steps if not extra else 0)
     assert eager.spec.stats == graph.spec.stats
 
 

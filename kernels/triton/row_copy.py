@@ -1,0 +1,87 @@
+"""Many-tensor row copy in ONE launch (kernels/ref/row_copy.py has the contract and the twin).
+
+Each tensor is described once (cached per tensor list and R) by a device row of 6 int64: its base
+address, the byte strides of its two index dims, its row size and buffer offset in copy units, its
+index set. Program (t, r) copies row r of tensor t: the unit is 4 bytes when every address, stride and
+row size allows it, else 1 byte."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.ref.row_copy import check, row_bytes
+
+_DESC: dict[tuple, tuple[torch.Tensor, int, int]] = {}  # key -> (descriptors [T, 6], unit, max row units)
+
+
+@triton.jit
+def _row_copy_kernel(desc_ptr, i0_ptr, i1_ptr, keep_ptr, buf_ptr, R, HAS_KEEP: tl.constexpr, TO_BUF: tl.constexpr,
+                     WORD: tl.constexpr, BLOCK: tl.constexpr):
+    t = tl.program_id(0)
+    r = tl.program_id(1)
+    base = tl.load(desc_ptr + t * 6 + 0)
+    s0 = tl.load(desc_ptr + t * 6 + 1)
+    s1 = tl.load(desc_ptr + t * 6 + 2)
+    nu = tl.load(desc_ptr + t * 6 + 3)
+    off = tl.load(desc_ptr + t * 6 + 4)
+    sid = tl.load(desc_ptr + t * 6 + 5)
+    a = tl.load(i0_ptr + sid * R + r)
+    b = tl.load(i1_ptr + sid * R + r)
+    ok = a >= 0
+    if HAS_KEEP:
+        ok = ok & (tl.load(keep_ptr + sid * R + r) != 0)
+    addr = base + a.to(tl.int64) * s0 + b.to(tl.int64) * s1
+    if WORD:
+        row = addr.to(tl.pointer_type(tl.int32))
+        dst = buf_ptr.to(tl.pointer_type(tl.int32)) + off + r.to(tl.int64) * nu
+    else:
+        row = addr.to(tl.pointer_type(tl.uint8))
+        dst = buf_ptr + off + r.to(tl.int64) * nu
+    for c in range(0, nu, BLOCK):
+        o = c + tl.arange(0, BLOCK)
+        m = (o < nu) & ok
+        if TO_BUF:
+            tl.store(dst + o, tl.load(row + o, mask=m), mask=m)
+        else:
+            tl.store(row + o, tl.load(dst + o, mask=m), mask=m)
+
+
+def _descriptors(tensors, sets, R: int, buf: torch.Tensor):
+    key = (R, tuple(sets), str(buf.device), tuple((t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+                                                  for t in tensors))
+    hit = _DESC.get(key)
+    if hit is not None:
+        return hit
+    nbs = [row_bytes(t) for t in tensors]
+    strides = [(t.stride(0) * t.element_size(), t.stride(1) * t.element_size()) for t in tensors]
+    word = all(nb % 4 == 0 for nb in nbs) and all(a % 4 == 0 and b % 4 == 0 for a, b in strides) and \
+        all(t.data_ptr() % 4 == 0 for t in tensors)
+    unit = 4 if word else 1
+    rows, off = [], 0
+    for t, s, nb, (a, b) in zip(tensors, sets, nbs, strides):
+        rows.append([t.data_ptr(), a, b, nb // unit, off // unit, s])
+        off += R * nb
+    desc = torch.tensor(rows, dtype=torch.int64).to(buf.device)
+    hit = (desc, unit, max(nbs) // unit)
+    if len(_DESC) > 64:
+        _DESC.clear()
+    _DESC[key] = hit
+    return hit
+
+
+def row_copy(tensors: list[torch.Tensor], sets: list[int], i0: torch.Tensor, i1: torch.Tensor, buf: torch.Tensor,
+             to_buf: bool, keep: torch.Tensor | None = None) -> None:
+    check(tensors, sets, i0, i1, buf, keep)
+    R = i0.shape[1]
+    if not tensors or R == 0:
+        return
+    desc, unit, max_units = _descriptors(tensors, sets, R, buf)
+    if unit == 4 and buf.data_ptr() % 4:
+        raise ValueError("row_copy: buf must be 4-byte aligned")
+    block = min(1024, triton.next_power_of_2(max(max_units, 16)))
+    i0c, i1c = i0.contiguous(), i1.contiguous()
+    kp = keep.contiguous().view(torch.uint8) if keep is not None else i0c
+    _row_copy_kernel[(len(tensors), R)](desc, i0c, i1c, kp, buf, R, HAS_KEEP=keep is not None, TO_BUF=to_buf,
+                                        WORD=unit == 4, BLOCK=block)
