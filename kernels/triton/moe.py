@@ -133,6 +133,16 @@ def pick_config(num_pairs: int, num_experts: int, n_out: int, wfmt: int, gate_up
     return dict(BM=128, BN=128, BK=64, GROUP_M=8, num_warps=8, num_stages=3)
 
 
+DECODE_MAX_PAIRS_PER_EXPERT = 16  # swapped MXFP4 decode kernel up to this many pairs per expert (issue 11)
+
+
+def use_decode_kernel(x, w1, w3, w2, ids, act_quant) -> bool:
+    """MXFP4 experts at decode shapes take the swapped-operand kernel (triton/moe_decode.py)."""
+    from .moe_decode import supports
+    p, num_e = ids.numel(), w1.shape[0]
+    return p <= DECODE_MAX_PAIRS_PER_EXPERT * min(num_e, p) and supports(x, w1, w3, w2, act_quant)
+
+
 def _launch(a, w, w2, out, rw, sorted_ids, eids, npad, n_out, k_in, p, limit, a_div, out_div, gate_up, cfg,
             fp4_mode, act_quant=False, zero=None):
     data, scale, wfmt = weight_args(w, fp4_mode)
@@ -160,11 +170,12 @@ def _launch(a, w, w2, out, rw, sorted_ids, eids, npad, n_out, k_in, p, limit, a_
 
 
 def moe_experts(x, w1, w3, w2, weights, ids, limit, config1=None, config2=None, fp4_mode="interleave",
-                act_quant=False):
+                act_quant=False, decode_kernel=None):
     """Same contract as kernels.ref.moe.moe_experts -> [N, d] fp32. `fp4_mode`: MXFP4 kernel variant
     (common.FP4_MODES; benchmarks compare them). `act_quant`: FP8 activations per 1x128 block (the
     reference act_quant) into both GEMMs: FP8 x FP8 MMA for FP8 experts; for MXFP4 / bf16 experts the
-    quantized activations feed the bf16 MMA (same products, exact in bf16)."""
+    quantized activations feed the bf16 MMA (same products, exact in bf16). `decode_kernel`: the
+    swapped-operand MXFP4 decode kernel (triton/moe_decode.py; None = by shape, `use_decode_kernel`)."""
     from .common import interpreting
     x = x.contiguous()
     n, d = x.shape
@@ -173,6 +184,12 @@ def moe_experts(x, w1, w3, w2, weights, ids, limit, config1=None, config2=None, 
     p = n * k
     if p == 0:
         return torch.zeros(n, d, dtype=torch.float32, device=x.device)
+    if decode_kernel is None:  # auto: decode shapes of MXFP4 experts (explicit tiles / modes = this kernel)
+        decode_kernel = (config1 is None and config2 is None and fp4_mode == "interleave"
+                         and use_decode_kernel(x, w1, w3, w2, ids, act_quant))
+    if decode_kernel:
+        from .moe_decode import moe_experts_decode
+        return moe_experts_decode(x, w1, w3, w2, weights, ids, limit)
     out = torch.empty(n, d, dtype=torch.float32, device=x.device)  # zeroed by the gate/up launch
     wfmt = weight_args(w1)[2]
     interp = interpreting()
