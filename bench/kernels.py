@@ -259,7 +259,7 @@ def bench_fp8_linear(ctx: Ctx):
     import torch.nn.functional as F
 
     import kernels.triton.fp8_linear as tf
-    from kernels.codecs import dequant_fp8_block
+    from kernels.ref.quant import dequant_fp8
     for name, (n, k) in FP8_SHAPES.items():
         R = max(1, min(16, (256 * 2**20) // (n * k)))  # rotate weights so > L2 bytes per graph
         wts = [((torch.randn(n, k, device="cuda") * 100).clamp(-448, 448).to(torch.float8_e4m3fn),
@@ -287,7 +287,7 @@ def bench_fp8_linear(ctx: Ctx):
                 ms = bench_ms(run) / R
                 ctx.emit(bench="fp8_linear_decode_sweep", shape=name, M=1, cfg=f"BN{bn}_w{nw}_st{st}_sk{sk}",
                          us=ms * 1e3, pct_hbm=100 * wbytes / ms / 1e6 / ctx.hbm_gbps)
-        wb = [dequant_fp8_block(w, s, dtype=torch.bfloat16) for w, s in wts[:1]]
+        wb = [dequant_fp8(w, s, torch.bfloat16) for w, s in wts[:1]]
         x = torch.randn(1, k, device="cuda").bfloat16()
         ms = bench_ms(lambda: F.linear(x, wb[0]))
         ctx.emit(bench="baseline_bf16_linear_decode", shape=name, M=1, us=ms * 1e3,
@@ -310,19 +310,12 @@ from bench.attention_entries import install as _install_attention  # noqa: E402
 
 _install_attention(register, bench_ms)
 
-# issue 11: FP8 block linear at decode (bench/fp8_entries.py)
-from bench.fp8_entries import install as _install_fp8; _install_fp8(register, bench_ms)  # noqa: E402,E702
-
 # kernel-variant sweeps for the decode paths (bench/decode_variants.py)
 from bench.decode_variants import install as _install_variants  # noqa: E402
 
 _install_variants(register, bench_ms)
 from bench.moe_entries import install as _install_moe  # noqa: E402  (issue 11: MXFP4 MoE decode)
 _install_moe(register, bench_ms)
-
-from bench.prefill_entries import install as _install_prefill  # noqa: E402  (mHC mix, moe_align, MoE prefill)
-
-_install_prefill(register, bench_ms)
 
 
 def main(argv=None):
