@@ -22,6 +22,8 @@ Synthetic weights make acceptance meaningless, so this measures costs: B greedy 
                 accept / rowlog_restore / mtp_catchup / mtp_head / mtp_chain*..., each captured alone and
                 replayed on an all-padding batch of random tokens (short context); plain_sections_ms the
                 same for the plain decode graph (decode.forward / head)
+  lm_head       device ms of the LM head + argmax at B rows (as a draft pass runs it): the resident bf16 head
+                vs an FP8 block-scaled copy (what an FP8 draft head would save per MTP pass)
   projected_43  a PROJECTION, not a measurement: the ratio at V4-Flash's 43 layers, from the measured
                 per-layer forward times (plain decode.forward / L, verify.forward / L) -- the main forward
                 scales with layers, the MTP passes, LM heads and host work do not
@@ -119,6 +121,49 @@ def project(plain_ms: float, spec_ms: float, plain_fwd: float, verify_fwd: float
             "plain_ms": round(p, 3), "spec_ms": round(s, 3), "ratio": round(s / p, 3)}
 
 
+def graph_ms(fn, iters: int = 20) -> float:
+    """Device ms of fn() captured in a CUDA graph (mean of `iters` replays)."""
+    fn()
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+        torch.cuda.synchronize()
+        with torch.cuda.graph(g, stream=s):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    g.replay()
+    a.record()
+    for _ in range(iters):
+        g.replay()
+    b.record()
+    torch.cuda.synchronize()
+    return round(a.elapsed_time(b) / iters, 4)
+
+
+@torch.inference_mode()
+def head_costs(model, batches: list[int]) -> dict:
+    """The LM head (+ argmax, as a draft pass runs it) at B rows: the resident head vs an FP8 block-scaled copy
+    (what an FP8 draft head would cost; drafts are proposals, so the output stays exact either way)."""
+    import kernels
+    from kernels.codecs import quant_fp8_block
+    from kernels.quant_weight import QuantWeight
+
+    w = model.head.weight
+    if not torch.cuda.is_available() or w.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        return {}
+    q = QuantWeight(*quant_fp8_block(w), "fp8")
+    out = {"head_bytes_bf16": w.numel() * w.element_size(), "head_bytes_fp8": q.nbytes()}
+    for B in batches:
+        h = torch.randn(B, w.shape[1], device=w.device, dtype=w.dtype)
+        out[str(B)] = {"bf16_argmax_ms": graph_ms(lambda: model.compute_logits(h).argmax(-1)),
+                       "fp8_argmax_ms": graph_ms(lambda: kernels.linear(h, q).float().argmax(-1))}
+    del q
+    return out
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -167,6 +212,12 @@ def main(argv=None):
         if pg is not None and not args.no_breakdown:
             rows[B]["plain_sections_ms"] = pg.time_sections(pg.bucket_for(B))
     del plain_eng, pg
+    if not args.no_breakdown:
+        try:
+            results["lm_head"] = head_costs(model, args.batch_list)
+        except Exception as e:  # noqa: BLE001 - a side measurement
+            results["lm_head"] = {"error": repr(e)[:300]}
+        log({"lm_head": results["lm_head"]})
     for k in ks:
         eng = first if k == ks[0] else spec_engine(k, model)
         sd = eng.spec
