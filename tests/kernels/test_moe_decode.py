@@ -99,3 +99,28 @@ def test_moe_dispatch_gpu(n):
     want = ref.moe_experts(x, w1, w3, w2, weights, ids, 10.0)
     got = kernels.moe_experts(x, w1, w3, w2, weights, ids, 10.0)
     assert _rel(got, want) < 1.5e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("words", [False, True])
+def test_moe_decode_conversion_exhaustive_gpu(words):
+    """Every MXFP4 byte in every position through the down-projection launch with identity tokens
+    (out[i] = W[:, i]) == the twin's dequant, exactly; scale bytes <= 128 (packed PTX) and > 128 (fallback)."""
+    import kernels.triton.moe_decode as md
+    from kernels.quant_weight import QuantWeight
+    from kernels.ref.quant import dequant
+    from kernels.triton.routing import moe_align
+    n_out, k_in = 256, 128
+    rows = torch.arange(n_out)[:, None] * 64 + torch.arange(k_in // 2)[None, :]
+    data = (rows % 256).to(torch.uint8).view(torch.int8)[None].cuda()
+    for lo_s, hi_s in ((100, 128), (129, 140)):
+        sc = torch.randint(lo_s, hi_s + 1, (1, n_out, k_in // 32), dtype=torch.uint8).cuda()
+        w = QuantWeight(data, sc, "fp4")
+        ident = torch.eye(k_in, device="cuda").bfloat16()
+        ids = torch.zeros(k_in, 1, dtype=torch.int32, device="cuda")
+        wts = torch.ones(k_in, device="cuda")
+        cfg = dict(BT=16, BN=64, BK=128, num_warps=4, num_stages=2, ALIGNED=True, WORDS=words)
+        out = torch.zeros(k_in, n_out, device="cuda")
+        md._launch(ident, w, None, out, wts, ids.reshape(-1), moe_align(ids, 1, 16), n_out, k_in, k_in, 10.0, 1, 1,
+                   False, cfg)
+        torch.testing.assert_close(out, dequant(w, torch.float32)[0].T, rtol=0, atol=0)
