@@ -1,9 +1,12 @@
 """Triton mHC glue: two kernels per hyper-connection site.
 
-`_mix_kernel` (split over d): optionally first the post-mix of the previous site,
+`_mix_kernel` (grid: row tiles x splits of d): optionally first the post-mix of the previous site,
 X'[j] = post[j] * o + sum_i comb[i, j] * X[i] (written out in X's dtype), then partial sums of the
-`fn` projection of the flattened streams (3xTF32 tensor-core dots: fp32-level accuracy) and of their
-squares -> part [S, N, MP], sq [S, N].
+`fn` projection of the flattened streams and of their squares -> part [S, N, MP], sq [S, N]. Tiles are
+[rows, hc, columns] (every X element read once). The projection is fp32-accurate on tensor cores: bf16
+streams are exact bf16 MMA operands and fn is split into three exact bf16 parts (hi + mid + lo; in the
+kernel for decode tiles, once per call by `_split_fn_kernel` for the 64-row prefill tiles, which then
+stream bf16 straight into the MMA); other dtypes use 3xTF32 dots. `mix_config` picks the tiles by rows.
 `_finish_kernel` (one program per token): the RMS factor, sigmoid/scale/base, softmax + Sinkhorn
 on the hc x hc mixer (registers), the pre-weighted collapse u = sum_i pre[i] X[i] and optionally the
 sub-layer's RMSNorm of u. Head mode (hc_head): hc pre weights only. No host sync; sizes from shapes.
@@ -16,47 +19,91 @@ import triton
 import triton.language as tl
 
 from .common import interpreting
+from .device_info import num_sms
 
 
 @triton.jit
 def _mix_kernel(x_ptr, o_ptr, post_ptr, comb_ptr, xo_ptr, fn_ptr, part_ptr, sq_ptr, N, D, MIX, C_PER,
-                HC: tl.constexpr, MP: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, POST: tl.constexpr):
+                HC: tl.constexpr, MP: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, POST: tl.constexpr,
+                BF16: tl.constexpr, INTERP: tl.constexpr, PRESPLIT: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
     rmask = rows < N
     r64 = rows.to(tl.int64)
     mm = tl.arange(0, MP)
+    hh = tl.arange(0, HC)
     K = HC * D
     acc = tl.zeros([BM, MP], dtype=tl.float32)
     sq = tl.zeros([BM], dtype=tl.float32)
     c_lo = pid_s * C_PER
+    r3 = r64[:, None, None]
+    h3 = hh[None, :, None]
+    rm3 = rmask[:, None, None]
+    m3 = mm[:, None, None]
     for c0 in range(c_lo, c_lo + C_PER, BC):
         cc = c0 + tl.arange(0, BC)
-        cmask = cc < D
-        m2 = rmask[:, None] & cmask[None, :]
-        if POST:
-            o = tl.load(o_ptr + r64[:, None] * D + cc[None, :], mask=m2, other=0.0).to(tl.float32)
-        for j in tl.static_range(HC):  # destination stream j: 2-D tiles, one small dot per stream
-            if POST:
-                pj = tl.load(post_ptr + r64 * HC + j, mask=rmask, other=0.0)
-                xj = pj[:, None] * o
-                for i in tl.static_range(HC):
-                    cij = tl.load(comb_ptr + r64 * (HC * HC) + i * HC + j, mask=rmask, other=0.0)
-                    xi = tl.load(x_ptr + r64[:, None] * K + i * D + cc[None, :], mask=m2, other=0.0)
-                    xj += cij[:, None] * xi.to(tl.float32)
-                xj = xj.to(xo_ptr.dtype.element_ty)
-                tl.store(xo_ptr + r64[:, None] * K + j * D + cc[None, :], xj, mask=m2)
-                xv = xj.to(tl.float32)
+        c3 = cc[None, None, :]
+        cm3 = c3 < D
+        # 3-D tiles [BM, HC, BC] (column c0 + c of stream j), contiguous along BC; reshaped to [BM, HC*BC] for the dot
+        if POST:  # X'[j] = post[j] * o + sum_i comb[i, j] * X[i], each X[i] read once
+            xf = tl.load(post_ptr + r3 * HC + h3, mask=rm3, other=0.0) * \
+                tl.load(o_ptr + r3 * D + c3, mask=rm3 & cm3, other=0.0).to(tl.float32)
+            for i in tl.static_range(HC):
+                ci = tl.load(comb_ptr + r3 * (HC * HC) + i * HC + h3, mask=rm3, other=0.0)
+                xi = tl.load(x_ptr + r3 * K + i * D + c3, mask=rm3 & cm3, other=0.0)
+                xf += ci * xi.to(tl.float32)
+            xl = xf.to(xo_ptr.dtype.element_ty)
+            tl.store(xo_ptr + r3 * K + h3 * D + c3, xl, mask=rm3 & cm3)
+        else:
+            xl = tl.load(x_ptr + r3 * K + h3 * D + c3, mask=rm3 & cm3, other=0.0)
+        xv = xl.to(tl.float32)
+        sq += tl.sum(tl.sum(xv * xv, axis=2), axis=1)
+        xl = tl.reshape(xl, (BM, HC * BC))
+        xv = tl.reshape(xv, (BM, HC * BC))
+        fp = fn_ptr + m3 * K + h3 * D + c3  # fn tile [MP, HC, BC] -> fn^T [HC*BC, MP]
+        fmask = (m3 < MIX) & cm3
+        if PRESPLIT:  # fn as three bf16 parts [3, MP, K] (hi, mid, lo), split once per call by _split_fn
+            lo = tl.trans(tl.reshape(tl.load(fp + 2 * MP * K, mask=fmask, other=0.0), (MP, HC * BC)))
+            mid = tl.trans(tl.reshape(tl.load(fp + MP * K, mask=fmask, other=0.0), (MP, HC * BC)))
+            hi = tl.trans(tl.reshape(tl.load(fp, mask=fmask, other=0.0), (MP, HC * BC)))
+        else:
+            f = tl.trans(tl.reshape(tl.load(fp, mask=fmask, other=0.0), (MP, HC * BC)))
+            if BF16:  # X is exact in bf16: fn = hi + mid + lo (three exact bf16 parts), bf16 products are exact
+                hi = f.to(tl.bfloat16)
+                r1 = f - hi.to(tl.float32)
+                mid = r1.to(tl.bfloat16)
+                lo = (r1 - mid.to(tl.float32)).to(tl.bfloat16)
+        if BF16:
+            if INTERP:  # (the interpreter's bf16 dot is wrong: the same exact products in fp32)
+                acc = tl.dot(xv, lo.to(tl.float32), acc, input_precision="ieee")
+                acc = tl.dot(xv, mid.to(tl.float32), acc, input_precision="ieee")
+                acc = tl.dot(xv, hi.to(tl.float32), acc, input_precision="ieee")
             else:
-                xv = tl.load(x_ptr + r64[:, None] * K + j * D + cc[None, :], mask=m2, other=0.0).to(tl.float32)
-            sq += tl.sum(xv * xv, axis=1)
-            f = tl.load(fn_ptr + mm[:, None] * K + j * D + cc[None, :], mask=(mm[:, None] < MIX) & cmask[None, :],
-                        other=0.0)
-            acc = tl.dot(xv, tl.trans(f), acc, input_precision="tf32x3")  # ~fp32 accuracy on tensor cores
+                acc = tl.dot(xl, lo, acc)
+                acc = tl.dot(xl, mid, acc)
+                acc = tl.dot(xl, hi, acc)
+        else:
+            acc = tl.dot(xv, f, acc, input_precision="tf32x3")  # ~fp32 accuracy on tensor cores
     pbase = (pid_s * N + r64) * MP
     tl.store(part_ptr + pbase[:, None] + mm[None, :], acc, mask=rmask[:, None])
     tl.store(sq_ptr + pid_s * N + rows, sq, mask=rmask)
+
+
+@triton.jit
+def _split_fn_kernel(fn_ptr, out_ptr, MIX, K, MP: tl.constexpr, BK: tl.constexpr):
+    """fn [MIX, K] fp32 -> [3, MP, K] bf16: hi + mid + lo == fn exactly (rows >= MIX zero)."""
+    r = tl.program_id(0)
+    kk = tl.program_id(1) * BK + tl.arange(0, BK)
+    km = kk < K
+    f = tl.load(fn_ptr + r * K + kk, mask=km & (r < MIX), other=0.0)
+    hi = f.to(tl.bfloat16)
+    r1 = f - hi.to(tl.float32)
+    mid = r1.to(tl.bfloat16)
+    lo = (r1 - mid.to(tl.float32)).to(tl.bfloat16)
+    tl.store(out_ptr + r * K + kk, hi, mask=km)
+    tl.store(out_ptr + (MP + r) * K + kk, mid, mask=km)
+    tl.store(out_ptr + (2 * MP + r) * K + kk, lo, mask=km)
 
 
 @triton.jit
@@ -103,20 +150,36 @@ def _finish_kernel(x_ptr, part_ptr, sq_ptr, base_ptr, scale_ptr, nw_ptr, u_ptr, 
     tl.store(u_ptr + row * D + dd, u, mask=dmask)
 
 
-NUM_SMS = 132
+def mix_config(n: int, dtype=torch.bfloat16) -> tuple[int, int, int, int, bool]:
+    """(row tile, column tile, warps, stages, presplit fn) of `_mix_kernel` for n rows. Decode keeps 16-row
+    tiles split over d; prefill takes 64-row tiles (each X element read once, fn once per tile) and bf16 fn
+    parts split once per call (`_split_fn_kernel`), so the kernel streams them straight into the MMA."""
+    if interpreting():
+        return 16, 16, 4, 1, False
+    if n >= 512 and dtype == torch.bfloat16:
+        return 64, 64, 8, 2, True
+    return 16, 32, 4, 1, False
 
 
-def _mix(x, fn, o=None, post=None, comb=None):
+def _split_fn(fn, mp):
+    mix, k = fn.shape
+    out = torch.empty(3, mp, k, dtype=torch.bfloat16, device=fn.device)
+    bk = 1024
+    _split_fn_kernel[(mp, triton.cdiv(k, bk))](fn, out, mix, k, MP=mp, BK=bk, num_warps=4)
+    return out
+
+
+def _mix(x, fn, o=None, post=None, comb=None, cfg=None):
     """Launch the mix kernel -> (x' (x itself without post), part [S, N, MP], sq [S, N], S)."""
     n, hc, d = x.shape
     mix = fn.shape[0]
     mp = max(16, triton.next_power_of_2(mix))
-    interp = interpreting()
-    bm = 16
-    bc = 16 if interp else 32  # (sm_90 ptxas: 32 columns x 8 warps keeps the 4x4 stream unroll in registers)
+    bm, bc, warps, stages, presplit = cfg or mix_config(n, x.dtype)
+    bf16 = x.dtype == torch.bfloat16
+    presplit = presplit and bf16
     tiles = triton.cdiv(n, bm)
     chunks = triton.cdiv(d, bc)
-    split = max(1, min(chunks, (2 * NUM_SMS) // tiles)) if not interp else min(chunks, 2)
+    split = max(1, min(chunks, triton.cdiv(2 * num_sms(), tiles))) if not interpreting() else min(chunks, 2)
     c_per = triton.cdiv(chunks, split) * bc
     split = triton.cdiv(d, c_per)
     part = torch.empty(split, n, mp, dtype=torch.float32, device=x.device)
@@ -124,8 +187,9 @@ def _mix(x, fn, o=None, post=None, comb=None):
     xo = torch.empty_like(x) if o is not None else x
     has_post = o is not None
     _mix_kernel[(tiles, split)](
-        x, o if has_post else x, post if has_post else part, comb if has_post else part, xo, fn, part, sq,
-        n, d, mix, c_per, HC=hc, MP=mp, BM=bm, BC=bc, POST=has_post, num_warps=4 if interp else 8, num_stages=1)
+        x, o if has_post else x, post if has_post else part, comb if has_post else part, xo,
+        _split_fn(fn, mp) if presplit else fn, part, sq, n, d, mix, c_per, HC=hc, MP=mp, BM=bm, BC=bc,
+        POST=has_post, BF16=bf16, INTERP=interpreting(), PRESPLIT=presplit, num_warps=warps, num_stages=stages)
     return xo, part, sq, split
 
 

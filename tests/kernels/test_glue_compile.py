@@ -42,8 +42,14 @@ def _compile(fn, sig, consts, warps, stages=1):
 def _cases():
     from kernels.triton import fp8_linear as fl
     from kernels.triton import mhc, norm
-    for post in (False, True):
-        yield mhc._mix_kernel, MIX_SIG, dict(HC=4, MP=32, BM=16, BC=32, POST=post), 8
+    for post in (False, True):  # decode tiles (tf32x3 and bf16 split fn) and the prefill tiles
+        for bm, bc, warps, stages, bf16, pre in ((16, 32, 4, 1, False, False), (16, 32, 4, 1, True, False),
+                                                 (64, 64, 8, 2, True, True)):
+            sig = dict(MIX_SIG, fn_ptr=P["bf16"]) if pre else MIX_SIG
+            yield mhc._mix_kernel, sig, dict(HC=4, MP=32, BM=bm, BC=bc, POST=post, BF16=bf16, INTERP=False,
+                                             PRESPLIT=pre), warps, stages
+    yield mhc._split_fn_kernel, dict(fn_ptr=P["fp32"], out_ptr=P["bf16"], MIX="i32", K="i32"), \
+        dict(MP=32, BK=1024), 4
     for head, norm_w in ((False, True), (True, True), (False, False)):
         yield mhc._finish_kernel, FIN_SIG, dict(HC=4, MP=16 if head else 32, SP=128, BD=4096, HEAD=head,
                                                 NORM=norm_w), 16
@@ -81,8 +87,8 @@ def _cases():
 
 def compile_all() -> int:
     n = 0
-    for fn, sig, consts, warps in _cases():
-        _compile(fn, sig, consts, warps)
+    for fn, sig, consts, warps, *stages in _cases():
+        _compile(fn, sig, consts, warps, *stages)
         n += 1
     return n
 

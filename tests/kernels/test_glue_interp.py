@@ -59,6 +59,36 @@ def test_hc_post_and_post_pre_interp(n, hc, d):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("presplit", [False, True])
+@pytest.mark.parametrize("post", [False, True])
+def test_hc_mix_bf16_split_interp(post, presplit, monkeypatch):
+    """bf16 streams take the split-fn path of the mix kernel (fn = three exact bf16 parts, exact products;
+    split in the kernel, or once per call by _split_fn_kernel as the prefill tiles do): the projection is
+    fp32-accurate, so post/comb match the twin run on the kernel's own X' tightly."""
+    (tri,) = interp_modules("mhc")
+    monkeypatch.setattr(tri, "mix_config", lambda n, dtype=None: (16, 16, 4, 1, presplit))
+    n, hc, d = 5, 4, 48
+    g, x, fn, base, scale = _mhc_inputs(n, hc, d, 5)
+    x = x.bfloat16()
+    w = torch.randn(d, generator=g)
+    if post:
+        o = torch.randn(n, d, generator=g).bfloat16()
+        p, c = torch.rand(n, hc, generator=g) * 2, torch.rand(n, hc, hc, generator=g)
+        xo, u, p1, c1 = tri.hc_post_pre(o, x, p, c, fn, base, scale, hc, 20, 1e-6, 1e-6, w)
+        assert xo.dtype == torch.bfloat16
+        torch.testing.assert_close(xo.float(), ref_mhc.hc_post(o.float(), x.float(), p, c), rtol=1e-2, atol=1e-2)
+    else:
+        xo = x
+        u, p1, c1 = tri.hc_pre(x, fn, base, scale, hc, 20, 1e-6, 1e-6, w)
+    _, part, sq, _ = tri._mix(xo, fn)
+    exact = (xo.flatten(1).double() @ fn.double().T)
+    torch.testing.assert_close(part.sum(0)[:, :fn.shape[0]].double(), exact, rtol=1e-6, atol=1e-6)
+    u0, p0, c0 = ref_mhc.hc_pre(xo, fn, base, scale, hc, 20, 1e-6, 1e-6, w)
+    torch.testing.assert_close(p1, p0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(c1, c0, rtol=1e-5, atol=1e-5)
+    assert ((u.float() - u0.float()).norm() / u0.float().norm()) < 1e-2
+
+
 @pytest.mark.parametrize("norm", [False, True])
 def test_hc_head_interp(norm):
     (tri,) = interp_modules("mhc")

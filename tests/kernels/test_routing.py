@@ -39,7 +39,9 @@ def test_route_interp(hashed, renorm):
     torch.testing.assert_close(w1, w0, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("n,k,e,bm", [(1, 2, 8, 16), (9, 2, 8, 4), (40, 3, 5, 16), (50, 2, 8, 8)])
+# (the last two: several chunks of 64 / 256 pairs -> per-chunk histograms, prefix scan, stable scatter)
+@pytest.mark.parametrize("n,k,e,bm", [(1, 2, 8, 16), (9, 2, 8, 4), (40, 3, 5, 16), (50, 2, 8, 8), (150, 6, 32, 16),
+                                      (300, 6, 256, 64)])
 def test_align_interp(n, k, e, bm):
     (tri,) = interp_modules("routing")
     g = torch.Generator().manual_seed(n)
@@ -82,7 +84,7 @@ def test_route_gpu(n):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("n", [1, 3, 64, 1000, 4096])
+@pytest.mark.parametrize("n", [1, 3, 64, 1000, 4096, 8192, 16384])
 @pytest.mark.parametrize("bm", [16, 64, 128])
 def test_align_gpu(n, bm):
     import kernels.triton.routing as tri

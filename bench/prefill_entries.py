@@ -1,0 +1,87 @@
+"""bench/kernels.py entries for the prefill kernels: the fused mHC mix (`mhc_mix`: hc_post_pre / hc_pre per
+call and the mix / finish kernels alone, at decode and prefill row counts, plus a tile sweep at 8,192 rows),
+the token->expert alignment (`moe_align`: 8,192 x top-6 and decode sizes) and the MoE prefill paths
+(`moe_prefill`: fused MXFP4 kernel vs dequantize + torch grouped GEMM, 4K / 16K tokens). Registered into
+bench/kernels.py's REGISTRY by `install(register, bench_ms)`.
+
+A previous version of a kernel module can be timed next to the current one: `PREFILL_OLD_MHC=path.py`
+(a copy of an older kernels/triton/mhc.py) and `PREFILL_OLD_ROUTING=path.py` add "old" rows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+D, HC, MIX, E, TOPK = 4096, 4, 24, 256, 6
+
+
+def _old(var: str):
+    path = os.environ.get(var, "")
+    if not path or not os.path.exists(path):
+        return None
+    spec = importlib.util.spec_from_file_location(f"_old_{var.lower()}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _streams(n, g):
+    x = torch.randn(n, HC, D, device="cuda", generator=g).bfloat16()
+    fn = torch.randn(MIX, HC * D, device="cuda", generator=g) * 1e-3
+    base = torch.randn(MIX, device="cuda", generator=g) * 0.1
+    scale = torch.ones(3, device="cuda")
+    w = torch.ones(D, device="cuda", dtype=torch.bfloat16)
+    o = torch.randn(n, D, device="cuda", generator=g).bfloat16()
+    post = torch.rand(n, HC, device="cuda", generator=g)
+    comb = torch.rand(n, HC, HC, device="cuda", generator=g)
+    return x, fn, base, scale, w, o, post, comb
+
+
+def install(register, bench_ms):
+    def us_of(fn, graph=True, rep=50):
+        return bench_ms(fn, graph=graph, rep=rep) * 1e3
+
+    @register("mhc_mix")
+    def bench_mhc(ctx):
+        import kernels.triton.mhc as tm
+        mods = [("new", tm)] + ([("old", m)] if (m := _old("PREFILL_OLD_MHC")) else [])
+        for n in (1, 64, 256, 1024, 8192):
+            g = torch.Generator(device="cuda").manual_seed(n)
+            x, fn, base, scale, w, o, post, comb = _streams(n, g)
+            # bytes of hc_post_pre: read X, o; write X'; the finish pass reads X' and writes u
+            by = n * (HC * D * 2 * 3 + D * 2 * 2)
+            for tag, m in mods:
+                us = us_of(lambda: m.hc_post_pre(o, x, post, comb, fn, base, scale, HC, 20, 1e-6, 1e-6, w))
+                ctx.emit(bench="mhc_post_pre", impl=tag, rows=n, us=us, TBps=by / us / 1e6)
+                us = us_of(lambda: m.hc_pre(x, fn, base, scale, HC, 20, 1e-6, 1e-6, w))
+                ctx.emit(bench="mhc_pre", impl=tag, rows=n, us=us, TBps=n * HC * D * 2 * 2 / us / 1e6)
+                us = us_of(lambda: m._mix(x, fn, o, post, comb))
+                ctx.emit(bench="mhc_mix_kernel", impl=tag, rows=n, us=us, TBps=n * HC * D * 2 * 2.25 / us / 1e6)
+            xo, part, sq, split = tm._mix(x, fn, o, post, comb)
+            us = us_of(lambda: tm._finish(xo, part, sq, split, base, scale, w, 20, 1e-6, 1e-6, False))
+            ctx.emit(bench="mhc_finish_kernel", rows=n, split=split, us=us, TBps=n * HC * D * 2 * 1.25 / us / 1e6)
+            if n == 8192:
+                for cfg in ((64, 64, 8, 1, True), (64, 64, 8, 2, False), (64, 32, 4, 2, True), (64, 32, 4, 3, True),
+                            (128, 32, 8, 2, True), (128, 64, 8, 2, True), (32, 64, 4, 2, True)):
+                    try:
+                        us = us_of(lambda: tm._mix(x, fn, o, post, comb, cfg=cfg))
+                        ctx.emit(bench="mhc_mix_sweep", rows=n, cfg=list(cfg), us=us,
+                                 TBps=n * HC * D * 2 * 2.25 / us / 1e6)
+                    except Exception as ex:  # noqa: BLE001
+                        ctx.emit(bench="mhc_mix_sweep", rows=n, cfg=list(cfg), error=repr(ex)[:200])
+            del x, o, xo, part
+            torch.cuda.empty_cache()
+
+    @register("moe_align")
+    def bench_align(ctx):
+        import kernels.triton.routing as tr
+        mods = [("new", tr)] + ([("old", m)] if (m := _old("PREFILL_OLD_ROUTING")) else [])
+        for n, bm in ((1, 16), (64, 16), (256, 64), (8192, 128), (16384, 128)):
+            g = torch.Generator(device="cuda").manual_seed(n)
+            ids = torch.topk(torch.randn(n, E, device="cuda", generator=g), TOPK, dim=-1).indices.to(torch.int32)
+            for tag, m in mods:
+                us = us_of(lambda: m.moe_align(ids, E, bm))
+                ctx.emit(bench="moe_align", impl=tag, tokens=n, block_m=bm, us=us)
