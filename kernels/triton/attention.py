@@ -25,6 +25,8 @@ import triton.language as tl
 from kernels.attn_meta import AttnMeta
 from kernels.kv_format import check_kernel_dims
 
+from .device_info import num_sms
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -174,7 +176,7 @@ def _num_splits(n_tok: int, max_total: int, block_n: int) -> int:
     forced = _cfg("V4_ATTN_NSPLIT", 0)
     if forced:
         return max(1, min(forced, triton.cdiv(max_total, block_n)))
-    sms = 132
+    sms = num_sms()
     if n_tok >= sms or max_total <= 4 * block_n:
         return 1
     return max(1, min(triton.cdiv(2 * sms, n_tok), triton.cdiv(max_total, 4 * block_n), 64))

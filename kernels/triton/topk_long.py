@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from .common import ordered_key, select_digit
+from .device_info import num_sms
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CHUNK = int(os.environ.get("V4_TOPK_CHUNK", 8192))  # entries (or candidates) per program
@@ -93,7 +94,7 @@ def _chunk_topk_kernel(src_ptr, map_ptr, pos_ptr, idx_ptr, val_ptr, row0, src_st
 def use_split(n_rows: int, e_cap: int, topk: int, chunk: int | None = None) -> bool:
     """Few rows (under one per SM) longer than k; power-of-two k with chunk >= 2k (each pass shrinks)."""
     chunk = chunk or CHUNK
-    return n_rows < 132 and e_cap > topk and topk & (topk - 1) == 0 and chunk >= 2 * topk
+    return n_rows < num_sms() and e_cap > topk and topk & (topk - 1) == 0 and chunk >= 2 * topk
 
 
 def topk_rows_split(scores: torch.Tensor, positions: torch.Tensor, out: torch.Tensor, row0: int, n_rows: int,
