@@ -62,18 +62,23 @@ class BucketGraphs:
     def _fill_idle(self, bp: int, gen: torch.Generator | None = None) -> None:
         raise NotImplementedError
 
+    def _out(self, bk, name: str) -> dict:
+        """The output dict graph `name` writes (graphs that read each other's outputs share one; a graph
+        captured into another's dict would re-point its entries at the last capture's buffers)."""
+        return bk.out
+
     # ---- run ---------------------------------------------------------------------------------
     def _run_eager(self, bk, name: str, out: dict) -> None:
         for _, fn in self._sections(bk, name, out):
             fn()
 
     def _run(self, bk, name: str) -> None:
-        """Replay the bucket's graph `name` (captured) or run its sections eagerly into `bk.out`."""
+        """Replay the bucket's graph `name` (captured) or run its sections eagerly into its output dict."""
         g = bk.graphs.get(name)
         if g is not None:
             g.replay()
         else:
-            self._run_eager(bk, name, bk.out)
+            self._run_eager(bk, name, self._out(bk, name))
 
     @torch.inference_mode()
     def capture(self) -> float:
@@ -91,12 +96,12 @@ class BucketGraphs:
                 self._fill_idle(bp)  # all rows padding: writes only the scratch slot / block
                 for _ in range(2 if bp == self.max_bs else 1):  # compiles this bucket's kernel variants
                     for name in self.graph_names:
-                        self._run_eager(bk, name, bk.out)
+                        self._run_eager(bk, name, self._out(bk, name))
                 torch.cuda.synchronize(self.device)
                 for name in self.graph_names:
                     g = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(g, pool=self._pool, stream=stream):
-                        self._run_eager(bk, name, bk.out)
+                        self._run_eager(bk, name, self._out(bk, name))
                     bk.graphs[name] = g
         torch.cuda.current_stream(self.device).wait_stream(stream)
         torch.cuda.synchronize(self.device)

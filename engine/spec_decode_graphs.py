@@ -49,7 +49,8 @@ class _Bucket:
     catchup: ForwardBatch  # same layout and meta, next ids, logits at row a
     chain: ForwardBatch  # 1 token per sequence
     graphs: dict = field(default_factory=dict)  # "verify" / "draft" -> CUDAGraph once captured
-    out: dict = field(default_factory=dict)  # logits, streams, saved, drafts
+    out: dict = field(default_factory=dict)  # verify + draft graphs: logits, streams, saved, drafts
+    gout: dict = field(default_factory=dict)  # the greedy graph's own: ..., result
 
 
 class SpecGraphs(BucketGraphs):
@@ -119,6 +120,9 @@ class SpecGraphs(BucketGraphs):
             return self._draft_sections(bk, out)
         acc, res = self._greedy_sections(bk, out)
         return self._verify_sections(bk, out) + acc + self._draft_sections(bk, out)[1:] + res
+
+    def _out(self, bk: _Bucket, name: str) -> dict:
+        return bk.gout if name == "greedy" else bk.out
 
     def _greedy_sections(self, bk: _Bucket, out: dict):
         """Greedy acceptance on the device (every row plain greedy: raw argmax, no logprobs): row j of a
@@ -304,7 +308,7 @@ class SpecGraphs(BucketGraphs):
         if timer is not None:
             timer.event("v1")
             timer.host("verify_fill")
-        host = bk.out["result"].tolist()
+        host = bk.gout["result"].tolist()
         am, acc, dr = host[:bp * q], host[bp * q:bp * q + b], host[bp * q + bp:]
         return [am[i * q:(i + 1) * q] for i in range(b)], acc, [dr[i * k:(i + 1) * k] for i in range(b)]
 

@@ -80,7 +80,9 @@ def test_graph_step_forced_drafts(ckpt, mode):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_captured_graphs_match_eager_gpu(ckpt):
+@pytest.mark.parametrize("extra", [{}, {"logprobs": 1}])
+def test_captured_graphs_match_eager_gpu(ckpt, extra):
+    """Plain greedy: the one-graph device-side acceptance; logprobs: verify graph + host + draft graph."""
     def go(graphs: bool):
         from engine.config import EngineArgs
         from engine.llm_engine import LLMEngine
@@ -89,12 +91,13 @@ def test_captured_graphs_match_eager_gpu(ckpt):
                                    num_kv_blocks=64, block_size=BS, enforce_eager=not graphs,
                                    speculative_config={"method": "mtp", "num_speculative_tokens": 2}))
         assert (eng.spec.graphs is not None) == graphs
-        out = run(eng, PROMPTS, greedy(16))
+        out = run(eng, PROMPTS, greedy(16, **extra))
         return {r: o.outputs[0].token_ids for r, o in out.items()}, eng
 
     a, _ = go(False)
     b, eng = go(True)
     assert eng.spec.graphs.num_steps > 0
+    assert (eng.spec.graphs.num_greedy_steps > 0) == (not extra)
     # bf16: the replay batches rows differently from the eager step (padding, k+1 catch-up rows), so a
     # rare near-tie argmax may flip (then the rest of that sequence diverges): nearly all tokens agree
     same = sum(x == y for r in a for x, y in zip(a[r], b[r]))
