@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from bench import ckpt_util
+
 VOCAB_LO = 1000
 
 
@@ -73,17 +75,8 @@ def matmul_tflops(n: int = 8192) -> float:
 
 # ---- checkpoint ----------------------------------------------------------------------------------
 def ensure_checkpoint(args) -> tuple[str, float]:
-    if args.model:
-        return args.model, 0.0
-    out = Path(args.ckpt_dir or f"/tmp/v4serve_e2e_{args.preset}_L{args.layers}")
-    if (out / "config.json").exists():
-        return str(out), 0.0
-    from models import synthetic
-
-    t = time.perf_counter()
-    synthetic.main(["--preset", args.preset, "--layers", str(args.layers), "--quantize", "--no-mtp",
-                    "--device", "cuda", "--out", str(out)])
-    return str(out), time.perf_counter() - t
+    """--model, or the synthetic checkpoint in --ckpt-dir (drawn on the GPU the first time)."""
+    return ckpt_util.ensure_checkpoint(args.model, args.ckpt_dir, preset=args.preset, layers=args.layers, tag="e2e")
 
 
 # ---- model accounting ----------------------------------------------------------------------------
@@ -256,19 +249,13 @@ def run_profile(eng, B, steps, in_len, vocab_hi) -> dict:
 
 # ---- driver --------------------------------------------------------------------------------------
 def build_engine(args, model_dir, kv, num_blocks, max_len, max_b, cached_model):
-    import engine.llm_engine as le
+    """cached_model: the first KV format's weights; a later format gets a new cache + graphs on them."""
     from engine.config import EngineArgs
 
-    orig = le.load_model
-    if cached_model is not None:  # second KV format: same weights, new cache + graphs
-        le.load_model = lambda *a, **k: cached_model
-    try:
-        eng = le.LLMEngine(EngineArgs(model=model_dir, device="cuda", dtype="bfloat16", max_num_seqs=max_b,
-                                      max_num_batched_tokens=args.budget, num_kv_blocks=num_blocks,
-                                      kv_cache_dtype=kv, max_model_len=max_len, enforce_eager=args.enforce_eager))
-    finally:
-        le.load_model = orig
-    return eng
+    return ckpt_util.engine_on_weights(EngineArgs(
+        model=model_dir, device="cuda", dtype="bfloat16", max_num_seqs=max_b, max_num_batched_tokens=args.budget,
+        num_kv_blocks=num_blocks, kv_cache_dtype=kv, max_model_len=max_len, enforce_eager=args.enforce_eager),
+        cached_model)
 
 
 def main(argv=None):

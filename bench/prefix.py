@@ -28,6 +28,8 @@ import time
 
 import torch
 
+from bench import ckpt_util
+
 VOCAB_LO = 1000
 
 
@@ -57,20 +59,14 @@ def ttft(eng, rid: str, prompt: list[int]):
 
 
 def build(args, model_dir, kv: str, caching: bool, cached_model):
-    import engine.llm_engine as le
+    """cached_model: an earlier engine's weights (same weights, a new cache)."""
     from engine.config import EngineArgs
 
-    orig = le.load_model
-    if cached_model is not None:  # same weights, a new cache
-        le.load_model = lambda *a, **k: cached_model
-    try:
-        return le.LLMEngine(EngineArgs(
-            model=model_dir, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.budget, num_kv_blocks=args.num_blocks, kv_cache_dtype=kv,
-            block_size=args.block_size, enable_prefix_caching=caching, prefix_snapshot_interval=args.interval,
-            max_model_len=args.prefix_len + args.new_len + 8, enforce_eager=args.enforce_eager))
-    finally:
-        le.load_model = orig
+    return ckpt_util.engine_on_weights(EngineArgs(
+        model=model_dir, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.budget, num_kv_blocks=args.num_blocks, kv_cache_dtype=kv,
+        block_size=args.block_size, enable_prefix_caching=caching, prefix_snapshot_interval=args.interval,
+        max_model_len=args.prefix_len + args.new_len + 8, enforce_eager=args.enforce_eager), cached_model)
 
 
 def byte_report(eng) -> dict:
@@ -162,10 +158,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-compare-nocache", dest="compare_nocache", action="store_false",
                     help="skip the engine without prefix caching")
     args = ap.parse_args(argv)
-    if args.model is None:
-        from bench.e2e import ensure_checkpoint
-
-        args.model, _ = ensure_checkpoint(args)
+    args.model, _ = ckpt_util.ensure_checkpoint(args.model, args.ckpt_dir, preset=args.preset, layers=args.layers,
+                                                tag="e2e", device=args.device)  # bench/e2e.py's checkpoint
     from kvcache.sizing import choose_block_size
     from models.config import ModelConfig
 
