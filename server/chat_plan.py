@@ -11,11 +11,10 @@ from typing import Any, Mapping
 
 from chat.encoder import Segment, render_messages
 from chat.reasoning import ReasoningConfig, resolve_reasoning
-from engine.errors import RequestTooLongError
 from engine.sampling_params import SamplingParams
-from engine.tokenizer import TooManyTokens
 from server.errors import APIError, InvalidRequest, check_text
 from server.guided_request import GuideSpec, resolve_guide
+from server.prompt_length import encode_within_limit
 from server.protocol import ChatCompletionRequest, NamedToolChoice, check_continue_final
 from server.serving_common import ServerState
 
@@ -103,12 +102,9 @@ def plan_chat(state: ServerState, req: ChatCompletionRequest) -> ChatPlan:
     special = special_tokens(state)
     engine = state.engine
     tools = req.active_tools()  # None: no tool use
-    try:  # without truncation a prompt must leave room for one generated token
-        limit = None if req.truncate_prompt_tokens is not None else engine.max_model_len - 1
-        _, prompt_ids, reasoning = tokenize_chat(state, req, limit, tools)
-    except TooManyTokens as e:
-        raise RequestTooLongError.for_lengths(engine.max_model_len, e.num_tokens,
-                                              req.max_completion_tokens or req.max_tokens) from None
+    _, prompt_ids, reasoning = encode_within_limit(
+        req, engine.max_model_len, req.max_completion_tokens or req.max_tokens,
+        lambda limit: tokenize_chat(state, req, limit, tools))
     prompt_ids = req.truncate_prompt(prompt_ids, engine.max_model_len)
     guide = resolve_guide(req)
     if guide.is_choice and (reasoning.thinking or tools is not None):

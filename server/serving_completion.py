@@ -12,11 +12,10 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from engine.errors import RequestTooLongError
 from engine.outputs import OutputKind
-from engine.tokenizer import TooManyTokens
 from server.errors import InvalidRequest, check_text, sse_error
 from server.guided_request import GuideSpec, attach_guide, resolve_guide
+from server.prompt_length import encode_within_limit
 from server.protocol import CompletionRequest, warn_unknown_fields
 from server.serving_common import (SSE_DONE, ServerState, collect, first_output, legacy_logprobs, log_request,
                                    merge, new_id, prompt_logprobs_json, sse)
@@ -32,11 +31,9 @@ def _prepare(state: ServerState, req: CompletionRequest, guide: GuideSpec, base_
     prompts = []
     for i, p in enumerate(req.prompts()):
         if isinstance(p, str):
-            limit = None if req.truncate_prompt_tokens is not None else engine.max_model_len - 1
-            try:  # a prompt that cannot fit is counted, never turned into an id list
-                ids = tok.encode(check_text(p, "prompt"), add_special_tokens=True, limit=limit)
-            except TooManyTokens as e:
-                raise RequestTooLongError.for_lengths(engine.max_model_len, e.num_tokens, req.max_tokens) from None
+            ids = encode_within_limit(req, engine.max_model_len, req.max_tokens,  # too long: counted, no id list
+                                      lambda limit: tok.encode(check_text(p, "prompt"), add_special_tokens=True,
+                                                               limit=limit))
             text = p
         else:
             bad = [t for t in p if not 0 <= t < tok.vocab_size]
