@@ -69,6 +69,12 @@ class SchedulerOutput:
         return not self.chunks
 
 
+def _cut_at_snapshot(points: list[int], start: int, n: int) -> int:
+    """A chunk [start, start + n) cut at the sequence's next snapshot point (prefix caching: chunks end
+    where the slot state is saved; `points` ascending, all > start)."""
+    return min(n, points[0] - start) if points else n
+
+
 class Scheduler:
     def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
         self.config = config
@@ -136,20 +142,15 @@ class Scheduler:
             if seq.num_pending_tokens and (num_out >= seq.max_tokens or total >= max_len):
                 i += 1  # its pending token ends it (length): no step past the end
                 continue
-            n = total - start
-            if n > budget:
-                n = budget
+            n = min(total - start, budget)
             if n <= 0:  # nothing to compute (the engine has not appended the sampled token yet)
                 i += 1
                 continue
-            pts = seq.snapshot_points  # prefix caching: a chunk ends where the slot state is saved
-            if pts and start + n > pts[0]:
-                n = pts[0] - start
+            n = _cut_at_snapshot(seq.snapshot_points, start, n)
             if not allocate(seq.seq_id, start + n) and not self._make_room(seq, start + n, preempted):
                 break  # `seq` preempted itself; it was the last running sequence
             chunks.append(chunk(seq, start, n, start + n == total))
-            if pts and start + n == pts[0]:
-                self._plan_snapshot(seq)
+            self._plan_snapshot(seq, start + n)
             budget -= n
             i += 1
 
@@ -173,8 +174,7 @@ class Scheduler:
             bisect.insort(running, seq, key=self._key)
             chunks.append(ScheduledChunk(seq, start, n, start + n == total))
             budget -= n
-            if seq.snapshot_points and start + n == seq.snapshot_points[0]:
-                self._plan_snapshot(seq)
+            self._plan_snapshot(seq, start + n)
 
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
         return out
@@ -190,9 +190,7 @@ class Scheduler:
         hit = prefix.find(hashes) if seq.prefix_lookup else PrefixHit(0, [], None, 0)
         start = hit.num_tokens
         pts = prefix.snapshot_points(hit, seq.num_prompt_tokens, total)
-        n = min(total - start, budget)
-        if pts and start + n > pts[0]:
-            n = pts[0] - start
+        n = _cut_at_snapshot(pts, start, min(total - start, budget))
         if not kv.allocate_prefix(seq.seq_id, hit, start + n, hashes, total if seq.prefix_lookup else 0):
             return None
         seq.num_computed_tokens, seq.snapshot_points = start, pts
@@ -200,8 +198,10 @@ class Scheduler:
             seq.num_cached_tokens = start  # what usage reports: the first admission's hit
         return n
 
-    def _plan_snapshot(self, seq: Sequence) -> None:
-        """The chunk just scheduled ends at seq.snapshot_points[0]: save the slot state there."""
+    def _plan_snapshot(self, seq: Sequence, end: int) -> None:
+        """The chunk just scheduled ends at `end`: save the slot state there if it is the next snapshot point."""
+        if not seq.snapshot_points or end != seq.snapshot_points[0]:
+            return
         b = seq.snapshot_points.pop(0)
         k = b // self.kv.block_size
         self.kv.prefix.plan_save(self.kv.slot(seq.seq_id), b, seq.hashes_upto(k, self.kv.block_size)[k - 1])
