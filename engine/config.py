@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from kernels.kv_format import from_cli as kv_format_from_cli
+
+from .spec_decode_config import SpeculativeConfig
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -41,6 +43,11 @@ class EngineArgs:
     # k = 1..4 (a dict or its JSON text); None = off. On: MTP weights load, the loop runs synchronously
     # and decode steps run eagerly (no CUDA graphs)
     speculative_config: dict | str | None = None
+    # speculative_config parsed once, at construction (engine/spec_decode_config.py: frozen); None = off
+    spec_config: SpeculativeConfig | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.spec_config = SpeculativeConfig.parse(self.speculative_config)  # a ValueError names the field
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -67,13 +74,6 @@ class EngineArgs:
         if self.async_scheduling is None:
             return device.type == "cuda" and self.tensor_parallel_size == 1 and self.spec_config is None
         return bool(self.async_scheduling)
-
-    @property
-    def spec_config(self):
-        """The parsed speculative_config (engine/spec_decode_config.py) or None (off)."""
-        from .spec_decode_config import SpeculativeConfig
-
-        return SpeculativeConfig.parse(self.speculative_config)
 
     @property
     def kv_format(self) -> str:
