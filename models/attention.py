@@ -83,10 +83,11 @@ class Attention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, batch: ForwardBatch, state: dict[str, torch.Tensor], rope: Rope,
-        cos: torch.Tensor, sin: torch.Tensor, key_format: str | None = None,
+        cos: torch.Tensor, sin: torch.Tensor, *, key_format: str | None,
     ) -> torch.Tensor:
         """x [N, d] normalized input -> [N, d]. Reads and updates this layer's `state` tensors.
-        `key_format`: the state's indexer-key format (KVFormat.index_keys), needed by CSA layers."""
+        `key_format`: the state's indexer-key format (KVFormat.index_keys); always passed, None only
+        for a state without indexer keys (the MTP block's), which a CSA layer refuses."""
         cfg = self.cfg
         meta = batch_metadata(batch)
         n_tok = x.shape[0]

@@ -49,11 +49,11 @@ class Block(nn.Module):
                       getattr(self, f"hc_{site}_scale"))
 
     def forward(self, x, batch: ForwardBatch, state, rope, cos, sin,
-                pending: Pending | None = None, key_format: str | None = None) -> tuple[torch.Tensor, Pending]:
+                pending: Pending | None = None, *, key_format: str | None) -> tuple[torch.Tensor, Pending]:
         """x [N, hc, d] streams (with the previous block's FFN output `pending`, not yet mixed in) ->
         (streams, this block's FFN output pending). Each post-mix is fused with the next pre-mix."""
         x, u, post, comb = mix_in(x, pending, self._site("attn"), self.cfg, self.attn_norm.weight)
-        a = self.tp.all_reduce(self.attn(u, batch, state, rope, cos, sin, key_format))  # wo_b row-parallel
+        a = self.tp.all_reduce(self.attn(u, batch, state, rope, cos, sin, key_format=key_format))  # wo_b row-parallel
         x, u, post, comb = mix_in(x, Pending(a, post, comb), self._site("ffn"), self.cfg, self.ffn_norm.weight)
         f = self.tp.all_reduce(self.ffn(u, batch.input_ids))  # expert-parallel partial sums
         return x, Pending(f, post, comb)

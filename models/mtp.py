@@ -65,7 +65,7 @@ def mtp_forward(model, streams: torch.Tensor, next_ids: torch.Tensor, batch: For
     x = (h + e.unsqueeze(1)).contiguous()
     rope = model.rope_main  # sliding-only block: theta = rope_theta, no YaRN
     cos, sin = rope.cos_sin(batch.positions)
-    x, pending = blk(x, batch, mtp_state, rope, cos, sin, pending=None)
+    x, pending = blk(x, batch, mtp_state, rope, cos, sin, pending=None, key_format=None)  # no indexer keys
     x = flush(x, pending)
     hidden = hc_head(x[batch.logits_indices], blk.hc_head_fn, blk.hc_head_base, blk.hc_head_scale, cfg,
                      blk.norm.weight)
