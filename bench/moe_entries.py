@@ -14,9 +14,9 @@ import os
 import torch
 
 # (name, BT, BN, BK, warps, stages, WORDS); ALIGNED: both at <= 48 pairs, else the aligned layout
-SWAP_CFGS = (("words_bn64_bk128_s4", 16, 64, 128, 4, 4, True), ("words_bn64_bk128_s3", 16, 64, 128, 4, 3, True),
-             ("words_bn128_bk128_s3_w8", 16, 128, 128, 8, 3, True), ("words_bn128_bk128_s3", 16, 128, 128, 4, 3, True),
-             ("words_bn64_bk256_s3", 16, 64, 256, 4, 3, True),
+SWAP_CFGS = (("words_bn64_bk128_s4", 16, 64, 128, 4, 4, True), ("words_bn64_bk128_w2_s4", 16, 64, 128, 2, 4, True),
+             ("words_bn32_bk128_w2_s4", 16, 32, 128, 2, 4, True), ("words_bn128_bk128_s3", 16, 128, 128, 4, 3, True),
+             ("words_bn128_bk128_s3_w8", 16, 128, 128, 8, 3, True), ("words_bn64_bk128_s6", 16, 64, 128, 4, 6, True),
              ("bytes_bn64_bk128_s4", 16, 64, 128, 4, 4, False))
 BATCHES = (1, 8, 64, 256)
 
