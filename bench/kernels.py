@@ -259,7 +259,7 @@ def bench_fp8_linear(ctx: Ctx):
     import torch.nn.functional as F
 
     import kernels.triton.fp8_linear as tf
-    from kernels.ref.quant import dequant_fp8
+    from kernels.codecs import dequant_fp8_block
     for name, (n, k) in FP8_SHAPES.items():
         R = max(1, min(16, (256 * 2**20) // (n * k)))  # rotate weights so > L2 bytes per graph
         wts = [((torch.randn(n, k, device="cuda") * 100).clamp(-448, 448).to(torch.float8_e4m3fn),
@@ -287,7 +287,7 @@ def bench_fp8_linear(ctx: Ctx):
                 ms = bench_ms(run) / R
                 ctx.emit(bench="fp8_linear_decode_sweep", shape=name, M=1, cfg=f"BN{bn}_w{nw}_st{st}_sk{sk}",
                          us=ms * 1e3, pct_hbm=100 * wbytes / ms / 1e6 / ctx.hbm_gbps)
-        wb = [dequant_fp8(w, s, torch.bfloat16) for w, s in wts[:1]]
+        wb = [dequant_fp8_block(w, s, dtype=torch.bfloat16) for w, s in wts[:1]]
         x = torch.randn(1, k, device="cuda").bfloat16()
         ms = bench_ms(lambda: F.linear(x, wb[0]))
         ctx.emit(bench="baseline_bf16_linear_decode", shape=name, M=1, us=ms * 1e3,

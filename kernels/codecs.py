@@ -44,12 +44,19 @@ def e8m0_to_exponent(scale: torch.Tensor) -> torch.Tensor:
 
 
 def e8m0_to_float(scale: torch.Tensor) -> torch.Tensor:
-    """float8_e8m0fnu scales -> float32 2^(S-127) (exact; 2^-127 is an FP32 subnormal; S=255 -> NaN)."""
-    raw = scale.view(torch.uint8) if scale.dtype == torch.float8_e8m0fnu else None
-    if raw is None:
-        raise TypeError(f"expected a float8_e8m0fnu scale tensor, got {scale.dtype}")
+    """UE8M0 scales (float8_e8m0fnu, or their raw uint8 bytes) -> float32 2^(S-127) (exact; 2^-127 is an
+    FP32 subnormal; S=255 -> NaN)."""
+    raw = _scale_bytes(scale)
     out = pow2(raw.to(torch.int32) - E8M0_BIAS)
     return out.masked_fill(raw == 255, float("nan"))
+
+
+def _scale_bytes(scale: torch.Tensor) -> torch.Tensor:
+    if scale.dtype == torch.float8_e8m0fnu:
+        return scale.view(torch.uint8)
+    if scale.dtype != torch.uint8:
+        raise TypeError(f"expected a float8_e8m0fnu (or raw uint8) scale tensor, got {scale.dtype}")
+    return scale
 
 
 def pow2(exp: torch.Tensor) -> torch.Tensor:
@@ -65,20 +72,25 @@ def ceil_log2(x: torch.Tensor) -> torch.Tensor:
 
 # ---- FP8 128x128 block weights --------------------------------------------------------------------
 def _tile_expand(scale: torch.Tensor, rows: int, cols: int, block_r: int, block_c: int) -> torch.Tensor:
-    """Per-tile values [ceil(R/br), ceil(C/bc)] -> per-element [rows, cols] (ragged edges cropped)."""
-    return scale.repeat_interleave(block_r, 0).repeat_interleave(block_c, 1)[:rows, :cols]
+    """Per-tile values [..., ceil(R/br), ceil(C/bc)] -> per-element [..., rows, cols] (ragged edges cropped)."""
+    return scale.repeat_interleave(block_r, -2).repeat_interleave(block_c, -1)[..., :rows, :cols]
+
+
+def _check_scale(kind: str, w: torch.Tensor, scale: torch.Tensor, want_last2: tuple[int, int], n: int, k: int) -> None:
+    want = (*w.shape[:-2], *want_last2)
+    if tuple(scale.shape) != want:
+        raise ValueError(f"{kind} scale shape {tuple(scale.shape)} != {want} for weight [{n}, {k}]")
 
 
 def dequant_fp8_block(
     w_fp8: torch.Tensor, scale_e8m0: torch.Tensor, block: int = 128, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """float8_e4m3fn [N, K] with float8_e8m0fnu [ceil(N/block), ceil(K/block)] -> `dtype` [N, K]."""
-    if w_fp8.dtype != torch.float8_e4m3fn or w_fp8.dim() != 2:
-        raise TypeError(f"expected a 2-D float8_e4m3fn weight, got {w_fp8.dtype} {tuple(w_fp8.shape)}")
-    n, k = w_fp8.shape
-    want = (-(-n // block), -(-k // block))
-    if tuple(scale_e8m0.shape) != want:
-        raise ValueError(f"FP8 scale shape {tuple(scale_e8m0.shape)} != {want} for weight [{n}, {k}]")
+    """float8_e4m3fn [..., N, K] with UE8M0 [..., ceil(N/block), ceil(K/block)] -> `dtype` [..., N, K]
+    (leading dims: stacked experts)."""
+    if w_fp8.dtype != torch.float8_e4m3fn or w_fp8.dim() < 2:
+        raise TypeError(f"expected a float8_e4m3fn weight [..., N, K], got {w_fp8.dtype} {tuple(w_fp8.shape)}")
+    n, k = w_fp8.shape[-2:]
+    _check_scale("FP8", w_fp8, scale_e8m0, (-(-n // block), -(-k // block)), n, k)
     s = _tile_expand(e8m0_to_float(scale_e8m0), n, k, block, block)
     return (w_fp8.to(torch.float32) * s).to(dtype)
 
@@ -149,7 +161,7 @@ def pack_mxfp4(w: torch.Tensor, block: int = 32) -> tuple[torch.Tensor, torch.Te
 
 
 def unpack_e2m1_codes(packed: torch.Tensor) -> torch.Tensor:
-    """int8/uint8 [N, K/2] -> uint8 codes [N, K] in k order."""
+    """int8/uint8 [..., K/2] -> uint8 codes [..., K] in k order."""
     u = packed.view(torch.uint8)
     return torch.stack([u & 0xF, u >> 4], dim=-1).reshape(*u.shape[:-1], u.shape[-1] * 2)
 
@@ -157,12 +169,11 @@ def unpack_e2m1_codes(packed: torch.Tensor) -> torch.Tensor:
 def dequant_mxfp4(
     packed: torch.Tensor, scale_e8m0: torch.Tensor, block: int = 32, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """int8 [N, K/2] with float8_e8m0fnu [N, K/32] -> `dtype` [N, K]."""
-    if packed.dtype not in (torch.int8, torch.uint8) or packed.dim() != 2:
-        raise TypeError(f"expected a 2-D int8 packed FP4 weight, got {packed.dtype} {tuple(packed.shape)}")
-    n, k = packed.shape[0], packed.shape[1] * 2
-    if tuple(scale_e8m0.shape) != (n, k // block):
-        raise ValueError(f"FP4 scale shape {tuple(scale_e8m0.shape)} != {(n, k // block)} for weight [{n}, {k}]")
-    vals = E2M1_TABLE.to(packed.device)[unpack_e2m1_codes(packed).long()]  # [N, K]
-    s = e8m0_to_float(scale_e8m0).repeat_interleave(block, dim=1)
+    """int8 [..., N, K/2] with UE8M0 [..., N, K/32] -> `dtype` [..., N, K] (leading dims: stacked experts)."""
+    if packed.dtype not in (torch.int8, torch.uint8) or packed.dim() < 2:
+        raise TypeError(f"expected an int8 packed FP4 weight [..., N, K/2], got {packed.dtype} {tuple(packed.shape)}")
+    n, k = packed.shape[-2], packed.shape[-1] * 2
+    _check_scale("FP4", packed, scale_e8m0, (n, k // block), n, k)
+    vals = E2M1_TABLE.to(packed.device)[unpack_e2m1_codes(packed).long()]  # [..., N, K]
+    s = e8m0_to_float(scale_e8m0).repeat_interleave(block, dim=-1)
     return (vals * s).to(dtype)

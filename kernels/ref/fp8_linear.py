@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .quant import act_quant_fp8, dequant_fp8
+from kernels.codecs import dequant_fp8_block
+
+from .quant import act_quant_fp8
 
 
 def fp8_linear(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, act_quant: bool = False,
@@ -15,5 +17,5 @@ def fp8_linear(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, act_quant:
     `act_quant`: x is first fake-quantized per token in 1x128 FP8 blocks (UE8M0 scales), as the
     reference's act_quant does. Math in fp32; result in `out_dtype` (default x.dtype)."""
     xf = act_quant_fp8(x) if act_quant else x.float()
-    y = F.linear(xf, dequant_fp8(w, scale, torch.float32))
+    y = F.linear(xf, dequant_fp8_block(w, scale, dtype=torch.float32))
     return y.to(out_dtype or x.dtype)

@@ -1,39 +1,21 @@
-"""Pure-torch dequantization used by the kernel twins (any leading dims; the codecs' bit layouts and
-E2M1 table are kernels/codecs.py's)."""
+"""Pure-torch helpers of the kernel twins: dequantize a QuantWeight (through kernels/codecs.py, the one
+definition of the bit layouts) and the reference FP8 activation fake-quantization."""
 
 from __future__ import annotations
 
 import torch
 
-from kernels.codecs import E2M1_TABLE as _E2M1
-
-
-def e8m0_float(scale: torch.Tensor) -> torch.Tensor:
-    """UE8M0 bytes -> fp32 2^(S-127) (exact)."""
-    raw = scale.view(torch.uint8) if scale.dtype != torch.uint8 else scale
-    return torch.ldexp(torch.ones(raw.shape, device=raw.device), raw.to(torch.int32) - 127)
-
-
-def dequant_fp8(data: torch.Tensor, scale: torch.Tensor, dtype=torch.float32, block: int = 128) -> torch.Tensor:
-    n, k = data.shape[-2:]
-    s = e8m0_float(scale).repeat_interleave(block, -2).repeat_interleave(block, -1)[..., :n, :k]
-    return (data.float() * s).to(dtype)
-
-
-def dequant_fp4(data: torch.Tensor, scale: torch.Tensor, dtype=torch.float32, block: int = 32) -> torch.Tensor:
-    u = data.view(torch.uint8)
-    codes = torch.stack([u & 0xF, u >> 4], dim=-1).flatten(-2).long()
-    vals = _E2M1.to(data.device)[codes]
-    return (vals * e8m0_float(scale).repeat_interleave(block, -1)).to(dtype)
+from kernels.codecs import dequant_fp8_block, dequant_mxfp4
 
 
 def dequant(w, dtype=torch.float32) -> torch.Tensor:
-    """QuantWeight or plain tensor -> dense `dtype` tensor."""
+    """QuantWeight (FP8 128x128 blocks or MXFP4, any leading expert dims) or plain tensor -> dense `dtype`
+    tensor (the codecs of kernels/codecs.py)."""
     if isinstance(w, torch.Tensor):
         return w.to(dtype)
     if w.fmt == "fp8":
-        return dequant_fp8(w.data, w.scale, dtype)
-    return dequant_fp4(w.data, w.scale, dtype)
+        return dequant_fp8_block(w.data, w.scale, dtype=dtype)
+    return dequant_mxfp4(w.data, w.scale, dtype=dtype)
 
 
 def act_quant_fp8(x: torch.Tensor, block: int = 128) -> torch.Tensor:
