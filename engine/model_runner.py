@@ -22,6 +22,7 @@ from models.state import ForwardBatch
 
 from .async_step import DeviceTokens
 from .cuda_graph import is_decode_step
+from .h2d import h2d
 from .local_executor import LocalExecutor
 from .scheduler import SchedulerOutput
 
@@ -126,7 +127,6 @@ class ModelRunner:
         """-> (the step's ForwardBatch on the device, its host description). No side effect: running it
         is the executor's (`_execute`)."""
         host = self.host_batch(out, want_prompt, device_tokens)
-        dev = self.device
         batch = ForwardBatch(
             input_ids=self._h2d(torch.tensor(host.input_ids, dtype=torch.long)),
             positions=self._h2d(torch.tensor(host.positions, dtype=torch.long)),
@@ -138,15 +138,13 @@ class ModelRunner:
         )
         if device_tokens is not None:
             last = torch.tensor([host.query_start[i + 1] - 1 for i in device_tokens.chunk_idx], dtype=torch.long)
-            batch.input_ids.index_copy_(0, last.to(dev, non_blocking=True), device_tokens.token_ids)
+            batch.input_ids.index_copy_(0, self._h2d(last), device_tokens.token_ids)
         return batch, host
 
     def _h2d(self, t: torch.Tensor) -> torch.Tensor:
         """Host -> device without waiting for the step in flight: pinned staging (cached by torch's host
         allocator until the copy ran), then a non-blocking copy."""
-        if self.device.type != "cuda":
-            return t.to(self.device)
-        return t.pin_memory().to(self.device, non_blocking=True)
+        return h2d(t, self.device)
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, want_prompt: list[bool],
