@@ -26,22 +26,40 @@ _RING = ("window", "kv_tail", "score_tail", "idx_kv_tail", "idx_score_tail")
 _BLOCK = ("compressed", "index_keys")
 
 
+def _index_sets(layers: list[dict[str, torch.Tensor]], ratios: list[int], longest: int):
+    """-> (tensors, set index per tensor, set keys ("ring", length) / ("block", ratio)) of the rows a
+    speculative position writes; rings must be longer than `longest` positions."""
+    tensors, sets, keys = [], [], []
+    for st, m in zip(layers, ratios):
+        names = [(n, ("ring", st[n].shape[1])) for n in _RING if n in st]
+        if m:
+            names += [(n, ("block", m)) for n in _BLOCK if n in st]
+        for name, key in names:
+            if key[0] == "ring" and key[1] < longest:
+                raise ValueError(f"state ring {name} of {key[1]} rows is too short for {longest} speculative positions")
+            if key not in keys:
+                keys.append(key)
+            tensors.append(st[name])
+            sets.append(keys.index(key))
+    return tensors, sets, keys
+
+
 @dataclass
-class _Saved:
-    tensor: torch.Tensor  # the state tensor the rows belong to
-    i0: torch.Tensor  # [R] long: slot or block index
-    i1: torch.Tensor  # [R] long: row within it
-    values: torch.Tensor  # [R, ...] copies taken before the forward
-    pos: torch.Tensor  # [R] long: the position that writes the row
-    seq: torch.Tensor  # [R] long: index of the owning sequence (into restore's reject_from)
-    host: tuple[list[int], list[int]] = ((), ())  # (pos, seq) on the host: restore picks rows without a sync
+class _Logged:
+    tensors: list[torch.Tensor]  # the state tensors the rows belong to
+    sets: list[int]  # index set of each tensor
+    idx: torch.Tensor  # [2, S, R] long on the device: (slot or block, row) per set (-1: no row)
+    buf: torch.Tensor  # uint8: the rows' bytes taken before the forward (kernels.row_copy layout)
+    pos: list[list[int]]  # [S][R] on the host: the position that writes the row (-1: none)
+    seq: list[list[int]]  # [S][R] on the host: index of the owning sequence (into restore's reject_from)
 
 
 @dataclass
 class RowLog:
-    """Saved rows of one speculative forward (several state dicts may be logged into one)."""
+    """Saved rows of one speculative forward (several state dicts may be logged into one): one
+    `kernels.row_copy` launch per save and per restore, indices picked on the host (no device sync)."""
 
-    saved: list[_Saved] = field(default_factory=list)
+    saved: list[_Logged] = field(default_factory=list)
 
     def save_positions(self, layers: list[dict[str, torch.Tensor]], ratios: list[int], block_size: int,
                        items: list[tuple[int, int, list[int], list[int]]]) -> None:
@@ -49,43 +67,36 @@ class RowLog:
         dict of a layer with compress ratio `ratios[i]` (0 = sliding only)."""
         if not items:
             return
-        dev = next(iter(layers[0].values())).device
-        slot_rows, slot_pos, slot_seq = [], [], []
-        for b, slot, _, positions in items:
-            slot_rows += [slot] * len(positions)
-            slot_pos += positions
-            slot_seq += [b] * len(positions)
-        s_slot = torch.tensor(slot_rows, dtype=torch.long, device=dev)
-        s_pos = torch.tensor(slot_pos, dtype=torch.long, device=dev)
-        s_seq = torch.tensor(slot_seq, dtype=torch.long, device=dev)
-        s_host = (slot_pos, slot_seq)
-        ring_rows: dict[int, torch.Tensor] = {}  # ring length -> rows (shared by the tensors of that length)
-        block_cache: dict[int, tuple] = {}
-        for st, m in zip(layers, ratios):
-            for name in _RING:
-                t = st.get(name)
-                if t is None:
-                    continue
-                ring = t.shape[1]
-                longest = max(len(p) for *_, p in items)
-                if ring <= longest:
-                    raise ValueError(f"state ring {name} of {ring} rows is too short for {longest} "
-                                     "speculative positions")
-                if ring not in ring_rows:
-                    ring_rows[ring] = s_pos % ring
-                self._save(t, s_slot, ring_rows[ring], s_pos, s_seq, s_host)
-            if m and any(name in st for name in _BLOCK):
-                if m not in block_cache:
-                    block_cache[m] = self._block_rows(items, m, block_size, dev)
-                rows = block_cache[m]
-                if rows is not None:
-                    for name in _BLOCK:
-                        if name in st:
-                            self._save(st[name], *rows)
+        tensors, sets, keys = _index_sets(layers, ratios, max(len(p) for *_, p in items) + 1)
+        if not tensors:
+            return
+        dev = tensors[0].device
+        pos = [p for *_, ps in items for p in ps]
+        seq = [b for b, *_, ps in items for _ in ps]
+        slots = [s for _, s, _, ps in items for _ in ps]
+        R = len(pos)
+        i0, i1, P, Q = [], [], [], []
+        for kind, v in keys:
+            if kind == "ring":
+                i0.append(slots)
+                i1.append([p % v for p in pos])
+                P.append(pos)
+                Q.append(seq)
+            else:
+                rows = self._block_rows(items, v, block_size)
+                rows += [(-1, 0, -1, 0)] * (R - len(rows))
+                for dst, col in zip((i0, i1, P, Q), zip(*rows)):
+                    dst.append(list(col))
+        host = torch.tensor([i0, i1], dtype=torch.long)
+        idx = host.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else host.to(dev)
+        buf = torch.empty(row_copy_bytes(tensors, R), dtype=torch.uint8, device=dev)
+        kernels.row_copy(tensors, sets, idx[0], idx[1], buf, True)
+        self.saved.append(_Logged(tensors, sets, idx, buf, P, Q))
 
     @staticmethod
-    def _block_rows(items, m: int, block_size: int, dev):
-        i0, i1, pos, seq = [], [], [], []
+    def _block_rows(items, m: int, block_size: int) -> list[tuple[int, int, int, int]]:
+        """(block, row, closing position, sequence) of every compressed entry the positions close."""
+        out = []
         for b, _, table, positions in items:
             for p in positions:
                 if (p + 1) % m == 0:
@@ -93,37 +104,20 @@ class RowLog:
                     blk = table[e * m // block_size]
                     if blk < 0:
                         raise ValueError(f"position {p} closes entry {e} outside the block table")
-                    i0.append(blk)
-                    i1.append((e * m % block_size) // m)
-                    pos.append(p)
-                    seq.append(b)
-        if not i0:
-            return None
-        as_t = lambda v: torch.tensor(v, dtype=torch.long, device=dev)  # noqa: E731
-        return as_t(i0), as_t(i1), as_t(pos), as_t(seq), (pos, seq)
-
-    def _save(self, t: torch.Tensor, i0, i1, pos, seq, host) -> None:
-        self.saved.append(_Saved(t, i0, i1, t[i0, i1].clone(), pos, seq, host))
+                    out.append((blk, (e * m % block_size) // m, p, b))
+        return out
 
     def restore(self, reject_from: list[int]) -> None:
         """Put back every saved row whose position is >= reject_from[its sequence] (the first rejected
-        position; a sequence that kept everything has a bound past its last speculative position).
-        The rows are picked on the host (one small host -> device copy per group of rows)."""
-        picked: dict[int, torch.Tensor | None] = {}
+        position; a sequence that kept everything has a bound past its last speculative position)."""
         for s in reversed(self.saved):
-            key = id(s.host[0])
-            if key not in picked:
-                pos, seq = s.host
-                rows = [r for r, (p, b) in enumerate(zip(pos, seq)) if p >= reject_from[b]]
-                picked[key] = (None if not rows else "all" if len(rows) == len(pos)
-                               else torch.tensor(rows, dtype=torch.long).to(s.pos.device, non_blocking=True))
-            idx = picked[key]
-            if idx is None:
+            keep = [[p >= 0 and p >= reject_from[b] for p, b in zip(ps, qs)] for ps, qs in zip(s.pos, s.seq)]
+            if not any(any(k) for k in keep):
                 continue
-            if isinstance(idx, str):
-                s.tensor[s.i0, s.i1] = s.values
-            else:
-                s.tensor[s.i0[idx], s.i1[idx]] = s.values[idx]
+            host = torch.tensor(keep, dtype=torch.bool)
+            dev = s.buf.device
+            keep_t = host.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else host.to(dev)
+            kernels.row_copy(s.tensors, s.sets, s.idx[0], s.idx[1], s.buf, False, keep_t)
         self.saved.clear()
 
 

@@ -1,8 +1,8 @@
 """Many-tensor row copy in ONE launch (kernels/ref/row_copy.py has the contract and the twin).
 
-Each tensor is described once (cached per tensor list and R) by a device row of 6 int64: its base
-address, the byte strides of its two index dims, its row size and buffer offset in copy units, its
-index set. Program (t, r) copies row r of tensor t: the unit is 4 bytes when every address, stride and
+Each tensor is described once (cached per tensor list) by a device row of 6 int64: its base address,
+the byte strides of its two index dims, its row size in copy units, the row sizes of the tensors before
+it (its buffer region starts at R times that), its index set. Program (t, r) copies row r of tensor t: the unit is 4 bytes when every address, stride and
 row size allows it, else 1 byte."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import triton.language as tl
 from kernels.ref.row_copy import check, row_bytes
 
 _DESC: dict[tuple, tuple[torch.Tensor, int, int]] = {}  # key -> (descriptors [T, 6], unit, max row units)
-# (one small entry per tensor list and R: a few per graph bucket)
+# (one small entry per tensor list: a few per engine)
 
 
 @triton.jit
@@ -26,7 +26,7 @@ def _row_copy_kernel(desc_ptr, i0_ptr, i1_ptr, keep_ptr, buf_ptr, R, HAS_KEEP: t
     s0 = tl.load(desc_ptr + t * 6 + 1)
     s1 = tl.load(desc_ptr + t * 6 + 2)
     nu = tl.load(desc_ptr + t * 6 + 3)
-    off = tl.load(desc_ptr + t * 6 + 4)
+    off = tl.load(desc_ptr + t * 6 + 4) * R
     sid = tl.load(desc_ptr + t * 6 + 5)
     a = tl.load(i0_ptr + sid * R + r)
     b = tl.load(i1_ptr + sid * R + r)
@@ -49,8 +49,8 @@ def _row_copy_kernel(desc_ptr, i0_ptr, i1_ptr, keep_ptr, buf_ptr, R, HAS_KEEP: t
             tl.store(row + o, tl.load(dst + o, mask=m), mask=m)
 
 
-def _descriptors(tensors, sets, R: int, buf: torch.Tensor):
-    key = (R, tuple(sets), str(buf.device), tuple((t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+def _descriptors(tensors, sets, buf: torch.Tensor):
+    key = (tuple(sets), str(buf.device), tuple((t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
                                                   for t in tensors))
     hit = _DESC.get(key)
     if hit is not None:
@@ -63,7 +63,7 @@ def _descriptors(tensors, sets, R: int, buf: torch.Tensor):
     rows, off = [], 0
     for t, s, nb, (a, b) in zip(tensors, sets, nbs, strides):
         rows.append([t.data_ptr(), a, b, nb // unit, off // unit, s])
-        off += R * nb
+        off += nb
     desc = torch.tensor(rows, dtype=torch.int64).to(buf.device)
     hit = (desc, unit, max(nbs) // unit)
     _DESC[key] = hit  # never evicted: a CUDA-graph capture must find the table its warm-up built (no copy inside)
@@ -76,7 +76,7 @@ def row_copy(tensors: list[torch.Tensor], sets: list[int], i0: torch.Tensor, i1:
     R = i0.shape[1]
     if not tensors or R == 0:
         return
-    desc, unit, max_units = _descriptors(tensors, sets, R, buf)
+    desc, unit, max_units = _descriptors(tensors, sets, buf)
     if unit == 4 and buf.data_ptr() % 4:
         raise ValueError("row_copy: buf must be 4-byte aligned")
     block = min(1024, triton.next_power_of_2(max(max_units, 16)))
