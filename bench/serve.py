@@ -3,7 +3,8 @@
     python -m bench.serve --base-url http://127.0.0.1:8000 --num-prompts 200 --request-rate 8 \\
         --input-len 512 1024 --output-len 128 256 --max-concurrency 64
 
-Prompts are random words from a fixed list (seeded); each request asks for exactly its sampled
+Prompts are random words from a fixed list (seeded, bench/workload.py: `python -m bench.throughput
+--serve-workload` runs the same workload on the offline engine); each request asks for exactly its sampled
 output length (`min_tokens` = `max_tokens`, `ignore_eos`) where the server supports the vLLM extras.
 Arrivals are Poisson at --request-rate (inf = all at once), capped by --max-concurrency. Reports
 TTFT, TPOT, ITL (mean/p50/p90/p99, ms), request and token throughput; the last line is JSON.
@@ -33,9 +34,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-WORDS = ("time person year way day thing man world life hand part child eye woman place work week case point "
-         "government company number group problem fact model server token cache layer query batch stream "
-         "window kernel block queue latency memory").split()
+from bench.workload import conversations, make_prompt
 
 
 @dataclass
@@ -50,10 +49,6 @@ class Result:
     turn: int = 0  # 0 = first request of its conversation
     text: str = ""  # the reply (the next turn's history)
     itl: list[float] = field(default_factory=list)
-
-
-def make_prompt(rng: random.Random, n_words: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n_words))
 
 
 def _chunk_text(obj: dict, chat: bool) -> str:
@@ -127,14 +122,6 @@ def _summary(name: str, xs: list[float]) -> dict:
             **{f"p{q}_{name}_ms": _pct(ms, q) for q in (50, 90, 99)}}
 
 
-def _conversations(args) -> list[tuple[list[str], int]]:
-    """Per conversation: its user turns (the first one carries the shared prefix for completions) and
-    the output length of each of its requests. Seeded: two servers get the same workload."""
-    rng = random.Random(args.seed)
-    return [([make_prompt(rng, rng.randint(*args.input_len)) for _ in range(args.turns)],
-             rng.randint(*args.output_len)) for _ in range(args.num_prompts)]
-
-
 async def _converse(client, args, sem, shared: str, turns: list[str], out_len: int) -> list[Result]:
     """One conversation: its turns in a row, each resending the history plus a new user turn."""
     results: list[Result] = []
@@ -163,7 +150,7 @@ async def _converse(client, args, sem, shared: str, turns: list[str], out_len: i
 async def run_on(args, base_url: str) -> dict:
     rng = random.Random(args.seed + 1)
     shared = make_prompt(random.Random(args.seed + 2), args.shared_prefix_len) if args.shared_prefix_len else ""
-    work = _conversations(args)
+    work = conversations(args.seed, args.num_prompts, args.input_len, args.output_len, args.turns)  # seeded
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     limits = httpx.Limits(max_connections=args.max_concurrency or 10000, max_keepalive_connections=None)
     sem = asyncio.Semaphore(args.max_concurrency or 10**9)

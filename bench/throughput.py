@@ -6,10 +6,20 @@
     python -m bench.throughput --overhead-only            # 256 running sequences, model stubbed out
     python -m bench.throughput --overhead-only --output-kind delta   # ... as streamed by the server
     python -m bench.throughput --async-scheduling / --no-async-scheduling   # overlapped loop on / off
+    python -m bench.throughput --model DIR --device cuda --serve-workload chat --num-prompts 256 \
+        --max-num-seqs 64 --input-len 128:128 --output-len 128:128    # = bench.serve --max-concurrency 64
 
 Prompts are random token ids (fixed --seed; special tokens excluded) with lengths drawn uniformly
 from --input-len MIN:MAX; each request generates exactly its --output-len draw (ignore_eos).
 All requests are queued at once and the engine is stepped until every one finishes.
+
+--serve-workload chat|completions runs bench/serve.py's workload offline instead (bench/workload.py:
+same --seed, --num-prompts, prompt WORDS in --input-len, output lengths in --output-len), tokenized as
+the server does (chat: one user message in the V4 chat format at --reasoning-effort, as
+server/chat_plan.py renders it; completions: the text with BOS) and sampled as bench.serve asks
+(temperature 0, min_tokens = max_tokens, ignore_eos, streamed deltas). bench.serve with all requests
+at once (--request-rate inf) and --max-concurrency C against a server with the same engine flags is
+this run with --max-num-seqs C: the offline bound for the server's output throughput.
 
 Every phase of `LLMEngine.step()` is timed with `time.perf_counter` (CUDA is synchronized around the
 model and the sampler, so device time lands in those phases):
@@ -192,7 +202,9 @@ def make_engine(args, model_dir: str, **overrides):
     kw = dict(model=model_dir, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs,
               max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
               num_kv_blocks=args.num_kv_blocks, kv_cache_memory=args.kv_cache_memory,
-              block_size=args.block_size, seed=args.seed, async_scheduling=args.async_scheduling)
+              block_size=args.block_size, seed=args.seed, async_scheduling=args.async_scheduling,
+              kv_cache_dtype=args.kv_cache_dtype, enforce_eager=args.enforce_eager,
+              enable_prefix_caching=args.enable_prefix_caching)
     kw.update(overrides)
     return LLMEngine(EngineArgs(**kw))
 
@@ -213,9 +225,31 @@ def random_prompts(engine, n: int, in_range: tuple[int, int], out_range: tuple[i
     return reqs
 
 
+def serve_workload(engine, args) -> list[tuple[list[int], int]]:
+    """bench/serve.py's workload as (prompt ids, output length) pairs, tokenized as the server does."""
+    from bench.workload import conversations
+    from chat.encoder import render_messages
+    from chat.reasoning import resolve_reasoning
+
+    tok = engine.tokenizer
+    rc = resolve_reasoning(args.reasoning_effort, None, None, None)
+    reqs = []
+    for (text,), out_len in conversations(args.seed, args.num_prompts, args.input_len, args.output_len):
+        if args.serve_workload == "chat":  # content never becomes special tokens (Tokenizer.encode_segments)
+            ids = tok.encode_segments(render_messages([{"role": "user", "content": text}], thinking=rc.thinking,
+                                                      reasoning_effort=rc.encoder_effort, tools=None))
+        else:
+            ids = tok.encode(text, add_special_tokens=True)
+        reqs.append((ids, out_len))
+    return reqs
+
+
 def params_for(args, out_len: int):
     from engine.sampling_params import SamplingParams
 
+    if args.serve_workload:  # what bench.serve asks for (the chat server keeps special tokens in the text)
+        return SamplingParams(temperature=0.0, max_tokens=out_len, min_tokens=out_len, ignore_eos=True,
+                              skip_special_tokens=args.serve_workload != "chat")
     return SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=out_len, min_tokens=0,
                           ignore_eos=True)
 
@@ -229,7 +263,10 @@ def output_kind(args):
 def run_throughput(args) -> dict:
     model_dir = resolve_model(args)
     eng = make_engine(args, model_dir)
-    reqs = random_prompts(eng, args.num_prompts, args.input_len, args.output_len, args.seed)
+    if args.serve_workload:
+        reqs = serve_workload(eng, args)
+    else:
+        reqs = random_prompts(eng, args.num_prompts, args.input_len, args.output_len, args.seed)
     if args.warmup:
         for i, (ids, _) in enumerate(reqs[:min(4, len(reqs))]):
             eng.add_request(f"warm{i}", ids[:16], params_for(args, 4))
@@ -257,11 +294,13 @@ def run_throughput(args) -> dict:
     assert n_gen == sum(lout for _, lout in reqs)
     res = {
         "mode": "throughput", "output_kind": args.output_kind, "model": model_dir, "device": str(eng.device),
+        "workload": f"bench.serve {args.serve_workload} (seed {args.seed})" if args.serve_workload else "random ids",
         "async_scheduling": eng.async_scheduling,
         "dtype": str(eng.dtype).replace("torch.", ""),
         "num_prompts": len(reqs), "input_len": list(args.input_len), "output_len": list(args.output_len),
         "max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
         "elapsed_s": elapsed, "requests_per_s": len(reqs) / elapsed, "input_tokens": n_in,
+        "mean_input_tokens": n_in / len(reqs), "enable_prefix_caching": eng.kv.prefix is not None,
         "output_tokens": n_gen, "input_tokens_per_s": n_in / elapsed, "output_tokens_per_s": n_gen / elapsed,
         "total_tokens_per_s": (n_in + n_gen) / elapsed, "num_preemptions": eng.scheduler.num_preemptions_total,
         "per_step": summarize(timer.steps), "per_decode_step": summarize(decode_steps),
@@ -334,9 +373,21 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--overhead-seqs", type=int, default=256)
     ap.add_argument("--overhead-steps", type=int, default=50)
     ap.add_argument("--overhead-warmup", type=int, default=5)
-    ap.add_argument("--output-kind", choices=("cumulative", "delta", "final_only"), default="cumulative",
-                    help="per-request output mode: cumulative snapshots, deltas (streaming server), final only")
+    ap.add_argument("--output-kind", choices=("cumulative", "delta", "final_only"), default=None,
+                    help="per-request output mode: cumulative snapshots (default), deltas (streaming server; "
+                         "the default with --serve-workload), final only")
+    ap.add_argument("--serve-workload", choices=("chat", "completions"), default=None,
+                    help="bench/serve.py's workload (--input-len in words, its seed and sampling), offline")
+    ap.add_argument("--reasoning-effort", default="none", help="with --serve-workload chat (bench.serve's default)")
+    ap.add_argument("--kv-cache-dtype", default="auto", help="as the server's --kv-cache-dtype")
+    ap.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (as the server's flag)")
+    ap.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false",
+                    help="as the server's flag (prefix caching is on by default in both)")
     args = ap.parse_args(argv)
+    if args.output_kind is None:
+        args.output_kind = "delta" if args.serve_workload else "cumulative"
+    if args.serve_workload and args.overhead_only:
+        ap.error("--serve-workload and --overhead-only are different modes")
     if args.overhead_only and "--input-len" not in " ".join(argv if argv is not None else sys.argv):
         args.input_len = (16, 64)
     logging.basicConfig(level=logging.WARNING)
