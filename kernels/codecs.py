@@ -8,8 +8,8 @@
 All scale arithmetic goes through the raw bytes (`.view(torch.uint8)`): exact, and independent of
 how torch rounds float -> float8_e8m0fnu casts (it rounds up, e.g. 3.0 -> 4.0).
 Readers: the checkpoint loaders and the synthetic writer (models/), the FP4 indexer-key pack/unpack
-(kernels/ref/kv_fp8.py) and the kernel twins' table (kernels/ref/quant.py); they live at the bottom
-layer so both may use them. They favour clarity over speed and run on the device of their inputs (the
+(kernels/ref/kv_fp8.py) and the kernel twins' dequantization (kernels/ref/quant.py, ref/fp8_linear.py;
+the dequantizers take stacked experts [E, N, K] too); they live at the bottom layer so both may use them. They favour clarity over speed and run on the device of their inputs (the
 synthetic writer quantizes on the GPU with `--device cuda`).
 """
 
