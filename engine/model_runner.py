@@ -80,14 +80,16 @@ class ModelRunner:
         """Build the static decode buffers and capture one CUDA graph per batch bucket (capture=False:
         the same padded static-buffer path runs eagerly, as on CPU). -> capture seconds."""
         from .cuda_graph import DecodeGraphs
+        from .graph_warmup import precompile_buckets
 
         if self.executor.multi_process:
             raise ValueError("CUDA-graph decode is single-process only (tensor parallel runs eager)")
         self.graphs = DecodeGraphs(self.model, self.kv, self.device, max_num_seqs=max_num_seqs,
                                    max_model_len=max_model_len, valid_vocab=self.valid_vocab, capture=capture,
                                    buckets=buckets)
+        precompile_s = precompile_buckets(self.graphs)  # kernel variants of all buckets, compiled side by side
         with torch.inference_mode():
-            return self.graphs.capture()
+            return precompile_s + self.graphs.capture()
 
     def host_batch(self, out: SchedulerOutput, want_prompt: list[bool],
                    device_tokens: DeviceTokens | None = None) -> HostBatch:
