@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any, Sequence
 
@@ -18,14 +19,15 @@ class LLM:
                  max_num_seqs: int = 64, max_num_batched_tokens: int = 2048, max_model_len: int | None = None,
                  num_kv_blocks: int | None = None, kv_cache_memory: int | None = None, enforce_eager: bool = False,
                  enable_prefix_caching: bool = True, **kwargs: Any):
+        fields = {f.name for f in dataclasses.fields(EngineArgs) if f.init}
+        for k in kwargs:
+            if k not in fields:
+                raise TypeError(f"LLM() got an unexpected keyword argument {k!r}")
+        # every field through the constructor: __post_init__ parses speculative_config
         args = EngineArgs(model=model, device=device, dtype=dtype, max_num_seqs=max_num_seqs,
                           max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
                           num_kv_blocks=num_kv_blocks, kv_cache_memory=kv_cache_memory, enforce_eager=enforce_eager,
-                          enable_prefix_caching=enable_prefix_caching)
-        for k, v in kwargs.items():
-            if not hasattr(args, k):
-                raise TypeError(f"LLM() got an unexpected keyword argument {k!r}")
-            setattr(args, k, v)
+                          enable_prefix_caching=enable_prefix_caching, **kwargs)
         self.engine = LLMEngine(args)
         self.tokenizer = self.engine.tokenizer
         self._ids = itertools.count()
