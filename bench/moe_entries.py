@@ -18,6 +18,7 @@ SWAP_CFGS = (("words_bn64_bk128_s4", 16, 64, 128, 4, 4, True), ("words_bn64_bk12
              ("words_bn32_bk128_w2_s4", 16, 32, 128, 2, 4, True), ("words_bn128_bk128_s3", 16, 128, 128, 4, 3, True),
              ("words_bn128_bk128_s3_w8", 16, 128, 128, 8, 3, True), ("words_bn64_bk128_s6", 16, 64, 128, 4, 6, True),
              ("bytes_bn64_bk128_s4", 16, 64, 128, 4, 4, False))
+SPLIT_CFGS = (("words_bn64_bk128_s4_down_sk2", 16, 64, 128, 4, 4, 2), ("words_bn64_bk128_w2_s4_down_sk2", 16, 64, 128, 2, 4, 2))
 BATCHES = (1, 8, 64, 256)
 
 
@@ -28,6 +29,10 @@ def swap_variants(p: int, quick: bool = False):
         for aligned in ((False, True) if p <= 48 else (True,)):
             c = dict(BT=bt, BN=bn, BK=bk, num_warps=nw, num_stages=st, ALIGNED=aligned, WORDS=words)
             out.append((f"swap_{name}" + ("_al" if aligned else "_pair"), c))
+    if p <= 48 and not quick:  # down launch split over K (few pairs: few programs)
+        for name, bt, bn, bk, nw, st, sk in SPLIT_CFGS:
+            c = dict(BT=bt, BN=bn, BK=bk, num_warps=nw, num_stages=st, ALIGNED=False, WORDS=True, SPLIT_K=sk)
+            out.append((f"swap_{name}_pair", c))
     return out
 
 

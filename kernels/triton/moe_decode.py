@@ -167,7 +167,7 @@ def _moe_swap_kernel(
     stride_am, stride_be, stride_bn, stride_se, stride_sn, stride_om,
     A_DIV: tl.constexpr, OUT_DIV: tl.constexpr, GATE_UP: tl.constexpr, ALIGNED: tl.constexpr,
     BT: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr,
-    WORDS: tl.constexpr, zero_ptr, ZERO_PER, ZERO_N, ZERO: tl.constexpr,
+    WORDS: tl.constexpr, SPLIT_K: tl.constexpr, zero_ptr, ZERO_PER, ZERO_N, ZERO: tl.constexpr,
 ):
     pid = tl.program_id(0)
     if ZERO:  # gate/up launch: clear the down kernel's fp32 output (no separate memset launch)
@@ -177,8 +177,9 @@ def _moe_swap_kernel(
             zo = z0 + zoffs
             tl.store(zero_ptr + zo, tl.zeros([1024], dtype=tl.float32), mask=zo < zend)
     num_pid_n = tl.cdiv(N, BN)
-    pid_m = pid // num_pid_n
-    pid_n = pid % num_pid_n
+    pid_k = pid % SPLIT_K  # down launch: K split over programs (the combine is atomic anyway)
+    pid_m = pid // SPLIT_K // num_pid_n
+    pid_n = pid // SPLIT_K % num_pid_n
     offs_t = tl.arange(0, BT)
     if ALIGNED:
         npad = tl.load(npad_ptr)
@@ -203,7 +204,8 @@ def _moe_swap_kernel(
     acc2 = tl.zeros([BN, BT], dtype=tl.float32)
     a_rows = a_ptr + arow[:, None] * stride_am
     offs_k = tl.arange(0, BK)
-    for k0 in range(0, K, BK):
+    k_per = K // SPLIT_K
+    for k0 in range(pid_k * k_per, pid_k * k_per + k_per, BK):
         a = tl.load(a_rows + (k0 + offs_k)[None, :], mask=tvalid[:, None], other=0.0)  # [BT, BK]
         if WORDS:
             xs = _x_words(a, BT, BK)
@@ -264,7 +266,10 @@ def _launch(a, w, w2, out, rw, ids_flat, align, n_out, k_in, p, limit, a_div, ou
     else:
         sorted_ids = eids = npad = ids_flat
         n_m = p
-    grid = (n_m * triton.cdiv(n_out, cfg["BN"]),)
+    split = 1 if gate_up else cfg.get("SPLIT_K", 1)
+    if k_in % (split * cfg["BK"]):
+        raise ValueError(f"K={k_in} is not a multiple of SPLIT_K*BK={split}*{cfg['BK']}")
+    grid = (n_m * triton.cdiv(n_out, cfg["BN"]) * split,)
     zero_n = zero.numel() if zero is not None else 0
     zero_per = triton.cdiv(triton.cdiv(zero_n, grid[0]), 1024) * 1024
     _moe_swap_kernel[grid](
@@ -272,7 +277,7 @@ def _launch(a, w, w2, out, rw, ids_flat, align, n_out, k_in, p, limit, a_div, ou
         n_out, k_in, p, float(limit),
         a.stride(0), w.data.stride(0), w.data.stride(1), s_u8.stride(0), s_u8.stride(1), out.stride(0),
         A_DIV=a_div, OUT_DIV=out_div, GATE_UP=gate_up, ALIGNED=cfg["ALIGNED"], BT=cfg["BT"], BN=cfg["BN"],
-        BK=cfg["BK"], USE_ASM=use_asm, DOT_F32=interpreting(), WORDS=cfg.get("WORDS", False),
+        BK=cfg["BK"], USE_ASM=use_asm, DOT_F32=interpreting(), WORDS=cfg.get("WORDS", False), SPLIT_K=split,
         zero_ptr=zero if zero is not None else rw, ZERO_PER=zero_per, ZERO_N=zero_n, ZERO=zero is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
