@@ -77,7 +77,9 @@ def _copy(state: ModelState, snaps: list[dict[str, torch.Tensor]], ops, to_snaps
     if not len(ops) or not snaps:
         return
     dev = state.layers[0]["window"].device
-    t = torch.as_tensor(ops, dtype=torch.long).reshape(-1, 3).to(dev)
+    t = torch.as_tensor(ops, dtype=torch.long).reshape(-1, 3)
+    # pinned + non-blocking: a step with snapshot ops never waits for the step in flight (async scheduling)
+    t = t.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else t
     slots, rows, bounds = (t[:, 0], t[:, 1], t[:, 2]) if to_snapshot else (t[:, 1], t[:, 0], t[:, 2])
     idx: dict[tuple[int, int], torch.Tensor] = {}
     for layer, snap in enumerate(snaps):

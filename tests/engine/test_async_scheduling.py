@@ -411,14 +411,15 @@ def test_overlapped_loop_on_cuda_identical(tiny_ckpt, reference):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("enforce_eager", [False, True])
-def test_launches_never_synchronize_on_cuda(tiny_ckpt, reference, enforce_eager):
+@pytest.mark.parametrize("enforce_eager,caching", [(False, False), (True, False), (False, True)])
+def test_launches_never_synchronize_on_cuda(tiny_ckpt, reference, enforce_eager, caching):
     """The overlap needs the host to launch a step (forward, then sampling) without waiting for the
     device: under torch's sync debug mode "error", `_forward` and `_sample` of every step after the
     first raise on any synchronizing call (blocking copies, .item(), .cpu()). Rows: greedy, seeded
     top-k/top-p, logprobs, penalties, min_tokens, bad words, a grammar, n=2; a request arriving later
-    makes a mixed (eager) step. enforce_eager=False: decode steps replay CUDA graphs."""
-    eng = make_engine(tiny_ckpt, True, device="cuda", dtype="float32", enable_prefix_caching=False,
+    makes a mixed (eager) step. enforce_eager=False: decode steps replay CUDA graphs; caching: prefix
+    caching on (slot snapshots saved around the launched forwards)."""
+    eng = make_engine(tiny_ckpt, True, device="cuda", dtype="float32", enable_prefix_caching=caching,
                       enforce_eager=enforce_eager)
     p, toks, _ = reference
     reqs = [("g", p, SamplingParams(max_tokens=12, **GREEDY), 0),
