@@ -18,6 +18,7 @@ SWAP_CFGS = (("words_bn64_bk128_s4", 16, 64, 128, 4, 4, True), ("words_bn64_bk12
              ("words_bn32_bk128_w2_s4", 16, 32, 128, 2, 4, True), ("words_bn128_bk128_s3", 16, 128, 128, 4, 3, True),
              ("words_bn128_bk128_s3_w8", 16, 128, 128, 8, 3, True), ("words_bn64_bk128_s6", 16, 64, 128, 4, 6, True),
              ("bytes_bn64_bk128_s4", 16, 64, 128, 4, 4, False))
+PDL_CFGS = (("words_bn64_bk128_s4", 16, 64, 128, 4, 4, 1), ("words_bn64_bk128_w2_s4", 16, 64, 128, 2, 4, 1))
 SPLIT_CFGS = (("words_bn64_bk128_s4_down_sk2", 16, 64, 128, 4, 4, 2), ("words_bn64_bk128_w2_s4_down_sk2", 16, 64, 128, 2, 4, 2))
 BATCHES = (1, 8, 64, 256)
 
@@ -33,6 +34,9 @@ def swap_variants(p: int, quick: bool = False):
         for name, bt, bn, bk, nw, st, sk in SPLIT_CFGS:
             c = dict(BT=bt, BN=bn, BK=bk, num_warps=nw, num_stages=st, ALIGNED=False, WORDS=True, SPLIT_K=sk)
             out.append((f"swap_{name}_pair", c))
+    for name, bt, bn, bk, nw, st, sk in PDL_CFGS:  # down launch with PDL (+ L2 prefetch of its weights)
+        c = dict(BT=bt, BN=bn, BK=bk, num_warps=nw, num_stages=st, ALIGNED=p > 48, WORDS=True, SPLIT_K=sk, PDL=1)
+        out.append((f"swap_{name}_pdl" + ("_al" if p > 48 else "_pair"), c))
     return out
 
 

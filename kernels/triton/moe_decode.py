@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .common import _fp4x4_to_bf16x2_asm, e8m0_to_f32, e2m1_f32
 
@@ -161,15 +162,37 @@ def _x_words(a, BT: tl.constexpr, BK: tl.constexpr):
 
 
 @triton.jit
+def offs_n_of(pid_n, BN: tl.constexpr, row):
+    return pid_n * BN + row
+
+
+@triton.jit
+def _prefetch_l2(ptrs, mask):
+    """prefetch.global.L2 of each (masked-in) address; no result."""
+    tl.inline_asm_elementwise(
+        asm="""
+        {
+        .reg .pred p;
+        setp.ne.b32 p, $2, 0;
+        @p prefetch.global.L2 [$1];
+        mov.b32 $0, 0;
+        }
+        """,
+        constraints="=r,l,r", args=[ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _moe_swap_kernel(
     a_ptr, b_ptr, b2_ptr, bs_ptr, b2s_ptr, out_ptr, rw_ptr, sorted_ptr, eids_ptr, npad_ptr, ids_ptr,
     N, K, P, limit,
     stride_am, stride_be, stride_bn, stride_se, stride_sn, stride_om,
     A_DIV: tl.constexpr, OUT_DIV: tl.constexpr, GATE_UP: tl.constexpr, ALIGNED: tl.constexpr,
     BT: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr,
-    WORDS: tl.constexpr, SPLIT_K: tl.constexpr, zero_ptr, ZERO_PER, ZERO_N, ZERO: tl.constexpr,
+    WORDS: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr, zero_ptr, ZERO_PER, ZERO_N, ZERO: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    if PDL == 1:  # gate/up launch: the down launch (PDL) may start its prologue now
+        gdc_launch_dependents()
     if ZERO:  # gate/up launch: clear the down kernel's fp32 output (no separate memset launch)
         zoffs = tl.arange(0, 1024)
         zend = tl.minimum(pid * ZERO_PER + ZERO_PER, ZERO_N)
@@ -200,6 +223,16 @@ def _moe_swap_kernel(
     bs_base = bs_ptr + e * stride_se
     b2_base = b2_ptr + e * stride_be
     b2s_base = b2s_ptr + e * stride_se
+    if PDL == 2:  # down launch: pull this program's weight rows into L2 while gate/up finishes, then wait
+        k_lo = pid_k * (K // SPLIT_K)
+        PL: tl.constexpr = 128  # bytes per prefetch (one L2 line)
+        lines = tl.arange(0, BN * 8)
+        for l0 in range(0, K // SPLIT_K // 2, PL * 8):
+            row = lines // 8
+            col = k_lo // 2 + l0 + (lines % 8) * PL
+            _prefetch_l2(b_base + offs_n_of(pid_n, BN, row) * stride_bn + col,
+                         (pid_n * BN + row < N) & (col < k_lo // 2 + K // SPLIT_K // 2))
+        gdc_wait()
     acc = tl.zeros([BN, BT], dtype=tl.float32)
     acc2 = tl.zeros([BN, BT], dtype=tl.float32)
     a_rows = a_ptr + arow[:, None] * stride_am
@@ -272,14 +305,16 @@ def _launch(a, w, w2, out, rw, ids_flat, align, n_out, k_in, p, limit, a_div, ou
     grid = (n_m * triton.cdiv(n_out, cfg["BN"]) * split,)
     zero_n = zero.numel() if zero is not None else 0
     zero_per = triton.cdiv(triton.cdiv(zero_n, grid[0]), 1024) * 1024
+    pdl = cfg.get("PDL", 0) and not interpreting()
+    pdl = (1 if gate_up else 2) if pdl else 0
     _moe_swap_kernel[grid](
         a, w.data, d2, s_u8, s2_u8, out, rw, sorted_ids, eids, npad, ids_flat,
         n_out, k_in, p, float(limit),
         a.stride(0), w.data.stride(0), w.data.stride(1), s_u8.stride(0), s_u8.stride(1), out.stride(0),
         A_DIV=a_div, OUT_DIV=out_div, GATE_UP=gate_up, ALIGNED=cfg["ALIGNED"], BT=cfg["BT"], BN=cfg["BN"],
-        BK=cfg["BK"], USE_ASM=use_asm, DOT_F32=interpreting(), WORDS=cfg.get("WORDS", False), SPLIT_K=split,
+        BK=cfg["BK"], USE_ASM=use_asm, DOT_F32=interpreting(), WORDS=cfg.get("WORDS", False), SPLIT_K=split, PDL=pdl,
         zero_ptr=zero if zero is not None else rw, ZERO_PER=zero_per, ZERO_N=zero_n, ZERO=zero is not None,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], launch_pdl=pdl == 2)
 
 
 def supports(x, w1, w3, w2, act_quant: bool) -> bool:

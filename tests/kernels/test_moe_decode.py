@@ -125,3 +125,32 @@ def test_moe_decode_conversion_exhaustive_gpu(words):
         md._launch(ident, w, None, out, wts, ids.reshape(-1), moe_align(ids, 1, 16), n_out, k_in, k_in, 10.0, 1, 1,
                    False, cfg)
         torch.testing.assert_close(out, dequant(w, torch.float32)[0].T, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pdl", [0, 1])
+@pytest.mark.parametrize("n", [1, 64])
+def test_moe_decode_graph_gpu(pdl, n):
+    """Captured in a CUDA graph (as the engine's decode step is) with and without programmatic dependent
+    launch of the down kernel: replays over changing inputs == the twin."""
+    import kernels.triton.moe_decode as md
+    if "w" not in _CACHE:
+        _CACHE["w"] = _rand_experts("fp4")
+    w1, w3, w2 = _CACHE["w"]
+    x = torch.randn(n, 4096, device="cuda").bfloat16()
+    weights, ids = _routing(n, "uniform", 7)
+    cfg = dict(md.decode_config(n * 6, 2048, True, False), PDL=pdl, WORDS=True)
+    md.moe_experts_decode(x, w1, w3, w2, weights, ids, 10.0, cfg, cfg)  # compile + warm outside capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = md.moe_experts_decode(x, w1, w3, w2, weights, ids, 10.0, cfg, cfg)
+    for seed in (1, 2):
+        x.copy_(torch.randn(n, 4096, device="cuda").bfloat16())
+        w_new, ids_new = _routing(n, "skewed", seed)
+        weights.copy_(w_new)
+        ids.copy_(ids_new)
+        g.replay()
+        torch.cuda.synchronize()
+        want = ref.moe_experts(x, w1, w3, w2, weights, ids, 10.0)
+        assert _rel(out, want) < 1.5e-2, (seed, _rel(out, want))
