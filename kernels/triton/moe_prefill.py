@@ -1,0 +1,171 @@
+"""MoE prefill through torch's bf16 grouped GEMM (`torch._grouped_mm`): the lossless large-M path.
+
+Many tokens per expert make the routed experts a GEMM problem: the fused Triton kernel (moe.py) converts
+MXFP4 in its inner loop; here every expert is dequantized once per call to bf16 (`_dequant_mxfp4_kernel`,
+bit-exact with kernels.codecs.dequant_mxfp4, the twin's weights), and the three GEMMs run as torch grouped
+GEMMs over the expert-sorted pairs. The products are the twin's (bf16 x bf16, bf16 outputs like its
+F.linear), so only the fp32 summation order differs. Steps, all on the device (no host sync):
+
+  sort pairs by expert (stable) -> end offsets per expert -> gather x (FP8 fake-quant when act_quant)
+  -> g = x W1^T, v = x W3^T (grouped) -> h = silu(min(g, L)) * clamp(v, -L, L) * w (bf16, FP8 fake-quant)
+  -> y = h W2^T (grouped) -> out[t] = sum_j y[pos(t, j)] (fp32).
+
+The dequantized stack is transient (one matrix at a time: E x N x K bf16). `moe.moe_experts` picks this
+path per shape from a measured table (docs/benchmarks.md, "Prefill kernels").
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import act_quant_tile, interpreting
+
+
+@triton.jit
+def _dequant_mxfp4_kernel(p_ptr, s_ptr, out_ptr, R, KH, BR: tl.constexpr, BKH: tl.constexpr):
+    """Packed int8 [R, KH] (low nibble = even k) + UE8M0 [R, 2*KH/32] -> bf16 [R, 2*KH]; fp32 value * scale
+    rounded once, as the twin's codec does."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    jj = tl.program_id(1) * BKH + tl.arange(0, BKH)
+    r64 = rows.to(tl.int64)
+    m = (rows < R)[:, None] & (jj < KH)[None, :]
+    b = tl.load(p_ptr + r64[:, None] * KH + jj[None, :], mask=m, other=0).to(tl.int32) & 0xFF
+    s = tl.load(s_ptr + r64[:, None] * (KH // 16) + (jj // 16)[None, :], mask=m, other=127).to(tl.int32) & 0xFF
+    sc = (tl.maximum(s, 1) << 23).to(tl.float32, bitcast=True)  # 2^(s-127); s = 0: 2^-126 * 0.5 below
+    half = tl.where(s == 0, 0.5, 1.0)
+    lo = _e2m1(b & 0xF) * sc * half
+    hi = _e2m1(b >> 4) * sc * half
+    v = tl.reshape(tl.join(lo, hi), (BR, 2 * BKH)).to(tl.bfloat16)
+    kk = 2 * (tl.program_id(1) * BKH) + tl.arange(0, 2 * BKH)
+    tl.store(out_ptr + r64[:, None] * (2 * KH) + kk[None, :], v, mask=(rows < R)[:, None] & (kk < 2 * KH)[None, :])
+
+
+@triton.jit
+def _e2m1(c):
+    """E2M1 code (int32 0..15) -> fp32 value, built from the bits: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and negatives."""
+    e = (c >> 1) & 3
+    mt = c & 1
+    bits = tl.where(e == 0, mt * (126 << 23), ((126 + e) << 23) | (mt << 22)) | ((c & 8) << 28)
+    return bits.to(tl.float32, bitcast=True)
+
+
+def dequant_mxfp4(w) -> torch.Tensor:
+    """QuantWeight (fp4) [E, N, K/2] + scales [E, N, K/32] -> bf16 [E, N, K] (== codecs.dequant_mxfp4)."""
+    data, scale = w.data, w.scale.view(torch.uint8)
+    *lead, n, kh = data.shape
+    rows = data.numel() // kh
+    out = torch.empty(*lead, n, 2 * kh, dtype=torch.bfloat16, device=data.device)
+    br, bkh = (16, 256)
+    _dequant_mxfp4_kernel[(triton.cdiv(rows, br), triton.cdiv(kh, bkh))](
+        data.contiguous(), scale.contiguous(), out, rows, kh, BR=br, BKH=bkh, num_warps=4)
+    return out
+
+
+@triton.jit
+def _gather_kernel(x_ptr, tok_ptr, out_ptr, P, D, QUANT: tl.constexpr, INTERP: tl.constexpr, BR: tl.constexpr,
+                   BD: tl.constexpr):
+    """out[i] = x[tok[i]] (optionally FP8 fake-quantized per 1x128 block: exact in bf16)."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cc = tl.program_id(1) * BD + tl.arange(0, BD)
+    rm = rows < P
+    t = tl.load(tok_ptr + rows, mask=rm, other=0).to(tl.int64)
+    m = rm[:, None] & (cc < D)[None, :]
+    a = tl.load(x_ptr + t[:, None] * D + cc[None, :], mask=m, other=0.0)
+    if QUANT:
+        aq, s = act_quant_tile(a, INTERP)
+        a = aq.to(tl.float32) * s[:, None]
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * D + cc[None, :], a.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _swiglu_kernel(g_ptr, v_ptr, w_ptr, h_ptr, P, I, limit, QUANT: tl.constexpr, INTERP: tl.constexpr,
+                   BR: tl.constexpr, BI: tl.constexpr):
+    """h = silu(min(g, L)) * clamp(v, -L, L) * w (rounded to h's dtype, then FP8 fake-quant per 1x128 block)."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    cc = tl.program_id(1) * BI + tl.arange(0, BI)
+    rm = rows < P
+    m = rm[:, None] & (cc < I)[None, :]
+    off = rows.to(tl.int64)[:, None] * I + cc[None, :]
+    g = tl.minimum(tl.load(g_ptr + off, mask=m, other=0.0).to(tl.float32), limit)
+    v = tl.minimum(tl.maximum(tl.load(v_ptr + off, mask=m, other=0.0).to(tl.float32), -limit), limit)
+    w = tl.load(w_ptr + rows, mask=rm, other=0.0)
+    h = g / (1.0 + tl.exp(-g)) * v * w[:, None]
+    if INTERP:  # the interpreter's fp32 -> bf16 cast truncates: round to nearest even by hand first
+        b = h.to(tl.int32, bitcast=True)
+        h = ((b + 0x7FFF + ((b >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
+    h = h.to(h_ptr.dtype.element_ty)
+    if QUANT:
+        hq, s = act_quant_tile(h, INTERP)
+        h = (hq.to(tl.float32) * s[:, None]).to(h_ptr.dtype.element_ty)
+    tl.store(h_ptr + off, h, mask=m)
+
+
+@triton.jit
+def _combine_kernel(y_ptr, pos_ptr, out_ptr, N, D, TOPK: tl.constexpr, BD: tl.constexpr):
+    """out[t] = sum_j y[pos[t*k + j]] in fp32 (every output row written: no zero fill)."""
+    t = tl.program_id(0).to(tl.int64)
+    cc = tl.program_id(1) * BD + tl.arange(0, BD)
+    cm = cc < D
+    acc = tl.zeros([BD], dtype=tl.float32)
+    for j in tl.static_range(TOPK):
+        p = tl.load(pos_ptr + t * TOPK + j).to(tl.int64)
+        acc += tl.load(y_ptr + p * D + cc, mask=cm, other=0.0).to(tl.float32)
+    tl.store(out_ptr + t * D + cc, acc, mask=cm)
+
+
+def _dense(w, dtype):
+    """Expert stack as dtype [E, N, K]: MXFP4 through the dequant kernel, plain tensors cast."""
+    if isinstance(w, torch.Tensor):
+        return w if w.dtype == dtype else w.to(dtype)
+    if w.fmt == "fp4" and dtype == torch.bfloat16:
+        return dequant_mxfp4(w)
+    from ..ref.quant import dequant
+    return dequant(w, dtype)
+
+
+def _gmm(a, w, offs, dtype):
+    wd = _dense(w, dtype)
+    y = torch._grouped_mm(a, wd.transpose(-2, -1), offs=offs)
+    del wd
+    return y
+
+
+def moe_experts_grouped(x, w1, w3, w2, weights, ids, limit, act_quant=False):
+    """Same contract as kernels.ref.moe.moe_experts -> [N, d] fp32 (bf16 activations)."""
+    if x.dtype != torch.bfloat16:
+        raise ValueError(f"the grouped-GEMM MoE path takes bf16 activations, got {x.dtype}")
+    x = x.contiguous()
+    n, d = x.shape
+    k = ids.shape[1]
+    num_e, inter = w1.shape[0], w1.shape[1]
+    p = n * k
+    dev = x.device
+    if p == 0:
+        return torch.zeros(n, d, dtype=torch.float32, device=dev)
+    flat = ids.reshape(-1).to(torch.int64)
+    sorted_e, order = torch.sort(flat, stable=True)
+    offs = torch.searchsorted(sorted_e, torch.arange(num_e, device=dev), right=True).to(torch.int32)
+    pos = torch.empty_like(order)
+    pos[order] = torch.arange(p, device=dev)
+    tok = (order // k).to(torch.int32)
+    wsel = weights.reshape(-1).float()[order].contiguous()
+    interp = interpreting()
+    br = 16
+    xs = torch.empty(p, d, dtype=x.dtype, device=dev)
+    _gather_kernel[(triton.cdiv(p, br), triton.cdiv(d, 128))](x, tok, xs, p, d, QUANT=act_quant, INTERP=interp,
+                                                             BR=br, BD=128, num_warps=4)
+    g = _gmm(xs, w1, offs, x.dtype)
+    v = _gmm(xs, w3, offs, x.dtype)
+    del xs
+    h = torch.empty(p, inter, dtype=x.dtype, device=dev)
+    _swiglu_kernel[(triton.cdiv(p, br), triton.cdiv(inter, 128))](g, v, wsel, h, p, inter, float(limit),
+                                                                  QUANT=act_quant, INTERP=interp, BR=br, BI=128,
+                                                                  num_warps=4)
+    del g, v
+    y = _gmm(h, w2, offs, x.dtype)
+    out = torch.empty(n, d, dtype=torch.float32, device=dev)
+    bd = 128 if interp else 1024
+    _combine_kernel[(n, triton.cdiv(d, bd))](y, pos, out, n, d, TOPK=k, BD=bd, num_warps=4)
+    return out
