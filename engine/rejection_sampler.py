@@ -14,9 +14,10 @@ Chen et al. 2023) becomes:
     bonus row's): identical to non-speculative greedy decoding.
   * forced row (thinking budget): the forced token plays the argmax's role.
 
-Randomness: a seeded sequence draws, in a fixed order, k' uniforms and then one Exp(1) vector per
-row from its own generator (the categorical draw is the sampler's exponential race), whatever is
-accepted, so seeded runs are reproducible and independent of the batch.
+Randomness: a seeded sequence draws, in a fixed order, k' uniforms and then one [k'+1, V] Exp(1) block
+from its own generator (the categorical draw is the sampler's exponential race), whatever is
+accepted, so seeded runs are reproducible and independent of the batch. One device -> host copy per
+verify step.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .h2d import h2d
 from .sampler import Sampler, SamplingMetadata
 
 
@@ -46,61 +48,58 @@ class VerifyResult:
 
 def rejection_sample(x: torch.Tensor, meta: SamplingMetadata, groups: list[VerifyGroup]) -> list[VerifyResult]:
     """x: processed target logits [R, V] (`Sampler.process`), one row per verify position of every
-    group, `meta` built for those rows -> one VerifyResult per group."""
+    group, `meta` built for those rows -> one VerifyResult per group. ONE device -> host copy (the
+    greedy / forced rows travel with the results instead of being read back separately)."""
     R = x.shape[0]
     dev = x.device
-    argmax = x.argmax(dim=-1)
-    greedy = [True] * R if meta.all_greedy else None
-    accept = cand = None
+    target = x.argmax(dim=-1)
+    if meta.forced_rows is not None:  # thinking budget: the forced token plays the argmax's role
+        target = target.index_put((meta.forced_rows,), meta.forced_token_ids)
+    parts = [target]
     if not meta.all_greedy:
-        greedy = meta.greedy_rows.tolist() if meta.greedy_rows is not None else [False] * R
+        fixed = meta.greedy_rows.clone() if meta.greedy_rows is not None else torch.zeros(R, dtype=torch.bool,
+                                                                                           device=dev)
+        if meta.forced_rows is not None:
+            fixed.index_fill_(0, meta.forced_rows, True)  # (a Python-scalar index_put is a blocking copy)
         probs = Sampler.probs(x, meta)
-        draft_rows, draft_ids = [], []
-        for g in groups:
-            for j, d in enumerate(g.drafts):
-                draft_rows.append(g.first_row + j)
-                draft_ids.append(d)
-        u = torch.empty(R, dtype=torch.float32, device=dev)
-        q = torch.empty_like(probs)
-        unseeded = [r for g in groups if g.generator is None
-                    for r in range(g.first_row, g.first_row + len(g.drafts) + 1)]
-        if unseeded:
-            idx = torch.tensor(unseeded, dtype=torch.long, device=dev)
-            u[idx] = torch.rand(len(unseeded), device=dev)
-            q[idx] = torch.empty((len(unseeded), q.shape[1]), device=dev).exponential_()
-        for g in groups:  # seeded: uniforms then one exponential vector per row, always the same order
-            if g.generator is None:
-                continue
-            n = len(g.drafts)
-            if n:
-                u[g.first_row:g.first_row + n] = torch.rand(n, generator=g.generator, device=dev)
-            for r in range(g.first_row, g.first_row + n + 1):
-                q[r].exponential_(generator=g.generator)
-        q.clamp_(min=torch.finfo(q.dtype).tiny)
+        u, q = _draws(groups, R, probs.shape[1], dev)
         accept = torch.zeros(R, dtype=torch.bool, device=dev)
-        if draft_rows:
-            rows_t = torch.tensor(draft_rows, dtype=torch.long, device=dev)
-            ids_t = torch.tensor(draft_ids, dtype=torch.long, device=dev)
-            p_draft = probs[rows_t, ids_t]
-            accept[rows_t] = u[rows_t] < p_draft
-            probs[rows_t, ids_t] = 0.0  # the residual max(p - q, 0) of a one-hot q
+        rows = [g.first_row + j for g in groups for j in range(len(g.drafts))]
+        if rows:
+            rt = h2d(torch.tensor([rows, [d for g in groups for d in g.drafts]], dtype=torch.long), dev)
+            p_draft = probs[rt[0], rt[1]]
+            accept[rt[0]] = u[rt[0]] < p_draft
+            probs.index_put_((rt[0], rt[1]), torch.zeros((), device=dev))  # residual max(p - q, 0), one-hot q
         cand = probs.div_(q).argmax(dim=-1)
-    forced: dict[int, int] = {}
-    if meta.forced_rows is not None:
-        forced = dict(zip(meta.forced_rows.tolist(), meta.forced_token_ids.tolist()))
-    # one device -> host copy of everything the host loop reads
-    parts = [argmax] + ([cand, accept.long()] if cand is not None else [])
+        parts += [cand, accept.long(), fixed.long()]
     host = torch.stack(parts).cpu().tolist()
-    am = host[0]
-    cd, ac = (host[1], host[2]) if cand is not None else (None, None)
-    return _walk(groups, am, greedy, forced, cd, ac)
+    if meta.all_greedy:
+        return _walk(groups, host[0], [True] * R, None, None)
+    return _walk(groups, host[0], host[3], host[1], host[2])
+
+
+def _draws(groups: list[VerifyGroup], R: int, V: int, dev) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniforms [R] (acceptance tests) and Exp(1) [R, V] (the categorical race). Unseeded rows: the global
+    RNG, one call each for all rows. A seeded group draws from its own generator, always in this order
+    and whatever is accepted: its k' uniforms, then one [k'+1, V] exponential block (two calls per
+    sequence; seeded runs reproduce, independent of the batch)."""
+    u = torch.rand(R, device=dev)
+    q = torch.empty((R, V), device=dev).exponential_()
+    for g in groups:
+        if g.generator is None:
+            continue
+        n, r0 = len(g.drafts), g.first_row
+        if n:
+            u[r0:r0 + n] = torch.rand(n, generator=g.generator, device=dev)
+        q[r0:r0 + n + 1] = torch.empty((n + 1, V), device=dev).exponential_(generator=g.generator)
+    return u, q.clamp_(min=torch.finfo(q.dtype).tiny)
 
 
 def greedy_verify(logits: torch.Tensor, groups: list[VerifyGroup]) -> list[VerifyResult]:
     """Every row greedy with nothing that changes its logits (no masks, bias, bans, penalties,
     forcing): the argmax of the raw rows decides (one device -> host copy)."""
     am = logits.argmax(dim=-1).cpu().tolist()
-    return _walk(groups, am, [True] * len(am), {}, None, None)
+    return _walk(groups, am, [True] * len(am), None, None)
 
 
 def plain_greedy(p, seq) -> bool:
@@ -110,18 +109,19 @@ def plain_greedy(p, seq) -> bool:
             and p.thinking_budget is None and seq.num_output_tokens >= p.min_tokens)
 
 
-def _walk(groups, am, greedy, forced, cd, ac) -> list[VerifyResult]:
+def _walk(groups, target, fixed, cd, ac) -> list[VerifyResult]:
+    """Host acceptance walk. target[r]: argmax (forced token on forced rows); fixed[r]: greedy or forced
+    row; cd[r]: residual / bonus sample; ac[r]: the draft of row r passed its uniform test."""
     out = []
     for g in groups:
         toks, rows = [], []
         for j in range(len(g.drafts) + 1):
             r = g.first_row + j
             d = g.drafts[j] if j < len(g.drafts) else None
-            if r in forced or greedy[r]:
-                target = forced.get(r, am[r])
-                toks.append(target)
+            if fixed[r]:
+                toks.append(target[r])
                 rows.append(r)
-                if target != d:
+                if target[r] != d:
                     break
                 continue
             if d is not None and ac[r]:

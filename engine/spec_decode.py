@@ -36,6 +36,7 @@ from kvcache.prefix_cache import apply_state_ops
 from kvcache.spec_rollback import RowLog
 from models.mtp import allocate_mtp_state, check_mtp, mtp_forward
 
+from .h2d import h2d
 from .outputs import OutputKind, RequestOutput
 from .rejection_sampler import VerifyGroup, greedy_verify, plain_greedy, rejection_sample
 from .sampler import SamplingMetadata, gather_logprobs
@@ -217,7 +218,7 @@ class SpecDecoder:
             groups.append(VerifyGroup(len(rows), d, states[i].samples[c.seq.sample_index].generator))
             owner.append(i)
             rows += range(first, first + len(d) + 1)
-        sample_logits = logits.index_select(0, torch.tensor(rows, dtype=torch.long, device=logits.device))
+        sample_logits = logits.index_select(0, h2d(torch.tensor(rows, dtype=torch.long), logits.device))
         if all(plain_greedy(states[i].params, chunks[i].seq) for i in owner):
             res = greedy_verify(sample_logits, groups)  # no logits processing: skip the metadata
         else:
@@ -244,8 +245,8 @@ class SpecDecoder:
             toks = [t for _, r, _ in want for t in r.tokens]
             nums = [n for _, r, n in want for _ in r.tokens]
             dev = sample_logits.device
-            raw = sample_logits.index_select(0, torch.tensor(rows_lp, dtype=torch.long, device=dev)).log_softmax(-1)
-            flat = gather_logprobs(raw, torch.tensor(toks, dtype=torch.long, device=dev), nums)
+            raw = sample_logits.index_select(0, h2d(torch.tensor(rows_lp, dtype=torch.long), dev)).log_softmax(-1)
+            flat = gather_logprobs(raw, h2d(torch.tensor(toks, dtype=torch.long), dev), nums)
             off = 0
             for i, r, _ in want:
                 lps[i] = flat[off:off + len(r.tokens)]
@@ -311,7 +312,7 @@ class SpecDecoder:
                 zero += [(slot, p % W) for p in range(max(0, r.start - W + 1), r.start)]
             self.mtp_pos[r.seq_id] = r.start + len(r.next_ids)
         if zero:
-            zt = torch.tensor(zero, dtype=torch.long, device=dev)
+            zt = h2d(torch.tensor(zero, dtype=torch.long), dev)
             ring[zt[:, 0], zt[:, 1]] = 0
         ids, pos, qs, cl, sids, flat, last = [], [], [0], [], [], [], []
         for r in rows:
@@ -328,7 +329,7 @@ class SpecDecoder:
         ex = self.executor
         if ex is not None:
             ex.send_step(self._host(ids, pos, qs, cl, sids, last, flat=flat, zero_rows=zero), kind="spec_mtp")
-        x = streams.index_select(0, torch.tensor(flat, dtype=torch.long, device=dev))
+        x = streams.index_select(0, h2d(torch.tensor(flat, dtype=torch.long), dev))
         x, hidden = mtp_forward(self.model, x, batch.input_ids, batch, self.mtp_state)
         drafting = [r for r in rows if r.draft]
         if not drafting:

@@ -9,6 +9,7 @@ import torch
 
 from models.state import ForwardBatch
 
+from .h2d import h2d
 from .scheduler import ScheduledChunk
 
 
@@ -55,10 +56,10 @@ def plan_verify(chunks: list[ScheduledChunk], want_prompt: list[bool], drafts: d
 
 def make_batch(kv, dev, ids, positions, query_start, context_lens, seq_ids, logit_rows) -> ForwardBatch:
     def t(v):
-        return torch.tensor(v, dtype=torch.long).to(dev)
+        return h2d(torch.tensor(v, dtype=torch.long), dev)
 
-    return ForwardBatch(input_ids=t(ids), positions=t(positions), slot_ids=kv.slot_tensor(seq_ids).to(dev),
-                        block_tables=kv.block_table_tensor(seq_ids).to(dev), logits_indices=t(logit_rows),
+    return ForwardBatch(input_ids=t(ids), positions=t(positions), slot_ids=h2d(kv.slot_tensor(seq_ids), dev),
+                        block_tables=h2d(kv.block_table_tensor(seq_ids), dev), logits_indices=t(logit_rows),
                         query_start=list(query_start), context_lens=list(context_lens))
 
 

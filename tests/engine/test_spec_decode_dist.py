@@ -87,6 +87,35 @@ def test_rejection_sampler_distribution_unit():
     assert [r.tokens for r in again] == [r.tokens for r in res]  # seeded: reproducible
 
 
+def test_rejection_sampler_one_host_copy_and_fixed_rows(monkeypatch):
+    """Greedy, forced (thinking budget), seeded and unseeded random rows in one verify: exactly one
+    device -> host read (no per-row reads of the greedy / forced rows); greedy rows follow the argmax,
+    a forced row emits its forced token."""
+    V = 8
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(9, V, generator=gen)
+    g_greedy = SamplingParams(temperature=0.0)
+    g_rand = SamplingParams(temperature=1.0, seed=7)
+    g_free = SamplingParams(temperature=1.0)
+    forced = SamplingParams(temperature=1.0, thinking_budget=0, thinking_end_token_id=5)
+    params = [g_greedy] * 3 + [g_rand] * 3 + [g_free] * 2 + [forced]
+    outs = [[]] * 8 + [[]]
+    meta = SamplingMetadata.build(params, outs, [[1]] * 9, [None] * 9, None, V, "cpu")
+    am = logits.argmax(-1).tolist()
+    groups = [VerifyGroup(0, [am[0], (am[1] + 1) % V], None), VerifyGroup(3, [1, 2], torch.Generator().manual_seed(3)),
+              VerifyGroup(6, [3], None), VerifyGroup(8, [], None)]
+    reads = []
+    for name in ("tolist", "cpu", "item"):
+        orig = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=orig, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1])
+    res = rejection_sample(logits, meta, groups)
+    monkeypatch.undo()
+    assert reads == ["cpu", "tolist"], reads
+    assert res[0].tokens == [am[0], am[1]] and res[0].num_accepted == 1  # greedy: d1 accepted, d2 rejected
+    assert res[3].tokens == [5]  # forced
+    assert len(res[1].tokens) >= 1 and len(res[2].tokens) >= 1
+
+
 def test_engine_sampled_distribution_matches(ckpt):
     """Token frequencies (first two tokens, 5-token vocabulary via allowed_token_ids) with and without
     speculation agree; drafts are forced inside the vocabulary so both paths (accept / residual) run."""
