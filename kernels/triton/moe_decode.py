@@ -17,6 +17,8 @@ by two pairs of the batch is streamed twice, so only for a handful of tokens).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -191,7 +193,7 @@ def _moe_swap_kernel(
     WORDS: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr, zero_ptr, ZERO_PER, ZERO_N, ZERO: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    if PDL == 1:  # gate/up launch: the down launch (PDL) may start its prologue now
+    if PDL == 1:  # gate/up launch, small grid: the down launch (PDL) may start its prologue now
         gdc_launch_dependents()
     if ZERO:  # gate/up launch: clear the down kernel's fp32 output (no separate memset launch)
         zoffs = tl.arange(0, 1024)
@@ -267,6 +269,8 @@ def _moe_swap_kernel(
                                   tl.dot(lo2.to(tl.float32), a_e, acc2, input_precision="ieee"), input_precision="ieee")
                 else:
                     acc2 = tl.dot(hi2, a_o, tl.dot(lo2, a_e, acc2))
+    if PDL == 3:  # gate/up launch, grid larger than the GPU: down programs once this wave is done
+        gdc_launch_dependents()
     omask = nmask[:, None] & tvalid[None, :]
     orow = (pair // OUT_DIV).to(tl.int64)
     optrs = out_ptr + orow[None, :] * stride_om + offs_n[:, None]
@@ -285,6 +289,11 @@ def decode_config(num_pairs: int, n_out: int, gate_up: bool, interp: bool) -> di
     if interp:
         return dict(BT=16, BN=32, BK=64, num_warps=4, num_stages=1, ALIGNED=num_pairs > 4)
     return dict(BT=16, BN=64, BK=128, num_warps=4, num_stages=4, ALIGNED=num_pairs > 48)
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device_index) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def _launch(a, w, w2, out, rw, ids_flat, align, n_out, k_in, p, limit, a_div, out_div, gate_up, cfg, zero=None):
@@ -306,7 +315,8 @@ def _launch(a, w, w2, out, rw, ids_flat, align, n_out, k_in, p, limit, a_div, ou
     zero_n = zero.numel() if zero is not None else 0
     zero_per = triton.cdiv(triton.cdiv(zero_n, grid[0]), 1024) * 1024
     pdl = cfg.get("PDL", 0) and not interpreting()
-    pdl = (1 if gate_up else 2) if pdl else 0
+    if pdl:  # gate/up: early trigger only when all its programs fit on the GPU at once
+        pdl = (1 if grid[0] <= 4 * _num_sms(a.device.index) else 3) if gate_up else 2
     _moe_swap_kernel[grid](
         a, w.data, d2, s_u8, s2_u8, out, rw, sorted_ids, eids, npad, ids_flat,
         n_out, k_in, p, float(limit),
