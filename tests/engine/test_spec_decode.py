@@ -264,3 +264,37 @@ def test_fp8_cache_formats(model, kv_dtype):
     out = run(eng, prompts, greedy())
     assert {r: o.outputs[0].token_ids for r, o in out.items()} == {r: o.outputs[0].token_ids for r, o in base.items()}
     assert 0 < eng.spec.stats.num_accepted_tokens < eng.spec.stats.num_draft_tokens
+
+
+def test_prompt_logprobs_equal_non_speculative(model):
+    """Prompt logprobs of a request whose chunked prefill runs next to sequences verifying drafts (mixed
+    verify steps) equal the non-speculative engine's; so do its tokens and sample logprobs."""
+    _, path, bs = model
+
+    def go(k):
+        eng = make(path, bs, k)
+        eng.add_request("a", toks(9, 1), greedy(20), output_kind=OutputKind.FINAL_ONLY)
+        out, step = {}, 0
+        while eng.has_unfinished():
+            if step == 3:  # "a" decodes (with drafts under speculation) while "b" prefills in chunks
+                eng.add_request("b", toks(40, 2), greedy(6, prompt_logprobs=3, logprobs=2),
+                                output_kind=OutputKind.FINAL_ONLY)
+                eng.add_request("c", toks(21, 3), greedy(5, prompt_logprobs=0), output_kind=OutputKind.FINAL_ONLY)
+            for o in eng.step():
+                out[o.request_id] = o
+            eng.kv.check_integrity()
+            step += 1
+        return out, eng
+
+    base, _ = go(None)
+    spec, eng = go(2)
+    assert eng.spec.stats.num_drafts > 0
+    for rid in ("a", "b", "c"):
+        assert spec[rid].outputs[0].token_ids == base[rid].outputs[0].token_ids
+    for rid in ("b", "c"):
+        a, b = spec[rid].prompt_logprobs, base[rid].prompt_logprobs
+        assert len(a) == len(b) == len(toks(40 if rid == "b" else 21, 0)) and a[0] is None and b[0] is None
+        for x, y in zip(a[1:], b[1:], strict=True):
+            assert x.keys() == y.keys() and all(abs(x[t] - y[t]) < 1e-4 for t in x)
+    for x, y in zip(spec["b"].outputs[0].logprobs, base["b"].outputs[0].logprobs, strict=True):
+        assert x.keys() == y.keys() and all(abs(x[t] - y[t]) < 1e-4 for t in x)
