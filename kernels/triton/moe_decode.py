@@ -17,14 +17,13 @@ by two pairs of the batch is streamed twice, so only for a handful of tokens).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .common import _fp4x4_to_bf16x2_asm, e8m0_to_f32, e2m1_f32
+from .device_info import num_sms
 
 
 @triton.jit
@@ -291,11 +290,6 @@ def decode_config(num_pairs: int, n_out: int, gate_up: bool, interp: bool) -> di
     return dict(BT=16, BN=64, BK=128, num_warps=4, num_stages=4, ALIGNED=num_pairs > 48)
 
 
-@functools.lru_cache(maxsize=None)
-def _num_sms(device_index) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _launch(a, w, w2, out, rw, ids_flat, align, n_out, k_in, p, limit, a_div, out_div, gate_up, cfg, zero=None):
     from .common import fp4_use_asm, interpreting
     s_u8 = w.scale_u8()
@@ -316,7 +310,7 @@ def _launch(a, w, w2, out, rw, ids_flat, align, n_out, k_in, p, limit, a_div, ou
     zero_per = triton.cdiv(triton.cdiv(zero_n, grid[0]), 1024) * 1024
     pdl = cfg.get("PDL", 0) and not interpreting()
     if pdl:  # gate/up: early trigger only when all its programs fit on the GPU at once
-        pdl = (1 if grid[0] <= 4 * _num_sms(a.device.index) else 3) if gate_up else 2
+        pdl = (1 if grid[0] <= 4 * num_sms(a.device) else 3) if gate_up else 2
     _moe_swap_kernel[grid](
         a, w.data, d2, s_u8, s2_u8, out, rw, sorted_ids, eids, npad, ids_flat,
         n_out, k_in, p, float(limit),
