@@ -39,7 +39,7 @@ _OPS: dict[str, tuple[object, str, str]] = {
     **{op: (_ref_attn, "attention", "attention") for op in ("kv_pack", "window_store", "sparse_attention")},
     "indexer_topk": (_ref_idx, "indexer", "attention"),
     "compress_and_store": (_ref_comp, "compressor", "attention"),
-    "row_copy": (_ref_row_copy, "row_copy", "main"),
+    **{op: (_ref_row_copy, "row_copy", "main") for op in ("row_copy", "spec_row_copy")},
 }
 _BACKENDS = ("auto", "ref", "triton")
 # the backend override of each group: "all" (every op) and "attention" (attention / indexer / compressor
@@ -217,6 +217,14 @@ def row_copy(tensors, sets, i0, i1, buf, to_buf: bool, keep=None) -> None:
     tensor t's rows (i0[sets[t], r], i1[sets[t], r]), r < R; to_buf saves, else restores where `keep`."""
     impl = _impl("row_copy", buf)
     impl.row_copy(tensors, sets, i0, i1, buf, to_buf, keep)
+
+
+def spec_row_copy(tensors, kinds, slots, first_pos, tables, n: int, block_size: int, buf, to_buf: bool,
+                  bound=None) -> None:
+    """The rows positions first_pos[b] + j (j < n) write (kinds[t]: (0, ring length) or (1, compress ratio))
+    <-> buf, indices computed in the kernel: one launch (contract: kernels/ref/row_copy.spec_row_copy)."""
+    impl = _impl("spec_row_copy", buf)
+    impl.spec_row_copy(tensors, kinds, slots, first_pos, tables, n, block_size, buf, to_buf, bound)
 
 
 # ---- attention / indexer / compressor (issue 5) ----------------------------------------------

@@ -124,82 +124,47 @@ class RowLog:
 @dataclass
 class _StaticSaved:
     buf: torch.Tensor  # uint8: every logged row, tensor by tensor (kernels.row_copy layout)
-    i0: torch.Tensor  # [S, R] long: slot or block index per index set (-1: no row)
-    i1: torch.Tensor  # [S, R] long: row within it
-    pos: torch.Tensor  # [S, R] long: the position that writes the row (-1: none)
-    seq: torch.Tensor  # [S, R] long: row of the owning sequence in the batch
+    slots: torch.Tensor  # [B] long: what save() was given (restore recomputes the same rows)
+    first_pos: torch.Tensor  # [B] long
+    tables: torch.Tensor  # [B, width] int32
 
 
 class StaticRowLog:
     """RowLog with static shapes and no host synchronization (CUDA-graph capturable): every sequence of
     the batch logs the rows of n consecutive positions first_pos..first_pos+n-1. Block rows: at most
     one entry per compress ratio closes within n <= ratio positions (checked); a sequence whose
-    positions close none logs no block row (index -1).
+    positions close none logs no block row.
 
-    The rows are addressed by a few index sets (one per ring length, one per compress ratio's block
-    rows), computed once per save for all tensors that share them, and copied by ONE `kernels.row_copy`
-    launch each way (save: rows -> one byte buffer; restore: buffer -> the rows of rejected positions)."""
+    ONE `kernels.spec_row_copy` launch each way computes the rows from (slots, first_pos, tables) and copies
+    them: save -> one byte buffer; restore -> the rows of positions >= the bound."""
 
     def __init__(self, layers: list[dict[str, torch.Tensor]], ratios: list[int], block_size: int, n: int):
         self.block_size, self.n = block_size, n
         self.tensors: list[torch.Tensor] = []
-        self.sets: list[int] = []
-        self.keys: list[tuple[str, int]] = []  # index set s: ("ring", length) or ("block", ratio)
+        self.kinds: list[tuple[int, int]] = []  # (0, ring length) | (1, compress ratio)
         for st, m in zip(layers, ratios):
             for name in _RING:
                 if name in st:
                     if st[name].shape[1] < n:
                         raise ValueError(f"state ring {name} of {st[name].shape[1]} rows < {n} logged positions")
-                    self._add(st[name], ("ring", st[name].shape[1]))
+                    self.tensors.append(st[name])
+                    self.kinds.append((0, st[name].shape[1]))
             if m and any(name in st for name in _BLOCK):
                 if m < n:
                     raise ValueError(f"ratio {m}: {n} logged positions need ratio >= n")
                 for name in _BLOCK:
                     if name in st:
-                        self._add(st[name], ("block", m))
-
-    def _add(self, t: torch.Tensor, key: tuple[str, int]) -> None:
-        if key not in self.keys:
-            self.keys.append(key)
-        self.tensors.append(t)
-        self.sets.append(self.keys.index(key))
+                        self.tensors.append(st[name])
+                        self.kinds.append((1, m))
 
     def save(self, slots: torch.Tensor, first_pos: torch.Tensor, tables: torch.Tensor) -> _StaticSaved:
         """slots [B] long, first_pos [B] long, tables [B, width] (block ids, -1 = none) -> saved rows."""
-        n, B = self.n, slots.shape[0]
-        dev = slots.device
-        pos = (first_pos.view(-1, 1) + torch.arange(n, device=dev)).reshape(-1)  # [B*n]
-        seq = torch.arange(B, device=dev).repeat_interleave(n)
-        slot_rows = slots.repeat_interleave(n)
-        i0, i1, ps = [], [], []
-        for kind, v in self.keys:
-            if kind == "ring":
-                i0.append(slot_rows)
-                i1.append(pos % v)
-                ps.append(pos)
-            else:  # one block row per sequence, in its first column of n
-                blk, row, bpos = self._block_rows(first_pos, tables, v)
-                pad = torch.full((B, n - 1), -1, dtype=torch.long, device=dev)
-                i0.append(torch.cat([blk.view(B, 1), pad], 1).view(-1))
-                i1.append(torch.cat([row.view(B, 1), pad.clamp(min=0)], 1).view(-1))
-                ps.append(torch.cat([bpos.view(B, 1), pad], 1).view(-1))
-        I0, I1, P = torch.stack(i0), torch.stack(i1), torch.stack(ps)
-        buf = torch.empty(row_copy_bytes(self.tensors, B * n), dtype=torch.uint8, device=dev)
-        kernels.row_copy(self.tensors, self.sets, I0, I1, buf, True)
-        return _StaticSaved(buf, I0, I1, P, seq.expand(len(self.keys), -1))
-
-    def _block_rows(self, first_pos: torch.Tensor, tables: torch.Tensor, m: int):
-        """The one entry a sequence's positions may close: (block or -1, row, closing position or -1)."""
-        bs = self.block_size
-        p = first_pos + (m - 1 - first_pos % m)  # first p >= first_pos with (p+1) % m == 0
-        e = (p + 1) // m - 1
-        col = (e * m // bs).clamp(0, tables.shape[1] - 1)
-        blk = tables.long().gather(1, col.view(-1, 1)).view(-1)
-        valid = (p <= first_pos + self.n - 1) & (blk >= 0)
-        neg = torch.full_like(blk, -1)
-        return torch.where(valid, blk, neg), (e * m % bs) // m, torch.where(valid, p, neg)
+        buf = torch.empty(row_copy_bytes(self.tensors, slots.shape[0] * self.n), dtype=torch.uint8,
+                          device=slots.device)
+        kernels.spec_row_copy(self.tensors, self.kinds, slots, first_pos, tables, self.n, self.block_size, buf, True)
+        return _StaticSaved(buf, slots, first_pos, tables)
 
     def restore(self, saved: _StaticSaved, bound: torch.Tensor) -> None:
         """Put back the rows whose position >= bound[sequence] (bound [B] long, on the device): one launch."""
-        keep = (saved.pos >= bound[saved.seq]) & (saved.pos >= 0)
-        kernels.row_copy(self.tensors, self.sets, saved.i0, saved.i1, saved.buf, False, keep)
+        kernels.spec_row_copy(self.tensors, self.kinds, saved.slots, saved.first_pos, saved.tables, self.n,
+                              self.block_size, saved.buf, False, bound)

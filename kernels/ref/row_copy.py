@@ -62,3 +62,47 @@ def row_copy(tensors: list[torch.Tensor], sets: list[int], i0: torch.Tensor, i1:
             m = ok[s].view(R, 1)
             tb[a, b] = torch.where(m, region, tb[a, b])
         off += R * nb
+
+
+# ---- speculative positions (kvcache/spec_rollback.StaticRowLog) ------------------------------------
+#   spec_row_copy(tensors, kinds, slots, first_pos, tables, n, block_size, buf, to_buf, bound=None)
+# Sequence b logs the rows its positions p = first_pos[b] + j (j < n) write: row r = b*n + j of the
+# buffer region of each tensor (R = B*n; kernels.row_copy layout). kinds[t] = (0, L): a slot ring of L rows,
+# row (slots[b], p % L); (1, m): a block tensor of compress ratio m >= n: the one compressed entry the
+# positions may close ((p+1) % m == 0), in the block tables[b, e*m // block_size], row (e*m % block_size)
+# // m, logged in row j = 0 (the other j and a block < 0 log nothing). Restore (to_buf False) puts back
+# the rows whose position >= bound[b]. Indices are computed in the kernel: one launch per save / restore.
+
+def spec_rows(kinds, slots, first_pos, tables, n: int, block_size: int):
+    """-> index sets i0, i1, pos [S, R] (one per distinct kind) and each tensor's set."""
+    B, dev = slots.shape[0], slots.device
+    j = torch.arange(n, device=dev)
+    pos = (first_pos.view(-1, 1) + j).reshape(-1)
+    keys = list(dict.fromkeys(kinds))
+    i0, i1, ps = [], [], []
+    for kind, v in keys:
+        if kind == 0:
+            i0.append(slots.repeat_interleave(n))
+            i1.append(pos % v)
+            ps.append(pos)
+            continue
+        p = first_pos + (v - 1 - first_pos % v)  # first p >= first_pos with (p+1) % v == 0
+        e = (p + 1) // v - 1
+        col = (e * v // block_size).clamp(0, tables.shape[1] - 1)
+        blk = tables.long().gather(1, col.view(-1, 1)).view(-1)
+        valid = (p <= first_pos + n - 1) & (blk >= 0)
+        first = (j == 0).view(1, -1)
+        i0.append(torch.where(valid.view(-1, 1) & first, blk.view(-1, 1), -1).reshape(-1))
+        i1.append(((e * v % block_size) // v).view(-1, 1).expand(B, n).reshape(-1))
+        ps.append(torch.where(valid.view(-1, 1) & first, p.view(-1, 1), -1).reshape(-1))
+    return torch.stack(i0), torch.stack(i1), torch.stack(ps), [keys.index(k) for k in kinds]
+
+
+def spec_row_copy(tensors, kinds, slots, first_pos, tables, n: int, block_size: int, buf, to_buf: bool,
+                  bound=None) -> None:
+    i0, i1, pos, sets = spec_rows(kinds, slots, first_pos, tables, n, block_size)
+    keep = None
+    if not to_buf:
+        seq = torch.arange(slots.shape[0], device=slots.device).repeat_interleave(n)
+        keep = (pos >= bound[seq].view(1, -1)) & (pos >= 0)
+    row_copy(tensors, sets, i0, i1, buf, to_buf, keep)

@@ -84,3 +84,82 @@ def row_copy(tensors: list[torch.Tensor], sets: list[int], i0: torch.Tensor, i1:
     kp = keep.contiguous().view(torch.uint8) if keep is not None else i0c
     _row_copy_kernel[(len(tensors), R)](desc, i0c, i1c, kp, buf, R, HAS_KEEP=keep is not None, TO_BUF=to_buf,
                                         WORD=unit == 4, BLOCK=block)
+
+
+# ---- speculative positions (contract: kernels/ref/row_copy.spec_row_copy) ----------------------------
+_SDESC: dict[tuple, tuple[torch.Tensor, int, int]] = {}  # key -> (descriptors [T, 8], unit, max row units)
+
+
+@triton.jit
+def _spec_row_copy_kernel(desc_ptr, slots_ptr, first_ptr, tables_ptr, tables_stride, width, bound_ptr, buf_ptr, R, n,
+                          block_size, TO_BUF: tl.constexpr, WORD: tl.constexpr, BLOCK: tl.constexpr):
+    t = tl.program_id(0)
+    r = tl.program_id(1)
+    base = tl.load(desc_ptr + t * 8 + 0)
+    s0 = tl.load(desc_ptr + t * 8 + 1)
+    s1 = tl.load(desc_ptr + t * 8 + 2)
+    nu = tl.load(desc_ptr + t * 8 + 3)
+    off = tl.load(desc_ptr + t * 8 + 4) * R
+    kind = tl.load(desc_ptr + t * 8 + 5)
+    v = tl.load(desc_ptr + t * 8 + 6)
+    b = r // n
+    j = r % n
+    first = tl.load(first_ptr + b).to(tl.int64)
+    p = first + j
+    if kind == 0:  # slot ring of v rows
+        a = tl.load(slots_ptr + b).to(tl.int64)
+        row_i = p % v
+        ok = a >= 0
+    else:  # the entry of ratio v the positions close, logged in row j == 0
+        p = first + (v - 1 - first % v)
+        e = (p + 1) // v - 1
+        col = tl.minimum(tl.maximum(e * v // block_size, 0), width - 1)
+        a = tl.load(tables_ptr + b * tables_stride + col).to(tl.int64)
+        row_i = (e * v % block_size) // v
+        ok = (j == 0) & (p <= first + n - 1) & (a >= 0)
+    if not TO_BUF:
+        ok = ok & (p >= tl.load(bound_ptr + b))
+    addr = base + a * s0 + row_i * s1
+    if WORD:
+        row = addr.to(tl.pointer_type(tl.int32))
+        dst = buf_ptr.to(tl.pointer_type(tl.int32)) + off + r.to(tl.int64) * nu
+    else:
+        row = addr.to(tl.pointer_type(tl.uint8))
+        dst = buf_ptr + off + r.to(tl.int64) * nu
+    for c in range(0, nu, BLOCK):
+        o = c + tl.arange(0, BLOCK)
+        m = (o < nu) & ok
+        if TO_BUF:
+            tl.store(dst + o, tl.load(row + o, mask=m), mask=m)
+        else:
+            tl.store(row + o, tl.load(dst + o, mask=m), mask=m)
+
+
+def spec_row_copy(tensors, kinds, slots, first_pos, tables, n: int, block_size: int, buf, to_buf: bool,
+                  bound=None) -> None:
+    from kernels.ref.row_copy import row_copy_bytes
+
+    B = slots.shape[0]
+    R = B * n
+    if not tensors or R == 0:
+        return
+    if buf.dtype != torch.uint8 or buf.numel() < row_copy_bytes(tensors, R):
+        raise ValueError("spec_row_copy: buf must be uint8 of row_copy_bytes(tensors, B*n) bytes")
+    if not to_buf and bound is None:
+        raise ValueError("spec_row_copy: restore needs bound")
+    key = (tuple(kinds), str(buf.device), tuple((t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+                                                for t in tensors))
+    hit = _SDESC.get(key)
+    if hit is None:
+        desc, unit, max_units = _descriptors(tensors, [0] * len(tensors), buf)
+        d = desc.cpu()[:, :5]
+        extra = torch.tensor([[k, v, 0] for k, v in kinds], dtype=torch.int64)
+        hit = (torch.cat([d, extra], 1).contiguous().to(buf.device), unit, max_units)
+        _SDESC[key] = hit  # never evicted (see _DESC)
+    desc, unit, max_units = hit
+    block = min(1024, triton.next_power_of_2(max(max_units, 16)))
+    tab = tables.contiguous()
+    _spec_row_copy_kernel[(len(tensors), R)](
+        desc, slots.contiguous(), first_pos.contiguous(), tab, tab.stride(0), tab.shape[1],
+        bound.contiguous() if bound is not None else first_pos, buf, R, n, block_size,
+        TO_BUF=to_buf, WORD=unit == 4, BLOCK=block)

@@ -134,3 +134,56 @@ def test_gpu_flash_shapes_and_graph():
         kernels.row_copy(ts, sets, i0, i1, ref_buf, True)
     valid = torch.cat([(i0[s] >= 0).repeat_interleave(ref.row_bytes(t)) for t, s in zip(ts, sets)])
     assert torch.equal(buf[valid], ref_buf[valid])
+
+
+def _spec_case(dev):
+    g = torch.Generator().manual_seed(2)
+    ring8 = torch.randn(4, 8, 6, generator=g)  # slot rings of 8 and 16 rows
+    ring16 = torch.randint(0, 255, (4, 16, 20), generator=g, dtype=torch.uint8)
+    comp4 = torch.randn(10, 4, 5, generator=g).bfloat16()  # block tensors: ratio 4 (block 16: 4 rows), ratio 8
+    comp8 = torch.randint(0, 255, (10, 2, 12), generator=g, dtype=torch.uint8)
+    ts = [t.to(dev) for t in (ring8, comp4, ring16, comp8)]
+    kinds = [(0, 8), (1, 4), (0, 16), (1, 8)]
+    slots = torch.tensor([2, 0, 3], device=dev)
+    first = torch.tensor([5, 14, 30], device=dev)  # closes entries at 7 / 15 (ratio 4), 15 (ratio 8), 31 / 31
+    tables = torch.tensor([[1, 4, -1], [6, 2, -1], [3, -1, 7]], dtype=torch.int32, device=dev)  # seq 2: block 1 = -1
+    bound = torch.tensor([7, 100, 31], device=dev)
+    return ts, kinds, slots, first, tables, bound
+
+
+def _spec_roundtrip(impl, dev, n=3, bs=16):
+    ts, kinds, slots, first, tables, bound = _spec_case(dev)
+    orig = [t.clone() for t in ts]
+    buf = torch.zeros(ref.row_copy_bytes(ts, slots.shape[0] * n), dtype=torch.uint8, device=dev)
+    impl.spec_row_copy(ts, kinds, slots, first, tables, n, bs, buf, True)
+    for t in ts:
+        t.view(torch.uint8).fill_(9)
+    impl.spec_row_copy(ts, kinds, slots, first, tables, n, bs, buf, False, bound)
+    return ts, orig
+
+
+def test_spec_row_copy_twin_rows():
+    """The twin restores exactly the rows of positions >= bound (rings) and the entries they close (blocks)."""
+    ts, orig = _spec_roundtrip(ref, torch.device("cpu"))
+    want = [torch.full_like(o.view(torch.uint8), 9).view(o.dtype) for o in orig]
+    # seq 0 (slot 2): positions 7 (>= bound 7) -> ring rows 7 % 8, 7 % 16; closes ratio-4 entry 1 at p=7:
+    # block tables[0][4 // 16 = 0] = 1, row (4 % 16) // 4 = 1, and ratio-8 entry 0: block 1, row 0. seq 1 (bound 100): nothing. seq 2 (slot 3):
+    # positions 31, 32 -> rows 31 % 8 = 7, 0 and 31 % 16 = 15, 0; p=31 closes ratio-4 entry 7 (block
+    # tables[2][28 // 16 = 1] = -1: nothing) and ratio-8 entry 3 (block tables[2][24 // 16 = 1] = -1: nothing)
+    for s, p in ((2, 7), (3, 31), (3, 32)):
+        want[0][s, p % 8] = orig[0][s, p % 8]
+        want[2][s, p % 16] = orig[2][s, p % 16]
+    want[1][1, 1] = orig[1][1, 1]
+    want[3][1, 0] = orig[3][1, 0]
+    for t, w in zip(ts, want):
+        assert torch.equal(t.view(torch.uint8), w.view(torch.uint8))
+
+
+def test_spec_row_copy_triton_interp():
+    if torch.cuda.is_available():
+        pytest.skip("interpreter test (CPU)")
+    (tri,) = interp_modules("row_copy")
+    a, _ = _spec_roundtrip(tri, torch.device("cpu"))
+    b, _ = _spec_roundtrip(ref, torch.device("cpu"))
+    for x, y in zip(a, b):
+        assert torch.equal(x.view(torch.uint8), y.view(torch.uint8))
