@@ -63,6 +63,12 @@ def install(register, bench_ms):
             xo, part, sq, split = tm._mix(x, fn, o, post, comb)
             us = us_of(lambda: tm._finish(xo, part, sq, split, base, scale, w, 20, 1e-6, 1e-6, False))
             ctx.emit(bench="mhc_finish_kernel", rows=n, split=split, us=us, TBps=n * HC * D * 2 * 1.25 / us / 1e6)
+            if n >= 1024:
+                for warps, br in ((4, 1), (8, 1), (8, 2), (4, 2)):
+                    us = us_of(lambda: tm._finish(xo, part, sq, split, base, scale, w, 20, 1e-6, 1e-6, False, warps,
+                                                  br))
+                    ctx.emit(bench="mhc_finish_sweep", rows=n, warps=warps, rows_per_program=br, us=us,
+                             TBps=n * HC * D * 2 * 1.25 / us / 1e6)
             if n == 8192:
                 for cfg in ((64, 64, 8, 1, True), (64, 32, 4, 2, True), (128, 32, 8, 2, True), (32, 64, 4, 2, True)):
                     try:

@@ -23,6 +23,7 @@ def main(argv=None) -> None:
     ap.add_argument("--budget", type=int, default=8192, help="max_num_batched_tokens")
     ap.add_argument("--kv", default="auto", help="KV cache format")
     ap.add_argument("--rows", type=int, default=30, help="kernel table rows")
+    ap.add_argument("--no-profile", action="store_true", help="only the warm-up and the timed run")
     args = ap.parse_args(argv)
     from torch.profiler import ProfilerActivity, profile
 
@@ -47,10 +48,18 @@ def main(argv=None) -> None:
         torch.cuda.synchronize()
         return steps
 
+    t = time.perf_counter()
     run("warm")
+    print(f"# warm-up (compiles included): {time.perf_counter() - t:.1f} s", flush=True)
     t = time.perf_counter()
     steps = run("timed")
     wall = time.perf_counter() - t
+    timed = {"n": args.n, "len": args.len, "steps": steps, "wall_s": round(wall, 3),
+             "tok_s": round(args.n * args.len / wall, 1)}
+    print(f"# timed: {json.dumps(timed)}", flush=True)
+    if args.no_profile:
+        print(json.dumps(timed))
+        return
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         t = time.perf_counter()
         run("prof")

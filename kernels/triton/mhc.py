@@ -150,6 +150,55 @@ def _finish_kernel(x_ptr, part_ptr, sq_ptr, base_ptr, scale_ptr, nw_ptr, u_ptr, 
     tl.store(u_ptr + row * D + dd, u, mask=dmask)
 
 
+@triton.jit
+def _finish_rows_kernel(x_ptr, part_ptr, sq_ptr, base_ptr, scale_ptr, nw_ptr, u_ptr, post_ptr, comb_ptr, N, D, S,
+                        iters, hc_eps, norm_eps, HC: tl.constexpr, MP: tl.constexpr, SP: tl.constexpr,
+                        BD: tl.constexpr, HEAD: tl.constexpr, NORM: tl.constexpr, BR: tl.constexpr):
+    """`_finish_kernel` for BR rows per program (prefill): the mixer math on [BR, hc, hc] tiles, so its
+    reductions and barriers are shared by BR rows."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    rm = rows < N
+    r64 = rows.to(tl.int64)
+    ss = tl.arange(0, SP)
+    hh = tl.arange(0, HC)
+    m2 = rm[:, None] & (ss < S)[None, :]
+    m3 = m2[:, :, None]
+    sq = tl.sum(tl.load(sq_ptr + ss[None, :] * N + r64[:, None], mask=m2, other=0.0), axis=1)
+    r = (1.0 / tl.sqrt(sq / (HC * D) + norm_eps))[:, None]
+    prow = ((ss.to(tl.int64)[None, :] * N + r64[:, None]) * MP)[:, :, None]  # [BR, SP, 1]
+    pre_w = tl.sum(tl.load(part_ptr + prow + hh[None, None, :], mask=m3, other=0.0), axis=1) * r
+    s0 = tl.load(scale_ptr)
+    pre = 1.0 / (1.0 + tl.exp(-(pre_w * s0 + tl.load(base_ptr + hh)[None, :]))) + hc_eps
+    if not HEAD:
+        s1 = tl.load(scale_ptr + 1)
+        s2 = tl.load(scale_ptr + 2)
+        post_w = tl.sum(tl.load(part_ptr + prow + HC + hh[None, None, :], mask=m3, other=0.0), axis=1) * r
+        post = 2.0 / (1.0 + tl.exp(-(post_w * s1 + tl.load(base_ptr + HC + hh)[None, :])))
+        tl.store(post_ptr + r64[:, None] * HC + hh[None, :], post, mask=rm[:, None])
+        ij = tl.arange(0, HC * HC)
+        cw = tl.sum(tl.load(part_ptr + prow + 2 * HC + ij[None, None, :], mask=m3, other=0.0), axis=1) * r
+        logit = tl.reshape(cw * s2 + tl.load(base_ptr + 2 * HC + ij)[None, :], (BR, HC, HC))
+        e = tl.exp(logit - tl.max(logit, axis=2)[:, :, None])
+        comb = e / tl.sum(e, axis=2)[:, :, None] + hc_eps
+        comb = comb / (tl.sum(comb, axis=1)[:, None, :] + hc_eps)
+        for _ in range(iters - 1):
+            comb = comb / (tl.sum(comb, axis=2)[:, :, None] + hc_eps)
+            comb = comb / (tl.sum(comb, axis=1)[:, None, :] + hc_eps)
+        tl.store(comb_ptr + r64[:, None] * (HC * HC) + ij[None, :], tl.reshape(comb, (BR, HC * HC)),
+                 mask=rm[:, None])
+    dd = tl.arange(0, BD)
+    dmask = dd < D
+    xv = tl.load(x_ptr + r64[:, None, None] * (HC * D) + hh[None, :, None] * D + dd[None, None, :],
+                 mask=rm[:, None, None] & dmask[None, None, :], other=0.0)
+    u = tl.sum(pre[:, :, None] * xv.to(tl.float32), axis=1).to(u_ptr.dtype.element_ty)
+    if NORM:
+        uf = u.to(tl.float32)
+        ur = 1.0 / tl.sqrt(tl.sum(uf * uf, axis=1) / D + norm_eps)
+        w = tl.load(nw_ptr + dd, mask=dmask, other=0.0).to(tl.float32)
+        u = (w[None, :] * (uf * ur[:, None])).to(u_ptr.dtype.element_ty)
+    tl.store(u_ptr + r64[:, None] * D + dd[None, :], u, mask=rm[:, None] & dmask[None, :])
+
+
 def mix_config(n: int, dtype=torch.bfloat16) -> tuple[int, int, int, int, bool]:
     """(row tile, column tile, warps, stages, presplit fn) of `_mix_kernel` for n rows. Decode keeps 16-row
     tiles split over d; prefill takes 64-row tiles (each X element read once, fn once per tile) and bf16 fn
@@ -193,17 +242,26 @@ def _mix(x, fn, o=None, post=None, comb=None, cfg=None):
     return xo, part, sq, split
 
 
-def _finish(x, part, sq, split, base, scale, norm_weight, iters, hc_eps, norm_eps, head):
+def finish_warps(n: int, hc: int, bd: int) -> int:
+    """Warps of `_finish_kernel` (one row per program)."""
+    return 4 if interpreting() else max(4, min(16, hc * bd // 1024))
+
+
+def _finish(x, part, sq, split, base, scale, norm_weight, iters, hc_eps, norm_eps, head, warps=None, br=1):
     n, hc, d = x.shape
     u = torch.empty(n, d, dtype=x.dtype, device=x.device)
     post = torch.empty(n, hc, dtype=torch.float32, device=x.device)
     comb = torch.empty(n, hc, hc, dtype=torch.float32, device=x.device)
     bd = triton.next_power_of_2(d)
-    warps = 4 if interpreting() else max(4, min(16, hc * bd // 1024))
-    _finish_kernel[(n,)](
-        x, part, sq, base, scale, norm_weight if norm_weight is not None else base, u, post, comb, n, d, split,
-        iters, float(hc_eps), float(norm_eps), HC=hc, MP=part.shape[-1], SP=triton.next_power_of_2(split), BD=bd,
-        HEAD=head, NORM=norm_weight is not None, num_warps=warps)
+    warps = warps or finish_warps(n, hc, bd)
+    args = (x, part, sq, base, scale, norm_weight if norm_weight is not None else base, u, post, comb, n, d, split,
+            iters, float(hc_eps), float(norm_eps))
+    kw = dict(HC=hc, MP=part.shape[-1], SP=triton.next_power_of_2(split), BD=bd, HEAD=head,
+              NORM=norm_weight is not None, num_warps=warps)
+    if br > 1:
+        _finish_rows_kernel[(triton.cdiv(n, br),)](*args, BR=br, **kw)
+    else:
+        _finish_kernel[(n,)](*args, **kw)
     return u, post, comb
 
 

@@ -89,6 +89,21 @@ def test_hc_mix_bf16_split_interp(post, presplit, monkeypatch):
     assert ((u.float() - u0.float()).norm() / u0.float().norm()) < 1e-2
 
 
+@pytest.mark.parametrize("head", [False, True])
+def test_hc_finish_rows_interp(head):
+    """The prefill finish kernel (BR rows per program) == the one-row kernel, ragged last program included."""
+    (tri,) = interp_modules("mhc")
+    n, hc, d = 5, 4, 48
+    g, x, fn, base, scale = _mhc_inputs(n, hc, d, 9, mix=hc if head else None)
+    w = torch.randn(d, generator=g)
+    _, part, sq, split = tri._mix(x, fn)
+    one = tri._finish(x, part, sq, split, base, scale, w, 20, 1e-6, 1e-6, head)
+    for br in (2, 4):
+        rows = tri._finish(x, part, sq, split, base, scale, w, 20, 1e-6, 1e-6, head, br=br)
+        for a, b in zip(rows, one) if not head else zip(rows[:1], one[:1]):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("norm", [False, True])
 def test_hc_head_interp(norm):
     (tri,) = interp_modules("mhc")
