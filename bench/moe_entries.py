@@ -19,24 +19,27 @@ SWAP_CFGS = (("words_bn64_bk128_s4", 16, 64, 128, 4, 4, True), ("words_bn64_bk12
              ("words_bn128_bk128_s3_w8", 16, 128, 128, 8, 3, True), ("words_bn64_bk128_s6", 16, 64, 128, 4, 6, True),
              ("bytes_bn64_bk128_s4", 16, 64, 128, 4, 4, False))
 PDL_CFGS = (("words_bn64_bk128_s4", 16, 64, 128, 4, 4, 1), ("words_bn64_bk128_w2_s4", 16, 64, 128, 2, 4, 1))
-SPLIT_CFGS = (("words_bn64_bk128_s4_down_sk2", 16, 64, 128, 4, 4, 2), ("words_bn64_bk128_w2_s4_down_sk2", 16, 64, 128, 2, 4, 2))
+# (name, BT, BN, BK, warps, stages, gate/up SPLIT_K, down SPLIT_K)
+SPLIT_CFGS = (("words_bn64_bk128_s4_sk1x2", 16, 64, 128, 4, 4, 1, 2), ("words_bn64_bk128_w2_s4_sk1x2", 16, 64, 128, 2, 4, 1, 2),
+              ("words_bn64_bk128_s4_sk2x2", 16, 64, 128, 4, 4, 2, 2), ("words_bn64_bk128_w2_s4_sk2x2", 16, 64, 128, 2, 4, 2, 2),
+              ("words_bn64_bk128_w2_s4_sk4x2", 16, 64, 128, 2, 4, 4, 2))
 BATCHES = (1, 8, 64, 256)
 
 
 def swap_variants(p: int, quick: bool = False):
-    """(tag, config) of the swapped kernel's sweep at p (token, slot) pairs."""
+    """(tag, gate/up config, down config) of the swapped kernel's sweep at p (token, slot) pairs."""
     out = []
     for name, bt, bn, bk, nw, st, words in SWAP_CFGS[:2 if quick else None]:
         for aligned in ((False, True) if p <= 48 else (True,)):
             c = dict(BT=bt, BN=bn, BK=bk, num_warps=nw, num_stages=st, ALIGNED=aligned, WORDS=words)
-            out.append((f"swap_{name}" + ("_al" if aligned else "_pair"), c))
-    if p <= 48 and not quick:  # down launch split over K (few pairs: few programs)
-        for name, bt, bn, bk, nw, st, sk in SPLIT_CFGS:
-            c = dict(BT=bt, BN=bn, BK=bk, num_warps=nw, num_stages=st, ALIGNED=False, WORDS=True, SPLIT_K=sk)
-            out.append((f"swap_{name}_pair", c))
+            out.append((f"swap_{name}" + ("_al" if aligned else "_pair"), c, c))
+    if p <= 48 and not quick:  # K split over programs (few pairs: few programs)
+        for name, bt, bn, bk, nw, st, sk1, sk2 in SPLIT_CFGS:
+            c = dict(BT=bt, BN=bn, BK=bk, num_warps=nw, num_stages=st, ALIGNED=False, WORDS=True)
+            out.append((f"swap_{name}_pair", dict(c, SPLIT_K=sk1), dict(c, SPLIT_K=sk2)))
     for name, bt, bn, bk, nw, st, sk in PDL_CFGS:  # down launch with PDL (+ L2 prefetch of its weights)
-        c = dict(BT=bt, BN=bn, BK=bk, num_warps=nw, num_stages=st, ALIGNED=p > 48, WORDS=True, SPLIT_K=sk, PDL=1)
-        out.append((f"swap_{name}_pdl" + ("_al" if p > 48 else "_pair"), c))
+        c = dict(BT=bt, BN=bn, BK=bk, num_warps=nw, num_stages=st, ALIGNED=p > 48, WORDS=True, PDL=1)
+        out.append((f"swap_{name}_pdl" + ("_al" if p > 48 else "_pair"), c, dict(c, SPLIT_K=sk)))
     return out
 
 
@@ -59,9 +62,9 @@ def install(register, bench_ms):
             out = [("dispatch", lambda x, w, ids: kernels.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0)),
                    ("interleave", lambda x, w, ids: tm.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0,
                                                                     decode_kernel=False))]
-            for tag, c in swap_variants(p, quick):
-                out.append((tag, lambda x, w, ids, c=c: md.moe_experts_decode(x, ws[0], ws[1], ws[2], w, ids, 10.0,
-                                                                               c, c)))
+            for tag, c1, c2 in swap_variants(p, quick):
+                out.append((tag, lambda x, w, ids, c1=c1, c2=c2: md.moe_experts_decode(x, ws[0], ws[1], ws[2], w, ids,
+                                                                                        10.0, c1, c2)))
             return out
 
         for n in BATCHES:

@@ -184,7 +184,7 @@ def _prefetch_l2(ptrs, mask):
 
 @triton.jit
 def _moe_swap_kernel(
-    a_ptr, b_ptr, b2_ptr, bs_ptr, b2s_ptr, out_ptr, rw_ptr, sorted_ptr, eids_ptr, npad_ptr, ids_ptr,
+    a_ptr, b_ptr, b2_ptr, bs_ptr, b2s_ptr, out_ptr, rw_ptr, sorted_ptr, eids_ptr, npad_ptr, ids_ptr, ws_ptr, cnt_ptr,
     N, K, P, limit,
     stride_am, stride_be, stride_bn, stride_se, stride_sn, stride_om,
     A_DIV: tl.constexpr, OUT_DIV: tl.constexpr, GATE_UP: tl.constexpr, ALIGNED: tl.constexpr,
@@ -201,7 +201,7 @@ def _moe_swap_kernel(
             zo = z0 + zoffs
             tl.store(zero_ptr + zo, tl.zeros([1024], dtype=tl.float32), mask=zo < zend)
     num_pid_n = tl.cdiv(N, BN)
-    pid_k = pid % SPLIT_K  # down launch: K split over programs (the combine is atomic anyway)
+    pid_k = pid % SPLIT_K  # K split over programs (down: atomic combine; gate/up: self-reducing)
     pid_m = pid // SPLIT_K // num_pid_n
     pid_n = pid // SPLIT_K % num_pid_n
     offs_t = tl.arange(0, BT)
@@ -270,17 +270,44 @@ def _moe_swap_kernel(
                     acc2 = tl.dot(hi2, a_o, tl.dot(lo2, a_e, acc2))
     if PDL == 3:  # gate/up launch, grid larger than the GPU: down programs once this wave is done
         gdc_launch_dependents()
+    if GATE_UP and SPLIT_K > 1:
+        # self-reducing split-K: partial tiles to the workspace; the last split of a tile (per-tile
+        # arrival counter, reset by it) sums them and runs the SwiGLU epilogue. No memset, no extra launch.
+        tile = pid // SPLIT_K
+        tw = tl.arange(0, BN)[:, None] * BT + tl.arange(0, BT)[None, :]
+        wmask = tvalid[None, :] & (tw >= 0)
+        wbase = ws_ptr + tile.to(tl.int64) * (SPLIT_K * 2 * BN * BT)
+        tl.store(wbase + (pid_k * 2) * (BN * BT) + tw, acc, mask=wmask)
+        tl.store(wbase + (pid_k * 2 + 1) * (BN * BT) + tw, acc2, mask=wmask)
+        tl.debug_barrier()
+        old = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+        if old == SPLIT_K - 1:
+            acc = tl.zeros([BN, BT], dtype=tl.float32)
+            acc2 = tl.zeros([BN, BT], dtype=tl.float32)
+            for sk in range(SPLIT_K):
+                acc += tl.load(wbase + (sk * 2) * (BN * BT) + tw, mask=wmask, other=0.0, cache_modifier=".cg")
+                acc2 += tl.load(wbase + (sk * 2 + 1) * (BN * BT) + tw, mask=wmask, other=0.0, cache_modifier=".cg")
+            tl.atomic_xchg(cnt_ptr + tile, 0)
+            _store_h(acc, acc2, pair, tvalid, nmask, offs_n, out_ptr, rw_ptr, stride_om, OUT_DIV, limit)
+    elif GATE_UP:
+        _store_h(acc, acc2, pair, tvalid, nmask, offs_n, out_ptr, rw_ptr, stride_om, OUT_DIV, limit)
+    else:
+        omask = nmask[:, None] & tvalid[None, :]
+        orow = (pair // OUT_DIV).to(tl.int64)
+        tl.atomic_add(out_ptr + orow[None, :] * stride_om + offs_n[:, None], acc, mask=omask, sem="relaxed")
+
+
+@triton.jit
+def _store_h(acc, acc2, pair, tvalid, nmask, offs_n, out_ptr, rw_ptr, stride_om, OUT_DIV: tl.constexpr, limit):
+    """h[pair, n] = silu(min(g, L)) * clamp(v, -L, L) * route_w[pair] (tile [BN, BT] of n x pairs)."""
     omask = nmask[:, None] & tvalid[None, :]
     orow = (pair // OUT_DIV).to(tl.int64)
     optrs = out_ptr + orow[None, :] * stride_om + offs_n[:, None]
-    if GATE_UP:
-        g = tl.minimum(acc, limit)
-        v = tl.minimum(tl.maximum(acc2, -limit), limit)
-        rw = tl.load(rw_ptr + pair, mask=tvalid, other=0.0)
-        h = g / (1.0 + tl.exp(-g)) * v * rw[None, :]
-        tl.store(optrs, h.to(out_ptr.dtype.element_ty), mask=omask)
-    else:
-        tl.atomic_add(optrs, acc, mask=omask, sem="relaxed")
+    g = tl.minimum(acc, limit)
+    v = tl.minimum(tl.maximum(acc2, -limit), limit)
+    rw = tl.load(rw_ptr + pair, mask=tvalid, other=0.0)
+    h = g / (1.0 + tl.exp(-g)) * v * rw[None, :]
+    tl.store(optrs, h.to(out_ptr.dtype.element_ty), mask=omask)
 
 
 def decode_config(num_pairs: int, n_out: int, gate_up: bool, interp: bool) -> dict:
@@ -288,6 +315,18 @@ def decode_config(num_pairs: int, n_out: int, gate_up: bool, interp: bool) -> di
     if interp:
         return dict(BT=16, BN=32, BK=64, num_warps=4, num_stages=1, ALIGNED=num_pairs > 4)
     return dict(BT=16, BN=64, BK=128, num_warps=4, num_stages=4, ALIGNED=num_pairs > 48)
+
+
+_COUNTERS: dict = {}  # device -> int32 arrival counters of the gate/up split-K (always back at 0)
+
+
+def _counters(device, n: int) -> torch.Tensor:
+    """Zeroed per-tile counters, allocated once per device (a larger buffer if a launch needs more tiles;
+    replaced buffers stay alive: a captured CUDA graph may still use them); every launch leaves them at 0."""
+    bufs = _COUNTERS.setdefault(device, [])
+    if not bufs or bufs[-1].numel() < n:
+        bufs.append(torch.zeros(max(n, 16384), dtype=torch.int32, device=device))
+    return bufs[-1]
 
 
 def _launch(a, w, w2, out, rw, ids_flat, align, n_out, k_in, p, limit, a_div, out_div, gate_up, cfg, zero=None):
@@ -302,7 +341,7 @@ def _launch(a, w, w2, out, rw, ids_flat, align, n_out, k_in, p, limit, a_div, ou
     else:
         sorted_ids = eids = npad = ids_flat
         n_m = p
-    split = 1 if gate_up else cfg.get("SPLIT_K", 1)
+    split = cfg.get("SPLIT_K", 1)
     if k_in % (split * cfg["BK"]):
         raise ValueError(f"K={k_in} is not a multiple of SPLIT_K*BK={split}*{cfg['BK']}")
     grid = (n_m * triton.cdiv(n_out, cfg["BN"]) * split,)
@@ -311,8 +350,14 @@ def _launch(a, w, w2, out, rw, ids_flat, align, n_out, k_in, p, limit, a_div, ou
     pdl = cfg.get("PDL", 0) and not interpreting()
     if pdl:  # gate/up: early trigger only when all its programs fit on the GPU at once
         pdl = (1 if grid[0] <= 4 * num_sms(a.device) else 3) if gate_up else 2
+    if gate_up and split > 1:  # self-reducing split-K workspace + arrival counters
+        tiles = grid[0] // split
+        ws = torch.empty(tiles * split * 2 * cfg["BN"] * cfg["BT"], dtype=torch.float32, device=a.device)
+        cnt = _counters(a.device, tiles)
+    else:
+        ws = cnt = rw
     _moe_swap_kernel[grid](
-        a, w.data, d2, s_u8, s2_u8, out, rw, sorted_ids, eids, npad, ids_flat,
+        a, w.data, d2, s_u8, s2_u8, out, rw, sorted_ids, eids, npad, ids_flat, ws, cnt,
         n_out, k_in, p, float(limit),
         a.stride(0), w.data.stride(0), w.data.stride(1), s_u8.stride(0), s_u8.stride(1), out.stride(0),
         A_DIV=a_div, OUT_DIV=out_div, GATE_UP=gate_up, ALIGNED=cfg["ALIGNED"], BT=cfg["BT"], BN=cfg["BN"],

@@ -47,8 +47,11 @@ def test_moe_decode_interp(variant, aligned, n, mode):
         assert int(ids.max()) < 3
     want = ref.moe_experts(x, q1, q3, q2, weights, ids, 1.0)
     cfg = dict(BT=16, BN=32, BK=64, num_warps=4, num_stages=1, ALIGNED=aligned, WORDS=variant == "words")
-    cfg2 = dict(cfg, SPLIT_K=2 if n % 2 else 1)  # down launch with K split over programs
-    got = md.moe_experts_decode(x, q1, q3, q2, weights, ids, 1.0, cfg, cfg2)
+    cfg1 = dict(cfg, SPLIT_K=2 if n in (5, 7) else 1)  # gate/up: self-reducing split-K
+    cfg2 = dict(cfg, SPLIT_K=2 if n % 2 else 1)  # down: K split over programs, atomic combine
+    got = md.moe_experts_decode(x, q1, q3, q2, weights, ids, 1.0, cfg1, cfg2)
+    if cfg1["SPLIT_K"] > 1:  # the arrival counters are back at zero
+        assert int(md._counters(x.device, 1).abs().sum()) == 0
     assert got.shape == want.shape and got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
@@ -78,12 +81,13 @@ def test_moe_decode_gpu(variant, mode, n):
     x = torch.randn(n, 4096, device="cuda").bfloat16()
     weights, ids = _routing(n, mode, n)
     want = ref.moe_experts(x, w1, w3, w2, weights, ids, 10.0)
-    for aligned in ((False, True) if n <= 8 else (True,)):
-        cfg = dict(md.decode_config(n * 6, 2048, True, False), ALIGNED=aligned, WORDS=variant == "words")
+    for aligned, split in (((False, 1), (True, 1), (False, 2)) if n <= 8 else ((True, 1),)):
+        cfg = dict(md.decode_config(n * 6, 2048, True, False), ALIGNED=aligned, WORDS=variant == "words",
+                   SPLIT_K=split)
         got = md.moe_experts_decode(x, w1, w3, w2, weights, ids, 10.0, cfg, cfg)
         torch.cuda.synchronize()
         assert torch.isfinite(got).all()
-        assert _rel(got, want) < 1.5e-2, (aligned, _rel(got, want))
+        assert _rel(got, want) < 1.5e-2, (aligned, split, _rel(got, want))
 
 
 @pytest.mark.gpu
