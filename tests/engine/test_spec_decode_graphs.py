@@ -82,7 +82,14 @@ def test_graph_step_forced_drafts(ckpt, mode):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("extra", [{}, {"logprobs": 1}])
 def test_captured_graphs_match_eager_gpu(ckpt, extra):
-    """Plain greedy: the one-graph device-side acceptance; logprobs: verify graph + host + draft graph."""
+    """Plain greedy: the one-graph device-side acceptance; logprobs: verify graph + host + draft graph.
+
+    Engines of earlier tests may still hold device memory (reference cycles not yet collected; a default
+    KV budget takes most of the free memory): collected first, so a graph capture never runs out of
+    memory here (the speculative engine then falls back to eager steps and the test failed only in full
+    GPU runs)."""
+    import gc
+
     def go(graphs: bool):
         from engine.config import EngineArgs
         from engine.llm_engine import LLMEngine
@@ -90,15 +97,19 @@ def test_captured_graphs_match_eager_gpu(ckpt, extra):
         eng = LLMEngine(EngineArgs(model=str(ckpt), device="cuda", max_num_seqs=4,
                                    num_kv_blocks=64, block_size=BS, enforce_eager=not graphs,
                                    speculative_config={"method": "mtp", "num_speculative_tokens": 2}))
-        assert (eng.spec.graphs is not None) == graphs
+        assert (eng.spec.graphs is not None) == graphs, "speculative CUDA graphs were not captured"
         out = run(eng, PROMPTS, greedy(16, **extra))
         return {r: o.outputs[0].token_ids for r, o in out.items()}, eng
 
-    a, _ = go(False)
+    gc.collect()
+    torch.cuda.empty_cache()
+    a, eager = go(False)
+    del eager
     b, eng = go(True)
     assert eng.spec.graphs.num_steps > 0
     assert (eng.spec.graphs.num_greedy_steps > 0) == (not extra)
     # bf16: the replay batches rows differently from the eager step (padding, k+1 catch-up rows), so a
-    # rare near-tie argmax may flip (then the rest of that sequence diverges): nearly all tokens agree
-    same = sum(x == y for r in a for x, y in zip(a[r], b[r]))
-    assert same >= 0.9 * sum(len(v) for v in a.values()), (a, b)
+    # near-tie argmax may flip (then the rest of that sequence diverges): at most one sequence differs
+    assert sum(a[r] == b[r] for r in a) >= len(a) - 1, (a, b)
+    del eng
+    gc.collect()
