@@ -310,6 +310,9 @@ from bench.attention_entries import install as _install_attention  # noqa: E402
 
 _install_attention(register, bench_ms)
 
+# issue 11: FP8 block linear at decode (bench/fp8_entries.py)
+from bench.fp8_entries import install as _install_fp8; _install_fp8(register, bench_ms)  # noqa: E402,E702
+
 # kernel-variant sweeps for the decode paths (bench/decode_variants.py)
 from bench.decode_variants import install as _install_variants  # noqa: E402
 

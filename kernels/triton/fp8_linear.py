@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .common import act_quant_tile, dot_dtype, e8m0_to_f32, interpreting, load_w_tile, mma
+from .device_info import num_sms
 
 
 @triton.jit
@@ -25,7 +26,8 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, w2_ptr, s2_ptr, y_ptr, y2_ptr, ws_pt
                        K_PER_SPLIT, nw_ptr, norm_eps, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                        GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, ACT_FP8: tl.constexpr,
                        DOT_T: tl.constexpr, DOT_F32: tl.constexpr, WFMT: tl.constexpr, DUAL: tl.constexpr,
-                       EPI: tl.constexpr, ROUND: tl.constexpr, NORM_IN: tl.constexpr):
+                       EPI: tl.constexpr, ROUND: tl.constexpr, NORM_IN: tl.constexpr, VAR: tl.constexpr = 0,
+                       GEMV_STAGES: tl.constexpr = 1):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     grp = tl.program_id(2)
@@ -63,13 +65,46 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, w2_ptr, s2_ptr, y_ptr, y2_ptr, ws_pt
                         other=0.0).to(tl.float32)
             ssq += tl.sum(a * a, axis=1)
         rr = 1.0 / tl.sqrt(ssq / K + norm_eps)
-    for k0 in range(k_lo, k_hi, BK):
+    # VAR 1 (swap): weights are the MMA's left operand ([BN, BK] converted in registers), tokens its N;
+    # VAR 2 (gemv, BM == 1): CUDA-core products summed once at the end. Both take the block scale as one
+    # scalar per (tile, K step) on the activations (BN divides 128, BK divides 128: exact, powers of two).
+    acc_t = tl.zeros([BN, BM] if VAR == 1 else [1, 1], dtype=tl.float32)
+    acc2_t = tl.zeros([BN, BM] if VAR == 1 else [1, 1], dtype=tl.float32)
+    acc_v = tl.zeros([BN, BK] if VAR == 2 else [1, 1], dtype=tl.float32)
+    acc2_v = tl.zeros([BN, BK] if VAR == 2 and DUAL else [1, 1], dtype=tl.float32)
+    s_row = (pid_n * BN // 128) * stride_sn
+    for k0 in tl.range(k_lo, k_hi, BK, num_stages=GEMV_STAGES if VAR == 2 else None):
         kk = k0 + tl.arange(0, BK)
         a = tl.load(x_ptr + xrow[:, None] + kk[None, :], mask=mmask[:, None] & (kk[None, :] < K), other=0.0)
         if NORM_IN:  # weight * (x * rsqrt), rounded to x's dtype as the RMSNorm output is
             nw = tl.load(nw_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
             a = (nw[None, :] * (a.to(tl.float32) * rr[:, None])).to(x_ptr.dtype.element_ty)
-        if ACT_FP8:
+        if VAR != 0:
+            wt = tl.load(w_ptr + offs_n[:, None] * stride_wn + kk[None, :], mask=nmask[:, None] & (kk[None, :] < K),
+                         other=0)
+            af = a.to(tl.float32)
+            if WFMT == 1:
+                wt = wt.to(tl.float8e4nv, bitcast=True)
+                sa = af * e8m0_to_f32(tl.load(s_ptr + s_row + k0 // 128), 0)
+            else:
+                sa = af
+            if DUAL:
+                wt2 = tl.load(w2_ptr + offs_n[:, None] * stride_wn + kk[None, :],
+                              mask=nmask[:, None] & (kk[None, :] < K), other=0)
+                if WFMT == 1:
+                    wt2 = wt2.to(tl.float8e4nv, bitcast=True)
+                    sa2 = af * e8m0_to_f32(tl.load(s2_ptr + s_row + k0 // 128), 0)
+                else:
+                    sa2 = af
+            if VAR == 1:
+                acc_t = mma(wt.to(DOT_T), tl.trans(sa.to(DOT_T)), acc_t, DOT_F32)
+                if DUAL:
+                    acc2_t = mma(wt2.to(DOT_T), tl.trans(sa2.to(DOT_T)), acc2_t, DOT_F32)
+            else:  # sa is exact in x's dtype (x times a power of two): the MMA path's operand values
+                acc_v += wt.to(tl.float32) * sa
+                if DUAL:
+                    acc2_v += wt2.to(tl.float32) * sa2
+        elif ACT_FP8:
             aq, xs = act_quant_tile(a, DOT_F32)  # per-token 1x128 blocks (BK == 128)
             acc += _fp8_block_dot(aq, w_ptr, s_ptr, offs_n, nmask, k0, K, stride_wn, stride_sn, BK,
                                   DOT_F32) * xs[:, None]
@@ -83,6 +118,14 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, w2_ptr, s2_ptr, y_ptr, y2_ptr, ws_pt
                 b2 = load_w_tile(w2_ptr, s2_ptr, offs_n, nmask, k0, K, stride_wn, 1, stride_sn, 1, WFMT, BN, BK,
                                  DOT_T)
                 acc2 = mma(a.to(DOT_T), b2, acc2, DOT_F32)
+    if VAR == 1:
+        acc = tl.trans(acc_t)
+        if DUAL:
+            acc2 = tl.trans(acc2_t)
+    elif VAR == 2:
+        acc = tl.reshape(tl.sum(acc_v, axis=1), (BM, BN))
+        if DUAL:
+            acc2 = tl.reshape(tl.sum(acc2_v, axis=1), (BM, BN))
     if SPLIT_K > 1:
         # self-reducing split-K: partial tiles to the workspace; the last split of a tile (per-tile
         # arrival counter, reset by it) sums them and runs the epilogue. No memset, no extra launch.
@@ -151,20 +194,24 @@ def _epilogue(acc, acc2, offs_m, offs_n, mmask, nmask, y_ptr, y2_ptr, stride_ym,
     tl.store(y_ptr + yoff, acc.to(y_ptr.dtype.element_ty), mask=ymask)
 
 
-NUM_SMS = 132
-
-
-def pick_config(m: int, n: int, k: int, act_fp8: bool, interp: bool) -> dict:
+def pick_config(m: int, n: int, k: int, act_fp8: bool, interp: bool, fp8w: bool = True) -> dict:
+    """Tile config for m rows of an (n, k) linear: the measured decode table (fp8_table.py) for FP8
+    weights with bf16 activations at m <= 64, else the rules below."""
     if interp:
         cfg = dict(BM=16, BN=32, BK=128 if act_fp8 else 64, GROUP_M=4, num_warps=4, num_stages=1, SPLIT_K=1)
         if k >= 256:
             cfg["SPLIT_K"] = 2
         return cfg
+    if m <= 64 and fp8w and not act_fp8:
+        from .fp8_table import lookup
+        cfg = lookup(m, n, k)
+        if cfg is not None:
+            return cfg
     if m <= 64:  # decode: stream the weight once, fill the SMs with N tiles x K splits
         # (H200 sweep, docs/benchmarks.md: split-K only pays for K >= 4096 -- its memset + fp32
         # atomics + cast cost more than the extra parallelism at K <= 2048; wider N tiles for M > 16)
         bm = 16 if m <= 16 else (32 if m <= 32 else 64)
-        wide = n >= 64 * 2 * NUM_SMS
+        wide = n >= 64 * 2 * num_sms()
         if k <= 2048:
             bn = 64 if wide else (16 if (m > 16 and n <= 4096) else 32)
             return dict(BM=bm, BN=bn, BK=128, GROUP_M=1, num_warps=4, num_stages=6 if (m <= 16 and not wide) else 4,
@@ -172,7 +219,7 @@ def pick_config(m: int, n: int, k: int, act_fp8: bool, interp: bool) -> dict:
         bn = 64 if (wide or (m > 16 and n >= 2048)) else 32
         tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
         split = 1
-        while tiles * split < 2 * NUM_SMS and k // (split * 2) >= 512 and (bn == 32 or split < 4):
+        while tiles * split < 2 * num_sms() and k // (split * 2) >= 512 and (bn == 32 or split < 4):
             split *= 2
         return dict(BM=bm, BN=bn, BK=128, GROUP_M=1, num_warps=4, num_stages=4, SPLIT_K=split)
     if m <= 256:
@@ -180,15 +227,47 @@ def pick_config(m: int, n: int, k: int, act_fp8: bool, interp: bool) -> dict:
     return dict(BM=128, BN=128, BK=128 if act_fp8 else 64, GROUP_M=8, num_warps=8, num_stages=3, SPLIT_K=1)
 
 
-SMEM_BYTES = 220 * 1024  # H200: 227 KB of shared memory per block, less room for the epilogue
+SMEM_BYTES = 220 * 1024  # model budget: the H200 gives a block 227 KB (232,448 B); the rest is margin
+SMEM_LIMIT = 232448  # sm_90 opt-in shared memory per block (the compiled kernel is checked against the device's)
 
 
-def fit_shared_memory(cfg: dict, x_bytes: int, w_bytes: int, dual: bool) -> None:
-    """Drop pipeline stages until the stage buffers (an x tile and one or two weight tiles per stage) fit in
-    shared memory: the dual-weight launch with 2-byte weights at BM64 BN128 BK128 would need 320 KB at 4."""
-    per_stage = cfg["BM"] * cfg["BK"] * x_bytes + (2 if dual else 1) * cfg["BN"] * cfg["BK"] * w_bytes
-    while cfg["num_stages"] > 1 and per_stage * cfg["num_stages"] > SMEM_BYTES:
+def smem_estimate(cfg: dict, x_bytes: int, w_bytes: int, dual: bool, norm_in: bool = False) -> int:
+    """Shared memory the kernel needs (upper estimate, calibrated on sm_90 compiles,
+    tests/kernels/test_fp8_linear_smem.py): `num_stages` stage buffers (an x tile and one or two weight
+    tiles), one more weight tile (operand staging), the RMSNorm prologue's own pipelined x tile, 2 KB of
+    reduction / epilogue scratch. (fp32 x, NORM_IN, BM64 BN128 BK128, 4 stages: 247,296 B compiled.)"""
+    wt = (2 if dual else 1) * cfg["BN"] * cfg["BK"] * w_bytes
+    per_stage = cfg["BM"] * cfg["BK"] * x_bytes + wt
+    return per_stage * cfg["num_stages"] + wt + (cfg["BM"] * cfg["BK"] * x_bytes if norm_in else 0) + 2048
+
+
+def fit_shared_memory(cfg: dict, x_bytes: int, w_bytes: int, dual: bool, norm_in: bool = False) -> None:
+    """Drop pipeline stages until smem_estimate fits SMEM_BYTES (the dual-weight launch with 2-byte weights at
+    BM64 BN128 BK128 would need 320 KB at 4; q_norm + wq_b on fp32 rows 247 KB at 4)."""
+    while cfg["num_stages"] > 1 and smem_estimate(cfg, x_bytes, w_bytes, dual, norm_in) > SMEM_BYTES:
         cfg["num_stages"] -= 1
+
+
+_FIT: dict = {}  # launch signature -> pipeline stages whose compiled kernel fits the device's shared memory
+
+
+def _fitted_stages(grid, args, kw, device) -> int:
+    """num_stages for this launch after checking the compiled kernel's shared memory against the device's
+    per-block limit (once per signature; drops stages until it fits). The estimate above is the first
+    guess; this is the exact check (Triton raises OutOfResources at launch otherwise)."""
+    key = (tuple(kw.items()), tuple(getattr(a, "dtype", None) for a in args[:11]), device)
+    st = _FIT.get(key)
+    if st is None:
+        dev = device.index if device.index is not None else torch.cuda.current_device()
+        limit = triton.runtime.driver.active.utils.get_device_properties(dev)["max_shared_mem"]
+        st = kw["num_stages"]
+        while st > 1:
+            trial = dict(kw, num_stages=st, GEMV_STAGES=st if kw["VAR"] == 2 else 1)
+            if _fp8_linear_kernel.warmup(*args, grid=grid, **trial).metadata.shared <= limit:
+                break
+            st -= 1
+        _FIT[key] = st
+    return st
 
 
 _COUNTERS: dict = {}  # device -> int32 arrival counters of the self-reducing split-K (always back at 0)
@@ -205,17 +284,20 @@ def _counters(device, n: int) -> torch.Tensor:
 
 
 def launch(x, w, y, *, w2=None, y2=None, groups=1, x_gs=0, w_gs=0, y_gs=0, epi=0, round_out=False, alpha=1.0,
-           limit=0.0, tab=None, idx=None, norm_weight=None, norm_eps=0.0, act_quant=False, config=None):
+           limit=0.0, tab=None, idx=None, norm_weight=None, norm_eps=0.0, act_quant=False, config=None,
+           dry_run=False):
     """One launch of the block linear on 2-D row views: y[:, g*y_gs + n] (+ y2) from x[:, g*x_gs + k] and
     weight rows g*w_gs + n. w / w2: QuantWeight (fp8) or plain [rows, K] tensors. x, y row-major
     with unit column stride; m, n, k = x.shape[0], y's columns per group, the K per group.
-    `norm_weight`: the rows of x are first RMSNorm'ed with it (eps `norm_eps`; one group only)."""
+    `norm_weight`: the rows of x are first RMSNorm'ed with it (eps `norm_eps`; one group only).
+    `dry_run`: return (grid, args, kwargs) of the launch instead of launching (meta tensors work: the
+    CPU check compiles exactly these for sm_90, tests/kernels/test_fp8_linear_smem.py)."""
     from .common import weight_args
     m = x.shape[0]
     n = y.shape[1] // groups if y_gs else y.shape[1]
     k = w.shape[-1]
     if m == 0 or n == 0:
-        return
+        return None
     data, scale, wfmt = weight_args(w)
     if wfmt not in (0, 1):
         raise NotImplementedError("dense linears take plain or FP8 weights")
@@ -225,16 +307,22 @@ def launch(x, w, y, *, w2=None, y2=None, groups=1, x_gs=0, w_gs=0, y_gs=0, epi=0
     if norm_weight is not None and (groups > 1 or x.shape[1] != k):
         raise ValueError("the RMSNorm prologue needs whole rows of x (one group)")
     interp = interpreting()
-    cfg = dict(config or pick_config(m, n * groups, k, act_quant, interp))
+    cfg = dict(config or pick_config(m, n * groups, k, act_quant, interp, wfmt == 1))
     if w2 is not None and m > 64 and not interp and config is None:
         # two accumulators: narrower N tiles (sm_90 ptxas: 128x128 dual spills 750 B, 128x64 160 B)
         cfg.update(BM=128, BN=64, BK=128 if act_quant else 64, GROUP_M=8, num_warps=8, num_stages=3)
     if act_quant:
         if wfmt != 1:
             raise NotImplementedError("act_quant needs FP8 weights")
-        cfg["BK"] = 128
+        cfg.update(BK=128, VAR=0, BM=max(cfg["BM"], 16))
+    var = cfg.get("VAR", 0)
+    if var and (128 % cfg["BN"] or 128 % cfg["BK"]):
+        raise ValueError("swap / gemv tiles need BN and BK dividing 128 (one block scale per tile and K step)")
+    if var == 2 and cfg["BM"] != 1:
+        raise ValueError("the gemv variant takes one row per program (BM 1)")
     if config is None:
-        fit_shared_memory(cfg, 1 if act_quant else x.element_size(), data.element_size(), w2 is not None)
+        fit_shared_memory(cfg, 1 if act_quant else x.element_size(), data.element_size(), w2 is not None,
+                          norm_weight is not None)
     split = cfg["SPLIT_K"]
     k_per = triton.cdiv(triton.cdiv(k, split), 128) * 128
     split = triton.cdiv(k, k_per)
@@ -246,15 +334,24 @@ def launch(x, w, y, *, w2=None, y2=None, groups=1, x_gs=0, w_gs=0, y_gs=0, epi=0
     else:
         ws = cnt = y
     dot_t, dot_f32 = dot_dtype(data if (wfmt == 0 and data.dtype == torch.float32) else x)
-    _fp8_linear_kernel[(tiles, split, groups)](
-        x, data, scale, data2, scale2, y, y2 if y2 is not None else y, ws, cnt,
-        tab if tab is not None else y, idx if idx is not None else y,
-        m, n, k, x.stride(0), data.stride(0), scale.stride(0) if wfmt else 0, y.stride(0), x_gs, w_gs, y_gs,
-        tab.shape[0] if tab is not None else 1, float(alpha), float(limit), k_per,
-        norm_weight if norm_weight is not None else y, float(norm_eps),
-        BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], GROUP_M=cfg["GROUP_M"], SPLIT_K=split, ACT_FP8=act_quant,
-        DOT_T=dot_t, DOT_F32=dot_f32, WFMT=wfmt, DUAL=w2 is not None, EPI=epi, ROUND=round_out,
-        NORM_IN=norm_weight is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    args = (x, data, scale, data2, scale2, y, y2 if y2 is not None else y, ws, cnt,
+            tab if tab is not None else y, idx if idx is not None else y,
+            m, n, k, x.stride(0), data.stride(0), scale.stride(0) if wfmt else 0, y.stride(0), x_gs, w_gs, y_gs,
+            tab.shape[0] if tab is not None else 1, float(alpha), float(limit), k_per,
+            norm_weight if norm_weight is not None else y, float(norm_eps))
+    kw = dict(BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], GROUP_M=cfg["GROUP_M"], SPLIT_K=split, ACT_FP8=act_quant,
+              DOT_T=dot_t, DOT_F32=dot_f32, WFMT=wfmt, DUAL=w2 is not None, EPI=epi, ROUND=round_out,
+              NORM_IN=norm_weight is not None, VAR=var, GEMV_STAGES=cfg["num_stages"] if var == 2 else 1,
+              num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    grid = (tiles, split, groups)
+    if dry_run:
+        return grid, args, kw
+    if not interp:
+        st = _fitted_stages(grid, args, kw, x.device)
+        if st != kw["num_stages"]:
+            kw.update(num_stages=st, GEMV_STAGES=st if var == 2 else 1)
+    _fp8_linear_kernel[grid](*args, **kw)
+    return None
 
 
 def _rows(x):

@@ -1,0 +1,209 @@
+"""bench/kernels.py entries for the FP8 block linear at decode (issue 11 row 2, issue 17 batch-1 step).
+
+fp8_decode_sweep  every dense V4-Flash shape at M = 1 / 16 / 64 over the kernel variants of
+                  `_fp8_linear_kernel` (VAR 0 = token tiles x dequantized weight tiles, 1 = swap: weights
+                  as the MMA's left operand converted in registers, 2 = CUDA-core GEMV for one row) x tile /
+                  split-K / stage grid; configs are compiled first in parallel worker processes (Triton's
+                  disk cache), each checked against the twin, then timed. `pick_config`'s decode table
+                  (kernels/triton/fp8_table.py) is written from its `fp8_decode_best` rows.
+fp8_decode        the shipped dispatch (no config) at every shape, M = 1 / 16 / 64, plus the glue paths that
+                  ride on the same kernel at decode (norm_linear = q_norm + wq_b, grouped wo_a, SwiGLU
+                  shared_w13, compressor kv+gate): us and % of HBM over the weight bytes.
+
+Weights rotate over enough copies that one CUDA graph reads >= 256 MB (L2 is 60 MB).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+SHAPES = {  # V4-Flash dense linears (N, K)
+    "wq_a": (1024, 4096), "wq_b": (32768, 1024), "wkv": (512, 4096), "wo_b": (4096, 8192),
+    "idx_wq_b": (8192, 1024), "shared_w13": (2048, 4096), "shared_w2": (4096, 2048), "mtp_proj": (4096, 4096),
+}
+SWEEP_EXTRA = {"wo_a": (8192, 4096)}  # the grouped wo_a launch (8 groups x [1024, 4096]) swept as one linear
+NSM = 132
+
+
+def _split_for(m, n, k, bm, bn, target):
+    tiles = -(-m // bm) * -(-n // bn)
+    split = 1
+    while tiles * split < target and k // (split * 2) >= 256:
+        split *= 2
+    return split
+
+
+def sweep_configs(m: int, n: int, k: int) -> list[dict]:
+    """The candidate decode configs of one shape (None = the shipped pick)."""
+    out = [None]
+    if m == 1:
+        for bn in (16, 32, 64):
+            for st in (3, 5):
+                for tgt in (2 * NSM, 4 * NSM, 8 * NSM):
+                    out.append(dict(BM=1, BN=bn, BK=128, GROUP_M=1, num_warps=4, num_stages=st, VAR=2,
+                                    SPLIT_K=_split_for(m, n, k, 1, bn, tgt)))
+    if m <= 16:
+        for bn in (64, 128):
+            for st in (3, 5):
+                for tgt in (2 * NSM, 4 * NSM):
+                    out.append(dict(BM=16, BN=bn, BK=128, GROUP_M=1, num_warps=4, num_stages=st, VAR=1,
+                                    SPLIT_K=_split_for(m, n, k, 16, bn, tgt)))
+        for bn, st in ((32, 6), (64, 4)):
+            for tgt in (NSM, 4 * NSM):
+                out.append(dict(BM=16, BN=bn, BK=128, GROUP_M=1, num_warps=4, num_stages=st, VAR=0,
+                                SPLIT_K=_split_for(m, n, k, 16, bn, tgt)))
+    else:
+        for bm in (32, 64):
+            for bn in (64, 128):
+                for tgt in (NSM, 2 * NSM, 4 * NSM):
+                    out.append(dict(BM=bm, BN=bn, BK=128, GROUP_M=1, num_warps=4, num_stages=4, VAR=1,
+                                    SPLIT_K=_split_for(m, n, k, bm, bn, tgt)))
+        for bn in (32, 64, 128):
+            for tgt in (NSM, 4 * NSM):
+                out.append(dict(BM=64, BN=bn, BK=128, GROUP_M=1, num_warps=4, num_stages=4, VAR=0,
+                                SPLIT_K=_split_for(m, n, k, 64, bn, tgt)))
+    seen, uniq = set(), []
+    for c in out:
+        key = None if c is None else tuple(sorted(c.items()))
+        if key not in seen:
+            seen.add(key)
+            uniq.append(c)
+    return uniq
+
+
+def tag(c) -> str:
+    if c is None:
+        return "default"
+    return f"v{c.get('VAR', 0)}_m{c['BM']}_n{c['BN']}_s{c['num_stages']}_k{c['SPLIT_K']}_w{c['num_warps']}"
+
+
+def _weights(n, k, copies, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    return [((torch.randn(n, k, device="cuda", generator=g) * 100).clamp(-448, 448).to(torch.float8_e4m3fn),
+             torch.randint(117, 121, (n // 128, k // 128), device="cuda", generator=g, dtype=torch.uint8))
+            for _ in range(copies)]
+
+
+def _copies(nbytes):
+    return max(2, min(64, -(-(256 * 2**20) // nbytes)))
+
+
+def _compile_job(job):
+    """Worker: compile (and run once) the given (name, m, cfg) list on the GPU -> Triton's disk cache."""
+    import kernels.triton.fp8_linear as tf
+    done = 0
+    for name, m, c in job:
+        n, k = dict(SHAPES, **SWEEP_EXTRA)[name]
+        try:
+            w, s = _weights(n, k, 1)[0]
+            x = torch.randn(m, k, device="cuda").bfloat16()
+            tf.fp8_linear(x, w, s, False, None, c)
+            torch.cuda.synchronize()
+            done += 1
+        except Exception:  # noqa: BLE001 - reported when the main process times it
+            pass
+    return done
+
+
+def precompile(jobs: list, workers: int) -> None:
+    import multiprocessing as mp
+    if workers <= 1 or len(jobs) < 4:
+        return
+    chunks = [jobs[i::workers] for i in range(workers)]
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers) as pool:
+        pool.map(_compile_job, chunks)
+
+
+def install(register, bench_ms):
+
+    @register("fp8_decode_sweep")
+    def bench_fp8_decode_sweep(ctx):
+        import kernels.triton.fp8_linear as tf
+        from kernels.ref.fp8_linear import fp8_linear as ref
+        ms_list = [int(v) for v in os.environ.get("FP8_SWEEP_M", "1,16,64").split(",")]
+        shapes = dict(SHAPES, **SWEEP_EXTRA)
+        names = [v for v in os.environ.get("FP8_SWEEP_SHAPES", ",".join(shapes)).split(",") if v]
+        jobs = [(nm, m, c) for nm in names for m in ms_list for c in sweep_configs(m, *shapes[nm])]
+        precompile(jobs, int(os.environ.get("FP8_SWEEP_WORKERS", "12")))
+        rep = int(os.environ.get("FP8_SWEEP_REP", "30"))
+        for name in names:
+            n, k = shapes[name]
+            wbytes = n * k + (n // 128) * (k // 128)
+            wts = _weights(n, k, _copies(wbytes), seed=1)
+            for m in ms_list:
+                x = torch.randn(m, k, device="cuda").bfloat16()
+                want = ref(x, *wts[0])
+                best = None
+                for c in sweep_configs(m, n, k):
+                    try:
+                        got = tf.fp8_linear(x, *wts[0], False, None, c)
+                        rel = ((got.float() - want.float()).norm() / want.float().norm()).item()
+                        if not rel < 1e-2:
+                            ctx.emit(bench="fp8_decode_sweep", shape=name, M=m, cfg=tag(c), error=f"rel {rel:.3g}")
+                            continue
+
+                        def run(c=c):
+                            for w, s in wts:
+                                tf.fp8_linear(x, w, s, False, None, c)
+                        ms = bench_ms(run, rep=rep) / len(wts)
+                    except Exception as ex:  # noqa: BLE001
+                        ctx.emit(bench="fp8_decode_sweep", shape=name, M=m, cfg=tag(c), error=repr(ex)[:200])
+                        continue
+                    pct = 100 * wbytes / ms / 1e6 / ctx.hbm_gbps
+                    ctx.emit(bench="fp8_decode_sweep", shape=name, M=m, cfg=tag(c), us=ms * 1e3, pct_hbm=pct,
+                             **({} if c is None else {"c": c}))
+                    if best is None or ms < best[0]:
+                        best = (ms, c)
+                if best is not None:
+                    ctx.emit(bench="fp8_decode_best", shape=name, M=m, cfg=tag(best[1]), c=best[1],
+                             us=best[0] * 1e3, pct_hbm=100 * wbytes / best[0] / 1e6 / ctx.hbm_gbps)
+            del wts
+            torch.cuda.empty_cache()
+
+    @register("fp8_decode")
+    def bench_fp8_decode(ctx):
+        import kernels.triton.fp8_linear as tf
+        import kernels.triton.linear_glue as lg
+        from kernels.quant_weight import QuantWeight
+        for name, (n, k) in SHAPES.items():
+            wbytes = n * k + (n // 128) * (k // 128)
+            wts = _weights(n, k, _copies(wbytes), seed=2)
+            for m in (1, 16, 64):
+                x = torch.randn(m, k, device="cuda").bfloat16()
+
+                def run():
+                    for w, s in wts:
+                        tf.fp8_linear(x, w, s)
+                ms = bench_ms(run) / len(wts)
+                ctx.emit(bench="fp8_decode", shape=name, M=m, N=n, K=k, us=ms * 1e3,
+                         pct_hbm=100 * wbytes / ms / 1e6 / ctx.hbm_gbps)
+            del wts
+            torch.cuda.empty_cache()
+        # glue paths at decode (same kernel): q_norm + wq_b, grouped wo_a (8 x [1024, 4096]), SwiGLU w1/w3
+        glue = {"norm_linear_wq_b": (32768, 1024, 1, False), "grouped_wo_a": (1024, 4096, 8, False),
+                "swiglu_w13": (2048, 4096, 1, True)}
+        for name, (n, k, groups, dual) in glue.items():
+            wbytes = (2 if dual else 1) * groups * (n * k + (n // 128) * (k // 128))
+            c = _copies(wbytes)
+            w1 = [QuantWeight(w, s, "fp8") for w, s in _weights(groups * n, k, c, seed=3)]
+            w3 = [QuantWeight(w, s, "fp8") for w, s in _weights(groups * n, k, c, seed=4)] if dual else None
+            nw = torch.rand(k, device="cuda").bfloat16()
+            for m in (1, 16, 64):
+                x = torch.randn(m, groups * k, device="cuda").bfloat16()
+
+                def run():
+                    for i in range(c):
+                        if name == "norm_linear_wq_b":
+                            lg.norm_linear(x, nw, 1e-6, w1[i])
+                        elif name == "grouped_wo_a":
+                            lg.grouped_linear(x.view(m, groups, k), w1[i], groups)
+                        else:
+                            lg.swiglu_linear(x, w1[i], w3[i], 10.0)
+                ms = bench_ms(run) / c
+                ctx.emit(bench="fp8_decode_glue", op=name, M=m, us=ms * 1e3,
+                         pct_hbm=100 * wbytes / ms / 1e6 / ctx.hbm_gbps)
+            del w1, w3
+            torch.cuda.empty_cache()
