@@ -4,7 +4,8 @@ fp8_decode_sweep  every dense V4-Flash shape at M = 1 / 16 / 64 over the kernel 
                   `_fp8_linear_kernel` (VAR 0 = token tiles x dequantized weight tiles, 1 = swap: weights
                   as the MMA's left operand converted in registers, 2 = CUDA-core GEMV for one row) x tile /
                   split-K / stage grid; configs are compiled first in parallel worker processes (Triton's
-                  disk cache), each checked against the twin, then timed. `pick_config`'s decode table
+                  disk cache; FP8_SWEEP_COMPILE_ONLY=1 stops there), each checked against the twin, then
+                  timed. Env: FP8_SWEEP_M (1,16,64), FP8_SWEEP_SHAPES, FP8_SWEEP_WORKERS, FP8_SWEEP_REP. `pick_config`'s decode table
                   (kernels/triton/fp8_table.py) is written from its `fp8_decode_best` rows.
 fp8_decode        the shipped dispatch (no config) at every shape, M = 1 / 16 / 64, plus the glue paths that
                   ride on the same kernel at decode (norm_linear = q_norm + wq_b, grouped wo_a, SwiGLU
@@ -44,12 +45,16 @@ def sweep_configs(m: int, n: int, k: int) -> list[dict]:
                 for tgt in (2 * NSM, 4 * NSM, 8 * NSM):
                     out.append(dict(BM=1, BN=bn, BK=128, GROUP_M=1, num_warps=4, num_stages=st, VAR=2,
                                     SPLIT_K=_split_for(m, n, k, 1, bn, tgt)))
+        out.append(dict(BM=1, BN=64, BK=128, GROUP_M=1, num_warps=8, num_stages=4, VAR=2,
+                        SPLIT_K=_split_for(m, n, k, 1, 64, 4 * NSM)))
     if m <= 16:
         for bn in (64, 128):
             for st in (3, 5):
                 for tgt in (2 * NSM, 4 * NSM):
                     out.append(dict(BM=16, BN=bn, BK=128, GROUP_M=1, num_warps=4, num_stages=st, VAR=1,
                                     SPLIT_K=_split_for(m, n, k, 16, bn, tgt)))
+        out.append(dict(BM=16, BN=128, BK=128, GROUP_M=1, num_warps=8, num_stages=4, VAR=1,
+                        SPLIT_K=_split_for(m, n, k, 16, 128, 2 * NSM)))
         for bn, st in ((32, 6), (64, 4)):
             for tgt in (NSM, 4 * NSM):
                 out.append(dict(BM=16, BN=bn, BK=128, GROUP_M=1, num_warps=4, num_stages=st, VAR=0,
@@ -128,12 +133,15 @@ def install(register, bench_ms):
         names = [v for v in os.environ.get("FP8_SWEEP_SHAPES", ",".join(shapes)).split(",") if v]
         jobs = [(nm, m, c) for nm in names for m in ms_list for c in sweep_configs(m, *shapes[nm])]
         precompile(jobs, int(os.environ.get("FP8_SWEEP_WORKERS", "12")))
+        if os.environ.get("FP8_SWEEP_COMPILE_ONLY") == "1":  # fill Triton's cache; a later run times
+            ctx.emit(bench="fp8_decode_sweep_compiled", jobs=len(jobs))
+            return
         rep = int(os.environ.get("FP8_SWEEP_REP", "30"))
-        for name in names:
-            n, k = shapes[name]
-            wbytes = n * k + (n // 128) * (k // 128)
-            wts = _weights(n, k, _copies(wbytes), seed=1)
-            for m in ms_list:
+        for m in ms_list:  # M outer: the first rows of a run cut by its time limit cover every shape
+            for name in names:
+                n, k = shapes[name]
+                wbytes = n * k + (n // 128) * (k // 128)
+                wts = _weights(n, k, _copies(wbytes), seed=1)
                 x = torch.randn(m, k, device="cuda").bfloat16()
                 want = ref(x, *wts[0])
                 best = None
@@ -160,8 +168,8 @@ def install(register, bench_ms):
                 if best is not None:
                     ctx.emit(bench="fp8_decode_best", shape=name, M=m, cfg=tag(best[1]), c=best[1],
                              us=best[0] * 1e3, pct_hbm=100 * wbytes / best[0] / 1e6 / ctx.hbm_gbps)
-            del wts
-            torch.cuda.empty_cache()
+                del wts
+                torch.cuda.empty_cache()
 
     @register("fp8_decode")
     def bench_fp8_decode(ctx):
