@@ -215,3 +215,26 @@ def install(register, bench_ms):
                          pct_hbm=100 * wbytes / ms / 1e6 / ctx.hbm_gbps)
             del w1, w3
             torch.cuda.empty_cache()
+
+
+def table_from_sweep(text: str) -> dict:
+    """fp8_decode_best rows of a sweep's stdout -> {(N, K): {bucket: config}} for kernels/triton/fp8_table.py
+    (a bucket whose best is the rule's own pick ("default") gets no entry)."""
+    import ast
+    shapes = dict(SHAPES, **SWEEP_EXTRA)
+    table: dict = {}
+    for line in text.splitlines():
+        if "bench=fp8_decode_best" not in line:
+            continue
+        f = dict(p.split("=", 1) for p in line.split("  ") if "=" in p and not p.startswith("c="))
+        if f["cfg"].strip() == "default":
+            continue
+        c = ast.literal_eval(line.split("c=", 1)[1].split("  ")[0])
+        table.setdefault(shapes[f["shape"].strip()], {})[int(f["M"])] = c
+    return table
+
+
+if __name__ == "__main__":  # python -m bench.fp8_entries sweep.txt -> the DECODE table literal
+    import pprint
+    import sys
+    pprint.pprint(table_from_sweep(open(sys.argv[1]).read()), width=120, sort_dicts=True)

@@ -82,7 +82,7 @@ def _cases():
             sig.update(w_ptr=P["bf16"], s_ptr=P["bf16"], w2_ptr=P["bf16"], s2_ptr=P["bf16"], y_ptr=P["fp32"])
         yield fl._fp8_linear_kernel, sig, dict(BM=16, BN=32, BK=128, GROUP_M=1, SPLIT_K=split, ACT_FP8=act,
                                                DOT_T=tl.bfloat16, DOT_F32=False, WFMT=wfmt, DUAL=dual, EPI=epi,
-                                               ROUND=rnd, NORM_IN=nrm), 4
+                                               ROUND=rnd, NORM_IN=nrm, VAR=0, GEMV_STAGES=1), 4
 
 
 def compile_all() -> int:
