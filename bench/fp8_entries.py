@@ -36,8 +36,54 @@ def _split_for(m, n, k, bm, bn, target):
     return split
 
 
-def sweep_configs(m: int, n: int, k: int) -> list[dict]:
-    """The candidate decode configs of one shape (None = the shipped pick)."""
+def _cfg(bm, bn, bk, st, var, split, warps=4):
+    return dict(BM=bm, BN=bn, BK=bk, GROUP_M=1, num_warps=warps, num_stages=st, VAR=var, SPLIT_K=split)
+
+
+def sweep_configs_2(m: int, n: int, k: int) -> list:
+    """Second sweep (FP8_SWEEP_SET=2): K steps of 256..1024 (each row's run contiguous) for GEMV and swap."""
+    out = [None]
+    if m == 1:
+        for bn, bk in ((4, 1024), (8, 512), (8, 1024), (16, 256), (16, 512), (32, 256)):
+            for st in (2, 4):
+                for tgt in (NSM, 4 * NSM):
+                    out.append(_cfg(1, bn, bk, st, 2, _split_for(m, n, k, 1, bn, tgt)))
+        out.append(_cfg(1, 32, 128, 3, 2, _split_for(m, n, k, 1, 32, 2 * NSM)))
+        for st in (3, 4):
+            for tgt in (2 * NSM, 4 * NSM):
+                out.append(_cfg(16, 64, 256, st, 1, _split_for(m, n, k, 16, 64, tgt)))
+    elif m <= 16:
+        for bn, bk in ((64, 128), (64, 256), (128, 128)):
+            for st in (3, 4):
+                for tgt in (2 * NSM, 4 * NSM):
+                    out.append(_cfg(16, bn, bk, st, 1, _split_for(m, n, k, 16, bn, tgt)))
+        for tgt in (NSM, 4 * NSM):
+            out.append(_cfg(16, 32, 128, 6, 0, _split_for(m, n, k, 16, 32, tgt)))
+    else:
+        for bn in (64, 128):
+            for bk in (128, 256):
+                for tgt in (NSM, 2 * NSM, 4 * NSM):
+                    out.append(_cfg(64, bn, bk, 3, 1, _split_for(m, n, k, 64, bn, tgt)))
+        for bn in (32, 64):
+            for tgt in (NSM, 4 * NSM):
+                out.append(_cfg(64, bn, 128, 4, 0, _split_for(m, n, k, 64, bn, tgt)))
+    return _uniq(out)
+
+
+def _uniq(out):
+    seen, uniq = set(), []
+    for c in out:
+        key = None if c is None else tuple(sorted(c.items()))
+        if key not in seen:
+            seen.add(key)
+            uniq.append(c)
+    return uniq
+
+
+def sweep_configs(m: int, n: int, k: int) -> list:
+    """The candidate decode configs of one shape (None = the shipped pick); FP8_SWEEP_SET=2: the second set."""
+    if os.environ.get("FP8_SWEEP_SET") == "2":
+        return sweep_configs_2(m, n, k)
     out = [None]
     if m == 1:
         for bn in (16, 32, 64):
@@ -69,19 +115,14 @@ def sweep_configs(m: int, n: int, k: int) -> list[dict]:
             for tgt in (NSM, 4 * NSM):
                 out.append(dict(BM=64, BN=bn, BK=128, GROUP_M=1, num_warps=4, num_stages=4, VAR=0,
                                 SPLIT_K=_split_for(m, n, k, 64, bn, tgt)))
-    seen, uniq = set(), []
-    for c in out:
-        key = None if c is None else tuple(sorted(c.items()))
-        if key not in seen:
-            seen.add(key)
-            uniq.append(c)
-    return uniq
+    return _uniq(out)
 
 
 def tag(c) -> str:
     if c is None:
         return "default"
-    return f"v{c.get('VAR', 0)}_m{c['BM']}_n{c['BN']}_s{c['num_stages']}_k{c['SPLIT_K']}_w{c['num_warps']}"
+    return (f"v{c.get('VAR', 0)}_m{c['BM']}_n{c['BN']}_b{c['BK']}_s{c['num_stages']}_k{c['SPLIT_K']}"
+            f"_w{c['num_warps']}")
 
 
 def _weights(n, k, copies, seed=0):
@@ -122,7 +163,60 @@ def precompile(jobs: list, workers: int) -> None:
         pool.map(_compile_job, chunks)
 
 
+def _ref_kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def nop_kernel(out_ptr):
+        pass
+
+    @triton.jit
+    def stream_kernel(w_ptr, out_ptr, BLOCK: tl.constexpr):
+        """Read BLOCK contiguous bytes per program (16-byte loads), keep one int per program."""
+        pid = tl.program_id(0)
+        v = tl.load(w_ptr + pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK))
+        tl.store(out_ptr + pid, tl.sum(v.to(tl.int32), axis=0))
+    return nop_kernel, stream_kernel
+
+
 def install(register, bench_ms):
+
+    @register("fp8_decode_ref")
+    def bench_fp8_decode_ref(ctx):
+        """Per-size references for the decode linears: an empty launch, the same bytes streamed contiguously by
+        one launch (16 KB per program), cuBLAS bf16 linear on the dequantized weight (2 bytes per weight)."""
+        import torch.nn.functional as F
+        nop, stream = _ref_kernels()
+        out = torch.zeros(1 << 16, dtype=torch.int32, device="cuda")
+        ms = bench_ms(lambda: [nop[(528,)](out) for _ in range(32)]) / 32
+        ctx.emit(bench="fp8_decode_ref", kind="empty_launch", us=ms * 1e3)
+        for name, (n, k) in dict(SHAPES, **SWEEP_EXTRA).items():
+            nbytes = n * k
+            c = _copies(nbytes)
+            bufs = [torch.randint(0, 255, (nbytes,), device="cuda", dtype=torch.uint8) for _ in range(c)]
+            for block in (8192, 16384):
+
+                def run(block=block):
+                    for b in bufs:
+                        stream[(nbytes // block,)](b, out, BLOCK=block, num_warps=4)
+                ms = bench_ms(run) / c
+                ctx.emit(bench="fp8_decode_ref", kind=f"stream{block}", shape=name, us=ms * 1e3,
+                         pct_hbm=100 * nbytes / ms / 1e6 / ctx.hbm_gbps)
+            del bufs
+            cb = max(2, min(32, -(-(256 * 2**20) // (2 * nbytes))))
+            wb = [torch.randn(n, k, device="cuda").bfloat16() for _ in range(cb)]
+            for m in (1, 64):
+                x = torch.randn(m, k, device="cuda").bfloat16()
+
+                def run():
+                    for w in wb:
+                        F.linear(x, w)
+                ms = bench_ms(run) / cb
+                ctx.emit(bench="fp8_decode_ref", kind="cublas_bf16", shape=name, M=m, us=ms * 1e3,
+                         pct_hbm=100 * 2 * nbytes / ms / 1e6 / ctx.hbm_gbps)
+            del wb
+            torch.cuda.empty_cache()
 
     @register("fp8_decode_sweep")
     def bench_fp8_decode_sweep(ctx):

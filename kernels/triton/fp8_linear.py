@@ -66,8 +66,9 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, w2_ptr, s2_ptr, y_ptr, y2_ptr, ws_pt
             ssq += tl.sum(a * a, axis=1)
         rr = 1.0 / tl.sqrt(ssq / K + norm_eps)
     # VAR 1 (swap): weights are the MMA's left operand ([BN, BK] converted in registers), tokens its N;
-    # VAR 2 (gemv, BM == 1): CUDA-core products summed once at the end. Both take the block scale as one
-    # scalar per (tile, K step) on the activations (BN divides 128, BK divides 128: exact, powers of two).
+    # VAR 2 (gemv, BM == 1): CUDA-core products summed once at the end. Both take the block scales on the
+    # activations (BN divides 128: one scale row per tile; exact, powers of two); a BK of 256..1024 makes
+    # each row's run of a step contiguous (BK = K: the whole [BN, K] tile is one contiguous block).
     acc_t = tl.zeros([BN, BM] if VAR == 1 else [1, 1], dtype=tl.float32)
     acc2_t = tl.zeros([BN, BM] if VAR == 1 else [1, 1], dtype=tl.float32)
     acc_v = tl.zeros([BN, BK] if VAR == 2 else [1, 1], dtype=tl.float32)
@@ -85,7 +86,7 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, w2_ptr, s2_ptr, y_ptr, y2_ptr, ws_pt
             af = a.to(tl.float32)
             if WFMT == 1:
                 wt = wt.to(tl.float8e4nv, bitcast=True)
-                sa = af * e8m0_to_f32(tl.load(s_ptr + s_row + k0 // 128), 0)
+                sa = af * _k_scales(s_ptr + s_row, k0, kk, K, BK)
             else:
                 sa = af
             if DUAL:
@@ -93,7 +94,7 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, w2_ptr, s2_ptr, y_ptr, y2_ptr, ws_pt
                               mask=nmask[:, None] & (kk[None, :] < K), other=0)
                 if WFMT == 1:
                     wt2 = wt2.to(tl.float8e4nv, bitcast=True)
-                    sa2 = af * e8m0_to_f32(tl.load(s2_ptr + s_row + k0 // 128), 0)
+                    sa2 = af * _k_scales(s2_ptr + s_row, k0, kk, K, BK)
                 else:
                     sa2 = af
             if VAR == 1:
@@ -157,6 +158,15 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, w2_ptr, s2_ptr, y_ptr, y2_ptr, ws_pt
             acc2 = acc2.to(x_ptr.dtype.element_ty).to(tl.float32)
         _epilogue(acc, acc2, offs_m, offs_n, mmask, nmask, y_ptr, y2_ptr, stride_ym, tab_ptr, idx_ptr, N, R, alpha,
                   limit, EPI)
+
+
+@triton.jit
+def _k_scales(s_ptr, k0, kk, K, BK: tl.constexpr):
+    """Block scales of one 128-row block along a K step: a scalar when BK <= 128 (BK divides 128), else
+    one per column [1, BK] (the step spans BK / 128 scale blocks)."""
+    if BK <= 128:
+        return e8m0_to_f32(tl.load(s_ptr + k0 // 128), 0)
+    return e8m0_to_f32(tl.load(s_ptr + kk // 128, mask=kk < K, other=0), 0)[None, :]
 
 
 @triton.jit
@@ -316,15 +326,16 @@ def launch(x, w, y, *, w2=None, y2=None, groups=1, x_gs=0, w_gs=0, y_gs=0, epi=0
             raise NotImplementedError("act_quant needs FP8 weights")
         cfg.update(BK=128, VAR=0, BM=max(cfg["BM"], 16))
     var = cfg.get("VAR", 0)
-    if var and (128 % cfg["BN"] or 128 % cfg["BK"]):
-        raise ValueError("swap / gemv tiles need BN and BK dividing 128 (one block scale per tile and K step)")
+    if var and (128 % cfg["BN"] or (128 % cfg["BK"] and cfg["BK"] % 128)):
+        raise ValueError("swap / gemv tiles need BN dividing 128 and BK dividing or a multiple of 128")
     if var == 2 and cfg["BM"] != 1:
         raise ValueError("the gemv variant takes one row per program (BM 1)")
     if config is None:
         fit_shared_memory(cfg, 1 if act_quant else x.element_size(), data.element_size(), w2 is not None,
                           norm_weight is not None)
     split = cfg["SPLIT_K"]
-    k_per = triton.cdiv(triton.cdiv(k, split), 128) * 128
+    k_step = max(cfg["BK"], 128)
+    k_per = triton.cdiv(triton.cdiv(k, split), k_step) * k_step
     split = triton.cdiv(k, k_per)
     tiles = triton.cdiv(m, cfg["BM"]) * triton.cdiv(n, cfg["BN"])
     if split > 1:

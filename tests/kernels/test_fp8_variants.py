@@ -32,7 +32,8 @@ def _cfg(var, bn, split, bk=128):
     return dict(BM=1 if var == 2 else 16, BN=bn, BK=bk, GROUP_M=1, num_warps=4, num_stages=2, SPLIT_K=split, VAR=var)
 
 
-@pytest.mark.parametrize("var,bn,split,bk", [(1, 32, 1, 128), (1, 64, 3, 64), (2, 32, 1, 128), (2, 16, 2, 64)])
+@pytest.mark.parametrize("var,bn,split,bk", [(1, 32, 1, 128), (1, 64, 3, 64), (1, 32, 2, 256), (2, 32, 1, 128),
+                                             (2, 16, 2, 64), (2, 8, 1, 256)])
 @pytest.mark.parametrize("fmt", ["fp8", "plain"])
 def test_variant_paths_interp(var, bn, split, bk, fmt):
     (fl,) = interp_modules("fp8_linear")
