@@ -41,17 +41,22 @@ def _cfg(bm, bn, bk, st, var, split, warps=4):
 
 
 def sweep_configs_2(m: int, n: int, k: int) -> list:
-    """Second sweep (FP8_SWEEP_SET=2): K steps of 256..1024 (each row's run contiguous) for GEMV and swap."""
+    """Second sweep (FP8_SWEEP_SET=2): K steps of 256..1024 (each row's run contiguous) for GEMV and swap, the
+    program's weight slab prefetched to L2 first (PREFETCH lines per row and step), programmatic dependent
+    launch (PDL: the next launch prefetches while this one finishes)."""
     out = [None]
     if m == 1:
-        for bn, bk in ((4, 1024), (8, 512), (8, 1024), (16, 256), (16, 512), (32, 256)):
-            for st in (2, 4):
-                for tgt in (NSM, 4 * NSM):
-                    out.append(_cfg(1, bn, bk, st, 2, _split_for(m, n, k, 1, bn, tgt)))
-        out.append(_cfg(1, 32, 128, 3, 2, _split_for(m, n, k, 1, 32, 2 * NSM)))
+        for bn, bk in ((4, 1024), (8, 512), (8, 1024), (16, 256), (16, 512), (32, 256), (32, 128)):
+            for tgt in (NSM, 4 * NSM):
+                out.append(_cfg(1, bn, bk, 3, 2, _split_for(m, n, k, 1, bn, tgt)))
+        for bn, bk in ((8, 512), (16, 256), (32, 128)):
+            c = _cfg(1, bn, bk, 3, 2, _split_for(m, n, k, 1, bn, 2 * NSM))
+            out += [dict(c, PREFETCH=8), dict(c, PREFETCH=8, PDL=True), dict(c, PDL=True)]
         for st in (3, 4):
             for tgt in (2 * NSM, 4 * NSM):
                 out.append(_cfg(16, 64, 256, st, 1, _split_for(m, n, k, 16, 64, tgt)))
+        c = _cfg(16, 64, 128, 3, 1, _split_for(m, n, k, 16, 64, 2 * NSM))
+        out += [dict(c, PREFETCH=8), dict(c, PREFETCH=8, PDL=True)]
     elif m <= 16:
         for bn, bk in ((64, 128), (64, 256), (128, 128)):
             for st in (3, 4):
@@ -59,6 +64,8 @@ def sweep_configs_2(m: int, n: int, k: int) -> list:
                     out.append(_cfg(16, bn, bk, st, 1, _split_for(m, n, k, 16, bn, tgt)))
         for tgt in (NSM, 4 * NSM):
             out.append(_cfg(16, 32, 128, 6, 0, _split_for(m, n, k, 16, 32, tgt)))
+        c = _cfg(16, 64, 128, 3, 1, _split_for(m, n, k, 16, 64, 2 * NSM))
+        out += [dict(c, PREFETCH=8), dict(c, PREFETCH=8, PDL=True)]
     else:
         for bn in (64, 128):
             for bk in (128, 256):
@@ -67,6 +74,8 @@ def sweep_configs_2(m: int, n: int, k: int) -> list:
         for bn in (32, 64):
             for tgt in (NSM, 4 * NSM):
                 out.append(_cfg(64, bn, 128, 4, 0, _split_for(m, n, k, 64, bn, tgt)))
+        c = _cfg(64, 128, 128, 3, 1, _split_for(m, n, k, 64, 128, 2 * NSM))
+        out += [dict(c, PREFETCH=8), dict(c, PREFETCH=8, PDL=True)]
     return _uniq(out)
 
 
@@ -122,7 +131,8 @@ def tag(c) -> str:
     if c is None:
         return "default"
     return (f"v{c.get('VAR', 0)}_m{c['BM']}_n{c['BN']}_b{c['BK']}_s{c['num_stages']}_k{c['SPLIT_K']}"
-            f"_w{c['num_warps']}")
+            f"_w{c['num_warps']}" + (f"_pf{c['PREFETCH']}" if c.get("PREFETCH") else "")
+            + ("_pdl" if c.get("PDL") else ""))
 
 
 def _weights(n, k, copies, seed=0):

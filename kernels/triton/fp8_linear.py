@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
 from .common import act_quant_tile, dot_dtype, e8m0_to_f32, interpreting, load_w_tile, mma
 from .device_info import num_sms
 
@@ -27,7 +29,7 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, w2_ptr, s2_ptr, y_ptr, y2_ptr, ws_pt
                        GROUP_M: tl.constexpr, SPLIT_K: tl.constexpr, ACT_FP8: tl.constexpr,
                        DOT_T: tl.constexpr, DOT_F32: tl.constexpr, WFMT: tl.constexpr, DUAL: tl.constexpr,
                        EPI: tl.constexpr, ROUND: tl.constexpr, NORM_IN: tl.constexpr, VAR: tl.constexpr = 0,
-                       GEMV_STAGES: tl.constexpr = 1):
+                       GEMV_STAGES: tl.constexpr = 1, PREFETCH: tl.constexpr = 0, PDL: tl.constexpr = False):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     grp = tl.program_id(2)
@@ -57,6 +59,13 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, w2_ptr, s2_ptr, y_ptr, y2_ptr, ws_pt
     acc2 = tl.zeros([BM, BN], dtype=tl.float32)
     k_lo = pid_k * K_PER_SPLIT
     k_hi = tl.minimum(k_lo + K_PER_SPLIT, K)
+    if PREFETCH:  # the program's whole weight slab to L2 first (weights never depend on earlier kernels)
+        _prefetch_slab(w_ptr, offs_n, nmask, k_lo, k_hi, stride_wn, PREFETCH)
+        if DUAL:
+            _prefetch_slab(w2_ptr, offs_n, nmask, k_lo, k_hi, stride_wn, PREFETCH)
+    if PDL:  # programmatic dependent launch: x / outputs only after the previous kernel completed
+        gdc_wait()
+        gdc_launch_dependents()
     if NORM_IN:  # RMSNorm of the input rows (prologue): the full-row sum of squares first
         ssq = tl.zeros([BM], dtype=tl.float32)
         for k0 in range(0, K, BK):
@@ -161,12 +170,26 @@ def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, w2_ptr, s2_ptr, y_ptr, y2_ptr, ws_pt
 
 
 @triton.jit
+def _prefetch_slab(w_ptr, offs_n, nmask, k_lo, k_hi, stride_wn, PF: tl.constexpr):
+    """prefetch.global.L2 of rows offs_n, columns [k_lo, k_hi), one per 128-byte line (PF lines per row
+    and iteration)."""
+    for k0 in range(k_lo, k_hi, 128 * PF):
+        kk = k0 + tl.arange(0, PF) * 128
+        ok = nmask[:, None] & (kk[None, :] < k_hi)
+        p = w_ptr + tl.where(ok, offs_n[:, None].to(tl.int64) * stride_wn + kk[None, :], 0)
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n mov.u32 $0, 0;", "=r,l", [p], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+
+
+@triton.jit
 def _k_scales(s_ptr, k0, kk, K, BK: tl.constexpr):
-    """Block scales of one 128-row block along a K step: a scalar when BK <= 128 (BK divides 128), else
-    one per column [1, BK] (the step spans BK / 128 scale blocks)."""
+    """Block scales of one 128-row block along a K step as [1, BK]: one value broadcast when BK <= 128 (BK
+    divides 128), else one per column (the step spans BK / 128 scale blocks)."""
     if BK <= 128:
-        return e8m0_to_f32(tl.load(s_ptr + k0 // 128), 0)
-    return e8m0_to_f32(tl.load(s_ptr + kk // 128, mask=kk < K, other=0), 0)[None, :]
+        s = e8m0_to_f32(tl.load(s_ptr + k0 // 128), 0) + tl.zeros([1, BK], dtype=tl.float32)
+    else:
+        s = e8m0_to_f32(tl.load(s_ptr + kk // 128, mask=kk < K, other=0), 0)[None, :]
+    return s
 
 
 @triton.jit
@@ -330,9 +353,8 @@ def launch(x, w, y, *, w2=None, y2=None, groups=1, x_gs=0, w_gs=0, y_gs=0, epi=0
         raise ValueError("swap / gemv tiles need BN dividing 128 and BK dividing or a multiple of 128")
     if var == 2 and cfg["BM"] != 1:
         raise ValueError("the gemv variant takes one row per program (BM 1)")
-    if config is None:
-        fit_shared_memory(cfg, 1 if act_quant else x.element_size(), data.element_size(), w2 is not None,
-                          norm_weight is not None)
+    fit_shared_memory(cfg, 1 if act_quant else x.element_size(), data.element_size(), w2 is not None,
+                      norm_weight is not None)  # explicit configs too: no launch may exceed the budget
     split = cfg["SPLIT_K"]
     k_step = max(cfg["BK"], 128)
     k_per = triton.cdiv(triton.cdiv(k, split), k_step) * k_step
@@ -353,7 +375,10 @@ def launch(x, w, y, *, w2=None, y2=None, groups=1, x_gs=0, w_gs=0, y_gs=0, epi=0
     kw = dict(BM=cfg["BM"], BN=cfg["BN"], BK=cfg["BK"], GROUP_M=cfg["GROUP_M"], SPLIT_K=split, ACT_FP8=act_quant,
               DOT_T=dot_t, DOT_F32=dot_f32, WFMT=wfmt, DUAL=w2 is not None, EPI=epi, ROUND=round_out,
               NORM_IN=norm_weight is not None, VAR=var, GEMV_STAGES=cfg["num_stages"] if var == 2 else 1,
+              PREFETCH=0 if interp else cfg.get("PREFETCH", 0), PDL=bool(cfg.get("PDL")) and not interp,
               num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if kw["PDL"]:
+        kw["launch_pdl"] = True
     grid = (tiles, split, groups)
     if dry_run:
         return grid, args, kw
