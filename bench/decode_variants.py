@@ -1,14 +1,15 @@
 """Kernel-variant sweeps for the weight-streaming (decode) paths and MXFP4 prefill, registered into
 bench/kernels.py: `python bench/kernels.py --only moe_fp4_modes,fp8_linear_sweep`.
 
-moe_fp4_modes     MXFP4 experts through each kernel variant (common.FP4_MODES: "interleave" = nibble
+moe_fp4_modes     MXFP4 experts through each grouped-GEMM kernel variant (decode_kernel=False; the swapped
+                  decode kernel is bench/moe_entries.py's moe_decode_fp4) (common.FP4_MODES: "interleave" = nibble
                   interleave, "interleave_asm" = the same tiles with the packed PTX conversion, "split" =
                   even/odd dots with the packed PTX conversion): decode batch 1/8/64/256 (uniform
                   routing, 8 routings per CUDA graph, GB/s over touched expert bytes) with a tile sweep,
                   prefill 4K/16K tokens.
 fp8_linear_sweep  FP8 block linear at the V4-Flash dense shapes, M = 1/64, over a tile/split-K grid
                   (pick_config's decode rules come from it).
-moe_profile       per-kernel CUDA time of one MXFP4 MoE decode call (torch.profiler).
+moe_profile       per-kernel CUDA time of one MXFP4 MoE decode call (torch.profiler), grouped-GEMM variants.
 topk_sweep        radix top-k kernel variants (in-register vs streaming rows, warps, chunk size).
 moe_act8          MoE prefill with FP8 activations (act_quant) vs bf16 activations.
 """
@@ -39,7 +40,7 @@ def install(register, bench_ms):
         def call(sets, mode, c=None):
             def run():
                 for x, w, ids in sets:
-                    tm.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0, c, c, fp4_mode=mode)
+                    tm.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0, c, c, fp4_mode=mode, decode_kernel=False)
             return run
 
         # correctness of each mode against the twin on one routing before timing it
@@ -48,7 +49,7 @@ def install(register, bench_ms):
         want = ref_moe(x, ws[0], ws[1], ws[2], w, ids, 10.0)
         for mode in ("split", "interleave", "interleave_asm"):
             try:
-                got = tm.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0, fp4_mode=mode)
+                got = tm.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0, fp4_mode=mode, decode_kernel=False)
                 rel = ((got - want).norm() / want.norm()).item()
                 ctx.emit(bench="moe_fp4_check", mode=mode, rel_err=rel)
             except Exception as ex:  # noqa: BLE001
@@ -130,7 +131,8 @@ def install(register, bench_ms):
             for mode in ("interleave", "interleave_asm", "split"):
                 def run():
                     for x, w, ids in sets:
-                        tm.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0, fp4_mode=mode)
+                        tm.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0, fp4_mode=mode,
+                                       decode_kernel=False)
                 run()
                 torch.cuda.synchronize()
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:

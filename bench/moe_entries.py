@@ -2,9 +2,10 @@
 
 moe_decode_fp4   MXFP4 experts, uniform routing, batch 1 / 8 / 64 / 256 (8 routings per CUDA graph, as
                  the "moe" entry), % of HBM over touched expert bytes: the dispatched path
-                 (`kernels.moe_experts`), the issue-6 kernel (`triton.moe.moe_experts`, "interleave") and the
-                 swapped-operand decode kernel (`triton.moe_decode`) over a few tile configs; each variant's
-                 relative error against the twin first. V4_MOE_BENCH_CFGS=quick limits the sweep.
+                 (`kernels.moe_experts`: the swapped-operand kernel `triton.moe_decode` at these shapes),
+                 the issue-6 grouped GEMM ("interleave", the kernel before) and the swapped kernel over a
+                 tile sweep; each variant's relative error against the twin first.
+                 V4_MOE_BENCH_CFGS=quick: dispatched path and the kernel before only (a short run).
 """
 
 from __future__ import annotations
@@ -13,33 +14,20 @@ import os
 
 import torch
 
-# (name, BT, BN, BK, warps, stages, WORDS); ALIGNED: both at <= 48 pairs, else the aligned layout
-SWAP_CFGS = (("words_bn64_bk128_s4", 16, 64, 128, 4, 4, True), ("words_bn64_bk128_w2_s4", 16, 64, 128, 2, 4, True),
-             ("words_bn32_bk128_w2_s4", 16, 32, 128, 2, 4, True), ("words_bn128_bk128_s3", 16, 128, 128, 4, 3, True),
-             ("words_bn128_bk128_s3_w8", 16, 128, 128, 8, 3, True), ("words_bn64_bk128_s6", 16, 64, 128, 4, 6, True),
-             ("bytes_bn64_bk128_s4", 16, 64, 128, 4, 4, False))
-PDL_CFGS = (("words_bn64_bk128_s4", 16, 64, 128, 4, 4, 1), ("words_bn64_bk128_w2_s4", 16, 64, 128, 2, 4, 1))
-# (name, BT, BN, BK, warps, stages, gate/up SPLIT_K, down SPLIT_K)
-SPLIT_CFGS = (("words_bn64_bk128_s4_sk1x2", 16, 64, 128, 4, 4, 1, 2), ("words_bn64_bk128_w2_s4_sk1x2", 16, 64, 128, 2, 4, 1, 2),
-              ("words_bn64_bk128_s4_sk2x2", 16, 64, 128, 4, 4, 2, 2), ("words_bn64_bk128_w2_s4_sk2x2", 16, 64, 128, 2, 4, 2, 2),
-              ("words_bn64_bk128_w2_s4_sk4x2", 16, 64, 128, 2, 4, 4, 2))
+# (name, BT, BN, BK, warps, stages): 2 warps = mma.sync, 4-8 warps with BN >= 64 = wgmma
+SWAP_CFGS = (("bn64_w2_s4", 16, 64, 128, 2, 4), ("bn128_w4_s3", 16, 128, 128, 4, 3), ("bn64_w4_s4", 16, 64, 128, 4, 4),
+             ("bn32_w2_s4", 16, 32, 128, 2, 4), ("bn128_w8_s3", 16, 128, 128, 8, 3))
 BATCHES = (1, 8, 64, 256)
 
 
-def swap_variants(p: int, quick: bool = False):
-    """(tag, gate/up config, down config) of the swapped kernel's sweep at p (token, slot) pairs."""
+def swap_variants(p: int):
+    """(tag, config) of the swapped kernel's sweep at p (token, slot) pairs: both token layouts at <= 48
+    pairs (one tile per pair / moe_align blocks), the aligned layout above."""
     out = []
-    for name, bt, bn, bk, nw, st, words in SWAP_CFGS[:2 if quick else None]:
+    for name, bt, bn, bk, nw, st in SWAP_CFGS:
         for aligned in ((False, True) if p <= 48 else (True,)):
-            c = dict(BT=bt, BN=bn, BK=bk, num_warps=nw, num_stages=st, ALIGNED=aligned, WORDS=words)
-            out.append((f"swap_{name}" + ("_al" if aligned else "_pair"), c, c))
-    if p <= 48 and not quick:  # K split over programs (few pairs: few programs)
-        for name, bt, bn, bk, nw, st, sk1, sk2 in SPLIT_CFGS:
-            c = dict(BT=bt, BN=bn, BK=bk, num_warps=nw, num_stages=st, ALIGNED=False, WORDS=True)
-            out.append((f"swap_{name}_pair", dict(c, SPLIT_K=sk1), dict(c, SPLIT_K=sk2)))
-    for name, bt, bn, bk, nw, st, sk in PDL_CFGS:  # down launch with PDL (+ L2 prefetch of its weights)
-        c = dict(BT=bt, BN=bn, BK=bk, num_warps=nw, num_stages=st, ALIGNED=p > 48, WORDS=True, PDL=1)
-        out.append((f"swap_{name}_pdl" + ("_al" if p > 48 else "_pair"), c, dict(c, SPLIT_K=sk)))
+            c = dict(BT=bt, BN=bn, BK=bk, num_warps=nw, num_stages=st, ALIGNED=aligned)
+            out.append((f"swap_{name}" + ("_al" if aligned else "_pair"), c))
     return out
 
 
@@ -58,13 +46,12 @@ def install(register, bench_ms):
         quick = os.environ.get("V4_MOE_BENCH_CFGS", "") == "quick"
 
         def variants(n):
-            p = n * K.TOPK
             out = [("dispatch", lambda x, w, ids: kernels.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0)),
                    ("interleave", lambda x, w, ids: tm.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0,
                                                                     decode_kernel=False))]
-            for tag, c1, c2 in swap_variants(p, quick):
-                out.append((tag, lambda x, w, ids, c1=c1, c2=c2: md.moe_experts_decode(x, ws[0], ws[1], ws[2], w, ids,
-                                                                                        10.0, c1, c2)))
+            for tag, c in ([] if quick else swap_variants(n * K.TOPK)):
+                out.append((tag, lambda x, w, ids, c=c: md.moe_experts_decode(x, ws[0], ws[1], ws[2], w, ids, 10.0,
+                                                                               c, c)))
             return out
 
         for n in BATCHES:
