@@ -154,3 +154,4 @@ def test_moe_decode_graph_gpu(n):
         torch.cuda.synchronize()
         want = ref.moe_experts(x, w1, w3, w2, weights, ids, 10.0)
         assert _rel(out, want) < 1.5e-2, (seed, _rel(out, want))
+
