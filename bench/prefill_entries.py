@@ -48,7 +48,7 @@ def install(register, bench_ms):
     def bench_mhc(ctx):
         import kernels.triton.mhc as tm
         mods = [("new", tm)] + ([("old", m)] if (m := _old("PREFILL_OLD_MHC")) else [])
-        for n in (1, 64, 256, 1024, 8192):
+        for n in (8192, 1, 64, 256, 1024):
             g = torch.Generator(device="cuda").manual_seed(n)
             x, fn, base, scale, w, o, post, comb = _streams(n, g)
             # bytes of hc_post_pre: read X, o; write X'; the finish pass reads X' and writes u
