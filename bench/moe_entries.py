@@ -5,7 +5,8 @@ moe_decode_fp4   MXFP4 experts, uniform routing, batch 1 / 8 / 64 / 256 (8 routi
                  (`kernels.moe_experts`: the swapped-operand kernel `triton.moe_decode` at these shapes),
                  the issue-6 grouped GEMM ("interleave", the kernel before) and the swapped kernel over a
                  tile sweep; each variant's relative error against the twin first.
-                 V4_MOE_BENCH_CFGS=quick: dispatched path and the kernel before only (a short run).
+                 V4_MOE_BENCH_CFGS=quick: the dispatched path, plus the register-capped tiles at B >= 64
+                 (a short run, ~25 s).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ import torch
 # (name, BT, BN, BK, warps, stages): 2 warps = mma.sync, 4-8 warps with BN >= 64 = wgmma
 SWAP_CFGS = (("bn64_w2_s4", 16, 64, 128, 2, 4), ("bn128_w4_s3", 16, 128, 128, 4, 3), ("bn64_w4_s4", 16, 64, 128, 4, 4),
              ("bn32_w2_s4", 16, 32, 128, 2, 4), ("bn128_w8_s3", 16, 128, 128, 8, 3))
+# register-capped tiles (more programs per SM; first measured in the 2026-12-02 final run) and their
+# uncapped control, B >= 64
+CAPPED_CFGS = (("bn64_w2_s3", dict(BT=16, BN=64, BK=128, num_warps=2, num_stages=3)),
+               ("bn64_w2_s3_reg168", dict(BT=16, BN=64, BK=128, num_warps=2, num_stages=3, maxnreg=168)),
+               ("bn64_w2_s3_reg128", dict(BT=16, BN=64, BK=128, num_warps=2, num_stages=3, maxnreg=128)))
 BATCHES = (1, 8, 64, 256)
 
 
@@ -46,10 +52,12 @@ def install(register, bench_ms):
         quick = os.environ.get("V4_MOE_BENCH_CFGS", "") == "quick"
 
         def variants(n):
-            out = [("dispatch", lambda x, w, ids: kernels.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0)),
-                   ("interleave", lambda x, w, ids: tm.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0,
-                                                                    decode_kernel=False))]
-            for tag, c in ([] if quick else swap_variants(n * K.TOPK)):
+            out = [("dispatch", lambda x, w, ids: kernels.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0))]
+            if not quick:
+                out.append(("interleave", lambda x, w, ids: tm.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0,
+                                                                           decode_kernel=False)))
+            extra = [] if n < 64 else [(f"swap_{name}_al", dict(c, ALIGNED=True)) for name, c in CAPPED_CFGS]
+            for tag, c in extra + ([] if quick else swap_variants(n * K.TOPK)):
                 out.append((tag, lambda x, w, ids, c=c: md.moe_experts_decode(x, ws[0], ws[1], ws[2], w, ids, 10.0,
                                                                                c, c)))
             return out

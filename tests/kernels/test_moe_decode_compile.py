@@ -15,8 +15,8 @@ import torch
 
 
 def compile_decode_kernels() -> int:
-    """Compile both launches of every shipped decode_config for sm_90 (Triton frontend + the bundled ptxas,
-    no GPU), with the 16-byte divisibility the launcher's arguments get at run time."""
+    """Compile both launches of every shipped decode_config, the fallback conversion and a register-capped
+    bench tile for sm_90 (no GPU), with the 16-byte divisibility the launcher's arguments get at run time."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -29,8 +29,10 @@ def compile_decode_kernels() -> int:
     ints = ("N", "K", "P", "stride_am", "stride_be", "stride_bn", "stride_se", "stride_sn", "stride_om", "ZERO_PER",
             "ZERO_N")
     n = 0
-    for pairs, use_asm in ((6, True), (48, True), (384, True), (384, False)):  # False: scale bytes > 128
-        cfg = md.decode_config(pairs)
+    cases = [(md.decode_config(p), True) for p in (6, 48, 384)]
+    cases += [(md.decode_config(384), False),  # scale bytes > 128: the fallback conversion
+              (dict(md.decode_config(384), num_stages=3, maxnreg=168), True)]  # a register-capped bench tile
+    for cfg, use_asm in cases:
         for gate_up in (True, False):
             sig = dict(ptrs, limit="fp32", **{k: "i32" for k in ints})
             if not gate_up:
@@ -43,7 +45,8 @@ def compile_decode_kernels() -> int:
             src = ASTSource(fn=fn, signature=full, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
                             attrs={(i,): [["tt.divisibility", 16]] for i in div})
             k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                               options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
+                               options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
+                                        **({"maxnreg": cfg["maxnreg"]} if "maxnreg" in cfg else {})})
             assert k.asm["cubin"] and ("mul.rn.bf16x2" in k.asm["ptx"]) == use_asm
             n += 1
     return n
@@ -54,9 +57,10 @@ def test_moe_decode_compiles_for_sm90():
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-    code = "from tests.kernels.test_moe_decode_compile import compile_decode_kernels; print('COMPILED', compile_decode_kernels())"
+    code = ("from tests.kernels.test_moe_decode_compile import compile_decode_kernels; "
+            "print('COMPILED', compile_decode_kernels())")
     p = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     if p.returncode and "ptxas" in p.stderr and "not found" in p.stderr.lower():
         pytest.skip("no ptxas in this Triton install")
     assert p.returncode == 0, p.stderr[-3000:]
-    assert int(p.stdout.split("COMPILED")[-1]) == 8
+    assert int(p.stdout.split("COMPILED")[-1]) == 10
