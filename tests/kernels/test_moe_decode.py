@@ -77,15 +77,18 @@ def _flash_experts():
 @pytest.mark.parametrize("mode", ["uniform", "skewed", "empty"])
 @pytest.mark.parametrize("n", [1, 4, 8, 64, 256])
 def test_moe_decode_gpu(mode, n):
-    """Every shipped tile config (decode_config at 6 / 48 / 384 pairs) at each batch and routing."""
+    """Both shipped configs (decode_config: one tile per pair / moe_align blocks) and the 4-warp wgmma tile at
+    each batch and routing."""
     import kernels.triton.moe_decode as md
     w1, w3, w2 = _flash_experts()
     torch.manual_seed(n)
     x = torch.randn(n, 4096, device="cuda").bfloat16()
     weights, ids = _routing(n, mode, n)
     want = ref.moe_experts(x, w1, w3, w2, weights, ids, 10.0)
-    cfgs = [md.decode_config(p) for p in (6, 48, 384)]
-    for cfg in cfgs if n <= 8 else cfgs[2:]:
+    cfgs = [md.decode_config(384), dict(BT=16, BN=128, BK=128, num_warps=4, num_stages=3, ALIGNED=True)]
+    if n <= 8:
+        cfgs.append(md.decode_config(6))
+    for cfg in cfgs:
         got = md.moe_experts_decode(x, w1, w3, w2, weights, ids, 10.0, cfg, cfg)
         torch.cuda.synchronize()
         assert torch.isfinite(got).all()

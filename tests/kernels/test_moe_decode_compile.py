@@ -29,7 +29,8 @@ def compile_decode_kernels() -> int:
     ints = ("N", "K", "P", "stride_am", "stride_be", "stride_bn", "stride_se", "stride_sn", "stride_om", "ZERO_PER",
             "ZERO_N")
     n = 0
-    cases = [(md.decode_config(p), True) for p in (6, 48, 384)]
+    cases = [(md.decode_config(p), True) for p in (6, 384)]
+    cases.append((dict(BT=16, BN=128, BK=128, num_warps=4, num_stages=3, ALIGNED=True), True))  # wgmma tile
     cases += [(md.decode_config(384), False),  # scale bytes > 128: the fallback conversion
               (dict(md.decode_config(384), num_stages=3, maxnreg=168), True)]  # a register-capped bench tile
     for cfg, use_asm in cases:
