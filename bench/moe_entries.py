@@ -5,6 +5,7 @@ moe_decode_fp4   MXFP4 experts, uniform routing, batch 1 / 8 / 64 / 256 (8 routi
                  (`kernels.moe_experts`: the swapped-operand kernel `triton.moe_decode` at these shapes),
                  the issue-6 grouped GEMM ("interleave", the kernel before) and the swapped kernel over a
                  tile sweep; each variant's relative error against the twin first.
+                 Then the dispatched call's per-kernel CUDA time at batch 1 and 64 (torch.profiler).
                  V4_MOE_BENCH_CFGS=quick: the dispatched path, plus the register-capped tiles at B >= 64
                  (a short run, ~25 s).
 """
@@ -81,5 +82,23 @@ def install(register, bench_ms):
                              GBps=gbps, pct_hbm=100 * gbps / ctx.hbm_gbps, rel_err=rel)
                 except Exception as ex:  # noqa: BLE001
                     ctx.emit(bench="moe_decode_fp4", variant=tag, batch=n, error=repr(ex)[:300])
+        # where the dispatched call's time goes: per-kernel CUDA time (torch.profiler), batch 1 and 64
+        from torch.profiler import ProfilerActivity, profile
+        for n in (1, 64):
+            sets = K._routings(n, "uniform", R)
+
+            def call(sets=sets):
+                for x, w, ids in sets:
+                    kernels.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0)
+            call()
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    call()
+                torch.cuda.synchronize()
+            for ev in prof.key_averages():
+                if ev.device_type.name == "CUDA" and ev.count:
+                    ctx.emit(bench="moe_decode_fp4_profile", batch=n, kernel=ev.key[:60],
+                             us_per_call=ev.device_time_total / (5 * R), launches_per_call=ev.count / (5 * R))
         del ws
         torch.cuda.empty_cache()
