@@ -22,7 +22,7 @@ Synthetic weights make acceptance meaningless, so this measures costs: B greedy 
                 accept / rowlog_restore / mtp_catchup / mtp_head / mtp_chain*..., each captured alone and
                 replayed on an all-padding batch of random tokens (short context); plain_sections_ms the
                 same for the plain decode graph (decode.forward / head)
-  lm_head       device ms of the LM head + argmax at B rows (as a draft pass runs it): the resident bf16 head
+  lm_head       (--head-costs) device ms of the LM head + argmax at B rows (as a draft pass runs it): the resident bf16 head
                 vs an FP8 block-scaled copy (what an FP8 draft head would save per MTP pass)
   projected_43  a PROJECTION, not a measurement: the ratio at V4-Flash's 43 layers, from the measured
                 per-layer forward times (plain decode.forward / L, verify.forward / L) -- the main forward
@@ -188,7 +188,11 @@ def main(argv=None):
     ap.add_argument("--blocks", type=int, default=256)
     ap.add_argument("--budget", type=int, default=8192)
     ap.add_argument("--eager-spec", action="store_true", help="speculative steps without their CUDA graphs")
+    ap.add_argument("--spec-graphs", choices=("greedy", "all"), default="greedy",
+                    help="speculative graphs to capture (greedy: the one-graph greedy path the benchmark's greedy "
+                         "requests take; all: + verify/draft, as the engine does)")
     ap.add_argument("--cpu-graphs", action="store_true", help=argparse.SUPPRESS)  # CPU smoke test of the graph path
+    ap.add_argument("--head-costs", action="store_true", help="also time the LM head + argmax, bf16 vs FP8")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the step breakdown and section profile")
     ap.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only to smoke-test the script")
     args = ap.parse_args(argv)
@@ -198,8 +202,13 @@ def main(argv=None):
     model_dir = ensure_checkpoint(args)
 
     def spec_engine(k, cached):
-        return build(args, model_dir, args.kv, {"method": "mtp", "num_speculative_tokens": k}, cached,
-                     eager=args.eager_spec)
+        # graphs captured here, for the measured batch sizes only (start-up time): greedy requests need the
+        # one-graph greedy path; --spec-graphs all also captures verify + draft (the engine default)
+        eng = build(args, model_dir, args.kv, {"method": "mtp", "num_speculative_tokens": k}, cached, eager=True)
+        if not args.eager_spec and eng.device.type == "cuda":
+            eng.spec.enable_graphs(buckets=args.batch_list,
+                                   names=None if args.spec_graphs == "all" else ("greedy",))
+        return eng
 
     first = spec_engine(ks[0], None)  # loads the weights (incl. the MTP block) once
     model = first.model
@@ -212,12 +221,6 @@ def main(argv=None):
         if pg is not None and not args.no_breakdown:
             rows[B]["plain_sections_ms"] = pg.time_sections(pg.bucket_for(B))
     del plain_eng, pg
-    if not args.no_breakdown:
-        try:
-            results["lm_head"] = head_costs(model, args.batch_list)
-        except Exception as e:  # noqa: BLE001 - a side measurement
-            results["lm_head"] = {"error": repr(e)[:300]}
-        log({"lm_head": results["lm_head"]})
     for k in ks:
         eng = first if k == ks[0] else spec_engine(k, model)
         sd = eng.spec
@@ -275,6 +278,13 @@ def main(argv=None):
         torch.cuda.empty_cache() if torch.cuda.is_available() else None
     for B in args.batch_list:
         results["batches"][str(B)] = rows[B]
+    if args.head_costs:
+        try:
+            results["lm_head"] = head_costs(model, args.batch_list)
+        except Exception as e:  # noqa: BLE001 - a side measurement
+            results["lm_head"] = {"error": repr(e)[:300]}
+        log({"lm_head": results["lm_head"]})
+
     log({"bench": "spec", **results})
 
 

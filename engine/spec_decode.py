@@ -86,14 +86,15 @@ class SpecDecoder:
                 log.warning("speculative CUDA graphs unavailable, verify steps run eagerly: %s", e)
                 self.graphs = None
 
-    def enable_graphs(self, capture: bool | None = None, buckets: list[int] | None = None) -> None:
-        """Build (and on CUDA capture) the pure-decode verify/draft graphs (capture=False: the same static
-        buffers run eagerly, CPU tests)."""
+    def enable_graphs(self, capture: bool | None = None, buckets: list[int] | None = None,
+                      names: tuple[str, ...] | None = None) -> None:
+        """Build (and on CUDA capture) the pure-decode graphs (capture=False: the same static buffers run
+        eagerly, CPU tests; names: a subset of greedy / verify + draft, default all)."""
         from .spec_decode_graphs import SpecGraphs
 
         self.graphs = SpecGraphs(self.model, self.kv, self.mtp_state, self.device, k=self.k,
                                  max_num_seqs=self.max_num_seqs, max_model_len=self.max_model_len,
-                                 valid_vocab=self.valid_vocab, capture=capture, buckets=buckets)
+                                 valid_vocab=self.valid_vocab, capture=capture, buckets=buckets, names=names)
         self.graphs.capture()
 
     def check_integrity(self, eng) -> None:

@@ -54,7 +54,8 @@ def graph_step(spec, eng, sched: SchedulerOutput, states, want_prompt: list[bool
     if tm is not None:
         tm.host("plan")
         tm.event("v0")
-    if all(plain_greedy(st.params, c.seq) and st.params.logprobs is None for st, c in zip(states, chunks)):
+    if g.captures("greedy") and all(plain_greedy(st.params, c.seq) and st.params.logprobs is None
+                                    for st, c in zip(states, chunks)):
         # greedy acceptance on the device: verify + accept + draft in one graph, one device -> host copy
         am, acc, new = g.verify_greedy(ids, pos, slots, tables, [len(drafts.get(i, ())) for i in range(len(chunks))],
                                        timer=tm)

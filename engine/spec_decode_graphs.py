@@ -57,9 +57,14 @@ class SpecGraphs(BucketGraphs):
     graph_names = ("verify", "draft", "greedy")
 
     def __init__(self, model, kv, mtp_state: dict, device: torch.device, *, k: int, max_num_seqs: int,
-                 max_model_len: int, valid_vocab: int, capture: bool | None = None, buckets: list[int] | None = None):
+                 max_model_len: int, valid_vocab: int, capture: bool | None = None, buckets: list[int] | None = None,
+                 names: tuple[str, ...] | None = None):
         if kv.pad_slot is None:
             raise ValueError("speculative CUDA graphs need the cache manager's padding row")
+        if names is not None:  # capture only these (bench: "greedy"); the others' sections run eagerly
+            if not names or set(names) - set(self.graph_names) or ("draft" in names) != ("verify" in names):
+                raise ValueError(f"graph names must be 'greedy' and/or the pair 'verify', 'draft', got {names}")
+            self.graph_names = tuple(n for n in type(self).graph_names if n in names)
         self.model, self.kv, self.mtp_state, self.k = model, kv, mtp_state, k
         self.q = q = k + 1
         self._init_buckets(device, max_num_seqs, capture, buckets)
@@ -120,6 +125,10 @@ class SpecGraphs(BucketGraphs):
             return self._draft_sections(bk, out)
         acc, res = self._greedy_sections(bk, out)
         return self._verify_sections(bk, out) + acc + self._draft_sections(bk, out)[1:] + res
+
+    def captures(self, name: str) -> bool:
+        """Graph `name` replays (or, capture off, its static-buffer body runs like a replay would)."""
+        return name in self.graph_names
 
     def _out(self, bk: _Bucket, name: str) -> dict:
         return bk.gout if name == "greedy" else bk.out
