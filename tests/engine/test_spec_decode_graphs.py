@@ -78,6 +78,20 @@ def test_graph_step_forced_drafts(ckpt, mode):
     assert eng.kv.num_free_blocks == eng.kv.num_blocks
 
 
+def test_graph_subset(ckpt):
+    """Capturing only verify + draft: greedy rows take that path (the greedy graph is not used); a draft graph
+    without its verify graph is refused."""
+    params = greedy(10)
+    base = run(make(ckpt, BS), PROMPTS, params)
+    eng = make(ckpt, BS, 2)
+    eng.spec.enable_graphs(capture=False, buckets=[1, 2, 4], names=("verify", "draft"))
+    out = run(eng, PROMPTS, params)
+    assert {r: o.outputs[0].token_ids for r, o in out.items()} == {r: o.outputs[0].token_ids for r, o in base.items()}
+    assert eng.spec.graphs.num_steps > 0 and eng.spec.graphs.num_greedy_steps == 0
+    with pytest.raises(ValueError, match="graph names"):
+        eng.spec.enable_graphs(capture=False, buckets=[1], names=("draft",))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("extra", [{}, {"logprobs": 1}])
