@@ -4,6 +4,8 @@ Run without TRITON_INTERPRET. Used by the shared-memory check and for reading re
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -41,3 +43,81 @@ def meta_operands(m, n, k, x_dtype=torch.bfloat16, w_dtype="fp8", groups=1, dual
                                            device=dev), "fp8")
         return torch.empty(groups * n, k, dtype=w_dtype, device=dev)
     return x, weight(), (weight() if dual else None), y
+
+
+# ---- every launch of the V4-Flash shapes x paths (tests/kernels/test_fp8_linear_smem.py) ---------------
+FLASH = {"wq_a": (1024, 4096), "wq_b": (32768, 1024), "wkv": (512, 4096), "wo_b": (4096, 8192),
+         "idx_wq_b": (8192, 1024), "shared_w13": (2048, 4096), "shared_w2": (4096, 2048), "mtp_proj": (4096, 4096)}
+ROWS = (1, 16, 64, 200, 4096)
+
+
+def _cases():
+    """(label, launch kwargs builder) for every path at the V4-Flash shapes and decode / prefill row counts."""
+    bf, f32 = torch.bfloat16, torch.float32
+    for m in ROWS:
+        for name, (n, k) in FLASH.items():
+            x, w, _, y = meta_operands(m, n, k)
+            yield f"linear {name} m{m}", (x, w, y), {}
+        x, w, _, y = meta_operands(m, 32768, 1024)
+        yield f"norm_linear wq_b m{m}", (x, w, y), dict(norm_weight=torch.empty(1024, dtype=bf, device="meta"),
+                                                         norm_eps=1e-6)
+        x, w, _, y = meta_operands(m, 1024, 4096, groups=8)
+        yield f"grouped wo_a m{m}", (x, w, y), dict(groups=8, x_gs=4096, w_gs=1024, y_gs=1024)
+        x, w, w3, y = meta_operands(m, 2048, 4096, dual=True)
+        yield f"swiglu shared_w13 m{m}", (x, w, y), dict(w2=w3, epi=1, round_out=True, limit=10.0)
+        x, wkv, wg, kv = meta_operands(m, 1024, 4096, w_dtype=bf, dual=True, y_dtype=f32)
+        yield f"compressor bf16 m{m}", (x, wkv, kv), dict(
+            w2=wg, y2=torch.empty_like(kv), epi=2, tab=torch.empty(4, 1024, dtype=f32, device="meta"),
+            idx=torch.empty(m, dtype=torch.int64, device="meta"))
+        x, wg, _, yg = meta_operands(m, 256, 4096, w_dtype=bf, y_dtype=f32)
+        yield f"router fp32-out m{m}", (x, wg, yg), {}
+        x, w, _, y = meta_operands(m, 4096, 4096)
+        yield f"act_quant mtp_proj m{m}", (x, w, y), dict(act_quant=True)
+    # decode variants forced on every path (swap / GEMV, K steps 128..1024, L2 prefetch, PDL)
+    variants = [dict(BM=16, BN=64, BK=128, GROUP_M=1, num_warps=4, num_stages=4, SPLIT_K=2, VAR=1),
+                dict(BM=16, BN=64, BK=256, GROUP_M=1, num_warps=4, num_stages=3, SPLIT_K=1, VAR=1, PREFETCH=8),
+                dict(BM=64, BN=128, BK=128, GROUP_M=1, num_warps=4, num_stages=3, SPLIT_K=2, VAR=1, PDL=True),
+                dict(BM=1, BN=32, BK=128, GROUP_M=1, num_warps=4, num_stages=3, SPLIT_K=1, VAR=2),
+                dict(BM=1, BN=8, BK=512, GROUP_M=1, num_warps=4, num_stages=3, SPLIT_K=2, VAR=2, PREFETCH=8,
+                     PDL=True)]
+    for i, c in enumerate(variants):
+        m = c["BM"]
+        x, w, _, y = meta_operands(m, 4096, 4096)
+        yield f"variant{i} linear", (x, w, y), dict(config=c)
+        x, w, _, y = meta_operands(m, 1024, 4096, groups=8)
+        yield f"variant{i} grouped", (x, w, y), dict(groups=8, x_gs=4096, w_gs=1024, y_gs=1024, config=c)
+        x, w, w3, y = meta_operands(m, 2048, 4096, dual=True)
+        yield f"variant{i} swiglu", (x, w, y), dict(w2=w3, epi=1, round_out=True, limit=10.0, config=c)
+        x, w, _, y = meta_operands(m, 32768, 1024)
+        yield f"variant{i} norm_linear", (x, w, y), dict(norm_weight=torch.empty(1024, dtype=bf, device="meta"),
+                                                          norm_eps=1e-6, config=c)
+        x, wkv, wg, kv = meta_operands(m, 1024, 4096, w_dtype=bf, dual=True, y_dtype=f32)
+        yield f"variant{i} compressor", (x, wkv, kv), dict(
+            w2=wg, y2=torch.empty_like(kv), epi=2, tab=torch.empty(4, 1024, dtype=f32, device="meta"),
+            idx=torch.empty(m, dtype=torch.int64, device="meta"), config=c)
+    # fp32 activations (the fp32 model of the tests): the launch that asked for 247,296 B
+    x, w, _, y = meta_operands(200, 256, 32, x_dtype=f32)
+    yield "norm_linear fp32 m200", (x, w, y), dict(norm_weight=torch.empty(32, dtype=f32, device="meta"),
+                                                   norm_eps=1e-6)
+
+
+def _compile_one(item):
+    label, (x, w, y), kw = item
+    k = compile_launch(x, w, y, **kw)
+    return label, k.metadata.shared
+
+
+def compiled_shared() -> list:
+    """[(label, shared bytes)] of every distinct launch of _cases (deduplicated by kernel signature)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from kernels.triton import fp8_linear as fl
+    seen, todo = set(), []
+    for label, ops, kw in _cases():
+        grid, args, kkw = fl.launch(*ops, dry_run=True, **kw)
+        key = (tuple(kkw.items()), tuple(getattr(a, "dtype", None) for a in args[:11]))
+        if key not in seen:
+            seen.add(key)
+            todo.append((label, ops, kw))
+    with ProcessPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as ex:
+        return list(ex.map(_compile_one, todo))
