@@ -6,7 +6,7 @@
 Synthetic weights make acceptance meaningless, so this measures costs: B greedy requests decode
 (--in-len prompt, ignore_eos) and the median wall time of LLMEngine.step() is taken once all B decode:
   plain_graph   the default engine (CUDA-graph decode, async scheduling) -- what speculation competes with
-  plain_eager   the speculative engine's own loop with speculation switched off (eager, synchronous)
+  plain_eager   (--plain-eager) the speculative engine's own loop with speculation off (eager, synchronous)
   spec_k        a speculative step with k drafts: verify forward of k+1 tokens per sequence, rejection
                 sampling, rollback, MTP catch-up + k-1 chained MTP passes (the MTP's own drafts: almost
                 always rejected on random weights, so every step is a full-cost step); pure-decode
@@ -192,6 +192,7 @@ def main(argv=None):
                     help="speculative graphs to capture (greedy: the one-graph greedy path the benchmark's greedy "
                          "requests take; all: + verify/draft, as the engine does)")
     ap.add_argument("--cpu-graphs", action="store_true", help=argparse.SUPPRESS)  # CPU smoke test of the graph path
+    ap.add_argument("--plain-eager", action="store_true", help="also time plain eager decode (vs_plain_eager)")
     ap.add_argument("--head-costs", action="store_true", help="also time the LM head + argmax, bf16 vs FP8")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the step breakdown and section profile")
     ap.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only to smoke-test the script")
@@ -210,50 +211,53 @@ def main(argv=None):
                                    names=None if args.spec_graphs == "all" else ("greedy",))
         return eng
 
-    first = spec_engine(ks[0], None)  # loads the weights (incl. the MTP block) once
-    model = first.model
+    order = sorted(ks, key=lambda k: (k != 2, ks.index(k)))  # the target (k = 2) first
+    engines = {order[0]: spec_engine(order[0], None)}  # loads the weights (incl. the MTP block) once
+    model = engines[order[0]].model
     plain_eng = build(args, model_dir, args.kv, None, model)
+    pg = plain_eng.runner.graphs
     L = plain_eng.model_config.num_hidden_layers
     results = {"layers": L, "kv": args.kv, "spec_graphs": not args.eager_spec, "batches": {}}
     rows = {}
+    draft_times: dict[int, list[float]] = {}
+    # batch-major, so that a run cut by a time limit has the small batches complete (k = 2 first)
     for B in args.batch_list:
-        rows[B] = {"plain_graph_ms": median_ms(timed_decode(plain_eng, B, args, "g"))}
-        log({"batch": B, "plain_graph_ms": rows[B]["plain_graph_ms"]})  # early lines survive a cut run
-    pg = plain_eng.runner.graphs
-    for B in args.batch_list:
+        row = rows[B] = {"plain_graph_ms": median_ms(timed_decode(plain_eng, B, args, "g"))}
         if pg is not None and not args.no_breakdown:
-            rows[B]["plain_sections_ms"] = pg.time_sections(pg.bucket_for(B))
-    del plain_eng, pg
-    for k in ks:
-        eng = first if k == ks[0] else spec_engine(k, model)
-        sd = eng.spec
-        draft_times: list[float] = []
-        inner = sd._draft
+            row["plain_sections_ms"] = pg.time_sections(pg.bucket_for(B))
+        log({"batch": B, **row})
+        for k in order:
+            if k not in engines:
+                engines[k] = spec_engine(k, model)
+            eng = engines[k]
+            sd = eng.spec
+            if k not in draft_times:
+                draft_times[k] = []
 
-        def timed_draft(*a, _inner=inner, _times=draft_times, **kw):
-            sync()
-            t = time.perf_counter()
-            _inner(*a, **kw)
-            sync()
-            _times.append(time.perf_counter() - t)
-        sd._draft = timed_draft  # the eager step's MTP part (the graph step's is inside its replay)
-        for B in args.batch_list:
-            row = rows[B]
-            if "plain_eager_ms" not in row:
+                def timed_draft(*a, _inner=sd._draft, _times=draft_times[k], **kw):
+                    sync()
+                    t = time.perf_counter()
+                    _inner(*a, **kw)
+                    sync()
+                    _times.append(time.perf_counter() - t)
+                sd._draft = timed_draft  # the eager step's MTP part (the graph step's is inside its replay)
+            if args.plain_eager and "plain_eager_ms" not in row:
                 eng.spec = None  # the same engine, speculation off: eager synchronous decode
                 row["plain_eager_ms"] = median_ms(timed_decode(eng, B, args, "e"))
                 eng.spec = sd
             sd.drafts.clear()
-            draft_times.clear()
+            draft_times[k].clear()
             g0 = sd.graphs.num_steps if sd.graphs is not None else 0
             gg0 = sd.graphs.num_greedy_steps if sd.graphs is not None else 0
             sd.timer = StepTimer(eng.device) if not args.no_breakdown else None
             walls = timed_decode(eng, B, args, f"s{k}")
             st = median_ms(walls)
+            dt = draft_times[k][2:]
             r = {"step_ms": st, "graph_steps": (sd.graphs.num_steps - g0) if sd.graphs is not None else 0,
-                 "eager_draft_ms": median_ms(draft_times[2:]) if draft_times[2:] else None,
-                 "vs_plain_graph": round(st / row["plain_graph_ms"], 3),
-                 "vs_plain_eager": round(st / row["plain_eager_ms"], 3)}
+                 "eager_draft_ms": median_ms(dt) if dt else None,
+                 "vs_plain_graph": round(st / row["plain_graph_ms"], 3)}
+            if "plain_eager_ms" in row:
+                r["vs_plain_eager"] = round(st / row["plain_eager_ms"], 3)
             if sd.timer is not None and sd.timer.steps:
                 bd = sd.timer.summary()
                 bd["sched_ms"] = round(st - bd.get("host_total", 0.0), 4)
@@ -270,15 +274,13 @@ def main(argv=None):
                 vf = next((v for n, v in sec.items() if n.endswith(".forward")), None)
                 if pf and vf:
                     r["projected_43"] = project(row["plain_graph_ms"], st, pf, vf, L)
+            sd.timer = None
             for a in accepts:
                 tok_s = B * a / st * 1e3
                 r[f"tok_s@{a}"] = round(tok_s, 1)
                 r[f"speedup@{a}"] = round(tok_s / (B / row["plain_graph_ms"] * 1e3), 3)
             row[f"spec_k{k}"] = r
             log({"batch": B, "k": k, **r})
-        if eng is not first:
-            del eng
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
     for B in args.batch_list:
         results["batches"][str(B)] = rows[B]
     if args.head_costs:
