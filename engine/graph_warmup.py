@@ -63,8 +63,9 @@ def precompile_buckets(graphs, workers: int | None = None, force: bool = False) 
     graphs._fill_idle(graphs.max_bs)
     top = graphs.buckets[graphs.max_bs]
     with torch.inference_mode():
+        top_out: dict = {}  # one dict: a graph may read an earlier one's outputs (speculative verify -> draft)
         for name in graphs.graph_names:
-            graphs._run_eager(top, name, {})
+            graphs._run_eager(top, name, top_out)
 
     def one(bp: int) -> None:
         bk, out = graphs.buckets[bp], {}

@@ -95,6 +95,12 @@ class SpecDecoder:
         self.graphs = SpecGraphs(self.model, self.kv, self.mtp_state, self.device, k=self.k,
                                  max_num_seqs=self.max_num_seqs, max_model_len=self.max_model_len,
                                  valid_vocab=self.valid_vocab, capture=capture, buckets=buckets, names=names)
+        try:  # every bucket's kernel variants compiled side by side first (engine/graph_warmup.py)
+            from .graph_warmup import precompile_buckets
+
+            precompile_buckets(self.graphs)
+        except Exception as e:  # noqa: BLE001 - the capture below compiles them serially instead
+            log.warning("speculative graphs: parallel pre-capture compile failed (%s); compiling serially", e)
         self.graphs.capture()
 
     def check_integrity(self, eng) -> None:

@@ -78,6 +78,35 @@ def test_graph_step_forced_drafts(ckpt, mode):
     assert eng.kv.num_free_blocks == eng.kv.num_blocks
 
 
+def test_threaded_precompile_touches_only_scratch(ckpt):
+    """engine/graph_warmup.precompile_buckets on the speculative graphs (every bucket's sections from a thread
+    pool, verify -> draft outputs shared) mid-run: real slots and blocks unchanged, same tokens after."""
+    from engine.graph_warmup import precompile_buckets
+
+    params = greedy(12)
+    base = run(make(ckpt, BS, 2), PROMPTS, params)
+    eng = graph_engine(ckpt, 2)
+    for i, p in enumerate(PROMPTS):
+        eng.add_request(str(i), p, params)
+    for _ in range(4):
+        eng.step()
+    real = [eng.kv.slot(s.seq_id) for s in eng.scheduler.running]
+    blocks = sorted({b for s in eng.scheduler.running for b in eng.kv.block_table(s.seq_id)})
+    snap = [{n: t.clone() for n, t in st.items()} for st in eng.kv.state.layers]
+    mtp = eng.spec.mtp_state["window"].clone()
+    assert precompile_buckets(eng.spec.graphs, workers=3, force=True) > 0
+    for st, old in zip(eng.kv.state.layers, snap):
+        for n, t in st.items():
+            idx = blocks if n in ("compressed", "index_keys") else real
+            assert torch.equal(t[idx], old[n][idx]), n
+    assert torch.equal(eng.spec.mtp_state["window"][real], mtp[real])
+    out = {}
+    while eng.has_unfinished():
+        for o in eng.step():
+            out[o.request_id] = o
+    assert {r: o.outputs[0].token_ids for r, o in out.items()} == {r: o.outputs[0].token_ids for r, o in base.items()}
+
+
 def test_graph_subset(ckpt):
     """Capturing only verify + draft: greedy rows take that path (the greedy graph is not used); a draft graph
     without its verify graph is refused."""
