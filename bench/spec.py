@@ -10,8 +10,9 @@ Synthetic weights make acceptance meaningless, so this measures costs: B greedy 
   spec_k        a speculative step with k drafts: verify forward of k+1 tokens per sequence, rejection
                 sampling, rollback, MTP catch-up + k-1 chained MTP passes (the MTP's own drafts: almost
                 always rejected on random weights, so every step is a full-cost step); pure-decode
-                steps replay the two speculative CUDA graphs (engine/spec_decode_graphs.py;
-                `graph_steps` counts them; --eager-spec: without)
+                steps replay the speculative CUDA graphs (engine/spec_decode_graphs.py; greedy requests:
+                the one `greedy` graph; `graph_steps` / `greedy_graph_steps` count them; --eager-spec:
+                without), captured for the --batches sizes only; k = 2 runs first, batch-major
   eager_draft_ms  of an eager spec_k step, the MTP part alone (synchronized around it)
   breakdown     median ms per segment of the graph steps (engine/spec_decode_timing.py): host segments
                 (plan, verify_fill, rejection, draft_fill, draft_wait, append, host_total) and device
@@ -22,8 +23,8 @@ Synthetic weights make acceptance meaningless, so this measures costs: B greedy 
                 accept / rowlog_restore / mtp_catchup / mtp_head / mtp_chain*..., each captured alone and
                 replayed on an all-padding batch of random tokens (short context); plain_sections_ms the
                 same for the plain decode graph (decode.forward / head)
-  lm_head       (--head-costs) device ms of the LM head + argmax at B rows (as a draft pass runs it): the resident bf16 head
-                vs an FP8 block-scaled copy (what an FP8 draft head would save per MTP pass)
+  lm_head       (--head-costs) device ms of the LM head + argmax at B rows (as a draft pass runs it): the
+                resident bf16 head vs an FP8 block-scaled copy (what an FP8 draft head would save per pass)
   projected_43  a PROJECTION, not a measurement: the ratio at V4-Flash's 43 layers, from the measured
                 per-layer forward times (plain decode.forward / L, verify.forward / L) -- the main forward
                 scales with layers, the MTP passes, LM heads and host work do not
