@@ -320,6 +320,10 @@ _install_variants(register, bench_ms)
 from bench.moe_entries import install as _install_moe  # noqa: E402  (issue 11: MXFP4 MoE decode)
 _install_moe(register, bench_ms)
 
+from bench.prefill_entries import install as _install_prefill  # noqa: E402  (mHC mix, moe_align, MoE prefill)
+
+_install_prefill(register, bench_ms)
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
