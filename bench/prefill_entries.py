@@ -4,8 +4,8 @@ the token->expert alignment (`moe_align`: 8,192 x top-6 and decode sizes) and th
 (`moe_prefill`: fused MXFP4 kernel vs dequantize + torch grouped GEMM, 4K / 16K tokens). Registered into
 bench/kernels.py's REGISTRY by `install(register, bench_ms)`.
 
-A previous version of a kernel module can be timed next to the current one: `PREFILL_OLD_MHC=path.py`
-(a copy of an older kernels/triton/mhc.py) and `PREFILL_OLD_ROUTING=path.py` add "old" rows.
+A previous version of the mHC module can be timed next to the current one: `PREFILL_OLD_MHC=path.py` (a copy
+of an older kernels/triton/mhc.py) adds "old" rows.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def install(register, bench_ms):
     def bench_mhc(ctx):
         import kernels.triton.mhc as tm
         mods = [("new", tm)] + ([("old", m)] if (m := _old("PREFILL_OLD_MHC")) else [])
-        for n in (8192, 1, 64, 256, 1024):
+        for n in (8192, 2048, 512):  # the prefill kernel (mhc.PREFILL_ROWS = 512 and up)
             g = torch.Generator(device="cuda").manual_seed(n)
             x, fn, base, scale, w, o, post, comb = _streams(n, g)
             # bytes of hc_post_pre: read X, o; write X'; the finish pass reads X' and writes u
@@ -63,14 +63,21 @@ def install(register, bench_ms):
             xo, part, sq, split = tm._mix(x, fn, o, post, comb)
             us = us_of(lambda: tm._finish(xo, part, sq, split, base, scale, w, 20, 1e-6, 1e-6, False))
             ctx.emit(bench="mhc_finish_kernel", rows=n, split=split, us=us, TBps=n * HC * D * 2 * 1.25 / us / 1e6)
-            if n >= 1024:
-                for warps, br in ((4, 1), (8, 1), (8, 2), (4, 2)):
+            if n == 8192:  # before: the decode kernel at prefill rows (what ran for every M until 2026-12-02)
+                keep, tm.PREFILL_ROWS = tm.PREFILL_ROWS, 1 << 40
+                try:
+                    us = us_of(lambda: tm._mix(x, fn, o, post, comb))
+                    ctx.emit(bench="mhc_mix_kernel", impl="decode_kernel", rows=n, us=us,
+                             TBps=n * HC * D * 2 * 2.25 / us / 1e6)
+                finally:
+                    tm.PREFILL_ROWS = keep
+                for warps, br in ((4, 1), (8, 2)):
                     us = us_of(lambda: tm._finish(xo, part, sq, split, base, scale, w, 20, 1e-6, 1e-6, False, warps,
                                                   br))
                     ctx.emit(bench="mhc_finish_sweep", rows=n, warps=warps, rows_per_program=br, us=us,
                              TBps=n * HC * D * 2 * 1.25 / us / 1e6)
             if n == 8192:
-                for cfg in ((64, 64, 8, 1, True), (64, 32, 4, 2, True), (128, 32, 8, 2, True), (32, 64, 4, 2, True)):
+                for cfg in ((64, 32, 4, 2, True), (128, 32, 8, 2, True)):
                     try:
                         us = us_of(lambda: tm._mix(x, fn, o, post, comb, cfg=cfg))
                         ctx.emit(bench="mhc_mix_sweep", rows=n, cfg=list(cfg), us=us,
@@ -83,13 +90,12 @@ def install(register, bench_ms):
     @register("moe_align")
     def bench_align(ctx):
         import kernels.triton.routing as tr
-        mods = [("new", tr)] + ([("old", m)] if (m := _old("PREFILL_OLD_ROUTING")) else [])
-        for n, bm in ((1, 16), (64, 16), (256, 64), (8192, 128), (16384, 128)):
+        for n, bm in ((8192, 128), (16384, 128), (1, 16), (64, 16), (256, 64)):
             g = torch.Generator(device="cuda").manual_seed(n)
             ids = torch.topk(torch.randn(n, E, device="cuda", generator=g), TOPK, dim=-1).indices.to(torch.int32)
-            for tag, m in mods:
-                us = us_of(lambda: m.moe_align(ids, E, bm))
-                ctx.emit(bench="moe_align", impl=tag, tokens=n, block_m=bm, us=us)
+            for par in (True, False):  # two parallel launches / the one-program kernel
+                us = us_of(lambda: tr.moe_align(ids, E, bm, parallel=par))
+                ctx.emit(bench="moe_align", impl="parallel" if par else "one_program", tokens=n, block_m=bm, us=us)
 
     @register("moe_prefill")
     def bench_moe_prefill(ctx):
@@ -113,8 +119,10 @@ def install(register, bench_ms):
             x = torch.randn(n, D, device="cuda", generator=g).bfloat16()
             w, ids = moe_route(logits, TOPK, 1.5)
             flops = 2 * n * TOPK * 3 * D * inter
-            for tag, fn in (("fused", lambda: tm.moe_experts(x, *ws, w, ids, 10.0)),
-                            ("grouped", lambda: tp.moe_experts_grouped(x, *ws, w, ids, 10.0))):
+            c1 = tm.pick_config(n * TOPK, E, inter, 2, True, False)  # explicit tiles: the fused kernel
+            for tag, fn in (("fused", lambda: tm.moe_experts(x, *ws, w, ids, 10.0, config1=c1)),
+                            ("grouped", lambda: tp.moe_experts_grouped(x, *ws, w, ids, 10.0)),
+                            ("dispatch", lambda: tm.moe_experts(x, *ws, w, ids, 10.0))):
                 try:
                     us = us_of(fn, graph=False, rep=50)
                     ctx.emit(bench="moe_prefill", impl=tag, tokens=n, us=us, TFLOPs=flops / us / 1e6)

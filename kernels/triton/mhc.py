@@ -1,12 +1,10 @@
 """Triton mHC glue: two kernels per hyper-connection site.
 
-`_mix_kernel` (grid: row tiles x splits of d): optionally first the post-mix of the previous site,
+`_mix_kernel` (split over d; decode and small batches): optionally first the post-mix of the previous site,
 X'[j] = post[j] * o + sum_i comb[i, j] * X[i] (written out in X's dtype), then partial sums of the
-`fn` projection of the flattened streams and of their squares -> part [S, N, MP], sq [S, N]. Tiles are
-[rows, hc, columns] (every X element read once). The projection is fp32-accurate on tensor cores: bf16
-streams are exact bf16 MMA operands and fn is split into three exact bf16 parts (hi + mid + lo; in the
-kernel for decode tiles, once per call by `_split_fn_kernel` for the 64-row prefill tiles, which then
-stream bf16 straight into the MMA); other dtypes use 3xTF32 dots. `mix_config` picks the tiles by rows.
+`fn` projection of the flattened streams (3xTF32 tensor-core dots: fp32-level accuracy) and of their
+squares -> part [S, N, MP], sq [S, N]. From PREFILL_ROWS rows on the same contract runs as
+mhc_prefill._mix_prefill_kernel (64-row tiles, each X element read once, exact bf16 MMAs).
 `_finish_kernel` (one program per token): the RMS factor, sigmoid/scale/base, softmax + Sinkhorn
 on the hc x hc mixer (registers), the pre-weighted collapse u = sum_i pre[i] X[i] and optionally the
 sub-layer's RMSNorm of u. Head mode (hc_head): hc pre weights only. No host sync; sizes from shapes.
@@ -24,86 +22,43 @@ from .device_info import num_sms
 
 @triton.jit
 def _mix_kernel(x_ptr, o_ptr, post_ptr, comb_ptr, xo_ptr, fn_ptr, part_ptr, sq_ptr, N, D, MIX, C_PER,
-                HC: tl.constexpr, MP: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, POST: tl.constexpr,
-                BF16: tl.constexpr, INTERP: tl.constexpr, PRESPLIT: tl.constexpr):
+                HC: tl.constexpr, MP: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, POST: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
     rmask = rows < N
     r64 = rows.to(tl.int64)
     mm = tl.arange(0, MP)
-    hh = tl.arange(0, HC)
     K = HC * D
     acc = tl.zeros([BM, MP], dtype=tl.float32)
     sq = tl.zeros([BM], dtype=tl.float32)
     c_lo = pid_s * C_PER
-    r3 = r64[:, None, None]
-    h3 = hh[None, :, None]
-    rm3 = rmask[:, None, None]
-    m3 = mm[:, None, None]
     for c0 in range(c_lo, c_lo + C_PER, BC):
         cc = c0 + tl.arange(0, BC)
-        c3 = cc[None, None, :]
-        cm3 = c3 < D
-        # 3-D tiles [BM, HC, BC] (column c0 + c of stream j), contiguous along BC; reshaped to [BM, HC*BC] for the dot
-        if POST:  # X'[j] = post[j] * o + sum_i comb[i, j] * X[i], each X[i] read once
-            xf = tl.load(post_ptr + r3 * HC + h3, mask=rm3, other=0.0) * \
-                tl.load(o_ptr + r3 * D + c3, mask=rm3 & cm3, other=0.0).to(tl.float32)
-            for i in tl.static_range(HC):
-                ci = tl.load(comb_ptr + r3 * (HC * HC) + i * HC + h3, mask=rm3, other=0.0)
-                xi = tl.load(x_ptr + r3 * K + i * D + c3, mask=rm3 & cm3, other=0.0)
-                xf += ci * xi.to(tl.float32)
-            xl = xf.to(xo_ptr.dtype.element_ty)
-            tl.store(xo_ptr + r3 * K + h3 * D + c3, xl, mask=rm3 & cm3)
-        else:
-            xl = tl.load(x_ptr + r3 * K + h3 * D + c3, mask=rm3 & cm3, other=0.0)
-        xv = xl.to(tl.float32)
-        sq += tl.sum(tl.sum(xv * xv, axis=2), axis=1)
-        xl = tl.reshape(xl, (BM, HC * BC))
-        xv = tl.reshape(xv, (BM, HC * BC))
-        fp = fn_ptr + m3 * K + h3 * D + c3  # fn tile [MP, HC, BC] -> fn^T [HC*BC, MP]
-        fmask = (m3 < MIX) & cm3
-        if PRESPLIT:  # fn as three bf16 parts [3, MP, K] (hi, mid, lo), split once per call by _split_fn
-            lo = tl.trans(tl.reshape(tl.load(fp + 2 * MP * K, mask=fmask, other=0.0), (MP, HC * BC)))
-            mid = tl.trans(tl.reshape(tl.load(fp + MP * K, mask=fmask, other=0.0), (MP, HC * BC)))
-            hi = tl.trans(tl.reshape(tl.load(fp, mask=fmask, other=0.0), (MP, HC * BC)))
-        else:
-            f = tl.trans(tl.reshape(tl.load(fp, mask=fmask, other=0.0), (MP, HC * BC)))
-            if BF16:  # X is exact in bf16: fn = hi + mid + lo (three exact bf16 parts), bf16 products are exact
-                hi = f.to(tl.bfloat16)
-                r1 = f - hi.to(tl.float32)
-                mid = r1.to(tl.bfloat16)
-                lo = (r1 - mid.to(tl.float32)).to(tl.bfloat16)
-        if BF16:
-            if INTERP:  # (the interpreter's bf16 dot is wrong: the same exact products in fp32)
-                acc = tl.dot(xv, lo.to(tl.float32), acc, input_precision="ieee")
-                acc = tl.dot(xv, mid.to(tl.float32), acc, input_precision="ieee")
-                acc = tl.dot(xv, hi.to(tl.float32), acc, input_precision="ieee")
+        cmask = cc < D
+        m2 = rmask[:, None] & cmask[None, :]
+        if POST:
+            o = tl.load(o_ptr + r64[:, None] * D + cc[None, :], mask=m2, other=0.0).to(tl.float32)
+        for j in tl.static_range(HC):  # destination stream j: 2-D tiles, one small dot per stream
+            if POST:
+                pj = tl.load(post_ptr + r64 * HC + j, mask=rmask, other=0.0)
+                xj = pj[:, None] * o
+                for i in tl.static_range(HC):
+                    cij = tl.load(comb_ptr + r64 * (HC * HC) + i * HC + j, mask=rmask, other=0.0)
+                    xi = tl.load(x_ptr + r64[:, None] * K + i * D + cc[None, :], mask=m2, other=0.0)
+                    xj += cij[:, None] * xi.to(tl.float32)
+                xj = xj.to(xo_ptr.dtype.element_ty)
+                tl.store(xo_ptr + r64[:, None] * K + j * D + cc[None, :], xj, mask=m2)
+                xv = xj.to(tl.float32)
             else:
-                acc = tl.dot(xl, lo, acc)
-                acc = tl.dot(xl, mid, acc)
-                acc = tl.dot(xl, hi, acc)
-        else:
-            acc = tl.dot(xv, f, acc, input_precision="tf32x3")  # ~fp32 accuracy on tensor cores
+                xv = tl.load(x_ptr + r64[:, None] * K + j * D + cc[None, :], mask=m2, other=0.0).to(tl.float32)
+            sq += tl.sum(xv * xv, axis=1)
+            f = tl.load(fn_ptr + mm[:, None] * K + j * D + cc[None, :], mask=(mm[:, None] < MIX) & cmask[None, :],
+                        other=0.0)
+            acc = tl.dot(xv, tl.trans(f), acc, input_precision="tf32x3")  # ~fp32 accuracy on tensor cores
     pbase = (pid_s * N + r64) * MP
     tl.store(part_ptr + pbase[:, None] + mm[None, :], acc, mask=rmask[:, None])
     tl.store(sq_ptr + pid_s * N + rows, sq, mask=rmask)
-
-
-@triton.jit
-def _split_fn_kernel(fn_ptr, out_ptr, MIX, K, MP: tl.constexpr, BK: tl.constexpr):
-    """fn [MIX, K] fp32 -> [3, MP, K] bf16: hi + mid + lo == fn exactly (rows >= MIX zero)."""
-    r = tl.program_id(0)
-    kk = tl.program_id(1) * BK + tl.arange(0, BK)
-    km = kk < K
-    f = tl.load(fn_ptr + r * K + kk, mask=km & (r < MIX), other=0.0)
-    hi = f.to(tl.bfloat16)
-    r1 = f - hi.to(tl.float32)
-    mid = r1.to(tl.bfloat16)
-    lo = (r1 - mid.to(tl.float32)).to(tl.bfloat16)
-    tl.store(out_ptr + r * K + kk, hi, mask=km)
-    tl.store(out_ptr + (MP + r) * K + kk, mid, mask=km)
-    tl.store(out_ptr + (2 * MP + r) * K + kk, lo, mask=km)
 
 
 @triton.jit
@@ -150,85 +105,24 @@ def _finish_kernel(x_ptr, part_ptr, sq_ptr, base_ptr, scale_ptr, nw_ptr, u_ptr, 
     tl.store(u_ptr + row * D + dd, u, mask=dmask)
 
 
-@triton.jit
-def _finish_rows_kernel(x_ptr, part_ptr, sq_ptr, base_ptr, scale_ptr, nw_ptr, u_ptr, post_ptr, comb_ptr, N, D, S,
-                        iters, hc_eps, norm_eps, HC: tl.constexpr, MP: tl.constexpr, SP: tl.constexpr,
-                        BD: tl.constexpr, HEAD: tl.constexpr, NORM: tl.constexpr, BR: tl.constexpr):
-    """`_finish_kernel` for BR rows per program (prefill): the mixer math on [BR, hc, hc] tiles, so its
-    reductions and barriers are shared by BR rows."""
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    rm = rows < N
-    r64 = rows.to(tl.int64)
-    ss = tl.arange(0, SP)
-    hh = tl.arange(0, HC)
-    m2 = rm[:, None] & (ss < S)[None, :]
-    m3 = m2[:, :, None]
-    sq = tl.sum(tl.load(sq_ptr + ss[None, :] * N + r64[:, None], mask=m2, other=0.0), axis=1)
-    r = (1.0 / tl.sqrt(sq / (HC * D) + norm_eps))[:, None]
-    prow = ((ss.to(tl.int64)[None, :] * N + r64[:, None]) * MP)[:, :, None]  # [BR, SP, 1]
-    pre_w = tl.sum(tl.load(part_ptr + prow + hh[None, None, :], mask=m3, other=0.0), axis=1) * r
-    s0 = tl.load(scale_ptr)
-    pre = 1.0 / (1.0 + tl.exp(-(pre_w * s0 + tl.load(base_ptr + hh)[None, :]))) + hc_eps
-    if not HEAD:
-        s1 = tl.load(scale_ptr + 1)
-        s2 = tl.load(scale_ptr + 2)
-        post_w = tl.sum(tl.load(part_ptr + prow + HC + hh[None, None, :], mask=m3, other=0.0), axis=1) * r
-        post = 2.0 / (1.0 + tl.exp(-(post_w * s1 + tl.load(base_ptr + HC + hh)[None, :])))
-        tl.store(post_ptr + r64[:, None] * HC + hh[None, :], post, mask=rm[:, None])
-        ij = tl.arange(0, HC * HC)
-        cw = tl.sum(tl.load(part_ptr + prow + 2 * HC + ij[None, None, :], mask=m3, other=0.0), axis=1) * r
-        logit = tl.reshape(cw * s2 + tl.load(base_ptr + 2 * HC + ij)[None, :], (BR, HC, HC))
-        e = tl.exp(logit - tl.max(logit, axis=2)[:, :, None])
-        comb = e / tl.sum(e, axis=2)[:, :, None] + hc_eps
-        comb = comb / (tl.sum(comb, axis=1)[:, None, :] + hc_eps)
-        for _ in range(iters - 1):
-            comb = comb / (tl.sum(comb, axis=2)[:, :, None] + hc_eps)
-            comb = comb / (tl.sum(comb, axis=1)[:, None, :] + hc_eps)
-        tl.store(comb_ptr + r64[:, None] * (HC * HC) + ij[None, :], tl.reshape(comb, (BR, HC * HC)),
-                 mask=rm[:, None])
-    dd = tl.arange(0, BD)
-    dmask = dd < D
-    xv = tl.load(x_ptr + r64[:, None, None] * (HC * D) + hh[None, :, None] * D + dd[None, None, :],
-                 mask=rm[:, None, None] & dmask[None, None, :], other=0.0)
-    u = tl.sum(pre[:, :, None] * xv.to(tl.float32), axis=1).to(u_ptr.dtype.element_ty)
-    if NORM:
-        uf = u.to(tl.float32)
-        ur = 1.0 / tl.sqrt(tl.sum(uf * uf, axis=1) / D + norm_eps)
-        w = tl.load(nw_ptr + dd, mask=dmask, other=0.0).to(tl.float32)
-        u = (w[None, :] * (uf * ur[:, None])).to(u_ptr.dtype.element_ty)
-    tl.store(u_ptr + r64[:, None] * D + dd[None, :], u, mask=rm[:, None] & dmask[None, :])
-
-
-def mix_config(n: int, dtype=torch.bfloat16) -> tuple[int, int, int, int, bool]:
-    """(row tile, column tile, warps, stages, presplit fn) of `_mix_kernel` for n rows. Decode keeps 16-row
-    tiles split over d; prefill takes 64-row tiles (each X element read once, fn once per tile) and bf16 fn
-    parts split once per call (`_split_fn_kernel`), so the kernel streams them straight into the MMA."""
-    if interpreting():
-        return 16, 16, 4, 1, False
-    if n >= 512 and dtype == torch.bfloat16:
-        return 64, 64, 8, 2, True
-    return 16, 32, 4, 1, False
-
-
-def _split_fn(fn, mp):
-    mix, k = fn.shape
-    out = torch.empty(3, mp, k, dtype=torch.bfloat16, device=fn.device)
-    bk = 1024
-    _split_fn_kernel[(mp, triton.cdiv(k, bk))](fn, out, mix, k, MP=mp, BK=bk, num_warps=4)
-    return out
+PREFILL_ROWS = 512  # from this many rows on, the prefill mix kernel (mhc_prefill.py); decode keeps _mix_kernel
 
 
 def _mix(x, fn, o=None, post=None, comb=None, cfg=None):
-    """Launch the mix kernel -> (x' (x itself without post), part [S, N, MP], sq [S, N], S)."""
+    """Launch the mix kernel -> (x' (x itself without post), part [S, N, MP], sq [S, N], S). `cfg`: tiles of the
+    prefill kernel (mhc_prefill.mix_config), which runs from PREFILL_ROWS rows on or when cfg is given."""
     n, hc, d = x.shape
+    if cfg is not None or n >= PREFILL_ROWS:
+        from .mhc_prefill import mix_prefill
+        return mix_prefill(x, fn, o, post, comb, cfg)
     mix = fn.shape[0]
     mp = max(16, triton.next_power_of_2(mix))
-    bm, bc, warps, stages, presplit = cfg or mix_config(n, x.dtype)
-    bf16 = x.dtype == torch.bfloat16
-    presplit = presplit and bf16
+    interp = interpreting()
+    bm = 16
+    bc = 16 if interp else 32  # (sm_90 ptxas: 32 columns x 8 warps keeps the 4x4 stream unroll in registers)
     tiles = triton.cdiv(n, bm)
     chunks = triton.cdiv(d, bc)
-    split = max(1, min(chunks, triton.cdiv(2 * num_sms(), tiles))) if not interpreting() else min(chunks, 2)
+    split = max(1, min(chunks, (2 * num_sms()) // tiles)) if not interp else min(chunks, 2)
     c_per = triton.cdiv(chunks, split) * bc
     split = triton.cdiv(d, c_per)
     part = torch.empty(split, n, mp, dtype=torch.float32, device=x.device)
@@ -236,9 +130,8 @@ def _mix(x, fn, o=None, post=None, comb=None, cfg=None):
     xo = torch.empty_like(x) if o is not None else x
     has_post = o is not None
     _mix_kernel[(tiles, split)](
-        x, o if has_post else x, post if has_post else part, comb if has_post else part, xo,
-        _split_fn(fn, mp) if presplit else fn, part, sq, n, d, mix, c_per, HC=hc, MP=mp, BM=bm, BC=bc,
-        POST=has_post, BF16=bf16, INTERP=interpreting(), PRESPLIT=presplit, num_warps=warps, num_stages=stages)
+        x, o if has_post else x, post if has_post else part, comb if has_post else part, xo, fn, part, sq,
+        n, d, mix, c_per, HC=hc, MP=mp, BM=bm, BC=bc, POST=has_post, num_warps=4 if interp else 8, num_stages=1)
     return xo, part, sq, split
 
 
@@ -259,6 +152,7 @@ def _finish(x, part, sq, split, base, scale, norm_weight, iters, hc_eps, norm_ep
     kw = dict(HC=hc, MP=part.shape[-1], SP=triton.next_power_of_2(split), BD=bd, HEAD=head,
               NORM=norm_weight is not None, num_warps=warps)
     if br > 1:
+        from .mhc_prefill import _finish_rows_kernel
         _finish_rows_kernel[(triton.cdiv(n, br),)](*args, BR=br, **kw)
     else:
         _finish_kernel[(n,)](*args, **kw)

@@ -14,6 +14,7 @@ import triton.language as tl
 
 from .common import (act_quant_tile, dot_dtype, e8m0_to_f32, fp4_use_asm, load_fp4_split, load_w_tile, mma,
                      weight_args)
+from .moe_prefill import moe_experts_grouped, use_grouped
 from .routing import moe_align
 
 
@@ -190,6 +191,8 @@ def moe_experts(x, w1, w3, w2, weights, ids, limit, config1=None, config2=None, 
     if decode_kernel:
         from .moe_decode import moe_experts_decode
         return moe_experts_decode(x, w1, w3, w2, weights, ids, limit)
+    if config1 is None and config2 is None and fp4_mode == "interleave" and use_grouped(x, w1, ids, act_quant):
+        return moe_experts_grouped(x, w1, w3, w2, weights, ids, limit, act_quant)  # prefill: moe_prefill.py
     out = torch.empty(n, d, dtype=torch.float32, device=x.device)  # zeroed by the gate/up launch
     wfmt = weight_args(w1)[2]
     interp = interpreting()

@@ -169,3 +169,34 @@ def moe_experts_grouped(x, w1, w3, w2, weights, ids, limit, act_quant=False):
     bd = 128 if interp else 1024
     _combine_kernel[(n, triton.cdiv(d, bd))](y, pos, out, n, d, TOPK=k, BD=bd, num_warps=4)
     return out
+
+
+# Measured per call on one H200 (bench/prefill_entries.py `moe_prefill`, V4-Flash experts: 256 x MXFP4
+# [2048, 4096], top-6, uniform routing; docs/benchmarks.md "Prefill kernels"): fused Triton kernel vs this path
+#   tokens  pairs/expert  fused (ms)  grouped (ms)
+#   4,096        96          ~8.4*      11.39     -> fused      (* not captured; fused scales ~linearly)
+#   8,192       192          13.16      12.25     -> grouped
+#  16,384       384          22.59      16.91     -> grouped
+MIN_PAIRS_PER_EXPERT = 192  # MXFP4 experts, bf16 activations
+MEM_MARGIN = 1 << 30  # bytes kept free beyond the transient buffers
+
+
+def transient_bytes(n: int, k: int, d: int, inter: int, num_e: int) -> int:
+    """Peak extra device bytes of moe_experts_grouped: one dequantized bf16 stack + the activations."""
+    return num_e * inter * d * 2 + n * k * (2 * d + 3 * inter) * 2 + n * d * 4
+
+
+def use_grouped(x, w1, ids, act_quant=False) -> bool:
+    """The measured table above: MXFP4 experts, bf16 activations on CUDA, >= MIN_PAIRS_PER_EXPERT pairs per
+    expert, and room for the transient dequantized stack (free device memory, no device sync)."""
+    if interpreting() or not x.is_cuda or x.dtype != torch.bfloat16 or not hasattr(torch, "_grouped_mm"):
+        return False
+    if isinstance(w1, torch.Tensor) or w1.fmt != "fp4":
+        return False
+    n, k = ids.shape
+    num_e, inter, d = w1.shape[0], w1.shape[1], x.shape[1]
+    if n * k < MIN_PAIRS_PER_EXPERT * num_e:
+        return False
+    free, _ = torch.cuda.mem_get_info(x.device)
+    cached = torch.cuda.memory_reserved(x.device) - torch.cuda.memory_allocated(x.device)
+    return free + cached >= transient_bytes(n, k, d, inter, num_e) + MEM_MARGIN

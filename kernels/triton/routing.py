@@ -65,6 +65,50 @@ def moe_route(logits, topk, routed_scaling, renorm=True, bias=None, tid2eid=None
 
 
 @triton.jit
+def _align_kernel(ids_ptr, P, sorted_ptr, eids_ptr, npad_ptr, pos_ptr, E, max_pad, max_blocks,
+                  BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr):
+    """One program: histogram -> padded offsets -> block expert ids -> stable scatter of pair ids."""
+    offs_e = tl.arange(0, BLOCK_E)
+    offs_c = tl.arange(0, CHUNK)
+    # sentinel fill
+    for s0 in range(0, max_pad, CHUNK):
+        o = s0 + offs_c
+        tl.store(sorted_ptr + o, tl.zeros([CHUNK], dtype=tl.int32) + P, mask=o < max_pad)
+    hist = tl.zeros([BLOCK_E], dtype=tl.int32)
+    for c0 in range(0, P, CHUNK):
+        o = c0 + offs_c
+        e = tl.load(ids_ptr + o, mask=o < P, other=-1)
+        hist += tl.sum((e[:, None] == offs_e[None, :]).to(tl.int32), axis=0)
+    padded = (hist + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    cum = tl.cumsum(padded, axis=0)
+    total = tl.sum(padded, axis=0)
+    tl.store(pos_ptr + offs_e, cum - padded)
+    tl.store(npad_ptr, total)
+    ends = cum // BLOCK_M
+    nblk = total // BLOCK_M
+    for b0 in range(0, max_blocks, CHUNK):
+        b = b0 + offs_c
+        eid = tl.sum((ends[None, :] <= b[:, None]).to(tl.int32), axis=1)
+        eid = tl.where(b < nblk, eid, -1)
+        tl.store(eids_ptr + b, eid, mask=b < max_blocks)
+    tl.debug_barrier()
+    lower = offs_c[None, :] < offs_c[:, None]  # j < i
+    for c0 in range(0, P, CHUNK):
+        o = c0 + offs_c
+        m = o < P
+        e = tl.load(ids_ptr + o, mask=m, other=-1)
+        rank = tl.sum(((e[:, None] == e[None, :]) & lower).to(tl.int32), axis=1)
+        base = tl.load(pos_ptr + e, mask=m, other=0)
+        tl.store(sorted_ptr + base + rank, o.to(tl.int32), mask=m)
+        hch = tl.sum((e[:, None] == offs_e[None, :]).to(tl.int32), axis=0)
+        tl.debug_barrier()
+        cur = tl.load(pos_ptr + offs_e)
+        tl.debug_barrier()
+        tl.store(pos_ptr + offs_e, cur + hch)
+        tl.debug_barrier()
+
+
+@triton.jit
 def _align_count_kernel(ids_ptr, P, cnt_ptr, sorted_ptr, max_pad, fill_per, BLOCK_E: tl.constexpr,
                         CH: tl.constexpr):
     """Program g: expert histogram of pairs [g*CH, (g+1)*CH) -> cnt[g]; sentinel-fills its share of sorted."""
@@ -119,9 +163,13 @@ def _align_scatter_kernel(ids_ptr, P, G, cnt_ptr, sorted_ptr, eids_ptr, npad_ptr
         tl.store(eids_ptr + b, eid, mask=(b < max_blocks) & (b < b_lo + blk_per))
 
 
-def moe_align(ids, num_experts, block_m):
-    """Two launches, G = ceil(pairs / CH) programs each: per-chunk histograms, then per-chunk scan + stable
-    scatter. No host sync: every size comes from the shapes (CUDA-graph safe)."""
+PARALLEL_PAIRS = 2048  # from this many pairs on, the parallel two-launch alignment; below, one program
+
+
+def moe_align(ids, num_experts, block_m, parallel=None):
+    """Small batches (decode): one program (`_align_kernel`). From PARALLEL_PAIRS pairs on (prefill), two
+    launches of G = ceil(pairs / CH) programs each: per-chunk histograms, then per-chunk scan + stable scatter.
+    Same layout either way. No host sync: every size comes from the shapes (CUDA-graph safe)."""
     flat = ids.reshape(-1).to(torch.int32).contiguous()
     p = flat.numel()
     max_pad, max_blocks = max_aligned_sizes(p, num_experts, block_m)
@@ -130,6 +178,11 @@ def moe_align(ids, num_experts, block_m):
     eids = torch.empty(max_blocks, dtype=torch.int32, device=dev)
     npad = torch.empty(1, dtype=torch.int32, device=dev)
     block_e = triton.next_power_of_2(num_experts)
+    if not (p >= PARALLEL_PAIRS if parallel is None else parallel):
+        pos = torch.empty(block_e, dtype=torch.int32, device=dev)
+        _align_kernel[(1,)](flat, p, sorted_ids, eids, npad, pos, num_experts, max_pad, max_blocks,
+                            BLOCK_M=block_m, BLOCK_E=block_e, CHUNK=64, num_warps=8)
+        return sorted_ids, eids, npad
     ch = 16 if p <= 16 else (64 if p <= 1024 else 256)
     groups = max(1, triton.cdiv(p, ch))
     cnt = torch.empty(groups, block_e, dtype=torch.int32, device=dev)

@@ -42,14 +42,17 @@ def _compile(fn, sig, consts, warps, stages=1):
 def _cases():
     from kernels.triton import fp8_linear as fl
     from kernels.triton import mhc, norm
-    for post in (False, True):  # decode tiles (tf32x3 and bf16 split fn) and the prefill tiles
-        for bm, bc, warps, stages, bf16, pre in ((16, 32, 4, 1, False, False), (16, 32, 4, 1, True, False),
-                                                 (64, 64, 8, 2, True, True)):
+    from kernels.triton import mhc_prefill
+    for post in (False, True):
+        yield mhc._mix_kernel, MIX_SIG, dict(HC=4, MP=32, BM=16, BC=32, POST=post), 8
+        # the prefill mix (mhc_prefill.py): 64-row tiles on presplit bf16 fn, and fn split in the kernel
+        for bm, bc, warps, stages, bf16, pre in ((64, 64, 8, 2, True, True), (16, 32, 4, 1, True, False)):
             sig = dict(MIX_SIG, fn_ptr=P["bf16"]) if pre else MIX_SIG
-            yield mhc._mix_kernel, sig, dict(HC=4, MP=32, BM=bm, BC=bc, POST=post, BF16=bf16, INTERP=False,
-                                             PRESPLIT=pre), warps, stages
-    yield mhc._split_fn_kernel, dict(fn_ptr=P["fp32"], out_ptr=P["bf16"], MIX="i32", K="i32"), \
+            yield mhc_prefill._mix_prefill_kernel, sig, dict(HC=4, MP=32, BM=bm, BC=bc, POST=post, BF16=bf16,
+                                                             INTERP=False, PRESPLIT=pre), warps, stages
+    yield mhc_prefill._split_fn_kernel, dict(fn_ptr=P["fp32"], out_ptr=P["bf16"], MIX="i32", K="i32"), \
         dict(MP=32, BK=1024), 4
+    yield mhc_prefill._finish_rows_kernel, FIN_SIG, dict(HC=4, MP=32, SP=4, BD=4096, HEAD=False, NORM=True, BR=2), 8
     for head, norm_w in ((False, True), (True, True), (False, False)):
         yield mhc._finish_kernel, FIN_SIG, dict(HC=4, MP=16 if head else 32, SP=128, BD=4096, HEAD=head,
                                                 NORM=norm_w), 16

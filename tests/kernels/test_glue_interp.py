@@ -65,8 +65,9 @@ def test_hc_mix_bf16_split_interp(post, presplit, monkeypatch):
     """bf16 streams take the split-fn path of the mix kernel (fn = three exact bf16 parts, exact products;
     split in the kernel, or once per call by _split_fn_kernel as the prefill tiles do): the projection is
     fp32-accurate, so post/comb match the twin run on the kernel's own X' tightly."""
-    (tri,) = interp_modules("mhc")
-    monkeypatch.setattr(tri, "mix_config", lambda n, dtype=None: (16, 16, 4, 1, presplit))
+    tri, pre = interp_modules("mhc", "mhc_prefill")
+    monkeypatch.setattr(tri, "PREFILL_ROWS", 1)
+    monkeypatch.setattr(pre, "mix_config", lambda n, dtype=None: (16, 16, 4, 1, presplit))
     n, hc, d = 5, 4, 48
     g, x, fn, base, scale = _mhc_inputs(n, hc, d, 5)
     x = x.bfloat16()
@@ -89,10 +90,28 @@ def test_hc_mix_bf16_split_interp(post, presplit, monkeypatch):
     assert ((u.float() - u0.float()).norm() / u0.float().norm()) < 1e-2
 
 
+@pytest.mark.parametrize("n,hc,d", [(5, 4, 48), (17, 4, 40), (3, 2, 64)])
+def test_hc_prefill_mix_fp32_interp(n, hc, d, monkeypatch):
+    """The prefill mix kernel (mhc_prefill.py, taken from PREFILL_ROWS rows on) on fp32 streams (3xTF32
+    dots): hc_pre and hc_post_pre equal the twins as the decode kernel does."""
+    (tri, _) = interp_modules("mhc", "mhc_prefill")
+    monkeypatch.setattr(tri, "PREFILL_ROWS", 1)
+    g, x, fn, base, scale = _mhc_inputs(n, hc, d, 3 * n + d)
+    w = torch.randn(d, generator=g)
+    for a, b in zip(tri.hc_pre(x, fn, base, scale, hc, 20, 1e-6, 1e-6, w),
+                    ref_mhc.hc_pre(x, fn, base, scale, hc, 20, 1e-6, 1e-6, w)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    o = torch.randn(n, d, generator=g)
+    post, comb = torch.rand(n, hc, generator=g) * 2, torch.rand(n, hc, hc, generator=g)
+    for a, b in zip(tri.hc_post_pre(o, x, post, comb, fn, base, scale, hc, 20, 1e-6, 1e-6, w),
+                    ref_mhc.hc_post_pre(o, x, post, comb, fn, base, scale, hc, 20, 1e-6, 1e-6, w)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("head", [False, True])
 def test_hc_finish_rows_interp(head):
     """The prefill finish kernel (BR rows per program) == the one-row kernel, ragged last program included."""
-    (tri,) = interp_modules("mhc")
+    (tri, _) = interp_modules("mhc", "mhc_prefill")
     n, hc, d = 5, 4, 48
     g, x, fn, base, scale = _mhc_inputs(n, hc, d, 9, mix=hc if head else None)
     w = torch.randn(d, generator=g)

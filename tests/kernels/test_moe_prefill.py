@@ -91,7 +91,7 @@ def test_moe_grouped_gpu(mode, act8):
     import kernels.triton.moe as tm
     import kernels.triton.moe_prefill as tp
     torch.manual_seed(0)
-    e, k, d, inter, n = 32, 6, 4096, 2048, 1024
+    e, k, d, inter, n = 32, 6, 4096, 2048, 1024  # 192 pairs per expert
     g = torch.Generator(device="cuda").manual_seed(1)
     ws = []
     for rows, cols in ((inter, d), (inter, d), (d, inter)):
@@ -110,5 +110,18 @@ def test_moe_grouped_gpu(mode, act8):
     want = ref.moe_experts(x, *ws, weights, ids, 10.0, act_quant=act8)
     got = tp.moe_experts_grouped(x, *ws, weights, ids, 10.0, act_quant=act8)
     assert _rel(got, want) < 5e-3
-    fused = tm.moe_experts(x, *ws, weights, ids, 10.0, act_quant=act8)
+    assert tm.use_grouped(x, ws[0], ids, act8)  # 192 pairs per expert: moe_experts dispatches here
+    assert _rel(tm.moe_experts(x, *ws, weights, ids, 10.0, act_quant=act8), got) == 0
+    fused = tm.moe_experts(x, *ws, weights, ids, 10.0, act_quant=act8, config1=tm.pick_config(n * k, e, inter, 2, True,
+                                                                                              False))
     assert _rel(got, fused) < 1e-2
+
+
+def test_dispatch_table_interp():
+    """The grouped path is picked only for MXFP4 experts on CUDA at >= MIN_PAIRS_PER_EXPERT pairs per expert."""
+    import kernels.triton.moe_prefill as tp
+    x = torch.zeros(2048, 64, dtype=torch.bfloat16)
+    w = QuantWeight(torch.zeros(8, 32, 32, dtype=torch.int8), torch.zeros(8, 32, 2, dtype=torch.uint8), "fp4")
+    ids = torch.zeros(2048, 6, dtype=torch.int32)
+    assert not tp.use_grouped(x, w, ids)  # CPU tensors
+    assert tp.transient_bytes(8192, 6, 4096, 2048, 256) > 256 * 2048 * 4096 * 2

@@ -42,13 +42,14 @@ def test_route_interp(hashed, renorm):
 # (the last two: several chunks of 64 / 256 pairs -> per-chunk histograms, prefix scan, stable scatter)
 @pytest.mark.parametrize("n,k,e,bm", [(1, 2, 8, 16), (9, 2, 8, 4), (40, 3, 5, 16), (50, 2, 8, 8), (150, 6, 32, 16),
                                       (300, 6, 256, 64)])
-def test_align_interp(n, k, e, bm):
+@pytest.mark.parametrize("parallel", [False, True])  # one program (decode) / two parallel launches (prefill)
+def test_align_interp(n, k, e, bm, parallel):
     (tri,) = interp_modules("routing")
     g = torch.Generator().manual_seed(n)
     ids = torch.randint(0, e, (n, k), generator=g, dtype=torch.int32)
     ids[:, 0] = 0  # skewed: expert 0 hot; some experts empty
     r = ref.moe_align(ids, e, bm)
-    t = tri.moe_align(ids, e, bm)
+    t = tri.moe_align(ids, e, bm, parallel=parallel)
     for a, b in zip(r, t):
         assert torch.equal(a, b)
     # layout invariants: every pair exactly once, each block one expert
@@ -92,5 +93,7 @@ def test_align_gpu(n, bm):
     ids = torch.randint(0, 256, (n, 6), device="cuda", dtype=torch.int32)
     if n > 3:
         ids[: n // 2] = torch.randint(0, 8, (n // 2, 6), device="cuda", dtype=torch.int32)  # skew
-    for a, b in zip(ref.moe_align(ids, 256, bm), tri.moe_align(ids, 256, bm)):
-        assert torch.equal(a, b)
+    want = ref.moe_align(ids, 256, bm)
+    for parallel in (False, True):  # both kernels at every size (the default switches at PARALLEL_PAIRS)
+        for a, b in zip(want, tri.moe_align(ids, 256, bm, parallel=parallel)):
+            assert torch.equal(a, b)
