@@ -71,21 +71,26 @@ def install(register, bench_ms):
                              TBps=n * HC * D * 2 * 2.25 / us / 1e6)
                 finally:
                     tm.PREFILL_ROWS = keep
-                for warps, br in ((4, 1), (8, 2)):
-                    us = us_of(lambda: tm._finish(xo, part, sq, split, base, scale, w, 20, 1e-6, 1e-6, False, warps,
-                                                  br))
-                    ctx.emit(bench="mhc_finish_sweep", rows=n, warps=warps, rows_per_program=br, us=us,
-                             TBps=n * HC * D * 2 * 1.25 / us / 1e6)
-            if n == 8192:
-                for cfg in ((64, 32, 4, 2, True), (128, 32, 8, 2, True)):
-                    try:
-                        us = us_of(lambda: tm._mix(x, fn, o, post, comb, cfg=cfg))
-                        ctx.emit(bench="mhc_mix_sweep", rows=n, cfg=list(cfg), us=us,
-                                 TBps=n * HC * D * 2 * 2.25 / us / 1e6)
-                    except Exception as ex:  # noqa: BLE001
-                        ctx.emit(bench="mhc_mix_sweep", rows=n, cfg=list(cfg), error=repr(ex)[:200])
             del x, o, xo, part
             torch.cuda.empty_cache()
+
+    @register("mhc_sweep")
+    def bench_mhc_sweep(ctx):
+        """Tile variants at 8,192 rows: prefill mix tiles, finish warps / rows per program."""
+        import kernels.triton.mhc as tm
+        n = 8192
+        x, fn, base, scale, w, o, post, comb = _streams(n, torch.Generator(device="cuda").manual_seed(n))
+        xo, part, sq, split = tm._mix(x, fn, o, post, comb)
+        for warps, br in ((4, 1), (8, 2)):
+            us = us_of(lambda: tm._finish(xo, part, sq, split, base, scale, w, 20, 1e-6, 1e-6, False, warps, br))
+            ctx.emit(bench="mhc_finish_sweep", rows=n, warps=warps, rows_per_program=br, us=us,
+                     TBps=n * HC * D * 2 * 1.25 / us / 1e6)
+        for cfg in ((64, 32, 4, 2, True), (128, 32, 8, 2, True), (64, 64, 8, 1, True)):
+            try:
+                us = us_of(lambda: tm._mix(x, fn, o, post, comb, cfg=cfg))
+                ctx.emit(bench="mhc_mix_sweep", rows=n, cfg=list(cfg), us=us, TBps=n * HC * D * 2 * 2.25 / us / 1e6)
+            except Exception as ex:  # noqa: BLE001
+                ctx.emit(bench="mhc_mix_sweep", rows=n, cfg=list(cfg), error=repr(ex)[:200])
 
     @register("moe_align")
     def bench_align(ctx):
