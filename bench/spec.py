@@ -39,10 +39,10 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
+from bench import ckpt_util
 from engine.spec_decode_timing import StepTimer
 
 VOCAB_LO = 1000
@@ -52,40 +52,22 @@ def log(obj) -> None:
     print(json.dumps(obj), flush=True)
 
 
-def ensure_checkpoint(args) -> str:
-    if args.model:
-        return args.model
-    out = Path(args.ckpt_dir or f"/tmp/v4serve_spec_{args.preset}_L{args.layers}")
-    if not (out / "config.json").exists():
-        from models import synthetic
-
-        synthetic.main(["--preset", args.preset, "--layers", str(args.layers), "--quantize", "--device",
-                        args.device, "--out", str(out)])
-    return str(out)
-
-
 def build(args, model_dir, kv, spec, cached, eager=False):
-    import engine.llm_engine as le
     from engine.config import EngineArgs
 
-    orig = le.load_model
-    if cached is not None:  # same weights (incl. the MTP block), a new cache
-        le.load_model = lambda *a, **k: cached
-    try:
-        eng = le.LLMEngine(EngineArgs(
-            model=model_dir, device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32",
-            max_num_seqs=max(args.batch_list),
-            max_num_batched_tokens=args.budget, num_kv_blocks=args.blocks, kv_cache_dtype=kv,
-            max_model_len=args.in_len + args.out_len + 8, enable_prefix_caching=False,
-            speculative_config=spec, enforce_eager=eager))
-        if args.cpu_graphs:  # smoke test: the static-buffer graph bodies run eagerly
-            if eng.spec is not None:
-                eng.spec.enable_graphs(capture=False)
-            elif eng.kv.pad_slot is not None:
-                eng.runner.capture_graphs(max(args.batch_list), eng.max_model_len, capture=False)
-        return eng
-    finally:
-        le.load_model = orig
+    # cached: the weights (incl. the MTP block) an earlier engine loaded; a new cache and graphs
+    eng = ckpt_util.engine_on_weights(EngineArgs(
+        model=model_dir, device=args.device, dtype="bfloat16" if args.device == "cuda" else "float32",
+        max_num_seqs=max(args.batch_list),
+        max_num_batched_tokens=args.budget, num_kv_blocks=args.blocks, kv_cache_dtype=kv,
+        max_model_len=args.in_len + args.out_len + 8, enable_prefix_caching=False,
+        speculative_config=spec, enforce_eager=eager), cached)
+    if args.cpu_graphs:  # smoke test: the static-buffer graph bodies run eagerly
+        if eng.spec is not None:
+            eng.spec.enable_graphs(capture=False)
+        elif eng.kv.pad_slot is not None:
+            eng.runner.capture_graphs(max(args.batch_list), eng.max_model_len, capture=False)
+    return eng
 
 
 def timed_decode(eng, B: int, args, tag: str) -> list[float]:
@@ -201,7 +183,8 @@ def main(argv=None):
     args.batch_list = [int(b) for b in args.batches.split(",")]
     ks = [int(k) for k in args.ks.split(",")]
     accepts = [float(a) for a in args.accept.split(",")]
-    model_dir = ensure_checkpoint(args)
+    model_dir, _ = ckpt_util.ensure_checkpoint(args.model, args.ckpt_dir, preset=args.preset, layers=args.layers,
+                                               tag="spec", mtp=True, device=args.device)
 
     def spec_engine(k, cached):
         # graphs captured here, for the measured batch sizes only (start-up time): greedy requests need the

@@ -1,10 +1,12 @@
 """A pure-decode speculative step through the CUDA graphs of engine/spec_decode_graphs.py.
 
 Taken when every scheduled chunk is a one-token decode with drafts ready, no prompt logprobs, no
-prefix-cache slot-state snapshot / restore in this step (the caller checks), the token budget holds B x (k+1) and blocks for k more
-positions are free; otherwise the eager speculative step runs (engine/spec_decode.py). Sequences
-with fewer than k real drafts (near max_tokens / max_model_len) pad with dummy drafts that are never
-offered to the rejection sampler; their positions are rolled back like rejected ones.
+prefix-cache slot-state snapshot / restore in this step (the caller checks), the token budget holds
+B x (k+1) and blocks for k more positions are free; otherwise the eager speculative step runs
+(engine/spec_decode.py). Sequences with fewer than k real drafts (near max_tokens / max_model_len) pad
+with dummy drafts that are never offered to the rejection sampler; their positions are rolled back like
+rejected ones. Every row plain greedy without logprobs: the one greedy graph (acceptance on the device);
+otherwise the verify graph, host rejection sampling, the draft graph.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Each tensor is described once (cached per tensor list) by a device row of 6 int64: its base address,
 the byte strides of its two index dims, its row size in copy units, the row sizes of the tensors before
-it (its buffer region starts at R times that), its index set. Program (t, r) copies row r of tensor t: the unit is 4 bytes when every address, stride and
-row size allows it, else 1 byte."""
+it (its buffer region starts at R times that), its index set. Program (t, r) copies row r of tensor t:
+the unit is 4 bytes when every address, stride and row size allows it, else 1 byte."""
 
 from __future__ import annotations
 

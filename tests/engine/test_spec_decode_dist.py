@@ -107,7 +107,8 @@ def test_rejection_sampler_one_host_copy_and_fixed_rows(monkeypatch):
     reads = []
     for name in ("tolist", "cpu", "item"):
         orig = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _o=orig, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1])
+        monkeypatch.setattr(torch.Tensor, name,
+                            lambda self, *a, _o=orig, _n=name, **k: (reads.append(_n), _o(self, *a, **k))[1])
     res = rejection_sample(logits, meta, groups)
     monkeypatch.undo()
     assert reads == ["cpu", "tolist"], reads

@@ -101,10 +101,11 @@ def test_gpu_flash_shapes_and_graph():
           torch.randint(0, 255, (300, 32, 68), device=dev, dtype=torch.uint8, generator=g)]
     sets = [0, 1, 2]
     R = 192
-    i0 = torch.stack([torch.randint(0, 65, (R,), device=dev, generator=g), torch.randint(0, 65, (R,), device=dev, generator=g),
-                      torch.randint(-1, 300, (R,), device=dev, generator=g)])
-    i1 = torch.stack([torch.randint(0, 128, (R,), device=dev, generator=g), torch.randint(0, 8, (R,), device=dev, generator=g),
-                      torch.randint(0, 32, (R,), device=dev, generator=g)])
+    def ri(lo, hi):
+        return torch.randint(lo, hi, (R,), device=dev, generator=g)
+
+    i0 = torch.stack([ri(0, 65), ri(0, 65), ri(-1, 300)])
+    i1 = torch.stack([ri(0, 128), ri(0, 8), ri(0, 32)])
     keep = torch.rand(3, R, device=dev, generator=g) < 0.5
     outs = []
     for b in ("ref", "triton"):
@@ -167,7 +168,8 @@ def test_spec_row_copy_twin_rows():
     ts, orig = _spec_roundtrip(ref, torch.device("cpu"))
     want = [torch.full_like(o.view(torch.uint8), 9).view(o.dtype) for o in orig]
     # seq 0 (slot 2): positions 7 (>= bound 7) -> ring rows 7 % 8, 7 % 16; closes ratio-4 entry 1 at p=7:
-    # block tables[0][4 // 16 = 0] = 1, row (4 % 16) // 4 = 1, and ratio-8 entry 0: block 1, row 0. seq 1 (bound 100): nothing. seq 2 (slot 3):
+    # block tables[0][4 // 16 = 0] = 1, row (4 % 16) // 4 = 1, and ratio-8 entry 0: block 1, row 0.
+    # seq 1 (bound 100): nothing. seq 2 (slot 3):
     # positions 31, 32 -> rows 31 % 8 = 7, 0 and 31 % 16 = 15, 0; p=31 closes ratio-4 entry 7 (block
     # tables[2][28 // 16 = 1] = -1: nothing) and ratio-8 entry 3 (block tables[2][24 // 16 = 1] = -1: nothing)
     for s, p in ((2, 7), (3, 31), (3, 32)):
