@@ -43,11 +43,14 @@ class EngineArgs:
     # k = 1..4 (a dict or its JSON text); None = off. On: MTP weights load, the loop runs synchronously
     # and decode steps run eagerly (no CUDA graphs)
     speculative_config: dict | str | None = None
-    # speculative_config parsed once, at construction (engine/spec_decode_config.py: frozen); None = off
+    # speculative_config parsed once per value, when it is set (at construction or assigned later; never
+    # stale): engine/spec_decode_config.py's frozen SpeculativeConfig; None = off
     spec_config: SpeculativeConfig | None = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        self.spec_config = SpeculativeConfig.parse(self.speculative_config)  # a ValueError names the field
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name == "speculative_config":  # a ValueError names the field
+            super().__setattr__("spec_config", SpeculativeConfig.parse(value))
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":

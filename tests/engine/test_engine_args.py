@@ -13,3 +13,7 @@ def test_speculative_config_is_parsed_once_at_construction():
     assert EngineArgs().spec_config is None and EngineArgs(speculative_config={}).spec_config is None
     with pytest.raises(ValueError, match="speculative_config is not valid JSON"):
         EngineArgs(speculative_config="{nope")  # at construction, not on first use
+    args.speculative_config = {"method": "mtp", "num_speculative_tokens": 3}  # assigned later: parsed then
+    assert args.spec_config == SpeculativeConfig("mtp", 3)
+    args.speculative_config = None
+    assert args.spec_config is None
