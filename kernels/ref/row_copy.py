@@ -7,7 +7,8 @@ s = sets[t], r < R (i0, i1: [S, R] long; a row with i0 < 0 is skipped). `buf` (u
 `row_copy_bytes(tensors, R)` bytes) holds tensor t's R rows back to back, the tensors in order:
 bytes [off_t + r*nb_t, off_t + (r+1)*nb_t), nb_t = the row's byte size, off_t = sum of R*nb over the
 tensors before t. to_buf: buf <- the rows (save). Else the rows <- buf where keep[s, r] (restore; keep
-[S, R] bool, None = every valid row). No host synchronization (CUDA-graph capturable)."""
+[S, R] bool, None = every valid row). The Triton kernel never synchronizes (CUDA-graph capturable); this
+twin's restore selects the kept rows with a boolean mask (a host sync on CUDA: the twin runs on CPU)."""
 
 from __future__ import annotations
 
@@ -58,9 +59,10 @@ def row_copy(tensors: list[torch.Tensor], sets: list[int], i0: torch.Tensor, i1:
         a, b = a_all[s], b_all[s]
         if to_buf:
             region.copy_(tb[a, b])
-        else:  # read-modify-write: rows not kept (or invalid) get their current bytes back
-            m = ok[s].view(R, 1)
-            tb[a, b] = torch.where(m, region, tb[a, b])
+        else:  # only the kept valid rows are written: an entry that is not kept (or i0 < 0, clamped to row 0)
+            # may name the same row as a kept one, and index_put's order among duplicates is undefined
+            sel = ok[s]
+            tb[a[sel], b[sel]] = region[sel]
         off += R * nb
 
 

@@ -114,7 +114,9 @@ def test_moe_grouped_gpu(mode, act8):
     assert _rel(tm.moe_experts(x, *ws, weights, ids, 10.0, act_quant=act8), got) == 0
     fused = tm.moe_experts(x, *ws, weights, ids, 10.0, act_quant=act8, config1=tm.pick_config(n * k, e, inter, 2, True,
                                                                                               False))
-    assert _rel(got, fused) < 1e-2
+    # the fused kernel is within 1.5e-2 of the twin with FP8 activations (test_moe_interp's GPU bound: per-row
+    # FP8 rounding of h flips between implementations), this path within 5e-3: they differ by up to the sum
+    assert _rel(got, fused) < (2e-2 if act8 else 1e-2)
 
 
 def test_dispatch_table_interp():

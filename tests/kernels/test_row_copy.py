@@ -189,3 +189,23 @@ def test_spec_row_copy_triton_interp():
     b, _ = _spec_roundtrip(ref, torch.device("cpu"))
     for x, y in zip(a, b):
         assert torch.equal(x.view(torch.uint8), y.view(torch.uint8))
+
+
+@pytest.mark.parametrize("backend", ["ref", "triton"])
+def test_restore_with_duplicate_and_invalid_entries(backend, monkeypatch):
+    """Entries naming the same row: a kept one, an invalid one (i0 < 0) and one not kept. The row gets its
+    saved bytes back whatever the order (the twin used to write the others' current bytes over it)."""
+    if backend == "triton":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    t = torch.arange(4 * 3 * 8, dtype=torch.int32).view(4, 3, 8).to(torch.uint8)
+    want = t.clone()
+    i0 = torch.tensor([[0, -1, 0, 2]])
+    i1 = torch.tensor([[1, 1, 1, 2]])
+    keep = torch.tensor([[True, True, False, True]])
+    buf = torch.zeros(ref.row_copy_bytes([t], 4), dtype=torch.uint8)
+    with kernels.backend(backend):
+        kernels.row_copy([t], [0], i0, i1, buf, True)
+        t.fill_(3)
+        kernels.row_copy([t], [0], i0, i1, buf, False, keep)
+    assert torch.equal(t[0, 1], want[0, 1]) and torch.equal(t[2, 2], want[2, 2])
+    assert int(t[0, 0].max()) == 3 and int(t[3].max()) == 3  # nothing else written
