@@ -28,7 +28,7 @@ LINEAR_CFGS = ((16, 128, 4, 1, 4), (32, 128, 4, 1, 4), (32, 128, 6, 1, 4), (64, 
 
 
 def install(register, bench_ms):
-    from bench import kernels as K
+    from bench import kernel_fixtures as K
 
     @register("moe_fp4_modes")
     def bench_moe_fp4_modes(ctx):

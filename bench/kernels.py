@@ -21,6 +21,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.kernel_fixtures import D, E, FP8_SHAPES, INTER, TOPK, _expert_bytes, _experts, _routings  # noqa: E402,F401
+
 REGISTRY: dict = {}
 
 
@@ -79,48 +81,6 @@ def measure_ceilings(ctx: Ctx) -> None:
 
 
 # ---- MoE (issue 6) --------------------------------------------------------------------------------
-D, E, TOPK, INTER = 4096, 256, 6, 2048
-
-
-def _experts(fmt: str):
-    from kernels.quant_weight import QuantWeight
-    g = torch.Generator(device="cuda").manual_seed(0)
-    ws = []
-    for n, k in ((INTER, D), (INTER, D), (D, INTER)):
-        if fmt == "bf16":
-            ws.append((torch.randn(E, n, k, device="cuda", generator=g) * 0.02).bfloat16())
-        elif fmt == "fp8":
-            data = (torch.randn(E, n, k, device="cuda", generator=g) * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
-            ws.append(QuantWeight(data, torch.randint(117, 121, (E, n // 128, k // 128), device="cuda", generator=g,
-                                                      dtype=torch.uint8), "fp8"))
-        else:
-            data = torch.randint(-128, 128, (E, n, k // 2), device="cuda", generator=g, dtype=torch.int8)
-            ws.append(QuantWeight(data, torch.randint(118, 123, (E, n, k // 32), device="cuda", generator=g,
-                                                      dtype=torch.uint8), "fp4"))
-    return ws
-
-
-def _expert_bytes(ws) -> float:
-    tot = 0
-    for w in ws:
-        tot += w.nbytes() if hasattr(w, "nbytes") and callable(w.nbytes) else w.numel() * w.element_size()
-    return tot / E
-
-
-def _routings(n: int, mode: str, count: int, seed: int = 0):
-    from kernels.ref.routing import moe_route
-    out = []
-    for i in range(count):
-        g = torch.Generator(device="cuda").manual_seed(seed + 1000 * i + n)
-        logits = torch.randn(n, E, device="cuda", generator=g)
-        if mode == "skewed":
-            logits += torch.linspace(3.0, -3.0, E, device="cuda")[torch.randperm(E, device="cuda", generator=g)]
-        x = (torch.randn(n, D, device="cuda", generator=g)).bfloat16()
-        w, ids = moe_route(logits, TOPK, 1.5)
-        out.append((x, w, ids))
-    return out
-
-
 def _moe_call(ws, sets, cfg1=None, cfg2=None):
     import kernels.triton.moe as tm
 
@@ -248,10 +208,6 @@ def _grouped_baselines(ctx: Ctx, n: int, s, ws):
 
 
 # ---- FP8 linear (issue 6) -------------------------------------------------------------------------
-FP8_SHAPES = {  # V4-Flash dense linears (N, K)
-    "wq_a": (1024, 4096), "wq_b": (32768, 1024), "wkv": (512, 4096), "wo_b": (4096, 8192),
-    "idx_wq_b": (8192, 1024), "shared_w13": (2048, 4096), "shared_w2": (4096, 2048), "mtp_proj": (4096, 4096),
-}
 
 
 @register("fp8_linear")

@@ -39,7 +39,7 @@ def swap_variants(p: int):
 
 
 def install(register, bench_ms):
-    from bench import kernels as K
+    from bench import kernel_fixtures as K
 
     @register("moe_decode_fp4")
     def bench_moe_decode_fp4(ctx):
