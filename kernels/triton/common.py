@@ -42,6 +42,17 @@ def act_quant_tile(a, DOT_F32: tl.constexpr):
 
 
 @triton.jit
+def zero_share(zero_ptr, pid, ZERO_PER, ZERO_N):
+    """Program `pid` clears fp32 elements [pid*ZERO_PER, min((pid+1)*ZERO_PER, ZERO_N)) of zero_ptr (a GEMM
+    launch zeroing the next launch's atomic-add output instead of a separate memset)."""
+    zoffs = tl.arange(0, 1024)
+    zend = tl.minimum(pid * ZERO_PER + ZERO_PER, ZERO_N)
+    for z0 in range(pid * ZERO_PER, zend, 1024):
+        zo = z0 + zoffs
+        tl.store(zero_ptr + zo, tl.zeros([1024], dtype=tl.float32), mask=zo < zend)
+
+
+@triton.jit
 def mma(a, b, acc, DOT_F32: tl.constexpr):
     if DOT_F32:
         return tl.dot(a, b, acc, input_precision="ieee")

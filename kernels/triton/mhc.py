@@ -123,11 +123,8 @@ def _mix(x, fn, o=None, post=None, comb=None, cfg=None):
     tiles = triton.cdiv(n, bm)
     chunks = triton.cdiv(d, bc)
     split = max(1, min(chunks, (2 * num_sms()) // tiles)) if not interp else min(chunks, 2)
-    c_per = triton.cdiv(chunks, split) * bc
-    split = triton.cdiv(d, c_per)
-    part = torch.empty(split, n, mp, dtype=torch.float32, device=x.device)
-    sq = torch.empty(split, n, dtype=torch.float32, device=x.device)
-    xo = torch.empty_like(x) if o is not None else x
+    from .mhc_prefill import mix_partials
+    c_per, split, part, sq, xo = mix_partials(x, o, n, d, mp, bc, split)
     has_post = o is not None
     _mix_kernel[(tiles, split)](
         x, o if has_post else x, post if has_post else part, comb if has_post else part, xo, fn, part, sq,

@@ -174,6 +174,18 @@ def _split_fn(fn, mp):
     return out
 
 
+def mix_partials(x, o, n: int, d: int, mp: int, bc: int, split: int):
+    """The mix kernels' split of the d = hc*D stream columns into `split` column ranges of whole `bc`-column
+    chunks, and their outputs: -> (columns per split, splits actually needed, partial projections
+    [split, n, mp] fp32, partial sums of squares [split, n] fp32, the mixed stream (a new tensor when a
+    post-mix `o` is folded in, else x itself))."""
+    c_per = triton.cdiv(triton.cdiv(d, bc), split) * bc
+    split = triton.cdiv(d, c_per)
+    part = torch.empty(split, n, mp, dtype=torch.float32, device=x.device)
+    sq = torch.empty(split, n, dtype=torch.float32, device=x.device)
+    return c_per, split, part, sq, (torch.empty_like(x) if o is not None else x)
+
+
 def mix_prefill(x, fn, o=None, post=None, comb=None, cfg=None):
     """Launch the mix kernel -> (x' (x itself without post), part [S, N, MP], sq [S, N], S)."""
     n, hc, d = x.shape
@@ -185,11 +197,7 @@ def mix_prefill(x, fn, o=None, post=None, comb=None, cfg=None):
     tiles = triton.cdiv(n, bm)
     chunks = triton.cdiv(d, bc)
     split = max(1, min(chunks, triton.cdiv(2 * num_sms(), tiles))) if not interpreting() else min(chunks, 2)
-    c_per = triton.cdiv(chunks, split) * bc
-    split = triton.cdiv(d, c_per)
-    part = torch.empty(split, n, mp, dtype=torch.float32, device=x.device)
-    sq = torch.empty(split, n, dtype=torch.float32, device=x.device)
-    xo = torch.empty_like(x) if o is not None else x
+    c_per, split, part, sq, xo = mix_partials(x, o, n, d, mp, bc, split)
     has_post = o is not None
     _mix_prefill_kernel[(tiles, split)](
         x, o if has_post else x, post if has_post else part, comb if has_post else part, xo,

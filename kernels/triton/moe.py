@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .common import (act_quant_tile, dot_dtype, e8m0_to_f32, fp4_use_asm, load_fp4_split, load_w_tile, mma,
-                     weight_args)
+                     weight_args, zero_share)
 from .moe_prefill import moe_experts_grouped, use_grouped
 from .routing import moe_align
 
@@ -39,11 +39,7 @@ def _moe_gemm_kernel(
 ):
     pid = tl.program_id(0)
     if ZERO:  # gate/up launch: clear the down kernel's fp32 output (no separate memset launch)
-        zoffs = tl.arange(0, 1024)
-        zend = tl.minimum(pid * ZERO_PER + ZERO_PER, ZERO_N)
-        for z0 in range(pid * ZERO_PER, zend, 1024):
-            zo = z0 + zoffs
-            tl.store(zero_ptr + zo, tl.zeros([1024], dtype=tl.float32), mask=zo < zend)
+        zero_share(zero_ptr, pid, ZERO_PER, ZERO_N)
     npad = tl.load(npad_ptr)
     num_pid_m = tl.cdiv(npad, BM)
     num_pid_n = tl.cdiv(N, BN)

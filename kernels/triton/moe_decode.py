@@ -22,7 +22,22 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import e8m0_to_f32, e2m1_f32
+from .common import e2m1_f32, e8m0_to_f32, zero_share
+
+
+def _fp4_words_ptx() -> str:
+    """The conversion's PTX (see _fp4_words_asm): per byte b of the two words one prmt, then for its low and
+    high nibble lanes mask, spread (x 0x1040 / 0x104), keep magnitude + sign bits, scale -> output 2b / 2b+1."""
+    lines = ["", "        {", "        .reg .b32 y, t;"]
+    for byte in range(4):
+        lines.append(f"        prmt.b32 y, $8, $9, 0x0{byte + 4}0{byte};")
+        for half, (mask, spread) in enumerate((("0x000F000F", "0x1040"), ("0x00F000F0", "0x104"))):
+            lines += [f"        and.b32 t, y, {mask};", f"        mul.lo.u32 t, t, {spread};",
+                      "        and.b32 t, t, 0x81C081C0;", f"        mul.rn.bf16x2 ${2 * byte + half}, t, $10;"]
+    return "\n".join(lines + ["        }", ""])
+
+
+_FP4_WORDS_PTX = tl.constexpr(_fp4_words_ptx())
 
 
 @triton.jit
@@ -36,47 +51,7 @@ def _fp4_words_asm(wd, sc):
     at bf16 bits 6..8 and the sign at bit 15 (= e2m1(c) * 2^-126, code 1 a bf16 subnormal), and
     mul.bf16x2 applies 2^126 * block scale: 9 instructions per 4 weights."""
     return tl.inline_asm_elementwise(
-        asm="""
-        {
-        .reg .b32 y, t;
-        prmt.b32 y, $8, $9, 0x0400;
-        and.b32 t, y, 0x000F000F;
-        mul.lo.u32 t, t, 0x1040;
-        and.b32 t, t, 0x81C081C0;
-        mul.rn.bf16x2 $0, t, $10;
-        and.b32 t, y, 0x00F000F0;
-        mul.lo.u32 t, t, 0x104;
-        and.b32 t, t, 0x81C081C0;
-        mul.rn.bf16x2 $1, t, $10;
-        prmt.b32 y, $8, $9, 0x0501;
-        and.b32 t, y, 0x000F000F;
-        mul.lo.u32 t, t, 0x1040;
-        and.b32 t, t, 0x81C081C0;
-        mul.rn.bf16x2 $2, t, $10;
-        and.b32 t, y, 0x00F000F0;
-        mul.lo.u32 t, t, 0x104;
-        and.b32 t, t, 0x81C081C0;
-        mul.rn.bf16x2 $3, t, $10;
-        prmt.b32 y, $8, $9, 0x0602;
-        and.b32 t, y, 0x000F000F;
-        mul.lo.u32 t, t, 0x1040;
-        and.b32 t, t, 0x81C081C0;
-        mul.rn.bf16x2 $4, t, $10;
-        and.b32 t, y, 0x00F000F0;
-        mul.lo.u32 t, t, 0x104;
-        and.b32 t, t, 0x81C081C0;
-        mul.rn.bf16x2 $5, t, $10;
-        prmt.b32 y, $8, $9, 0x0703;
-        and.b32 t, y, 0x000F000F;
-        mul.lo.u32 t, t, 0x1040;
-        and.b32 t, t, 0x81C081C0;
-        mul.rn.bf16x2 $6, t, $10;
-        and.b32 t, y, 0x00F000F0;
-        mul.lo.u32 t, t, 0x104;
-        and.b32 t, t, 0x81C081C0;
-        mul.rn.bf16x2 $7, t, $10;
-        }
-        """,
+        asm=_FP4_WORDS_PTX,
         constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r",
         args=[wd, sc], dtype=(tl.bfloat16,) * 8, is_pure=True, pack=2)
 
@@ -152,11 +127,7 @@ def _moe_swap_kernel(
 ):
     pid = tl.program_id(0)
     if ZERO:  # gate/up launch: clear the down kernel's fp32 output (no separate memset launch)
-        zoffs = tl.arange(0, 1024)
-        zend = tl.minimum(pid * ZERO_PER + ZERO_PER, ZERO_N)
-        for z0 in range(pid * ZERO_PER, zend, 1024):
-            zo = z0 + zoffs
-            tl.store(zero_ptr + zo, tl.zeros([1024], dtype=tl.float32), mask=zo < zend)
+        zero_share(zero_ptr, pid, ZERO_PER, ZERO_N)
     num_pid_n = tl.cdiv(N, BN)
     pid_m = pid // num_pid_n
     pid_n = pid % num_pid_n

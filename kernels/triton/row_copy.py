@@ -18,6 +18,25 @@ _DESC: dict[tuple, tuple[torch.Tensor, int, int]] = {}  # key -> (descriptors [T
 
 
 @triton.jit
+def _copy_row(addr, buf_ptr, off, r, nu, ok, TO_BUF: tl.constexpr, WORD: tl.constexpr, BLOCK: tl.constexpr):
+    """Row at byte address `addr` <-> buffer row r of the region at unit offset `off` (nu units of 4 bytes when
+    WORD, else bytes), only where `ok`."""
+    if WORD:
+        row = addr.to(tl.pointer_type(tl.int32))
+        dst = buf_ptr.to(tl.pointer_type(tl.int32)) + off + r.to(tl.int64) * nu
+    else:
+        row = addr.to(tl.pointer_type(tl.uint8))
+        dst = buf_ptr + off + r.to(tl.int64) * nu
+    for c in range(0, nu, BLOCK):
+        o = c + tl.arange(0, BLOCK)
+        m = (o < nu) & ok
+        if TO_BUF:
+            tl.store(dst + o, tl.load(row + o, mask=m), mask=m)
+        else:
+            tl.store(row + o, tl.load(dst + o, mask=m), mask=m)
+
+
+@triton.jit
 def _row_copy_kernel(desc_ptr, i0_ptr, i1_ptr, keep_ptr, buf_ptr, R, HAS_KEEP: tl.constexpr, TO_BUF: tl.constexpr,
                      WORD: tl.constexpr, BLOCK: tl.constexpr):
     t = tl.program_id(0)
@@ -34,24 +53,16 @@ def _row_copy_kernel(desc_ptr, i0_ptr, i1_ptr, keep_ptr, buf_ptr, R, HAS_KEEP: t
     if HAS_KEEP:
         ok = ok & (tl.load(keep_ptr + sid * R + r) != 0)
     addr = base + a.to(tl.int64) * s0 + b.to(tl.int64) * s1
-    if WORD:
-        row = addr.to(tl.pointer_type(tl.int32))
-        dst = buf_ptr.to(tl.pointer_type(tl.int32)) + off + r.to(tl.int64) * nu
-    else:
-        row = addr.to(tl.pointer_type(tl.uint8))
-        dst = buf_ptr + off + r.to(tl.int64) * nu
-    for c in range(0, nu, BLOCK):
-        o = c + tl.arange(0, BLOCK)
-        m = (o < nu) & ok
-        if TO_BUF:
-            tl.store(dst + o, tl.load(row + o, mask=m), mask=m)
-        else:
-            tl.store(row + o, tl.load(dst + o, mask=m), mask=m)
+    _copy_row(addr, buf_ptr, off, r, nu, ok, TO_BUF, WORD, BLOCK)
+
+
+def _layout(tensors) -> tuple:
+    """What a descriptor table depends on: each tensor's address, shape, strides and dtype."""
+    return tuple((t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype) for t in tensors)
 
 
 def _descriptors(tensors, sets, buf: torch.Tensor):
-    key = (tuple(sets), str(buf.device), tuple((t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
-                                                  for t in tensors))
+    key = (tuple(sets), str(buf.device), _layout(tensors))
     hit = _DESC.get(key)
     if hit is not None:
         return hit
@@ -120,19 +131,7 @@ def _spec_row_copy_kernel(desc_ptr, slots_ptr, first_ptr, tables_ptr, tables_str
     if not TO_BUF:
         ok = ok & (p >= tl.load(bound_ptr + b))
     addr = base + a * s0 + row_i * s1
-    if WORD:
-        row = addr.to(tl.pointer_type(tl.int32))
-        dst = buf_ptr.to(tl.pointer_type(tl.int32)) + off + r.to(tl.int64) * nu
-    else:
-        row = addr.to(tl.pointer_type(tl.uint8))
-        dst = buf_ptr + off + r.to(tl.int64) * nu
-    for c in range(0, nu, BLOCK):
-        o = c + tl.arange(0, BLOCK)
-        m = (o < nu) & ok
-        if TO_BUF:
-            tl.store(dst + o, tl.load(row + o, mask=m), mask=m)
-        else:
-            tl.store(row + o, tl.load(dst + o, mask=m), mask=m)
+    _copy_row(addr, buf_ptr, off, r, nu, ok, TO_BUF, WORD, BLOCK)
 
 
 def spec_row_copy(tensors, kinds, slots, first_pos, tables, n: int, block_size: int, buf, to_buf: bool,
@@ -147,8 +146,7 @@ def spec_row_copy(tensors, kinds, slots, first_pos, tables, n: int, block_size: 
         raise ValueError("spec_row_copy: buf must be uint8 of row_copy_bytes(tensors, B*n) bytes")
     if not to_buf and bound is None:
         raise ValueError("spec_row_copy: restore needs bound")
-    key = (tuple(kinds), str(buf.device), tuple((t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
-                                                for t in tensors))
+    key = (tuple(kinds), str(buf.device), _layout(tensors))
     hit = _SDESC.get(key)
     if hit is None:
         desc, unit, max_units = _descriptors(tensors, [0] * len(tensors), buf)
