@@ -15,7 +15,9 @@ import os
 
 import torch
 
-D, HC, MIX, E, TOPK = 4096, 4, 24, 256, 6
+from bench.kernel_fixtures import D, E, INTER, TOPK, _experts
+
+HC, MIX = 4, 24  # mHC streams, mix width (hc pre + post + hc*hc comb)
 
 
 def _old(var: str):
@@ -108,15 +110,10 @@ def install(register, bench_ms):
         vs dequantize + torch grouped GEMMs (moe_prefill.py), end to end, plus the grouped path's parts."""
         import kernels.triton.moe as tm
         import kernels.triton.moe_prefill as tp
-        from kernels.quant_weight import QuantWeight
         from kernels.ref.routing import moe_route
-        inter = 2048
+        inter = INTER
         g = torch.Generator(device="cuda").manual_seed(0)
-        ws = []
-        for n_out, k_in in ((inter, D), (inter, D), (D, inter)):
-            data = torch.randint(-128, 128, (E, n_out, k_in // 2), device="cuda", generator=g, dtype=torch.int8)
-            sc = torch.randint(118, 123, (E, n_out, k_in // 32), device="cuda", generator=g, dtype=torch.uint8)
-            ws.append(QuantWeight(data, sc, "fp4"))
+        ws = _experts("fp4")
         us = us_of(lambda: tp.dequant_mxfp4(ws[0]), graph=False, rep=20)
         ctx.emit(bench="moe_prefill_dequant", matrix="w1", us=us, TBps=E * inter * D * (0.5 + 1 / 32 + 2) / us / 1e6)
         for n in (4096, 8192, 16384):
