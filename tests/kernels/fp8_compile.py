@@ -1,12 +1,57 @@
-"""Compile the block linear exactly as `fp8_linear.launch` would launch it, for sm_90, on a machine without a
-GPU (meta tensors stand in for the operands; Triton's own binder specializes the arguments as at run time).
-Run without TRITON_INTERPRET. Used by the shared-memory check and for reading registers / spills."""
+"""Compile Triton kernels for sm_90 on a machine without a GPU (Triton frontend + the bundled ptxas).
+
+`compile_sm90` compiles one kernel from an explicit signature / constexprs (the *_compile tests);
+`compile_launch` compiles the block linear exactly as `fp8_linear.launch` would launch it (meta tensors stand
+in for the operands; Triton's own binder specializes the arguments as at run time), used by the shared-memory
+check and for reading registers / spills. All of it runs without TRITON_INTERPRET: the tests call
+`run_without_interpreter`, which runs their code in a subprocess with TRITON_INTERPRET removed."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_without_interpreter(code: str, timeout: int = 600) -> str:
+    """Run `code` with this Python in a subprocess at the repository root, TRITON_INTERPRET removed from its
+    environment; -> its stdout. Skips the calling test if this Triton install has no ptxas; fails it (with
+    the tail of stderr) on any other error."""
+    import pytest
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    if p.returncode and "ptxas" in p.stderr and "not found" in p.stderr.lower():
+        pytest.skip("no ptxas in this Triton install")
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.stdout
+
+
+def compiled_count(module: str, func: str) -> int:
+    """Run tests.kernels.<module>.<func>() (compiles kernels, returns how many) without TRITON_INTERPRET
+    (run_without_interpreter); -> that count."""
+    out = run_without_interpreter(f"from tests.kernels.{module} import {func}; print('COMPILED', {func}())")
+    return int(out.split("COMPILED")[-1])
+
+
+def compile_sm90(fn, sig: dict, consts: dict, attrs: dict | None = None, **options):
+    """-> triton.compile of the JIT function `fn` for sm_90: `sig` maps the runtime arguments to Triton types,
+    `consts` the constexpr arguments to values, `attrs` ((arg index,) -> attributes, e.g. tt.divisibility)
+    as in ASTSource; `options` (num_warps, num_stages, maxnreg, ...) go to the compiler."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    full = dict(sig)
+    full.update({k: "constexpr" for k in consts})
+    src = ASTSource(fn=fn, signature=full, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
+                    attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def compile_launch(x, w, y, **launch_kw):

@@ -1,4 +1,5 @@
-"""Shared inputs and checks for the attention / indexer / compressor kernel tests.
+"""Shared inputs and checks for the attention / indexer / compressor kernel tests (and the MoE tests' tiny
+random experts + routing, `tiny_moe`).
 
 `run_cases(op, scale)` compares the Triton kernel (kernels/triton) with its pure-torch twin
 (kernels/ref) on random ragged batches and returns a list of (case name, max error, tolerance).
@@ -15,6 +16,26 @@ import torch
 from models.state import ForwardBatch, batch_metadata
 
 from kernels.ref import kv_fp8
+
+
+def tiny_moe(n: int, d: int, inter: int, mode: str = "uniform", e: int = 8, k: int = 2):
+    """Random fp32 x [n, d], expert stacks w1, w3 [e, inter, d] and w2 [e, d, inter] (* 0.15), and the top-k
+    routing (route scale 1.5) of random logits, all from one generator seeded with n. mode: "uniform";
+    "skewed" (experts 0/1 take everything, the rest stay empty); "empty" (only experts 0-2 chosen)."""
+    from kernels.ref import routing as ref_routing
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, d, generator=g)
+    w1, w3 = (torch.randn(e, inter, d, generator=g) * 0.15 for _ in range(2))
+    w2 = torch.randn(e, d, inter, generator=g) * 0.15
+    logits = torch.randn(n, e, generator=g)
+    if mode == "skewed":
+        logits[:, :2] += 5.0
+    elif mode == "empty":
+        logits[:, 3:] -= 30.0
+    else:
+        assert mode == "uniform", mode
+    weights, ids = ref_routing.moe_route(logits, k, 1.5)
+    return x, (w1, w3, w2), weights, ids
 
 
 def make_meta(specs, block_size, device, seed=0, num_slots=None):

@@ -17,23 +17,13 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 from kernels.ref import moe as ref  # noqa: E402
-from kernels.ref import routing as ref_routing  # noqa: E402
 from tests.kernels.interp_util import interp_modules  # noqa: E402
+from tests.kernels.kernel_cases import tiny_moe  # noqa: E402
 from tests.kernels.test_moe_interp import _quant, _rand_experts, _rel, _routing  # noqa: E402
 
 
 def _tiny(n: int, mode: str):
-    g = torch.Generator().manual_seed(n)
-    e, k, d, inter = 8, 2, 128, 128
-    x = torch.randn(n, d, generator=g)
-    w1, w3 = (torch.randn(e, inter, d, generator=g) * 0.15 for _ in range(2))
-    w2 = torch.randn(e, d, inter, generator=g) * 0.15
-    logits = torch.randn(n, e, generator=g)
-    if mode == "skewed":
-        logits[:, :2] += 5.0  # experts 0/1 take everything
-    elif mode == "empty":
-        logits[:, 3:] -= 30.0  # only experts 0-2 chosen; the rest stay empty
-    weights, ids = ref_routing.moe_route(logits, k, 1.5)
+    x, (w1, w3, w2), weights, ids = tiny_moe(n, 128, 128, mode)
     return x, [_quant(w, "fp4") for w in (w1, w3, w2)], weights, ids
 
 

@@ -5,22 +5,15 @@ it at import (tests/kernels/test_moe_decode.py does)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+
+from tests.kernels.fp8_compile import compile_sm90, compiled_count
 
 
 def compile_decode_kernels() -> int:
     """Compile both launches of every shipped decode_config, the fallback conversion and a register-capped
     bench tile for sm_90 (no GPU), with the 16-byte divisibility the launcher's arguments get at run time."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     import kernels.triton.moe_decode as md
     fn = md._moe_swap_kernel
     ptrs = dict(a_ptr="*bf16", b_ptr="*i8", b2_ptr="*i8", bs_ptr="*u8", b2s_ptr="*u8", out_ptr="*bf16",
@@ -41,13 +34,10 @@ def compile_decode_kernels() -> int:
             consts = dict(A_DIV=6 if gate_up else 1, OUT_DIV=1 if gate_up else 6, GATE_UP=gate_up,
                           ALIGNED=cfg["ALIGNED"], BT=cfg["BT"], BN=cfg["BN"], BK=cfg["BK"], USE_ASM=use_asm,
                           DOT_F32=False, ZERO=gate_up)
-            full = {a: ("constexpr" if a in consts else sig[a]) for a in fn.arg_names}
             div = [i for i, a in enumerate(fn.arg_names) if a in sig and a not in ("P", "limit", "ZERO_PER", "ZERO_N")]
-            src = ASTSource(fn=fn, signature=full, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()},
-                            attrs={(i,): [["tt.divisibility", 16]] for i in div})
-            k = triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                               options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"],
-                                        **({"maxnreg": cfg["maxnreg"]} if "maxnreg" in cfg else {})})
+            k = compile_sm90(fn, {a: sig[a] for a in fn.arg_names if a not in consts}, consts, {(i,): [["tt.divisibility", 16]] for i in div},
+                             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                             **({"maxnreg": cfg["maxnreg"]} if "maxnreg" in cfg else {}))
             assert k.asm["cubin"] and ("mul.rn.bf16x2" in k.asm["ptx"]) == use_asm
             n += 1
     return n
@@ -55,13 +45,4 @@ def compile_decode_kernels() -> int:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run these kernels for real")
 def test_moe_decode_compiles_for_sm90():
-    root = Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
-    code = ("from tests.kernels.test_moe_decode_compile import compile_decode_kernels; "
-            "print('COMPILED', compile_decode_kernels())")
-    p = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    if p.returncode and "ptxas" in p.stderr and "not found" in p.stderr.lower():
-        pytest.skip("no ptxas in this Triton install")
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert int(p.stdout.split("COMPILED")[-1]) == 10
+    assert compiled_count("test_moe_decode_compile", "compile_decode_kernels") == 10

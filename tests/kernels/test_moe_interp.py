@@ -22,6 +22,7 @@ from kernels.quant_weight import QuantWeight  # noqa: E402
 from kernels.ref import moe as ref  # noqa: E402
 from kernels.ref import routing as ref_routing  # noqa: E402
 from tests.kernels.interp_util import interp_modules  # noqa: E402
+from tests.kernels.kernel_cases import tiny_moe  # noqa: E402
 
 
 def _quant(w: torch.Tensor, fmt: str):
@@ -42,15 +43,8 @@ def _rel(a, b):
 @pytest.mark.parametrize("n,skew", [(1, False), (6, False), (9, True)])
 def test_moe_interp(fmt, n, skew):
     (tri,) = interp_modules("moe")
-    g = torch.Generator().manual_seed(n)
-    e, k, d, inter = 8, 2, 64, 32
-    x = torch.randn(n, d, generator=g)
-    w1, w3 = (torch.randn(e, inter, d, generator=g) * 0.15 for _ in range(2))
-    w2 = torch.randn(e, d, inter, generator=g) * 0.15
-    logits = torch.randn(n, e, generator=g)
-    if skew:
-        logits[:, :2] += 5.0  # experts 0/1 take everything; the rest stay empty
-    weights, ids = ref_routing.moe_route(logits, k, 1.5)
+    d = 64
+    x, (w1, w3, w2), weights, ids = tiny_moe(n, d, 32, "skewed" if skew else "uniform")
     fmt, _, mode = fmt.partition("-")
     act8 = mode == "act8"
     mode = "" if act8 else mode

@@ -17,6 +17,7 @@ from kernels.quant_weight import QuantWeight  # noqa: E402
 from kernels.ref import moe as ref  # noqa: E402
 from kernels.ref import routing as ref_routing  # noqa: E402
 from tests.kernels.interp_util import interp_modules  # noqa: E402
+from tests.kernels.kernel_cases import tiny_moe  # noqa: E402
 
 
 def _rel(a, b):
@@ -57,15 +58,9 @@ def test_moe_grouped_interp(n, skew, act8):
     if torch.cuda.is_available():
         pytest.skip("interpreter test")
     (tri,) = interp_modules("moe_prefill")
-    g = torch.Generator().manual_seed(n)
-    e, k, d, inter = 8, 2, 256, 128
-    x = torch.randn(n, d, generator=g).bfloat16()
-    w1, w3 = (torch.randn(e, inter, d, generator=g) * 0.15 for _ in range(2))
-    w2 = torch.randn(e, d, inter, generator=g) * 0.15
-    logits = torch.randn(n, e, generator=g)
-    if skew:
-        logits[:, :2] += 5.0  # experts 0/1 take everything; the rest stay empty
-    weights, ids = ref_routing.moe_route(logits, k, 1.5)
+    d = 256
+    x, (w1, w3, w2), weights, ids = tiny_moe(n, d, 128, "skewed" if skew else "uniform")
+    x = x.bfloat16()
     q1, q3, q2 = (_fp4_stack(w) for w in (w1, w3, w2))
     want = ref.moe_experts(x, q1, q3, q2, weights, ids, 1.0, act_quant=act8)
     got = tri.moe_experts_grouped(x, q1, q3, q2, weights, ids, 1.0, act_quant=act8)
