@@ -239,7 +239,7 @@ def run_profile(eng, B, steps, in_len, vocab_hi) -> dict:
     moe_ms = sum(e.self_device_time_total for e in dev if "moe" in e.key.lower()) / steps / 1e3
     syncs = {e.key: e.count / steps for e in ev if e.key in ("aten::item", "aten::_local_scalar_dense",
                                                              "cudaStreamSynchronize", "cudaDeviceSynchronize")}
-    top = sorted(dev, key=lambda e: -e.self_device_time_total)[:8]
+    top = sorted(dev, key=lambda e: -e.self_device_time_total)[:16]
     return {"batch": B, "wall_ms": round(wall * 1e3, 3), "gpu_ms": round(gpu_ms, 3),
             "gpu_busy": round(gpu_ms / (wall * 1e3), 3), "gpu_ops_per_step": round(sum(e.count for e in dev) / steps),
             "host_launch_calls_per_step": {k: round(v, 1) for k, v in launches.items()},

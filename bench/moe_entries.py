@@ -19,11 +19,21 @@ import torch
 # (name, BT, BN, BK, warps, stages): 2 warps = mma.sync, 4-8 warps with BN >= 64 = wgmma
 SWAP_CFGS = (("bn64_w2_s4", 16, 64, 128, 2, 4), ("bn128_w4_s3", 16, 128, 128, 4, 3), ("bn64_w4_s4", 16, 64, 128, 4, 4),
              ("bn32_w2_s4", 16, 32, 128, 2, 4), ("bn128_w8_s3", 16, 128, 128, 8, 3))
-# register-capped tiles (more programs per SM; first measured in the 2026-12-02 final run) and their
-# uncapped control, B >= 64
-CAPPED_CFGS = (("bn64_w2_s3", dict(BT=16, BN=64, BK=128, num_warps=2, num_stages=3)),
-               ("bn64_w2_s3_reg168", dict(BT=16, BN=64, BK=128, num_warps=2, num_stages=3, maxnreg=168)),
-               ("bn64_w2_s3_reg128", dict(BT=16, BN=64, BK=128, num_warps=2, num_stages=3, maxnreg=128)))
+# occupancy variants of the aligned tile (B >= 8), with their control: SEQ = the up matrix in a second K loop
+# (160 instead of 184 registers), maxnreg = register cap (more programs per SM), CHAINS = two MMA accumulator
+# chains, SPLIT = the conversion in two halves; 2026-12-02 session 3.
+_B = dict(BT=16, BN=64, BK=128, num_warps=2)
+CAPPED_CFGS = (("bn64_w2_s4", dict(_B, num_stages=4)),
+               ("bn64_w2_s3_reg168", dict(_B, num_stages=3, maxnreg=168)),
+               ("seq_s4", dict(_B, num_stages=4, SEQ=True)),
+               ("seq_s3", dict(_B, num_stages=3, SEQ=True)),
+               ("seq_s4_reg128", dict(_B, num_stages=4, SEQ=True, maxnreg=128)),
+               ("seq_s3_reg128", dict(_B, num_stages=3, SEQ=True, maxnreg=128)),
+               ("seq_s6", dict(_B, num_stages=6, SEQ=True)),
+               ("chains2_s4", dict(_B, num_stages=4, CHAINS=2)),
+               ("seq_chains2_s4", dict(_B, num_stages=4, SEQ=True, CHAINS=2)),
+               ("seq_bn128_w4_s4", dict(_B, BN=128, num_warps=4, num_stages=4, SEQ=True)),
+               ("seq_bn128_w4_s3", dict(_B, BN=128, num_warps=4, num_stages=3, SEQ=True)))
 BATCHES = (1, 8, 64, 256)
 
 
@@ -57,7 +67,7 @@ def install(register, bench_ms):
             if not quick:
                 out.append(("interleave", lambda x, w, ids: tm.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0,
                                                                            decode_kernel=False)))
-            extra = [] if n < 64 else [(f"swap_{name}_al", dict(c, ALIGNED=True)) for name, c in CAPPED_CFGS]
+            extra = [] if n < 8 else [(f"swap_{name}_al", dict(c, ALIGNED=True)) for name, c in CAPPED_CFGS]
             for tag, c in extra + ([] if quick else swap_variants(n * K.TOPK)):
                 out.append((tag, lambda x, w, ids, c=c: md.moe_experts_decode(x, ws[0], ws[1], ws[2], w, ids, 10.0,
                                                                                c, c)))

@@ -41,6 +41,19 @@ def test_moe_decode_interp(aligned, n, mode):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("opts", [dict(SEQ=True), dict(CHAINS=2), dict(SPLIT=True), dict(SEQ=True, CHAINS=2, SPLIT=True)])
+def test_moe_decode_variants_interp(opts):
+    """The kernel's occupancy options (up matrix in its own K loop, two MMA chains, the conversion in halves)
+    compute the same result, with a K of two tiles (the chains and loops carry across k-steps)."""
+    (md,) = interp_modules("moe_decode")
+    x, (w1, w3, w2), weights, ids = tiny_moe(9, 256, 128, "skewed")
+    q1, q3, q2 = [_quant(w, "fp4") for w in (w1, w3, w2)]
+    want = ref.moe_experts(x, q1, q3, q2, weights, ids, 1.0)
+    cfg = dict(BT=16, BN=32, BK=128, num_warps=4, num_stages=1, ALIGNED=True, **opts)
+    got = md.moe_experts_decode(x, q1, q3, q2, weights, ids, 1.0, cfg, cfg)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 def test_moe_decode_dispatch_interp():
     """The Triton moe_experts hands MXFP4 decode shapes to the swapped kernel, other shapes not."""
     (tm,) = interp_modules("moe")
