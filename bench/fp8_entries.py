@@ -79,6 +79,11 @@ def sweep_configs_2(m: int, n: int, k: int) -> list:
     return _uniq(out)
 
 
+def _decode_ms():
+    """Rows of the fp8_decode entry: FP8_DECODE_M (default 1,16,64)."""
+    return [int(v) for v in os.environ.get("FP8_DECODE_M", "1,16,64").split(",") if v]
+
+
 def _uniq(out):
     seen, uniq = set(), []
     for c in out:
@@ -89,8 +94,25 @@ def _uniq(out):
     return uniq
 
 
+def sweep_configs_big(m: int, n: int, k: int) -> list:
+    """Decode batches of 65..256 rows (the batch-128/256 steps): token tiles of 64 / 128 rows with dequantized
+    weight tiles (VAR 0; each weight tile is converted once per row tile) and swap tiles (VAR 1), split-K to
+    fill the SMs (the rule's 64x128 tile without split leaves 16-128 programs on 132 SMs at these N)."""
+    out = [None]
+    for bm, bn, warps, st in ((64, 64, 4, 4), (64, 128, 4, 4), (128, 64, 8, 3), (128, 128, 8, 3)):
+        for tgt in (NSM, 2 * NSM, 4 * NSM):
+            out.append(_cfg(bm, bn, 128, st, 0, _split_for(m, n, k, bm, bn, tgt), warps))
+    for bm, bn in ((64, 128), (128, 64)):
+        for tgt in (NSM, 2 * NSM, 4 * NSM):
+            out.append(_cfg(bm, bn, 128, 3, 1, _split_for(m, n, k, bm, bn, tgt)))
+    return _uniq(out)
+
+
 def sweep_configs(m: int, n: int, k: int) -> list:
-    """The candidate decode configs of one shape (None = the shipped pick); FP8_SWEEP_SET=2: the second set."""
+    """The candidate decode configs of one shape (None = the shipped pick); FP8_SWEEP_SET=2: the second set;
+    M > 64: the large-batch set."""
+    if m > 64:
+        return sweep_configs_big(m, n, k)
     if os.environ.get("FP8_SWEEP_SET") == "2":
         return sweep_configs_2(m, n, k)
     out = [None]
@@ -283,7 +305,7 @@ def install(register, bench_ms):
         for name, (n, k) in SHAPES.items():
             wbytes = n * k + (n // 128) * (k // 128)
             wts = _weights(n, k, _copies(wbytes), seed=2)
-            for m in (1, 16, 64):
+            for m in _decode_ms():
                 x = torch.randn(m, k, device="cuda").bfloat16()
 
                 def run():
@@ -303,7 +325,7 @@ def install(register, bench_ms):
             w1 = [QuantWeight(w, s, "fp8") for w, s in _weights(groups * n, k, c, seed=3)]
             w3 = [QuantWeight(w, s, "fp8") for w, s in _weights(groups * n, k, c, seed=4)] if dual else None
             nw = torch.rand(k, device="cuda").bfloat16()
-            for m in (1, 16, 64):
+            for m in _decode_ms():
                 x = torch.randn(m, groups * k, device="cuda").bfloat16()
 
                 def run():
@@ -317,6 +339,14 @@ def install(register, bench_ms):
                 ms = bench_ms(run) / c
                 ctx.emit(bench="fp8_decode_glue", op=name, M=m, us=ms * 1e3,
                          pct_hbm=100 * wbytes / ms / 1e6 / ctx.hbm_gbps)
+                if dual and 64 < m <= 256:  # the dual launch's K split (tf.DUAL_FILL) against none
+                    tf.DUAL_FILL = False
+                    try:
+                        ms = bench_ms(run) / c
+                    finally:
+                        tf.DUAL_FILL = True
+                    ctx.emit(bench="fp8_decode_glue", op=name + "_nosplit", M=m, us=ms * 1e3,
+                             pct_hbm=100 * wbytes / ms / 1e6 / ctx.hbm_gbps)
             del w1, w3
             torch.cuda.empty_cache()
 

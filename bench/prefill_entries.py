@@ -76,6 +76,26 @@ def install(register, bench_ms):
             del x, o, xo, part
             torch.cuda.empty_cache()
 
+    @register("mhc_mix_decode")
+    def bench_mhc_decode(ctx):
+        """Decode rows (1..448): the split-d decode mix kernel against the prefill kernel's tiles, to set
+        mhc.PREFILL_ROWS (where the prefill kernel takes over) from measurement."""
+        import kernels.triton.mhc as tm
+        for n in (1, 8, 64, 128, 192, 256, 384):
+            x, fn, base, scale, w, o, post, comb = _streams(n, torch.Generator(device="cuda").manual_seed(n))
+            keep, tm.PREFILL_ROWS = tm.PREFILL_ROWS, 1 << 40
+            try:
+                us = us_of(lambda: tm._mix(x, fn, o, post, comb))
+            finally:
+                tm.PREFILL_ROWS = keep
+            ctx.emit(bench="mhc_mix_decode", impl="decode_kernel", rows=n, us=us)
+            for cfg in ((64, 64, 8, 2, True), (32, 64, 4, 2, True), (64, 32, 4, 2, True), (16, 64, 4, 2, True)):
+                try:
+                    us = us_of(lambda: tm._mix(x, fn, o, post, comb, cfg=cfg))
+                    ctx.emit(bench="mhc_mix_decode", impl="prefill_kernel", cfg=list(cfg), rows=n, us=us)
+                except Exception as ex:  # noqa: BLE001
+                    ctx.emit(bench="mhc_mix_decode", impl="prefill_kernel", cfg=list(cfg), rows=n, error=repr(ex)[:200])
+
     @register("mhc_sweep")
     def bench_mhc_sweep(ctx):
         """Tile variants at 8,192 rows: prefill mix tiles, finish warps / rows per program."""
@@ -97,7 +117,7 @@ def install(register, bench_ms):
     @register("moe_align")
     def bench_align(ctx):
         import kernels.triton.routing as tr
-        for n, bm in ((8192, 128), (16384, 128), (1, 16), (64, 16), (256, 64)):
+        for n, bm in ((8192, 128), (16384, 128), (1, 16), (64, 16), (128, 16), (256, 16), (256, 64)):
             g = torch.Generator(device="cuda").manual_seed(n)
             ids = torch.topk(torch.randn(n, E, device="cuda", generator=g), TOPK, dim=-1).indices.to(torch.int32)
             for par in (True, False):  # two parallel launches / the one-program kernel

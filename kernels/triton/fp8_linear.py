@@ -227,15 +227,27 @@ def _epilogue(acc, acc2, offs_m, offs_n, mmask, nmask, y_ptr, y2_ptr, stride_ym,
     tl.store(y_ptr + yoff, acc.to(y_ptr.dtype.element_ty), mask=ymask)
 
 
+DUAL_FILL = True  # dual launches of 65-256 rows split K to fill the SMs (bench fp8_decode's glue rows, M=256)
+
+
+def fill_split(m: int, n: int, k: int, bm: int, bn: int) -> int:
+    """K splits (powers of 2, >= 512 columns each) until the m x n tiles x splits reach the SM count."""
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    split = 1
+    while tiles * split < num_sms() and k // (split * 2) >= 512:
+        split *= 2
+    return split
+
+
 def pick_config(m: int, n: int, k: int, act_fp8: bool, interp: bool, fp8w: bool = True) -> dict:
     """Tile config for m rows of an (n, k) linear: the measured decode table (fp8_table.py) for FP8
-    weights with bf16 activations at m <= 64, else the rules below."""
+    weights with bf16 activations at m <= 256, else the rules below."""
     if interp:
         cfg = dict(BM=16, BN=32, BK=128 if act_fp8 else 64, GROUP_M=4, num_warps=4, num_stages=1, SPLIT_K=1)
         if k >= 256:
             cfg["SPLIT_K"] = 2
         return cfg
-    if m <= 64 and fp8w and not act_fp8:
+    if m <= 256 and fp8w and not act_fp8:
         from .fp8_table import lookup
         cfg = lookup(m, n, k)
         if cfg is not None:
@@ -343,7 +355,9 @@ def launch(x, w, y, *, w2=None, y2=None, groups=1, x_gs=0, w_gs=0, y_gs=0, epi=0
     cfg = dict(config or pick_config(m, n * groups, k, act_quant, interp, wfmt == 1))
     if w2 is not None and m > 64 and not interp and config is None:
         # two accumulators: narrower N tiles (sm_90 ptxas: 128x128 dual spills 750 B, 128x64 160 B)
-        cfg.update(BM=128, BN=64, BK=128 if act_quant else 64, GROUP_M=8, num_warps=8, num_stages=3)
+        cfg.update(BM=128, BN=64, BK=128 if act_quant else 64, GROUP_M=8, num_warps=8, num_stages=3, SPLIT_K=1)
+        if m <= 256 and DUAL_FILL:  # decode batches: K splits until the programs fill the SMs
+            cfg["SPLIT_K"] = fill_split(m, n * groups, k, 128, 64)
     if act_quant:
         if wfmt != 1:
             raise NotImplementedError("act_quant needs FP8 weights")
