@@ -269,6 +269,8 @@ def main(argv=None):
     ap.add_argument("--in-len", type=int, default=128)
     ap.add_argument("--out-len", type=int, default=48)
     ap.add_argument("--prefill", default="8x4096", help="N x L prompts ('' = skip)")
+    ap.add_argument("--prefill-warmup-len", type=int, default=0,
+                    help="warm-up prompt length before the timed prefill (0 = the measured L)")
     ap.add_argument("--prefill-kv", default="bf16", help="KV formats that run the prefill case")
     ap.add_argument("--contexts", default="4096,131072,1048000", help="decode positions ('' = skip)")
     ap.add_argument("--context-iters", type=int, default=20)
@@ -346,7 +348,8 @@ def main(argv=None):
         eng.runner.graphs = graphs
         if n and kv in prefill_kvs:
             # warm-up at the measured shapes (other tokens): every kernel config of the run compiles here
-            run_prefill(eng, n, L, vocab_hi, f"warm{kv}", seed=11)
+            # (--prefill-warmup-len: a shorter warm-up prompt for very long ones, e.g. 131072 before 1M)
+            run_prefill(eng, n, min(L, args.prefill_warmup_len or L), vocab_hi, f"warm{kv}", seed=11)
             dt = run_prefill(eng, n, L, vocab_hi, f"{kv}")
             fl = flops_per_token(eng.model, L) * n * L
             fmt["prefill"] = {"n": n, "len": L, "s": round(dt, 3), "tok_s": round(n * L / dt, 1),

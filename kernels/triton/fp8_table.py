@@ -7,8 +7,8 @@ dequantized weight tiles, 1 swap (weights as the MMA's left operand), 2 CUDA-cor
 
 from __future__ import annotations
 
-def _c(bm, bn, st, split, var):
-    return dict(BM=bm, BN=bn, BK=128, GROUP_M=1, num_warps=4, num_stages=st, SPLIT_K=split, VAR=var)
+def _c(bm, bn, st, split, var, warps=4):
+    return dict(BM=bm, BN=bn, BK=128, GROUP_M=1, num_warps=warps, num_stages=st, SPLIT_K=split, VAR=var)
 
 
 # sweep 1 (2026-12-02 04:33, window 5, bench/fp8_entries.py set 1; % of the 4.22 TB/s measured HBM read,
@@ -21,7 +21,21 @@ DECODE: dict = {
     (2048, 4096): {64: _c(64, 32, 4, 4, 0)},    # shared_w13: 13.1 -> 15.4 %
     (4096, 2048): {64: _c(64, 32, 4, 2, 0)},    # shared_w2: 14.7 -> 16.4 %
 }
-
+# sweep 3 (2026-12-02 session 3, FP8_SWEEP_M=256,128, bench/fp8_entries.py sweep_configs_big): rows 65..256
+# (decode batches 128 / 256); the rule's pick (64 x 128 tiles, no K split: 16-128 programs) -> this entry, us
+BIG = {
+    (1024, 4096): {128: _c(64, 64, 4, 8, 0), 256: _c(64, 64, 4, 4, 0)},            # wq_a 56.4 -> 13.8 / 56.4 -> 18.3
+    (32768, 1024): {128: _c(128, 128, 3, 1, 0, 8), 256: _c(128, 128, 3, 1, 0, 8)},  # wq_b 65.0 -> 40.8 / 126 -> 78.9
+    (512, 4096): {128: _c(64, 64, 4, 16, 0), 256: _c(64, 64, 4, 8, 0)},            # wkv 56.5 -> 13.2 / 56.2 -> 14.2
+    (4096, 8192): {128: _c(128, 64, 3, 4, 1), 256: _c(128, 64, 3, 2, 1)},          # wo_b 112 -> 43.1 / 112 -> 71.7
+    (8192, 1024): {128: _c(64, 64, 4, 1, 0), 256: _c(128, 64, 3, 1, 1)},           # idx_wq_b 17.1 -> 14.7 / 32.2 -> 21.9
+    (2048, 4096): {128: _c(64, 64, 4, 4, 0), 256: _c(128, 64, 3, 4, 1)},           # shared_w13 56.7 -> 18.4 / 56.9 -> 26.2
+    (4096, 2048): {128: _c(64, 64, 4, 2, 0), 256: _c(128, 64, 3, 2, 1)},           # shared_w2 30.0 -> 17.9 / 30.4 -> 24.7
+    (4096, 4096): {128: _c(128, 64, 3, 4, 1), 256: _c(128, 64, 3, 2, 1)},          # mtp_proj 57.0 -> 26.8 / 57.2 -> 39.8
+    (8192, 4096): {128: _c(128, 64, 3, 2, 1), 256: _c(128, 64, 3, 1, 1)},          # grouped wo_a 58.5 -> 40.7 / 114 -> 72.2
+}
+for _key, _row in BIG.items():
+    DECODE.setdefault(_key, {}).update(_row)
 
 def lookup(m: int, n: int, k: int):
     """The measured config for m rows of an (n, k) FP8 linear, or None."""

@@ -1,10 +1,11 @@
 """Triton mHC glue: two kernels per hyper-connection site.
 
-`_mix_kernel` (split over d; decode and small batches): optionally first the post-mix of the previous site,
+`_mix_kernel` (split over d; fp32 streams below PREFILL_ROWS rows, and the interpreter): optionally first the post-mix of the previous site,
 X'[j] = post[j] * o + sum_i comb[i, j] * X[i] (written out in X's dtype), then partial sums of the
 `fn` projection of the flattened streams (3xTF32 tensor-core dots: fp32-level accuracy) and of their
-squares -> part [S, N, MP], sq [S, N]. From PREFILL_ROWS rows on the same contract runs as
-mhc_prefill._mix_prefill_kernel (64-row tiles, each X element read once, exact bf16 MMAs).
+squares -> part [S, N, MP], sq [S, N]. bf16 streams on the GPU (decode too: measured faster at every row
+count) and from PREFILL_ROWS rows on, the same contract runs as mhc_prefill._mix_prefill_kernel (64-row tiles,
+each X element read once, exact bf16 MMAs on fn split into three bf16 parts).
 `_finish_kernel` (one program per token): the RMS factor, sigmoid/scale/base, softmax + Sinkhorn
 on the hc x hc mixer (registers), the pre-weighted collapse u = sum_i pre[i] X[i] and optionally the
 sub-layer's RMSNorm of u. Head mode (hc_head): hc pre weights only. No host sync; sizes from shapes.
@@ -105,14 +106,16 @@ def _finish_kernel(x_ptr, part_ptr, sq_ptr, base_ptr, scale_ptr, nw_ptr, u_ptr, 
     tl.store(u_ptr + row * D + dd, u, mask=dmask)
 
 
-PREFILL_ROWS = 512  # from this many rows on, the prefill mix kernel (mhc_prefill.py); decode keeps _mix_kernel
+PREFILL_ROWS = 512  # from this many rows on, the prefill mix kernel (mhc_prefill.py) for any dtype
 
 
 def _mix(x, fn, o=None, post=None, comb=None, cfg=None):
     """Launch the mix kernel -> (x' (x itself without post), part [S, N, MP], sq [S, N], S). `cfg`: tiles of the
     prefill kernel (mhc_prefill.mix_config), which runs from PREFILL_ROWS rows on or when cfg is given."""
     n, hc, d = x.shape
-    if cfg is not None or n >= PREFILL_ROWS:
+    # bf16 streams on the GPU take the row-tile kernel at every size: bench mhc_mix_decode (one H200, CUDA graph,
+    # 2026-12-02 session 3) 11.5 / 13.2 / 22.7 us at 1 / 64 / 256 rows vs 13.7 / 40.7 / 139 for _mix_kernel
+    if cfg is not None or n >= PREFILL_ROWS or (x.dtype == torch.bfloat16 and not interpreting()):
         from .mhc_prefill import mix_prefill
         return mix_prefill(x, fn, o, post, comb, cfg)
     mix = fn.shape[0]

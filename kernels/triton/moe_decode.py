@@ -254,6 +254,10 @@ def _moe_swap_kernel(
 #   BN128 4 warps (wgmma) 3 stages, aligned:   24.4 / 48.6 / 56.1 / 53.3
 # (BN32 2 warps, BN64 / BN128 with 4-8 warps, 6 stages, a K split of the down launch, PDL of the down
 # launch with an L2 prefetch, and byte tiles with even/odd dots all measured slower.)
+# Session 3 (bench moe_decode_fp4 quick set, same GPU): the aligned BN128 4-warp tile with the up matrix in
+# its own K loop (SEQ), 3 stages: 49.7 / 56.1 / 54.1 % at batch 8 / 64 / 256 against 48.6 / 54.5 / 53.2 for
+# BN64 2 warps 4 stages in the same run (285 / 1124 / 1477 us vs 291 / 1158 / 1502): shipped. Register caps
+# (168, 128), two MMA chains, SEQ on the BN64 tile and 6 stages all measured slower (41-53 %).
 # One tile per pair reads an expert once per pair that picked it: free at batch 1 (a token's top-k are
 # distinct), 1.6x the touched bytes at batch 8 under skewed routing (48 pairs on 30 experts, issue-6
 # run 3); so the aligned layout from 3 tokens on (at batch 8 uniform it is within 2 % of the best).
@@ -261,7 +265,9 @@ def decode_config(num_pairs: int, interp: bool = False) -> dict:
     """Tile config of the swapped decode kernel for `num_pairs` (token, slot) pairs."""
     if interp:
         return dict(BT=16, BN=32, BK=128, num_warps=4, num_stages=1, ALIGNED=num_pairs > 4)
-    return dict(BT=16, BN=64, BK=128, num_warps=2, num_stages=4, ALIGNED=num_pairs > 12)
+    if num_pairs <= 12:
+        return dict(BT=16, BN=64, BK=128, num_warps=2, num_stages=4, ALIGNED=False)
+    return dict(BT=16, BN=128, BK=128, num_warps=4, num_stages=3, ALIGNED=True, SEQ=True)
 
 
 def _launch(a, w, w2, out, rw, ids_flat, align, n_out, k_in, p, limit, a_div, out_div, gate_up, cfg, zero=None):

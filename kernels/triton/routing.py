@@ -163,11 +163,14 @@ def _align_scatter_kernel(ids_ptr, P, G, cnt_ptr, sorted_ptr, eids_ptr, npad_ptr
         tl.store(eids_ptr + b, eid, mask=(b < max_blocks) & (b < b_lo + blk_per))
 
 
-PARALLEL_PAIRS = 2048  # from this many pairs on, the parallel two-launch alignment; below, one program
+# From this many pairs on, the parallel two-launch alignment; below, one program. Measured (bench moe_align,
+# one H200, CUDA graph, 2026-12-02 session 3): parallel / one program 8.3 / 9.0 us at 6 pairs, 11.8 / 27.5 at
+# 384, 11.9 / 39.8 at 768, 24.0 / 68.4 at 1,536 (block 16): the parallel kernels win at every decode size.
+PARALLEL_PAIRS = 1
 
 
 def moe_align(ids, num_experts, block_m, parallel=None):
-    """Small batches (decode): one program (`_align_kernel`). From PARALLEL_PAIRS pairs on (prefill), two
+    """Below PARALLEL_PAIRS pairs (or parallel=False): one program (`_align_kernel`). Otherwise two
     launches of G = ceil(pairs / CH) programs each: per-chunk histograms, then per-chunk scan + stable scatter.
     Same layout either way. No host sync: every size comes from the shapes (CUDA-graph safe)."""
     flat = ids.reshape(-1).to(torch.int32).contiguous()

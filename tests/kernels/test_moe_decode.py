@@ -88,7 +88,7 @@ def test_moe_decode_gpu(mode, n):
     x = torch.randn(n, 4096, device="cuda").bfloat16()
     weights, ids = _routing(n, mode, n)
     want = ref.moe_experts(x, w1, w3, w2, weights, ids, 10.0)
-    cfgs = [md.decode_config(384), dict(BT=16, BN=128, BK=128, num_warps=4, num_stages=3, ALIGNED=True)]
+    cfgs = [md.decode_config(384), dict(BT=16, BN=64, BK=128, num_warps=2, num_stages=4, ALIGNED=True)]
     if n <= 8:
         cfgs.append(md.decode_config(6))
     for cfg in cfgs:
