@@ -57,15 +57,19 @@ def precompile_buckets(graphs, workers: int | None = None, force: bool = False) 
     device = graphs.device
     t0 = time.monotonic()
     # Every static row back to padding: each bucket's host mirrors, then the device buffers through the
-    # largest bucket's full run (which also compiles its variants); then the others in parallel.
+    # largest bucket's "stage" sections (serial: they unpack the shared staging buffer); then every bucket's
+    # forward sections in parallel, the largest (most distinct kernel variants) first. (Until 2026-12-02 the
+    # largest bucket's whole forward ran serially here: with the large-batch kernel tables it compiled its
+    # variants alone for most of the start.)
     for bp in graphs.sizes:
         graphs._fill_idle(bp)
     graphs._fill_idle(graphs.max_bs)
     top = graphs.buckets[graphs.max_bs]
     with torch.inference_mode():
-        top_out: dict = {}  # one dict: a graph may read an earlier one's outputs (speculative verify -> draft)
         for name in graphs.graph_names:
-            graphs._run_eager(top, name, top_out)
+            for label, fn in graphs._sections(top, name, {}):
+                if label == "stage":
+                    fn()
 
     def one(bp: int) -> None:
         bk, out = graphs.buckets[bp], {}
@@ -76,7 +80,7 @@ def precompile_buckets(graphs, workers: int | None = None, force: bool = False) 
                         fn()
 
     with ThreadPoolExecutor(max_workers=max(1, n), thread_name_prefix="v4serve-compile") as pool:
-        for fut in [pool.submit(one, bp) for bp in reversed(graphs.sizes[:-1])]:
+        for fut in [pool.submit(one, bp) for bp in reversed(graphs.sizes)]:
             fut.result()  # re-raises a failed forward
     if device.type == "cuda":
         torch.cuda.synchronize(device)
