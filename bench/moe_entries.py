@@ -6,7 +6,7 @@ moe_decode_fp4   MXFP4 experts, uniform routing, batch 1 / 8 / 64 / 256 (8 routi
                  the issue-6 grouped GEMM ("interleave", the kernel before) and the swapped kernel over a
                  tile sweep; each variant's relative error against the twin first.
                  Then the dispatched call's per-kernel CUDA time at batch 1 and 64 (torch.profiler).
-                 V4_MOE_BENCH_CFGS=quick: the dispatched path, plus the register-capped tiles at B >= 64
+                 V4_MOE_BENCH_CFGS=quick: the dispatched path, plus the occupancy variants (SEQ, register caps, BN128) at B >= 8
                  (a short run, ~25 s).
 """
 
@@ -20,8 +20,8 @@ import torch
 SWAP_CFGS = (("bn64_w2_s4", 16, 64, 128, 2, 4), ("bn128_w4_s3", 16, 128, 128, 4, 3), ("bn64_w4_s4", 16, 64, 128, 4, 4),
              ("bn32_w2_s4", 16, 32, 128, 2, 4), ("bn128_w8_s3", 16, 128, 128, 8, 3))
 # occupancy variants of the aligned tile (B >= 8), with their control: SEQ = the up matrix in a second K loop
-# (160 instead of 184 registers), maxnreg = register cap (more programs per SM), CHAINS = two MMA accumulator
-# chains, SPLIT = the conversion in two halves; 2026-12-02 session 3.
+# (160 instead of 184 registers), maxnreg = register cap (more programs per SM); 2026-12-02 session 3 (two MMA
+# accumulator chains and a conversion in two halves were measured too, slower, and removed: docs/benchmarks.md).
 _B = dict(BT=16, BN=64, BK=128, num_warps=2)
 CAPPED_CFGS = (("bn64_w2_s4", dict(_B, num_stages=4)),
                ("bn64_w2_s3_reg168", dict(_B, num_stages=3, maxnreg=168)),
@@ -30,8 +30,6 @@ CAPPED_CFGS = (("bn64_w2_s4", dict(_B, num_stages=4)),
                ("seq_s4_reg128", dict(_B, num_stages=4, SEQ=True, maxnreg=128)),
                ("seq_s3_reg128", dict(_B, num_stages=3, SEQ=True, maxnreg=128)),
                ("seq_s6", dict(_B, num_stages=6, SEQ=True)),
-               ("chains2_s4", dict(_B, num_stages=4, CHAINS=2)),
-               ("seq_chains2_s4", dict(_B, num_stages=4, SEQ=True, CHAINS=2)),
                ("seq_bn128_w4_s4", dict(_B, BN=128, num_warps=4, num_stages=4, SEQ=True)),
                ("seq_bn128_w4_s3", dict(_B, BN=128, num_warps=4, num_stages=3, SEQ=True)))
 BATCHES = (1, 8, 64, 256)

@@ -5,8 +5,9 @@ stream. One program computes out^T[BN features, BT tokens] = W[BN, K] @ x^T[K, B
 loaded as int32 words (8 E2M1 codes each), converted in registers by packed PTX (`_fp4_words_asm`: 9
 instructions per 4 weights, block scale folded into one mul.bf16x2 per 2 weights) straight into the
 MMA's A-operand registers, no nibble interleave and no transpose; code position j of every word is
-one dot, against the token tile's columns 8w + j (the small B operand). 2-warp programs run mma.sync
-(measured faster than 4-warp wgmma, docs/benchmarks.md "Kernels at the roofline (issue 11)").
+one dot, against the token tile's columns 8w + j (the small B operand). One tile per pair: 2-warp programs
+(mma.sync); aligned tiles: 128 rows, 4 warps (wgmma), the up matrix in its own K loop (SEQ) -- the measured
+picks of docs/benchmarks.md "Kernels at the roofline (issue 11)" (`decode_config`).
 
 Kernel 1 (gate/up): h[pair] = silu(min(x W1^T, L)) * clamp(x W3^T, -L, L) * route_w[pair]   (bf16)
 Kernel 2 (down + combine): out[token] += h[pair] W2^T   (fp32 atomics over the k slots of a token)
@@ -25,24 +26,19 @@ import triton.language as tl
 from .common import e2m1_f32, e8m0_to_f32, zero_share
 
 
-def _fp4_words_ptx(bytes_=(0, 1, 2, 3)) -> str:
-    """The conversion's PTX (see _fp4_words_asm) for the given bytes of the two words: per byte b one prmt,
-    then for its low and high nibble lanes mask, spread (x 0x1040 / 0x104), keep magnitude + sign bits,
-    scale -> output 2i / 2i+1 (i = position of b in `bytes_`). Operands: 2 * len(bytes_) outputs, then the
-    two words and the scale pair."""
-    n_out = 2 * len(bytes_)
+def _fp4_words_ptx() -> str:
+    """The conversion's PTX (see _fp4_words_asm): per byte b of the two words one prmt, then for its low and
+    high nibble lanes mask, spread (x 0x1040 / 0x104), keep magnitude + sign bits, scale -> output 2b / 2b+1."""
     lines = ["", "        {", "        .reg .b32 y, t;"]
-    for i, byte in enumerate(bytes_):
-        lines.append(f"        prmt.b32 y, ${n_out}, ${n_out + 1}, 0x0{byte + 4}0{byte};")
+    for byte in range(4):
+        lines.append(f"        prmt.b32 y, $8, $9, 0x0{byte + 4}0{byte};")
         for half, (mask, spread) in enumerate((("0x000F000F", "0x1040"), ("0x00F000F0", "0x104"))):
             lines += [f"        and.b32 t, y, {mask};", f"        mul.lo.u32 t, t, {spread};",
-                      "        and.b32 t, t, 0x81C081C0;", f"        mul.rn.bf16x2 ${2 * i + half}, t, ${n_out + 2};"]
+                      "        and.b32 t, t, 0x81C081C0;", f"        mul.rn.bf16x2 ${2 * byte + half}, t, $10;"]
     return "\n".join(lines + ["        }", ""])
 
 
 _FP4_WORDS_PTX = tl.constexpr(_fp4_words_ptx())
-_FP4_LO_PTX = tl.constexpr(_fp4_words_ptx((0, 1)))  # code positions 0..3
-_FP4_HI_PTX = tl.constexpr(_fp4_words_ptx((2, 3)))  # code positions 4..7
 
 
 @triton.jit
@@ -59,17 +55,6 @@ def _fp4_words_asm(wd, sc):
         asm=_FP4_WORDS_PTX,
         constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r,r",
         args=[wd, sc], dtype=(tl.bfloat16,) * 8, is_pure=True, pack=2)
-
-
-@triton.jit
-def _fp4_half_asm(wd, sc, HI: tl.constexpr):
-    """Half of _fp4_words_asm: code positions 0..3 (HI=False) or 4..7 of the words -> 4 bf16 tensors. Two
-    halves let the first four dots start before the second half is converted (fewer live registers)."""
-    if HI:
-        return tl.inline_asm_elementwise(asm=_FP4_HI_PTX, constraints="=r,=r,=r,=r,r,r,r", args=[wd, sc],
-                                         dtype=(tl.bfloat16,) * 4, is_pure=True, pack=2)
-    return tl.inline_asm_elementwise(asm=_FP4_LO_PTX, constraints="=r,=r,=r,=r,r,r,r", args=[wd, sc],
-                                     dtype=(tl.bfloat16,) * 4, is_pure=True, pack=2)
 
 
 @triton.jit
@@ -98,15 +83,6 @@ def _code(wd, sf, j: tl.constexpr):
 
 
 @triton.jit
-def _convert4(wd, sc, HI: tl.constexpr, USE_ASM: tl.constexpr):
-    """Code positions 0..3 (HI=False) or 4..7 of the words -> 4 tensors [BN, BK/8] bf16, scaled."""
-    if USE_ASM:
-        return _fp4_half_asm(wd, sc, HI)
-    o: tl.constexpr = 4 if HI else 0
-    return _code(wd, sc, o), _code(wd, sc, o + 1), _code(wd, sc, o + 2), _code(wd, sc, o + 3)
-
-
-@triton.jit
 def _convert8(wd, sc, USE_ASM: tl.constexpr):
     """All 8 code positions of the words -> 8 tensors [BN, BK/8] bf16: tensor j column w = W[:, k0 + 8w + j]."""
     if USE_ASM:
@@ -123,39 +99,19 @@ def _mma(a, b, acc, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def _dots4(w0, w1, w2, w3, x0, x1, x2, x3, acc, accb, CHAINS: tl.constexpr, DOT_F32: tl.constexpr):
-    """acc (+ accb) += w0 @ x0 + ... + w3 @ x3; CHAINS=2 alternates the two accumulators (two independent
-    MMA dependency chains), CHAINS=1 leaves accb alone."""
-    acc = _mma(w0, x0, acc, DOT_F32)
-    if CHAINS == 2:
-        accb = _mma(w1, x1, accb, DOT_F32)
-    else:
-        acc = _mma(w1, x1, acc, DOT_F32)
-    acc = _mma(w2, x2, acc, DOT_F32)
-    if CHAINS == 2:
-        accb = _mma(w3, x3, accb, DOT_F32)
-    else:
-        acc = _mma(w3, x3, acc, DOT_F32)
-    return acc, accb
-
-
-@triton.jit
-def _expert_step(w_base, s_base, offs_n, nmask, k0, stride_wn, stride_sn, xs, acc, accb,
-                 BN: tl.constexpr, BK: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr,
-                 SPLIT: tl.constexpr, CHAINS: tl.constexpr):
-    """acc (+ accb) += W[offs_n, k0:k0+BK] @ x^T (xs: the 8 code-position tiles of _x_words). SPLIT converts the
-    words in two halves, each right before its four dots (about half the converted operands live at once)."""
+def _expert_step(w_base, s_base, offs_n, nmask, k0, stride_wn, stride_sn, xs, acc,
+                 BN: tl.constexpr, BK: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr):
+    """acc += W[offs_n, k0:k0+BK] @ x^T (xs: the 8 code-position tiles of _x_words): one dot per code position."""
     wd, sc = _tile_words(w_base, s_base, offs_n, nmask, k0, stride_wn, stride_sn, BN, BK, USE_ASM)
-    if SPLIT:
-        w0, w1, w2, w3 = _convert4(wd, sc, False, USE_ASM)
-        acc, accb = _dots4(w0, w1, w2, w3, xs[0], xs[1], xs[2], xs[3], acc, accb, CHAINS, DOT_F32)
-        w4, w5, w6, w7 = _convert4(wd, sc, True, USE_ASM)
-        acc, accb = _dots4(w4, w5, w6, w7, xs[4], xs[5], xs[6], xs[7], acc, accb, CHAINS, DOT_F32)
-    else:
-        wt = _convert8(wd, sc, USE_ASM)
-        acc, accb = _dots4(wt[0], wt[1], wt[2], wt[3], xs[0], xs[1], xs[2], xs[3], acc, accb, CHAINS, DOT_F32)
-        acc, accb = _dots4(wt[4], wt[5], wt[6], wt[7], xs[4], xs[5], xs[6], xs[7], acc, accb, CHAINS, DOT_F32)
-    return acc, accb
+    wt = _convert8(wd, sc, USE_ASM)
+    acc = _mma(wt[0], xs[0], acc, DOT_F32)
+    acc = _mma(wt[1], xs[1], acc, DOT_F32)
+    acc = _mma(wt[2], xs[2], acc, DOT_F32)
+    acc = _mma(wt[3], xs[3], acc, DOT_F32)
+    acc = _mma(wt[4], xs[4], acc, DOT_F32)
+    acc = _mma(wt[5], xs[5], acc, DOT_F32)
+    acc = _mma(wt[6], xs[6], acc, DOT_F32)
+    return _mma(wt[7], xs[7], acc, DOT_F32)
 
 
 @triton.jit
@@ -181,7 +137,7 @@ def _moe_swap_kernel(
     stride_am, stride_be, stride_bn, stride_se, stride_sn, stride_om,
     A_DIV: tl.constexpr, OUT_DIV: tl.constexpr, GATE_UP: tl.constexpr, ALIGNED: tl.constexpr,
     BT: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, USE_ASM: tl.constexpr, DOT_F32: tl.constexpr,
-    SPLIT: tl.constexpr, CHAINS: tl.constexpr, SEQ: tl.constexpr,
+    SEQ: tl.constexpr,
     zero_ptr, ZERO_PER, ZERO_N, ZERO: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -212,27 +168,22 @@ def _moe_swap_kernel(
     b2s_base = b2s_ptr + e * stride_se
     acc = tl.zeros([BN, BT], dtype=tl.float32)
     acc2 = tl.zeros([BN, BT], dtype=tl.float32)
-    accb = tl.zeros([BN, BT], dtype=tl.float32)  # second MMA chains (CHAINS=2)
-    acc2b = tl.zeros([BN, BT], dtype=tl.float32)
     a_rows = a_ptr + arow[:, None] * stride_am
     offs_k = tl.arange(0, BK)
     for k0 in range(0, K, BK):
         a = tl.load(a_rows + (k0 + offs_k)[None, :], mask=tvalid[:, None], other=0.0)  # [BT, BK]
         xs = _x_words(a, BT, BK)
-        acc, accb = _expert_step(b_base, bs_base, offs_n, nmask, k0, stride_bn, stride_sn, xs, acc, accb, BN, BK,
-                                 USE_ASM, DOT_F32, SPLIT, CHAINS)
+        acc = _expert_step(b_base, bs_base, offs_n, nmask, k0, stride_bn, stride_sn, xs, acc, BN, BK, USE_ASM,
+                           DOT_F32)
         if GATE_UP and not SEQ:
-            acc2, acc2b = _expert_step(b2_base, b2s_base, offs_n, nmask, k0, stride_bn, stride_sn, xs, acc2, acc2b,
-                                       BN, BK, USE_ASM, DOT_F32, SPLIT, CHAINS)
-    if GATE_UP and SEQ:  # the up matrix in its own loop: one matrix's operands live at a time (fewer registers)
+            acc2 = _expert_step(b2_base, b2s_base, offs_n, nmask, k0, stride_bn, stride_sn, xs, acc2, BN, BK, USE_ASM,
+                                DOT_F32)
+    if GATE_UP and SEQ:  # the up matrix in its own K loop: one matrix's operands live at a time (fewer registers)
         for k0 in range(0, K, BK):
             a = tl.load(a_rows + (k0 + offs_k)[None, :], mask=tvalid[:, None], other=0.0)
             xs = _x_words(a, BT, BK)
-            acc2, acc2b = _expert_step(b2_base, b2s_base, offs_n, nmask, k0, stride_bn, stride_sn, xs, acc2, acc2b,
-                                       BN, BK, USE_ASM, DOT_F32, SPLIT, CHAINS)
-    if CHAINS == 2:
-        acc += accb
-        acc2 += acc2b
+            acc2 = _expert_step(b2_base, b2s_base, offs_n, nmask, k0, stride_bn, stride_sn, xs, acc2, BN, BK, USE_ASM,
+                                DOT_F32)
     omask = nmask[:, None] & tvalid[None, :]
     orow = (pair // OUT_DIV).to(tl.int64)
     optrs = out_ptr + orow[None, :] * stride_om + offs_n[:, None]
@@ -292,8 +243,7 @@ def _launch(a, w, w2, out, rw, ids_flat, align, n_out, k_in, p, limit, a_div, ou
         n_out, k_in, p, float(limit),
         a.stride(0), w.data.stride(0), w.data.stride(1), s_u8.stride(0), s_u8.stride(1), out.stride(0),
         A_DIV=a_div, OUT_DIV=out_div, GATE_UP=gate_up, ALIGNED=cfg["ALIGNED"], BT=cfg["BT"], BN=cfg["BN"],
-        BK=cfg["BK"], USE_ASM=use_asm, DOT_F32=interpreting(), SPLIT=cfg.get("SPLIT", False),
-        CHAINS=cfg.get("CHAINS", 1), SEQ=cfg.get("SEQ", False),
+        BK=cfg["BK"], USE_ASM=use_asm, DOT_F32=interpreting(), SEQ=cfg.get("SEQ", False),
         zero_ptr=zero if zero is not None else rw, ZERO_PER=zero_per, ZERO_N=zero_n, ZERO=zero is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}))  # register cap: more programs per SM

@@ -33,7 +33,7 @@ def compile_decode_kernels() -> int:
                 sig["out_ptr"] = "*fp32"
             consts = dict(A_DIV=6 if gate_up else 1, OUT_DIV=1 if gate_up else 6, GATE_UP=gate_up,
                           ALIGNED=cfg["ALIGNED"], BT=cfg["BT"], BN=cfg["BN"], BK=cfg["BK"], USE_ASM=use_asm,
-                          DOT_F32=False, ZERO=gate_up, SPLIT=cfg.get("SPLIT", False), CHAINS=cfg.get("CHAINS", 1), SEQ=cfg.get("SEQ", False))
+                          DOT_F32=False, ZERO=gate_up, SEQ=cfg.get("SEQ", False))
             div = [i for i, a in enumerate(fn.arg_names) if a in sig and a not in ("P", "limit", "ZERO_PER", "ZERO_N")]
             k = compile_sm90(fn, {a: sig[a] for a in fn.arg_names if a not in consts}, consts, {(i,): [["tt.divisibility", 16]] for i in div},
                              num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
