@@ -6,10 +6,11 @@ partial sums of the `fn` projection of the flattened streams and of their square
 Tiles are [rows, hc, columns], contiguous along the columns, so every X element is read once (the decode
 kernel re-reads each source stream once per destination). The projection is fp32-accurate on tensor cores:
 bf16 streams are exact bf16 MMA operands and fn is split into three exact bf16 parts, hi + mid + lo (bf16
-products are exact in the fp32 accumulator); with `presplit` `_split_fn_kernel` does that once per call and
-the kernel streams the bf16 parts straight into the MMA. Other dtypes use 3xTF32 dots. `mhc._mix` calls it
-from mhc.PREFILL_ROWS rows on. `_finish_rows_kernel`: mhc._finish_kernel for BR rows per program (a variant
-timed by bench/prefill_entries.py; `mhc._finish(..., br=)`).
+products are exact in the fp32 accumulator); with `presplit` `_split_fn_kernel` does that once per fn weight
+(`_split_fn` keeps the parts on the tensor) and the kernel streams them straight into the MMA. Other dtypes
+use 3xTF32 dots. `mhc._mix` calls it for bf16 streams on the GPU and from mhc.PREFILL_ROWS rows on.
+`_finish_rows_kernel`: mhc._finish_kernel for BR rows per program (a variant timed by
+bench/prefill_entries.py; `mhc._finish(..., br=)`).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def _mix_prefill_kernel(x_ptr, o_ptr, post_ptr, comb_ptr, xo_ptr, fn_ptr, part_p
         xv = tl.reshape(xv, (BM, HC * BC))
         fp = fn_ptr + m3 * K + h3 * D + c3  # fn tile [MP, HC, BC] -> fn^T [HC*BC, MP]
         fmask = (m3 < MIX) & cm3
-        if PRESPLIT:  # fn as three bf16 parts [3, MP, K] (hi, mid, lo), split once per call by _split_fn
+        if PRESPLIT:  # fn as three bf16 parts [3, MP, K] (hi, mid, lo), split once per weight by _split_fn
             lo = tl.trans(tl.reshape(tl.load(fp + 2 * MP * K, mask=fmask, other=0.0), (MP, HC * BC)))
             mid = tl.trans(tl.reshape(tl.load(fp + MP * K, mask=fmask, other=0.0), (MP, HC * BC)))
             hi = tl.trans(tl.reshape(tl.load(fp, mask=fmask, other=0.0), (MP, HC * BC)))
@@ -158,7 +159,7 @@ def _finish_rows_kernel(x_ptr, part_ptr, sq_ptr, base_ptr, scale_ptr, nw_ptr, u_
 def mix_config(n: int, dtype=torch.bfloat16) -> tuple[int, int, int, int, bool]:
     """(row tile, column tile, warps, stages, presplit fn) of `_mix_kernel` for n rows. Decode keeps 16-row
     tiles split over d; prefill takes 64-row tiles (each X element read once, fn once per tile) and bf16 fn
-    parts split once per call (`_split_fn_kernel`), so the kernel streams them straight into the MMA."""
+    parts split once per weight (`_split_fn`), so the kernel streams them straight into the MMA."""
     if interpreting():
         return 16, 16, 4, 1, False
     if dtype == torch.bfloat16:  # bench mhc_mix_decode / mhc_sweep (one H200): 64 x 32 tiles, 4 warps below 512 rows
@@ -166,11 +167,27 @@ def mix_config(n: int, dtype=torch.bfloat16) -> tuple[int, int, int, int, bool]:
     return 16, 32, 4, 1, False
 
 
+_SPLIT_ATTR = "_v4serve_split_fn"  # the split parts, kept on the fn tensor itself (they live and die with it)
+
+
 def _split_fn(fn, mp):
+    """fn [MIX, K] fp32 -> its three exact bf16 parts [3, mp, K]. fn is a weight: the parts are computed once
+    and kept on the tensor, keyed by its version counter (an in-place update of fn splits again), so decode
+    steps and their CUDA graphs launch nothing for it (the split was 17 launches per decode step).
+    Inference-mode tensors have no version counter: those are split on every call."""
+    try:
+        key = (fn._version, mp)
+    except RuntimeError:
+        key = None
+    cached = getattr(fn, _SPLIT_ATTR, None) if key is not None else None
+    if cached is not None and cached[0] == key:
+        return cached[1]
     mix, k = fn.shape
     out = torch.empty(3, mp, k, dtype=torch.bfloat16, device=fn.device)
     bk = 1024
     _split_fn_kernel[(mp, triton.cdiv(k, bk))](fn, out, mix, k, MP=mp, BK=bk, num_warps=4)
+    if key is not None:
+        setattr(fn, _SPLIT_ATTR, (key, out))
     return out
 
 

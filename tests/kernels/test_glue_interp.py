@@ -266,3 +266,22 @@ def test_norm_linear_interp(m, k, split):
     wp = torch.randn(64, k, generator=g) * 0.05  # plain weights: norm kernel + F.linear
     torch.testing.assert_close(tri.norm_linear(x, nw, 1e-6, wp), ref_lin.norm_linear(x, nw, 1e-6, wp), rtol=1e-4,
                                atol=1e-4)
+
+
+def test_split_fn_cached_per_weight_interp():
+    """The mix kernel's bf16 parts of fn are split once per weight: a second call returns the same tensor (no
+    launch), an in-place update of fn splits again, and the parts always sum to fn exactly."""
+    (pre,) = interp_modules("mhc_prefill")
+    g = torch.Generator().manual_seed(3)
+    fn = torch.randn(24, 256, generator=g) * 1e-3
+    a = pre._split_fn(fn, 32)
+    assert pre._split_fn(fn, 32) is a
+    assert torch.equal(a.float().sum(0)[:24].double(), fn.double()) and not a[:, 24:].any()
+    fn.mul_(3.0)  # bumps the version counter
+    b = pre._split_fn(fn, 32)
+    assert b is not a and torch.equal(b.float().sum(0)[:24].double(), fn.double())
+    assert pre._split_fn(fn, 16 * 4) is not b  # another row padding: its own split
+    with torch.inference_mode():  # inference tensors have no version counter: split every call, still exact
+        fi = fn.clone()
+        c = pre._split_fn(fi, 32)
+        assert pre._split_fn(fi, 32) is not c and torch.equal(c.float().sum(0)[:24].double(), fi.double())
