@@ -1,33 +1,18 @@
 """bench/kernels.py entries for the prefill kernels: the fused mHC mix (`mhc_mix`: hc_post_pre / hc_pre per
-call and the mix / finish kernels alone, at decode and prefill row counts, plus a tile sweep at 8,192 rows),
+call and the mix / finish kernels alone, at prefill row counts, plus a tile sweep at 8,192 rows; `mhc_mix_decode`:
+the decode kernel against the row-tile kernel at 1-384 rows),
 the token->expert alignment (`moe_align`: 8,192 x top-6 and decode sizes) and the MoE prefill paths
 (`moe_prefill`: fused MXFP4 kernel vs dequantize + torch grouped GEMM, 4K / 16K tokens). Registered into
 bench/kernels.py's REGISTRY by `install(register, bench_ms)`.
-
-A previous version of the mHC module can be timed next to the current one: `PREFILL_OLD_MHC=path.py` (a copy
-of an older kernels/triton/mhc.py) adds "old" rows.
 """
 
 from __future__ import annotations
-
-import importlib.util
-import os
 
 import torch
 
 from bench.kernel_fixtures import D, E, INTER, TOPK, _experts
 
 HC, MIX = 4, 24  # mHC streams, mix width (hc pre + post + hc*hc comb)
-
-
-def _old(var: str):
-    path = os.environ.get(var, "")
-    if not path or not os.path.exists(path):
-        return None
-    spec = importlib.util.spec_from_file_location(f"_old_{var.lower()}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _streams(n, g):
@@ -49,7 +34,7 @@ def install(register, bench_ms):
     @register("mhc_mix")
     def bench_mhc(ctx):
         import kernels.triton.mhc as tm
-        mods = [("new", tm)] + ([("old", m)] if (m := _old("PREFILL_OLD_MHC")) else [])
+        mods = [("new", tm)]
         for n in (8192, 2048, 512):  # the prefill kernel (mhc.PREFILL_ROWS = 512 and up)
             g = torch.Generator(device="cuda").manual_seed(n)
             x, fn, base, scale, w, o, post, comb = _streams(n, g)
