@@ -5,11 +5,13 @@ fp8_decode_sweep  every dense V4-Flash shape at M = 1 / 16 / 64 over the kernel 
                   as the MMA's left operand converted in registers, 2 = CUDA-core GEMV for one row) x tile /
                   split-K / stage grid; configs are compiled first in parallel worker processes (Triton's
                   disk cache; FP8_SWEEP_COMPILE_ONLY=1 stops there), each checked against the twin, then
-                  timed. Env: FP8_SWEEP_M (1,16,64), FP8_SWEEP_SHAPES, FP8_SWEEP_WORKERS, FP8_SWEEP_REP. `pick_config`'s decode table
+                  timed. Env: FP8_SWEEP_M (1,16,64; M > 64 takes the large-batch set `sweep_configs_big`),
+                  FP8_SWEEP_SHAPES, FP8_SWEEP_WORKERS, FP8_SWEEP_REP. `pick_config`'s decode table
                   (kernels/triton/fp8_table.py) is written from its `fp8_decode_best` rows.
-fp8_decode        the shipped dispatch (no config) at every shape, M = 1 / 16 / 64, plus the glue paths that
-                  ride on the same kernel at decode (norm_linear = q_norm + wq_b, grouped wo_a, SwiGLU
-                  shared_w13, compressor kv+gate): us and % of HBM over the weight bytes.
+fp8_decode        the shipped dispatch (no config) at every shape, M = FP8_DECODE_M (1,16,64), plus the glue
+                  paths that ride on the same kernel at decode (norm_linear = q_norm + wq_b, grouped wo_a,
+                  SwiGLU shared_w13 (at 65-256 rows also without its K split), compressor kv+gate): us and %
+                  of HBM over the weight bytes.
 
 Weights rotate over enough copies that one CUDA graph reads >= 256 MB (L2 is 60 MB).
 """

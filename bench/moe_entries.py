@@ -6,7 +6,8 @@ moe_decode_fp4   MXFP4 experts, uniform routing, batch 1 / 8 / 64 / 256 (8 routi
                  the issue-6 grouped GEMM ("interleave", the kernel before) and the swapped kernel over a
                  tile sweep; each variant's relative error against the twin first.
                  Then the dispatched call's per-kernel CUDA time at batch 1 and 64 (torch.profiler).
-                 V4_MOE_BENCH_CFGS=quick: the dispatched path, plus the occupancy variants (SEQ, register caps, BN128) at B >= 8
+                 V4_MOE_BENCH_CFGS=quick: the dispatched path, plus the occupancy variants (SEQ, register caps,
+                 BN128) at B >= 8
                  (a short run, ~25 s).
 """
 

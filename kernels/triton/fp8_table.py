@@ -1,7 +1,7 @@
 """Measured decode configs of the block linear (`fp8_linear.pick_config`), FP8 weights, bf16 activations.
 
-Key (N, K) of the launch (N = all groups' rows), then the row bucket: 1, <= 16, <= 64, <= 128, <= 256. Every entry is the
-fastest correct config of `python bench/kernels.py --only fp8_decode_sweep` (bench/fp8_entries.py) on one
+Key (N, K) of the launch (N = all groups' rows), then the row bucket: 1, <= 16, <= 64, <= 128, <= 256. Every
+entry is the fastest correct config of `python bench/kernels.py --only fp8_decode_sweep` (bench/fp8_entries.py) on one
 H200; shapes not listed take pick_config's rule. Fields as pick_config's dicts; VAR 0 token tiles x
 dequantized weight tiles, 1 swap (weights as the MMA's left operand), 2 CUDA-core GEMV (BM 1)."""
 
@@ -23,16 +23,17 @@ DECODE: dict = {
 }
 # sweep 3 (2026-12-02 session 3, FP8_SWEEP_M=256,128, bench/fp8_entries.py sweep_configs_big): rows 65..256
 # (decode batches 128 / 256); the rule's pick (64 x 128 tiles, no K split: 16-128 programs) -> this entry, us
-BIG = {
-    (1024, 4096): {128: _c(64, 64, 4, 8, 0), 256: _c(64, 64, 4, 4, 0)},            # wq_a 56.4 -> 13.8 / 56.4 -> 18.3
-    (32768, 1024): {128: _c(128, 128, 3, 1, 0, 8), 256: _c(128, 128, 3, 1, 0, 8)},  # wq_b 65.0 -> 40.8 / 126 -> 78.9
-    (512, 4096): {128: _c(64, 64, 4, 16, 0), 256: _c(64, 64, 4, 8, 0)},            # wkv 56.5 -> 13.2 / 56.2 -> 14.2
-    (4096, 8192): {128: _c(128, 64, 3, 4, 1), 256: _c(128, 64, 3, 2, 1)},          # wo_b 112 -> 43.1 / 112 -> 71.7
-    (8192, 1024): {128: _c(64, 64, 4, 1, 0), 256: _c(128, 64, 3, 1, 1)},           # idx_wq_b 17.1 -> 14.7 / 32.2 -> 21.9
-    (2048, 4096): {128: _c(64, 64, 4, 4, 0), 256: _c(128, 64, 3, 4, 1)},           # shared_w13 56.7 -> 18.4 / 56.9 -> 26.2
-    (4096, 2048): {128: _c(64, 64, 4, 2, 0), 256: _c(128, 64, 3, 2, 1)},           # shared_w2 30.0 -> 17.9 / 30.4 -> 24.7
-    (4096, 4096): {128: _c(128, 64, 3, 4, 1), 256: _c(128, 64, 3, 2, 1)},          # mtp_proj 57.0 -> 26.8 / 57.2 -> 39.8
-    (8192, 4096): {128: _c(128, 64, 3, 2, 1), 256: _c(128, 64, 3, 1, 1)},          # grouped wo_a 58.5 -> 40.7 / 114 -> 72.2
+BIG = {  # (N, K): {bucket: config}  # shape: rule -> entry at M=128 / at M=256 (us)
+    (1024, 4096): {128: _c(64, 64, 4, 8, 0), 256: _c(64, 64, 4, 4, 0)},  # wq_a 56.4 -> 13.8 / 56.4 -> 18.3
+    (32768, 1024): {128: _c(128, 128, 3, 1, 0, 8),
+                    256: _c(128, 128, 3, 1, 0, 8)},  # wq_b 65.0 -> 40.8 / 126 -> 78.9
+    (512, 4096): {128: _c(64, 64, 4, 16, 0), 256: _c(64, 64, 4, 8, 0)},  # wkv 56.5 -> 13.2 / 56.2 -> 14.2
+    (4096, 8192): {128: _c(128, 64, 3, 4, 1), 256: _c(128, 64, 3, 2, 1)},  # wo_b 112 -> 43.1 / 112 -> 71.7
+    (8192, 1024): {128: _c(64, 64, 4, 1, 0), 256: _c(128, 64, 3, 1, 1)},  # idx_wq_b 17.1 -> 14.7 / 32.2 -> 21.9
+    (2048, 4096): {128: _c(64, 64, 4, 4, 0), 256: _c(128, 64, 3, 4, 1)},  # shared_w13 56.7 -> 18.4 / 56.9 -> 26.2
+    (4096, 2048): {128: _c(64, 64, 4, 2, 0), 256: _c(128, 64, 3, 2, 1)},  # shared_w2 30.0 -> 17.9 / 30.4 -> 24.7
+    (4096, 4096): {128: _c(128, 64, 3, 4, 1), 256: _c(128, 64, 3, 2, 1)},  # mtp_proj 57.0 -> 26.8 / 57.2 -> 39.8
+    (8192, 4096): {128: _c(128, 64, 3, 2, 1), 256: _c(128, 64, 3, 1, 1)},  # grouped wo_a 58.5 -> 40.7 / 114 -> 72.2
 }
 for _key, _row in BIG.items():
     DECODE.setdefault(_key, {}).update(_row)
