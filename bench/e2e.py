@@ -15,7 +15,8 @@ Per KV format (the model is loaded once and reused):
   context    one sequence decoding at position L for every L in --contexts, state filled with random
              entries (no L-token prefill: the step's cost does not depend on the values): runner + argmax.
   profile    torch.profiler over --profile-steps decode steps at --profile-batch: host launch calls,
-             GPU ops per step, GPU-busy fraction (device time / wall), MoE kernels' share.
+             GPU ops per step, GPU-busy fraction (device time / profiled wall, and device time / the
+             unprofiled step of the same batch when it was measured), MoE kernels' share.
 Graph ("graph") and eager ("eager") decode are measured on the same engine with --compare-eager
 (the eager numbers toggle the runner's graphs off). Start-up: load (engine build before capture) and
 capture seconds. The last printed line is one JSON object with everything.
@@ -374,7 +375,10 @@ def main(argv=None):
                 fmt["profile"][mode] = {"error": repr(e)[:300]}
                 log({"case": "profile", "kv": kv, "mode": mode, "error": repr(e)[:300]})
                 continue
+            steps = {r["batch"]: r["step_ms"] for r in fmt["decode"].get(mode, [])}
             for p in fmt["profile"][mode]:
+                if p["batch"] in steps:  # the profiler stretches the wall time: GPU time vs the unprofiled step
+                    p["gpu_busy_vs_unprofiled_step"] = round(min(1.0, p["gpu_ms"] / steps[p["batch"]]), 3)
                 log({"case": "profile", "kv": kv, "mode": mode, **p})
         eng.runner.graphs = graphs
         fmt["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
