@@ -22,6 +22,7 @@ from .ref import linear_glue as _ref_lin
 from .ref import mhc as _ref_mhc
 from .ref import moe as _ref_moe
 from .ref import norm as _ref_norm
+from .ref import quant as _ref_quant
 from .ref import routing as _ref_routing
 from .ref import row_copy as _ref_row_copy
 
@@ -32,6 +33,7 @@ _OPS: dict[str, tuple[object, str, str]] = {
     "moe_align": (_ref_routing, "routing", "main"),
     "moe_experts": (_ref_moe, "moe", "main"),
     "fp8_linear": (_ref_fp8, "fp8_linear", "main"),
+    "act_quant": (_ref_quant, "act_quant", "main"),
     **{op: (_ref_lin, "linear_glue", "main") for op in (
         "linear", "grouped_linear", "swiglu_linear", "compressor_project", "norm_linear", "linear_scaled")},
     **{op: (_ref_mhc, "mhc", "main") for op in ("hc_pre", "hc_post", "hc_post_pre", "hc_head")},
@@ -120,6 +122,12 @@ def fp8_linear(x, w, scale, act_quant: bool = False, out_dtype=None) -> torch.Te
     """y = x @ dequant(w)^T with w float8_e4m3fn [N, K] and UE8M0 scale [ceil(N/128), ceil(K/128)]."""
     impl = _impl("fp8_linear", x)
     return impl.fp8_linear(x, w, scale, act_quant, out_dtype)
+
+
+def act_quant(x, mmajor: bool = True):
+    """FP8 activation quantization, the reference act_quant: x [M, K] -> (codes float8_e4m3fn [M, K], UE8M0
+    power-of-two scales fp32 [M, K/128], M-major storage unless mmajor=False)."""
+    return _impl("act_quant", x).act_quant(x, mmajor)
 
 
 def linear(x, weight, fp32: bool = False) -> torch.Tensor:

@@ -18,13 +18,31 @@ def dequant(w, dtype=torch.float32) -> torch.Tensor:
     return dequant_mxfp4(w.data, w.scale, dtype=dtype)
 
 
-def act_quant_fp8(x: torch.Tensor, block: int = 128) -> torch.Tensor:
-    """Per-token 1x`block` FP8 E4M3 fake-quantization with UE8M0 (power-of-two) scales -> fp32 [.., K]."""
+def act_quant_codes(x: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token 1x`block` FP8 E4M3 quantization with UE8M0 (power-of-two) scales, the reference act_quant:
+    scale 2^ceil(log2(amax / 448)), amax >= 1e-4 -> (codes float8_e4m3fn [.., K], scales fp32 [.., ceil(K/block)])."""
     xf = x.float()
     k = xf.shape[-1]
     pad = (-k) % block
     xp = torch.nn.functional.pad(xf, (0, pad)).unflatten(-1, (-1, block))
     amax = xp.abs().amax(-1, keepdim=True).clamp(min=1e-4)
     s = torch.exp2(torch.ceil(torch.log2(amax / 448.0)))
-    q = (xp / s).to(torch.float8_e4m3fn).float() * s
-    return q.flatten(-2)[..., :k]
+    q = (xp / s).to(torch.float8_e4m3fn)
+    return q.flatten(-2)[..., :k], s.squeeze(-1)
+
+
+def act_quant(x: torch.Tensor, mmajor: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Twin of kernels.triton.act_quant.act_quant: x [M, K] (K a multiple of 128) -> (codes float8_e4m3fn
+    [M, K], scales fp32 [M, K/128], M-major storage unless mmajor=False)."""
+    if x.dim() != 2 or x.shape[1] % 128:
+        raise ValueError(f"act_quant takes [M, K] rows with K a multiple of 128, got {tuple(x.shape)}")
+    q, s = act_quant_codes(x)
+    return q, (s.t().contiguous().t() if mmajor else s.contiguous())
+
+
+def act_quant_fp8(x: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """Per-token 1x`block` FP8 E4M3 fake-quantization with UE8M0 (power-of-two) scales -> fp32 [.., K]."""
+    q, s = act_quant_codes(x, block)
+    k = q.shape[-1]
+    qp = torch.nn.functional.pad(q.float(), (0, (-k) % block)).unflatten(-1, (-1, block))
+    return (qp * s.unsqueeze(-1)).flatten(-2)[..., :k]

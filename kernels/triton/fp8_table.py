@@ -7,6 +7,8 @@ dequantized weight tiles, 1 swap (weights as the MMA's left operand), 2 CUDA-cor
 
 from __future__ import annotations
 
+import os
+
 def _c(bm, bn, st, split, var, warps=4):
     return dict(BM=bm, BN=bn, BK=128, GROUP_M=1, num_warps=warps, num_stages=st, SPLIT_K=split, VAR=var)
 
@@ -46,3 +48,19 @@ def lookup(m: int, n: int, k: int):
     bucket = next(b for b in (1, 16, 64, 128, 256) if m <= b) if m <= 256 else None
     cfg = row.get(bucket)
     return dict(cfg) if cfg is not None else None
+
+
+# FP8 x FP8 through torch's blockwise-scaled GEMM (fp8_scaled_mm.py) for plain linears (kernels.linear) from
+# this many rows on, per (N, K): to be filled from bench entry `fp8_scaled_mm` (not measured yet: empty, every
+# call keeps the Triton block linear). V4SERVE_FP8_SCALED_MM_MIN_M=<rows> applies one threshold to every
+# shape (an experiment switch for bench/e2e.py runs; read once at import).
+SCALED_MM_MIN_M: dict = {}
+_ENV_MIN_M = int(os.environ.get("V4SERVE_FP8_SCALED_MM_MIN_M", "0") or 0)
+
+
+def use_scaled_mm(m: int, n: int, k: int) -> bool:
+    """Whether m rows of an (n, k) plain FP8 linear take the blockwise-scaled torch GEMM."""
+    if _ENV_MIN_M > 0:
+        return m >= _ENV_MIN_M
+    lo = SCALED_MM_MIN_M.get((n, k))
+    return lo is not None and m >= lo

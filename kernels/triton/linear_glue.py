@@ -1,7 +1,9 @@
 """Triton linear glue on the block linear kernel (fp8_linear.launch): grouped projection in one launch
 (group grid axis), dual-weight GEMMs with fused epilogues (SwiGLU; compressor score + positional bias),
 fp32-output linears of plain weights, a scaled-output linear and an RMSNorm prologue (q_norm -> wq_b).
-Same contracts as kernels.ref.linear_glue; self-reducing split-K, so every op is one launch and no host sync."""
+Same contracts as kernels.ref.linear_glue; self-reducing split-K, so every op is one launch and no host sync.
+Plain FP8 linears take the FP8 x FP8 torch GEMM (fp8_scaled_mm.py, act_quant numerics) where the measured
+table `fp8_table.SCALED_MM_MIN_M` says so (empty until measured)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 
 from ..quant_weight import QuantWeight
 from . import fp8_linear as _fl  # module attribute: survives the tests' interpreter reload
+from .fp8_table import use_scaled_mm
 
 
 def _plain_or_fp8(w):
@@ -25,6 +28,9 @@ def linear(x, weight, fp32=False):
         return F.linear(x, weight)
     x2 = _fl._rows(x)
     n = weight.shape[0]
+    if not fp32 and isinstance(weight, QuantWeight) and use_scaled_mm(x2.shape[0], n, weight.shape[1]):
+        from .fp8_scaled_mm import scaled_linear  # FP8 x FP8 torch GEMM where measured faster (fp8_table.py)
+        return scaled_linear(x2, weight).reshape(*x.shape[:-1], n)
     y = torch.empty(x2.shape[0], n, dtype=torch.float32 if fp32 else x.dtype, device=x.device)
     _fl.launch(x2, weight, y)
     return y.reshape(*x.shape[:-1], n)

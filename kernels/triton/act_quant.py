@@ -1,0 +1,53 @@
+"""Triton FP8 activation quantization (the reference act_quant) as a pass of its own.
+
+x [M, K] (bf16 / fp32, K a multiple of 128) -> codes float8_e4m3fn [M, K] and UE8M0 power-of-two scales fp32,
+one per 1x128 block: scale 2^ceil(log2(amax / 448)), amax >= 1e-4 (`common.act_quant_tile`, shared with the
+block linear's in-kernel path). The scales are written M-major (storage [K/128, M], returned as the [M, K/128]
+transposed view), the layout blockwise-scaled GEMMs read them in (`fp8_scaled_mm.py`); `mmajor=False` gives
+row-major [M, K/128]. One program per (64-row tile, 128-column block). Twin: kernels.ref.quant.act_quant_codes.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import act_quant_tile, interpreting
+
+
+@triton.jit
+def _act_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, s_sm, s_sk, BM: tl.constexpr,
+                      DOT_F32: tl.constexpr):
+    pid_m = tl.program_id(0)
+    kb = tl.program_id(1)
+    rows = pid_m * BM + tl.arange(0, BM)
+    rmask = rows < M
+    r64 = rows.to(tl.int64)
+    cols = kb * 128 + tl.arange(0, 128)
+    a = tl.load(x_ptr + r64[:, None] * stride_xm + cols[None, :], mask=rmask[:, None], other=0.0)
+    aq, xs = act_quant_tile(a, DOT_F32)
+    tl.store(q_ptr + r64[:, None] * stride_qm + cols[None, :], aq.to(q_ptr.dtype.element_ty), mask=rmask[:, None])
+    tl.store(s_ptr + r64 * s_sm + kb * s_sk, xs, mask=rmask)
+
+
+def act_quant(x: torch.Tensor, mmajor: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (codes float8_e4m3fn [M, K], scales fp32 [M, K/128]; M-major storage unless mmajor=False)."""
+    if x.dim() != 2 or x.shape[1] % 128:
+        raise ValueError(f"act_quant takes [M, K] rows with K a multiple of 128, got {tuple(x.shape)}")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    m, k = x.shape
+    q = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=x.device)
+    kb = k // 128
+    if mmajor:
+        st = torch.empty(kb, m, dtype=torch.float32, device=x.device)
+        s, s_sm, s_sk = st.t(), 1, m
+    else:
+        s = torch.empty(m, kb, dtype=torch.float32, device=x.device)
+        s_sm, s_sk = kb, 1
+    if m:
+        bm = 16 if interpreting() else 64
+        _act_quant_kernel[(triton.cdiv(m, bm), kb)](x, q, s, m, k, x.stride(0), q.stride(0), s_sm, s_sk, BM=bm,
+                                                    DOT_F32=interpreting(), num_warps=4)
+    return q, s

@@ -1,0 +1,103 @@
+"""FP8 activation quantization pass (kernels/triton/act_quant.py) and the FP8 x FP8 torch GEMM path
+(kernels/triton/fp8_scaled_mm.py, dispatched by kernels/triton/fp8_table.use_scaled_mm).
+
+CPU: the act_quant kernel under the interpreter against its twin (codes and scales bit-equal, both scale
+layouts, rows that are not a tile multiple, all-zero blocks), the twin's fake-quantization identity, the
+dispatch table, the input checks. GPU (`-m gpu`): scaled_linear against the act_quant twin at V4-Flash shapes
+and both scale layouts, and kernels.linear taking it under the experiment switch."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from kernels.ref import quant as ref_quant  # noqa: E402
+from tests.kernels.interp_util import interp_modules  # noqa: E402
+
+
+@pytest.mark.parametrize("mmajor", [True, False])
+@pytest.mark.parametrize("m,dtype", [(1, torch.float32), (21, torch.bfloat16)])
+def test_act_quant_interp(m, dtype, mmajor):
+    if torch.cuda.is_available():
+        pytest.skip("the GPU test covers the compiled kernel")
+    (aq,) = interp_modules("act_quant")
+    g = torch.Generator().manual_seed(m)
+    x = (torch.randn(m, 384, generator=g) * torch.logspace(-3, 3, 384)).to(dtype)
+    x[0, 128:256] = 0  # an all-zero block: amax floored at 1e-4
+    q, s = aq.act_quant(x, mmajor=mmajor)
+    q0, s0 = ref_quant.act_quant_codes(x)
+    assert q.dtype == torch.float8_e4m3fn and s.shape == (m, 3) and s.dtype == torch.float32
+    assert s.stride() == ((1, m) if mmajor else (3, 1))
+    assert torch.equal(s, s0)
+    assert torch.equal(q.view(torch.uint8), q0.view(torch.uint8))
+
+
+def test_act_quant_twin_identity_and_checks():
+    x = torch.randn(3, 256) * 50
+    q, s = ref_quant.act_quant_codes(x)
+    fake = ref_quant.act_quant_fp8(x)
+    assert torch.equal((q.float().unflatten(-1, (2, 128)) * s[..., None]).flatten(-2), fake)
+    assert torch.all(torch.log2(s) == torch.round(torch.log2(s)))  # UE8M0: powers of two
+    assert ((fake - x).abs() <= x.abs() * 2 ** -3 + 1e-6).all()
+    from kernels.triton import act_quant
+    with pytest.raises(ValueError, match="multiple of 128"):
+        act_quant.act_quant(torch.zeros(2, 100))
+
+
+def test_scaled_mm_dispatch_table(monkeypatch):
+    import kernels.triton.fp8_table as ft
+    monkeypatch.setattr(ft, "_ENV_MIN_M", 0)
+    assert not ft.use_scaled_mm(4096, 1024, 4096)  # not measured yet: nothing takes it
+    monkeypatch.setitem(ft.SCALED_MM_MIN_M, (1024, 4096), 512)
+    assert ft.use_scaled_mm(512, 1024, 4096) and not ft.use_scaled_mm(511, 1024, 4096)
+    assert not ft.use_scaled_mm(4096, 2048, 4096)
+    monkeypatch.setattr(ft, "_ENV_MIN_M", 128)  # the experiment switch: every shape from 128 rows
+    assert ft.use_scaled_mm(128, 2048, 4096) and not ft.use_scaled_mm(127, 1024, 4096)
+
+
+def _fp8_weight(n, k, g):
+    from kernels.quant_weight import QuantWeight
+    w = (torch.randn(n, k, device="cuda", generator=g) * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
+    s = torch.randint(117, 121, (n // 128, k // 128), device="cuda", generator=g, dtype=torch.uint8)
+    return QuantWeight(w, s, "fp8")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", [(True, False), (True, True), (False, False)])
+@pytest.mark.parametrize("m,n,k", [(1, 1024, 4096), (100, 4096, 8192), (256, 32768, 1024), (4096, 2048, 4096)])
+def test_scaled_linear_gpu(m, n, k, layout):
+    """act_quant + torch._scaled_mm (blockwise 1x128 / 128x128) against the act_quant twin."""
+    from kernels.ref.fp8_linear import fp8_linear as ref
+    from kernels.triton.act_quant import act_quant
+    from kernels.triton.fp8_scaled_mm import scaled_linear
+    g = torch.Generator(device="cuda").manual_seed(m + n)
+    x = torch.randn(m, k, device="cuda", generator=g).bfloat16()
+    w = _fp8_weight(n, k, g)
+    q, s = act_quant(x)
+    q0, s0 = ref_quant.act_quant_codes(x)
+    assert torch.equal(s, s0) and torch.equal(q.view(torch.uint8), q0.view(torch.uint8))
+    y = scaled_linear(x, w, mmajor=layout[0], scale_b_contiguous=layout[1])
+    want = ref(x, w.data, w.scale, act_quant=True)
+    assert y.dtype == torch.bfloat16 and y.shape == (m, n)
+    assert ((y.float() - want.float()).norm() / want.float().norm()).item() < 1e-2
+
+
+@pytest.mark.gpu
+def test_linear_takes_scaled_mm_when_listed_gpu(monkeypatch):
+    import kernels
+    import kernels.triton.fp8_table as ft
+    from kernels.ref.fp8_linear import fp8_linear as ref
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(2, 300, 4096, device="cuda", generator=g).bfloat16()
+    w = _fp8_weight(1024, 4096, g)
+    monkeypatch.setitem(ft.SCALED_MM_MIN_M, (1024, 4096), 512)
+    y = kernels.linear(x, w)
+    want = ref(x, w.data, w.scale, act_quant=True)
+    assert y.shape == (2, 300, 1024)
+    assert ((y.float() - want.float()).norm() / want.float().norm()).item() < 1e-2
+
