@@ -3,7 +3,7 @@
 y [M, N] = (act_quant(x) [M, K] with 1x128 UE8M0 scales) @ (W [N, K] FP8 with 128x128 UE8M0 scales)^T, fp32
 accumulation, out in x's dtype: `torch._scaled_mm(codes, W^T, scale_a (BlockWise1x128), scale_b
 (BlockWise128x128))`. The activation pass is `act_quant.py` (one launch); the weight's fp32 scales are made
-once per weight and kept on its QuantWeight. Numerics are the reference act_quant ones (the twin is
+once per weight and kept on its scale tensor. Numerics are the reference act_quant ones (the twin is
 kernels.ref.fp8_linear.fp8_linear(..., act_quant=True)), not the bf16-activation block linear's.
 
 Which calls take it is a measured choice (`fp8_table.use_scaled_mm`; bench entry `fp8_scaled_mm` in
@@ -18,18 +18,30 @@ import torch
 from ..quant_weight import QuantWeight
 from .act_quant import act_quant
 
-_SCALE_ATTR = "_v4serve_scale_f32_t"  # fp32 weight scales [K/128, N/128], kept on the QuantWeight
+_SCALE_ATTR = "_v4serve_scale_f32_t"  # fp32 weight scales, kept on the weight's scale tensor (it outlives the
+# QuantWeight handles, which models/layers.py makes per call)
 
 
 def weight_scales_t(w: QuantWeight, contiguous: bool = False) -> torch.Tensor:
     """The weight's UE8M0 block scales as fp32 2^(S - 127), transposed to [ceil(K/128), ceil(N/128)] (a view of
-    the [N/128, K/128] storage, or a contiguous copy), computed once per weight."""
-    key = "c" if contiguous else "v"
-    cache = w.__dict__.setdefault(_SCALE_ATTR, {})
-    if key not in cache:
-        f = torch.exp2(w.scale_u8().to(torch.float32) - 127.0)
-        cache[key] = f.t().contiguous() if contiguous else f.t()
-    return cache[key]
+    the [N/128, K/128] storage, or a contiguous copy). Computed once per scale tensor and version (an in-place
+    update converts again); inference-mode tensors have no version counter and convert on every call."""
+    st = w.scale
+    try:
+        key = (st._version, contiguous)
+    except RuntimeError:
+        key = None
+    cache = getattr(st, _SCALE_ATTR, None)
+    if key is not None and cache is not None and key in cache:
+        return cache[key]
+    f = torch.exp2(w.scale_u8().to(torch.float32) - 127.0)
+    out = f.t().contiguous() if contiguous else f.t()
+    if key is not None:
+        if cache is None or any(k[0] != key[0] for k in cache):
+            cache = {}
+            setattr(st, _SCALE_ATTR, cache)
+        cache[key] = out
+    return out
 
 
 def scaled_linear(x: torch.Tensor, w: QuantWeight, out_dtype: torch.dtype | None = None, mmajor: bool = True,

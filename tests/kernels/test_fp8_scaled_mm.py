@@ -101,3 +101,20 @@ def test_linear_takes_scaled_mm_when_listed_gpu(monkeypatch):
     assert y.shape == (2, 300, 1024)
     assert ((y.float() - want.float()).norm() / want.float().norm()).item() < 1e-2
 
+
+
+def test_weight_scales_cached_on_the_scale_tensor():
+    """The fp32 weight scales are converted once per scale tensor (QuantWeight handles are made per call), again
+    after an in-place update, in both layouts."""
+    from kernels.quant_weight import QuantWeight
+    from kernels.triton.fp8_scaled_mm import weight_scales_t
+    w = torch.zeros(256, 384, dtype=torch.float8_e4m3fn)
+    sc = torch.tensor([[127, 128, 126], [120, 127, 130]], dtype=torch.uint8)
+    a = weight_scales_t(QuantWeight(w, sc, "fp8"))
+    assert a.shape == (3, 2) and torch.equal(a, torch.exp2(sc.float() - 127).t())
+    assert weight_scales_t(QuantWeight(w, sc, "fp8")) is a  # a new handle, the same cached tensor
+    c = weight_scales_t(QuantWeight(w, sc, "fp8"), contiguous=True)
+    assert c.is_contiguous() and torch.equal(c, a)
+    sc.add_(1)
+    b = weight_scales_t(QuantWeight(w, sc, "fp8"))
+    assert b is not a and torch.equal(b, 2 * a)
