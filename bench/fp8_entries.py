@@ -357,6 +357,33 @@ def install(register, bench_ms):
             ctx.emit(bench="fp8_scaled_mm_pick", shape=name, N=n, K=k, min_m=lo)
             del wts
             torch.cuda.empty_cache()
+        # the glue paths (their scaled variants are keyed by the same (N, K) as the plain shapes, grouped wo_a
+        # by (8192, 4096)): the Triton launch (table empty) against the scaled variant
+        import kernels.triton.fp8_scaled_mm as sm
+        import kernels.triton.linear_glue as lg
+        glue = {"norm_linear_wq_b": (32768, 1024, 1), "grouped_wo_a": (1024, 4096, 8), "swiglu_w13": (2048, 4096, 2)}
+        for name, (n, k, groups) in glue.items():
+            rows = n * (groups if name == "grouped_wo_a" else 1)
+            w1 = QuantWeight(*_weights(rows, k, 1, seed=6)[0], "fp8")
+            w3 = QuantWeight(*_weights(rows, k, 1, seed=7)[0], "fp8")
+            nw = torch.rand(k, device="cuda").bfloat16() + 0.5
+            for m in ms_list:
+                if name == "grouped_wo_a":
+                    x = torch.randn(m, groups, k, device="cuda").bfloat16()
+                    pair = (lambda: lg.grouped_linear(x, w1, groups), lambda: sm.scaled_grouped_linear(x, w1, groups))
+                elif name == "norm_linear_wq_b":
+                    x = torch.randn(m, k, device="cuda").bfloat16()
+                    pair = (lambda: lg.norm_linear(x, nw, 1e-6, w1), lambda: sm.scaled_norm_linear(x, nw, 1e-6, w1))
+                else:
+                    x = torch.randn(m, k, device="cuda").bfloat16() * 0.01
+                    pair = (lambda: lg.swiglu_linear(x, w1, w3, 10.0), lambda: sm.scaled_swiglu_linear(x, w1, w3, 10.0))
+                for impl, fn in zip(("triton_bf16_act", "scaled_mm"), pair):
+                    try:
+                        ctx.emit(bench="fp8_scaled_mm_glue", op=name, M=m, impl=impl, us=bench_ms(fn) * 1e3)
+                    except Exception as ex:  # noqa: BLE001
+                        ctx.emit(bench="fp8_scaled_mm_glue", op=name, M=m, impl=impl, error=repr(ex)[:300])
+            del w1, w3
+            torch.cuda.empty_cache()
 
     @register("fp8_decode")
     def bench_fp8_decode(ctx):

@@ -44,14 +44,58 @@ def weight_scales_t(w: QuantWeight, contiguous: bool = False) -> torch.Tensor:
     return out
 
 
+def _check(x: torch.Tensor, w: QuantWeight) -> None:
+    if not isinstance(w, QuantWeight) or w.fmt != "fp8":
+        raise ValueError("the scaled FP8 GEMM takes an FP8 QuantWeight")
+    if x.dim() != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"x {tuple(x.shape)} does not match the weight {tuple(w.shape)}")
+
+
+def _gemm(q: torch.Tensor, s: torch.Tensor, w: QuantWeight, out_dtype: torch.dtype, scale_b_contiguous: bool,
+          rows: slice | None = None) -> torch.Tensor:
+    """codes [M, K] with scales [M, K/128] x weight rows `rows` (whole 128-row blocks) -> [M, rows] out_dtype."""
+    data, sc = w.data, weight_scales_t(w, scale_b_contiguous)
+    if rows is not None:
+        data, sc = data[rows], sc[:, rows.start // 128:rows.stop // 128]
+    return torch._scaled_mm(q, data.t(), s, sc, out_dtype=out_dtype)
+
+
 def scaled_linear(x: torch.Tensor, w: QuantWeight, out_dtype: torch.dtype | None = None, mmajor: bool = True,
                   scale_b_contiguous: bool = False) -> torch.Tensor:
     """x [M, K] (bf16 / fp32) x FP8 weight [N, K] -> [M, N] in out_dtype (default x's dtype). `mmajor` /
     `scale_b_contiguous`: the scale layouts handed to the GEMM (the bench measures both)."""
-    if not isinstance(w, QuantWeight) or w.fmt != "fp8":
-        raise ValueError("scaled_linear takes an FP8 QuantWeight")
-    if x.dim() != 2 or x.shape[1] != w.shape[1]:
-        raise ValueError(f"x {tuple(x.shape)} does not match the weight {tuple(w.shape)}")
+    _check(x, w)
     q, s = act_quant(x, mmajor=mmajor)
-    return torch._scaled_mm(q, w.data.t(), s, weight_scales_t(w, scale_b_contiguous),
-                            out_dtype=out_dtype or x.dtype)
+    return _gemm(q, s, w, out_dtype or x.dtype, scale_b_contiguous)
+
+
+def scaled_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: QuantWeight) -> torch.Tensor:
+    """linear(RMSNorm(x), W) (kernels.ref.linear_glue.norm_linear's contract, act_quant numerics): the norm pass,
+    then the scaled GEMM."""
+    from .norm import rms_norm
+    return scaled_linear(rms_norm(x, norm_weight, eps), w)
+
+
+def scaled_grouped_linear(x: torch.Tensor, w: QuantWeight, groups: int) -> torch.Tensor:
+    """x [N, g, K] x weight [g*r, K] (group j = rows [j*r, (j+1)*r), r a multiple of 128) -> [N, g, r] in x's
+    dtype (kernels.ref.linear_glue.grouped_linear's contract): one quantization pass, one GEMM per group."""
+    n, g, k = x.shape
+    r = w.shape[0] // groups
+    if r % 128:
+        raise ValueError(f"grouped FP8 linear: {r} rows per group is not whole 128-row scale blocks")
+    q, s = act_quant(x.reshape(n * g, k), mmajor=False)  # row-major scales: each group's rows are a slice
+    q, s = q.view(n, g, k), s.view(n, g, k // 128)
+    y = torch.empty(n, g, r, dtype=x.dtype, device=x.device)
+    for j in range(groups):
+        y[:, j] = _gemm(q[:, j].contiguous(), s[:, j].t().contiguous().t(), w, x.dtype, False,
+                        slice(j * r, (j + 1) * r))
+    return y
+
+
+def scaled_swiglu_linear(x: torch.Tensor, w1: QuantWeight, w3: QuantWeight, limit: float) -> torch.Tensor:
+    """silu(min(x W1^T, L)) * clamp(x W3^T, -L, L) (kernels.ref.linear_glue.swiglu_linear's contract: each GEMM
+    rounded to x's dtype first): one quantization pass shared by both GEMMs, the SwiGLU on the twin's torch ops."""
+    from ..ref.norm import swiglu
+    _check(x, w1)
+    q, s = act_quant(x)
+    return swiglu(_gemm(q, s, w1, x.dtype, False), _gemm(q, s, w3, x.dtype, False), limit, x.dtype)

@@ -50,8 +50,8 @@ def lookup(m: int, n: int, k: int):
     return dict(cfg) if cfg is not None else None
 
 
-# FP8 x FP8 through torch's blockwise-scaled GEMM (fp8_scaled_mm.py) for plain linears (kernels.linear) from
-# this many rows on, per (N, K): to be filled from bench entry `fp8_scaled_mm` (not measured yet: empty, every
+# FP8 x FP8 through torch's blockwise-scaled GEMM (fp8_scaled_mm.py) for linear / norm_linear / grouped_linear
+# (key: all groups' rows) / swiglu_linear (key: one weight's rows) from this many rows on, per (N, K): to be filled from bench entry `fp8_scaled_mm` (not measured yet: empty, every
 # call keeps the Triton block linear). V4SERVE_FP8_SCALED_MM_MIN_M=<rows> applies one threshold to every
 # shape (an experiment switch for bench/e2e.py runs; read once at import).
 SCALED_MM_MIN_M: dict = {}

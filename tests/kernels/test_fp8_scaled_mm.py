@@ -118,3 +118,40 @@ def test_weight_scales_cached_on_the_scale_tensor():
     sc.add_(1)
     b = weight_scales_t(QuantWeight(w, sc, "fp8"))
     assert b is not a and torch.equal(b, 2 * a)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [3, 300])
+def test_scaled_glue_gpu(m):
+    """The glue ops' scaled variants (norm pass + GEMM, per-group GEMMs, two GEMMs + SwiGLU) against the twins
+    with act_quant numerics, and the glue entry points taking them when the table lists the shape."""
+    import kernels.triton.fp8_table as ft
+    import kernels.triton.linear_glue as lg
+    from kernels.ref.fp8_linear import fp8_linear as ref
+    from kernels.ref.norm import rms_norm, swiglu
+    from kernels.triton import fp8_scaled_mm as sm
+    g = torch.Generator(device="cuda").manual_seed(m)
+
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+    x = torch.randn(m, 1024, device="cuda", generator=g).bfloat16()
+    nw = torch.rand(1024, device="cuda", generator=g).bfloat16() + 0.5
+    w = _fp8_weight(4096, 1024, g)
+    want = ref(rms_norm(x, nw, 1e-6), w.data, w.scale, act_quant=True)
+    assert rel(sm.scaled_norm_linear(x, nw, 1e-6, w), want) < 1e-2
+    xg = torch.randn(m, 8, 4096, device="cuda", generator=g).bfloat16()
+    w = _fp8_weight(8192, 4096, g)
+    want = torch.stack([ref(xg[:, j], w.data[j * 1024:(j + 1) * 1024], w.scale[j * 8:(j + 1) * 8], act_quant=True)
+                        for j in range(8)], dim=1)
+    assert rel(sm.scaled_grouped_linear(xg, w, 8), want) < 1e-2
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(ft.SCALED_MM_MIN_M, (8192, 4096), 1)
+        assert rel(lg.grouped_linear(xg, w, 8), want) < 1e-2
+    x = torch.randn(m, 4096, device="cuda", generator=g).bfloat16() * 0.01
+    w1, w3 = _fp8_weight(2048, 4096, g), _fp8_weight(2048, 4096, g)
+    want = swiglu(ref(x, w1.data, w1.scale, act_quant=True), ref(x, w3.data, w3.scale, act_quant=True), 10.0,
+                  x.dtype)
+    assert rel(sm.scaled_swiglu_linear(x, w1, w3, 10.0), want) < 2e-2
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(ft.SCALED_MM_MIN_M, (2048, 4096), 1)
+        assert rel(lg.swiglu_linear(x, w1, w3, 10.0), want) < 2e-2
