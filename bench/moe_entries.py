@@ -24,7 +24,7 @@ SWAP_CFGS = (("bn64_w2_s4", 16, 64, 128, 2, 4), ("bn128_w4_s3", 16, 128, 128, 4,
 # (160 instead of 184 registers), maxnreg = register cap (more programs per SM); 2026-12-02 session 3 (two MMA
 # accumulator chains and a conversion in two halves were measured too, slower, and removed: docs/benchmarks.md).
 _B = dict(BT=16, BN=64, BK=128, num_warps=2)
-CAPPED_CFGS = (("bn64_w2_s4", dict(_B, num_stages=4)),
+OCCUPANCY_CFGS = (("bn64_w2_s4", dict(_B, num_stages=4)),
                ("bn64_w2_s3_reg168", dict(_B, num_stages=3, maxnreg=168)),
                ("seq_s4", dict(_B, num_stages=4, SEQ=True)),
                ("seq_s3", dict(_B, num_stages=3, SEQ=True)),
@@ -66,7 +66,7 @@ def install(register, bench_ms):
             if not quick:
                 out.append(("interleave", lambda x, w, ids: tm.moe_experts(x, ws[0], ws[1], ws[2], w, ids, 10.0,
                                                                            decode_kernel=False)))
-            extra = [] if n < 8 else [(f"swap_{name}_al", dict(c, ALIGNED=True)) for name, c in CAPPED_CFGS]
+            extra = [] if n < 8 else [(f"swap_{name}_al", dict(c, ALIGNED=True)) for name, c in OCCUPANCY_CFGS]
             for tag, c in extra + ([] if quick else swap_variants(n * K.TOPK)):
                 out.append((tag, lambda x, w, ids, c=c: md.moe_experts_decode(x, ws[0], ws[1], ws[2], w, ids, 10.0,
                                                                                c, c)))

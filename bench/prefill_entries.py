@@ -34,19 +34,17 @@ def install(register, bench_ms):
     @register("mhc_mix")
     def bench_mhc(ctx):
         import kernels.triton.mhc as tm
-        mods = [("new", tm)]
         for n in (8192, 2048, 512):  # the prefill kernel (mhc.PREFILL_ROWS = 512 and up)
             g = torch.Generator(device="cuda").manual_seed(n)
             x, fn, base, scale, w, o, post, comb = _streams(n, g)
             # bytes of hc_post_pre: read X, o; write X'; the finish pass reads X' and writes u
             by = n * (HC * D * 2 * 3 + D * 2 * 2)
-            for tag, m in mods:
-                us = us_of(lambda: m.hc_post_pre(o, x, post, comb, fn, base, scale, HC, 20, 1e-6, 1e-6, w))
-                ctx.emit(bench="mhc_post_pre", impl=tag, rows=n, us=us, TBps=by / us / 1e6)
-                us = us_of(lambda: m.hc_pre(x, fn, base, scale, HC, 20, 1e-6, 1e-6, w))
-                ctx.emit(bench="mhc_pre", impl=tag, rows=n, us=us, TBps=n * HC * D * 2 * 2 / us / 1e6)
-                us = us_of(lambda: m._mix(x, fn, o, post, comb))
-                ctx.emit(bench="mhc_mix_kernel", impl=tag, rows=n, us=us, TBps=n * HC * D * 2 * 2.25 / us / 1e6)
+            us = us_of(lambda: tm.hc_post_pre(o, x, post, comb, fn, base, scale, HC, 20, 1e-6, 1e-6, w))
+            ctx.emit(bench="mhc_post_pre", impl="new", rows=n, us=us, TBps=by / us / 1e6)
+            us = us_of(lambda: tm.hc_pre(x, fn, base, scale, HC, 20, 1e-6, 1e-6, w))
+            ctx.emit(bench="mhc_pre", impl="new", rows=n, us=us, TBps=n * HC * D * 2 * 2 / us / 1e6)
+            us = us_of(lambda: tm._mix(x, fn, o, post, comb))
+            ctx.emit(bench="mhc_mix_kernel", impl="new", rows=n, us=us, TBps=n * HC * D * 2 * 2.25 / us / 1e6)
             xo, part, sq, split = tm._mix(x, fn, o, post, comb)
             us = us_of(lambda: tm._finish(xo, part, sq, split, base, scale, w, 20, 1e-6, 1e-6, False))
             ctx.emit(bench="mhc_finish_kernel", rows=n, split=split, us=us, TBps=n * HC * D * 2 * 1.25 / us / 1e6)

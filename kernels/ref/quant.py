@@ -18,16 +18,20 @@ def dequant(w, dtype=torch.float32) -> torch.Tensor:
     return dequant_mxfp4(w.data, w.scale, dtype=dtype)
 
 
+def _act_quant_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """-> (codes float8_e4m3fn [.., nb, block] of x zero-padded to whole blocks, scales fp32 [.., nb, 1], K)."""
+    xf = x.float()
+    k = xf.shape[-1]
+    xp = torch.nn.functional.pad(xf, (0, (-k) % block)).unflatten(-1, (-1, block))
+    amax = xp.abs().amax(-1, keepdim=True).clamp(min=1e-4)
+    s = torch.exp2(torch.ceil(torch.log2(amax / 448.0)))
+    return (xp / s).to(torch.float8_e4m3fn), s, k
+
+
 def act_quant_codes(x: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token 1x`block` FP8 E4M3 quantization with UE8M0 (power-of-two) scales, the reference act_quant:
     scale 2^ceil(log2(amax / 448)), amax >= 1e-4 -> (codes float8_e4m3fn [.., K], scales fp32 [.., ceil(K/block)])."""
-    xf = x.float()
-    k = xf.shape[-1]
-    pad = (-k) % block
-    xp = torch.nn.functional.pad(xf, (0, pad)).unflatten(-1, (-1, block))
-    amax = xp.abs().amax(-1, keepdim=True).clamp(min=1e-4)
-    s = torch.exp2(torch.ceil(torch.log2(amax / 448.0)))
-    q = (xp / s).to(torch.float8_e4m3fn)
+    q, s, k = _act_quant_blocks(x, block)
     return q.flatten(-2)[..., :k], s.squeeze(-1)
 
 
@@ -42,7 +46,5 @@ def act_quant(x: torch.Tensor, mmajor: bool = True) -> tuple[torch.Tensor, torch
 
 def act_quant_fp8(x: torch.Tensor, block: int = 128) -> torch.Tensor:
     """Per-token 1x`block` FP8 E4M3 fake-quantization with UE8M0 (power-of-two) scales -> fp32 [.., K]."""
-    q, s = act_quant_codes(x, block)
-    k = q.shape[-1]
-    qp = torch.nn.functional.pad(q.float(), (0, (-k) % block)).unflatten(-1, (-1, block))
-    return (qp * s.unsqueeze(-1)).flatten(-2)[..., :k]
+    q, s, k = _act_quant_blocks(x, block)
+    return (q.float() * s).flatten(-2)[..., :k]

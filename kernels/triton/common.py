@@ -212,6 +212,22 @@ def weight_args(w, fp4_mode: str = "interleave"):
     return w, w, 0
 
 
+def derived(src: torch.Tensor, name: str, make):
+    """make() -> a tensor derived from the weight `src` (split parts, converted scales), computed once per `src`
+    and its version counter and kept on `src` itself under `name` (it lives and dies with the weight; an
+    in-place update of `src` derives again). Inference-mode tensors have no version counter: derived per call.
+    Decode graphs and prefill steps then launch nothing for it."""
+    try:
+        version = src._version
+    except RuntimeError:
+        return make()
+    cached = getattr(src, name, None)
+    if cached is None or cached[0] != version:
+        cached = (version, make())
+        setattr(src, name, cached)
+    return cached[1]
+
+
 def fp4_use_asm(w) -> bool:
     """The packed bf16 conversion folds 2^126 into the scale: valid while every UE8M0 byte is <= 128
     (|w| <= 12); larger scales (never seen in checkpoints) take the fp16-trick conversion instead."""

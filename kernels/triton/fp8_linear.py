@@ -227,7 +227,10 @@ def _epilogue(acc, acc2, offs_m, offs_n, mmask, nmask, y_ptr, y2_ptr, stride_ym,
     tl.store(y_ptr + yoff, acc.to(y_ptr.dtype.element_ty), mask=ymask)
 
 
-DUAL_FILL = True  # dual launches of 65-256 rows split K to fill the SMs (bench fp8_decode's glue rows, M=256)
+# Dual launches of 65-256 rows split K to fill the SMs: measured on the SwiGLU pair (bench fp8_decode glue rows
+# swiglu_w13 vs swiglu_w13_nosplit, 76 -> 31 / 40 us at M = 128 / 256); the compressor's fp32 pair takes the
+# same rule, measured only inside the end-to-end batch-128/256 steps. The bench toggles this flag.
+DUAL_FILL = True
 
 
 def fill_split(m: int, n: int, k: int, bm: int, bn: int) -> int:

@@ -17,31 +17,16 @@ import torch
 
 from ..quant_weight import QuantWeight
 from .act_quant import act_quant
-
-_SCALE_ATTR = "_v4serve_scale_f32_t"  # fp32 weight scales, kept on the weight's scale tensor (it outlives the
-# QuantWeight handles, which models/layers.py makes per call)
-
+from .common import derived
 
 def weight_scales_t(w: QuantWeight, contiguous: bool = False) -> torch.Tensor:
     """The weight's UE8M0 block scales as fp32 2^(S - 127), transposed to [ceil(K/128), ceil(N/128)] (a view of
-    the [N/128, K/128] storage, or a contiguous copy). Computed once per scale tensor and version (an in-place
-    update converts again); inference-mode tensors have no version counter and convert on every call."""
-    st = w.scale
-    try:
-        key = (st._version, contiguous)
-    except RuntimeError:
-        key = None
-    cache = getattr(st, _SCALE_ATTR, None)
-    if key is not None and cache is not None and key in cache:
-        return cache[key]
-    f = torch.exp2(w.scale_u8().to(torch.float32) - 127.0)
-    out = f.t().contiguous() if contiguous else f.t()
-    if key is not None:
-        if cache is None or any(k[0] != key[0] for k in cache):
-            cache = {}
-            setattr(st, _SCALE_ATTR, cache)
-        cache[key] = out
-    return out
+    the [N/128, K/128] storage, or a contiguous copy), once per scale tensor (`common.derived`: the QuantWeight
+    handles are made per call by models/layers.py, the scale tensor outlives them)."""
+    def make():
+        f = torch.exp2(w.scale_u8().to(torch.float32) - 127.0).t()
+        return f.contiguous() if contiguous else f
+    return derived(w.scale, f"_v4serve_scale_f32_t_{int(contiguous)}", make)
 
 
 def _check(x: torch.Tensor, w: QuantWeight) -> None:
@@ -78,17 +63,14 @@ def scaled_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w
 
 def scaled_grouped_linear(x: torch.Tensor, w: QuantWeight, groups: int) -> torch.Tensor:
     """x [N, g, K] x weight [g*r, K] (group j = rows [j*r, (j+1)*r), r a multiple of 128) -> [N, g, r] in x's
-    dtype (kernels.ref.linear_glue.grouped_linear's contract): one quantization pass, one GEMM per group."""
+    dtype (kernels.ref.linear_glue.grouped_linear's contract): per group one quantization pass and one GEMM."""
     n, g, k = x.shape
     r = w.shape[0] // groups
     if r % 128:
         raise ValueError(f"grouped FP8 linear: {r} rows per group is not whole 128-row scale blocks")
-    q, s = act_quant(x.reshape(n * g, k), mmajor=False)  # row-major scales: each group's rows are a slice
-    q, s = q.view(n, g, k), s.view(n, g, k // 128)
     y = torch.empty(n, g, r, dtype=x.dtype, device=x.device)
-    for j in range(groups):
-        y[:, j] = _gemm(q[:, j].contiguous(), s[:, j].t().contiguous().t(), w, x.dtype, False,
-                        slice(j * r, (j + 1) * r))
+    for j in range(groups):  # act_quant reads group j's rows in place (row stride g*K)
+        y[:, j] = _gemm(*act_quant(x[:, j]), w, x.dtype, False, slice(j * r, (j + 1) * r))
     return y
 
 

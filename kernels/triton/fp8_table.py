@@ -1,13 +1,14 @@
 """Measured decode configs of the block linear (`fp8_linear.pick_config`), FP8 weights, bf16 activations.
 
-Key (N, K) of the launch (N = all groups' rows), then the row bucket: 1, <= 16, <= 64, <= 128, <= 256. Every
-entry is the fastest correct config of `python bench/kernels.py --only fp8_decode_sweep` (bench/fp8_entries.py) on one
-H200; shapes not listed take pick_config's rule. Fields as pick_config's dicts; VAR 0 token tiles x
+Key (N, K) of the launch (N = all groups' rows), then the row bucket: 1, <= 16, <= 64, <= 128, <= 256.
+Every entry is the fastest correct config of `python bench/kernels.py --only fp8_decode_sweep`
+(bench/fp8_entries.py) on one H200; shapes not listed take pick_config's rule. Fields as pick_config's dicts; VAR 0 token tiles x
 dequantized weight tiles, 1 swap (weights as the MMA's left operand), 2 CUDA-core GEMV (BM 1)."""
 
 from __future__ import annotations
 
 import os
+
 
 def _c(bm, bn, st, split, var, warps=4):
     return dict(BM=bm, BN=bn, BK=128, GROUP_M=1, num_warps=warps, num_stages=st, SPLIT_K=split, VAR=var)
@@ -51,15 +52,15 @@ def lookup(m: int, n: int, k: int):
 
 
 # FP8 x FP8 through torch's blockwise-scaled GEMM (fp8_scaled_mm.py) for linear / norm_linear / grouped_linear
-# (key: all groups' rows) / swiglu_linear (key: one weight's rows) from this many rows on, per (N, K): to be filled from bench entry `fp8_scaled_mm` (not measured yet: empty, every
-# call keeps the Triton block linear). V4SERVE_FP8_SCALED_MM_MIN_M=<rows> applies one threshold to every
+# (key: all groups' rows) / swiglu_linear (key: one weight's rows) from this many rows on, per (N, K): to be
+# filled from bench entry `fp8_scaled_mm` (not measured yet: empty, every call keeps the Triton block linear). V4SERVE_FP8_SCALED_MM_MIN_M=<rows> applies one threshold to every
 # shape (an experiment switch for bench/e2e.py runs; read once at import).
 SCALED_MM_MIN_M: dict = {}
 _ENV_MIN_M = int(os.environ.get("V4SERVE_FP8_SCALED_MM_MIN_M", "0") or 0)
 
 
 def use_scaled_mm(m: int, n: int, k: int) -> bool:
-    """Whether m rows of an (n, k) plain FP8 linear take the blockwise-scaled torch GEMM."""
+    """Whether m rows of an (n, k) FP8 linear (keys as SCALED_MM_MIN_M) take the blockwise-scaled torch GEMM."""
     if _ENV_MIN_M > 0:
         return m >= _ENV_MIN_M
     lo = SCALED_MM_MIN_M.get((n, k))

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import interpreting
+from .common import derived, interpreting
 from .device_info import num_sms
 
 
@@ -157,9 +157,10 @@ def _finish_rows_kernel(x_ptr, part_ptr, sq_ptr, base_ptr, scale_ptr, nw_ptr, u_
 
 
 def mix_config(n: int, dtype=torch.bfloat16) -> tuple[int, int, int, int, bool]:
-    """(row tile, column tile, warps, stages, presplit fn) of `_mix_kernel` for n rows. Decode keeps 16-row
-    tiles split over d; prefill takes 64-row tiles (each X element read once, fn once per tile) and bf16 fn
-    parts split once per weight (`_split_fn`), so the kernel streams them straight into the MMA."""
+    """(row tile, column tile, warps, stages, presplit fn) of `_mix_prefill_kernel` for n rows: bf16 streams take
+    64-row tiles (each X element read once, fn once per tile; 32 columns / 4 warps below 512 rows, measured) and
+    bf16 fn parts split once per weight (`_split_fn`), streamed straight into the MMA; fp32 streams 16-row
+    tiles with 3xTF32 dots."""
     if interpreting():
         return 16, 16, 4, 1, False
     if dtype == torch.bfloat16:  # bench mhc_mix_decode / mhc_sweep (one H200): 64 x 32 tiles, 4 warps below 512 rows
@@ -167,27 +168,17 @@ def mix_config(n: int, dtype=torch.bfloat16) -> tuple[int, int, int, int, bool]:
     return 16, 32, 4, 1, False
 
 
-_SPLIT_ATTR = "_v4serve_split_fn"  # the split parts, kept on the fn tensor itself (they live and die with it)
-
-
 def _split_fn(fn, mp):
-    """fn [MIX, K] fp32 -> its three exact bf16 parts [3, mp, K]. fn is a weight: the parts are computed once
-    and kept on the tensor, keyed by its version counter (an in-place update of fn splits again), so decode
-    steps and their CUDA graphs launch nothing for it (the split was 17 launches per decode step).
-    Inference-mode tensors have no version counter: those are split on every call."""
-    try:
-        key = (fn._version, mp)
-    except RuntimeError:
-        key = None
-    cached = getattr(fn, _SPLIT_ATTR, None) if key is not None else None
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    """fn [MIX, K] fp32 -> its three exact bf16 parts [3, mp, K], once per weight (`common.derived`: the split
+    was 17 launches per decode step)."""
+    return derived(fn, f"_v4serve_split_fn_{mp}", lambda: _split_fn_now(fn, mp))
+
+
+def _split_fn_now(fn, mp):
     mix, k = fn.shape
     out = torch.empty(3, mp, k, dtype=torch.bfloat16, device=fn.device)
     bk = 1024
     _split_fn_kernel[(mp, triton.cdiv(k, bk))](fn, out, mix, k, MP=mp, BK=bk, num_warps=4)
-    if key is not None:
-        setattr(fn, _SPLIT_ATTR, (key, out))
     return out
 
 
