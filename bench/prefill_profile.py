@@ -24,6 +24,10 @@ def main(argv=None) -> None:
     ap.add_argument("--kv", default="auto", help="KV cache format")
     ap.add_argument("--rows", type=int, default=30, help="kernel table rows")
     ap.add_argument("--no-profile", action="store_true", help="only the warm-up and the timed run")
+    ap.add_argument("--warmup-len", type=int, default=0,
+                    help="tokens per warm-up prompt (0 = --len; a shorter one compiles the same kernels)")
+    ap.add_argument("--no-timed", action="store_true",
+                    help="skip the timed run: warm-up, then the profiled run (its wall is the one reported)")
     args = ap.parse_args(argv)
     from torch.profiler import ProfilerActivity, profile
 
@@ -37,9 +41,9 @@ def main(argv=None) -> None:
     gen = torch.Generator().manual_seed(0)
     vocab = min(eng.tokenizer.vocab_size, eng.model_config.vocab_size)
 
-    def run(tag: str) -> int:
+    def run(tag: str, length: int = args.len) -> int:
         for i in range(args.n):
-            ids = torch.randint(16, vocab, (args.len,), generator=gen).tolist()
+            ids = torch.randint(16, vocab, (length,), generator=gen).tolist()
             eng.add_request(f"{tag}{i}", ids, SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True))
         steps = 0
         while eng.has_unfinished():
@@ -48,28 +52,34 @@ def main(argv=None) -> None:
         torch.cuda.synchronize()
         return steps
 
+    if args.no_timed and args.no_profile:
+        raise SystemExit("--no-timed with --no-profile leaves nothing to run")
     t = time.perf_counter()
-    run("warm")
+    run("warm", args.warmup_len or args.len)
     print(f"# warm-up (compiles included): {time.perf_counter() - t:.1f} s", flush=True)
-    t = time.perf_counter()
-    steps = run("timed")
-    wall = time.perf_counter() - t
-    timed = {"n": args.n, "len": args.len, "steps": steps, "wall_s": round(wall, 3),
-             "tok_s": round(args.n * args.len / wall, 1)}
-    print(f"# timed: {json.dumps(timed)}", flush=True)
+    steps, wall = None, None
+    if not args.no_timed:
+        t = time.perf_counter()
+        steps = run("timed")
+        wall = time.perf_counter() - t
+        timed = {"n": args.n, "len": args.len, "steps": steps, "wall_s": round(wall, 3),
+                 "tok_s": round(args.n * args.len / wall, 1)}
+        print(f"# timed: {json.dumps(timed)}", flush=True)
     if args.no_profile:
         print(json.dumps(timed))
         return
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         t = time.perf_counter()
-        run("prof")
+        prof_steps = run("prof")
         prof_wall = time.perf_counter() - t
     ev = prof.key_averages()
     gpu_s = sum(e.self_device_time_total for e in ev) / 1e6
     print(ev.table(sort_by="self_device_time_total", row_limit=args.rows, max_name_column_width=70))
     top = sorted((e for e in ev if e.self_device_time_total > 0), key=lambda e: -e.self_device_time_total)[:12]
-    print(json.dumps({"n": args.n, "len": args.len, "steps": steps, "wall_s": round(wall, 3),
-                      "tok_s": round(args.n * args.len / wall, 1), "profiled_wall_s": round(prof_wall, 3),
+    timed = ({"wall_s": round(wall, 3), "tok_s": round(args.n * args.len / wall, 1)} if wall else
+             {"profiled_tok_s": round(args.n * args.len / prof_wall, 1)})
+    print(json.dumps({"n": args.n, "len": args.len, "steps": steps or prof_steps, **timed,
+                      "profiled_wall_s": round(prof_wall, 3),
                       "gpu_kernel_s": round(gpu_s, 3),
                       "top_kernels_ms": [[e.key, round(e.self_device_time_total / 1e3, 2), e.count] for e in top]}))
 
