@@ -306,8 +306,8 @@ def install(register, bench_ms):
     def bench_fp8_scaled_mm(ctx):
         """Plain FP8 linears at M = FP8_SCALED_M (128,256,1024,4096,8192): the Triton block linear (bf16
         activations, the dispatched config) against act_quant + torch's blockwise-scaled GEMM
-        (kernels/triton/fp8_scaled_mm.py) in each scale layout, and the act_quant pass alone; each scaled
-        variant's error against the act_quant twin first. `fp8_scaled_mm_pick`: the smallest M from which the
+        (kernels/triton/fp8_scaled_mm.py), and the act_quant pass alone; the scaled path's error against the
+        act_quant twin first. `fp8_scaled_mm_pick`: the smallest M from which the
         best scaled variant beats the block linear at every measured M (fp8_table.SCALED_MM_MIN_M)."""
         import kernels.triton.fp8_linear as tf
         from kernels.quant_weight import QuantWeight
@@ -315,7 +315,6 @@ def install(register, bench_ms):
         from kernels.triton.act_quant import act_quant
         from kernels.triton.fp8_scaled_mm import scaled_linear
         ms_list = [int(v) for v in os.environ.get("FP8_SCALED_M", "128,256,1024,4096,8192").split(",") if v]
-        layouts = {"amajor_bview": (True, False), "amajor_bcontig": (True, True), "arow_bview": (False, False)}
         for name, (n, k) in SHAPES.items():
             wbytes = n * k + (n // 128) * (k // 128)
             wts = [QuantWeight(w, sc, "fp8") for w, sc in _weights(n, k, _copies(wbytes), seed=5)]
@@ -332,27 +331,20 @@ def install(register, bench_ms):
                          tflops=flop / t_tri / 1e9)
                 t_aq = bench_ms(lambda: act_quant(x)) * 1e3
                 ctx.emit(bench="fp8_scaled_mm", shape=name, M=m, impl="act_quant_only", us=t_aq)
-                best = None
                 want = ref(x, wts[0].data, wts[0].scale, act_quant=True).float()
-                for tag_, (mm, bc) in layouts.items():
-                    try:
-                        got = scaled_linear(x, wts[0], mmajor=mm, scale_b_contiguous=bc).float()
-                        rel = ((got - want).norm() / want.norm()).item()
-                        if not rel < 1e-2:
-                            ctx.emit(bench="fp8_scaled_mm", shape=name, M=m, impl=tag_, error=f"rel {rel:.3g}")
-                            continue
+                rel = ((scaled_linear(x, wts[0]).float() - want).norm() / want.norm()).item()
+                if not rel < 1e-2:
+                    ctx.emit(bench="fp8_scaled_mm", shape=name, M=m, impl="scaled_mm", error=f"rel {rel:.3g}")
+                    wins[m] = False
+                    continue
 
-                        def run(mm=mm, bc=bc):
-                            for w in wts:
-                                scaled_linear(x, w, mmajor=mm, scale_b_contiguous=bc)
-                        t = bench_ms(run) / len(wts)
-                    except Exception as ex:  # noqa: BLE001
-                        ctx.emit(bench="fp8_scaled_mm", shape=name, M=m, impl=tag_, error=repr(ex)[:300])
-                        continue
-                    ctx.emit(bench="fp8_scaled_mm", shape=name, M=m, impl=tag_, us=t * 1e3, tflops=flop / t / 1e9,
-                             rel_err=rel, vs_triton=t_tri / t)
-                    best = t if best is None else min(best, t)
-                wins[m] = best is not None and best < t_tri
+                def run():
+                    for w in wts:
+                        scaled_linear(x, w)
+                t = bench_ms(run) / len(wts)
+                ctx.emit(bench="fp8_scaled_mm", shape=name, M=m, impl="scaled_mm", us=t * 1e3, tflops=flop / t / 1e9,
+                         rel_err=rel, vs_triton=t_tri / t)
+                wins[m] = t < t_tri
             lo = next((m for m in ms_list if all(wins[q] for q in ms_list if q >= m)), None)
             ctx.emit(bench="fp8_scaled_mm_pick", shape=name, N=n, K=k, min_m=lo)
             del wts

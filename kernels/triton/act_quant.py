@@ -17,37 +17,43 @@ from .common import act_quant_tile, interpreting
 
 
 @triton.jit
-def _act_quant_kernel(x_ptr, q_ptr, s_ptr, M, K, stride_xm, stride_qm, s_sm, s_sk, BM: tl.constexpr,
+def _act_quant_kernel(x_ptr, q_ptr, s_ptr, M, MP, K, stride_xm, stride_qm, s_sm, s_sk, BM: tl.constexpr,
                       DOT_F32: tl.constexpr):
     pid_m = tl.program_id(0)
     kb = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
     rmask = rows < M
+    omask = rows < MP  # rows M..MP-1: padding, zeros quantized
     r64 = rows.to(tl.int64)
     cols = kb * 128 + tl.arange(0, 128)
     a = tl.load(x_ptr + r64[:, None] * stride_xm + cols[None, :], mask=rmask[:, None], other=0.0)
     aq, xs = act_quant_tile(a, DOT_F32)
-    tl.store(q_ptr + r64[:, None] * stride_qm + cols[None, :], aq.to(q_ptr.dtype.element_ty), mask=rmask[:, None])
-    tl.store(s_ptr + r64 * s_sm + kb * s_sk, xs, mask=rmask)
+    tl.store(q_ptr + r64[:, None] * stride_qm + cols[None, :], aq.to(q_ptr.dtype.element_ty), mask=omask[:, None])
+    tl.store(s_ptr + r64 * s_sm + kb * s_sk, xs, mask=omask)
 
 
-def act_quant(x: torch.Tensor, mmajor: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (codes float8_e4m3fn [M, K], scales fp32 [M, K/128]; M-major storage unless mmajor=False)."""
+def act_quant(x: torch.Tensor, mmajor: bool = True, pad_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (codes float8_e4m3fn [Mp, K], scales fp32 [Mp, K/128]; M-major storage unless mmajor=False);
+    Mp = M rounded up to a multiple of pad_to (cuBLASLt's blockwise-scaled GEMM takes M-major scales only for
+    whole groups of 4 rows), the padding rows quantize zeros."""
     if x.dim() != 2 or x.shape[1] % 128:
         raise ValueError(f"act_quant takes [M, K] rows with K a multiple of 128, got {tuple(x.shape)}")
+    if pad_to < 1:
+        raise ValueError(f"act_quant pad_to must be >= 1, got {pad_to}")
     if x.stride(1) != 1:
         x = x.contiguous()
     m, k = x.shape
-    q = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=x.device)
+    mp = -(-m // pad_to) * pad_to
+    q = torch.empty(mp, k, dtype=torch.float8_e4m3fn, device=x.device)
     kb = k // 128
     if mmajor:
-        st = torch.empty(kb, m, dtype=torch.float32, device=x.device)
-        s, s_sm, s_sk = st.t(), 1, m
+        st = torch.empty(kb, mp, dtype=torch.float32, device=x.device)
+        s, s_sm, s_sk = st.t(), 1, mp
     else:
-        s = torch.empty(m, kb, dtype=torch.float32, device=x.device)
+        s = torch.empty(mp, kb, dtype=torch.float32, device=x.device)
         s_sm, s_sk = kb, 1
-    if m:
+    if mp:
         bm = 16 if interpreting() else 64
-        _act_quant_kernel[(triton.cdiv(m, bm), kb)](x, q, s, m, k, x.stride(0), q.stride(0), s_sm, s_sk, BM=bm,
-                                                    DOT_F32=interpreting(), num_warps=4)
+        _act_quant_kernel[(triton.cdiv(mp, bm), kb)](x, q, s, m, mp, k, x.stride(0), q.stride(0), s_sm, s_sk,
+                                                     BM=bm, DOT_F32=interpreting(), num_warps=4)
     return q, s

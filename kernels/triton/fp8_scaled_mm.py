@@ -19,14 +19,18 @@ from ..quant_weight import QuantWeight
 from .act_quant import act_quant
 from .common import derived
 
-def weight_scales_t(w: QuantWeight, contiguous: bool = False) -> torch.Tensor:
-    """The weight's UE8M0 block scales as fp32 2^(S - 127), transposed to [ceil(K/128), ceil(N/128)] (a view of
-    the [N/128, K/128] storage, or a contiguous copy), once per scale tensor (`common.derived`: the QuantWeight
-    handles are made per call by models/layers.py, the scale tensor outlives them)."""
-    def make():
-        f = torch.exp2(w.scale_u8().to(torch.float32) - 127.0).t()
-        return f.contiguous() if contiguous else f
-    return derived(w.scale, f"_v4serve_scale_f32_t_{int(contiguous)}", make)
+# cuBLASLt's blockwise-scaled GEMM (measured on H200, torch 2.11 cu130) takes the activation scales M-major with
+# M a multiple of 4 and the weight scales as the [K/128, N/128] transposed view; the other layouts are refused
+# ("Invalid scaling configuration" / CUBLAS_STATUS_NOT_SUPPORTED). Activations are quantized into whole groups
+# of ROW_MULTIPLE rows (zero padding) and the output is sliced back.
+ROW_MULTIPLE = 4
+
+
+def weight_scales_t(w: QuantWeight) -> torch.Tensor:
+    """The weight's UE8M0 block scales as fp32 2^(S - 127), the transposed [ceil(K/128), ceil(N/128)] view of
+    the [N/128, K/128] storage, once per scale tensor (`common.derived`: the QuantWeight handles are made per
+    call by models/layers.py, the scale tensor outlives them)."""
+    return derived(w.scale, "_v4serve_scale_f32_t", lambda: torch.exp2(w.scale_u8().to(torch.float32) - 127.0).t())
 
 
 def _check(x: torch.Tensor, w: QuantWeight) -> None:
@@ -36,22 +40,25 @@ def _check(x: torch.Tensor, w: QuantWeight) -> None:
         raise ValueError(f"x {tuple(x.shape)} does not match the weight {tuple(w.shape)}")
 
 
-def _gemm(q: torch.Tensor, s: torch.Tensor, w: QuantWeight, out_dtype: torch.dtype, scale_b_contiguous: bool,
+def _quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return act_quant(x, mmajor=True, pad_to=ROW_MULTIPLE)
+
+
+def _gemm(q: torch.Tensor, s: torch.Tensor, w: QuantWeight, out_dtype: torch.dtype, m: int,
           rows: slice | None = None) -> torch.Tensor:
-    """codes [M, K] with scales [M, K/128] x weight rows `rows` (whole 128-row blocks) -> [M, rows] out_dtype."""
-    data, sc = w.data, weight_scales_t(w, scale_b_contiguous)
+    """codes [Mp, K] with scales [Mp, K/128] x weight rows `rows` (whole 128-row blocks) -> [m, rows] out_dtype
+    (the first m of the Mp padded rows)."""
+    data, sc = w.data, weight_scales_t(w)
     if rows is not None:
         data, sc = data[rows], sc[:, rows.start // 128:rows.stop // 128]
-    return torch._scaled_mm(q, data.t(), s, sc, out_dtype=out_dtype)
+    y = torch._scaled_mm(q, data.t(), s, sc, out_dtype=out_dtype)
+    return y if y.shape[0] == m else y[:m]
 
 
-def scaled_linear(x: torch.Tensor, w: QuantWeight, out_dtype: torch.dtype | None = None, mmajor: bool = True,
-                  scale_b_contiguous: bool = False) -> torch.Tensor:
-    """x [M, K] (bf16 / fp32) x FP8 weight [N, K] -> [M, N] in out_dtype (default x's dtype). `mmajor` /
-    `scale_b_contiguous`: the scale layouts handed to the GEMM (the bench measures both)."""
+def scaled_linear(x: torch.Tensor, w: QuantWeight, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x [M, K] (bf16 / fp32) x FP8 weight [N, K] -> [M, N] in out_dtype (default x's dtype)."""
     _check(x, w)
-    q, s = act_quant(x, mmajor=mmajor)
-    return _gemm(q, s, w, out_dtype or x.dtype, scale_b_contiguous)
+    return _gemm(*_quant(x), w, out_dtype or x.dtype, x.shape[0])
 
 
 def scaled_norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: QuantWeight) -> torch.Tensor:
@@ -70,7 +77,7 @@ def scaled_grouped_linear(x: torch.Tensor, w: QuantWeight, groups: int) -> torch
         raise ValueError(f"grouped FP8 linear: {r} rows per group is not whole 128-row scale blocks")
     y = torch.empty(n, g, r, dtype=x.dtype, device=x.device)
     for j in range(groups):  # act_quant reads group j's rows in place (row stride g*K)
-        y[:, j] = _gemm(*act_quant(x[:, j]), w, x.dtype, False, slice(j * r, (j + 1) * r))
+        y[:, j] = _gemm(*_quant(x[:, j]), w, x.dtype, n, slice(j * r, (j + 1) * r))
     return y
 
 
@@ -79,5 +86,6 @@ def scaled_swiglu_linear(x: torch.Tensor, w1: QuantWeight, w3: QuantWeight, limi
     rounded to x's dtype first): one quantization pass shared by both GEMMs, the SwiGLU on the twin's torch ops."""
     from ..ref.norm import swiglu
     _check(x, w1)
-    q, s = act_quant(x)
-    return swiglu(_gemm(q, s, w1, x.dtype, False), _gemm(q, s, w3, x.dtype, False), limit, x.dtype)
+    q, s = _quant(x)
+    m = x.shape[0]
+    return swiglu(_gemm(q, s, w1, x.dtype, m), _gemm(q, s, w3, x.dtype, m), limit, x.dtype)

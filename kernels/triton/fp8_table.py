@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 
 def _c(bm, bn, st, split, var, warps=4):
     return dict(BM=bm, BN=bn, BK=128, GROUP_M=1, num_warps=warps, num_stages=st, SPLIT_K=split, VAR=var)
@@ -52,15 +54,33 @@ def lookup(m: int, n: int, k: int):
 
 
 # FP8 x FP8 through torch's blockwise-scaled GEMM (fp8_scaled_mm.py) for linear / norm_linear / grouped_linear
-# (key: all groups' rows) / swiglu_linear (key: one weight's rows) from this many rows on, per (N, K): to be
-# filled from bench entry `fp8_scaled_mm` (not measured yet: empty, every call keeps the Triton block linear). V4SERVE_FP8_SCALED_MM_MIN_M=<rows> applies one threshold to every
-# shape (an experiment switch for bench/e2e.py runs; read once at import).
-SCALED_MM_MIN_M: dict = {}
+# (key: all groups' rows) / swiglu_linear (key: one weight's rows) from this many rows on, per (N, K). Measured
+# (bench entry `fp8_scaled_mm`, rows M = 128 / 256 / 1024 / 4096 / 8192; H200, 2026-12-02): the smallest M from
+# which the scaled path beats the Triton block linear at every larger measured M. E.g. wq_b at M=256: 79.0 ->
+# 25.9 us, wo_b 71.5 -> 29.8; prefill M=8192 wq_b 1581 -> 609 us. Glue rows (`fp8_scaled_mm_glue`): swiglu w13
+# loses at 128 (35.5 vs 51.8 us) and wins from 256; grouped wo_a (8 per-group GEMMs) wins from 4096 only.
+# V4SERVE_FP8_SCALED_MM_MIN_M=<rows> applies one threshold to every shape (an experiment switch for bench/e2e.py
+# runs; read once at import).
+SCALED_MM_MIN_M: dict = {
+    (1024, 4096): 256,   # wq_a
+    (32768, 1024): 128,  # wq_b (norm_linear: 128 rows 66.8 -> 25.1 us)
+    (512, 4096): 1024,   # wkv
+    (4096, 8192): 128,   # wo_b
+    (8192, 1024): 128,   # indexer wq_b
+    (2048, 4096): 256,   # shared expert w1 / w3 (swiglu_linear; the plain shape wins from 128)
+    (4096, 2048): 128,   # shared expert w2
+    (4096, 4096): 128,   # MTP projection
+    (8192, 4096): 4096,  # grouped wo_a, all 8 groups' rows
+}
 _ENV_MIN_M = int(os.environ.get("V4SERVE_FP8_SCALED_MM_MIN_M", "0") or 0)
 
 
-def use_scaled_mm(m: int, n: int, k: int) -> bool:
-    """Whether m rows of an (n, k) FP8 linear (keys as SCALED_MM_MIN_M) take the blockwise-scaled torch GEMM."""
+def use_scaled_mm(rows: torch.Tensor, n: int, k: int) -> bool:
+    """Whether the activation rows `rows` [M, ...] of an (n, k) FP8 linear (keys as SCALED_MM_MIN_M) take the
+    blockwise-scaled torch GEMM (a CUDA op: never for the interpreter's CPU tensors)."""
+    if not rows.is_cuda:
+        return False
+    m = rows.shape[0]
     if _ENV_MIN_M > 0:
         return m >= _ENV_MIN_M
     lo = SCALED_MM_MIN_M.get((n, k))

@@ -3,7 +3,7 @@
 fp32-output linears of plain weights, a scaled-output linear and an RMSNorm prologue (q_norm -> wq_b).
 Same contracts as kernels.ref.linear_glue; self-reducing split-K, so every op is one launch and no host sync.
 Plain, grouped, norm-prologue and SwiGLU FP8 linears take the FP8 x FP8 torch GEMM (fp8_scaled_mm.py,
-act_quant numerics) where the measured table `fp8_table.SCALED_MM_MIN_M` says so (empty until measured)."""
+act_quant numerics) where the measured table `fp8_table.SCALED_MM_MIN_M` says so."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def linear(x, weight, fp32=False):
         return F.linear(x, weight)
     x2 = _fl._rows(x)
     n = weight.shape[0]
-    if not fp32 and isinstance(weight, QuantWeight) and use_scaled_mm(x2.shape[0], n, weight.shape[1]):
+    if not fp32 and isinstance(weight, QuantWeight) and use_scaled_mm(x2, n, weight.shape[1]):
         from .fp8_scaled_mm import scaled_linear  # FP8 x FP8 torch GEMM where measured faster (fp8_table.py)
         return scaled_linear(x2, weight).reshape(*x.shape[:-1], n)
     y = torch.empty(x2.shape[0], n, dtype=torch.float32 if fp32 else x.dtype, device=x.device)
@@ -45,7 +45,7 @@ def grouped_linear(x, weight, groups):
         x2 = x2.contiguous()
     r = weight.shape[0] // groups
     k = weight.shape[-1]
-    if isinstance(weight, QuantWeight) and use_scaled_mm(n, weight.shape[0], k):
+    if isinstance(weight, QuantWeight) and use_scaled_mm(x2, weight.shape[0], k):
         from .fp8_scaled_mm import scaled_grouped_linear
         return scaled_grouped_linear(x2.view(n, groups, k), weight, groups)
     y = torch.empty(n, groups * r, dtype=x.dtype, device=x.device)
@@ -57,7 +57,7 @@ def swiglu_linear(x, w1, w3, limit):
     """Same contract as kernels.ref.linear_glue.swiglu_linear: both GEMMs and the SwiGLU in one launch."""
     _plain_or_fp8(w1)
     x2 = _fl._rows(x)
-    if isinstance(w1, QuantWeight) and use_scaled_mm(x2.shape[0], w1.shape[0], w1.shape[1]):
+    if isinstance(w1, QuantWeight) and use_scaled_mm(x2, w1.shape[0], w1.shape[1]):
         from .fp8_scaled_mm import scaled_swiglu_linear
         return scaled_swiglu_linear(x2, w1, w3, limit).reshape(*x.shape[:-1], w1.shape[0])
     y = torch.empty(x2.shape[0], w1.shape[0], dtype=x.dtype, device=x.device)
@@ -95,7 +95,7 @@ def norm_linear(x, norm_weight, eps, weight):
         from . import norm
         return F.linear(norm.rms_norm(x, norm_weight, eps), weight)
     x2 = _fl._rows(x)
-    if use_scaled_mm(x2.shape[0], weight.shape[0], weight.shape[1]):
+    if use_scaled_mm(x2, weight.shape[0], weight.shape[1]):
         from .fp8_scaled_mm import scaled_norm_linear
         return scaled_norm_linear(x2, norm_weight, eps, weight).reshape(*x.shape[:-1], weight.shape[0])
     y = torch.empty(x2.shape[0], weight.shape[0], dtype=x.dtype, device=x.device)

@@ -3,12 +3,13 @@
 
 CPU: the act_quant kernel under the interpreter against its twin (codes and scales bit-equal, both scale
 layouts, rows that are not a tile multiple, all-zero blocks), the twin's fake-quantization identity, the
-dispatch table, the input checks. GPU (`-m gpu`): scaled_linear against the act_quant twin at V4-Flash shapes
-and both scale layouts, and kernels.linear taking it under the experiment switch."""
+dispatch table, the input checks. GPU (`-m gpu`): scaled_linear against the act_quant twin at V4-Flash shapes,
+row counts that are not a multiple of the GEMM's 4-row groups included, and kernels.linear taking it."""
 
 from __future__ import annotations
 
 import os
+import types
 
 import pytest
 import torch
@@ -20,21 +21,25 @@ from kernels.ref import quant as ref_quant  # noqa: E402
 from tests.kernels.interp_util import interp_modules  # noqa: E402
 
 
-@pytest.mark.parametrize("mmajor", [True, False])
+@pytest.mark.parametrize("mmajor,pad_to", [(True, 1), (False, 1), (True, 4)])
 @pytest.mark.parametrize("m,dtype", [(1, torch.float32), (21, torch.bfloat16)])
-def test_act_quant_interp(m, dtype, mmajor):
+def test_act_quant_interp(m, dtype, mmajor, pad_to):
     if torch.cuda.is_available():
         pytest.skip("the GPU test covers the compiled kernel")
     (aq,) = interp_modules("act_quant")
     g = torch.Generator().manual_seed(m)
     x = (torch.randn(m, 384, generator=g) * torch.logspace(-3, 3, 384)).to(dtype)
     x[0, 128:256] = 0  # an all-zero block: amax floored at 1e-4
-    q, s = aq.act_quant(x, mmajor=mmajor)
-    q0, s0 = ref_quant.act_quant_codes(x)
-    assert q.dtype == torch.float8_e4m3fn and s.shape == (m, 3) and s.dtype == torch.float32
-    assert s.stride() == ((1, m) if mmajor else (3, 1))
+    q, s = aq.act_quant(x, mmajor=mmajor, pad_to=pad_to)
+    mp = -(-m // pad_to) * pad_to
+    q0, s0 = ref_quant.act_quant_codes(torch.cat([x, x.new_zeros(mp - m, 384)]))
+    assert q.dtype == torch.float8_e4m3fn and s.shape == (mp, 3) and s.dtype == torch.float32
+    assert s.stride() == ((1, mp) if mmajor else (3, 1))
     assert torch.equal(s, s0)
     assert torch.equal(q.view(torch.uint8), q0.view(torch.uint8))
+    qt, st = ref_quant.act_quant(x, mmajor=mmajor, pad_to=pad_to)  # the twin pads the same way
+    assert torch.equal(st, s) and torch.equal(qt.view(torch.uint8), q.view(torch.uint8))
+    assert (st.t() if mmajor else st).is_contiguous()
 
 
 def test_act_quant_twin_identity_and_checks():
@@ -47,17 +52,25 @@ def test_act_quant_twin_identity_and_checks():
     from kernels.triton import act_quant
     with pytest.raises(ValueError, match="multiple of 128"):
         act_quant.act_quant(torch.zeros(2, 100))
+    for impl in (act_quant.act_quant, ref_quant.act_quant):
+        with pytest.raises(ValueError, match="pad_to"):
+            impl(torch.zeros(2, 128), pad_to=0)
 
 
 def test_scaled_mm_dispatch_table(monkeypatch):
     import kernels.triton.fp8_table as ft
     monkeypatch.setattr(ft, "_ENV_MIN_M", 0)
-    assert not ft.use_scaled_mm(4096, 1024, 4096)  # not measured yet: nothing takes it
+
+    def rows(m, device="cuda"):  # the two fields the rule reads, standing for rows without needing a GPU
+        return types.SimpleNamespace(is_cuda=device == "cuda", shape=(m, 4096))
+    assert not ft.use_scaled_mm(rows(1 << 20), 3072, 4096)  # a shape the table does not list keeps the block linear
     monkeypatch.setitem(ft.SCALED_MM_MIN_M, (1024, 4096), 512)
-    assert ft.use_scaled_mm(512, 1024, 4096) and not ft.use_scaled_mm(511, 1024, 4096)
-    assert not ft.use_scaled_mm(4096, 2048, 4096)
+    assert ft.use_scaled_mm(rows(512), 1024, 4096) and not ft.use_scaled_mm(rows(511), 1024, 4096)
+    assert not ft.use_scaled_mm(rows(512, "cpu"), 1024, 4096)  # a CUDA op: never for CPU (interpreter) rows
+    monkeypatch.setattr(ft, "_ENV_MIN_M", 64)  # the experiment switch overrides the table for every shape
+    assert ft.use_scaled_mm(rows(64), 3072, 4096) and not ft.use_scaled_mm(rows(63), 1024, 4096)
     monkeypatch.setattr(ft, "_ENV_MIN_M", 128)  # the experiment switch: every shape from 128 rows
-    assert ft.use_scaled_mm(128, 2048, 4096) and not ft.use_scaled_mm(127, 1024, 4096)
+    assert ft.use_scaled_mm(rows(128), 2048, 4096) and not ft.use_scaled_mm(rows(127), 1024, 4096)
 
 
 def _fp8_weight(n, k, g):
@@ -68,9 +81,9 @@ def _fp8_weight(n, k, g):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("layout", [(True, False), (True, True), (False, False)])
-@pytest.mark.parametrize("m,n,k", [(1, 1024, 4096), (100, 4096, 8192), (256, 32768, 1024), (4096, 2048, 4096)])
-def test_scaled_linear_gpu(m, n, k, layout):
+@pytest.mark.parametrize("m,n,k", [(1, 1024, 4096), (3, 512, 4096), (101, 4096, 8192), (256, 32768, 1024),
+                                   (4094, 2048, 4096)])
+def test_scaled_linear_gpu(m, n, k):
     """act_quant + torch._scaled_mm (blockwise 1x128 / 128x128) against the act_quant twin."""
     from kernels.ref.fp8_linear import fp8_linear as ref
     from kernels.triton.act_quant import act_quant
@@ -81,7 +94,7 @@ def test_scaled_linear_gpu(m, n, k, layout):
     q, s = act_quant(x)
     q0, s0 = ref_quant.act_quant_codes(x)
     assert torch.equal(s, s0) and torch.equal(q.view(torch.uint8), q0.view(torch.uint8))
-    y = scaled_linear(x, w, mmajor=layout[0], scale_b_contiguous=layout[1])
+    y = scaled_linear(x, w)
     want = ref(x, w.data, w.scale, act_quant=True)
     assert y.dtype == torch.bfloat16 and y.shape == (m, n)
     assert ((y.float() - want.float()).norm() / want.float().norm()).item() < 1e-2
@@ -105,7 +118,7 @@ def test_linear_takes_scaled_mm_when_listed_gpu(monkeypatch):
 
 def test_weight_scales_cached_on_the_scale_tensor():
     """The fp32 weight scales are converted once per scale tensor (QuantWeight handles are made per call), again
-    after an in-place update, in both layouts."""
+    after an in-place update."""
     from kernels.quant_weight import QuantWeight
     from kernels.triton.fp8_scaled_mm import weight_scales_t
     w = torch.zeros(256, 384, dtype=torch.float8_e4m3fn)
@@ -113,8 +126,6 @@ def test_weight_scales_cached_on_the_scale_tensor():
     a = weight_scales_t(QuantWeight(w, sc, "fp8"))
     assert a.shape == (3, 2) and torch.equal(a, torch.exp2(sc.float() - 127).t())
     assert weight_scales_t(QuantWeight(w, sc, "fp8")) is a  # a new handle, the same cached tensor
-    c = weight_scales_t(QuantWeight(w, sc, "fp8"), contiguous=True)
-    assert c.is_contiguous() and torch.equal(c, a)
     sc.add_(1)
     b = weight_scales_t(QuantWeight(w, sc, "fp8"))
     assert b is not a and torch.equal(b, 2 * a)
