@@ -87,7 +87,7 @@ class LLMEngine:
         snap_interval = None  # prefix caching: tokens between slot-state snapshots (kvcache/sizing.py)
         if args.enable_prefix_caching:
             snap_interval = prefix_snapshot_interval(cfg, self.block_size, self.dtype, args.kv_format,
-                                                     args.prefix_snapshot_interval)
+                                                     args.prefix_snapshot_interval, args.max_num_batched_tokens)
         if args.num_kv_blocks is not None:
             num_blocks = args.num_kv_blocks
         else:

@@ -37,7 +37,7 @@ _OPS: dict[str, tuple[object, str, str]] = {
     **{op: (_ref_lin, "linear_glue", "main") for op in (
         "linear", "grouped_linear", "swiglu_linear", "compressor_project", "norm_linear", "linear_scaled")},
     **{op: (_ref_mhc, "mhc", "main") for op in ("hc_pre", "hc_post", "hc_post_pre", "hc_head")},
-    **{op: (_ref_norm, "norm", "main") for op in ("rms_norm", "rope", "norm_rope", "add_cast")},
+    **{op: (_ref_norm, "norm", "main") for op in ("rms_norm", "rope", "norm_rope", "add_cast", "swiglu")},
     **{op: (_ref_attn, "attention", "attention") for op in ("kv_pack", "window_store", "sparse_attention")},
     "indexer_topk": (_ref_idx, "indexer", "attention"),
     "compress_and_store": (_ref_comp, "compressor", "attention"),
@@ -218,6 +218,11 @@ def add_cast(a, b, out_dtype) -> torch.Tensor:
     """(a + b.float()).to(out_dtype)."""
     impl = _impl("add_cast", a)
     return impl.add_cast(a, b, out_dtype)
+
+
+def swiglu(g, v, limit: float, out_dtype) -> torch.Tensor:
+    """silu(min(g, limit)) * clamp(v, -limit, limit) in fp32 -> out_dtype (g, v the same shape)."""
+    return _impl("swiglu", g).swiglu(g, v, limit, out_dtype)
 
 
 # ---- state rows (speculative rollback, issue 13) ------------------------------------------------

@@ -80,9 +80,13 @@ PREFIX_SNAPSHOT_FRACTION = 0.2  # default interval: snapshots cost at most this 
 
 
 def prefix_snapshot_interval(cfg: ModelConfig, block_size: int, dtype: torch.dtype, kv_format: str = "bf16",
-                             requested: int | None = None) -> int:
+                             requested: int | None = None, token_budget: int | None = None) -> int:
     """Tokens between the periodic snapshots: `requested` if valid, else the smallest multiple of
-    block_size whose snapshots (one per interval) cost <= PREFIX_SNAPSHOT_FRACTION of the blocks."""
+    block_size whose snapshots (one per interval) cost <= PREFIX_SNAPSHOT_FRACTION of the blocks, rounded up
+    to a multiple of `token_budget` (the scheduler's max_num_batched_tokens) when that is whole blocks.
+    Chunks end at snapshot points, so an interval that is not a multiple of the budget cuts a long prompt's
+    chunks short: 6,016 with an 8,192 budget (8 V4-Flash layers) ran a 1M-token prompt in 174 chunks of
+    6,016 tokens instead of 128 of 8,192, each below the MoE's grouped-GEMM threshold (measured, H200)."""
     if requested is not None:
         if requested < block_size or requested % block_size:
             raise ValueError(f"prefix snapshot interval {requested} must be a positive multiple of "
@@ -90,9 +94,10 @@ def prefix_snapshot_interval(cfg: ModelConfig, block_size: int, dtype: torch.dty
         return requested
     _, per_block = state_bytes(cfg, block_size, dtype, kv_format)
     snap = snapshot_bytes(cfg, block_size, dtype, kv_format)
-    if per_block == 0:
-        return block_size
-    return block_size * max(1, math.ceil(snap / (PREFIX_SNAPSHOT_FRACTION * per_block)))
+    iv = block_size if per_block == 0 else block_size * max(1, math.ceil(snap / (PREFIX_SNAPSHOT_FRACTION * per_block)))
+    if token_budget and token_budget % block_size == 0:
+        iv = -(-iv // token_budget) * token_budget
+    return iv
 
 
 def num_snapshot_rows(num_blocks: int, block_size: int, interval: int, num_slots: int) -> int:

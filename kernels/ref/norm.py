@@ -49,6 +49,8 @@ def norm_rope(
 
 def swiglu(g: torch.Tensor, v: torch.Tensor, limit: float, out_dtype: torch.dtype) -> torch.Tensor:
     """silu(min(g, limit)) * clamp(v, -limit, limit) in fp32 -> out_dtype."""
+    if g.shape != v.shape:
+        raise ValueError(f"swiglu gate {tuple(g.shape)} and value {tuple(v.shape)} differ")
     g = g.float().clamp(max=limit)
     v = v.float().clamp(-limit, limit)
     return (F.silu(g) * v).to(out_dtype)

@@ -83,8 +83,8 @@ def scaled_grouped_linear(x: torch.Tensor, w: QuantWeight, groups: int) -> torch
 
 def scaled_swiglu_linear(x: torch.Tensor, w1: QuantWeight, w3: QuantWeight, limit: float) -> torch.Tensor:
     """silu(min(x W1^T, L)) * clamp(x W3^T, -L, L) (kernels.ref.linear_glue.swiglu_linear's contract: each GEMM
-    rounded to x's dtype first): one quantization pass shared by both GEMMs, the SwiGLU on the twin's torch ops."""
-    from ..ref.norm import swiglu
+    rounded to x's dtype first): one quantization pass shared by both GEMMs, then the one-pass SwiGLU kernel."""
+    from .norm import swiglu
     _check(x, w1)
     q, s = _quant(x)
     m = x.shape[0]

@@ -101,3 +101,25 @@ def add_cast(a, b, out_dtype):
     if a.numel():
         _add_cast_kernel[(triton.cdiv(a.numel(), 1024),)](a, b, y, a.numel(), BLOCK=1024, num_warps=4)
     return y
+
+
+@triton.jit
+def _swiglu_kernel(g_ptr, v_ptr, y_ptr, numel, limit, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < numel
+    g = tl.minimum(tl.load(g_ptr + offs, mask=m, other=0.0).to(tl.float32), limit)
+    v = tl.load(v_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    v = tl.minimum(tl.maximum(v, -limit), limit)
+    tl.store(y_ptr + offs, (g / (1.0 + tl.exp(-g)) * v).to(y_ptr.dtype.element_ty), mask=m)
+
+
+def swiglu(g, v, limit, out_dtype):
+    """Same contract as kernels.ref.norm.swiglu: one pass instead of the twin's seven elementwise kernels
+    (the epilogue of the scaled FP8 SwiGLU linear, fp8_scaled_mm.scaled_swiglu_linear)."""
+    if g.shape != v.shape:
+        raise ValueError(f"swiglu gate {tuple(g.shape)} and value {tuple(v.shape)} differ")
+    g, v = g.contiguous(), v.contiguous()
+    y = torch.empty(g.shape, dtype=out_dtype, device=g.device)
+    if g.numel():
+        _swiglu_kernel[(triton.cdiv(g.numel(), 1024),)](g, v, y, g.numel(), float(limit), BLOCK=1024, num_warps=4)
+    return y

@@ -155,10 +155,13 @@ def test_big_batch_table_gpu(name, m):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("m", [1, 16, 64, 128, 256])
-def test_glue_decode_gpu(m):
-    """The glue paths at V4-Flash decode shapes through the shipped picks: q_norm + wq_b, grouped wo_a, SwiGLU
-    (dual launch: K split from 65 rows)."""
+def test_glue_decode_gpu(m, monkeypatch):
+    """The glue paths at V4-Flash decode shapes through the shipped block-linear picks: q_norm + wq_b, grouped
+    wo_a, SwiGLU (dual launch: K split from 65 rows); the scaled FP8 x FP8 path the table takes from 128 rows
+    for some shapes is tested against its act_quant twin in test_fp8_scaled_mm.py."""
+    import kernels.triton.fp8_table as ft
     import kernels.triton.linear_glue as tri
+    monkeypatch.setattr(ft, "SCALED_MM_MIN_M", {})
     g = torch.Generator(device="cuda").manual_seed(m)
 
     def fp8(n, k):

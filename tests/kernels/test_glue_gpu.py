@@ -92,8 +92,12 @@ def _fp8w(n, k, g):
 
 
 @pytest.mark.parametrize("n", BATCHES)
-def test_linear_glue_gpu(n):
+def test_linear_glue_gpu(n, monkeypatch):
+    """The block-linear glue launches (bf16 activations) against the twins; the FP8 x FP8 scaled path that the
+    measured table picks for some of these shapes has its own tests (test_fp8_scaled_mm.py)."""
+    import kernels.triton.fp8_table as ft
     import kernels.triton.linear_glue as tri
+    monkeypatch.setattr(ft, "SCALED_MM_MIN_M", {})
     g = torch.Generator(device="cuda").manual_seed(n + 2)
     x = torch.randn(n, D, device="cuda", generator=g).bfloat16()
     wo_a = _fp8w(8192, 4096, g)

@@ -167,6 +167,22 @@ def test_add_cast_interp():
     torch.testing.assert_close(tri.add_cast(a, b, torch.bfloat16), ref_norm.add_cast(a, b, torch.bfloat16))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_swiglu_interp(dtype):
+    """The one-pass SwiGLU against its twin: both clamps engaged, odd sizes, both input dtypes."""
+    (tri,) = interp_modules("norm")
+    g = torch.Generator().manual_seed(3)
+    a = (torch.randn(5, 301, generator=g) * 8).to(dtype)
+    b = (torch.randn(5, 301, generator=g) * 8).to(dtype)
+    torch.testing.assert_close(tri.swiglu(a, b, 7.0, torch.bfloat16), ref_norm.swiglu(a, b, 7.0, torch.bfloat16),
+                               rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(tri.swiglu(a, b, 7.0, torch.float32), ref_norm.swiglu(a, b, 7.0, torch.float32),
+                               rtol=1e-5, atol=1e-5)
+    for impl in (tri.swiglu, ref_norm.swiglu):
+        with pytest.raises(ValueError, match="differ"):
+            impl(a, b[:, :3], 7.0, torch.float32)
+
+
 def _fp8(n, k, g):
     from kernels.codecs import quant_fp8_block
     wq, ws = quant_fp8_block(torch.randn(n, k, generator=g) * 0.05)

@@ -38,6 +38,19 @@ def test_flash_snapshot_bytes():
     assert rep.extra_fraction <= 0.25 and iv % 128 == 0
 
 
+def test_auto_snapshot_interval_is_whole_token_budgets():
+    """The automatic interval is rounded up to a multiple of the step's token budget (chunks end at snapshot
+    points: otherwise every long-prompt chunk is cut short); an explicit interval and a budget that is not
+    whole blocks are left alone."""
+    cfg = PRESETS["flash"](8)
+    base = prefix_snapshot_interval(cfg, 128, torch.bfloat16, "bf16")
+    assert base == 6016  # 47 blocks: the snapshot-cost rule alone
+    assert prefix_snapshot_interval(cfg, 128, torch.bfloat16, "bf16", token_budget=8192) == 8192
+    assert prefix_snapshot_interval(cfg, 128, torch.bfloat16, "bf16", token_budget=2048) == 6144
+    assert prefix_snapshot_interval(cfg, 128, torch.bfloat16, "bf16", token_budget=2000) == base
+    assert prefix_snapshot_interval(cfg, 128, torch.bfloat16, "bf16", requested=256, token_budget=8192) == 256
+
+
 @pytest.mark.parametrize("kv_format", ["bf16", "fp8"])
 def test_save_restore_copies_exactly_the_live_rows(kv_format):
     kv = make_kv(kv_format=kv_format)
