@@ -279,6 +279,9 @@ _install_moe(register, bench_ms)
 from bench.prefill_entries import install as _install_prefill  # noqa: E402  (mHC mix, moe_align, MoE prefill)
 
 _install_prefill(register, bench_ms)
+from bench.topk_entries import install as _install_topk  # noqa: E402  (indexer top-k at long-prompt prefill)
+
+_install_topk(register, bench_ms)
 
 
 def main(argv=None):

@@ -1,0 +1,127 @@
+"""Sampled top-k for many long rows (kernels/triton/topk_prefill.py), CPU interpreter on tiny shapes: the
+output must equal indexer._topk_kernel's streaming path exactly (same ids, same order, same tie choice) on
+rows of mixed lengths, ties, monotone rows, negative scores and -0.0, row0 > 0 with a persistent grid of
+a few programs, and rows crafted to defeat the sample (both fallbacks: too many and too few candidates).
+The per-row candidate counts show which stage each row took."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from kernels.ref.indexer import select_topk  # noqa: E402
+from tests.kernels.interp_util import interp_modules  # noqa: E402
+
+SEG = 8
+
+
+def sampled_ids(limit: int, sample: int) -> torch.Tensor:
+    """The entries the kernel samples from a row longer than `sample` (mirror of its index formula)."""
+    runs = sample // SEG
+    starts = torch.tensor([(j * limit // runs) // SEG * SEG for j in range(runs)])
+    return (starts[:, None] + torch.arange(SEG)[None, :]).reshape(-1)
+
+
+def run_both(monkeypatch, scores, limits, k, ratio=1, row0=2, **kw):
+    """-> (prefill out, streaming-kernel out, counts) for rows row0.. of a tile whose limits are given."""
+    ti, tp = interp_modules("indexer", "topk_prefill")
+    n = len(limits)
+    g = torch.Generator().manual_seed(n + k)
+    pos = torch.zeros(row0 + n, dtype=torch.int32)
+    pos[row0:] = torch.tensor([lim * ratio - 1 for lim in limits], dtype=torch.int32)
+    pos[row0:] += torch.randint(0, ratio, (n,), generator=g, dtype=torch.int32)  # same limit, any position
+    outs = []
+    counts = torch.full((n,), -9, dtype=torch.int32)
+    monkeypatch.setitem(ti._SPLIT, "on", False)  # the reference is the one-program-per-row streaming kernel
+    for fn in (lambda o: tp.topk_rows_prefill(scores, pos, o, row0, n, k, ratio, counts=counts, **kw),
+               lambda o: ti.topk_rows(scores, pos, o, row0, n, k, ratio, reg_max=16)):
+        out = torch.full((row0 + n + 1, k), -7, dtype=torch.int32)
+        fn(out)
+        assert (out[:row0] == -7).all() and (out[row0 + n:] == -7).all(), "rows outside the tile were written"
+        outs.append(out[row0:row0 + n])
+    return outs[0], outs[1], counts
+
+
+def assert_same(got, want):
+    bad = [r for r in range(got.shape[0]) if not torch.equal(got[r], want[r])]
+    assert not bad, f"rows {bad}: {got[bad[0]].tolist()} != {want[bad[0]].tolist()}"
+
+
+def test_random_mixed_lengths_match_stream_and_twin(monkeypatch):
+    k = 16
+    limits = [3, 16, 17, 100, 255, 256, 257, 700, 1301, 2000]  # <= k, in registers, sampled
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(len(limits), 2000, generator=g)
+    got, want, counts = run_both(monkeypatch, scores, limits, k, programs=3)
+    assert_same(got, want)
+    for r, lim in enumerate(limits):  # sampled rows took the candidate select, not the fallback
+        assert counts[r] == lim if lim <= 256 else k <= counts[r] <= 256, (lim, int(counts[r]))
+    twin = torch.full((len(limits), k), -1, dtype=torch.int32)
+    select_topk(scores, torch.tensor(limits) - 1, k, 1, twin)  # no ties in randn rows: same id sets
+    for r in range(len(limits)):
+        assert sorted(got[r].tolist()) == sorted(twin[r].tolist()), r
+
+
+def test_ratio4_and_negative_scores(monkeypatch):
+    k = 8
+    limits = [5, 9, 300, 900, 1024]
+    g = torch.Generator().manual_seed(1)
+    scores = -torch.rand(len(limits), 1024, generator=g) - 1.0
+    scores[1, 3] = -0.0  # -0.0 orders below +0.0 (ordered keys), as in the streaming kernel
+    scores[1, 5] = 0.0
+    scores[3, ::97] = -0.0
+    scores[3, 50] = 0.0
+    got, want, _ = run_both(monkeypatch, scores, limits, k, ratio=4, row0=5)
+    assert_same(got, want)
+
+
+def test_ties_and_monotone_rows(monkeypatch):
+    k = 16
+    limits = [1200, 1200, 1500, 1500, 2000]
+    g = torch.Generator().manual_seed(2)
+    scores = torch.randn(len(limits), 2000, generator=g)
+    scores[0] = (scores[0] * 4).round() / 4  # ties at the threshold, few enough for the candidate select
+    scores[1] = torch.randint(0, 3, (2000,), generator=g).float()  # massive ties: overflow -> fallback
+    scores[2] = torch.arange(2000, dtype=torch.float32)  # increasing: the top-k are the last entries
+    scores[3] = -torch.arange(2000, dtype=torch.float32)  # decreasing
+    scores[4] = torch.arange(2000, dtype=torch.float32) // 64  # increasing plateaus (ties at the end)
+    got, want, counts = run_both(monkeypatch, scores, limits, k, row0=0, programs=2)
+    assert_same(got, want)
+    assert k <= counts[0] <= 256 and counts[1] > 256, counts.tolist()
+    assert all(k <= int(c) <= 256 for c in counts[2:4]), counts.tolist()
+
+
+def test_sample_defeated_both_fallbacks(monkeypatch):
+    """Rank below k (k 64, sample 128, rows of 2048): a row whose sampled entries are low and all others
+    high (count > cap), and one whose sampled entries are the only high ones (count < k)."""
+    k, sample, cap, lim = 64, 128, 1024, 2048
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(4, lim, generator=g)
+    ids = sampled_ids(lim, sample)
+    scores[1] += 10.0
+    scores[1, ids] -= 20.0  # sample low, the rest high: every unsampled entry is a candidate
+    scores[2, ids] += 10.0  # sample high, the rest low: only ~rank entries reach t_sub
+    scores[3, :1024] += 5.0  # a step: the top half of the sample tells the truth
+    got, want, counts = run_both(monkeypatch, scores, [lim] * 4, k, row0=1, sample=sample, cap=cap, programs=3)
+    assert_same(got, want)
+    c = counts.tolist()
+    assert k <= c[0] <= cap and c[1] > cap and c[2] < k and k <= c[3] <= cap, c
+
+
+def test_bad_sizes_rejected():
+    (tp,) = interp_modules("topk_prefill")
+    s = torch.zeros(1, 64)
+    p = torch.zeros(1, dtype=torch.int32)
+    o = torch.zeros(1, 8, dtype=torch.int32)
+    with pytest.raises(ValueError):
+        tp.topk_rows_prefill(s, p, o, 0, 1, 8, 1, cap=100)
+    with pytest.raises(ValueError):
+        tp.topk_rows_prefill(s, p, o, 0, 1, 512, 1, cap=256)
+    k = tp.CAP // 2  # 512 at the GPU sizes
+    assert tp.use_prefill(8192, 262144, k) and not tp.use_prefill(64, 262144, k)
+    assert not tp.use_prefill(8192, tp.PREFILL_MIN_ECAP, k) and not tp.use_prefill(8192, 262144, tp.CAP)
