@@ -329,6 +329,9 @@ def install(register, bench_ms):
                 t_tri = bench_ms(run_tri) / len(wts)
                 ctx.emit(bench="fp8_scaled_mm", shape=name, M=m, impl="triton_bf16_act", us=t_tri * 1e3,
                          tflops=flop / t_tri / 1e9)
+                t_a8 = bench_ms(lambda: [tf.fp8_linear(x, w.data, w.scale, act_quant=True) for w in wts]) / len(wts)
+                ctx.emit(bench="fp8_scaled_mm", shape=name, M=m, impl="triton_act_fp8", us=t_a8 * 1e3,
+                         tflops=flop / t_a8 / 1e9, vs_triton=t_tri / t_a8)
                 t_aq = bench_ms(lambda: act_quant(x)) * 1e3
                 ctx.emit(bench="fp8_scaled_mm", shape=name, M=m, impl="act_quant_only", us=t_aq)
                 want = ref(x, wts[0].data, wts[0].scale, act_quant=True).float()
@@ -350,9 +353,21 @@ def install(register, bench_ms):
             del wts
             torch.cuda.empty_cache()
         # the glue paths (their scaled variants are keyed by the same (N, K) as the plain shapes, grouped wo_a
-        # by (8192, 4096)): the Triton launch (table empty) against the scaled variant
+        # by (8192, 4096)): the bf16-activation Triton launch (tables pinned empty), the scaled variant and the
+        # block linear's FP8 x FP8 mode
+        import kernels.triton.fp8_linear as fl
         import kernels.triton.fp8_scaled_mm as sm
+        import kernels.triton.fp8_table as ft
         import kernels.triton.linear_glue as lg
+        saved = ft.SCALED_MM_MIN_M, ft.ACT_FP8_MIN_M
+        ft.SCALED_MM_MIN_M, ft.ACT_FP8_MIN_M = {}, {}
+        try:
+            _glue_rows(ctx, ms_list, fl, sm, lg)
+        finally:
+            ft.SCALED_MM_MIN_M, ft.ACT_FP8_MIN_M = saved
+
+    def _glue_rows(ctx, ms_list, fl, sm, lg):
+        from kernels.quant_weight import QuantWeight
         glue = {"norm_linear_wq_b": (32768, 1024, 1), "grouped_wo_a": (1024, 4096, 8), "swiglu_w13": (2048, 4096, 2)}
         for name, (n, k, groups) in glue.items():
             rows = n * (groups if name == "grouped_wo_a" else 1)
@@ -362,14 +377,19 @@ def install(register, bench_ms):
             for m in ms_list:
                 if name == "grouped_wo_a":
                     x = torch.randn(m, groups, k, device="cuda").bfloat16()
-                    pair = (lambda: lg.grouped_linear(x, w1, groups), lambda: sm.scaled_grouped_linear(x, w1, groups))
+                    yg = torch.empty(m, rows, device="cuda", dtype=torch.bfloat16)
+                    pair = (lambda: lg.grouped_linear(x, w1, groups), lambda: sm.scaled_grouped_linear(x, w1, groups),
+                            lambda: fl.launch(x.view(m, -1), w1, yg, groups=groups, x_gs=k, w_gs=n, y_gs=n,
+                                              act_quant=True))
                 elif name == "norm_linear_wq_b":
                     x = torch.randn(m, k, device="cuda").bfloat16()
                     pair = (lambda: lg.norm_linear(x, nw, 1e-6, w1), lambda: sm.scaled_norm_linear(x, nw, 1e-6, w1))
                 else:
                     x = torch.randn(m, k, device="cuda").bfloat16() * 0.01
-                    pair = (lambda: lg.swiglu_linear(x, w1, w3, 10.0), lambda: sm.scaled_swiglu_linear(x, w1, w3, 10.0))
-                for impl, fn in zip(("triton_bf16_act", "scaled_mm"), pair):
+                    ys = torch.empty(m, n, device="cuda", dtype=torch.bfloat16)
+                    pair = (lambda: lg.swiglu_linear(x, w1, w3, 10.0), lambda: sm.scaled_swiglu_linear(x, w1, w3, 10.0),
+                            lambda: fl.launch(x, w1, ys, w2=w3, epi=1, round_out=True, limit=10.0, act_quant=True))
+                for impl, fn in zip(("triton_bf16_act", "scaled_mm", "triton_act_fp8"), pair):
                     try:
                         ctx.emit(bench="fp8_scaled_mm_glue", op=name, M=m, impl=impl, us=bench_ms(fn) * 1e3)
                     except Exception as ex:  # noqa: BLE001

@@ -75,6 +75,24 @@ SCALED_MM_MIN_M: dict = {
 _ENV_MIN_M = int(os.environ.get("V4SERVE_FP8_SCALED_MM_MIN_M", "0") or 0)
 
 
+# The block linear's own FP8 x FP8 mode (fp8_linear.launch(act_quant=True): activations quantized per 1x128
+# block inside the GEMM, FP8 wgmma, the same act_quant numerics as the scaled path) for linear / grouped_linear /
+# swiglu_linear rows that the scaled path does not take, from this many rows on, per (N, K) (keys as
+# SCALED_MM_MIN_M). Filled from bench entry `fp8_scaled_mm` (impl `triton_act_fp8`); not measured yet: empty.
+# V4SERVE_FP8_ACT_MIN_M=<rows> applies one threshold to every shape (experiment switch, read once at import).
+ACT_FP8_MIN_M: dict = {}
+_ENV_ACT_MIN_M = int(os.environ.get("V4SERVE_FP8_ACT_MIN_M", "0") or 0)
+
+
+def use_act_fp8(rows: torch.Tensor, n: int, k: int) -> bool:
+    """Whether the rows of an (n, k) FP8 linear that do not take the scaled GEMM take the block linear's FP8 x FP8
+    mode (CUDA rows only, like use_scaled_mm)."""
+    if not rows.is_cuda:
+        return False
+    lo = _ENV_ACT_MIN_M if _ENV_ACT_MIN_M > 0 else ACT_FP8_MIN_M.get((n, k))
+    return lo is not None and rows.shape[0] >= lo
+
+
 def use_scaled_mm(rows: torch.Tensor, n: int, k: int) -> bool:
     """Whether the activation rows `rows` [M, ...] of an (n, k) FP8 linear (keys as SCALED_MM_MIN_M) take the
     blockwise-scaled torch GEMM (a CUDA op: never for the interpreter's CPU tensors)."""

@@ -3,7 +3,8 @@
 fp32-output linears of plain weights, a scaled-output linear and an RMSNorm prologue (q_norm -> wq_b).
 Same contracts as kernels.ref.linear_glue; self-reducing split-K, so every op is one launch and no host sync.
 Plain, grouped, norm-prologue and SwiGLU FP8 linears take the FP8 x FP8 torch GEMM (fp8_scaled_mm.py,
-act_quant numerics) where the measured table `fp8_table.SCALED_MM_MIN_M` says so."""
+act_quant numerics) where the measured table `fp8_table.SCALED_MM_MIN_M` says so, and the block linear's own
+FP8 x FP8 mode where `fp8_table.ACT_FP8_MIN_M` does."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 from ..quant_weight import QuantWeight
 from . import fp8_linear as _fl  # module attribute: survives the tests' interpreter reload
-from .fp8_table import use_scaled_mm
+from .fp8_table import use_act_fp8, use_scaled_mm
 
 
 def _plain_or_fp8(w):
@@ -32,7 +33,8 @@ def linear(x, weight, fp32=False):
         from .fp8_scaled_mm import scaled_linear  # FP8 x FP8 torch GEMM where measured faster (fp8_table.py)
         return scaled_linear(x2, weight).reshape(*x.shape[:-1], n)
     y = torch.empty(x2.shape[0], n, dtype=torch.float32 if fp32 else x.dtype, device=x.device)
-    _fl.launch(x2, weight, y)
+    _fl.launch(x2, weight, y, act_quant=not fp32 and isinstance(weight, QuantWeight)
+               and use_act_fp8(x2, n, weight.shape[1]))
     return y.reshape(*x.shape[:-1], n)
 
 
@@ -49,7 +51,8 @@ def grouped_linear(x, weight, groups):
         from .fp8_scaled_mm import scaled_grouped_linear
         return scaled_grouped_linear(x2.view(n, groups, k), weight, groups)
     y = torch.empty(n, groups * r, dtype=x.dtype, device=x.device)
-    _fl.launch(x2, weight, y, groups=groups, x_gs=k, w_gs=r, y_gs=r)
+    _fl.launch(x2, weight, y, groups=groups, x_gs=k, w_gs=r, y_gs=r,
+               act_quant=isinstance(weight, QuantWeight) and use_act_fp8(x2, weight.shape[0], k))
     return y.view(n, groups, r)
 
 
@@ -61,7 +64,8 @@ def swiglu_linear(x, w1, w3, limit):
         from .fp8_scaled_mm import scaled_swiglu_linear
         return scaled_swiglu_linear(x2, w1, w3, limit).reshape(*x.shape[:-1], w1.shape[0])
     y = torch.empty(x2.shape[0], w1.shape[0], dtype=x.dtype, device=x.device)
-    _fl.launch(x2, w1, y, w2=w3, epi=1, round_out=True, limit=limit)
+    _fl.launch(x2, w1, y, w2=w3, epi=1, round_out=True, limit=limit,
+               act_quant=isinstance(w1, QuantWeight) and use_act_fp8(x2, w1.shape[0], w1.shape[1]))
     return y.reshape(*x.shape[:-1], w1.shape[0])
 
 

@@ -54,7 +54,7 @@ SAMPLE_Z = 6.0  # standard deviations between K and the expected candidate count
 # use_prefill: rows this variant is meant for (filled from GPU measurements; bench `topk_prefill`)
 PREFILL_MIN_ROWS = 132  # fewer long rows go to topk_long's split (one row per SM is not enough work)
 PREFILL_MIN_ECAP = 8192  # shorter rows fit indexer's in-register kernel (REG_TOPK_MAX)
-NOINLINE = False
+NOINLINE = not INTERPRET and os.environ.get("V4_TOPK_PF_NOINLINE", "0") == "1"
 
 
 @triton.jit
@@ -203,6 +203,15 @@ def _prefill_topk_kernel(scores_ptr, pos_ptr, out_ptr, cid_ptr, cval_ptr, count_
                 _stream_topk(srow, orow, limit, K, BLOCK)
         if COUNTS:
             tl.store(count_ptr + r, count)
+
+
+def sampled_entries(limit: int, sample: int | None = None) -> torch.Tensor:
+    """Host mirror of the entries _sample_threshold reads from a row of limit > sample entries (tests craft
+    rows that defeat the sample with it)."""
+    sample = sample or SAMPLE
+    runs = sample // SEG
+    starts = torch.tensor([(j * limit // runs) // SEG * SEG for j in range(runs)])
+    return (starts[:, None] + torch.arange(SEG)[None, :]).reshape(-1)
 
 
 def use_prefill(n_rows: int, e_cap: int, topk: int) -> bool:

@@ -67,6 +67,11 @@ def test_scaled_mm_dispatch_table(monkeypatch):
     monkeypatch.setitem(ft.SCALED_MM_MIN_M, (1024, 4096), 512)
     assert ft.use_scaled_mm(rows(512), 1024, 4096) and not ft.use_scaled_mm(rows(511), 1024, 4096)
     assert not ft.use_scaled_mm(rows(512, "cpu"), 1024, 4096)  # a CUDA op: never for CPU (interpreter) rows
+    monkeypatch.setattr(ft, "_ENV_ACT_MIN_M", 0)
+    assert not ft.use_act_fp8(rows(256), 3072, 4096)  # the block linear's FP8 x FP8 mode: only listed shapes
+    monkeypatch.setitem(ft.ACT_FP8_MIN_M, (3072, 4096), 128)
+    assert ft.use_act_fp8(rows(128), 3072, 4096) and not ft.use_act_fp8(rows(127), 3072, 4096)
+    assert not ft.use_act_fp8(rows(128, "cpu"), 3072, 4096)
     monkeypatch.setattr(ft, "_ENV_MIN_M", 64)  # the experiment switch overrides the table for every shape
     assert ft.use_scaled_mm(rows(64), 3072, 4096) and not ft.use_scaled_mm(rows(63), 1024, 4096)
     monkeypatch.setattr(ft, "_ENV_MIN_M", 128)  # the experiment switch: every shape from 128 rows
@@ -166,3 +171,68 @@ def test_scaled_glue_gpu(m):
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(ft.SCALED_MM_MIN_M, (2048, 4096), 1)
         assert rel(lg.swiglu_linear(x, w1, w3, 10.0), want) < 2e-2
+
+
+def _quant_weight_cpu(n, k, g):
+    from kernels.quant_weight import QuantWeight
+    w = (torch.randn(n, k, generator=g) * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
+    return QuantWeight(w, torch.randint(117, 121, (n // 128, k // 128), generator=g, dtype=torch.uint8), "fp8")
+
+
+def test_block_linear_act_fp8_grouped_and_dual_interp():
+    """The block linear's FP8 x FP8 mode (ACT_FP8) on the grouped and the dual SwiGLU launches that
+    fp8_table.ACT_FP8_MIN_M can route to it, against the act_quant twins."""
+    if torch.cuda.is_available():
+        pytest.skip("the GPU test covers the compiled kernel")
+    (fl,) = interp_modules("fp8_linear")
+    from kernels.ref.fp8_linear import fp8_linear as ref
+    from kernels.ref.norm import swiglu
+    g = torch.Generator().manual_seed(7)
+
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+    m, k, r, groups = 5, 256, 128, 2
+    x = torch.randn(m, groups, k, generator=g).bfloat16()
+    w = _quant_weight_cpu(groups * r, k, g)
+    y = torch.empty(m, groups * r, dtype=torch.bfloat16)
+    fl.launch(x.view(m, -1), w, y, groups=groups, x_gs=k, w_gs=r, y_gs=r, act_quant=True)
+    want = torch.cat([ref(x[:, j], w.data[j * r:(j + 1) * r], w.scale[j:j + 1], act_quant=True)
+                      for j in range(groups)], dim=1)
+    assert rel(y, want) < 1e-2
+    x = torch.randn(m, k, generator=g).bfloat16() * 0.01
+    w1, w3 = _quant_weight_cpu(r, k, g), _quant_weight_cpu(r, k, g)
+    y = torch.empty(m, r, dtype=torch.bfloat16)
+    fl.launch(x, w1, y, w2=w3, epi=1, round_out=True, limit=10.0, act_quant=True)
+    want = swiglu(ref(x, w1.data, w1.scale, act_quant=True), ref(x, w3.data, w3.scale, act_quant=True), 10.0,
+                  x.dtype)
+    assert rel(y, want) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [3, 200])
+def test_glue_takes_block_linear_act_fp8_when_listed_gpu(m, monkeypatch):
+    """linear / grouped_linear / swiglu_linear route rows listed in ACT_FP8_MIN_M (and not in the scaled table)
+    to the block linear's FP8 x FP8 mode: act_quant numerics."""
+    import kernels.triton.fp8_table as ft
+    import kernels.triton.linear_glue as lg
+    from kernels.ref.fp8_linear import fp8_linear as ref
+    from kernels.ref.norm import swiglu
+    monkeypatch.setattr(ft, "SCALED_MM_MIN_M", {})
+    monkeypatch.setattr(ft, "ACT_FP8_MIN_M", {(1024, 4096): 1, (8192, 4096): 1, (2048, 4096): 1})
+    g = torch.Generator(device="cuda").manual_seed(m)
+
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+    x = torch.randn(m, 4096, device="cuda", generator=g).bfloat16()
+    w = _fp8_weight(1024, 4096, g)
+    assert rel(lg.linear(x, w), ref(x, w.data, w.scale, act_quant=True)) < 1e-2
+    xg = torch.randn(m, 8, 4096, device="cuda", generator=g).bfloat16()
+    w = _fp8_weight(8192, 4096, g)
+    want = torch.stack([ref(xg[:, j], w.data[j * 1024:(j + 1) * 1024], w.scale[j * 8:(j + 1) * 8], act_quant=True)
+                        for j in range(8)], dim=1)
+    assert rel(lg.grouped_linear(xg, w, 8), want) < 1e-2
+    x = x * 0.01
+    w1, w3 = _fp8_weight(2048, 4096, g), _fp8_weight(2048, 4096, g)
+    want = swiglu(ref(x, w1.data, w1.scale, act_quant=True), ref(x, w3.data, w3.scale, act_quant=True), 10.0,
+                  x.dtype)
+    assert rel(lg.swiglu_linear(x, w1, w3, 10.0), want) < 2e-2

@@ -17,16 +17,6 @@ if not torch.cuda.is_available():
 from kernels.ref.indexer import select_topk  # noqa: E402
 from tests.kernels.interp_util import interp_modules  # noqa: E402
 
-SEG = 8
-
-
-def sampled_ids(limit: int, sample: int) -> torch.Tensor:
-    """The entries the kernel samples from a row longer than `sample` (mirror of its index formula)."""
-    runs = sample // SEG
-    starts = torch.tensor([(j * limit // runs) // SEG * SEG for j in range(runs)])
-    return (starts[:, None] + torch.arange(SEG)[None, :]).reshape(-1)
-
-
 def run_both(monkeypatch, scores, limits, k, ratio=1, row0=2, **kw):
     """-> (prefill out, streaming-kernel out, counts) for rows row0.. of a tile whose limits are given."""
     ti, tp = interp_modules("indexer", "topk_prefill")
@@ -99,10 +89,11 @@ def test_ties_and_monotone_rows(monkeypatch):
 def test_sample_defeated_both_fallbacks(monkeypatch):
     """Rank below k (k 64, sample 128, rows of 2048): a row whose sampled entries are low and all others
     high (count > cap), and one whose sampled entries are the only high ones (count < k)."""
+    (tp,) = interp_modules("topk_prefill")
     k, sample, cap, lim = 64, 128, 1024, 2048
     g = torch.Generator().manual_seed(3)
     scores = torch.randn(4, lim, generator=g)
-    ids = sampled_ids(lim, sample)
+    ids = tp.sampled_entries(lim, sample)
     scores[1] += 10.0
     scores[1, ids] -= 20.0  # sample low, the rest high: every unsampled entry is a candidate
     scores[2, ids] += 10.0  # sample high, the rest low: only ~rank entries reach t_sub
