@@ -54,6 +54,23 @@ def compile_sm90(fn, sig: dict, consts: dict, attrs: dict | None = None, **optio
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
+def resource_usage(kernel) -> dict:
+    """Registers / local-memory (spill) bytes / shared bytes of a kernel compiled with compile_sm90, read from its
+    cubin with the cuobjdump bundled with Triton (no GPU): {"REG": n, "LOCAL": bytes, "STACK": bytes, ...}."""
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    return {k: int(v) for k, v in re.findall(r"([A-Z]+):(\d+)", out)}
+
+
 def compile_launch(x, w, y, **launch_kw):
     """-> the compiled kernel (metadata.shared; asm["ptx"] / ["ttgir"]) of launch(x, w, y, **launch_kw) for
     sm_90. (Always the full pipeline: a truncated compile would sit in Triton's cache under the full key.)"""

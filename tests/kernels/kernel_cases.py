@@ -113,9 +113,11 @@ def attention_case(specs, *, h, c, r, w, ratio, topk, block_size, fp8, device, d
     return errs
 
 
-def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_tile=None):
+def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_tile=None, group_rows=1):
+    """group_rows: rows per score program (the prefill grouping, forced here from the first row on)."""
     from kernels.ref import indexer as ri
     from kernels.triton import indexer as ti
+    ti.SCORE_GROUP_ROWS, ti.SCORE_GROUP_MIN_ROWS = group_rows, (1 if group_rows > 1 else 512)
     meta, nblocks, _ = make_meta(specs, block_size, device, seed)
     g = torch.Generator().manual_seed(seed + 2)
     n = meta.num_tokens
@@ -244,6 +246,13 @@ def interp_suite(op: str) -> list[tuple[str, float, float]]:
                                         device=dev, row_tile=4), {"rows_mismatch": 0})
         add("fp4-keys", indexer_case([(0, 3), (37, 1), (60, 6)], hi=4, ci=64, topk=4, block_size=16, fp8="fp4",
                                      device=dev), {"rows_mismatch": 0})
+        # score programs of 2 rows: groups that straddle sequences and the tile end (row_tile 5)
+        add("dense-rows2", indexer_case([(0, 3), (37, 1), (60, 6), (3, 0), (9, 5)], hi=4, ci=32, topk=4,
+                                        block_size=16, fp8=False, device=dev, group_rows=2), {"rows_mismatch": 0})
+        add("fp8-rows2-rowtile", indexer_case([(0, 3), (37, 1), (60, 6), (9, 5)], hi=4, ci=32, topk=4, block_size=16,
+                                              fp8=True, device=dev, row_tile=5, group_rows=2), {"rows_mismatch": 0})
+        add("fp4-rows2", indexer_case([(0, 3), (60, 6)], hi=4, ci=64, topk=4, block_size=16, fp8="fp4", device=dev,
+                                      group_rows=2), {"rows_mismatch": 0})
         add("radix", topk_case(3, 700, 16, dev), {"mismatch": 0})
         add("radix-stream", topk_case(3, 700, 16, dev, reg_max=0), {"mismatch": 0})
         add("short", topk_case(2, 10, 16, dev), {"mismatch": 0})

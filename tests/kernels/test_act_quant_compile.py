@@ -15,7 +15,7 @@ def compile_act_quant() -> int:
     import kernels.triton.act_quant as aq
     n = 0
     for xt in ("*bf16", "*fp32"):
-        sig = dict(x_ptr=xt, q_ptr="*fp8e4nv", s_ptr="*fp32", M="i32", K="i32", stride_xm="i32", stride_qm="i32",
+        sig = dict(x_ptr=xt, q_ptr="*fp8e4nv", s_ptr="*fp32", M="i32", MP="i32", K="i32", stride_xm="i32", stride_qm="i32",
                    s_sm="i32", s_sk="i32")
         k = compile_sm90(aq._act_quant_kernel, sig, dict(BM=64, DOT_F32=False), num_warps=4)
         assert k.asm["cubin"] and "cvt.rn.satfinite.e4m3x2.f32" in k.asm["ptx"]
