@@ -33,10 +33,13 @@ def test_attention_hca_long_split():
     assert max(v for k, v in errs.items() if k.startswith("nsplit")) < 2e-2
 
 
+@pytest.mark.parametrize("group_rows", [1, 2])
 @pytest.mark.parametrize("fp8", [False, True, "fp4"])
-def test_indexer_real_shapes(fp8):
-    errs = indexer_case([(0, 1), (100, 1), (2100, 1), (40000, 1), (3000, 64), (0, 9)], hi=64, ci=128, topk=512,
-                        block_size=256, fp8=fp8, device="cuda", row_tile=16)
+def test_indexer_real_shapes(fp8, group_rows):
+    """group_rows: rows per score program (2: the prefill grouping, forced from the first row on; the odd
+    chunks put groups across sequences and tile ends)."""
+    errs = indexer_case([(0, 1), (100, 1), (2100, 1), (40000, 1), (3000, 65), (0, 9)], hi=64, ci=128, topk=512,
+                        block_size=256, fp8=fp8, device="cuda", row_tile=17, group_rows=group_rows)
     print(errs)
     assert errs["rows_mismatch"] == 0
 
