@@ -1,34 +1,41 @@
 """Exact top-k of many long indexer rows (long-prompt prefill): sample, filter, select in registers.
 
 indexer._topk_kernel streams a long row five times (four 8-bit radix histogram passes, one compaction);
-at 1M context that is 17.4 s of a prompt on an H200, bound by the histograms. Here one program handles
-a row (persistently: program p takes rows p, p + G, ...) in three stages:
+at 1M context that is 17.4 s of a prompt on an H200, bound by the histograms. Here a long row is read
+about once, in three launches:
 
-  sample  SAMPLE entries of the row in registers: SAMPLE/SEG runs of SEG contiguous entries (one 32-byte
-          sector for SEG 8) spread evenly over [0, limit), so a trend along the row (recent entries
-          scoring higher) does not bias it. Radix select (the same 4 levels) of the sample's R-th largest
-          ordered key T_sub, R = min(K, ceil(r^2)), r = (Z + sqrt(Z^2 + 4 K SAMPLE / limit)) / 2: the
-          row count at or above T_sub is about R limit / SAMPLE with a relative spread 1/sqrt(R), so
-          this R puts K at Z standard deviations below the expected count (and ~2-4K candidates at K 512).
-  filter  stream the row once, compacting every entry with key >= T_sub (id and score) into this
-          program's scratch row in index order (tl.cumsum + a running count); the count goes on past CAP.
-  select  if K <= count <= CAP: radix select of the exact K-th key T among the candidates (registers),
-          then entries with key > T and the lowest-index ties == T, written as _topk_kernel writes them.
-          Otherwise (a distribution the sample misjudged: ties, isolated spikes) the program runs
-          _topk_kernel's streaming passes over the whole row instead (a runtime branch; still exact).
+  sample    grid (rows,): SAMPLE entries of the row in registers, SAMPLE/SEG runs of SEG contiguous
+            entries (one 32-byte sector for SEG 8) spread evenly over [0, limit), so a trend along the row
+            (recent entries scoring higher) does not bias it. Radix select (the same four 8-bit levels) of
+            the sample's R-th largest ordered key T_sub, R = min(K, ceil(r^2)) with
+            r = (Z + sqrt(Z^2 + 4 K SAMPLE / limit)) / 2: the number of row entries at or above T_sub is
+            about R limit / SAMPLE with a relative spread 1/sqrt(R), and this R puts K at Z spreads below
+            it (~2K candidates at K 512 and 256K entries). Rows of <= SAMPLE entries are finished here
+            (one exact select in registers, indexer's IN_REG path); rows of <= K list 0..limit-1, -1.
+  filter +  grid (G,), program p takes rows p, p + G, ...: stream the row once, compacting every entry with
+  select    key >= T_sub (id, score) into the program's scratch row in index order (tl.cumsum + a running
+            count that goes on past CAP); if K <= count <= CAP, radix select of the exact K-th key T among
+            the candidates in registers, then the entries with key > T and the lowest-index ties == T,
+            in the slots _topk_kernel gives them.
+  fallback  grid (rows,): rows whose count was < K or > CAP (ties, a sample the distribution fooled) run
+            _topk_kernel's streaming passes over the whole row (exact); every other program exits at once.
 
 Why it is exact: if at least K entries of the row have key >= T_sub, the row's K-th largest key T is
->= T_sub, so every entry with key >= T (all of the top K and every tie at T) is a candidate, and the
-candidates keep index order; selecting among them therefore yields the same T, the same set of entries
-above it and the same lowest-index ties, in the same slots as _topk_kernel (slot order: entries > T in
-index order, then the ties). The count check makes the guarantee independent of how good the sample was
-(with R = K it always holds: the K-th largest of a subset is <= the K-th largest of the row). Rows with
-limit <= SAMPLE are selected in registers directly (the IN_REG path); rows with limit <= K list
-0..limit-1 then -1, as in indexer.topk_rows.
+>= T_sub, so every entry with key >= T (the top K and every tie at T) is a candidate, and candidates keep
+index order; selecting among them yields the same T, the same entries above it and the same lowest-index
+ties, in the same slots as _topk_kernel (entries > T in index order, then the ties). The count check makes
+this independent of how good the sample was (with R = K it always holds: the K-th largest of a subset is
+<= the K-th largest of the row); a row that fails it goes to the fallback.
 
-Scratch is [G, CAP] int32 + fp32 for G = min(rows, PROGRAMS_PER_SM x SMs) programs (bounded whatever the
-tile), written and read back by the same program (tl.debug_barrier orders the warps). No host syncs: the
-launch is CUDA-graph safe.
+Three launches rather than one persistent kernel: with the sample select and the fallback's passes in the
+same row loop as filter + select, ptxas spilled ~200 bytes a thread at 16 warps (128 registers); apart, no
+kernel spills (tests/kernels/test_topk_prefill_compile.py). Scratch is [G, CAP] int32 + fp32 with
+G = min(rows, PROGRAMS_PER_SM x SMs), bounded whatever the tile; each program writes and reads back its own
+row (tl.debug_barrier orders the warps). No host syncs: the launches are CUDA-graph safe.
+
+Measured (H200, 2048 rows of a prefill chunk, k 512, randn; bench `topk_prefill`), the one-kernel form of
+these same stages: 2172 -> 1374 us at 32K entries, 9848 -> 3287 us at 128K, 19762 -> 5484 us at 256K
+(1.6x / 3.0x / 3.6x over the streaming kernel), outputs identical. The three-launch form awaits its run.
 """
 
 from __future__ import annotations
@@ -48,13 +55,13 @@ SAMPLE = 256 if INTERPRET else int(os.environ.get("V4_TOPK_PF_SAMPLE", 8192))  #
 SEG = 8  # contiguous entries per sampled run (8 fp32 = one 32-byte sector)
 CAP = 256 if INTERPRET else int(os.environ.get("V4_TOPK_PF_CAP", 4096))  # candidates selected in registers
 BLOCK = 64 if INTERPRET else int(os.environ.get("V4_TOPK_PF_BLOCK", 4096))  # streamed entries per step
-WARPS = 4 if INTERPRET else int(os.environ.get("V4_TOPK_PF_WARPS", 16))
-PROGRAMS_PER_SM = int(os.environ.get("V4_TOPK_PF_PER_SM", 1))
-SAMPLE_Z = 6.0  # standard deviations between K and the expected candidate count (see the docstring)
-# use_prefill: rows this variant is meant for (filled from GPU measurements; bench `topk_prefill`)
+WARPS = 4 if INTERPRET else int(os.environ.get("V4_TOPK_PF_WARPS", 16))  # sample and filter + select kernels
+FALLBACK_WARPS = 4 if INTERPRET else 8  # the streaming passes, as indexer.topk_rows runs them
+PROGRAMS_PER_SM = int(os.environ.get("V4_TOPK_PF_PER_SM", 1))  # 16 warps x 128 registers: one CTA per SM
+SAMPLE_Z = 6.0  # spreads between K and the expected candidate count (see the docstring)
+# use_prefill: rows this variant is meant for (to be filled from GPU measurements; bench `topk_prefill`)
 PREFILL_MIN_ROWS = 132  # fewer long rows go to topk_long's split (one row per SM is not enough work)
 PREFILL_MIN_ECAP = 8192  # shorter rows fit indexer's in-register kernel (REG_TOPK_MAX)
-NOINLINE = not INTERPRET and os.environ.get("V4_TOPK_PF_NOINLINE", "0") == "1"
 
 
 @triton.jit
@@ -80,7 +87,7 @@ def _emit(ids, key, ok, thr, need, orow, K: tl.constexpr):
     tl.store(orow + (K - need) + rank_eq, ids, mask=eq & (rank_eq < need))
 
 
-@triton.jit(noinline=NOINLINE)
+@triton.jit
 def _stream_topk(srow, orow, limit, K: tl.constexpr, BLOCK: tl.constexpr):
     """Fallback: indexer._topk_kernel's streaming passes over the whole row (same output)."""
     offs = tl.arange(0, BLOCK)
@@ -112,7 +119,7 @@ def _stream_topk(srow, orow, limit, K: tl.constexpr, BLOCK: tl.constexpr):
         cnt_eq += tl.sum(eq.to(tl.int32), 0)
 
 
-@triton.jit(noinline=NOINLINE)
+@triton.jit
 def _sample_threshold(srow, limit, K: tl.constexpr, SAMPLE: tl.constexpr, SEG: tl.constexpr, Z: tl.constexpr):
     """Ordered key of the rank-R largest of the row's sample (limit > SAMPLE). Run j of SEG entries starts
     at floor(j * limit / runs) rounded down to a multiple of SEG: runs are >= SEG apart since
@@ -129,7 +136,7 @@ def _sample_threshold(srow, limit, K: tl.constexpr, SAMPLE: tl.constexpr, SEG: t
     return t_sub
 
 
-@triton.jit(noinline=NOINLINE)
+@triton.jit
 def _filter(srow, limit, t_sub, cid, cval, CAP: tl.constexpr, BLOCK: tl.constexpr):
     """Compact every entry with key >= t_sub (id, score) into cid/cval in index order (the first CAP of
     them) -> how many there are (counting on past CAP)."""
@@ -148,7 +155,7 @@ def _filter(srow, limit, t_sub, cid, cval, CAP: tl.constexpr, BLOCK: tl.constexp
     return count
 
 
-@triton.jit(noinline=NOINLINE)
+@triton.jit
 def _select_candidates(cid, cval, count, orow, K: tl.constexpr, CAP: tl.constexpr):
     """The top-K of the count (K <= count <= CAP) candidates in cid/cval -> orow, as _topk_kernel orders them."""
     coffs = tl.arange(0, CAP)
@@ -159,7 +166,7 @@ def _select_candidates(cid, cval, count, orow, K: tl.constexpr, CAP: tl.constexp
     _emit(ids, key, okc, thr, need, orow, K)
 
 
-@triton.jit(noinline=NOINLINE)
+@triton.jit
 def _select_row(srow, limit, orow, K: tl.constexpr, SAMPLE: tl.constexpr):
     """K < limit <= SAMPLE: the whole row in registers, one exact select (indexer's IN_REG path)."""
     soffs = tl.arange(0, SAMPLE)
@@ -170,39 +177,68 @@ def _select_row(srow, limit, orow, K: tl.constexpr, SAMPLE: tl.constexpr):
 
 
 @triton.jit
-def _prefill_topk_kernel(scores_ptr, pos_ptr, out_ptr, cid_ptr, cval_ptr, count_ptr, row0, n_rows, score_stride,
-                         out_stride, K: tl.constexpr, RATIO: tl.constexpr, SAMPLE: tl.constexpr, SEG: tl.constexpr,
-                         CAP: tl.constexpr, BLOCK: tl.constexpr, Z: tl.constexpr, COUNTS: tl.constexpr):
-    """Program p: rows p, p + G, ... of the tile; scratch row p of cid/cval. COUNTS: store each row's
-    candidate count (its limit when it fit the sample) at count[r] (tests, benchmark: fallback rate)."""
+def _row(pos_ptr, row0, r, RATIO: tl.constexpr):
+    """-> (token t, eligible entries limit) of tile row r."""
+    t = row0 + r
+    return t, ((tl.load(pos_ptr + t) + 1) // RATIO).to(tl.int32)
+
+
+@triton.jit
+def _sample_kernel(scores_ptr, pos_ptr, out_ptr, thr_ptr, count_ptr, row0, score_stride, out_stride,
+                   K: tl.constexpr, RATIO: tl.constexpr, SAMPLE: tl.constexpr, SEG: tl.constexpr,
+                   BLOCK: tl.constexpr, Z: tl.constexpr):
+    """Program r: a row of <= SAMPLE entries is finished (count[r] = limit); a longer one gets thr[r] = T_sub."""
+    r = tl.program_id(0)
+    t, limit = _row(pos_ptr, row0, r, RATIO)
+    orow = out_ptr + t.to(tl.int64) * out_stride
+    srow = scores_ptr + r.to(tl.int64) * score_stride
+    if limit <= K:
+        for k0 in range(0, K, BLOCK):
+            kk = k0 + tl.arange(0, BLOCK)
+            tl.store(orow + kk, tl.where(kk < limit, kk, -1), mask=kk < K)
+    elif limit <= SAMPLE:
+        _select_row(srow, limit, orow, K, SAMPLE)
+    else:
+        t_sub = _sample_threshold(srow, limit, K, SAMPLE, SEG, Z)
+        tl.store(thr_ptr + r, t_sub.to(tl.int32, bitcast=True))
+    if limit <= SAMPLE:
+        tl.store(count_ptr + r, limit)
+
+
+@triton.jit
+def _filter_select_kernel(scores_ptr, pos_ptr, out_ptr, thr_ptr, count_ptr, cid_ptr, cval_ptr, row0, n_rows,
+                          score_stride, out_stride, K: tl.constexpr, RATIO: tl.constexpr, SAMPLE: tl.constexpr,
+                          CAP: tl.constexpr, BLOCK: tl.constexpr):
+    """Program p: the rows p, p + G, ... longer than SAMPLE, through scratch row p; count[r] = candidates."""
     pid = tl.program_id(0)
     cid = cid_ptr + pid.to(tl.int64) * CAP
     cval = cval_ptr + pid.to(tl.int64) * CAP
     n_prog = tl.num_programs(0)
-    for i in tl.range(0, tl.cdiv(n_rows - pid, n_prog), disable_licm=True):  # (tensor row index in the interpreter too)
-        r = pid + i * n_prog
-        t = row0 + r
-        limit = ((tl.load(pos_ptr + t) + 1) // RATIO).to(tl.int32)
-        orow = out_ptr + t.to(tl.int64) * out_stride
-        srow = scores_ptr + r.to(tl.int64) * score_stride
-        count = limit
-        if limit <= K:
-            for k0 in range(0, K, BLOCK):
-                kk = k0 + tl.arange(0, BLOCK)
-                tl.store(orow + kk, tl.where(kk < limit, kk, -1), mask=kk < K)
-        elif limit <= SAMPLE:
-            _select_row(srow, limit, orow, K, SAMPLE)
-        else:
-            t_sub = _sample_threshold(srow, limit, K, SAMPLE, SEG, Z)
+    for i in range(0, tl.cdiv(n_rows - pid, n_prog)):
+        r = pid + i * n_prog  # (a tensor, also under the interpreter)
+        t, limit = _row(pos_ptr, row0, r, RATIO)
+        if limit > SAMPLE:
+            srow = scores_ptr + r.to(tl.int64) * score_stride
+            t_sub = tl.load(thr_ptr + r).to(tl.uint32, bitcast=True)
             tl.debug_barrier()  # every warp has read the previous row's candidates before they are overwritten
             count = _filter(srow, limit, t_sub, cid, cval, CAP, BLOCK)
             tl.debug_barrier()  # every warp's candidates are written before any warp reads them back
             if (count >= K) & (count <= CAP):  # >= K candidates: T >= t_sub, every top-K entry is among them
-                _select_candidates(cid, cval, count, orow, K, CAP)
-            else:
-                _stream_topk(srow, orow, limit, K, BLOCK)
-        if COUNTS:
+                _select_candidates(cid, cval, count, out_ptr + t.to(tl.int64) * out_stride, K, CAP)
             tl.store(count_ptr + r, count)
+
+
+@triton.jit
+def _fallback_kernel(scores_ptr, pos_ptr, out_ptr, count_ptr, row0, score_stride, out_stride, K: tl.constexpr,
+                     RATIO: tl.constexpr, SAMPLE: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr):
+    """Program r: if row r was sampled and its candidates did not fit [K, CAP], the streaming passes."""
+    r = tl.program_id(0)
+    t, limit = _row(pos_ptr, row0, r, RATIO)
+    if limit > SAMPLE:
+        count = tl.load(count_ptr + r)
+        if (count < K) | (count > CAP):
+            _stream_topk(scores_ptr + r.to(tl.int64) * score_stride, out_ptr + t.to(tl.int64) * out_stride, limit,
+                         K, BLOCK)
 
 
 def sampled_entries(limit: int, sample: int | None = None) -> torch.Tensor:
@@ -235,9 +271,17 @@ def topk_rows_prefill(scores: torch.Tensor, positions: torch.Tensor, out: torch.
         raise ValueError(f"prefill top-k needs k <= cap and k <= sample, got k={topk}, cap={cap}, sample={sample}")
     if n_rows <= 0:
         return
-    g = max(1, min(n_rows, programs or num_sms(scores.device) * PROGRAMS_PER_SM))
-    cid = torch.empty((g, cap), dtype=torch.int32, device=scores.device)
-    cval = torch.empty((g, cap), dtype=torch.float32, device=scores.device)
-    _prefill_topk_kernel[(g,)](scores, positions, out, cid, cval, cid if counts is None else counts, row0, n_rows,
-                               scores.stride(0), out.stride(0), K=topk, RATIO=ratio, SAMPLE=sample, SEG=SEG, CAP=cap,
-                               BLOCK=block, Z=SAMPLE_Z, COUNTS=counts is not None, num_warps=WARPS)
+    dev = scores.device
+    g = max(1, min(n_rows, programs or num_sms(dev) * PROGRAMS_PER_SM))
+    thr = torch.empty(n_rows, dtype=torch.int32, device=dev)
+    counts = torch.empty(n_rows, dtype=torch.int32, device=dev) if counts is None else counts
+    cid = torch.empty((g, cap), dtype=torch.int32, device=dev)
+    cval = torch.empty((g, cap), dtype=torch.float32, device=dev)
+    args = (scores, positions, out)
+    strides = (scores.stride(0), out.stride(0))
+    _sample_kernel[(n_rows,)](*args, thr, counts, row0, *strides, K=topk, RATIO=ratio, SAMPLE=sample, SEG=SEG,
+                              BLOCK=block, Z=SAMPLE_Z, num_warps=WARPS)
+    _filter_select_kernel[(g,)](*args, thr, counts, cid, cval, row0, n_rows, *strides, K=topk, RATIO=ratio,
+                                SAMPLE=sample, CAP=cap, BLOCK=block, num_warps=WARPS)
+    _fallback_kernel[(n_rows,)](*args, counts, row0, *strides, K=topk, RATIO=ratio, SAMPLE=sample, CAP=cap,
+                                BLOCK=block, num_warps=FALLBACK_WARPS)

@@ -68,5 +68,5 @@ def test_prefill_topk_cuda_graph_gpu():
     assert torch.equal(out, want)
     for r in range(4):  # the id sets against torch.topk (randn rows: no ties)
         lim = int(limits[r])
-        want_set = sorted(range(lim)) + [-1] * (K - lim) if lim <= K else sorted(scores[r, :lim].topk(K).indices.tolist())
+        want_set = list(range(lim)) + [-1] * (K - lim) if lim <= K else scores[r, :lim].topk(K).indices.tolist()
         assert sorted(out[r].tolist()) == sorted(want_set), r
