@@ -1,10 +1,12 @@
 """Triton lightning indexer: scores sum_h w_h * relu(q_h . k_e) + radix top-k select.
 
 Two kernels per tile of query rows:
-  _score_kernel   grid (groups of R rows, splits; each program strides over key tiles up to its rows' own
-                  limits): gathers BLOCK_E indexer keys through the block table (dense, FP8 + fp32 scale,
-                  or MXFP4), one tl.dot [BLOCK_E, cI] x [cI, R*HI] for all heads of the R rows, relu,
-                  weight, head-sum -> scores[row, e] (fp32, only e < (pos+1)//ratio written).
+  _score_kernel   grid (rows, splits; each program strides over key tiles up to its row's own limit):
+                  gathers BLOCK_E indexer keys through the block table (dense, FP8 + fp32 scale, or
+                  MXFP4), one tl.dot [BLOCK_E, cI] x [cI, HI] for all heads, relu, weight, head-sum
+                  -> scores[row, e] (fp32, only e < (pos+1)//ratio written). `_score_group_kernel`:
+                  the same for R rows per program sharing each key tile (prefill tiles; R from
+                  `score_rows_per_program`, 1 = `_score_kernel` until the grouping is measured).
   _topk_kernel    grid (rows,): radix select of the k-th largest score without sorting the row:
                   four 8-bit histogram passes (tl.histogram) over order-preserving uint32 keys of
                   the float bits find the exact threshold key T and how many ties to take, then one
@@ -38,16 +40,82 @@ SCORE_PROGRAMS = int(os.environ.get("V4_IDX_PROGRAMS", 16384))  # score-kernel g
 
 
 @triton.jit
+def _key_tile(keys_ptr, tables_ptr, b, e, ok, table_stride, ROW, cols, CI: tl.constexpr, PB: tl.constexpr,
+              KFMT: tl.constexpr, BLOCK_E: tl.constexpr, ALIGN: tl.constexpr):
+    """Indexer keys e (BLOCK_E of them, `ok` = in range) of sequence b through its block table -> (keys
+    [BLOCK_E, CI] (FP8 / fp32 / bf16 values), per-key scale fp32 [BLOCK_E] (1 unless FP8))."""
+    blk = tl.load(tables_ptr + b * table_stride + e // PB, mask=ok, other=0).to(tl.int64)
+    # (not (blk * PB + e % PB) * ROW: Triton 3.6's axis analysis keeps the divisibility (64) of the
+    # contiguous e % PB through the add with blk * PB, so it emitted 16-byte loads for 132-byte FP8
+    # rows -> "misaligned address" on the H200)
+    row = blk * (PB * ROW) + (e % PB) * ROW
+    if KFMT == 1:  # FP8 E4M3 + fp32 scale
+        row = tl.multiple_of(row, ALIGN)  # gcd(row bytes, 16): 4 for 132-byte rows
+        raw = tl.load(keys_ptr + row[:, None] + cols[None, :], mask=ok[:, None], other=0)
+        k = raw.to(tl.float8e4nv, bitcast=True)
+        sb = keys_ptr + row + CI  # fp32 scale, assembled from 4 bytes (no alignment assumption)
+        s0 = tl.load(sb, mask=ok, other=0).to(tl.uint32)
+        s1 = tl.load(sb + 1, mask=ok, other=0).to(tl.uint32)
+        s2 = tl.load(sb + 2, mask=ok, other=0).to(tl.uint32)
+        s3 = tl.load(sb + 3, mask=ok, other=0).to(tl.uint32)
+        kscale = (s0 | (s1 << 8) | (s2 << 16) | (s3 << 24)).to(tl.float32, bitcast=True)
+    elif KFMT == 2:  # MXFP4 (rotated keys; q arrives rotated): CI/2 code bytes + CI/32 UE8M0 scales
+        row = tl.multiple_of(row, ALIGN)  # 4 for 68-byte rows (ci=128), 2 for 34-byte rows (ci=64)
+        kp = tl.arange(0, CI // 2)
+        raw = tl.load(keys_ptr + row[:, None] + kp[None, :], mask=ok[:, None], other=0).to(tl.int32) & 0xFF
+        codes = tl.join(raw & 0xF, raw >> 4).reshape(BLOCK_E, CI)
+        gs = tl.arange(0, CI // 32)
+        sb = tl.load(keys_ptr + row[:, None] + CI // 2 + gs[None, :], mask=ok[:, None], other=0)
+        k = (e2m1_f32(codes).reshape(BLOCK_E, CI // 32, 32) * e8m0_to_f32(sb, 14)[:, :, None]).reshape(BLOCK_E, CI)
+        kscale = tl.full([BLOCK_E], 1.0, tl.float32)
+    else:
+        k = tl.load(keys_ptr + row[:, None] + cols[None, :], mask=ok[:, None], other=0.0)
+        kscale = tl.full([BLOCK_E], 1.0, tl.float32)
+    return k, kscale
+
+
+@triton.jit
 def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scores_ptr,
-                  row0, n_rows, HI, table_stride, score_stride, ROW, n_split,
+                  row0, HI, table_stride, score_stride, ROW, n_split,
                   CI: tl.constexpr, PB: tl.constexpr, RATIO: tl.constexpr, KFMT: tl.constexpr,
-                  BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, DOT_DT: tl.constexpr, ALIGN: tl.constexpr,
-                  R: tl.constexpr):
-    """Program (g, s) scores key tiles s, s + n_split, ... for the R rows g*R .. g*R+R-1 of the tile, each
-    below its own limit (grid independent of the row lengths: a CUDA graph bounds it by max_model_len and idle
-    programs exit at once). The R rows share every key tile they need: one MMA [BLOCK_E, CI] x [CI, R*BLOCK_H]
-    per tile (prefill: R consecutive tokens of one sequence read each key once instead of R times). Rows of
-    different sequences (a chunk boundary inside the group) take one pass per sequence."""
+                  BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, DOT_DT: tl.constexpr, ALIGN: tl.constexpr):
+    """Program (r, s) scores key tiles s, s + n_split, ... below the row's own limit (grid independent
+    of the row lengths: a CUDA graph bounds it by max_model_len and idle programs exit at once)."""
+    r = tl.program_id(0)
+    t = row0 + r
+    pos = tl.load(pos_ptr + t)
+    limit = (pos + 1) // RATIO
+    first = tl.program_id(1) * BLOCK_E
+    if first < limit:
+        b = tl.load(tok_seq_ptr + t).to(tl.int64)
+        heads = tl.arange(0, BLOCK_H)
+        hm = heads < HI
+        cols = tl.arange(0, CI)
+        wt = tl.load(w_ptr + t.to(tl.int64) * HI + heads, mask=hm, other=0.0)
+        # keys as the A operand [BE, CI], q^T [CI, BH] loaded transposed by pointer math
+        qt = tl.load(q_ptr + (t.to(tl.int64) * HI + heads[None, :]) * CI + cols[:, None], mask=hm[None, :], other=0.0)
+        qt = qt.to(DOT_DT)
+        for e0 in range(first, limit, n_split * BLOCK_E):
+            e = e0 + tl.arange(0, BLOCK_E)
+            ok = e < limit
+            k, kscale = _key_tile(keys_ptr, tables_ptr, b, e, ok, table_stride, ROW, cols, CI, PB, KFMT, BLOCK_E,
+                                  ALIGN)
+            s = tl.dot(k.to(DOT_DT), qt)  # [BE, BH]
+            s = tl.maximum(s, 0.0) * wt[None, :]
+            sc = tl.sum(s, 1) * kscale
+            tl.store(scores_ptr + r.to(tl.int64) * score_stride + e, sc, mask=ok)
+
+
+@triton.jit
+def _score_group_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scores_ptr,
+                        row0, n_rows, HI, table_stride, score_stride, ROW, n_split,
+                        CI: tl.constexpr, PB: tl.constexpr, RATIO: tl.constexpr, KFMT: tl.constexpr,
+                        BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, DOT_DT: tl.constexpr, ALIGN: tl.constexpr,
+                        R: tl.constexpr):
+    """_score_kernel for R rows g*R .. g*R+R-1 of the tile per program (g = program_id(0)): the R rows share
+    every key tile they need, one MMA [BLOCK_E, CI] x [CI, R*BLOCK_H] per tile (prefill: R consecutive tokens
+    of one sequence read each key once instead of R times); each row stops at its own limit. Rows of different
+    sequences (a chunk boundary inside the group) take one pass per sequence."""
     g0 = tl.program_id(0) * R
     first = tl.program_id(1) * BLOCK_E
     jr = tl.arange(0, R)
@@ -71,41 +139,14 @@ def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scor
             b = bp.to(tl.int64)
             act_n = valid_n & (seq_n == bp)
             wt = tl.load(w_ptr + t_n * HI + h_n, mask=act_n, other=0.0)
-            # keys as the A operand [BE, CI], q^T [CI, R*BH] loaded transposed by pointer math
             qt = tl.load(q_ptr + (t_n[None, :] * HI + h_n[None, :]) * CI + cols[:, None], mask=act_n[None, :],
                          other=0.0)
             qt = qt.to(DOT_DT)
             for e0 in range(first, limit, n_split * BLOCK_E):
                 e = e0 + tl.arange(0, BLOCK_E)
                 ok = e < limit
-                blk = tl.load(tables_ptr + b * table_stride + e // PB, mask=ok, other=0).to(tl.int64)
-                # (not (blk * PB + e % PB) * ROW: Triton 3.6's axis analysis keeps the divisibility (64) of the
-                # contiguous e % PB through the add with blk * PB, so it emitted 16-byte loads for 132-byte FP8
-                # rows -> "misaligned address" on the H200)
-                row = blk * (PB * ROW) + (e % PB) * ROW
-                if KFMT == 1:  # FP8 E4M3 + fp32 scale
-                    row = tl.multiple_of(row, ALIGN)  # gcd(row bytes, 16): 4 for 132-byte rows
-                    raw = tl.load(keys_ptr + row[:, None] + cols[None, :], mask=ok[:, None], other=0)
-                    k = raw.to(tl.float8e4nv, bitcast=True)
-                    sb = keys_ptr + row + CI  # fp32 scale, assembled from 4 bytes (no alignment assumption)
-                    s0 = tl.load(sb, mask=ok, other=0).to(tl.uint32)
-                    s1 = tl.load(sb + 1, mask=ok, other=0).to(tl.uint32)
-                    s2 = tl.load(sb + 2, mask=ok, other=0).to(tl.uint32)
-                    s3 = tl.load(sb + 3, mask=ok, other=0).to(tl.uint32)
-                    kscale = (s0 | (s1 << 8) | (s2 << 16) | (s3 << 24)).to(tl.float32, bitcast=True)
-                elif KFMT == 2:  # MXFP4 (rotated keys; q arrives rotated): CI/2 code bytes + CI/32 UE8M0 scales
-                    row = tl.multiple_of(row, ALIGN)  # 4 for 68-byte rows (ci=128), 2 for 34-byte rows (ci=64)
-                    kp = tl.arange(0, CI // 2)
-                    raw = tl.load(keys_ptr + row[:, None] + kp[None, :], mask=ok[:, None], other=0).to(tl.int32) & 0xFF
-                    codes = tl.join(raw & 0xF, raw >> 4).reshape(BLOCK_E, CI)
-                    gs = tl.arange(0, CI // 32)
-                    sb = tl.load(keys_ptr + row[:, None] + CI // 2 + gs[None, :], mask=ok[:, None], other=0)
-                    k = (e2m1_f32(codes).reshape(BLOCK_E, CI // 32, 32)
-                         * e8m0_to_f32(sb, 14)[:, :, None]).reshape(BLOCK_E, CI)
-                    kscale = tl.full([BLOCK_E], 1.0, tl.float32)
-                else:
-                    k = tl.load(keys_ptr + row[:, None] + cols[None, :], mask=ok[:, None], other=0.0)
-                    kscale = tl.full([BLOCK_E], 1.0, tl.float32)
+                k, kscale = _key_tile(keys_ptr, tables_ptr, b, e, ok, table_stride, ROW, cols, CI, PB, KFMT,
+                                      BLOCK_E, ALIGN)
                 sc = tl.dot(k.to(DOT_DT), qt)  # [BE, R*BH]
                 sc = tl.maximum(sc, 0.0) * wt[None, :]
                 sc = tl.sum(tl.reshape(sc, (BLOCK_E, R, BLOCK_H)), 2) * kscale[:, None]  # [BE, R]
@@ -221,12 +262,14 @@ def indexer_scores(q, w, keys, meta: AttnMeta, scores: torch.Tensor, row0: int, 
     r = score_rows_per_program(n_rows)
     groups = triton.cdiv(n_rows, r)
     n_split = max(1, min(triton.cdiv(e_cap, block_e), triton.cdiv(SCORE_PROGRAMS, groups)))
-    _score_kernel[(groups, n_split)](
-        q, w, keys, meta.block_tables, meta.tok_seq, meta.positions, scores, row0, n_rows, hi,
-        meta.block_tables.stride(0), scores.stride(0), row, n_split,
-        CI=ci, PB=pb, RATIO=ratio, KFMT=kfmt, BLOCK_H=max(16, triton.next_power_of_2(hi)), BLOCK_E=block_e,
-        DOT_DT=dot_dt, ALIGN=math.gcd(row * keys.element_size(), 16), R=r, num_warps=4,
-    )
+    common = (q, w, keys, meta.block_tables, meta.tok_seq, meta.positions, scores, row0)
+    tail = (hi, meta.block_tables.stride(0), scores.stride(0), row, n_split)
+    kw = dict(CI=ci, PB=pb, RATIO=ratio, KFMT=kfmt, BLOCK_H=max(16, triton.next_power_of_2(hi)), BLOCK_E=block_e,
+              DOT_DT=dot_dt, ALIGN=math.gcd(row * keys.element_size(), 16), num_warps=4)
+    if r == 1:
+        _score_kernel[(n_rows, n_split)](*common, *tail, **kw)
+    else:
+        _score_group_kernel[(groups, n_split)](*common, n_rows, *tail, R=r, **kw)
 
 
 SCORE_GROUP_MIN_ROWS = 512  # from this many rows per tile (prefill) the score kernel groups SCORE_GROUP_ROWS rows

@@ -19,11 +19,13 @@ def compile_score() -> int:
     for r in (1, 2):
         for kfmt, keys_t, row in ((0, "*bf16", 128), (1, "*u8", 132), (2, "*u8", 68)):
             sig = dict(q_ptr="*bf16", w_ptr="*fp32", keys_ptr=keys_t, tables_ptr="*i32", tok_seq_ptr="*i32",
-                       pos_ptr="*i32", scores_ptr="*fp32", row0="i32", n_rows="i32", HI="i32", table_stride="i32",
+                       pos_ptr="*i32", scores_ptr="*fp32", row0="i32", HI="i32", table_stride="i32",
                        score_stride="i32", ROW="i32", n_split="i32")
             consts = dict(CI=128, PB=32, RATIO=4, KFMT=kfmt, BLOCK_H=64, BLOCK_E=64, DOT_DT=tl.bfloat16,
-                          ALIGN=16 if kfmt == 0 else 4, R=r)
-            k = compile_sm90(ti._score_kernel, sig, consts, num_warps=4)
+                          ALIGN=16 if kfmt == 0 else 4)
+            if r > 1:
+                sig["n_rows"], consts["R"] = "i32", r
+            k = compile_sm90(ti._score_kernel if r == 1 else ti._score_group_kernel, sig, consts, num_warps=4)
             assert k.asm["cubin"]
             use = resource_usage(k)
             assert use["LOCAL"] == 0 and use["STACK"] == 0, (r, kfmt, use)  # no spills
