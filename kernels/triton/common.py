@@ -253,3 +253,43 @@ def select_digit(hist, need, prefix, pmask, shift, bins):
     prefix = prefix | (dstar.to(tl.uint32) << shift)
     pmask = pmask | (tl.full([], 255, tl.uint32) << shift)
     return need, prefix, pmask
+
+
+@triton.jit
+def stream_topk(srow, orow, limit, K: tl.constexpr, BLOCK: tl.constexpr):
+    """Top-K of the ordered keys of scores srow[:limit] (limit > K) -> orow[:K]: four 8-bit radix histogram
+    passes streaming the row in BLOCK-entry chunks, then one compaction pass writing every entry with key > T in
+    index order and the lowest-index ties == T after them (the indexer's streaming top-k; topk_prefill's
+    fallback)."""
+    offs = tl.arange(0, BLOCK)
+    prefix = tl.zeros([], tl.uint32)
+    pmask = tl.zeros([], tl.uint32)
+    need = tl.full([], K, tl.int32)  # how many still to take at/below the current prefix
+    bins = tl.arange(0, 256)
+    for level in tl.static_range(4):
+        shift = 24 - 8 * level
+        hist = tl.zeros([256], tl.int32)
+        for e0 in range(0, limit, BLOCK):
+            e = e0 + offs
+            ok_c = e < limit
+            key_c = ordered_key(tl.load(srow + e, mask=ok_c, other=0.0))
+            sel = ok_c & ((key_c & pmask) == prefix)
+            hist += tl.histogram(((key_c >> shift) & 255).to(tl.int32), 256, mask=sel)
+        need, prefix, pmask = select_digit(hist, need, prefix, pmask, shift, bins)
+    n_gt = K - need
+    cnt_gt = tl.zeros([], tl.int32)
+    cnt_eq = tl.zeros([], tl.int32)
+    for e0 in range(0, limit, BLOCK):
+        e = e0 + offs
+        ok_c = e < limit
+        key_c = ordered_key(tl.load(srow + e, mask=ok_c, other=0.0))
+        gt = ok_c & (key_c > prefix)
+        eq = ok_c & (key_c == prefix)
+        gi = gt.to(tl.int32)
+        ei = eq.to(tl.int32)
+        slot_gt = cnt_gt + tl.cumsum(gi, 0) - 1
+        rank_eq = cnt_eq + tl.cumsum(ei, 0) - 1
+        tl.store(orow + slot_gt, e, mask=gt)
+        tl.store(orow + n_gt + rank_eq, e, mask=eq & (rank_eq < need))
+        cnt_gt += tl.sum(gi, 0)
+        cnt_eq += tl.sum(ei, 0)

@@ -32,7 +32,7 @@ import triton.language as tl
 from kernels.ref.kv_fp8 import check_key_store, rotate_for_keys
 from kernels.attn_meta import AttnMeta
 
-from .common import e2m1_f32, e8m0_to_f32, ordered_key, select_digit
+from .common import e2m1_f32, e8m0_to_f32, ordered_key, select_digit, stream_topk
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 SCORE_BUDGET_BYTES = 256 << 20  # cap on the per-tile score buffer
@@ -158,7 +158,7 @@ def _score_group_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr
 def _topk_kernel(scores_ptr, pos_ptr, out_ptr, row0, score_stride, out_stride,
                  K: tl.constexpr, RATIO: tl.constexpr, BLOCK: tl.constexpr, IN_REG: tl.constexpr):
     """IN_REG: the whole row (<= BLOCK entries) is read once into registers and every pass runs
-    there; else each pass streams the row in BLOCK-entry chunks."""
+    there; else each pass streams the row in BLOCK-entry chunks (common.stream_topk)."""
     r = tl.program_id(0)
     t = row0 + r
     pos = tl.load(pos_ptr + t)
@@ -170,51 +170,24 @@ def _topk_kernel(scores_ptr, pos_ptr, out_ptr, row0, score_stride, out_stride,
         for k0 in range(0, K, BLOCK):
             kk = k0 + offs
             tl.store(orow + kk, tl.where(kk < limit, kk, -1), mask=kk < K)
-    else:
+    elif IN_REG:
         prefix = tl.zeros([], tl.uint32)
         pmask = tl.zeros([], tl.uint32)
         need = tl.full([], K, tl.int32)  # how many still to take at/below the current prefix
         bins = tl.arange(0, 256)
-        if IN_REG:
-            ok = offs < limit
-            key = ordered_key(tl.load(srow + offs, mask=ok, other=0.0))
+        ok = offs < limit
+        key = ordered_key(tl.load(srow + offs, mask=ok, other=0.0))
         for level in tl.static_range(4):
             shift = 24 - 8 * level
-            if IN_REG:
-                hist = tl.histogram(((key >> shift) & 255).to(tl.int32), 256, mask=ok & ((key & pmask) == prefix))
-            else:
-                hist = tl.zeros([256], tl.int32)
-                for e0 in range(0, limit, BLOCK):
-                    e = e0 + offs
-                    ok_c = e < limit
-                    key_c = ordered_key(tl.load(srow + e, mask=ok_c, other=0.0))
-                    sel = ok_c & ((key_c & pmask) == prefix)
-                    hist += tl.histogram(((key_c >> shift) & 255).to(tl.int32), 256, mask=sel)
+            hist = tl.histogram(((key >> shift) & 255).to(tl.int32), 256, mask=ok & ((key & pmask) == prefix))
             need, prefix, pmask = select_digit(hist, need, prefix, pmask, shift, bins)
-        n_gt = K - need
-        if IN_REG:
-            gt = ok & (key > prefix)
-            eq = ok & (key == prefix)
-            rank_eq = tl.cumsum(eq.to(tl.int32), 0) - 1
-            tl.store(orow + tl.cumsum(gt.to(tl.int32), 0) - 1, offs, mask=gt)
-            tl.store(orow + n_gt + rank_eq, offs, mask=eq & (rank_eq < need))
-        else:
-            cnt_gt = tl.zeros([], tl.int32)
-            cnt_eq = tl.zeros([], tl.int32)
-            for e0 in range(0, limit, BLOCK):
-                e = e0 + offs
-                ok_c = e < limit
-                key_c = ordered_key(tl.load(srow + e, mask=ok_c, other=0.0))
-                gt = ok_c & (key_c > prefix)
-                eq = ok_c & (key_c == prefix)
-                gi = gt.to(tl.int32)
-                ei = eq.to(tl.int32)
-                slot_gt = cnt_gt + tl.cumsum(gi, 0) - 1
-                rank_eq = cnt_eq + tl.cumsum(ei, 0) - 1
-                tl.store(orow + slot_gt, e, mask=gt)
-                tl.store(orow + n_gt + rank_eq, e, mask=eq & (rank_eq < need))
-                cnt_gt += tl.sum(gi, 0)
-                cnt_eq += tl.sum(ei, 0)
+        gt = ok & (key > prefix)
+        eq = ok & (key == prefix)
+        rank_eq = tl.cumsum(eq.to(tl.int32), 0) - 1
+        tl.store(orow + tl.cumsum(gt.to(tl.int32), 0) - 1, offs, mask=gt)
+        tl.store(orow + (K - need) + rank_eq, offs, mask=eq & (rank_eq < need))
+    else:
+        stream_topk(srow, orow, limit, K, BLOCK)
 
 
 _SPLIT = {"on": os.environ.get("V4_TOPK_SPLIT", "1") == "1"}  # topk_long for few long rows (off on failure)

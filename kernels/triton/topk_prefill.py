@@ -46,7 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import ordered_key, select_digit
+from .common import ordered_key, select_digit, stream_topk
 from .device_info import num_sms
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -85,38 +85,6 @@ def _emit(ids, key, ok, thr, need, orow, K: tl.constexpr):
     rank_eq = tl.cumsum(eq.to(tl.int32), 0) - 1
     tl.store(orow + tl.cumsum(gt.to(tl.int32), 0) - 1, ids, mask=gt)
     tl.store(orow + (K - need) + rank_eq, ids, mask=eq & (rank_eq < need))
-
-
-@triton.jit
-def _stream_topk(srow, orow, limit, K: tl.constexpr, BLOCK: tl.constexpr):
-    """Fallback: indexer._topk_kernel's streaming passes over the whole row (same output)."""
-    offs = tl.arange(0, BLOCK)
-    prefix = tl.zeros([], tl.uint32)
-    pmask = tl.zeros([], tl.uint32)
-    need = tl.full([], K, tl.int32)
-    bins = tl.arange(0, 256)
-    for level in tl.static_range(4):
-        shift = 24 - 8 * level
-        hist = tl.zeros([256], tl.int32)
-        for e0 in range(0, limit, BLOCK):
-            e = e0 + offs
-            ok = e < limit
-            key = ordered_key(tl.load(srow + e, mask=ok, other=0.0))
-            hist += tl.histogram(((key >> shift) & 255).to(tl.int32), 256, mask=ok & ((key & pmask) == prefix))
-        need, prefix, pmask = select_digit(hist, need, prefix, pmask, shift, bins)
-    cnt_gt = tl.zeros([], tl.int32)
-    cnt_eq = tl.zeros([], tl.int32)
-    for e0 in range(0, limit, BLOCK):
-        e = e0 + offs
-        ok = e < limit
-        key = ordered_key(tl.load(srow + e, mask=ok, other=0.0))
-        gt = (ok & (key > prefix)).to(tl.int32)
-        eq = ok & (key == prefix)
-        rank_eq = cnt_eq + tl.cumsum(eq.to(tl.int32), 0) - 1
-        tl.store(orow + cnt_gt + tl.cumsum(gt, 0) - 1, e, mask=gt != 0)
-        tl.store(orow + (K - need) + rank_eq, e, mask=eq & (rank_eq < need))
-        cnt_gt += tl.sum(gt, 0)
-        cnt_eq += tl.sum(eq.to(tl.int32), 0)
 
 
 @triton.jit
@@ -237,7 +205,7 @@ def _fallback_kernel(scores_ptr, pos_ptr, out_ptr, count_ptr, row0, score_stride
     if limit > SAMPLE:
         count = tl.load(count_ptr + r)
         if (count < K) | (count > CAP):
-            _stream_topk(scores_ptr + r.to(tl.int64) * score_stride, out_ptr + t.to(tl.int64) * out_stride, limit,
+            stream_topk(scores_ptr + r.to(tl.int64) * score_stride, out_ptr + t.to(tl.int64) * out_stride, limit,
                          K, BLOCK)
 
 
