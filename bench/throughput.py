@@ -267,7 +267,17 @@ def run_throughput(args) -> dict:
         reqs = serve_workload(eng, args)
     else:
         reqs = random_prompts(eng, args.num_prompts, args.input_len, args.output_len, args.seed)
-    if args.warmup:
+    from bench.workload import WARMUP_SEED_OFFSET
+    if args.warmup_prompts:  # the workload's own shapes (other prompts): the mixed steps' kernels compile here
+        warm = argparse.Namespace(**{**vars(args), "num_prompts": args.warmup_prompts,
+                                     "seed": args.seed + WARMUP_SEED_OFFSET})
+        wreqs = serve_workload(eng, warm) if args.serve_workload else random_prompts(
+            eng, warm.num_prompts, args.input_len, args.output_len, warm.seed)
+        for i, (ids, lout) in enumerate(wreqs):
+            eng.add_request(f"warm{i}", ids, params_for(args, lout), output_kind=output_kind(args))
+        while eng.has_unfinished():
+            eng.step()
+    elif args.warmup:
         for i, (ids, _) in enumerate(reqs[:min(4, len(reqs))]):
             eng.add_request(f"warm{i}", ids[:16], params_for(args, 4))
         while eng.has_unfinished():
@@ -297,7 +307,7 @@ def run_throughput(args) -> dict:
         "workload": f"bench.serve {args.serve_workload} (seed {args.seed})" if args.serve_workload else "random ids",
         "async_scheduling": eng.async_scheduling,
         "dtype": str(eng.dtype).replace("torch.", ""),
-        "num_prompts": len(reqs), "input_len": list(args.input_len), "output_len": list(args.output_len),
+        "num_prompts": len(reqs), "warmup_prompts": args.warmup_prompts, "input_len": list(args.input_len), "output_len": list(args.output_len),
         "max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
         "elapsed_s": elapsed, "requests_per_s": len(reqs) / elapsed, "input_tokens": n_in,
         "mean_input_tokens": n_in / len(reqs), "enable_prefix_caching": eng.kv.prefix is not None,
@@ -366,6 +376,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-warmup", dest="warmup", action="store_false")
+    ap.add_argument("--warmup-prompts", type=int, default=0,
+                    help="untimed prompts of the same workload (seed + 1000) before the timed run, instead of the "
+                         "4 short warm-up requests (bench.serve's flag of the same name: compare like with like)")
     ap.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
                     help="overlapped engine loop (default: the engine's: on with CUDA, off on CPU)")
     ap.add_argument("--overhead-only", action="store_true",
@@ -388,6 +401,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.output_kind = "delta" if args.serve_workload else "cumulative"
     if args.serve_workload and args.overhead_only:
         ap.error("--serve-workload and --overhead-only are different modes")
+    if args.warmup_prompts < 0:
+        ap.error("--warmup-prompts must be >= 0")
     if args.overhead_only and "--input-len" not in " ".join(argv if argv is not None else sys.argv):
         args.input_len = (16, 64)
     logging.basicConfig(level=logging.WARNING)

@@ -14,6 +14,8 @@ WORDS = ("time person year way day thing man world life hand part child eye woma
          "window kernel block queue latency memory").split()
 
 
+WARMUP_SEED_OFFSET = 1000  # --warmup-prompts (bench.serve, bench.throughput): the same workload, other prompts
+
 def make_prompt(rng: random.Random, n_words: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n_words))
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from bench import throughput
 from bench.workload import conversations
 
@@ -26,3 +28,22 @@ def test_offline_serve_workload_is_what_the_server_gets(http, real, demo_dir, ca
     assert last == json.loads(json.dumps(res)) and last["output_kind"] == "delta"
     assert last["output_tokens"] == sum(n for _, n in work) and last["input_tokens"] == sum(map(len, served))
     assert last["output_tokens_per_s"] > 0 and last["max_num_seqs"] == 2
+
+
+def test_offline_warmup_prompts_run_the_workload_untimed(demo_dir, capsys, monkeypatch):
+    """--warmup-prompts N: N prompts of the same workload under another seed run to completion before the
+    timed run (which counts only its own tokens)."""
+    seeds = []
+    real_workload = throughput.serve_workload
+
+    def spy(engine, args):
+        seeds.append((args.seed, args.num_prompts))
+        return real_workload(engine, args)
+    monkeypatch.setattr(throughput, "serve_workload", spy)
+    res = throughput.main(["--model", str(demo_dir), "--device", "cpu", "--serve-workload", "chat", "--num-prompts",
+                           "2", "--input-len", "6:8", "--output-len", "2:3", "--max-num-seqs", "2", "--seed", "4",
+                           "--warmup-prompts", "2"])
+    assert seeds == [(4, 2), (1004, 2)]
+    assert res["warmup_prompts"] == 2 and res["num_prompts"] == 2
+    with pytest.raises(SystemExit):
+        throughput.main(["--warmup-prompts", "-1"])

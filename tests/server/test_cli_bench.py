@@ -42,3 +42,18 @@ def test_bench_against_fake(capsys):
             assert report["output_throughput"] > 0 and report["p99_ttft_ms"] > 0
     finally:
         stop()
+
+
+def test_bench_warmup_prompts_are_untimed(capsys):
+    import json
+    base_url, stop = start_server(create_app(FakeAsyncLLM(), served_model_name="fake-v4"))
+    try:
+        bench_main(["--base-url", base_url, "--num-prompts", "4", "--input-len", "5", "10", "--output-len", "4",
+                    "8", "--max-concurrency", "2", "--warmup-prompts", "3"])
+        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert report["warmup"] == {"prompts": 3, "completed": 3, "failed": 0}
+        assert report["completed"] == 4 and report["num_prompts"] == 4
+        with pytest.raises(SystemExit):
+            bench_main(["--base-url", base_url, "--warmup-prompts", "-1"])
+    finally:
+        stop()
