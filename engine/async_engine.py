@@ -2,8 +2,10 @@
 
 The synchronous `LLMEngine` runs in one background thread ("engine loop"); the asyncio side never
 touches engine state directly. Commands (add / abort) go through a thread-safe queue that the loop
-drains before every step; outputs come back through `loop.call_soon_threadsafe` into one
-asyncio.Queue per request. The event loop is never blocked by model work.
+drains before every step; a step's outputs come back through one `loop.call_soon_threadsafe` into one
+asyncio.Queue per request. The event loop is never blocked by model work. A DELTA consumer that falls
+behind (the event loop busy streaming) takes the outputs waiting in its queue as one merged output
+(`outputs.merge_deltas`): fewer events to serialize when the loop cannot keep up, the same text.
 
     event loop thread                       engine thread
     generate() --("add", ...)-->  cmds  -->  engine.add_request
@@ -45,7 +47,7 @@ from .config import EngineArgs
 from .errors import EngineDeadError
 from .guided.grammar import GuideCompiler
 from .llm_engine import EngineStats, LLMEngine
-from .outputs import OutputKind, RequestOutput
+from .outputs import OutputKind, RequestOutput, merge_deltas
 from .tokenizer import Tokenizer
 from .sampling_params import SamplingParams
 
@@ -166,12 +168,22 @@ class AsyncLLM:
         self._cmds.put(("add", request_id, list(prompt_token_ids), params, time.monotonic(), output_kind))
         self._wake.set()
         finished = False
+        held: BaseException | None = None  # an error found while merging: raised after the merged output
         try:
             while True:
-                item = await q.get()
+                item = held if held is not None else await q.get()
+                held = None
                 if isinstance(item, BaseException):
                     finished = True
                     raise item
+                # a consumer behind the engine takes every DELTA output already waiting as one (fewer SSE
+                # events when the event loop cannot keep up; the text is the same)
+                while item.kind is OutputKind.DELTA and not item.finished and not q.empty():
+                    nxt = q.get_nowait()
+                    if isinstance(nxt, BaseException):
+                        held = nxt
+                        break
+                    item = merge_deltas(item, nxt)
                 yield item
                 if item.finished:
                     finished = True
@@ -207,6 +219,10 @@ class AsyncLLM:
         q = self._streams.get(request_id)
         if q is not None:
             q.put_nowait(item)
+
+    def _deliver_all(self, outs: list[RequestOutput]) -> None:
+        for out in outs:
+            self._deliver(out.request_id, out)
 
     def _post(self, request_id: str, item) -> None:
         assert self._loop is not None
@@ -256,8 +272,9 @@ class AsyncLLM:
                     continue
                 if self.fault_hook is not None:
                     self.fault_hook()
-                for out in eng.step():
-                    self._post(out.request_id, out)
+                outs = eng.step()
+                if outs:  # one hand-over per step, not one per request (each wakes the event loop)
+                    self._loop.call_soon_threadsafe(self._deliver_all, outs)
                 self._stats = eng.stats()
             self._drain_commands()
             for rid in list(eng.requests):

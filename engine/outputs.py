@@ -60,3 +60,23 @@ class RequestOutput:
     metrics: dict[str, float] = field(default_factory=dict)
     num_cached_tokens: int = 0
     kind: OutputKind = OutputKind.CUMULATIVE  # what outputs[*].token_ids / text / logprobs hold
+
+
+def merge_deltas(a: RequestOutput, b: RequestOutput) -> RequestOutput:
+    """Two consecutive DELTA outputs of one request as one (a first): per sample the pieces concatenated, the
+    state (finish / stop reason, token count, timings, cached tokens, finished) of the later one, the prompt
+    logprobs of whichever carries them (the first output of a request). A streaming consumer that fell behind
+    the engine takes the outputs waiting for it as one (engine/async_engine.py: fewer events, same text)."""
+    if a.kind is not OutputKind.DELTA or b.kind is not OutputKind.DELTA or a.request_id != b.request_id:
+        raise ValueError("merge_deltas takes consecutive DELTA outputs of one request")
+    if a.finished:
+        raise ValueError(f"request {a.request_id!r} already finished: nothing follows its last output")
+    outs = []
+    for x, y in zip(a.outputs, b.outputs, strict=True):
+        lps = None if x.logprobs is None and y.logprobs is None else (x.logprobs or []) + (y.logprobs or [])
+        outs.append(CompletionOutput(x.index, x.token_ids + y.token_ids, x.text + y.text, y.finish_reason,
+                                     y.stop_reason, lps, y.num_tokens))
+    first = a if a.prompt_logprobs is not None else b
+    return RequestOutput(b.request_id, b.prompt_token_ids, outs, first.prompt_logprobs, first.prompt_logprob_ranks,
+                         b.prompt if b.prompt is not None else a.prompt, b.finished, b.metrics, b.num_cached_tokens,
+                         OutputKind.DELTA)

@@ -114,3 +114,83 @@ def test_async_delta_stream_concatenates_to_final_only(tiny_ckpt):
     assert deltas[-1].finished and not any(o.finished for o in deltas[:-1])
     for k, f in enumerate(final.outputs):
         assert _concat(deltas, k) == (f.token_ids, f.text, f.logprobs)
+
+
+def test_merged_deltas_equal_their_pieces(tiny_ckpt):
+    """merge_deltas folds consecutive DELTA outputs into one with the same concatenation, the later state and
+    the prompt logprobs of the first; it refuses other kinds, other requests and outputs after the last."""
+    import pytest
+
+    from engine.outputs import merge_deltas
+    deltas = _run(_engine(tiny_ckpt), "m", _params(), OutputKind.DELTA)
+    assert len(deltas) >= 4
+    merged = deltas[0]
+    for d in deltas[1:]:
+        merged = merge_deltas(merged, d)
+    assert merged.finished and merged.prompt_logprobs == deltas[0].prompt_logprobs
+    for k, c in enumerate(merged.outputs):
+        assert (c.token_ids, c.text, c.logprobs) == _concat(deltas, k)
+        last = deltas[-1].outputs[k]
+        assert (c.finish_reason, c.stop_reason, c.num_tokens) == (last.finish_reason, last.stop_reason, last.num_tokens)
+    two = merge_deltas(deltas[1], deltas[2])
+    assert not two.finished and two.prompt_logprobs is None and two.metrics == deltas[2].metrics
+    with pytest.raises(ValueError, match="already finished"):
+        merge_deltas(deltas[-1], deltas[-1])
+    cum = _run(_engine(tiny_ckpt), "c", _params(), OutputKind.CUMULATIVE)
+    with pytest.raises(ValueError, match="DELTA"):
+        merge_deltas(cum[0], cum[1])
+
+
+def test_slow_delta_consumer_gets_merged_outputs_with_the_same_text(tiny_ckpt):
+    """A consumer that falls behind the engine receives the outputs waiting for it as one (fewer events),
+    and the stream still concatenates to the FINAL_ONLY result."""
+    async def main():
+        llm = AsyncLLM(_engine(tiny_ckpt), owns_engine=True)
+        await llm.start()
+        try:
+            p = _params(max_tokens=40)
+            deltas = []
+            async for o in llm.generate(PROMPT, p, "slow", output_kind=OutputKind.DELTA):
+                deltas.append(o)
+                await asyncio.sleep(0.05)  # far slower than a tiny CPU step: outputs pile up meanwhile
+            (final,) = [o async for o in llm.generate(PROMPT, p, "f", output_kind=OutputKind.FINAL_ONLY)]
+            return deltas, final
+        finally:
+            await llm.shutdown()
+
+    deltas, final = asyncio.run(main())
+    assert len(deltas) < 40  # merged: fewer outputs than steps
+    assert any(len(o.outputs[0].token_ids) > 1 for o in deltas)
+    assert deltas[-1].finished and not any(o.finished for o in deltas[:-1])
+    for k, f in enumerate(final.outputs):
+        assert _concat(deltas, k) == (f.token_ids, f.text, f.logprobs)
+
+
+def test_slow_consumer_sees_the_merged_outputs_then_the_engine_error(tiny_ckpt):
+    """An engine error queued behind outputs a slow consumer has not read yet comes after them (merged)."""
+    import pytest
+
+    from engine.errors import EngineDeadError
+
+    async def main():
+        llm = AsyncLLM(_engine(tiny_ckpt), owns_engine=True)
+        left = [6]
+
+        def hook():
+            left[0] -= 1
+            if left[0] < 0:
+                raise RuntimeError("injected")
+        llm.fault_hook = hook
+        await llm.start()
+        got = []
+        try:
+            with pytest.raises(EngineDeadError):
+                async for o in llm.generate(PROMPT, _params(max_tokens=40), "e", output_kind=OutputKind.DELTA):
+                    got.append(o)
+                    await asyncio.sleep(0.05)
+        finally:
+            await llm.shutdown()
+        return got
+
+    got = asyncio.run(main())
+    assert got and sum(len(o.outputs[0].token_ids) for o in got) >= 5  # the outputs before the fault all arrived
