@@ -35,7 +35,9 @@ from kernels.attn_meta import AttnMeta
 from .common import e2m1_f32, e8m0_to_f32, ordered_key, select_digit, stream_topk
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-SCORE_BUDGET_BYTES = 256 << 20  # cap on the per-tile score buffer
+# cap on the per-tile score buffer: 256 rows per tile at 1M context (262K entries), so the top-k launches have
+# 256 programs; V4_IDX_SCORE_MB sets it for tile-size experiments (bench `indexer_prefill` times 256-2048 rows)
+SCORE_BUDGET_BYTES = int(os.environ.get("V4_IDX_SCORE_MB", 256)) << 20
 SCORE_PROGRAMS = int(os.environ.get("V4_IDX_PROGRAMS", 16384))  # score-kernel grid cap (rows x splits)
 
 
@@ -199,6 +201,9 @@ def topk_rows(scores: torch.Tensor, positions: torch.Tensor, out: torch.Tensor, 
     """Select the top-k of scores[r, :(pos[row0+r]+1)//ratio] into out[row0+r] for r < n_rows."""
     e_cap = scores.shape[1]
     reg_max = REG_TOPK_MAX if reg_max is None else reg_max
+    from . import topk_prefill as tp
+    if tp.ENABLED and e_cap > reg_max and tp.use_prefill(n_rows, e_cap, topk):  # many long rows (prefill)
+        return tp.topk_rows_prefill(scores, positions, out, row0, n_rows, topk, ratio)
     if e_cap > reg_max and _SPLIT["on"]:
         from .topk_long import topk_rows_split, use_split
         if use_split(n_rows, e_cap, topk):  # few long rows (decode at long context): chunks over programs

@@ -218,6 +218,11 @@ def sampled_entries(limit: int, sample: int | None = None) -> torch.Tensor:
     return (starts[:, None] + torch.arange(SEG)[None, :]).reshape(-1)
 
 
+# indexer.topk_rows dispatches here only when ENABLED: off until the three-launch form is measured on a GPU
+# (bench `topk_prefill`, e2e 1M prompt); V4_TOPK_PREFILL=1 turns it on for those experiments.
+ENABLED = os.environ.get("V4_TOPK_PREFILL", "0") == "1"
+
+
 def use_prefill(n_rows: int, e_cap: int, topk: int) -> bool:
     """Many rows (at least PREFILL_MIN_ROWS) longer than PREFILL_MIN_ECAP, with k <= CAP / 2 and k <= SAMPLE."""
     return n_rows >= PREFILL_MIN_ROWS and e_cap > PREFILL_MIN_ECAP and 2 * topk <= CAP and topk <= SAMPLE

@@ -119,3 +119,26 @@ def test_bad_sizes_rejected():
     k = tp.CAP // 2  # 512 at the GPU sizes
     assert tp.use_prefill(8192, 262144, k) and not tp.use_prefill(64, 262144, k)
     assert not tp.use_prefill(8192, tp.PREFILL_MIN_ECAP, k) and not tp.use_prefill(8192, 262144, tp.CAP)
+
+
+def test_indexer_topk_rows_dispatches_here_only_when_enabled(monkeypatch):
+    """indexer.topk_rows takes topk_prefill for many long rows only when ENABLED (off until measured on a
+    GPU), and then returns exactly the streaming kernel's output."""
+    ti, tp = interp_modules("indexer", "topk_prefill")
+    g = torch.Generator().manual_seed(11)
+    n, k, e_cap = 6, 8, 700
+    scores = torch.randn(n, e_cap, generator=g)
+    pos = torch.tensor([e_cap - 1 - 37 * i for i in range(n)], dtype=torch.int32)
+    monkeypatch.setitem(ti._SPLIT, "on", False)
+    monkeypatch.setattr(tp, "PREFILL_MIN_ROWS", 1)
+    monkeypatch.setattr(tp, "PREFILL_MIN_ECAP", 16)
+    calls = []
+    real = tp.topk_rows_prefill
+    monkeypatch.setattr(tp, "topk_rows_prefill", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    want = torch.full((n, k), -7, dtype=torch.int32)
+    ti.topk_rows(scores, pos, want, 0, n, k, 1, reg_max=16)  # ENABLED is off by default
+    assert not tp.ENABLED and not calls
+    monkeypatch.setattr(tp, "ENABLED", True)
+    got = torch.full((n, k), -7, dtype=torch.int32)
+    ti.topk_rows(scores, pos, got, 0, n, k, 1, reg_max=16)
+    assert calls and torch.equal(got, want)
