@@ -84,10 +84,20 @@ ACT_FP8_MIN_M: dict = {}
 _ENV_ACT_MIN_M = int(os.environ.get("V4SERVE_FP8_ACT_MIN_M", "0") or 0)
 
 
+# The FP8 x FP8 tables were measured on an H200 (sm_90: FP8 tensor cores, cuBLASLt blockwise scaling): other
+# GPUs keep the bf16-activation block linear until measured there (an sm_80 part has no FP8 MMA at all).
+MEASURED_CAPABILITY = (9, 0)
+
+
+def _fp8_mma_measured(rows: torch.Tensor) -> bool:
+    from .device_info import capability
+    return rows.is_cuda and capability(rows.device) == MEASURED_CAPABILITY
+
+
 def use_act_fp8(rows: torch.Tensor, n: int, k: int) -> bool:
     """Whether the rows of an (n, k) FP8 linear that do not take the scaled GEMM take the block linear's FP8 x FP8
-    mode (CUDA rows only, like use_scaled_mm)."""
-    if not rows.is_cuda:
+    mode (CUDA rows on the measured GPU class only, like use_scaled_mm)."""
+    if not _fp8_mma_measured(rows):
         return False
     lo = _ENV_ACT_MIN_M if _ENV_ACT_MIN_M > 0 else ACT_FP8_MIN_M.get((n, k))
     return lo is not None and rows.shape[0] >= lo
@@ -95,8 +105,9 @@ def use_act_fp8(rows: torch.Tensor, n: int, k: int) -> bool:
 
 def use_scaled_mm(rows: torch.Tensor, n: int, k: int) -> bool:
     """Whether the activation rows `rows` [M, ...] of an (n, k) FP8 linear (keys as SCALED_MM_MIN_M) take the
-    blockwise-scaled torch GEMM (a CUDA op: never for the interpreter's CPU tensors)."""
-    if not rows.is_cuda:
+    blockwise-scaled torch GEMM (a CUDA op on the measured GPU class: never for the interpreter's CPU tensors,
+    never on a GPU of another compute capability)."""
+    if not _fp8_mma_measured(rows):
         return False
     m = rows.shape[0]
     if _ENV_MIN_M > 0:

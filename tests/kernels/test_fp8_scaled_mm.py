@@ -61,8 +61,8 @@ def test_scaled_mm_dispatch_table(monkeypatch):
     import kernels.triton.fp8_table as ft
     monkeypatch.setattr(ft, "_ENV_MIN_M", 0)
 
-    def rows(m, device="cuda"):  # the two fields the rule reads, standing for rows without needing a GPU
-        return types.SimpleNamespace(is_cuda=device == "cuda", shape=(m, 4096))
+    def rows(m, device="cuda"):  # the fields the rule reads, standing for rows without needing a GPU
+        return types.SimpleNamespace(is_cuda=device == "cuda", shape=(m, 4096), device=None)
     assert not ft.use_scaled_mm(rows(1 << 20), 3072, 4096)  # a shape the table does not list keeps the block linear
     monkeypatch.setitem(ft.SCALED_MM_MIN_M, (1024, 4096), 512)
     assert ft.use_scaled_mm(rows(512), 1024, 4096) and not ft.use_scaled_mm(rows(511), 1024, 4096)
@@ -72,6 +72,11 @@ def test_scaled_mm_dispatch_table(monkeypatch):
     monkeypatch.setitem(ft.ACT_FP8_MIN_M, (3072, 4096), 128)
     assert ft.use_act_fp8(rows(128), 3072, 4096) and not ft.use_act_fp8(rows(127), 3072, 4096)
     assert not ft.use_act_fp8(rows(128, "cpu"), 3072, 4096)
+    import kernels.triton.device_info as di
+    for cap in ((8, 0), (10, 0)):  # measured on sm_90 only: other GPUs keep the bf16-activation block linear
+        monkeypatch.setattr(di, "capability", lambda device=None, cap=cap: cap)
+        assert not ft.use_scaled_mm(rows(512), 1024, 4096) and not ft.use_act_fp8(rows(128), 3072, 4096)
+    monkeypatch.setattr(di, "capability", lambda device=None: (9, 0))
     monkeypatch.setattr(ft, "_ENV_MIN_M", 64)  # the experiment switch overrides the table for every shape
     assert ft.use_scaled_mm(rows(64), 3072, 4096) and not ft.use_scaled_mm(rows(63), 1024, 4096)
     monkeypatch.setattr(ft, "_ENV_MIN_M", 128)  # the experiment switch: every shape from 128 rows
