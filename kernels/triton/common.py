@@ -216,13 +216,18 @@ def derived(src: torch.Tensor, name: str, make):
     """make() -> a tensor derived from the weight `src` (split parts, converted scales), computed once per `src`
     and its version counter and kept on `src` itself under `name` (it lives and dies with the weight; an
     in-place update of `src` derives again). Inference-mode tensors have no version counter: derived per call.
-    Decode graphs and prefill steps then launch nothing for it."""
+    Decode graphs and prefill steps then launch nothing for it. It must first be made outside CUDA-graph capture
+    (the graph warm-ups run every bucket eagerly first): made during capture, its kernels would only be recorded
+    and the cached tensor would hold garbage for every eager call until the graph's first replay."""
     try:
         version = src._version
     except RuntimeError:
         return make()
     cached = getattr(src, name, None)
     if cached is None or cached[0] != version:
+        if src.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"{name} of a weight is first needed inside CUDA-graph capture: run the captured "
+                               "forward eagerly once before capturing it")
         cached = (version, make())
         setattr(src, name, cached)
     return cached[1]

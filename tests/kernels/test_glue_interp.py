@@ -301,3 +301,18 @@ def test_split_fn_cached_per_weight_interp():
         fi = fn.clone()
         c = pre._split_fn(fi, 32)
         assert pre._split_fn(fi, 32) is not c and torch.equal(c.float().sum(0)[:24].double(), fi.double())
+
+
+def test_derived_refuses_its_first_make_inside_graph_capture(monkeypatch):
+    """common.derived made during CUDA-graph capture would cache a tensor whose kernels were only recorded
+    (garbage for eager calls until the first replay): it raises instead; a tensor made before capture is
+    served from the cache during capture."""
+    from kernels.triton import common
+    src = torch.ones(4)
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda t: True))  # stands for a CUDA weight on CPU
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    made = common.derived(src, "_test_twice", lambda: src * 2)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert common.derived(src, "_test_twice", lambda: src * 3) is made  # cached before capture: no make
+    with pytest.raises(RuntimeError, match="inside CUDA-graph capture"):
+        common.derived(src, "_test_other", lambda: src * 3)
