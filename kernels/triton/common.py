@@ -261,6 +261,31 @@ def select_digit(hist, need, prefix, pmask, shift, bins):
 
 
 @triton.jit
+def radix_kth(key, ok, need):
+    """The need-th largest ordered key among `ok` (registers; four 8-bit histogram levels) -> (T, how many of
+    the ties == T still to take)."""
+    prefix = tl.zeros([], tl.uint32)
+    pmask = tl.zeros([], tl.uint32)
+    bins = tl.arange(0, 256)
+    for level in tl.static_range(4):
+        shift = 24 - 8 * level
+        hist = tl.histogram(((key >> shift) & 255).to(tl.int32), 256, mask=ok & ((key & pmask) == prefix))
+        need, prefix, pmask = select_digit(hist, need, prefix, pmask, shift, bins)
+    return prefix, need
+
+
+@triton.jit
+def emit_topk(ids, key, ok, thr, need, orow, K: tl.constexpr):
+    """Write the ids with key > thr in index order (slots 0..), then the first `need` ties == thr after them:
+    the top-K of a row held in registers, given radix_kth's (thr, need)."""
+    gt = ok & (key > thr)
+    eq = ok & (key == thr)
+    rank_eq = tl.cumsum(eq.to(tl.int32), 0) - 1
+    tl.store(orow + tl.cumsum(gt.to(tl.int32), 0) - 1, ids, mask=gt)
+    tl.store(orow + (K - need) + rank_eq, ids, mask=eq & (rank_eq < need))
+
+
+@triton.jit
 def stream_topk(srow, orow, limit, K: tl.constexpr, BLOCK: tl.constexpr):
     """Top-K of the ordered keys of scores srow[:limit] (limit > K) -> orow[:K]: four 8-bit radix histogram
     passes streaming the row in BLOCK-entry chunks, then one compaction pass writing every entry with key > T in

@@ -32,7 +32,7 @@ import triton.language as tl
 from kernels.ref.kv_fp8 import check_key_store, rotate_for_keys
 from kernels.attn_meta import AttnMeta
 
-from .common import e2m1_f32, e8m0_to_f32, ordered_key, select_digit, stream_topk
+from .common import e2m1_f32, e8m0_to_f32, emit_topk, ordered_key, radix_kth, stream_topk
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # cap on the per-tile score buffer: 256 rows per tile at 1M context (262K entries), so the top-k launches have
@@ -173,21 +173,10 @@ def _topk_kernel(scores_ptr, pos_ptr, out_ptr, row0, score_stride, out_stride,
             kk = k0 + offs
             tl.store(orow + kk, tl.where(kk < limit, kk, -1), mask=kk < K)
     elif IN_REG:
-        prefix = tl.zeros([], tl.uint32)
-        pmask = tl.zeros([], tl.uint32)
-        need = tl.full([], K, tl.int32)  # how many still to take at/below the current prefix
-        bins = tl.arange(0, 256)
         ok = offs < limit
         key = ordered_key(tl.load(srow + offs, mask=ok, other=0.0))
-        for level in tl.static_range(4):
-            shift = 24 - 8 * level
-            hist = tl.histogram(((key >> shift) & 255).to(tl.int32), 256, mask=ok & ((key & pmask) == prefix))
-            need, prefix, pmask = select_digit(hist, need, prefix, pmask, shift, bins)
-        gt = ok & (key > prefix)
-        eq = ok & (key == prefix)
-        rank_eq = tl.cumsum(eq.to(tl.int32), 0) - 1
-        tl.store(orow + tl.cumsum(gt.to(tl.int32), 0) - 1, offs, mask=gt)
-        tl.store(orow + (K - need) + rank_eq, offs, mask=eq & (rank_eq < need))
+        thr, need = radix_kth(key, ok, tl.full([], K, tl.int32))
+        emit_topk(offs, key, ok, thr, need, orow, K)
     else:
         stream_topk(srow, orow, limit, K, BLOCK)
 

@@ -4,7 +4,7 @@ One program per row (indexer._topk_kernel, streaming) reads a 262K-entry row (1M
 five times with one CTA: about 1.2 ms per CSA layer at batch 1 (H200, docs/benchmarks.md). Here:
 
   stage 1  grid (rows, chunks): program (r, c) holds CHUNK entries of row r in registers and selects
-           their top-k with the same radix passes (common.select_digit) -> candidate entry ids + scores
+           their top-k with the same radix passes (common.radix_kth) -> candidate entry ids + scores
            [rows, chunks*k] (a chunk with <= k eligible entries lists them all; unused slots -1 / -inf);
   middle   while the candidates exceed CHUNK: the same selection over chunks of candidates (ids mapped);
   last     grid (rows,): the top-k of the remaining candidates -> out[row, :k] through their ids.
@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import ordered_key, select_digit
+from .common import ordered_key, radix_kth
 from .device_info import num_sms
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -33,14 +33,7 @@ CHUNK = int(os.environ.get("V4_TOPK_CHUNK", 8192))  # entries (or candidates) pe
 @triton.jit
 def _select_block(key, ok, n, K: tl.constexpr, BLOCK: tl.constexpr):
     """Radix select of the K largest ordered keys among `ok` (n of them > K): -> (take mask, slot)."""
-    prefix = tl.zeros([], tl.uint32)
-    pmask = tl.zeros([], tl.uint32)
-    need = tl.full([], K, tl.int32)
-    bins = tl.arange(0, 256)
-    for level in tl.static_range(4):
-        shift = 24 - 8 * level
-        hist = tl.histogram(((key >> shift) & 255).to(tl.int32), 256, mask=ok & ((key & pmask) == prefix))
-        need, prefix, pmask = select_digit(hist, need, prefix, pmask, shift, bins)
+    prefix, need = radix_kth(key, ok, tl.full([], K, tl.int32))
     gt = ok & (key > prefix)
     eq = ok & (key == prefix)
     rank_eq = tl.cumsum(eq.to(tl.int32), 0) - 1

@@ -46,7 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import ordered_key, select_digit, stream_topk
+from .common import emit_topk, ordered_key, radix_kth, stream_topk
 from .device_info import num_sms
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -65,29 +65,6 @@ PREFILL_MIN_ECAP = 8192  # shorter rows fit indexer's in-register kernel (REG_TO
 
 
 @triton.jit
-def _radix_kth(key, ok, need):
-    """The need-th largest ordered key among `ok` (four 8-bit levels) -> (T, how many ties at T to take)."""
-    prefix = tl.zeros([], tl.uint32)
-    pmask = tl.zeros([], tl.uint32)
-    bins = tl.arange(0, 256)
-    for level in tl.static_range(4):
-        shift = 24 - 8 * level
-        hist = tl.histogram(((key >> shift) & 255).to(tl.int32), 256, mask=ok & ((key & pmask) == prefix))
-        need, prefix, pmask = select_digit(hist, need, prefix, pmask, shift, bins)
-    return prefix, need
-
-
-@triton.jit
-def _emit(ids, key, ok, thr, need, orow, K: tl.constexpr):
-    """Write ids with key > thr (index order, slots 0..) then the first `need` ties == thr after them."""
-    gt = ok & (key > thr)
-    eq = ok & (key == thr)
-    rank_eq = tl.cumsum(eq.to(tl.int32), 0) - 1
-    tl.store(orow + tl.cumsum(gt.to(tl.int32), 0) - 1, ids, mask=gt)
-    tl.store(orow + (K - need) + rank_eq, ids, mask=eq & (rank_eq < need))
-
-
-@triton.jit
 def _sample_threshold(srow, limit, K: tl.constexpr, SAMPLE: tl.constexpr, SEG: tl.constexpr, Z: tl.constexpr):
     """Ordered key of the rank-R largest of the row's sample (limit > SAMPLE). Run j of SEG entries starts
     at floor(j * limit / runs) rounded down to a multiple of SEG: runs are >= SEG apart since
@@ -100,7 +77,7 @@ def _sample_threshold(srow, limit, K: tl.constexpr, SAMPLE: tl.constexpr, SEG: t
     skey = ordered_key(tl.load(srow + start + soffs % SEG))
     root = 0.5 * (Z + tl.sqrt(Z * Z + (4.0 * K * SAMPLE) / limit.to(tl.float32)))
     rank = tl.minimum(tl.ceil(root * root).to(tl.int32), K)
-    t_sub, _unused = _radix_kth(skey, soffs < SAMPLE, rank)
+    t_sub, _unused = radix_kth(skey, soffs < SAMPLE, rank)
     return t_sub
 
 
@@ -130,8 +107,8 @@ def _select_candidates(cid, cval, count, orow, K: tl.constexpr, CAP: tl.constexp
     okc = coffs < count
     ids = tl.load(cid + coffs, mask=okc, other=0, cache_modifier=".cg")
     key = ordered_key(tl.load(cval + coffs, mask=okc, other=0.0, cache_modifier=".cg"))
-    thr, need = _radix_kth(key, okc, tl.full([], K, tl.int32))
-    _emit(ids, key, okc, thr, need, orow, K)
+    thr, need = radix_kth(key, okc, tl.full([], K, tl.int32))
+    emit_topk(ids, key, okc, thr, need, orow, K)
 
 
 @triton.jit
@@ -140,8 +117,8 @@ def _select_row(srow, limit, orow, K: tl.constexpr, SAMPLE: tl.constexpr):
     soffs = tl.arange(0, SAMPLE)
     ok = soffs < limit
     key = ordered_key(tl.load(srow + soffs, mask=ok, other=0.0))
-    thr, need = _radix_kth(key, ok, tl.full([], K, tl.int32))
-    _emit(soffs, key, ok, thr, need, orow, K)
+    thr, need = radix_kth(key, ok, tl.full([], K, tl.int32))
+    emit_topk(soffs, key, ok, thr, need, orow, K)
 
 
 @triton.jit
