@@ -37,8 +37,6 @@ import time
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-ENGINE_GIL_SWITCH_INTERVAL_S = 5e-4  # sys.setswitchinterval while the engine loop runs (module docstring)
-
 from models.config import ModelConfig
 from models.loader import validate_checkpoint
 
@@ -54,6 +52,7 @@ from .sampling_params import SamplingParams
 log = logging.getLogger("v4serve.async")
 
 _IDLE_WAIT_S = 0.05
+ENGINE_GIL_SWITCH_INTERVAL_S = 5e-4  # sys.setswitchinterval while the engine loop runs (module docstring)
 
 
 class AsyncLLM:

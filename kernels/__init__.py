@@ -124,11 +124,11 @@ def fp8_linear(x, w, scale, act_quant: bool = False, out_dtype=None) -> torch.Te
     return impl.fp8_linear(x, w, scale, act_quant, out_dtype)
 
 
-def act_quant(x, mmajor: bool = True, pad_to: int = 1):
+def act_quant(x, pad_to: int = 1):
     """FP8 activation quantization, the reference act_quant: x [M, K] -> (codes float8_e4m3fn [Mp, K], UE8M0
-    power-of-two scales fp32 [Mp, K/128], M-major storage unless mmajor=False); Mp = M rounded up to a
-    multiple of pad_to, padding rows quantize zeros."""
-    return _impl("act_quant", x).act_quant(x, mmajor, pad_to)
+    power-of-two scales fp32 [Mp, K/128], M-major storage); Mp = M rounded up to a multiple of pad_to, padding
+    rows quantize zeros."""
+    return _impl("act_quant", x).act_quant(x, pad_to)
 
 
 def linear(x, weight, fp32: bool = False) -> torch.Tensor:

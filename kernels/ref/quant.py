@@ -35,16 +35,16 @@ def act_quant_codes(x: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, to
     return q.flatten(-2)[..., :k], s.squeeze(-1)
 
 
-def act_quant(x: torch.Tensor, mmajor: bool = True, pad_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def act_quant(x: torch.Tensor, pad_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Twin of kernels.triton.act_quant.act_quant: x [M, K] (K a multiple of 128) -> (codes float8_e4m3fn
-    [Mp, K], scales fp32 [Mp, K/128], M-major storage unless mmajor=False); Mp = M rounded up to a multiple of
-    `pad_to`, the padding rows quantize zeros (the blockwise-scaled GEMM wants whole groups of 4 rows)."""
+    [Mp, K], scales fp32 [Mp, K/128], M-major storage); Mp = M rounded up to a multiple of `pad_to`, the
+    padding rows quantize zeros (the blockwise-scaled GEMM wants whole groups of 4 rows)."""
     if x.dim() != 2 or x.shape[1] % 128:
         raise ValueError(f"act_quant takes [M, K] rows with K a multiple of 128, got {tuple(x.shape)}")
     if pad_to < 1:
         raise ValueError(f"act_quant pad_to must be >= 1, got {pad_to}")
     q, s = act_quant_codes(torch.nn.functional.pad(x, (0, 0, 0, (-x.shape[0]) % pad_to)))
-    return q, (s.t().contiguous().t() if mmajor else s.contiguous())
+    return q, s.t().contiguous().t()
 
 
 def act_quant_fp8(x: torch.Tensor, block: int = 128) -> torch.Tensor:

@@ -3,8 +3,8 @@
 x [M, K] (bf16 / fp32, K a multiple of 128) -> codes float8_e4m3fn [M, K] and UE8M0 power-of-two scales fp32,
 one per 1x128 block: scale 2^ceil(log2(amax / 448)), amax >= 1e-4 (`common.act_quant_tile`, shared with the
 block linear's in-kernel path). The scales are written M-major (storage [K/128, M], returned as the [M, K/128]
-transposed view), the layout blockwise-scaled GEMMs read them in (`fp8_scaled_mm.py`); `mmajor=False` gives
-row-major [M, K/128]. One program per (64-row tile, 128-column block). Twin: kernels.ref.quant.act_quant_codes.
+transposed view), the only layout cuBLASLt's blockwise-scaled GEMM takes (`fp8_scaled_mm.py`). One program per
+(64-row tile, 128-column block). Twin: kernels.ref.quant.act_quant.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ def _act_quant_kernel(x_ptr, q_ptr, s_ptr, M, MP, K, stride_xm, stride_qm, s_sm,
     tl.store(s_ptr + r64 * s_sm + kb * s_sk, xs, mask=omask)
 
 
-def act_quant(x: torch.Tensor, mmajor: bool = True, pad_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (codes float8_e4m3fn [Mp, K], scales fp32 [Mp, K/128]; M-major storage unless mmajor=False);
-    Mp = M rounded up to a multiple of pad_to (cuBLASLt's blockwise-scaled GEMM takes M-major scales only for
-    whole groups of 4 rows), the padding rows quantize zeros."""
+def act_quant(x: torch.Tensor, pad_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (codes float8_e4m3fn [Mp, K], scales fp32 [Mp, K/128], M-major storage); Mp = M rounded up to
+    a multiple of pad_to (cuBLASLt's blockwise-scaled GEMM takes M-major scales only for whole groups of 4
+    rows), the padding rows quantize zeros."""
     if x.dim() != 2 or x.shape[1] % 128:
         raise ValueError(f"act_quant takes [M, K] rows with K a multiple of 128, got {tuple(x.shape)}")
     if pad_to < 1:
@@ -46,14 +46,9 @@ def act_quant(x: torch.Tensor, mmajor: bool = True, pad_to: int = 1) -> tuple[to
     mp = -(-m // pad_to) * pad_to
     q = torch.empty(mp, k, dtype=torch.float8_e4m3fn, device=x.device)
     kb = k // 128
-    if mmajor:
-        st = torch.empty(kb, mp, dtype=torch.float32, device=x.device)
-        s, s_sm, s_sk = st.t(), 1, mp
-    else:
-        s = torch.empty(mp, kb, dtype=torch.float32, device=x.device)
-        s_sm, s_sk = kb, 1
+    s = torch.empty(kb, mp, dtype=torch.float32, device=x.device).t()  # M-major: [Mp, K/128] view, strides (1, Mp)
     if mp:
         bm = 16 if interpreting() else 64
-        _act_quant_kernel[(triton.cdiv(mp, bm), kb)](x, q, s, m, mp, k, x.stride(0), q.stride(0), s_sm, s_sk,
+        _act_quant_kernel[(triton.cdiv(mp, bm), kb)](x, q, s, m, mp, k, x.stride(0), q.stride(0), 1, mp,
                                                      BM=bm, DOT_F32=interpreting(), num_warps=4)
     return q, s

@@ -41,7 +41,7 @@ def _check(x: torch.Tensor, w: QuantWeight) -> None:
 
 
 def _quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return act_quant(x, mmajor=True, pad_to=ROW_MULTIPLE)
+    return act_quant(x, pad_to=ROW_MULTIPLE)
 
 
 def _gemm(q: torch.Tensor, s: torch.Tensor, w: QuantWeight, out_dtype: torch.dtype, m: int,

@@ -21,25 +21,25 @@ from kernels.ref import quant as ref_quant  # noqa: E402
 from tests.kernels.interp_util import interp_modules  # noqa: E402
 
 
-@pytest.mark.parametrize("mmajor,pad_to", [(True, 1), (False, 1), (True, 4)])
+@pytest.mark.parametrize("pad_to", [1, 4])
 @pytest.mark.parametrize("m,dtype", [(1, torch.float32), (21, torch.bfloat16)])
-def test_act_quant_interp(m, dtype, mmajor, pad_to):
+def test_act_quant_interp(m, dtype, pad_to):
     if torch.cuda.is_available():
         pytest.skip("the GPU test covers the compiled kernel")
     (aq,) = interp_modules("act_quant")
     g = torch.Generator().manual_seed(m)
     x = (torch.randn(m, 384, generator=g) * torch.logspace(-3, 3, 384)).to(dtype)
     x[0, 128:256] = 0  # an all-zero block: amax floored at 1e-4
-    q, s = aq.act_quant(x, mmajor=mmajor, pad_to=pad_to)
+    q, s = aq.act_quant(x, pad_to=pad_to)
     mp = -(-m // pad_to) * pad_to
     q0, s0 = ref_quant.act_quant_codes(torch.cat([x, x.new_zeros(mp - m, 384)]))
     assert q.dtype == torch.float8_e4m3fn and s.shape == (mp, 3) and s.dtype == torch.float32
-    assert s.stride() == ((1, mp) if mmajor else (3, 1))
+    assert s.stride() == (1, mp)  # M-major
     assert torch.equal(s, s0)
     assert torch.equal(q.view(torch.uint8), q0.view(torch.uint8))
-    qt, st = ref_quant.act_quant(x, mmajor=mmajor, pad_to=pad_to)  # the twin pads the same way
+    qt, st = ref_quant.act_quant(x, pad_to=pad_to)  # the twin pads the same way
     assert torch.equal(st, s) and torch.equal(qt.view(torch.uint8), q.view(torch.uint8))
-    assert (st.t() if mmajor else st).is_contiguous()
+    assert st.t().is_contiguous()
 
 
 def test_act_quant_twin_identity_and_checks():
