@@ -224,18 +224,16 @@ def install(register, bench_ms):
     def bench_indexer_prefill(ctx):
         """The indexer at long-prompt prefill, per row tile: T consecutive tokens of one sequence ending at the
         context length scored against its ctx/4 keys (dense bf16), rows per score program 1 vs 2
-        (indexer.SCORE_ROWS_CHOICES, env V4_IDX_ROWS), then the tile's top-512: the streaming radix kernel
-        and, where present, kernels/triton/topk_prefill.py. T = 256 is what SCORE_BUDGET_BYTES gives at 1M."""
+        (indexer.SCORE_ROWS_CHOICES, env V4_IDX_ROWS), then the tile's top-512 with the streaming kernel, at
+        T = 256 (what SCORE_BUDGET_BYTES gives at 1M) and larger tiles (V4_IDX_SCORE_MB). The sampled top-k
+        against the streaming one: entry `topk_prefill` (bench/topk_entries.py)."""
         import os
 
         from kernels.triton import indexer as ti
+        from kernels.triton import topk_prefill as tp
         from models.state import ForwardBatch, batch_metadata
         dev = "cuda"
         g = torch.Generator(device=dev).manual_seed(0)
-        try:
-            from kernels.triton import topk_prefill as tp
-        except ImportError:
-            tp = None
         for n_ctx in (262144, 1048576):
             nb = n_ctx // BS
             keys = torch.randn(nb, BS // 4, 128, device=dev, dtype=torch.bfloat16, generator=g)
@@ -250,8 +248,7 @@ def install(register, bench_ms):
                 meta = batch_metadata(batch)
                 q = torch.randn(rows, 64, 128, device=dev, dtype=torch.bfloat16, generator=g)
                 w = torch.randn(rows, 64, device=dev, generator=g)
-                e_cap = n_ctx // 4
-                scores = torch.empty(rows, e_cap, device=dev)
+                scores = torch.empty(rows, n_ctx // 4, device=dev)
                 flops = 2 * 64 * 128 * rows * (start + rows / 2) / 4
                 ref = None
                 for r in ti.SCORE_ROWS_CHOICES:
@@ -260,23 +257,20 @@ def install(register, bench_ms):
                         us = us_of(lambda: ti.indexer_scores(q, w, keys, meta, scores, 0, rows, 4, "dense"),
                                    graph=False, rep=10)
                         ti.indexer_scores(q, w, keys, meta, scores, 0, rows, 4, "dense")
-                        got = scores.clone()
-                        diff = 0.0 if ref is None else ((got - ref).abs().max() / ref.abs().max()).item()
-                        ref = got if ref is None else ref
-                        _emit(ctx, "indexer_prefill_score", us, 0, flops, context=n_ctx, rows=rows, rows_per_prog=r,
-                              max_rel_diff_vs_r1=diff)
                     finally:
                         os.environ.pop("V4_IDX_ROWS", None)
+                    diff = 0.0 if ref is None else ((scores - ref).abs().max() / ref.abs().max()).item()
+                    ref = scores.clone() if ref is None else ref
+                    _emit(ctx, "indexer_prefill_score", us, 0, flops, context=n_ctx, rows=rows, rows_per_prog=r,
+                          max_rel_diff_vs_r1=diff)
                 out = torch.empty(rows, TOPK, dtype=torch.int32, device=dev)
-                us_s = us_of(lambda: ti.topk_rows(scores, meta.positions, out, 0, rows, TOPK, 4), graph=False, rep=10)
-                _emit(ctx, "indexer_prefill_topk", us_s, rows * e_cap * 4, 0, context=n_ctx, rows=rows,
-                      impl="streaming_radix")
-                if tp is not None:
-                    out2 = torch.empty_like(out)
-                    us_p = us_of(lambda: tp.topk_rows_prefill(scores, meta.positions, out2, 0, rows, TOPK, 4),
-                                 graph=False, rep=10)
-                    _emit(ctx, "indexer_prefill_topk", us_p, rows * e_cap * 4, 0, context=n_ctx, rows=rows,
-                          impl="topk_prefill", same_as_streaming=bool(torch.equal(out, out2)),
-                          speedup=us_s / us_p)
-                del scores
+                keep, tp.ENABLED = tp.ENABLED, False  # the streaming kernel, whatever V4_TOPK_PREFILL says
+                try:
+                    us_s = us_of(lambda: ti.topk_rows(scores, meta.positions, out, 0, rows, TOPK, 4), graph=False,
+                                 rep=10)
+                finally:
+                    tp.ENABLED = keep
+                _emit(ctx, "indexer_prefill_topk", us_s, rows * n_ctx, 0, context=n_ctx, rows=rows,
+                      us_per_row=us_s / rows)
+                del scores, ref
                 torch.cuda.empty_cache()

@@ -37,10 +37,14 @@ def install(register, bench_ms):
             got = torch.full_like(want, -1)
             counts = torch.zeros(ROWS, dtype=torch.int32, device="cuda")
             stream = lambda: ti.topk_rows(scores, pos, want, 0, ROWS, K, RATIO)  # noqa: E731 (2048 rows: streaming)
+            keep, tp.ENABLED = tp.ENABLED, False  # the reference is the streaming kernel even under V4_TOPK_PREFILL=1
             prefill = lambda: tp.topk_rows_prefill(scores, pos, got, 0, ROWS, K, RATIO)  # noqa: E731
-            us_s = bench_ms(stream) * 1e3
+            try:
+                us_s = bench_ms(stream) * 1e3
+                stream()
+            finally:
+                tp.ENABLED = keep
             us_p = bench_ms(prefill) * 1e3
-            stream()
             tp.topk_rows_prefill(scores, pos, got, 0, ROWS, K, RATIO, counts=counts)
             c = counts.float()
             ctx.emit(bench="topk_prefill", e_cap=e_cap, dist=dist, rows=ROWS, k=K, stream_us=us_s, prefill_us=us_p,
