@@ -1,8 +1,8 @@
 """Exact top-k of many long indexer rows (long-prompt prefill): sample, filter, select in registers.
 
 indexer._topk_kernel streams a long row five times (four 8-bit radix histogram passes, one compaction);
-at 1M context that is 17.4 s of a prompt on an H200 (the time is from a profile; what limits it was not measured). Here a long row is read
-about once, in three launches:
+at 1M context that is 17.4 s of a prompt on an H200 (a profile; what limits the kernel was not measured).
+Here a long row is read about once, in three launches:
 
   sample    grid (rows,): SAMPLE entries of the row in registers, SAMPLE/SEG runs of SEG contiguous
             entries (one 32-byte sector for SEG 8) spread evenly over [0, limit), so a trend along the row
