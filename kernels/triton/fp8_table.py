@@ -2,8 +2,9 @@
 
 Key (N, K) of the launch (N = all groups' rows), then the row bucket: 1, <= 16, <= 64, <= 128, <= 256.
 Every entry is the fastest correct config of `python bench/kernels.py --only fp8_decode_sweep`
-(bench/fp8_entries.py) on one H200; shapes not listed take pick_config's rule. Fields as pick_config's dicts; VAR 0 token tiles x
-dequantized weight tiles, 1 swap (weights as the MMA's left operand), 2 CUDA-core GEMV (BM 1)."""
+(bench/fp8_entries.py) on one H200; shapes not listed take pick_config's rule. Fields as pick_config's dicts;
+VAR 0 token tiles x dequantized weight tiles, 1 swap (weights as the MMA's left operand), 2 CUDA-core GEMV (BM 1).
+Below: the FP8 x FP8 tables (SCALED_MM_MIN_M, ACT_FP8_MIN_M) and their dispatch rules."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Triton mHC glue: two kernels per hyper-connection site.
 
 `_mix_kernel` (split over d; fp32 streams below PREFILL_ROWS rows, and the interpreter): optionally first the
-post-mix of the previous site, X'[j] = post[j] * o + sum_i comb[i, j] * X[i] (written out in X's dtype), then partial sums of the
-`fn` projection of the flattened streams (3xTF32 tensor-core dots: fp32-level accuracy) and of their
+post-mix of the previous site, X'[j] = post[j] * o + sum_i comb[i, j] * X[i] (written out in X's dtype), then
+partial sums of the `fn` projection of the flattened streams (3xTF32 tensor-core dots: fp32-level accuracy) and of their
 squares -> part [S, N, MP], sq [S, N]. bf16 streams on the GPU (decode too: measured faster at every row
 count) and from PREFILL_ROWS rows on, the same contract runs as mhc_prefill._mix_prefill_kernel (64-row tiles,
 each X element read once, exact bf16 MMAs on fn split into three bf16 parts).
