@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from .device_info import capability
+
 
 def _c(bm, bn, st, split, var, warps=4):
     return dict(BM=bm, BN=bn, BK=128, GROUP_M=1, num_warps=warps, num_stages=st, SPLIT_K=split, VAR=var)
@@ -91,7 +93,6 @@ MEASURED_CAPABILITY = (9, 0)
 
 
 def _fp8_mma_measured(rows: torch.Tensor) -> bool:
-    from .device_info import capability
     return rows.is_cuda and capability(rows.device) == MEASURED_CAPABILITY
 
 

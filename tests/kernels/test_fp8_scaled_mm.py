@@ -72,11 +72,10 @@ def test_scaled_mm_dispatch_table(monkeypatch):
     monkeypatch.setitem(ft.ACT_FP8_MIN_M, (3072, 4096), 128)
     assert ft.use_act_fp8(rows(128), 3072, 4096) and not ft.use_act_fp8(rows(127), 3072, 4096)
     assert not ft.use_act_fp8(rows(128, "cpu"), 3072, 4096)
-    import kernels.triton.device_info as di
     for cap in ((8, 0), (10, 0)):  # measured on sm_90 only: other GPUs keep the bf16-activation block linear
-        monkeypatch.setattr(di, "capability", lambda device=None, cap=cap: cap)
+        monkeypatch.setattr(ft, "capability", lambda device=None, cap=cap: cap)
         assert not ft.use_scaled_mm(rows(512), 1024, 4096) and not ft.use_act_fp8(rows(128), 3072, 4096)
-    monkeypatch.setattr(di, "capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(ft, "capability", lambda device=None: (9, 0))
     monkeypatch.setattr(ft, "_ENV_MIN_M", 64)  # the experiment switch overrides the table for every shape
     assert ft.use_scaled_mm(rows(64), 3072, 4096) and not ft.use_scaled_mm(rows(63), 1024, 4096)
     monkeypatch.setattr(ft, "_ENV_MIN_M", 128)  # the experiment switch: every shape from 128 rows
