@@ -37,7 +37,7 @@ def install(register, bench_ms):
             got = torch.full_like(want, -1)
             counts = torch.zeros(ROWS, dtype=torch.int32, device="cuda")
             stream = lambda: ti.topk_rows(scores, pos, want, 0, ROWS, K, RATIO)  # noqa: E731 (2048 rows: streaming)
-            keep, tp.ENABLED = tp.ENABLED, False  # the reference is the streaming kernel even under V4_TOPK_PREFILL=1
+            keep, tp.ENABLED = tp.ENABLED, False  # the reference is the streaming kernel whatever V4_TOPK_PREFILL says
             prefill = lambda: tp.topk_rows_prefill(scores, pos, got, 0, ROWS, K, RATIO)  # noqa: E731
             try:
                 us_s = bench_ms(stream) * 1e3

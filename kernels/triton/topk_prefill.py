@@ -195,9 +195,10 @@ def sampled_entries(limit: int, sample: int | None = None) -> torch.Tensor:
     return (starts[:, None] + torch.arange(SEG)[None, :]).reshape(-1)
 
 
-# indexer.topk_rows dispatches here only when ENABLED: off until the three-launch form is measured on a GPU
-# (bench `topk_prefill`, e2e 1M prompt); V4_TOPK_PREFILL=1 turns it on for those experiments.
-ENABLED = os.environ.get("V4_TOPK_PREFILL", "0") == "1"
+# indexer.topk_rows dispatches here when ENABLED (on: measured on the H200, 2026-12-02, docs/benchmarks.md session 5:
+# bench `topk_prefill` 1.8x / 3.6x / 4.1x the streaming kernel at 32K / 131K / 262K entries, the 1M-token prompt
+# 77.2 -> 58.0 s); V4_TOPK_PREFILL=0 turns it off (bench A/B).
+ENABLED = os.environ.get("V4_TOPK_PREFILL", "1") != "0"
 
 
 def use_prefill(n_rows: int, e_cap: int, topk: int) -> bool:

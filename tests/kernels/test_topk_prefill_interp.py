@@ -122,8 +122,8 @@ def test_bad_sizes_rejected():
 
 
 def test_indexer_topk_rows_dispatches_here_only_when_enabled(monkeypatch):
-    """indexer.topk_rows takes topk_prefill for many long rows only when ENABLED (off until measured on a
-    GPU), and then returns exactly the streaming kernel's output."""
+    """indexer.topk_rows takes topk_prefill for many long rows only when ENABLED (on by default; off with
+    V4_TOPK_PREFILL=0), and then returns exactly the streaming kernel's output."""
     ti, tp = interp_modules("indexer", "topk_prefill")
     g = torch.Generator().manual_seed(11)
     n, k, e_cap = 6, 8, 700
@@ -135,9 +135,11 @@ def test_indexer_topk_rows_dispatches_here_only_when_enabled(monkeypatch):
     calls = []
     real = tp.topk_rows_prefill
     monkeypatch.setattr(tp, "topk_rows_prefill", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    assert tp.ENABLED  # on by default
+    monkeypatch.setattr(tp, "ENABLED", False)
     want = torch.full((n, k), -7, dtype=torch.int32)
-    ti.topk_rows(scores, pos, want, 0, n, k, 1, reg_max=16)  # ENABLED is off by default
-    assert not tp.ENABLED and not calls
+    ti.topk_rows(scores, pos, want, 0, n, k, 1, reg_max=16)
+    assert not calls
     monkeypatch.setattr(tp, "ENABLED", True)
     got = torch.full((n, k), -7, dtype=torch.int32)
     ti.topk_rows(scores, pos, got, 0, n, k, 1, reg_max=16)
