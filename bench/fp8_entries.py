@@ -302,6 +302,28 @@ def install(register, bench_ms):
                 del wts
                 torch.cuda.empty_cache()
 
+    @register("logits_linear")
+    def bench_logits_linear(ctx):
+        """The LM head (vocab 129,280 x 4,096, bf16) at the decode batches: bf16 logits + the fp32 cast (the
+        twin) against one GEMM with fp32 output (torch.mm out_dtype). `logits_linear_pick`: the smallest M from
+        which the fp32-output GEMM wins at every measured M (fp8_table.HEAD_FP32_OUT_MIN_M)."""
+        import torch.nn.functional as F
+        vocab, d = 129280, 4096
+        w = (torch.randn(vocab, d, device="cuda") * 0.02).bfloat16()
+        wins = {}
+        for m in (1, 8, 64, 128, 256, 512):
+            x = torch.randn(m, d, device="cuda").bfloat16()
+            t_cast = bench_ms(lambda x=x: F.linear(x, w).float())
+            t_out = bench_ms(lambda x=x: torch.mm(x, w.t(), out_dtype=torch.float32))
+            wins[m] = t_out < t_cast
+            ctx.emit(bench="logits_linear", M=m, cast_us=t_cast * 1e3, fp32_out_us=t_out * 1e3,
+                     speedup=t_cast / t_out)
+        ms = sorted(wins)
+        pick = next((m for i, m in enumerate(ms) if all(wins[j] for j in ms[i:])), None)
+        ctx.emit(bench="logits_linear_pick", N=vocab, K=d, min_m=pick)
+        del w
+        torch.cuda.empty_cache()
+
     @register("fp8_scaled_mm")
     def bench_fp8_scaled_mm(ctx):
         """Plain FP8 linears at M = FP8_SCALED_M (128,256,1024,4096,8192): the Triton block linear (bf16

@@ -35,7 +35,8 @@ _OPS: dict[str, tuple[object, str, str]] = {
     "fp8_linear": (_ref_fp8, "fp8_linear", "main"),
     "act_quant": (_ref_quant, "act_quant", "main"),
     **{op: (_ref_lin, "linear_glue", "main") for op in (
-        "linear", "grouped_linear", "swiglu_linear", "compressor_project", "norm_linear", "linear_scaled")},
+        "linear", "logits_linear", "grouped_linear", "swiglu_linear", "compressor_project", "norm_linear",
+        "linear_scaled")},
     **{op: (_ref_mhc, "mhc", "main") for op in ("hc_pre", "hc_post", "hc_post_pre", "hc_head")},
     **{op: (_ref_norm, "norm", "main") for op in ("rms_norm", "rope", "norm_rope", "add_cast", "swiglu")},
     **{op: (_ref_attn, "attention", "attention") for op in ("kv_pack", "window_store", "sparse_attention")},
@@ -136,6 +137,13 @@ def linear(x, weight, fp32: bool = False) -> torch.Tensor:
     on CUDA one kernel with bf16 operands and fp32 accumulation/output, no casts)."""
     impl = _impl("linear", x)
     return impl.linear(x, weight, fp32)
+
+
+def logits_linear(x, weight) -> torch.Tensor:
+    """The LM head: x [S, d] W^T -> [S, vocab] fp32 logits (on CUDA, from the measured rows, one GEMM with
+    fp32 output instead of x's dtype plus a cast)."""
+    impl = _impl("logits_linear", x)
+    return impl.logits_linear(x, weight)
 
 
 def grouped_linear(x, weight, groups: int) -> torch.Tensor:

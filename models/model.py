@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import kernels
 from kernels.kv_format import get as get_kv_format
 
 from .attention import Attention
@@ -128,7 +129,7 @@ class DeepseekV4(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """[S, d] -> [S, vocab] fp32 (tensor parallel: on rank 0; the other ranks get None)."""
-        return self.tp.gather_logits(self.head(hidden).float(), self.cfg.vocab_size)
+        return self.tp.gather_logits(kernels.logits_linear(hidden, self.head.quant_weight()), self.cfg.vocab_size)
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor | list[int], block_size: int | None = None) -> torch.Tensor:

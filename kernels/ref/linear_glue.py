@@ -25,6 +25,11 @@ def linear(x: torch.Tensor, weight, fp32: bool = False) -> torch.Tensor:
     return F.linear(x, weight)
 
 
+def logits_linear(x: torch.Tensor, weight) -> torch.Tensor:
+    """The LM head: x [S, d] W^T -> [S, vocab] fp32 logits, computed as `linear` (x's dtype out) then cast."""
+    return linear(x, weight).float()
+
+
 def grouped_linear(x: torch.Tensor, weight, groups: int) -> torch.Tensor:
     """x [N, g, K], weight [g*r, K] (group j = rows [j*r, (j+1)*r)) -> [N, g, r] in x's dtype."""
     n = x.shape[0]

@@ -89,6 +89,15 @@ ACT_FP8_MIN_M: dict = {}
 _ENV_ACT_MIN_M = int(os.environ.get("V4SERVE_FP8_ACT_MIN_M", "0") or 0)
 
 
+# The LM head (`linear_glue.logits_linear`, plain bf16 weight [vocab, d]): from this many rows on, per (vocab, d),
+# one cuBLAS GEMM writes fp32 logits directly (torch.mm out_dtype) instead of bf16 logits plus a cast pass over
+# [rows, vocab]. Measured (bench `logits_linear`, H200 2026-12-02, cast -> fp32 out, us): M=1 253.6 -> 250.3,
+# 64: 302.9 -> 286.8, 256: 478.5 -> 414.2, 512: 951 -> 800 (faster at every M); e2e batch 256 15.98 -> 15.83 ms.
+# V4SERVE_HEAD_FP32_MIN_M=<rows> forces it from that many rows for other shapes (A/B switch).
+HEAD_FP32_OUT_MIN_M: dict = {(129280, 4096): 1}  # V4-Flash vocab x hidden
+_ENV_HEAD_MIN_M = int(os.environ.get("V4SERVE_HEAD_FP32_MIN_M", "0") or 0)
+
+
 # The FP8 x FP8 tables were measured on an H200 (sm_90: FP8 tensor cores, cuBLASLt blockwise scaling): other
 # GPUs keep the bf16-activation block linear until measured there (an sm_80 part has no FP8 MMA at all).
 MEASURED_CAPABILITY = (9, 0)
@@ -96,6 +105,15 @@ MEASURED_CAPABILITY = (9, 0)
 
 def _fp8_mma_measured(rows: torch.Tensor) -> bool:
     return rows.is_cuda and capability(rows.device) == MEASURED_CAPABILITY
+
+
+def use_fp32_out_mm(rows: torch.Tensor, n: int, k: int) -> bool:
+    """Whether the LM head's rows [M, k] x plain weight [n, k] take the fp32-output GEMM (CUDA rows on the
+    measured GPU class only, like use_scaled_mm)."""
+    if not _fp8_mma_measured(rows):
+        return False
+    lo = _ENV_HEAD_MIN_M if _ENV_HEAD_MIN_M > 0 else HEAD_FP32_OUT_MIN_M.get((n, k))
+    return lo is not None and rows.shape[0] >= lo
 
 
 def use_act_fp8(rows: torch.Tensor, n: int, k: int) -> bool:

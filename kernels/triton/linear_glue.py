@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..quant_weight import QuantWeight
 from . import fp8_linear as _fl  # module attribute: survives the tests' interpreter reload
-from .fp8_table import use_act_fp8, use_scaled_mm
+from .fp8_table import use_act_fp8, use_fp32_out_mm, use_scaled_mm
 
 
 def _plain_or_fp8(w):
@@ -36,6 +36,16 @@ def linear(x, weight, fp32=False):
     _fl.launch(x2, weight, y, act_quant=not fp32 and isinstance(weight, QuantWeight)
                and use_act_fp8(x2, n, weight.shape[1]))
     return y.reshape(*x.shape[:-1], n)
+
+
+def logits_linear(x, weight):
+    """Same contract as kernels.ref.linear_glue.logits_linear, except that on the rows the measured table
+    `fp8_table.HEAD_FP32_OUT_MIN_M` lists the logits come out of one cuBLAS GEMM in fp32 (bf16 products,
+    fp32 accumulation, no rounding to bf16 and no cast pass over [rows, vocab])."""
+    if (not isinstance(weight, QuantWeight) and x.dim() == 2 and x.dtype == weight.dtype == torch.bfloat16
+            and use_fp32_out_mm(x, *weight.shape)):
+        return torch.mm(x, weight.t(), out_dtype=torch.float32)
+    return linear(x, weight).float()
 
 
 def grouped_linear(x, weight, groups):

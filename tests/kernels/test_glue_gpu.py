@@ -133,6 +133,30 @@ def test_linear_glue_gpu(n, monkeypatch):
         assert _rel(a, b) < 1e-2 and torch.equal(a, a2)
 
 
+@pytest.mark.parametrize("n", BATCHES)
+@pytest.mark.parametrize("fp32_out", [False, True])
+def test_logits_linear_gpu(n, fp32_out, monkeypatch):
+    """The LM head at V4-Flash's vocabulary: the twin's bf16 logits cast to fp32, or (the measured rows of
+    HEAD_FP32_OUT_MIN_M) one GEMM with fp32 output: the same products, only not rounded to bf16."""
+    import kernels.triton.fp8_table as ft
+    import kernels.triton.linear_glue as tri
+    vocab = 129280
+    monkeypatch.setattr(ft, "_ENV_HEAD_MIN_M", 0)
+    monkeypatch.setattr(ft, "HEAD_FP32_OUT_MIN_M", {(vocab, D): 1} if fp32_out else {})
+    g = torch.Generator(device="cuda").manual_seed(n + 5)
+    x = torch.randn(n, D, device="cuda", generator=g).bfloat16()
+    w = (torch.randn(vocab, D, device="cuda", generator=g) * 0.02).bfloat16()
+    a, b = tri.logits_linear(x, w), ref_lin.logits_linear(x, w)
+    exact = x.float() @ w.float().t()
+    assert a.dtype == b.dtype == torch.float32 and a.shape == (n, vocab)
+    assert ft.use_fp32_out_mm(x, vocab, D) == fp32_out
+    if fp32_out:  # not rounded to bf16: closer to the exact products than the twin
+        assert 0 < (a - b).abs().max() <= 2 ** -7 * b.abs().max()
+        assert _rel(a, exact) < _rel(b, exact)
+    else:
+        assert torch.equal(a, b)
+
+
 @pytest.fixture(scope="module")
 def flash_model(tmp_path_factory):
     from tests.kernels.glue_cases import flash_shaped_model

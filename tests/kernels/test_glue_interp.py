@@ -219,6 +219,25 @@ def test_linear_glue_interp(fmt, m, k):
     for a, b in zip(tri.compressor_project(x, w1, w3, ape, pos, 4), ref_lin.compressor_project(x, w1, w3, ape, pos, 4)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(tri.linear_scaled(x, w1, 0.3), ref_lin.linear_scaled(x, w1, 0.3), rtol=1e-4, atol=1e-4)
+    xb, wh = x.bfloat16(), (wl if fmt == "fp8" else wl.bfloat16())  # LM head: bf16 logits + cast (the
+    lg, lr = tri.logits_linear(xb, wh), ref_lin.logits_linear(xb, wh)  # fp32-output GEMM: test_glue_gpu.py)
+    assert lg.dtype == lr.dtype == torch.float32
+    torch.testing.assert_close(lg, lr, rtol=2e-2, atol=2e-2)
+
+
+def test_logits_linear_fp32_out_rule(monkeypatch):
+    """The fp32-output LM head GEMM is taken only for CUDA rows on the measured GPU class, from the rows the table
+    (or V4SERVE_HEAD_FP32_MIN_M) lists; CPU rows never take it."""
+    import kernels.triton.fp8_table as ft
+    monkeypatch.setattr(ft, "_ENV_HEAD_MIN_M", 0)
+    monkeypatch.setattr(ft, "HEAD_FP32_OUT_MIN_M", {(512, 64): 4})
+    rows = torch.zeros(8, 64)
+    assert not ft.use_fp32_out_mm(rows, 512, 64)  # CPU tensors
+    monkeypatch.setattr(ft, "_fp8_mma_measured", lambda r: True)
+    assert ft.use_fp32_out_mm(rows, 512, 64) and not ft.use_fp32_out_mm(rows[:3], 512, 64)
+    assert not ft.use_fp32_out_mm(rows, 1024, 64)  # shape not listed
+    monkeypatch.setattr(ft, "_ENV_HEAD_MIN_M", 2)
+    assert ft.use_fp32_out_mm(rows[:2], 1024, 64)
 
 
 def test_model_glue_interp_matches_twins():
