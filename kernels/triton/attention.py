@@ -35,21 +35,22 @@ def _cfg(name: str, default: int) -> int:
 
 
 @triton.jit
-def _load_tile(ptr, valid, D: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr, FP8: tl.constexpr,
+def _load_cols(ptr, valid, c0, DW: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr, FP8: tl.constexpr,
                DOT_DT: tl.constexpr):
-    """Gather rows at byte/element addresses `ptr` [BN] -> [BN, D] in DOT_DT (dequantized once)."""
-    cols = tl.arange(0, D)
+    """Gather columns [c0, c0 + DW) of rows at byte/element addresses `ptr` [BN] -> [BN, DW] in DOT_DT
+    (dequantized once; c0 a multiple of 64)."""
+    cols = c0 + tl.arange(0, DW)
     if FP8:
         is_nope = cols < NOPE
         raw = tl.load(ptr[:, None] + cols[None, :], mask=valid[:, None] & is_nope[None, :], other=0)
         v8 = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-        NB: tl.constexpr = D // 64
-        blk = tl.arange(0, NB)
+        NB: tl.constexpr = DW // 64
+        blk = c0 // 64 + tl.arange(0, NB)
         sc = tl.load(ptr[:, None] + (NOPE + 2 * R) + blk[None, :], mask=valid[:, None] & (blk[None, :] < NOPE // 64),
                      other=127)  # [BN, NB] UE8M0, one per 64 dims
         f = tl.exp2(sc.to(tl.float32) - 127.0)
         BN: tl.constexpr = ptr.shape[0]
-        v8 = tl.reshape(tl.reshape(v8, [BN, NB, 64]) * f[:, :, None], [BN, D])
+        v8 = tl.reshape(tl.reshape(v8, [BN, NB, 64]) * f[:, :, None], [BN, DW])
         rptr = (ptr + NOPE).to(tl.pointer_type(tl.bfloat16))
         rv = tl.load(rptr[:, None] + (cols[None, :] - NOPE), mask=valid[:, None] & (cols[None, :] >= NOPE), other=0.0)
         tile = tl.where(is_nope[None, :], v8, rv.to(tl.float32))
@@ -67,10 +68,17 @@ def _sparse_attn_kernel(
     W: tl.constexpr, ROW: tl.constexpr, PB: tl.constexpr, RATIO: tl.constexpr, K: tl.constexpr,
     HAS_POOL: tl.constexpr, HAS_TOPK: tl.constexpr, NSPLIT: tl.constexpr,
     D: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr, FP8: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, DOT_DT: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, DOT_DT: tl.constexpr, DSPLIT: tl.constexpr,
 ):
+    """One program: one token x one split of its keys x one 1/DSPLIT slice of the value columns (DSPLIT > 1
+    recomputes the full-width scores in every slice's program for a DSPLIT-times smaller accumulator)."""
     t = tl.program_id(0)
     sp = tl.program_id(1)
+    DV: tl.constexpr = D // DSPLIT
+    if DSPLIT == 1:
+        c0 = 0
+    else:
+        c0 = tl.program_id(2) * DV
     b = tl.load(tok_seq_ptr + t)
     pos = tl.load(pos_ptr + t)
     start = tl.load(ctx_ptr + b)
@@ -94,7 +102,7 @@ def _sparse_attn_kernel(
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, D], tl.float32)
+    acc = tl.zeros([BLOCK_H, DV], tl.float32)
     offs = tl.arange(0, BLOCK_N)
     for j0 in range(lo, hi, BLOCK_N):
         j = j0 + offs
@@ -118,7 +126,7 @@ def _sparse_attn_kernel(
             pool_row = (blk * PB + e % PB) * ROW
             ptr = tl.where(c_ok, pool_ptr + pool_row, ptr)
             valid = valid | c_ok
-        kt = _load_tile(ptr, valid, D, NOPE, R, FP8, DOT_DT)  # [BN, D]
+        kt = _load_cols(ptr, valid, 0, D, NOPE, R, FP8, DOT_DT)  # [BN, D]
         s = tl.dot(q, tl.trans(kt)) * sm_scale_log2  # [BH, BN] (log2 units)
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -126,7 +134,11 @@ def _sparse_attn_kernel(
         alpha = tl.exp2(m_i - m_safe)
         pr = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(pr, 1)
-        acc = acc * alpha[:, None] + tl.dot(pr.to(DOT_DT), kt)
+        if DSPLIT == 1:
+            vt = kt
+        else:  # this program's value columns (the row was just read: L1 / L2)
+            vt = _load_cols(ptr, valid, c0, DV, NOPE, R, FP8, DOT_DT)  # [BN, DV]
+        acc = acc * alpha[:, None] + tl.dot(pr.to(DOT_DT), vt)
         m_i = m_new
 
     if NSPLIT == 1:
@@ -134,13 +146,16 @@ def _sparse_attn_kernel(
         mm = tl.maximum(m_i, sink)
         den = l_i * tl.exp2(m_i - mm) + tl.exp2(sink - mm)
         o = acc * (tl.exp2(m_i - mm) / den)[:, None]
-        tl.store(out_ptr + (t.to(tl.int64) * H + heads[:, None]) * D + cols[None, :], o.to(out_ptr.dtype.element_ty),
+        ocols = c0 + tl.arange(0, DV)
+        tl.store(out_ptr + (t.to(tl.int64) * H + heads[:, None]) * D + ocols[None, :], o.to(out_ptr.dtype.element_ty),
                  mask=hmask[:, None])
     else:
         base = (t.to(tl.int64) * NSPLIT + sp) * H
-        tl.store(part_acc_ptr + (base + heads[:, None]) * D + cols[None, :], acc, mask=hmask[:, None])
-        tl.store(part_ml_ptr + (base + heads) * 2, m_i, mask=hmask)
-        tl.store(part_ml_ptr + (base + heads) * 2 + 1, l_i, mask=hmask)
+        ocols = c0 + tl.arange(0, DV)
+        tl.store(part_acc_ptr + (base + heads[:, None]) * D + ocols[None, :], acc, mask=hmask[:, None])
+        mlmask = hmask & (c0 == 0)  # every slice has the same (m, l): the first one writes them
+        tl.store(part_ml_ptr + (base + heads) * 2, m_i, mask=mlmask)
+        tl.store(part_ml_ptr + (base + heads) * 2 + 1, l_i, mask=mlmask)
 
 
 @triton.jit
@@ -182,8 +197,14 @@ def _num_splits(n_tok: int, max_total: int, block_n: int) -> int:
     return max(1, min(triton.cdiv(2 * sms, n_tok), triton.cdiv(max_total, 4 * block_n), 64))
 
 
+# value-column slices per program (1 = the whole 512-wide accumulator in one program, the measured default);
+# V4_ATTN_DSPLIT=2 halves the accumulator (each half recomputes the scores): prepared for the H200, not measured
+DSPLIT = _cfg("V4_ATTN_DSPLIT", 1)
+
+
 def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta: AttnMeta, sink, *, ratio: int, scale: float,
-                     rope_dim: int, nsplit: int | None = None, block_n: int | None = None, num_warps: int | None = None):
+                     rope_dim: int, nsplit: int | None = None, block_n: int | None = None, num_warps: int | None = None,
+                     dsplit: int | None = None):
     n_tok, h, c = q.shape
     out = torch.empty_like(q)
     if n_tok == 0:
@@ -215,12 +236,15 @@ def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta: AttnMeta, sink, *, r
     dummy = kv_cur
     tables = meta.block_tables
     topk_t = topk_idx if has_topk else meta.tok_seq
-    _sparse_attn_kernel[(n_tok, ns)](
+    ds = dsplit or DSPLIT
+    if ds not in (1, 2, 4) or (fp8 and c // ds % 64) or c // ds < 16:
+        raise ValueError(f"dsplit {ds}: 1, 2 or 4 slices of whole 64-column blocks of the {c}-wide entries")
+    _sparse_attn_kernel[(n_tok, ns, ds)](
         q.contiguous(), kv_cur, ring, pool if has_pool else dummy, topk_t, tables, meta.tok_seq, meta.positions,
         meta.query_start, meta.context_lens, meta.slot_ids, sink.float().contiguous(), out, part_acc, part_ml,
         h, tables.stride(0), topk_t.stride(0) if has_topk else 0, split_len, scale * 1.4426950408889634,
         W=w, ROW=row, PB=pb, RATIO=max(ratio, 1), K=k, HAS_POOL=has_pool, HAS_TOPK=has_topk, NSPLIT=ns,
-        D=c, NOPE=nope, R=r, FP8=fp8, BLOCK_H=block_h, BLOCK_N=bn, DOT_DT=dot_dt,
+        D=c, NOPE=nope, R=r, FP8=fp8, BLOCK_H=block_h, BLOCK_N=bn, DOT_DT=dot_dt, DSPLIT=ds,
         num_warps=num_warps or _cfg("V4_ATTN_WARPS", 8), num_stages=_cfg("V4_ATTN_STAGES", 2),
     )
     if ns > 1:

@@ -99,9 +99,10 @@ def attention_case(specs, *, h, c, r, w, ratio, topk, block_size, fp8, device, d
     scale = c ** -0.5
     ref = ra.sparse_attention(q, kv_cur, ring, pool, idx, meta, sink, ratio=ratio, scale=scale, rope_dim=r)
     out = {}
-    for ns in (None, 3):
-        out[ns] = ta.sparse_attention(q, kv_cur, ring, pool, idx, meta, sink, ratio=ratio, scale=scale, rope_dim=r,
-                                      nsplit=ns)
+    for ns, ds in ((None, 1), (3, 1), (None, 2), (3, 2)):  # key splits x value-column slices
+        key = ns if ds == 1 else f"{ns},dsplit={ds}"
+        out[key] = ta.sparse_attention(q, kv_cur, ring, pool, idx, meta, sink, ratio=ratio, scale=scale,
+                                       rope_dim=r, nsplit=ns, dsplit=ds)
     # window store
     ring2 = ring.clone()
     ra.window_store(kv_cur, ring, meta)
