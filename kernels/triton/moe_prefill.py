@@ -26,20 +26,25 @@ from .common import act_quant_tile, interpreting
 @triton.jit
 def _dequant_mxfp4_kernel(p_ptr, s_ptr, out_ptr, R, KH, BR: tl.constexpr, BKH: tl.constexpr):
     """Packed int8 [R, KH] (low nibble = even k) + UE8M0 [R, 2*KH/32] -> bf16 [R, 2*KH]; fp32 value * scale
-    rounded once, as the twin's codec does."""
+    rounded once, as the twin's codec does. Each scale byte is loaded and turned into its fp32 factor once per
+    16 packed bytes (2^(s-127); byte 0 is the fp32 subnormal 2^-127), then broadcast over its group."""
+    NG: tl.constexpr = BKH // 16
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     jj = tl.program_id(1) * BKH + tl.arange(0, BKH)
+    gg = tl.program_id(1) * NG + tl.arange(0, NG)
     r64 = rows.to(tl.int64)
-    m = (rows < R)[:, None] & (jj < KH)[None, :]
+    rm = rows < R
+    m = rm[:, None] & (jj < KH)[None, :]
     b = tl.load(p_ptr + r64[:, None] * KH + jj[None, :], mask=m, other=0).to(tl.int32) & 0xFF
-    s = tl.load(s_ptr + r64[:, None] * (KH // 16) + (jj // 16)[None, :], mask=m, other=127).to(tl.int32) & 0xFF
-    sc = (tl.maximum(s, 1) << 23).to(tl.float32, bitcast=True)  # 2^(s-127); s = 0: 2^-126 * 0.5 below
-    half = tl.where(s == 0, 0.5, 1.0)
-    lo = _e2m1(b & 0xF) * sc * half
-    hi = _e2m1(b >> 4) * sc * half
+    s = tl.load(s_ptr + r64[:, None] * (KH // 16) + gg[None, :], mask=rm[:, None] & (gg < KH // 16)[None, :],
+                other=127).to(tl.int32) & 0xFF
+    sc = tl.where(s == 0, 1 << 22, s << 23).to(tl.float32, bitcast=True)  # [BR, NG]
+    sc = tl.reshape(tl.broadcast_to(sc[:, :, None], (BR, NG, 16)), (BR, BKH))
+    lo = _e2m1(b & 0xF) * sc
+    hi = _e2m1(b >> 4) * sc
     v = tl.reshape(tl.join(lo, hi), (BR, 2 * BKH)).to(tl.bfloat16)
     kk = 2 * (tl.program_id(1) * BKH) + tl.arange(0, 2 * BKH)
-    tl.store(out_ptr + r64[:, None] * (2 * KH) + kk[None, :], v, mask=(rows < R)[:, None] & (kk < 2 * KH)[None, :])
+    tl.store(out_ptr + r64[:, None] * (2 * KH) + kk[None, :], v, mask=rm[:, None] & (kk < 2 * KH)[None, :])
 
 
 @triton.jit
