@@ -240,7 +240,7 @@ def indexer_scores(q, w, keys, meta: AttnMeta, scores: torch.Tensor, row0: int, 
 
 
 SCORE_GROUP_MIN_ROWS = 512  # from this many rows per tile (prefill) the score kernel groups SCORE_GROUP_ROWS rows
-SCORE_GROUP_ROWS = 1  # rows sharing each key tile; 2 measured 10-11 % faster (bench `indexer_prefill`), 1M prompt +0.6 %
+SCORE_GROUP_ROWS = 1  # rows sharing each key tile; 2: 10-11 % faster in bench `indexer_prefill`, 1M prompt +0.6 %
 SCORE_ROWS_CHOICES = (1, 2)  # 4 rows spill at 4 and at 8 warps (ptxas, sm_90: 176 / 368 B of stack)
 
 
