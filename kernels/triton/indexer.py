@@ -39,6 +39,10 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # 256 programs; V4_IDX_SCORE_MB sets it for tile-size experiments (bench `indexer_prefill` times 256-2048 rows)
 SCORE_BUDGET_BYTES = int(os.environ.get("V4_IDX_SCORE_MB", 256)) << 20
 SCORE_PROGRAMS = int(os.environ.get("V4_IDX_PROGRAMS", 16384))  # score-kernel grid cap (rows x splits)
+# software-pipeline stages of the score kernels' key-tile loop (tl.range num_stages): 1 = not pipelined, the
+# measured default; 2-4 prefetch the block-table entries of the next tiles with cp.async (sm_90 SASS, CPU
+# machine); prepared for an A/B (V4_IDX_STAGES), not measured
+SCORE_STAGES = int(os.environ.get("V4_IDX_STAGES", 1))
 
 
 @triton.jit
@@ -80,9 +84,11 @@ def _key_tile(keys_ptr, tables_ptr, b, e, ok, table_stride, ROW, cols, CI: tl.co
 def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scores_ptr,
                   row0, HI, table_stride, score_stride, ROW, n_split,
                   CI: tl.constexpr, PB: tl.constexpr, RATIO: tl.constexpr, KFMT: tl.constexpr,
-                  BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, DOT_DT: tl.constexpr, ALIGN: tl.constexpr):
+                  BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, DOT_DT: tl.constexpr, ALIGN: tl.constexpr,
+                  STAGES: tl.constexpr):
     """Program (r, s) scores key tiles s, s + n_split, ... below the row's own limit (grid independent
-    of the row lengths: a CUDA graph bounds it by max_model_len and idle programs exit at once)."""
+    of the row lengths: a CUDA graph bounds it by max_model_len and idle programs exit at once). STAGES > 1
+    software-pipelines the key-tile loop (SCORE_STAGES)."""
     r = tl.program_id(0)
     t = row0 + r
     pos = tl.load(pos_ptr + t)
@@ -97,7 +103,7 @@ def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scor
         # keys as the A operand [BE, CI], q^T [CI, BH] loaded transposed by pointer math
         qt = tl.load(q_ptr + (t.to(tl.int64) * HI + heads[None, :]) * CI + cols[:, None], mask=hm[None, :], other=0.0)
         qt = qt.to(DOT_DT)
-        for e0 in range(first, limit, n_split * BLOCK_E):
+        for e0 in tl.range(first, limit, n_split * BLOCK_E, num_stages=STAGES):
             e = e0 + tl.arange(0, BLOCK_E)
             ok = e < limit
             k, kscale = _key_tile(keys_ptr, tables_ptr, b, e, ok, table_stride, ROW, cols, CI, PB, KFMT, BLOCK_E,
@@ -113,7 +119,7 @@ def _score_group_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr
                         row0, n_rows, HI, table_stride, score_stride, ROW, n_split,
                         CI: tl.constexpr, PB: tl.constexpr, RATIO: tl.constexpr, KFMT: tl.constexpr,
                         BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr, DOT_DT: tl.constexpr, ALIGN: tl.constexpr,
-                        R: tl.constexpr):
+                        R: tl.constexpr, STAGES: tl.constexpr):
     """_score_kernel for R rows g*R .. g*R+R-1 of the tile per program (g = program_id(0)): the R rows share
     every key tile they need, one MMA [BLOCK_E, CI] x [CI, R*BLOCK_H] per tile (prefill: R consecutive tokens
     of one sequence read each key once instead of R times); each row stops at its own limit. Rows of different
@@ -144,7 +150,7 @@ def _score_group_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr
             qt = tl.load(q_ptr + (t_n[None, :] * HI + h_n[None, :]) * CI + cols[:, None], mask=act_n[None, :],
                          other=0.0)
             qt = qt.to(DOT_DT)
-            for e0 in range(first, limit, n_split * BLOCK_E):
+            for e0 in tl.range(first, limit, n_split * BLOCK_E, num_stages=STAGES):
                 e = e0 + tl.arange(0, BLOCK_E)
                 ok = e < limit
                 k, kscale = _key_tile(keys_ptr, tables_ptr, b, e, ok, table_stride, ROW, cols, CI, PB, KFMT,
@@ -232,7 +238,8 @@ def indexer_scores(q, w, keys, meta: AttnMeta, scores: torch.Tensor, row0: int, 
     common = (q, w, keys, meta.block_tables, meta.tok_seq, meta.positions, scores, row0)
     tail = (hi, meta.block_tables.stride(0), scores.stride(0), row, n_split)
     kw = dict(CI=ci, PB=pb, RATIO=ratio, KFMT=kfmt, BLOCK_H=max(16, triton.next_power_of_2(hi)), BLOCK_E=block_e,
-              DOT_DT=dot_dt, ALIGN=math.gcd(row * keys.element_size(), 16), num_warps=4)
+              DOT_DT=dot_dt, ALIGN=math.gcd(row * keys.element_size(), 16), STAGES=1 if INTERPRET else SCORE_STAGES,
+              num_warps=4)
     if r == 1:
         _score_kernel[(n_rows, n_split)](*common, *tail, **kw)
     else:
