@@ -1,7 +1,7 @@
 """Exact top-k of many long indexer rows (long-prompt prefill): sample, filter, select in registers.
 
 indexer._topk_kernel streams a long row five times (four 8-bit radix histogram passes, one compaction);
-at 1M context that is 17.4 s of a prompt on an H200 (a profile; what limits the kernel was not measured).
+at 1M context that was 17.4 s of a prompt on an H200 (a profile; what limits the kernel was not measured).
 Here a long row is read about once, in three launches:
 
   sample    grid (rows,): SAMPLE entries of the row in registers, SAMPLE/SEG runs of SEG contiguous
@@ -33,9 +33,10 @@ kernel spills (tests/kernels/test_topk_prefill_compile.py). Scratch is [G, CAP] 
 G = min(rows, PROGRAMS_PER_SM x SMs), bounded whatever the tile; each program writes and reads back its own
 row (tl.debug_barrier orders the warps). No host syncs: the launches are CUDA-graph safe.
 
-Measured (H200, 2048 rows of a prefill chunk, k 512, randn; bench `topk_prefill`), the one-kernel form of
-these same stages: 2172 -> 1374 us at 32K entries, 9848 -> 3287 us at 128K, 19762 -> 5484 us at 256K
-(1.6x / 3.0x / 3.6x over the streaming kernel), outputs identical. The three-launch form awaits its run.
+Measured (H200, 2048 rows of a prefill chunk, k 512; bench `topk_prefill`, 2026-12-02), this three-launch
+form against the streaming kernel: 2172 -> 1189 us at 32K entries, 9846 -> 2743 us at 131K, 19763 -> 4765 us
+at 262K (1.8x / 3.6x / 4.1x; randn and ramp rows, outputs identical, no fallback rows); the 1M-token prompt
+77.2 -> 58.0 s. (An earlier one-kernel form: 1.6x / 3.0x / 3.6x.)
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ WARPS = 4 if INTERPRET else int(os.environ.get("V4_TOPK_PF_WARPS", 16))  # sampl
 FALLBACK_WARPS = 4 if INTERPRET else 8  # the streaming passes, as indexer.topk_rows runs them
 PROGRAMS_PER_SM = int(os.environ.get("V4_TOPK_PF_PER_SM", 1))  # 16 warps x 128 registers: one CTA per SM
 SAMPLE_Z = 6.0  # spreads between K and the expected candidate count (see the docstring)
-# use_prefill: rows this variant is meant for (to be filled from GPU measurements; bench `topk_prefill`)
+# use_prefill: rows this variant is meant for (set by design, not swept: bench `topk_prefill` measured 2,048-row tiles)
 PREFILL_MIN_ROWS = 132  # fewer long rows go to topk_long's split (one row per SM is not enough work)
 PREFILL_MIN_ECAP = 8192  # shorter rows fit indexer's in-register kernel (REG_TOPK_MAX)
 
