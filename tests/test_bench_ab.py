@@ -11,7 +11,8 @@ import pytest
 from bench import ab
 
 # prints one JSON line with the switch it was given (and noise before it, as the benchmarks do)
-CMD = [sys.executable, "-c", "import json, os; print('# noise'); print(json.dumps({'s': {'v': os.environ.get('AB_X')}}))"]
+CMD = [sys.executable, "-c",
+       "import json, os; print('# noise'); print(json.dumps({'s': {'v': os.environ.get('AB_X')}}))"]
 
 
 def test_variants_run_in_their_own_environment(capsys):

@@ -38,7 +38,7 @@ def _cfg(name: str, default: int) -> int:
 def _load_cols(ptr, valid, c0, DW: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr, FP8: tl.constexpr,
                DOT_DT: tl.constexpr):
     """Gather columns [c0, c0 + DW) of rows at byte/element addresses `ptr` [BN] -> [BN, DW] in DOT_DT
-    (dequantized once; c0 a multiple of 64)."""
+    (dequantized once; for FP8 entries c0 and DW are whole 64-column scale blocks)."""
     cols = c0 + tl.arange(0, DW)
     if FP8:
         is_nope = cols < NOPE

@@ -98,19 +98,20 @@ HEAD_FP32_OUT_MIN_M: dict = {(129280, 4096): 1}  # V4-Flash vocab x hidden
 _ENV_HEAD_MIN_M = int(os.environ.get("V4SERVE_HEAD_FP32_MIN_M", "0") or 0)
 
 
-# The FP8 x FP8 tables were measured on an H200 (sm_90: FP8 tensor cores, cuBLASLt blockwise scaling): other
-# GPUs keep the bf16-activation block linear until measured there (an sm_80 part has no FP8 MMA at all).
+# The FP8 x FP8 tables and the LM head table were measured on an H200 (sm_90: FP8 tensor cores, cuBLASLt
+# blockwise scaling): other GPUs keep the bf16-activation block linear and the bf16 head until measured there
+# (an sm_80 part has no FP8 MMA at all).
 MEASURED_CAPABILITY = (9, 0)
 
 
-def _fp8_mma_measured(rows: torch.Tensor) -> bool:
+def _on_measured_gpu(rows: torch.Tensor) -> bool:
     return rows.is_cuda and capability(rows.device) == MEASURED_CAPABILITY
 
 
 def use_fp32_out_mm(rows: torch.Tensor, n: int, k: int) -> bool:
     """Whether the LM head's rows [M, k] x plain weight [n, k] take the fp32-output GEMM (CUDA rows on the
     measured GPU class only, like use_scaled_mm)."""
-    if not _fp8_mma_measured(rows):
+    if not _on_measured_gpu(rows):
         return False
     lo = _ENV_HEAD_MIN_M if _ENV_HEAD_MIN_M > 0 else HEAD_FP32_OUT_MIN_M.get((n, k))
     return lo is not None and rows.shape[0] >= lo
@@ -119,7 +120,7 @@ def use_fp32_out_mm(rows: torch.Tensor, n: int, k: int) -> bool:
 def use_act_fp8(rows: torch.Tensor, n: int, k: int) -> bool:
     """Whether the rows of an (n, k) FP8 linear that do not take the scaled GEMM take the block linear's FP8 x FP8
     mode (CUDA rows on the measured GPU class only, like use_scaled_mm)."""
-    if not _fp8_mma_measured(rows):
+    if not _on_measured_gpu(rows):
         return False
     lo = _ENV_ACT_MIN_M if _ENV_ACT_MIN_M > 0 else ACT_FP8_MIN_M.get((n, k))
     return lo is not None and rows.shape[0] >= lo
@@ -129,7 +130,7 @@ def use_scaled_mm(rows: torch.Tensor, n: int, k: int) -> bool:
     """Whether the activation rows `rows` [M, ...] of an (n, k) FP8 linear (keys as SCALED_MM_MIN_M) take the
     blockwise-scaled torch GEMM (a CUDA op on the measured GPU class: never for the interpreter's CPU tensors,
     never on a GPU of another compute capability)."""
-    if not _fp8_mma_measured(rows):
+    if not _on_measured_gpu(rows):
         return False
     m = rows.shape[0]
     if _ENV_MIN_M > 0:

@@ -43,6 +43,8 @@ SCORE_PROGRAMS = int(os.environ.get("V4_IDX_PROGRAMS", 16384))  # score-kernel g
 # measured default; 2-4 prefetch the block-table entries of the next tiles with cp.async (sm_90 SASS, CPU
 # machine); prepared for an A/B (V4_IDX_STAGES), not measured
 SCORE_STAGES = int(os.environ.get("V4_IDX_STAGES", 1))
+if SCORE_STAGES < 1:
+    raise ValueError(f"V4_IDX_STAGES must be >= 1 (software-pipeline stages), got {SCORE_STAGES}")
 
 
 @triton.jit

@@ -233,7 +233,7 @@ def test_logits_linear_fp32_out_rule(monkeypatch):
     monkeypatch.setattr(ft, "HEAD_FP32_OUT_MIN_M", {(512, 64): 4})
     rows = torch.zeros(8, 64)
     assert not ft.use_fp32_out_mm(rows, 512, 64)  # CPU tensors
-    monkeypatch.setattr(ft, "_fp8_mma_measured", lambda r: True)
+    monkeypatch.setattr(ft, "_on_measured_gpu", lambda r: True)
     assert ft.use_fp32_out_mm(rows, 512, 64) and not ft.use_fp32_out_mm(rows[:3], 512, 64)
     assert not ft.use_fp32_out_mm(rows, 1024, 64)  # shape not listed
     monkeypatch.setattr(ft, "_ENV_HEAD_MIN_M", 2)
