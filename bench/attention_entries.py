@@ -224,16 +224,23 @@ def install(register, bench_ms):
     def bench_indexer_prefill(ctx):
         """The indexer at long-prompt prefill, per row tile: T consecutive tokens of one sequence ending at the
         context length scored against its ctx/4 keys (dense bf16), rows per score program 1 vs 2
-        (indexer.SCORE_ROWS_CHOICES, env V4_IDX_ROWS), then the tile's top-512 with the streaming kernel, at
+        (indexer.SCORE_ROWS_CHOICES, env V4_IDX_ROWS) and the FP8 index scores (indexer_fp8: key packing + score
+        kernel, env V4_IDX_FP8_ROWS / _BLOCK_E / _STAGES / _WARPS, or a sweep of
+        configs V4_IDX_FP8_SWEEP), then the tile's top-512 with the streaming kernel, at
         T = 256 (what SCORE_BUDGET_BYTES gives at 1M) and larger tiles (V4_IDX_SCORE_MB). The sampled top-k
         against the streaming one: entry `topk_prefill` (bench/topk_entries.py)."""
         import os
 
         from kernels.triton import indexer as ti
+        from kernels.triton import indexer_fp8 as f8
         from kernels.triton import topk_prefill as tp
         from models.state import ForwardBatch, batch_metadata
         dev = "cuda"
         g = torch.Generator(device=dev).manual_seed(0)
+        # FP8 score configs rows:block_e:stages:warps (V4_IDX_FP8_SWEEP="2:64:3:4,4:64:3:8"); default the shipped one
+        sweep = os.environ.get("V4_IDX_FP8_SWEEP")
+        fp8_cfgs = ([tuple(int(x) for x in c.split(":")) for c in sweep.split(",")] if sweep else
+                    [(f8.ROWS, f8.BLOCK_E, f8.STAGES, f8.WARPS)])
         for n_ctx in (262144, 1048576):
             nb = n_ctx // BS
             keys = torch.randn(nb, BS // 4, 128, device=dev, dtype=torch.bfloat16, generator=g)
@@ -263,6 +270,19 @@ def install(register, bench_ms):
                     ref = scores.clone() if ref is None else ref
                     _emit(ctx, "indexer_prefill_score", us, 0, flops, context=n_ctx, rows=rows, rows_per_prog=r,
                           max_rel_diff_vs_r1=diff)
+                # FP8 index scores (triton/indexer_fp8.py): the per-call key packing, then the score tile
+                us_p = us_of(lambda: f8.pack_keys(keys, meta, 128, 4, 0), graph=False, rep=10)
+                packed = f8.pack_keys(keys, meta, 128, 4, 0)
+                for cfg in fp8_cfgs:
+                    kw = dict(zip(("rows", "block_e", "stages", "warps"), cfg))
+                    us8 = us_of(lambda: f8.scores_fp8(q, w, packed, meta, scores, 0, rows, 4, ti.SCORE_PROGRAMS,
+                                                      **kw), graph=False, rep=10)
+                    scores.fill_(0.0)
+                    f8.scores_fp8(q, w, packed, meta, scores, 0, rows, 4, ti.SCORE_PROGRAMS, **kw)
+                    _emit(ctx, "indexer_prefill_score_fp8", us8, 0, flops, context=n_ctx, rows=rows, pack_us=us_p,
+                          rows_per_prog=cfg[0], block_e=cfg[1], stages=cfg[2], warps=cfg[3],
+                          max_rel_diff_vs_bf16=((scores - ref).abs().max() / ref.abs().max()).item())
+                del packed
                 out = torch.empty(rows, TOPK, dtype=torch.int32, device=dev)
                 keep, tp.ENABLED = tp.ENABLED, False  # the streaming kernel, whatever V4_TOPK_PREFILL says
                 try:

@@ -271,10 +271,13 @@ def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta, sink, *, ratio: int,
                                                          scale=scale, rope_dim=rope_dim)
 
 
-def indexer_topk(q, w, keys, meta, topk: int, *, ratio: int = 4, key_format: str):
+def indexer_topk(q, w, keys, meta, topk: int, *, ratio: int = 4, key_format: str, score_fp8: bool | None = None):
     """Lightning-indexer scores + top-k -> [N, topk] int32 entry indices, -1 = none. `key_format`:
-    "dense" | "fp8" | "fp4", the format of `keys` (the state's KVFormat.index_keys)."""
-    return _impl("indexer_topk", q).indexer_topk(q, w, keys, meta, topk, ratio=ratio, key_format=key_format)
+    "dense" | "fp8" | "fp4", the format of `keys` (the state's KVFormat.index_keys). `score_fp8`: q and k as
+    FP8 with per-row scales (triton/indexer_fp8.py); None = the backend's choice (Triton: prefill-sized
+    calls on the measured GPU class, indexer_fp8.use_fp8_scores; the twin: never)."""
+    return _impl("indexer_topk", q).indexer_topk(q, w, keys, meta, topk, ratio=ratio, key_format=key_format,
+                                                 score_fp8=score_fp8)
 
 
 def compress_and_store(kv, score, kv_tail, score_tail, norm_weight, inv_freq, pool, meta, *, ratio: int,

@@ -14,7 +14,8 @@ import torch
 from kernels.attn_meta import AttnMeta
 
 from .attention import gather_entries
-from .kv_fp8 import read_keys, rotate_for_keys
+from .kv_fp8 import key_codes, read_keys, rotate_for_keys
+from .quant import act_quant_codes
 
 
 def indexer_topk(
@@ -26,6 +27,7 @@ def indexer_topk(
     *,
     ratio: int = 4,
     key_format: str,  # "dense" | "fp8" | "fp4": the format of `keys` (the state's KVFormat.index_keys)
+    score_fp8: bool | None = None,  # FP8 index scores (index_scores); None = False here (the Triton op decides)
 ) -> torch.Tensor:
     n_tok, _, ci = q.shape
     out = torch.full((n_tok, topk), -1, dtype=torch.int32, device=q.device)
@@ -34,12 +36,24 @@ def indexer_topk(
         e = (start + s1 - s0) // ratio
         if e == 0:
             continue
-        kb = read_keys(gather_entries(keys, meta.block_tables[b], e), ci, key_format)
-        pos = meta.positions[s0:s1].long()
-        scores = torch.einsum("nhc,ec->nhe", q[s0:s1].float(), kb).relu_()
-        scores = (scores * w[s0:s1].float().unsqueeze(-1)).sum(1)  # [n, E]
-        select_topk(scores, pos, topk, ratio, out[s0:s1])
+        rows = gather_entries(keys, meta.block_tables[b], e)
+        scores = index_scores(q[s0:s1], w[s0:s1], rows, ci, key_format, bool(score_fp8))
+        select_topk(scores, meta.positions[s0:s1].long(), topk, ratio, out[s0:s1])
     return out
+
+
+def index_scores(q: torch.Tensor, w: torch.Tensor, rows: torch.Tensor, ci: int, key_format: str,
+                 score_fp8: bool = False) -> torch.Tensor:
+    """Scores [n, E] fp32 of query rows q [n, HI, ci] (already rotated for MXFP4 keys), head weights w [n, HI]
+    against key-store rows [E, row]. score_fp8: q and k as FP8 codes with per-row scales (key_codes;
+    triton/indexer_fp8.py states the numerics): ks[e] * sum_h (w * qs) * relu(q8 . k8)."""
+    if not score_fp8:
+        s = torch.einsum("nhc,ec->nhe", q.float(), read_keys(rows, ci, key_format)).relu_()
+        return (s * w.float().unsqueeze(-1)).sum(1)
+    q8, qs = act_quant_codes(q, block=ci)  # [n, HI, ci], [n, HI, 1]
+    k8, ks = key_codes(rows, ci, key_format)
+    s = torch.einsum("nhc,ec->nhe", q8.float(), k8.float()).relu_()
+    return (s * (w.float() * qs.squeeze(-1)).unsqueeze(-1)).sum(1) * ks
 
 
 def select_topk(scores: torch.Tensor, pos: torch.Tensor, topk: int, ratio: int, out: torch.Tensor) -> None:

@@ -174,6 +174,19 @@ def read_keys(store: torch.Tensor, ci: int, fmt: str) -> torch.Tensor:
     return store.float()
 
 
+def key_codes(store: torch.Tensor, ci: int, fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indexer-key rows in format `fmt` -> (FP8 E4M3 codes [..., ci], fp32 scales [...]) as the FP8 index
+    scores read them: FP8 rows as stored; dense and MXFP4 rows (their values) quantized per key like the
+    reference act_quant (one 1 x ci block, scale 2^ceil(log2(amax/448)), amax >= 1e-4)."""
+    check_key_store(store, ci, fmt)
+    if fmt == "fp8":
+        return store[..., :ci].contiguous().view(torch.float8_e4m3fn), \
+            store[..., ci:ci + 4].contiguous().view(torch.float32).squeeze(-1)
+    from .quant import act_quant_codes
+    codes, scales = act_quant_codes(read_keys(store, ci, fmt), block=ci)
+    return codes, scales.squeeze(-1)
+
+
 def write_keys(x: torch.Tensor, like: torch.Tensor, fmt: str) -> torch.Tensor:
     """Key values [..., ci] -> rows of format `fmt` (the store `like`'s)."""
     check_key_store(like, x.shape[-1], fmt)

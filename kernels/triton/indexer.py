@@ -32,7 +32,9 @@ import triton.language as tl
 from kernels.ref.kv_fp8 import check_key_store, rotate_for_keys
 from kernels.attn_meta import AttnMeta
 
-from .common import e2m1_f32, e8m0_to_f32, emit_topk, ordered_key, radix_kth, stream_topk
+from . import indexer_fp8 as f8
+from .common import emit_topk, ordered_key, radix_kth, stream_topk
+from .index_keys import _key_tile
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # cap on the per-tile score buffer: 256 rows per tile at 1M context (262K entries), so the top-k launches have
@@ -45,41 +47,6 @@ SCORE_PROGRAMS = int(os.environ.get("V4_IDX_PROGRAMS", 16384))  # score-kernel g
 SCORE_STAGES = int(os.environ.get("V4_IDX_STAGES", 1))
 if SCORE_STAGES < 1:
     raise ValueError(f"V4_IDX_STAGES must be >= 1 (software-pipeline stages), got {SCORE_STAGES}")
-
-
-@triton.jit
-def _key_tile(keys_ptr, tables_ptr, b, e, ok, table_stride, ROW, cols, CI: tl.constexpr, PB: tl.constexpr,
-              KFMT: tl.constexpr, BLOCK_E: tl.constexpr, ALIGN: tl.constexpr):
-    """Indexer keys e (BLOCK_E of them, `ok` = in range) of sequence b through its block table -> (keys
-    [BLOCK_E, CI] (FP8 / fp32 / bf16 values), per-key scale fp32 [BLOCK_E] (1 unless FP8))."""
-    blk = tl.load(tables_ptr + b * table_stride + e // PB, mask=ok, other=0).to(tl.int64)
-    # (not (blk * PB + e % PB) * ROW: Triton 3.6's axis analysis keeps the divisibility (64) of the
-    # contiguous e % PB through the add with blk * PB, so it emitted 16-byte loads for 132-byte FP8
-    # rows -> "misaligned address" on the H200)
-    row = blk * (PB * ROW) + (e % PB) * ROW
-    if KFMT == 1:  # FP8 E4M3 + fp32 scale
-        row = tl.multiple_of(row, ALIGN)  # gcd(row bytes, 16): 4 for 132-byte rows
-        raw = tl.load(keys_ptr + row[:, None] + cols[None, :], mask=ok[:, None], other=0)
-        k = raw.to(tl.float8e4nv, bitcast=True)
-        sb = keys_ptr + row + CI  # fp32 scale, assembled from 4 bytes (no alignment assumption)
-        s0 = tl.load(sb, mask=ok, other=0).to(tl.uint32)
-        s1 = tl.load(sb + 1, mask=ok, other=0).to(tl.uint32)
-        s2 = tl.load(sb + 2, mask=ok, other=0).to(tl.uint32)
-        s3 = tl.load(sb + 3, mask=ok, other=0).to(tl.uint32)
-        kscale = (s0 | (s1 << 8) | (s2 << 16) | (s3 << 24)).to(tl.float32, bitcast=True)
-    elif KFMT == 2:  # MXFP4 (rotated keys; q arrives rotated): CI/2 code bytes + CI/32 UE8M0 scales
-        row = tl.multiple_of(row, ALIGN)  # 4 for 68-byte rows (ci=128), 2 for 34-byte rows (ci=64)
-        kp = tl.arange(0, CI // 2)
-        raw = tl.load(keys_ptr + row[:, None] + kp[None, :], mask=ok[:, None], other=0).to(tl.int32) & 0xFF
-        codes = tl.join(raw & 0xF, raw >> 4).reshape(BLOCK_E, CI)
-        gs = tl.arange(0, CI // 32)
-        sb = tl.load(keys_ptr + row[:, None] + CI // 2 + gs[None, :], mask=ok[:, None], other=0)
-        k = (e2m1_f32(codes).reshape(BLOCK_E, CI // 32, 32) * e8m0_to_f32(sb, 14)[:, :, None]).reshape(BLOCK_E, CI)
-        kscale = tl.full([BLOCK_E], 1.0, tl.float32)
-    else:
-        k = tl.load(keys_ptr + row[:, None] + cols[None, :], mask=ok[:, None], other=0.0)
-        kscale = tl.full([BLOCK_E], 1.0, tl.float32)
-    return k, kscale
 
 
 @triton.jit
@@ -266,7 +233,9 @@ def score_rows_per_program(n_rows: int) -> int:
 
 
 def indexer_topk(q, w, keys, meta: AttnMeta, topk: int, *, ratio: int = 4, key_format: str,
-                 row_tile: int | None = None):
+                 score_fp8: bool | None = None, row_tile: int | None = None):
+    """Twin: kernels/ref/indexer.indexer_topk. score_fp8: the FP8 index scores (triton/indexer_fp8.py);
+    None = indexer_fp8.use_fp8_scores (prefill-sized calls on the measured GPU class)."""
     n_tok = q.shape[0]
     out = torch.full((n_tok, topk), -1, dtype=torch.int32, device=q.device)
     e_cap = meta.max_seq_len // ratio
@@ -276,10 +245,17 @@ def indexer_topk(q, w, keys, meta: AttnMeta, topk: int, *, ratio: int = 4, key_f
     w = w.float().contiguous()
     if not INTERPRET and q.dtype == torch.float32:
         q = q.to(torch.bfloat16)
+    fp8 = f8.use_fp8_scores(q) if score_fp8 is None else score_fp8
+    if fp8:
+        kfmt = {"dense": 0, "fp8": 1, "fp4": 2}[check_key_store(keys, q.shape[2], key_format)]
+        packed = f8.pack_keys(keys, meta, q.shape[2], ratio, kfmt)
     tile = row_tile or max(1, min(n_tok, SCORE_BUDGET_BYTES // (4 * e_cap)))
     scores = torch.empty((min(tile, n_tok), e_cap), dtype=torch.float32, device=q.device)
     for row0 in range(0, n_tok, tile):
         n = min(tile, n_tok - row0)
-        indexer_scores(q, w, keys, meta, scores, row0, n, ratio, key_format)
+        if fp8:
+            f8.scores_fp8(q, w, packed, meta, scores, row0, n, ratio, SCORE_PROGRAMS)
+        else:
+            indexer_scores(q, w, keys, meta, scores, row0, n, ratio, key_format)
         topk_rows(scores, meta.positions, out, row0, n, topk, ratio)
     return out

@@ -114,11 +114,16 @@ def attention_case(specs, *, h, c, r, w, ratio, topk, block_size, fp8, device, d
     return errs
 
 
-def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_tile=None, group_rows=1):
-    """group_rows: rows per score program (the prefill grouping, forced here from the first row on)."""
+def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_tile=None, group_rows=1,
+                 score_fp8=False):
+    """group_rows: rows per score program (the prefill grouping, forced here from the first row on; with
+    score_fp8 the FP8 kernel's rows per program); score_fp8: the FP8 index scores (triton/indexer_fp8.py) in
+    both implementations."""
     from kernels.ref import indexer as ri
     from kernels.triton import indexer as ti
+    from kernels.triton import indexer_fp8 as f8
     ti.SCORE_GROUP_ROWS, ti.SCORE_GROUP_MIN_ROWS = group_rows, (1 if group_rows > 1 else 512)
+    f8.ROWS = group_rows
     meta, nblocks, _ = make_meta(specs, block_size, device, seed)
     g = torch.Generator().manual_seed(seed + 2)
     n = meta.num_tokens
@@ -130,22 +135,21 @@ def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_ti
     else:
         keys = kv_fp8.pack_index_key(kvals) if fp8 else kvals
     if device != "cpu":
-        q = q.bfloat16().float()  # the GPU kernel scores bf16 q; give the twin the same inputs
+        q = q.bfloat16()  # the GPU kernel scores bf16 q (rotated for MXFP4 keys in bf16): the twin gets the same
         if not fp8:
             keys = keys.bfloat16()
     kf = "fp4" if fp8 == "fp4" else ("fp8" if fp8 else "dense")
-    ref = ri.indexer_topk(q, wt, keys, meta, topk, key_format=kf)
-    got = ti.indexer_topk(q, wt, keys, meta, topk, key_format=kf, row_tile=row_tile)
-    # compare selected sets; for near-ties accept equal score sums
+    ref = ri.indexer_topk(q, wt, keys, meta, topk, key_format=kf, score_fp8=score_fp8)
+    got = ti.indexer_topk(q, wt, keys, meta, topk, key_format=kf, row_tile=row_tile, score_fp8=score_fp8)
+    # compare selected sets; for near-ties accept equal score sums (the twin's scores)
     bad = 0
-    kv = kv_fp8.read_keys(keys, ci, kf)
     for b in range(meta.num_seqs):
         s0, s1 = meta.query_start_host[b], meta.query_start_host[b + 1]
         e = (meta.context_lens_host[b] + s1 - s0) // 4
         if s1 == s0:
             continue
         from kernels.ref.attention import gather_entries
-        kb = gather_entries(kv, meta.block_tables[b], e).float() if e else None
+        rows = gather_entries(keys, meta.block_tables[b], e) if e else None
         for t in range(s0, s1):
             a = sorted(x for x in ref[t].tolist() if x >= 0)
             bsel = sorted(x for x in got[t].tolist() if x >= 0)
@@ -154,13 +158,50 @@ def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_ti
             if len(a) != len(bsel) or len(set(bsel)) != len(bsel):
                 bad += 1
                 continue
-            sc = ((kv_fp8.rotate_for_keys(q[t], kf).float() @ kb.T).relu() * wt[t, :, None]).sum(0)
+            sc = ri.index_scores(kv_fp8.rotate_for_keys(q[t:t + 1], kf), wt[t:t + 1], rows, ci, kf, score_fp8)[0]
             sa, sb = sc[a].sort().values, sc[bsel].sort().values
-            # FP4 keys: the GPU kernel scores the rotated q rounded to bf16, the twin in fp32
+            # FP4 keys on the GPU: this one-row rotation may round differently from the batched one
             tol = 5e-3 if (fp8 == "fp4" and device != "cpu") else 1e-3
             if (sa - sb).abs().max() > tol * sc.abs().max():
                 bad += 1
     return {"rows_mismatch": float(bad)}
+
+
+def indexer_fp8_scores_case(specs, *, hi, ci, block_size, fp8, device, seed=0, rows=2):
+    """The FP8 index scores themselves (triton/indexer_fp8.py pack + score kernels, one tile of every row, `rows`
+    rows per program) vs the twin's index_scores(score_fp8=True), per sequence: max |diff| / max |twin score|."""
+    from kernels.ref import indexer as ri
+    from kernels.ref.attention import gather_entries
+    from kernels.triton import indexer_fp8 as f8
+    meta, nblocks, _ = make_meta(specs, block_size, device, seed)
+    g = torch.Generator().manual_seed(seed + 5)
+    n = meta.num_tokens
+    q = torch.randn(n, hi, ci, generator=g).to(device)
+    wt = torch.randn(n, hi, generator=g).to(device)
+    kvals = (torch.randn(nblocks, block_size // 4, ci, generator=g) * 3).to(device)
+    kf = "fp4" if fp8 == "fp4" else ("fp8" if fp8 else "dense")
+    keys = {"fp4": kv_fp8.pack_index_key_fp4, "fp8": kv_fp8.pack_index_key}.get(kf, lambda x: x)(kvals)
+    if device != "cpu":
+        q = q.bfloat16()
+        keys = keys if kf != "dense" else keys.bfloat16()
+    q = kv_fp8.rotate_for_keys(q, kf).contiguous()
+    e_cap = meta.max_seq_len // 4
+    scores = torch.full((n, e_cap), float("nan"), device=device)
+    kfmt = {"dense": 0, "fp8": 1, "fp4": 2}[kf]
+    f8.scores_fp8(q, wt, f8.pack_keys(keys, meta, ci, 4, kfmt), meta, scores, 0, n, 4, 7, rows=rows)
+    worst = 0.0
+    for b, s0, s1, start in meta.chunks():
+        e = (start + s1 - s0) // 4
+        if e == 0:
+            continue
+        ref = ri.index_scores(q[s0:s1].float(), wt[s0:s1], gather_entries(keys, meta.block_tables[b], e), ci, kf,
+                              True)
+        limit = (meta.positions[s0:s1].long() + 1) // 4
+        ok = torch.arange(e, device=device)[None, :] < limit[:, None]
+        got = scores[s0:s1, :e]
+        diff = torch.where(ok, got - ref, 0.0).abs().max()
+        worst = max(worst, float(diff / ref.abs().max().clamp_min(1e-12)))
+    return {"scores": worst}
 
 
 def topk_case(rows, n_cols, topk, device, seed=0, reg_max=None):
@@ -254,6 +295,18 @@ def interp_suite(op: str) -> list[tuple[str, float, float]]:
                                               fp8=True, device=dev, row_tile=5, group_rows=2), {"rows_mismatch": 0})
         add("fp4-rows2", indexer_case([(0, 3), (60, 6)], hi=4, ci=64, topk=4, block_size=16, fp8="fp4", device=dev,
                                       group_rows=2), {"rows_mismatch": 0})
+        # FP8 index scores (prefill path) from each key format, 1 / 2 / 4 rows per program: groups that straddle
+        # sequences and the tile end (row_tile 5)
+        for kf, rows in ((False, 2), (True, 4), ("fp4", 1)):
+            add(f"score-fp8-{kf}-rows{rows}", indexer_case([(0, 3), (37, 1), (60, 6), (3, 0), (9, 5)], hi=4,
+                                                           ci=32 if kf != "fp4" else 64, topk=4, block_size=16, fp8=kf,
+                                                           device=dev, row_tile=5, score_fp8=True, group_rows=rows),
+                {"rows_mismatch": 0})
+        for kf, rows in ((False, 1), (True, 2), ("fp4", 4)):
+            add(f"scores-fp8-{kf}-rows{rows}", indexer_fp8_scores_case([(0, 3), (37, 1), (60, 6), (3, 0), (9, 5)],
+                                                                       hi=4, ci=32 if kf != "fp4" else 64,
+                                                                       block_size=16, fp8=kf, device=dev, rows=rows),
+                {"scores": 1e-6})
         add("radix", topk_case(3, 700, 16, dev), {"mismatch": 0})
         add("radix-stream", topk_case(3, 700, 16, dev, reg_max=0), {"mismatch": 0})
         add("short", topk_case(2, 10, 16, dev), {"mismatch": 0})

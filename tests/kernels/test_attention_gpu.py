@@ -5,7 +5,8 @@ Triton path vs the torch path."""
 import pytest
 import torch
 
-from tests.kernels.kernel_cases import attention_case, compressor_case, indexer_case, topk_case
+from tests.kernels.kernel_cases import (attention_case, compressor_case, indexer_case, indexer_fp8_scores_case,
+                                       topk_case)
 
 pytestmark = pytest.mark.gpu
 
@@ -42,6 +43,21 @@ def test_indexer_real_shapes(fp8, group_rows):
                         block_size=256, fp8=fp8, device="cuda", row_tile=17, group_rows=group_rows)
     print(errs)
     assert errs["rows_mismatch"] == 0
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4])
+@pytest.mark.parametrize("fp8", [False, True, "fp4"])
+def test_indexer_fp8_scores_real_shapes(fp8, rows):
+    """FP8 index scores (triton/indexer_fp8.py, `rows` rows per program) at the V4 shape: the scores against the
+    twin's FP8 numerics, and the top-k picks through the public path (score_fp8=True) with chunks that cross
+    row tiles and sequences."""
+    specs = [(0, 1), (100, 1), (2100, 1), (40000, 1), (3000, 65), (0, 9), (5000, 700)]
+    errs = indexer_fp8_scores_case(specs, hi=64, ci=128, block_size=256, fp8=fp8, device="cuda", rows=rows)
+    errs.update(indexer_case(specs, hi=64, ci=128, topk=512, block_size=256, fp8=fp8, device="cuda", row_tile=17,
+                             score_fp8=True, group_rows=rows))
+    print(errs)
+    # 1e-4 - 3e-4 measured: Hopper's FP8 MMA adds its products with a narrower accumulator than fp32
+    assert errs["scores"] < 2e-3 and errs["rows_mismatch"] == 0
 
 
 @pytest.mark.parametrize("n", [300, 512, 8192, 131072])
