@@ -16,7 +16,8 @@ Two kernels per tile of query rows:
                   the same passes on the row held in registers (IN_REG: read once). Fewer than 132
                   longer rows (decode at long context) are split over programs (triton/topk_long.py).
 Long prefill: rows are processed in tiles of at most `row_tile` tokens so the score buffer is
-[row_tile, E] (bounded), never [T, E].
+[row_tile, E] (bounded), never [T, E]. Prefill-sized calls on the measured GPU class score in FP8
+(triton/indexer_fp8.py: keys packed once per call, FP8 wgmma); decode batches take the kernels here.
 """
 
 from __future__ import annotations

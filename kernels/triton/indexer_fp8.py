@@ -35,10 +35,13 @@ from .common import act_quant_tile
 from .index_keys import _key_tile
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-BLOCK_E = int(os.environ.get("V4_IDX_FP8_BLOCK_E", 64))  # keys per score tile (experiment switch)
+BLOCK_E = int(os.environ.get("V4_IDX_FP8_BLOCK_E", 128))  # keys per score tile (H200: 128 ~ 64, see ROWS)
 STAGES = int(os.environ.get("V4_IDX_FP8_STAGES", 3))  # software-pipeline stages of the key loop
 WARPS = int(os.environ.get("V4_IDX_FP8_WARPS", 4))
-ROWS = int(os.environ.get("V4_IDX_FP8_ROWS", 2))  # query rows per program sharing each key tile
+# query rows per program sharing each key tile. H200 sweep (docs/benchmarks.md, session 6): 1 row, 64 or 128
+# keys, 3 stages, 4 warps at 640-800 TFLOP/s; 2 and 4 rows slower (the wider q operand costs more than the
+# key reads it saves)
+ROWS = int(os.environ.get("V4_IDX_FP8_ROWS", 1))
 ROWS_CHOICES = (1, 2, 4)
 PACK_BLOCK = 64  # keys per packing program
 
@@ -162,9 +165,10 @@ def scores_fp8(q: torch.Tensor, w: torch.Tensor, packed, meta: AttnMeta, scores:
 
 
 # FP8 index scores from this many rows per indexer call (prefill chunks), on the measured GPU class only
-# (fp8_table.MEASURED_CAPABILITY); None = never until measured. V4_IDX_FP8_MIN_ROWS=<rows> sets it (A/B
+# (fp8_table.MEASURED_CAPABILITY); decode batches keep the bf16 scores. Measured on the H200: the 1M-token
+# prompt 18,194 -> 24,370 tok/s (docs/benchmarks.md, session 6). V4_IDX_FP8_MIN_ROWS=<rows> sets it (A/B
 # switch, read once at import; 0 = off).
-FP8_SCORE_MIN_ROWS: int | None = None
+FP8_SCORE_MIN_ROWS: int | None = 512
 _ENV_MIN_ROWS = os.environ.get("V4_IDX_FP8_MIN_ROWS")
 
 
