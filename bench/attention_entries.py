@@ -220,6 +220,58 @@ def install(register, bench_ms):
         ctx.emit(bench="prefill128k_csa_attn_plus_indexer", us=us_a + us_i, chunk=chunk,
                  tok_per_s=chunk / (us_a + us_i) * 1e6)
 
+    @register("hca_prefill")
+    def bench_hca_prefill(ctx):
+        """HCA attention of one prefill chunk (the last `chunk` tokens of a prompt at 128K and 1M, one
+        sequence, ratio 128, 128-token blocks as the engine uses at this model), bf16 entries: the gathering
+        kernel (attention._sparse_attn_kernel) against the packed entries (attention_hca: pack + pipelined
+        kernel; configs BN:STAGES from V4_ATTN_HCA_SWEEP, default the module's)."""
+        import os
+
+        from kernels.triton import attention as ta
+        from kernels.triton import attention_hca as hca
+        from models.state import ForwardBatch, batch_metadata
+        dev, bs = "cuda", 128
+        g = torch.Generator(device=dev).manual_seed(0)
+        sweep = os.environ.get("V4_ATTN_HCA_SWEEP")
+        cfgs = ([tuple(int(x) for x in c.split(":")) for c in sweep.split(",")] if sweep else
+                [(hca.BLOCK_N, hca.STAGES)])
+        for n_ctx, chunk in ((131072, 8192), (1048576, 8192)):
+            start = n_ctx - chunk
+            nb = n_ctx // bs
+            batch = ForwardBatch(input_ids=torch.zeros(chunk, dtype=torch.long, device=dev),
+                                 positions=torch.arange(start, n_ctx, device=dev),
+                                 slot_ids=torch.zeros(1, dtype=torch.long, device=dev),
+                                 block_tables=torch.randperm(nb, device=dev, generator=g)[None],
+                                 logits_indices=torch.zeros(1, dtype=torch.long, device=dev),
+                                 query_start=[0, chunk], context_lens=[start])
+            meta = batch_metadata(batch)
+            q = torch.randn(chunk, H, C, device=dev, dtype=torch.bfloat16, generator=g)
+            kv_cur = torch.randn(chunk, C, device=dev, dtype=torch.bfloat16, generator=g)
+            ring = torch.randn(1, W, C, device=dev, dtype=torch.bfloat16, generator=g)
+            sink = torch.randn(H, device=dev)
+            pool = torch.randn(nb, 1, C, device=dev, dtype=torch.bfloat16, generator=g)
+            flops = 4 * H * C * (W + (start + chunk / 2) / 128) * chunk
+            def gather():
+                return ta.sparse_attention(q, kv_cur, ring, pool, None, meta, sink, ratio=128, scale=C ** -0.5,
+                                           rope_dim=R, hca_packed=False)
+            us = us_of(gather, graph=False, rep=10)
+            ref = gather()
+            _emit(ctx, "hca_prefill_gather", us, 0, flops, context=n_ctx, chunk=chunk)
+            us_p = us_of(lambda: hca.pack_entries(pool, meta, 128, C, C, 0, False, torch.bfloat16), graph=False,
+                         rep=10)
+            for bn, st in cfgs:
+                def packed():
+                    return hca.hca_prefill_attention(q, kv_cur, ring, pool, meta, sink, ratio=128, scale=C ** -0.5,
+                                                     fp8=False, nope=C, rope_dim=0, nsplit=1, block_n=bn, stages=st)
+                us8 = us_of(packed, graph=False, rep=10)
+                out = packed()
+                _emit(ctx, "hca_prefill_packed", us8, 0, flops, context=n_ctx, chunk=chunk, block_n=bn, stages=st,
+                      pack_us=us_p, speedup=us / us8,
+                      max_rel_diff=((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item())
+            del q, kv_cur, pool, ref
+            torch.cuda.empty_cache()
+
     @register("indexer_prefill")
     def bench_indexer_prefill(ctx):
         """The indexer at long-prompt prefill, per row tile: T consecutive tokens of one sequence ending at the

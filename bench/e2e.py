@@ -306,8 +306,9 @@ def main(argv=None):
     cfg = ModelConfig.from_json(model_dir)
     bs = choose_block_size(cfg)
     max_b = max(batches + prof_b + [1])
-    max_len = min(cfg.max_position_embeddings, max(contexts + [4096]) + 2 * bs)
     n, L = (int(x) for x in args.prefill.split("x")) if args.prefill else (0, 0)
+    # long enough for every decode position and every prompt (+1 generated token), also with --contexts ''
+    max_len = min(cfg.max_position_embeddings, max(contexts + [4096, L + 1]) + 2 * bs)
     num_blocks = (max(contexts + [0]) // bs + 2) + max_b * -(-(args.in_len + args.out_len + 16) // bs) \
         + n * -(-(L + 1) // bs) + 64
     result["cache"] = {"block_size": bs, "num_blocks": num_blocks, "max_model_len": max_len}

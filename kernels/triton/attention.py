@@ -204,7 +204,9 @@ DSPLIT = _cfg("V4_ATTN_DSPLIT", 1)
 
 def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta: AttnMeta, sink, *, ratio: int, scale: float,
                      rope_dim: int, nsplit: int | None = None, block_n: int | None = None, num_warps: int | None = None,
-                     dsplit: int | None = None):
+                     dsplit: int | None = None, hca_packed: bool | None = None):
+    """hca_packed: an HCA layer's entries packed once per call, then read contiguously (triton/attention_hca.py);
+    None = attention_hca.use_packed_hca (prefill-sized chunks)."""
     n_tok, h, c = q.shape
     out = torch.empty_like(q)
     if n_tok == 0:
@@ -239,6 +241,14 @@ def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta: AttnMeta, sink, *, r
     ds = dsplit or DSPLIT
     if ds not in (1, 2, 4) or (fp8 and c // ds % 64) or c // ds < 16:
         raise ValueError(f"dsplit {ds}: 1, 2 or 4 slices of whole 64-column blocks of the {c}-wide entries")
+    if has_pool and not has_topk:
+        from . import attention_hca as hca
+        if hca_packed and ds != 1:
+            raise ValueError("the packed HCA path keeps the whole value width in one program (dsplit 1)")
+        if (hca.use_packed_hca(meta) and ds == 1) if hca_packed is None else hca_packed:
+            return hca.hca_prefill_attention(q, kv_cur, ring, pool, meta, sink, ratio=ratio, scale=scale, fp8=fp8,
+                                             nope=nope, rope_dim=r, nsplit=nsplit or _num_splits(n_tok, max_total,
+                                                                                                  hca.BLOCK_N))
     _sparse_attn_kernel[(n_tok, ns, ds)](
         q.contiguous(), kv_cur, ring, pool if has_pool else dummy, topk_t, tables, meta.tok_seq, meta.positions,
         meta.query_start, meta.context_lens, meta.slot_ids, sink.float().contiguous(), out, part_acc, part_ml,

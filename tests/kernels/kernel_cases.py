@@ -102,7 +102,11 @@ def attention_case(specs, *, h, c, r, w, ratio, topk, block_size, fp8, device, d
     for ns, ds in ((None, 1), (3, 1), (None, 2), (3, 2)):  # key splits x value-column slices
         key = ns if ds == 1 else f"{ns},dsplit={ds}"
         out[key] = ta.sparse_attention(q, kv_cur, ring, pool, idx, meta, sink, ratio=ratio, scale=scale,
-                                       rope_dim=r, nsplit=ns, dsplit=ds)
+                                       rope_dim=r, nsplit=ns, dsplit=ds, hca_packed=False)
+    if ratio not in (0, 4):  # HCA through packed entries (triton/attention_hca.py), whole and split lists
+        for ns in (None, 3):
+            out[f"{ns},packed"] = ta.sparse_attention(q, kv_cur, ring, pool, idx, meta, sink, ratio=ratio,
+                                                      scale=scale, rope_dim=r, nsplit=ns, hca_packed=True)
     # window store
     ring2 = ring.clone()
     ra.window_store(kv_cur, ring, meta)
@@ -279,6 +283,9 @@ def interp_suite(op: str) -> list[tuple[str, float, float]]:
                                   device=dev, dtype=f32), {})
         add("hca", attention_case(specs, h=4, c=64, r=16, w=8, ratio=8, topk=0, block_size=16, fp8=False,
                                   device=dev, dtype=f32), {})
+        # longer chunks: packed entries spanning several tiles and blocks, a chunk starting mid-window
+        add("hca-fp8", attention_case([(0, 40), (21, 19), (70, 2)], h=4, c=128, r=64, w=8, ratio=2, topk=0,
+                                      block_size=16, fp8=True, device=dev, dtype=f32), {"pack": 1e9})
         add("csa-fp8", attention_case(specs, h=4, c=128, r=64, w=8, ratio=4, topk=4, block_size=16, fp8=True,
                                       device=dev, dtype=f32), {"pack": 1e9})
     elif op == "indexer":

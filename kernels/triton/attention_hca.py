@@ -1,0 +1,198 @@
+"""HCA attention for prefill-sized chunks: the compressed entries packed once per call, then read with plain
+pointer math.
+
+In `attention._sparse_attn_kernel` every key tile is gathered through the block table inside the loop, so
+the tile's load waits for its table entry and is never software-pipelined (sm_90 SASS: LDG + STS, no
+cp.async). An HCA query sees entries 0 .. (pos+1)//RATIO - 1 of its own sequence in order, so for a prefill
+chunk the entries can be laid out contiguously first:
+
+  _pack_entries_kernel  grid (sequences, entry tiles): sequence b's entries 0 .. n_b-1 (n_b = (context +
+                        chunk) // RATIO, what its last chunk token sees), gathered through its block table and
+                        dequantized once (FP8 entries) -> dense rows [sum n_b, D] in the dot dtype, sequence b
+                        from row ebase[b]. One pass over the entries per call (1M-token prompt, HCA 128:
+                        8,192 entries = 8 MB bf16 per call).
+  _hca_prefill_kernel   the layout of `_sparse_attn_kernel` (one program = one token x all heads x one split
+                        of its list [W window slots | entries]): the window slots as there (ring or chunk),
+                        then the packed entries in a `tl.range(num_stages=STAGES)` loop whose loads depend
+                        only on the loop index (cp.async-pipelined on sm_90).
+
+Numerics: the same as `_sparse_attn_kernel` (entries in the dot dtype, scores and accumulator in fp32, base-2
+online softmax, sink in the denominator); the twin is kernels/ref/attention.sparse_attention.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.attn_meta import AttnMeta
+
+from .attention import _combine_kernel, _load_cols
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+PACK_BLOCK = 32  # entries per packing program
+STAGES = int(os.environ.get("V4_ATTN_HCA_STAGES", 2))  # software-pipeline stages of the entry loop
+BLOCK_N = int(os.environ.get("V4_ATTN_HCA_BLOCK_N", 32))  # keys per tile
+
+
+@triton.jit
+def _pack_entries_kernel(pool_ptr, tables_ptr, nent_ptr, ebase_ptr, out_ptr, table_stride,
+                         ROW: tl.constexpr, PB: tl.constexpr, D: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr,
+                         FP8: tl.constexpr, BLOCK_E: tl.constexpr, DOT_DT: tl.constexpr):
+    """Entries e0 .. e0+BLOCK_E-1 of sequence b -> dense rows ebase[b] + e (dequantized once)."""
+    b = tl.program_id(0)
+    e0 = tl.program_id(1) * BLOCK_E
+    n = tl.load(nent_ptr + b)
+    if e0 < n:
+        e = e0 + tl.arange(0, BLOCK_E)
+        ok = e < n
+        blk = tl.load(tables_ptr + b.to(tl.int64) * table_stride + e // PB, mask=ok, other=0).to(tl.int64)
+        ptr = pool_ptr + (blk * PB + e % PB) * ROW
+        tile = _load_cols(ptr, ok, 0, D, NOPE, R, FP8, DOT_DT)  # [BE, D]
+        dst = tl.load(ebase_ptr + b) + e.to(tl.int64)
+        cols = tl.arange(0, D)
+        tl.store(out_ptr + dst[:, None] * D + cols[None, :], tile.to(out_ptr.dtype.element_ty), mask=ok[:, None])
+
+
+@triton.jit
+def _attend(q, kt, valid, m_i, l_i, acc, sm_scale_log2, DOT_DT: tl.constexpr):
+    """One key tile kt [BN, D] (K = V) into the online softmax state (m_i, l_i [BH], acc [BH, D])."""
+    s = tl.dot(q, tl.trans(kt)) * sm_scale_log2  # [BH, BN] (log2 units)
+    s = tl.where(valid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    pr = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(pr, 1)
+    acc = acc * alpha[:, None] + tl.dot(pr.to(DOT_DT), kt)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _hca_prefill_kernel(
+    q_ptr, cur_ptr, ring_ptr, ent_ptr, ebase_ptr, tok_seq_ptr, pos_ptr, qstart_ptr, ctx_ptr, slot_ptr, sink_ptr,
+    out_ptr, part_acc_ptr, part_ml_ptr, H, split_len, sm_scale_log2,
+    W: tl.constexpr, ROW: tl.constexpr, RATIO: tl.constexpr, NSPLIT: tl.constexpr, D: tl.constexpr,
+    NOPE: tl.constexpr, R: tl.constexpr, FP8: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_DT: tl.constexpr, STAGES: tl.constexpr,
+):
+    """Program (t, sp): token t, list positions [sp*split_len, ...) of [W window slots | entries]."""
+    t = tl.program_id(0)
+    sp = tl.program_id(1)
+    b = tl.load(tok_seq_ptr + t)
+    pos = tl.load(pos_ptr + t)
+    start = tl.load(ctx_ptr + b)
+    qs = tl.load(qstart_ptr + b)
+    slot = tl.load(slot_ptr + b).to(tl.int64)
+    heads = tl.arange(0, BLOCK_H)
+    hmask = heads < H
+    cols = tl.arange(0, D)
+    q = tl.load(q_ptr + (t.to(tl.int64) * H + heads[:, None]) * D + cols[None, :], mask=hmask[:, None], other=0.0)
+    q = q.to(DOT_DT)
+    total = W + (pos + 1) // RATIO
+    lo = sp * split_len
+    hi = tl.minimum(lo + split_len, total)
+
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, D], tl.float32)
+    offs = tl.arange(0, BLOCK_N)
+    # window slots j < W: position p = pos-W+1+j, from the ring (before the chunk) or the chunk's own rows
+    for j0 in range(lo, tl.minimum(hi, W), BLOCK_N):
+        j = j0 + offs
+        p = pos - W + 1 + j
+        valid = (j < W) & (j < hi) & (p >= 0)
+        from_ring = valid & (p < start)
+        ring_row = (slot * W + (p % W)) * ROW
+        cur_row = (qs + p - start).to(tl.int64) * ROW
+        ptr = tl.where(from_ring, ring_ptr + ring_row, cur_ptr + cur_row)
+        kt = _load_cols(ptr, valid, 0, D, NOPE, R, FP8, DOT_DT)
+        m_i, l_i, acc = _attend(q, kt, valid, m_i, l_i, acc, sm_scale_log2, DOT_DT)
+    # packed entries e = j - W, contiguous from row ebase[b]
+    kb = tl.load(ebase_ptr + b)
+    e_hi = hi - W
+    for e0 in tl.range(tl.maximum(lo, W) - W, e_hi, BLOCK_N, num_stages=STAGES):
+        e = e0 + offs
+        ok = e < e_hi
+        kt = tl.load(ent_ptr + (kb + e)[:, None] * D + cols[None, :], mask=ok[:, None], other=0.0)
+        m_i, l_i, acc = _attend(q, kt.to(DOT_DT), ok, m_i, l_i, acc, sm_scale_log2, DOT_DT)
+
+    if NSPLIT == 1:
+        sink = tl.load(sink_ptr + heads, mask=hmask, other=0.0) * 1.4426950408889634
+        mm = tl.maximum(m_i, sink)
+        den = l_i * tl.exp2(m_i - mm) + tl.exp2(sink - mm)
+        o = acc * (tl.exp2(m_i - mm) / den)[:, None]
+        tl.store(out_ptr + (t.to(tl.int64) * H + heads[:, None]) * D + cols[None, :], o.to(out_ptr.dtype.element_ty),
+                 mask=hmask[:, None])
+    else:
+        base = (t.to(tl.int64) * NSPLIT + sp) * H
+        tl.store(part_acc_ptr + (base + heads[:, None]) * D + cols[None, :], acc, mask=hmask[:, None])
+        tl.store(part_ml_ptr + (base + heads) * 2, m_i, mask=hmask)
+        tl.store(part_ml_ptr + (base + heads) * 2 + 1, l_i, mask=hmask)
+
+
+@torch.compiler.disable
+def pack_entries(pool: torch.Tensor, meta: AttnMeta, ratio: int, d: int, nope: int, r: int, fp8: bool,
+                 dtype: torch.dtype):
+    """Every sequence's compressed entries its chunk can see -> (rows [n, d] in `dtype`, ebase [B] int64:
+    sequence b's first row). Sizes from the host lists, offsets on the device (no sync)."""
+    qs, cl = meta.query_start_host, meta.context_lens_host
+    host_n = [(cl[b] + qs[b + 1] - qs[b]) // ratio if qs[b + 1] > qs[b] else 0 for b in range(len(cl))]
+    total, most = sum(host_n), max(host_n, default=0)
+    qlen = meta.query_start[1:] - meta.query_start[:-1]
+    nent = torch.where(qlen > 0, torch.div(meta.context_lens + qlen, ratio, rounding_mode="floor"), 0).to(torch.int32)
+    ebase = torch.cumsum(nent, 0, dtype=torch.int64) - nent
+    rows = torch.empty((max(total, 1), d), dtype=dtype, device=pool.device)
+    if most:
+        dot_dt = tl.float32 if dtype == torch.float32 else tl.bfloat16
+        _pack_entries_kernel[(len(cl), triton.cdiv(most, PACK_BLOCK))](
+            pool, meta.block_tables, nent, ebase, rows, meta.block_tables.stride(0), ROW=pool.shape[2],
+            PB=pool.shape[1], D=d, NOPE=nope, R=r, FP8=fp8, BLOCK_E=PACK_BLOCK, DOT_DT=dot_dt, num_warps=4)
+    return rows, ebase
+
+
+def hca_prefill_attention(q, kv_cur, ring, pool, meta: AttnMeta, sink, *, ratio: int, scale: float, fp8: bool,
+                          nope: int, rope_dim: int, nsplit: int, block_n: int | None = None,
+                          stages: int | None = None) -> torch.Tensor:
+    """`attention.sparse_attention` for an HCA layer (pool, no top-k) through packed entries; the caller
+    (attention.sparse_attention) has checked the formats and chosen nsplit."""
+    n_tok, h, c = q.shape
+    out = torch.empty_like(q)
+    w, row = ring.shape[1], ring.shape[2]
+    dot_dt = tl.float32 if (INTERPRET or q.dtype == torch.float32) else tl.bfloat16
+    rows, ebase = pack_entries(pool, meta, ratio, c, nope, rope_dim, fp8,
+                               torch.float32 if dot_dt == tl.float32 else torch.bfloat16)
+    bn = block_n or (16 if INTERPRET else BLOCK_N)
+    max_total = w + meta.max_seq_len // ratio
+    split_len = triton.cdiv(triton.cdiv(max_total, nsplit), bn) * bn
+    if nsplit > 1:
+        part_acc = torch.empty((n_tok, nsplit, h, c), dtype=torch.float32, device=q.device)
+        part_ml = torch.empty((n_tok, nsplit, h, 2), dtype=torch.float32, device=q.device)
+    else:
+        part_acc = part_ml = out
+    sink32 = sink.float().contiguous()
+    _hca_prefill_kernel[(n_tok, nsplit)](
+        q.contiguous(), kv_cur, ring, rows, ebase, meta.tok_seq, meta.positions, meta.query_start, meta.context_lens,
+        meta.slot_ids, sink32, out, part_acc, part_ml, h, split_len, scale * 1.4426950408889634,
+        W=w, ROW=row, RATIO=ratio, NSPLIT=nsplit, D=c, NOPE=nope, R=rope_dim, FP8=fp8,
+        BLOCK_H=max(16, triton.next_power_of_2(h)), BLOCK_N=bn, DOT_DT=dot_dt,
+        STAGES=1 if INTERPRET else (stages or STAGES), num_warps=8)
+    if nsplit > 1:
+        _combine_kernel[(n_tok, h)](part_acc, part_ml, sink32, out, h, NSPLIT=nsplit,
+                                    NS_P2=triton.next_power_of_2(nsplit), D=c, num_warps=4)
+    return out
+
+
+# packed HCA entries from this many query tokens in the longest chunk (prefill): the packing pass reads every
+# entry once, so it pays only where many tokens of a sequence share them. None = off until measured on a GPU
+# (V4_ATTN_HCA_PACK_MIN_QUERY=<tokens> sets it; 0 = off).
+PACK_MIN_QUERY: int | None = None
+_ENV_MIN_QUERY = os.environ.get("V4_ATTN_HCA_PACK_MIN_QUERY")
+
+
+def use_packed_hca(meta: AttnMeta) -> bool:
+    lo = PACK_MIN_QUERY if _ENV_MIN_QUERY is None else (int(_ENV_MIN_QUERY) or None)
+    return lo is not None and meta.max_query_len >= lo
