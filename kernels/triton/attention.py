@@ -206,7 +206,7 @@ def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta: AttnMeta, sink, *, r
                      rope_dim: int, nsplit: int | None = None, block_n: int | None = None, num_warps: int | None = None,
                      dsplit: int | None = None, hca_packed: bool | None = None):
     """hca_packed: an HCA layer's entries packed once per call, then read contiguously (triton/attention_hca.py);
-    None = attention_hca.use_packed_hca (prefill-sized chunks)."""
+    None = attention_hca.use_packed_hca (prefill-sized chunks on the measured GPU class)."""
     n_tok, h, c = q.shape
     out = torch.empty_like(q)
     if n_tok == 0:
@@ -245,7 +245,7 @@ def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta: AttnMeta, sink, *, r
         from . import attention_hca as hca
         if hca_packed and ds != 1:
             raise ValueError("the packed HCA path keeps the whole value width in one program (dsplit 1)")
-        if (hca.use_packed_hca(meta) and ds == 1) if hca_packed is None else hca_packed:
+        if (ds == 1 and hca.use_packed_hca(meta, ratio, q)) if hca_packed is None else hca_packed:
             return hca.hca_prefill_attention(q, kv_cur, ring, pool, meta, sink, ratio=ratio, scale=scale, fp8=fp8,
                                              nope=nope, rope_dim=r, nsplit=nsplit or _num_splits(n_tok, max_total,
                                                                                                   hca.BLOCK_N))

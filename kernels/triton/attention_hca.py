@@ -34,15 +34,17 @@ from .attention import _combine_kernel, _load_cols
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 PACK_BLOCK = 32  # entries per packing program
-STAGES = int(os.environ.get("V4_ATTN_HCA_STAGES", 2))  # software-pipeline stages of the entry loop
+STAGES = int(os.environ.get("V4_ATTN_HCA_STAGES", 3))  # software-pipeline stages of the entry loop
 BLOCK_N = int(os.environ.get("V4_ATTN_HCA_BLOCK_N", 32))  # keys per tile
 
 
 @triton.jit
-def _pack_entries_kernel(pool_ptr, tables_ptr, nent_ptr, ebase_ptr, out_ptr, table_stride,
-                         ROW: tl.constexpr, PB: tl.constexpr, D: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr,
+def _pack_entries_kernel(pool_ptr, tables_ptr, nent_ptr, ebase_ptr, out_ptr, table_stride, ROW,
+                         PB: tl.constexpr, D: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr,
                          FP8: tl.constexpr, BLOCK_E: tl.constexpr, DOT_DT: tl.constexpr):
-    """Entries e0 .. e0+BLOCK_E-1 of sequence b -> dense rows ebase[b] + e (dequantized once)."""
+    """Entries e0 .. e0+BLOCK_E-1 of sequence b -> dense rows ebase[b] + e (dequantized once). ROW (row pitch
+    in elements) is a runtime argument: as a constexpr, Triton 3.6 carried the 16-byte alignment of every other
+    row start (e % PB = 0) over to the 584-byte FP8 rows and issued misaligned 16-byte loads (sm_90)."""
     b = tl.program_id(0)
     e0 = tl.program_id(1) * BLOCK_E
     n = tl.load(nent_ptr + b)
@@ -186,13 +188,33 @@ def hca_prefill_attention(q, kv_cur, ring, pool, meta: AttnMeta, sink, *, ratio:
     return out
 
 
-# packed HCA entries from this many query tokens in the longest chunk (prefill): the packing pass reads every
-# entry once, so it pays only where many tokens of a sequence share them. None = off until measured on a GPU
-# (V4_ATTN_HCA_PACK_MIN_QUERY=<tokens> sets it; 0 = off).
-PACK_MIN_QUERY: int | None = None
+# Packed HCA entries where the chunk's tokens share them: the packing pass reads and writes every entry once,
+# the kernel then reads each entry once per token that sees it, so it pays from an entry-weighted mean query
+# length of a few tokens (prefill chunks), never for decode (1 token per sequence; CUDA graphs never pack).
+# Measured on the H200 (docs/benchmarks.md, session 7): one 8,192-token chunk at 1M context 53.6 -> 36.4 ms
+# (BLOCK_N 32, 3 stages), the 1M-token prompt +13 % with 2 stages. Other GPU classes keep the gathering kernel
+# until measured (160 KB of shared memory per program). V4_ATTN_HCA_PACK_MIN_QUERY=<tokens> sets the threshold
+# (A/B switch, read once at import; 0 = off).
+PACK_MIN_QUERY: int | None = 16
 _ENV_MIN_QUERY = os.environ.get("V4_ATTN_HCA_PACK_MIN_QUERY")
 
 
-def use_packed_hca(meta: AttnMeta) -> bool:
+def use_packed_hca(meta: AttnMeta, ratio: int, q: torch.Tensor) -> bool:
+    """Whether an HCA layer's attention over this batch (host lists of `meta`) takes the packed entries:
+    sum_b q_len_b * n_b >= PACK_MIN_QUERY * sum_b n_b (n_b entries sequence b's chunk sees), on the measured GPU
+    class, outside CUDA-graph capture."""
+    from .fp8_table import _on_measured_gpu
+
     lo = PACK_MIN_QUERY if _ENV_MIN_QUERY is None else (int(_ENV_MIN_QUERY) or None)
-    return lo is not None and meta.max_query_len >= lo
+    if lo is None or meta.max_query_len < lo or not _on_measured_gpu(q):
+        return False
+    if q.is_cuda and torch.cuda.is_current_stream_capturing():  # host lists are not the replayed batch
+        return False
+    qs, cl = meta.query_start_host, meta.context_lens_host
+    shared = entries = 0
+    for b in range(len(cl)):
+        n_q = qs[b + 1] - qs[b]
+        n_b = (cl[b] + n_q) // ratio if n_q else 0
+        shared += n_q * n_b
+        entries += n_b
+    return entries > 0 and shared >= lo * entries

@@ -2,6 +2,8 @@
 vs the pure-torch twins in kernels/ref. The kernels run in a subprocess that sets TRITON_INTERPRET=1
 before importing triton (see tests/kernels/kernel_cases.run_interp_subprocess)."""
 
+import torch
+
 from tests.kernels.kernel_cases import run_interp_subprocess
 
 
@@ -20,3 +22,23 @@ def test_model_logits_interpreter_matches_twin():
     for name, val, tol in results:
         print(f"{name}: {val:.3e} (tol {tol:.0e})")
     assert results and all(val <= tol for _, val, tol in results), results
+
+
+def test_packed_hca_choice(monkeypatch):
+    """Packed HCA entries (triton/attention_hca.py) for chunks whose tokens share their entries: never on the CPU,
+    never for decode batches, and a mixed batch takes them when its prefill chunk dominates the entries."""
+    from kernels.triton import attention_hca as hca
+    from kernels.triton import fp8_table
+    from tests.kernels.kernel_cases import make_meta
+
+    q = torch.zeros(1, 4, 64)
+    prefill, _, _ = make_meta([(4096, 512)], 128, "cpu")
+    decode, _, _ = make_meta([(4096, 1)] * 64, 128, "cpu")
+    mixed, _, _ = make_meta([(0, 2048)] + [(8192, 1)] * 8, 128, "cpu")
+    assert not hca.use_packed_hca(prefill, 128, q)  # CPU rows
+    monkeypatch.setattr(fp8_table, "_on_measured_gpu", lambda rows: True)
+    monkeypatch.setattr(hca, "_ENV_MIN_QUERY", None)
+    assert hca.use_packed_hca(prefill, 128, q) and hca.use_packed_hca(mixed, 128, q)
+    assert not hca.use_packed_hca(decode, 128, q)
+    monkeypatch.setattr(hca, "_ENV_MIN_QUERY", "0")
+    assert not hca.use_packed_hca(prefill, 128, q)
