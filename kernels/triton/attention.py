@@ -61,6 +61,54 @@ def _load_cols(ptr, valid, c0, DW: tl.constexpr, NOPE: tl.constexpr, R: tl.const
 
 
 @triton.jit
+def _window_ptr(ring_ptr, cur_ptr, j, pos, start, qs, slot, W: tl.constexpr, ROW: tl.constexpr):
+    """Window slots j [BN] of a token at `pos` -> (row addresses, valid): slot j is position p = pos-W+1+j, read
+    from the sequence's ring (p before the chunk start) or from the chunk's own packed rows."""
+    p = pos - W + 1 + j
+    win = (j < W) & (p >= 0)
+    from_ring = win & (p < start)
+    ring_row = (slot * W + (p % W)) * ROW
+    cur_row = (qs + p - start).to(tl.int64) * ROW
+    return tl.where(from_ring, ring_ptr + ring_row, cur_ptr + cur_row), win
+
+
+@triton.jit
+def _attend(q, kt, vt, valid, m_i, l_i, acc, sm_scale_log2, DOT_DT: tl.constexpr):
+    """One key tile kt [BN, D] with its value columns vt [BN, DV] (K = V: vt is kt or a slice of its row) into
+    the base-2 online softmax state (m_i, l_i [BH], acc [BH, DV])."""
+    s = tl.dot(q, tl.trans(kt)) * sm_scale_log2  # [BH, BN] (log2 units)
+    s = tl.where(valid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    pr = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(pr, 1)
+    acc = acc * alpha[:, None] + tl.dot(pr.to(DOT_DT), vt)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _write_out(m_i, l_i, acc, t, sp, c0, heads, hmask, H, sink_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
+               NSPLIT: tl.constexpr, D: tl.constexpr, DV: tl.constexpr):
+    """Columns [c0, c0+DV) of token t's output (sink in the denominator), or split sp's partial (m, l, acc) for
+    `_combine_kernel` (the c0 = 0 slice writes (m, l))."""
+    ocols = c0 + tl.arange(0, DV)
+    if NSPLIT == 1:
+        sink = tl.load(sink_ptr + heads, mask=hmask, other=0.0) * 1.4426950408889634
+        mm = tl.maximum(m_i, sink)
+        den = l_i * tl.exp2(m_i - mm) + tl.exp2(sink - mm)
+        o = acc * (tl.exp2(m_i - mm) / den)[:, None]
+        tl.store(out_ptr + (t.to(tl.int64) * H + heads[:, None]) * D + ocols[None, :], o.to(out_ptr.dtype.element_ty),
+                 mask=hmask[:, None])
+    else:
+        base = (t.to(tl.int64) * NSPLIT + sp) * H
+        tl.store(part_acc_ptr + (base + heads[:, None]) * D + ocols[None, :], acc, mask=hmask[:, None])
+        mlmask = hmask & (c0 == 0)  # every slice has the same (m, l): the first one writes them
+        tl.store(part_ml_ptr + (base + heads) * 2, m_i, mask=mlmask)
+        tl.store(part_ml_ptr + (base + heads) * 2 + 1, l_i, mask=mlmask)
+
+
+@triton.jit
 def _sparse_attn_kernel(
     q_ptr, cur_ptr, ring_ptr, pool_ptr, topk_ptr, tables_ptr, tok_seq_ptr, pos_ptr, qstart_ptr, ctx_ptr,
     slot_ptr, sink_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
@@ -106,13 +154,7 @@ def _sparse_attn_kernel(
     offs = tl.arange(0, BLOCK_N)
     for j0 in range(lo, hi, BLOCK_N):
         j = j0 + offs
-        p = pos - W + 1 + j
-        win = (j < W) & (p >= 0)
-        from_ring = win & (p < start)
-        ring_row = (slot * W + (p % W)) * ROW
-        cur_row = (qs + p - start).to(tl.int64) * ROW
-        ptr = tl.where(from_ring, ring_ptr + ring_row, cur_ptr + cur_row)
-        valid = win
+        ptr, valid = _window_ptr(ring_ptr, cur_ptr, j, pos, start, qs, slot, W, ROW)
         if HAS_POOL:
             is_c = (j >= W) & (j < hi)
             if HAS_TOPK:
@@ -127,35 +169,13 @@ def _sparse_attn_kernel(
             ptr = tl.where(c_ok, pool_ptr + pool_row, ptr)
             valid = valid | c_ok
         kt = _load_cols(ptr, valid, 0, D, NOPE, R, FP8, DOT_DT)  # [BN, D]
-        s = tl.dot(q, tl.trans(kt)) * sm_scale_log2  # [BH, BN] (log2 units)
-        s = tl.where(valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        pr = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(pr, 1)
         if DSPLIT == 1:
             vt = kt
         else:  # this program's value columns (the row was just read: L1 / L2)
             vt = _load_cols(ptr, valid, c0, DV, NOPE, R, FP8, DOT_DT)  # [BN, DV]
-        acc = acc * alpha[:, None] + tl.dot(pr.to(DOT_DT), vt)
-        m_i = m_new
+        m_i, l_i, acc = _attend(q, kt, vt, valid, m_i, l_i, acc, sm_scale_log2, DOT_DT)
 
-    if NSPLIT == 1:
-        sink = tl.load(sink_ptr + heads, mask=hmask, other=0.0) * 1.4426950408889634
-        mm = tl.maximum(m_i, sink)
-        den = l_i * tl.exp2(m_i - mm) + tl.exp2(sink - mm)
-        o = acc * (tl.exp2(m_i - mm) / den)[:, None]
-        ocols = c0 + tl.arange(0, DV)
-        tl.store(out_ptr + (t.to(tl.int64) * H + heads[:, None]) * D + ocols[None, :], o.to(out_ptr.dtype.element_ty),
-                 mask=hmask[:, None])
-    else:
-        base = (t.to(tl.int64) * NSPLIT + sp) * H
-        ocols = c0 + tl.arange(0, DV)
-        tl.store(part_acc_ptr + (base + heads[:, None]) * D + ocols[None, :], acc, mask=hmask[:, None])
-        mlmask = hmask & (c0 == 0)  # every slice has the same (m, l): the first one writes them
-        tl.store(part_ml_ptr + (base + heads) * 2, m_i, mask=mlmask)
-        tl.store(part_ml_ptr + (base + heads) * 2 + 1, l_i, mask=mlmask)
+    _write_out(m_i, l_i, acc, t, sp, c0, heads, hmask, H, sink_ptr, out_ptr, part_acc_ptr, part_ml_ptr, NSPLIT, D, DV)
 
 
 @triton.jit

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from kernels.attn_meta import AttnMeta
 
-from .attention import _combine_kernel, _load_cols
+from .attention import _attend, _combine_kernel, _load_cols, _window_ptr, _write_out
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 PACK_BLOCK = 32  # entries per packing program
@@ -57,20 +57,6 @@ def _pack_entries_kernel(pool_ptr, tables_ptr, nent_ptr, ebase_ptr, out_ptr, tab
         dst = tl.load(ebase_ptr + b) + e.to(tl.int64)
         cols = tl.arange(0, D)
         tl.store(out_ptr + dst[:, None] * D + cols[None, :], tile.to(out_ptr.dtype.element_ty), mask=ok[:, None])
-
-
-@triton.jit
-def _attend(q, kt, valid, m_i, l_i, acc, sm_scale_log2, DOT_DT: tl.constexpr):
-    """One key tile kt [BN, D] (K = V) into the online softmax state (m_i, l_i [BH], acc [BH, D])."""
-    s = tl.dot(q, tl.trans(kt)) * sm_scale_log2  # [BH, BN] (log2 units)
-    s = tl.where(valid[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m_i - m_safe)
-    pr = tl.exp2(s - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(pr, 1)
-    acc = acc * alpha[:, None] + tl.dot(pr.to(DOT_DT), kt)
-    return m_new, l_i, acc
 
 
 @triton.jit
@@ -105,35 +91,19 @@ def _hca_prefill_kernel(
     # window slots j < W: position p = pos-W+1+j, from the ring (before the chunk) or the chunk's own rows
     for j0 in range(lo, tl.minimum(hi, W), BLOCK_N):
         j = j0 + offs
-        p = pos - W + 1 + j
-        valid = (j < W) & (j < hi) & (p >= 0)
-        from_ring = valid & (p < start)
-        ring_row = (slot * W + (p % W)) * ROW
-        cur_row = (qs + p - start).to(tl.int64) * ROW
-        ptr = tl.where(from_ring, ring_ptr + ring_row, cur_ptr + cur_row)
+        ptr, valid = _window_ptr(ring_ptr, cur_ptr, j, pos, start, qs, slot, W, ROW)
+        valid = valid & (j < hi)
         kt = _load_cols(ptr, valid, 0, D, NOPE, R, FP8, DOT_DT)
-        m_i, l_i, acc = _attend(q, kt, valid, m_i, l_i, acc, sm_scale_log2, DOT_DT)
+        m_i, l_i, acc = _attend(q, kt, kt, valid, m_i, l_i, acc, sm_scale_log2, DOT_DT)
     # packed entries e = j - W, contiguous from row ebase[b]
     kb = tl.load(ebase_ptr + b)
     e_hi = hi - W
     for e0 in tl.range(tl.maximum(lo, W) - W, e_hi, BLOCK_N, num_stages=STAGES):
         e = e0 + offs
         ok = e < e_hi
-        kt = tl.load(ent_ptr + (kb + e)[:, None] * D + cols[None, :], mask=ok[:, None], other=0.0)
-        m_i, l_i, acc = _attend(q, kt.to(DOT_DT), ok, m_i, l_i, acc, sm_scale_log2, DOT_DT)
-
-    if NSPLIT == 1:
-        sink = tl.load(sink_ptr + heads, mask=hmask, other=0.0) * 1.4426950408889634
-        mm = tl.maximum(m_i, sink)
-        den = l_i * tl.exp2(m_i - mm) + tl.exp2(sink - mm)
-        o = acc * (tl.exp2(m_i - mm) / den)[:, None]
-        tl.store(out_ptr + (t.to(tl.int64) * H + heads[:, None]) * D + cols[None, :], o.to(out_ptr.dtype.element_ty),
-                 mask=hmask[:, None])
-    else:
-        base = (t.to(tl.int64) * NSPLIT + sp) * H
-        tl.store(part_acc_ptr + (base + heads[:, None]) * D + cols[None, :], acc, mask=hmask[:, None])
-        tl.store(part_ml_ptr + (base + heads) * 2, m_i, mask=hmask)
-        tl.store(part_ml_ptr + (base + heads) * 2 + 1, l_i, mask=hmask)
+        kt = tl.load(ent_ptr + (kb + e)[:, None] * D + cols[None, :], mask=ok[:, None], other=0.0).to(DOT_DT)
+        m_i, l_i, acc = _attend(q, kt, kt, ok, m_i, l_i, acc, sm_scale_log2, DOT_DT)
+    _write_out(m_i, l_i, acc, t, sp, 0, heads, hmask, H, sink_ptr, out_ptr, part_acc_ptr, part_ml_ptr, NSPLIT, D, D)
 
 
 @torch.compiler.disable
