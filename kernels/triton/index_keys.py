@@ -1,6 +1,7 @@
 """One tile of indexer keys read through a sequence's block table, in any key-store format (dense, FP8 + fp32
 scale, MXFP4): the gather shared by the score kernels (triton/indexer.py) and the FP8 key packing of the
-FP8 index scores (triton/indexer_fp8.py)."""
+FP8 index scores (triton/indexer_fp8.py); and the row-group bookkeeping (`_group_rows`, `_group_pass`) of the
+score kernels that let R rows share each key tile."""
 
 from __future__ import annotations
 
@@ -43,3 +44,34 @@ def _key_tile(keys_ptr, tables_ptr, b, e, ok, table_stride, ROW, cols, CI: tl.co
         k = tl.load(keys_ptr + row[:, None] + cols[None, :], mask=ok[:, None], other=0.0)
         kscale = tl.full([BLOCK_E], 1.0, tl.float32)
     return k, kscale
+
+
+@triton.jit
+def _group_rows(tok_seq_ptr, pos_ptr, row0, g0, n_rows, HI, RATIO: tl.constexpr, R: tl.constexpr,
+                BLOCK_H: tl.constexpr):
+    """Rows g0 .. g0+R-1 of a score tile that share each key tile: per row j (jr, valid, sequence, limit
+    (pos+1)//RATIO), and per column n of the fused q operand (row j = n // BLOCK_H, head h = n % BLOCK_H) its
+    token, head, validity and sequence."""
+    jr = tl.arange(0, R)
+    rvalid = g0 + jr < n_rows
+    seq_j = tl.load(tok_seq_ptr + row0 + g0 + jr, mask=rvalid, other=-1)
+    lim_j = tl.where(rvalid, (tl.load(pos_ptr + row0 + g0 + jr, mask=rvalid, other=0) + 1) // RATIO, 0)
+    cn = tl.arange(0, R * BLOCK_H)
+    j_n = cn // BLOCK_H
+    h_n = cn % BLOCK_H
+    t_n = (row0 + g0 + j_n).to(tl.int64)
+    valid_n = (g0 + j_n < n_rows) & (h_n < HI)
+    seq_n = tl.load(tok_seq_ptr + t_n, mask=valid_n, other=-1)
+    return jr, rvalid, seq_j, lim_j, t_n, h_n, valid_n, seq_n
+
+
+@triton.jit
+def _group_pass(p, jr, rvalid, seq_j, lim_j, g0, n_rows, first):
+    """Pass p of a row group (one pass per sequence among its rows) -> (the sequence of row p, its rows of the
+    group, their largest limit, whether this program scores in this pass: row p exists, no earlier pass took its
+    sequence, and the program's first key tile is below the limit)."""
+    bp = tl.sum(tl.where(jr == p, seq_j, 0), 0)
+    dup = tl.sum(((jr < p) & rvalid & (seq_j == bp)).to(tl.int32), 0)
+    act_j = rvalid & (seq_j == bp)
+    limit = tl.max(tl.where(act_j, lim_j, 0), 0)
+    return bp, act_j, limit, (g0 + p < n_rows) & (dup == 0) & (first < limit)

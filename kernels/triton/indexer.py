@@ -35,7 +35,7 @@ from kernels.attn_meta import AttnMeta
 
 from . import indexer_fp8 as f8
 from .common import emit_topk, ordered_key, radix_kth, stream_topk
-from .index_keys import _key_tile
+from .index_keys import _group_pass, _group_rows, _key_tile
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # cap on the per-tile score buffer: 256 rows per tile at 1M context (262K entries), so the top-k launches have
@@ -96,24 +96,12 @@ def _score_group_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr
     sequences (a chunk boundary inside the group) take one pass per sequence."""
     g0 = tl.program_id(0) * R
     first = tl.program_id(1) * BLOCK_E
-    jr = tl.arange(0, R)
-    rvalid = g0 + jr < n_rows
-    seq_j = tl.load(tok_seq_ptr + row0 + g0 + jr, mask=rvalid, other=-1)
-    lim_j = tl.where(rvalid, (tl.load(pos_ptr + row0 + g0 + jr, mask=rvalid, other=0) + 1) // RATIO, 0)
-    # column n of the fused q^T operand: row j = n // BLOCK_H of the group, head h = n % BLOCK_H
-    cn = tl.arange(0, R * BLOCK_H)
-    j_n = cn // BLOCK_H
-    h_n = cn % BLOCK_H
-    t_n = (row0 + g0 + j_n).to(tl.int64)
-    valid_n = (g0 + j_n < n_rows) & (h_n < HI)
-    seq_n = tl.load(tok_seq_ptr + t_n, mask=valid_n, other=-1)
+    jr, rvalid, seq_j, lim_j, t_n, h_n, valid_n, seq_n = _group_rows(tok_seq_ptr, pos_ptr, row0, g0, n_rows, HI,
+                                                                      RATIO, R, BLOCK_H)
     cols = tl.arange(0, CI)
     for p in tl.static_range(R):
-        bp = tl.sum(tl.where(jr == p, seq_j, 0), 0)  # row p's sequence
-        dup = tl.sum(((jr < p) & rvalid & (seq_j == bp)).to(tl.int32), 0)  # an earlier pass took it
-        act_j = rvalid & (seq_j == bp)
-        limit = tl.max(tl.where(act_j, lim_j, 0), 0)
-        if (g0 + p < n_rows) & (dup == 0) & (first < limit):
+        bp, act_j, limit, run = _group_pass(p, jr, rvalid, seq_j, lim_j, g0, n_rows, first)
+        if run:
             b = bp.to(tl.int64)
             act_n = valid_n & (seq_n == bp)
             wt = tl.load(w_ptr + t_n * HI + h_n, mask=act_n, other=0.0)

@@ -32,7 +32,7 @@ import triton.language as tl
 from kernels.attn_meta import AttnMeta
 
 from .common import act_quant_tile
-from .index_keys import _key_tile
+from .index_keys import _group_pass, _group_rows, _key_tile
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 BLOCK_E = int(os.environ.get("V4_IDX_FP8_BLOCK_E", 128))  # keys per score tile (H200: 128 ~ 64, see ROWS)
@@ -81,24 +81,12 @@ def _score_kernel(q_ptr, w_ptr, k8_ptr, ks_ptr, kbase_ptr, tok_seq_ptr, pos_ptr,
     along a thread's own columns). Rows of different sequences in one group take one pass per sequence."""
     g0 = tl.program_id(0) * R
     first = tl.program_id(1) * BLOCK_E
-    jr = tl.arange(0, R)
-    rvalid = g0 + jr < n_rows
-    seq_j = tl.load(tok_seq_ptr + row0 + g0 + jr, mask=rvalid, other=-1)
-    lim_j = tl.where(rvalid, (tl.load(pos_ptr + row0 + g0 + jr, mask=rvalid, other=0) + 1) // RATIO, 0)
-    # column n of the q operand: row j = n // BLOCK_H of the group, head h = n % BLOCK_H
-    cn = tl.arange(0, R * BLOCK_H)
-    j_n = cn // BLOCK_H
-    h_n = cn % BLOCK_H
-    t_n = (row0 + g0 + j_n).to(tl.int64)
-    valid_n = (g0 + j_n < n_rows) & (h_n < HI)
-    seq_n = tl.load(tok_seq_ptr + t_n, mask=valid_n, other=-1)
+    jr, rvalid, seq_j, lim_j, t_n, h_n, valid_n, seq_n = _group_rows(tok_seq_ptr, pos_ptr, row0, g0, n_rows, HI,
+                                                                      RATIO, R, BLOCK_H)
     cols = tl.arange(0, CI)
     for p in tl.static_range(R):
-        bp = tl.sum(tl.where(jr == p, seq_j, 0), 0)  # row p's sequence
-        dup = tl.sum(((jr < p) & rvalid & (seq_j == bp)).to(tl.int32), 0)  # an earlier pass took it
-        act_j = rvalid & (seq_j == bp)
-        limit = tl.max(tl.where(act_j, lim_j, 0), 0)
-        if (g0 + p < n_rows) & (dup == 0) & (first < limit):
+        bp, act_j, limit, run = _group_pass(p, jr, rvalid, seq_j, lim_j, g0, n_rows, first)
+        if run:
             kb = tl.load(kbase_ptr + bp)
             act_n = valid_n & (seq_n == bp)
             qrow = tl.load(q_ptr + (t_n[:, None] * HI + h_n[:, None]) * CI + cols[None, :], mask=act_n[:, None],
