@@ -25,6 +25,8 @@ import triton.language as tl
 from kernels.attn_meta import AttnMeta
 from kernels.kv_format import check_kernel_dims
 
+from . import attention_hca as hca
+from .attn_tiles import _attend, _combine_kernel, _load_cols, _window_ptr, _write_out
 from .device_info import num_sms
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -32,80 +34,6 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 def _cfg(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
-
-
-@triton.jit
-def _load_cols(ptr, valid, c0, DW: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr, FP8: tl.constexpr,
-               DOT_DT: tl.constexpr):
-    """Gather columns [c0, c0 + DW) of rows at byte/element addresses `ptr` [BN] -> [BN, DW] in DOT_DT
-    (dequantized once; for FP8 entries c0 and DW are whole 64-column scale blocks)."""
-    cols = c0 + tl.arange(0, DW)
-    if FP8:
-        is_nope = cols < NOPE
-        raw = tl.load(ptr[:, None] + cols[None, :], mask=valid[:, None] & is_nope[None, :], other=0)
-        v8 = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-        NB: tl.constexpr = DW // 64
-        blk = c0 // 64 + tl.arange(0, NB)
-        sc = tl.load(ptr[:, None] + (NOPE + 2 * R) + blk[None, :], mask=valid[:, None] & (blk[None, :] < NOPE // 64),
-                     other=127)  # [BN, NB] UE8M0, one per 64 dims
-        f = tl.exp2(sc.to(tl.float32) - 127.0)
-        BN: tl.constexpr = ptr.shape[0]
-        v8 = tl.reshape(tl.reshape(v8, [BN, NB, 64]) * f[:, :, None], [BN, DW])
-        rptr = (ptr + NOPE).to(tl.pointer_type(tl.bfloat16))
-        rv = tl.load(rptr[:, None] + (cols[None, :] - NOPE), mask=valid[:, None] & (cols[None, :] >= NOPE), other=0.0)
-        tile = tl.where(is_nope[None, :], v8, rv.to(tl.float32))
-        return tile.to(DOT_DT)
-    else:
-        tile = tl.load(ptr[:, None] + cols[None, :], mask=valid[:, None], other=0.0)
-        return tile.to(DOT_DT)
-
-
-@triton.jit
-def _window_ptr(ring_ptr, cur_ptr, j, pos, start, qs, slot, W: tl.constexpr, ROW: tl.constexpr):
-    """Window slots j [BN] of a token at `pos` -> (row addresses, valid): slot j is position p = pos-W+1+j, read
-    from the sequence's ring (p before the chunk start) or from the chunk's own packed rows."""
-    p = pos - W + 1 + j
-    win = (j < W) & (p >= 0)
-    from_ring = win & (p < start)
-    ring_row = (slot * W + (p % W)) * ROW
-    cur_row = (qs + p - start).to(tl.int64) * ROW
-    return tl.where(from_ring, ring_ptr + ring_row, cur_ptr + cur_row), win
-
-
-@triton.jit
-def _attend(q, kt, vt, valid, m_i, l_i, acc, sm_scale_log2, DOT_DT: tl.constexpr):
-    """One key tile kt [BN, D] with its value columns vt [BN, DV] (K = V: vt is kt or a slice of its row) into
-    the base-2 online softmax state (m_i, l_i [BH], acc [BH, DV])."""
-    s = tl.dot(q, tl.trans(kt)) * sm_scale_log2  # [BH, BN] (log2 units)
-    s = tl.where(valid[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m_i - m_safe)
-    pr = tl.exp2(s - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(pr, 1)
-    acc = acc * alpha[:, None] + tl.dot(pr.to(DOT_DT), vt)
-    return m_new, l_i, acc
-
-
-@triton.jit
-def _write_out(m_i, l_i, acc, t, sp, c0, heads, hmask, H, sink_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
-               NSPLIT: tl.constexpr, D: tl.constexpr, DV: tl.constexpr):
-    """Columns [c0, c0+DV) of token t's output (sink in the denominator), or split sp's partial (m, l, acc) for
-    `_combine_kernel` (the c0 = 0 slice writes (m, l))."""
-    ocols = c0 + tl.arange(0, DV)
-    if NSPLIT == 1:
-        sink = tl.load(sink_ptr + heads, mask=hmask, other=0.0) * 1.4426950408889634
-        mm = tl.maximum(m_i, sink)
-        den = l_i * tl.exp2(m_i - mm) + tl.exp2(sink - mm)
-        o = acc * (tl.exp2(m_i - mm) / den)[:, None]
-        tl.store(out_ptr + (t.to(tl.int64) * H + heads[:, None]) * D + ocols[None, :], o.to(out_ptr.dtype.element_ty),
-                 mask=hmask[:, None])
-    else:
-        base = (t.to(tl.int64) * NSPLIT + sp) * H
-        tl.store(part_acc_ptr + (base + heads[:, None]) * D + ocols[None, :], acc, mask=hmask[:, None])
-        mlmask = hmask & (c0 == 0)  # every slice has the same (m, l): the first one writes them
-        tl.store(part_ml_ptr + (base + heads) * 2, m_i, mask=mlmask)
-        tl.store(part_ml_ptr + (base + heads) * 2 + 1, l_i, mask=mlmask)
 
 
 @triton.jit
@@ -178,26 +106,6 @@ def _sparse_attn_kernel(
     _write_out(m_i, l_i, acc, t, sp, c0, heads, hmask, H, sink_ptr, out_ptr, part_acc_ptr, part_ml_ptr, NSPLIT, D, DV)
 
 
-@triton.jit
-def _combine_kernel(part_acc_ptr, part_ml_ptr, sink_ptr, out_ptr, H,
-                    NSPLIT: tl.constexpr, NS_P2: tl.constexpr, D: tl.constexpr):
-    t = tl.program_id(0)
-    h = tl.program_id(1)
-    sidx = tl.arange(0, NS_P2)
-    smask = sidx < NSPLIT
-    base = (t.to(tl.int64) * NSPLIT + sidx) * H + h
-    m = tl.load(part_ml_ptr + base * 2, mask=smask, other=float("-inf"))
-    l = tl.load(part_ml_ptr + base * 2 + 1, mask=smask, other=0.0)
-    sink = tl.load(sink_ptr + h) * 1.4426950408889634
-    mm = tl.maximum(tl.max(m, 0), sink)
-    wgt = tl.exp2(m - mm)
-    den = tl.sum(l * wgt, 0) + tl.exp2(sink - mm)
-    cols = tl.arange(0, D)
-    a = tl.load(part_acc_ptr + base[:, None] * D + cols[None, :], mask=smask[:, None], other=0.0)
-    o = tl.sum(a * wgt[:, None], 0) / den
-    tl.store(out_ptr + (t.to(tl.int64) * H + h) * D + cols, o.to(out_ptr.dtype.element_ty))
-
-
 def _fmt(store: torch.Tensor, c: int, rope_dim: int):
     """-> (FP8 entries?, nope dims, rope dims) of a ring / pool store; FP8 needs whole 64-dim scale
     blocks of nope dims (the engine checks this at build time, kv_format.check_kernel_dims)."""
@@ -262,7 +170,6 @@ def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta: AttnMeta, sink, *, r
     if ds not in (1, 2, 4) or (fp8 and c // ds % 64) or c // ds < 16:
         raise ValueError(f"dsplit {ds}: 1, 2 or 4 slices of whole 64-column blocks of the {c}-wide entries")
     if has_pool and not has_topk:
-        from . import attention_hca as hca
         if hca_packed and ds != 1:
             raise ValueError("the packed HCA path keeps the whole value width in one program (dsplit 1)")
         if (ds == 1 and hca.use_packed_hca(meta, ratio, q)) if hca_packed is None else hca_packed:

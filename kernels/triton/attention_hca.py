@@ -30,7 +30,7 @@ import triton.language as tl
 
 from kernels.attn_meta import AttnMeta
 
-from .attention import _attend, _combine_kernel, _load_cols, _window_ptr, _write_out
+from .attn_tiles import _attend, _combine_kernel, _load_cols, _window_ptr, _write_out
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 PACK_BLOCK = 32  # entries per packing program
