@@ -3,7 +3,8 @@
     python -m bench.prefill_profile --model DIR --n 8 --len 4096
 
 Runs the prompts once to compile every kernel configuration, once timed, once under torch.profiler
-(other random tokens each time: no prefix-cache hits). Prints the kernel tables; the last line is JSON.
+(other random tokens each time: no prefix-cache hits). Prints the kernel tables and where the device idles
+between activities (bench/gpu_gaps.py); the last line is JSON.
 """
 
 from __future__ import annotations
@@ -72,15 +73,21 @@ def main(argv=None) -> None:
         t = time.perf_counter()
         prof_steps = run("prof")
         prof_wall = time.perf_counter() - t
+    from bench.gpu_gaps import NOT_DEVICE, device_intervals, idle_report
+
     ev = prof.key_averages()
-    gpu_s = sum(e.self_device_time_total for e in ev) / 1e6
+    # device activity only: the key averages also give device time to runtime calls and "Command Buffer Full"
+    gpu_s = sum(e.self_device_time_total for e in ev if not e.key.startswith(NOT_DEVICE)) / 1e6
+    idle = idle_report(device_intervals(prof))
+    print("# device idle between activities (gaps >= 20 us by the activities around them):", json.dumps(idle),
+          flush=True)
     print(ev.table(sort_by="self_device_time_total", row_limit=args.rows, max_name_column_width=70))
     top = sorted((e for e in ev if e.self_device_time_total > 0), key=lambda e: -e.self_device_time_total)[:12]
     timed = ({"wall_s": round(wall, 3), "tok_s": round(args.n * args.len / wall, 1)} if wall else
              {"profiled_tok_s": round(args.n * args.len / prof_wall, 1)})
     print(json.dumps({"n": args.n, "len": args.len, "steps": steps or prof_steps, **timed,
                       "profiled_wall_s": round(prof_wall, 3),
-                      "gpu_kernel_s": round(gpu_s, 3),
+                      "gpu_kernel_s": round(gpu_s, 3), "device_busy_s": idle["busy_s"], "device_idle_s": idle["idle_s"],
                       "top_kernels_ms": [[e.key, round(e.self_device_time_total / 1e3, 2), e.count] for e in top]}))
 
 
