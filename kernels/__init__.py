@@ -275,7 +275,7 @@ def indexer_topk(q, w, keys, meta, topk: int, *, ratio: int = 4, key_format: str
     """Lightning-indexer scores + top-k -> [N, topk] int32 entry indices, -1 = none. `key_format`:
     "dense" | "fp8" | "fp4", the format of `keys` (the state's KVFormat.index_keys). `score_fp8`: q and k as
     FP8 with per-row scales (triton/indexer_fp8.py); None = the backend's choice (Triton: prefill-sized
-    calls on the measured GPU class, indexer_fp8.use_fp8_scores; the twin: never)."""
+    chunks on the measured GPU class, per sequence: indexer_fp8.fp8_sequences; the twin: never)."""
     return _impl("indexer_topk", q).indexer_topk(q, w, keys, meta, topk, ratio=ratio, key_format=key_format,
                                                  score_fp8=score_fp8)
 

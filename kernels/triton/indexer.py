@@ -223,8 +223,8 @@ def score_rows_per_program(n_rows: int) -> int:
 
 def indexer_topk(q, w, keys, meta: AttnMeta, topk: int, *, ratio: int = 4, key_format: str,
                  score_fp8: bool | None = None, row_tile: int | None = None):
-    """Twin: kernels/ref/indexer.indexer_topk. score_fp8: the FP8 index scores (triton/indexer_fp8.py);
-    None = indexer_fp8.use_fp8_scores (prefill-sized calls on the measured GPU class)."""
+    """Twin: kernels/ref/indexer.indexer_topk. score_fp8: the FP8 index scores (triton/indexer_fp8.py) for every
+    row; None = per sequence, indexer_fp8.fp8_sequences (prefill chunks on the measured GPU class)."""
     n_tok = q.shape[0]
     out = torch.full((n_tok, topk), -1, dtype=torch.int32, device=q.device)
     e_cap = meta.max_seq_len // ratio
@@ -234,17 +234,21 @@ def indexer_topk(q, w, keys, meta: AttnMeta, topk: int, *, ratio: int = 4, key_f
     w = w.float().contiguous()
     if not INTERPRET and q.dtype == torch.float32:
         q = q.to(torch.bfloat16)
-    fp8 = f8.use_fp8_scores(q) if score_fp8 is None else score_fp8
-    if fp8:
+    if score_fp8 is None:
+        segments = f8.row_segments(meta, f8.fp8_sequences(q, meta))
+    else:
+        segments = [(0, n_tok, bool(score_fp8))]
+    if any(use for _, _, use in segments):
         kfmt = {"dense": 0, "fp8": 1, "fp4": 2}[check_key_store(keys, q.shape[2], key_format)]
         packed = f8.pack_keys(keys, meta, q.shape[2], ratio, kfmt)
     tile = row_tile or max(1, min(n_tok, SCORE_BUDGET_BYTES // (4 * e_cap)))
     scores = torch.empty((min(tile, n_tok), e_cap), dtype=torch.float32, device=q.device)
-    for row0 in range(0, n_tok, tile):
-        n = min(tile, n_tok - row0)
-        if fp8:
-            f8.scores_fp8(q, w, packed, meta, scores, row0, n, ratio, SCORE_PROGRAMS)
-        else:
-            indexer_scores(q, w, keys, meta, scores, row0, n, ratio, key_format)
-        topk_rows(scores, meta.positions, out, row0, n, topk, ratio)
+    for r0, r1, fp8 in segments:
+        for row0 in range(r0, r1, tile):
+            n = min(tile, r1 - row0)
+            if fp8:
+                f8.scores_fp8(q, w, packed, meta, scores, row0, n, ratio, SCORE_PROGRAMS)
+            else:
+                indexer_scores(q, w, keys, meta, scores, row0, n, ratio, key_format)
+            topk_rows(scores, meta.positions, out, row0, n, topk, ratio)
     return out

@@ -152,18 +152,39 @@ def scores_fp8(q: torch.Tensor, w: torch.Tensor, packed, meta: AttnMeta, scores:
         DOT_F32=INTERPRET, STAGES=1 if INTERPRET else (stages or STAGES), num_warps=warps or WARPS)
 
 
-# FP8 index scores from this many rows per indexer call (prefill chunks), on the measured GPU class only
-# (fp8_table.MEASURED_CAPABILITY); decode batches keep the bf16 scores. Measured on the H200: the 1M-token
-# prompt 18,194 -> 24,370 tok/s (docs/benchmarks.md, session 6). V4_IDX_FP8_MIN_ROWS=<rows> sets it (A/B
-# switch, read once at import; 0 = off).
+# FP8 index scores for the rows of sequences whose chunk has at least this many tokens (prefill chunks), on the
+# measured GPU class only (fp8_table.MEASURED_CAPABILITY). Decided per sequence, not per call, so a sequence's
+# numerics never depend on what it is batched with: decode and speculative-verify rows (1 .. k+1 per sequence)
+# always keep the bf16 scores, also beside a prefill chunk. Measured on the H200: the 1M-token prompt 18,194 ->
+# 24,370 tok/s (docs/benchmarks.md, session 6). V4_IDX_FP8_MIN_ROWS=<tokens> sets it (A/B switch, read once at
+# import; 0 = off).
 FP8_SCORE_MIN_ROWS: int | None = 512
 _ENV_MIN_ROWS = os.environ.get("V4_IDX_FP8_MIN_ROWS")
 
 
-def use_fp8_scores(q: torch.Tensor) -> bool:
-    """Whether the indexer call with query rows q [N, HI, cI] takes the FP8 index scores (the numerics choice
-    of `kernels.indexer_topk(score_fp8=None)` on the Triton backend)."""
+def fp8_sequences(q: torch.Tensor, meta: AttnMeta) -> list[bool]:
+    """Per sequence of the batch: whether its rows take the FP8 index scores (the numerics choice of
+    `kernels.indexer_topk(score_fp8=None)` on the Triton backend); q [N, HI, cI] the indexer's query rows."""
     from .fp8_table import _on_measured_gpu
 
     lo = FP8_SCORE_MIN_ROWS if _ENV_MIN_ROWS is None else (int(_ENV_MIN_ROWS) or None)
-    return lo is not None and q.shape[0] >= lo and _on_measured_gpu(q)
+    qs = meta.query_start_host
+    if lo is None or meta.max_query_len < lo or not _on_measured_gpu(q):
+        return [False] * (len(qs) - 1)
+    return [qs[b + 1] - qs[b] >= lo for b in range(len(qs) - 1)]
+
+
+def row_segments(meta: AttnMeta, fp8: list[bool]) -> list[tuple[int, int, bool]]:
+    """Flat row ranges [r0, r1) of consecutive sequences with the same choice -> [(r0, r1, fp8), ...] (one range
+    for a batch that is all decode or all FP8)."""
+    qs = meta.query_start_host
+    segs: list[tuple[int, int, bool]] = []
+    for b, use in enumerate(fp8):
+        r0, r1 = qs[b], qs[b + 1]
+        if r1 == r0:
+            continue
+        if segs and segs[-1][2] == use and segs[-1][1] == r0:
+            segs[-1] = (segs[-1][0], r1, use)
+        else:
+            segs.append((r0, r1, use))
+    return segs

@@ -122,7 +122,8 @@ def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_ti
                  score_fp8=False):
     """group_rows: rows per score program (the prefill grouping, forced here from the first row on; with
     score_fp8 the FP8 kernel's rows per program); score_fp8: the FP8 index scores (triton/indexer_fp8.py) in
-    both implementations."""
+    both implementations; an int m: the kernel's own per-sequence choice (indexer_fp8.fp8_sequences, here from
+    chunks of m tokens on, on any device), the twin's FP8 rows for those sequences and bf16 rows for the rest."""
     from kernels.ref import indexer as ri
     from kernels.triton import indexer as ti
     from kernels.triton import indexer_fp8 as f8
@@ -143,8 +144,26 @@ def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_ti
         if not fp8:
             keys = keys.bfloat16()
     kf = "fp4" if fp8 == "fp4" else ("fp8" if fp8 else "dense")
-    ref = ri.indexer_topk(q, wt, keys, meta, topk, key_format=kf, score_fp8=score_fp8)
-    got = ti.indexer_topk(q, wt, keys, meta, topk, key_format=kf, row_tile=row_tile, score_fp8=score_fp8)
+    qs = meta.query_start_host
+    if isinstance(score_fp8, bool):
+        row_fp8 = [score_fp8] * n
+        ref = ri.indexer_topk(q, wt, keys, meta, topk, key_format=kf, score_fp8=score_fp8)
+        got = ti.indexer_topk(q, wt, keys, meta, topk, key_format=kf, row_tile=row_tile, score_fp8=score_fp8)
+    else:  # the per-sequence choice
+        from kernels.triton import fp8_table
+        keep = f8._ENV_MIN_ROWS, fp8_table._on_measured_gpu
+        f8._ENV_MIN_ROWS, fp8_table._on_measured_gpu = str(score_fp8), (lambda rows: True)
+        try:
+            seq_fp8 = f8.fp8_sequences(q, meta)
+            got = ti.indexer_topk(q, wt, keys, meta, topk, key_format=kf, row_tile=row_tile)
+        finally:
+            f8._ENV_MIN_ROWS, fp8_table._on_measured_gpu = keep
+        assert any(seq_fp8) and not all(seq_fp8[b] for b in range(meta.num_seqs) if qs[b + 1] > qs[b]), seq_fp8
+        row_fp8 = [seq_fp8[b] for b in range(meta.num_seqs) for _ in range(qs[b + 1] - qs[b])]
+        ref8 = ri.indexer_topk(q, wt, keys, meta, topk, key_format=kf, score_fp8=True)
+        ref = ri.indexer_topk(q, wt, keys, meta, topk, key_format=kf, score_fp8=False)
+        pick = torch.tensor(row_fp8, device=ref.device)
+        ref = torch.where(pick[:, None], ref8, ref)
     # compare selected sets; for near-ties accept equal score sums (the twin's scores)
     bad = 0
     for b in range(meta.num_seqs):
@@ -162,7 +181,7 @@ def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_ti
             if len(a) != len(bsel) or len(set(bsel)) != len(bsel):
                 bad += 1
                 continue
-            sc = ri.index_scores(kv_fp8.rotate_for_keys(q[t:t + 1], kf), wt[t:t + 1], rows, ci, kf, score_fp8)[0]
+            sc = ri.index_scores(kv_fp8.rotate_for_keys(q[t:t + 1], kf), wt[t:t + 1], rows, ci, kf, row_fp8[t])[0]
             sa, sb = sc[a].sort().values, sc[bsel].sort().values
             # FP4 keys on the GPU: this one-row rotation may round differently from the batched one
             tol = 5e-3 if (fp8 == "fp4" and device != "cpu") else 1e-3
@@ -309,6 +328,10 @@ def interp_suite(op: str) -> list[tuple[str, float, float]]:
                                                            ci=32 if kf != "fp4" else 64, topk=4, block_size=16, fp8=kf,
                                                            device=dev, row_tile=5, score_fp8=True, group_rows=rows),
                 {"rows_mismatch": 0})
+        # the per-sequence choice: chunks of >= 5 tokens in FP8, the others (decode-like rows) in bf16, in one call
+        add("score-fp8-per-sequence", indexer_case([(0, 3), (37, 1), (60, 6), (3, 0), (9, 5), (20, 2)], hi=4, ci=32,
+                                                   topk=4, block_size=16, fp8=True, device=dev, row_tile=5,
+                                                   score_fp8=5), {"rows_mismatch": 0})
         for kf, rows in ((False, 1), (True, 2), ("fp4", 4)):
             add(f"scores-fp8-{kf}-rows{rows}", indexer_fp8_scores_case([(0, 3), (37, 1), (60, 6), (3, 0), (9, 5)],
                                                                        hi=4, ci=32 if kf != "fp4" else 64,
