@@ -26,7 +26,7 @@ from kernels.attn_meta import AttnMeta
 from kernels.kv_format import check_kernel_dims
 
 from . import attention_hca as hca
-from .attn_tiles import _attend, _combine_kernel, _load_cols, _window_ptr, _write_out
+from .attn_tiles import _attend, _combine_kernel, _load_cols, _token_query, _window_ptr, _write_out
 from .device_info import num_sms
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -55,16 +55,8 @@ def _sparse_attn_kernel(
         c0 = 0
     else:
         c0 = tl.program_id(2) * DV
-    b = tl.load(tok_seq_ptr + t)
-    pos = tl.load(pos_ptr + t)
-    start = tl.load(ctx_ptr + b)
-    qs = tl.load(qstart_ptr + b)
-    slot = tl.load(slot_ptr + b).to(tl.int64)
-    heads = tl.arange(0, BLOCK_H)
-    hmask = heads < H
-    cols = tl.arange(0, D)
-    q = tl.load(q_ptr + (t.to(tl.int64) * H + heads[:, None]) * D + cols[None, :], mask=hmask[:, None], other=0.0)
-    q = q.to(DOT_DT)
+    b, pos, start, qs, slot, heads, hmask, q = _token_query(t, q_ptr, tok_seq_ptr, pos_ptr, ctx_ptr, qstart_ptr,
+                                                            slot_ptr, H, BLOCK_H, D, DOT_DT)
 
     if HAS_POOL:
         if HAS_TOPK:

@@ -30,7 +30,7 @@ import triton.language as tl
 
 from kernels.attn_meta import AttnMeta
 
-from .attn_tiles import _attend, _combine_kernel, _load_cols, _window_ptr, _write_out
+from .attn_tiles import _attend, _combine_kernel, _load_cols, _token_query, _window_ptr, _write_out
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 PACK_BLOCK = 32  # entries per packing program
@@ -70,16 +70,9 @@ def _hca_prefill_kernel(
     """Program (t, sp): token t, list positions [sp*split_len, ...) of [W window slots | entries]."""
     t = tl.program_id(0)
     sp = tl.program_id(1)
-    b = tl.load(tok_seq_ptr + t)
-    pos = tl.load(pos_ptr + t)
-    start = tl.load(ctx_ptr + b)
-    qs = tl.load(qstart_ptr + b)
-    slot = tl.load(slot_ptr + b).to(tl.int64)
-    heads = tl.arange(0, BLOCK_H)
-    hmask = heads < H
+    b, pos, start, qs, slot, heads, hmask, q = _token_query(t, q_ptr, tok_seq_ptr, pos_ptr, ctx_ptr, qstart_ptr,
+                                                            slot_ptr, H, BLOCK_H, D, DOT_DT)
     cols = tl.arange(0, D)
-    q = tl.load(q_ptr + (t.to(tl.int64) * H + heads[:, None]) * D + cols[None, :], mask=hmask[:, None], other=0.0)
-    q = q.to(DOT_DT)
     total = W + (pos + 1) // RATIO
     lo = sp * split_len
     hi = tl.minimum(lo + split_len, total)

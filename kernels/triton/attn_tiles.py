@@ -35,6 +35,23 @@ def _load_cols(ptr, valid, c0, DW: tl.constexpr, NOPE: tl.constexpr, R: tl.const
 
 
 @triton.jit
+def _token_query(t, q_ptr, tok_seq_ptr, pos_ptr, ctx_ptr, qstart_ptr, slot_ptr, H, BLOCK_H: tl.constexpr,
+                 D: tl.constexpr, DOT_DT: tl.constexpr):
+    """Token t's sequence b, position, its sequence's chunk start (context length), first flat row and slot, and
+    its query heads q [BLOCK_H, D] in the dot dtype (rows >= H zero) with their mask."""
+    b = tl.load(tok_seq_ptr + t)
+    pos = tl.load(pos_ptr + t)
+    start = tl.load(ctx_ptr + b)
+    qs = tl.load(qstart_ptr + b)
+    slot = tl.load(slot_ptr + b).to(tl.int64)
+    heads = tl.arange(0, BLOCK_H)
+    hmask = heads < H
+    cols = tl.arange(0, D)
+    q = tl.load(q_ptr + (t.to(tl.int64) * H + heads[:, None]) * D + cols[None, :], mask=hmask[:, None], other=0.0)
+    return b, pos, start, qs, slot, heads, hmask, q.to(DOT_DT)
+
+
+@triton.jit
 def _window_ptr(ring_ptr, cur_ptr, j, pos, start, qs, slot, W: tl.constexpr, ROW: tl.constexpr):
     """Window slots j [BN] of a token at `pos` -> (row addresses, valid): slot j is position p = pos-W+1+j, read
     from the sequence's ring (p before the chunk start) or from the chunk's own packed rows."""
