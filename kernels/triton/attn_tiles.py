@@ -4,8 +4,17 @@ online-softmax update, the output / split-partial write, and the split merge."""
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
+
+# FP8 entries with V4's 64-dim rope: 1 = read every 64-column block unmasked as E4M3 bytes and the rope block once
+# as bf16; 0 = the column-masked loads of both over the whole width (the measured kernels). sm_90 SASS of the CSA
+# decode kernel (FP8 entries, 32-key tiles): 6,272 -> 4,264 instructions, 316 -> 252 global loads, 528 -> 328 B
+# of stack, the same tile values (interpreter tests). Off until timed on the GPU (FP8 KV at batch 64 is 2.5 %
+# behind bf16 KV): V4_ATTN_FP8_ROPE_BLOCK=1 for the A/B (read once at import).
+FP8_ROPE_BLOCK = tl.constexpr(os.environ.get("V4_ATTN_FP8_ROPE_BLOCK", "0") == "1")
 
 
 @triton.jit
@@ -14,7 +23,23 @@ def _load_cols(ptr, valid, c0, DW: tl.constexpr, NOPE: tl.constexpr, R: tl.const
     """Gather columns [c0, c0 + DW) of rows at byte/element addresses `ptr` [BN] -> [BN, DW] in DOT_DT
     (dequantized once; for FP8 entries c0 and DW are whole 64-column scale blocks)."""
     cols = c0 + tl.arange(0, DW)
-    if FP8:
+    if FP8 and R == 64 and FP8_ROPE_BLOCK:  # V4's layout: one 64-column rope block after whole 64-column E4M3 blocks
+        NB: tl.constexpr = DW // 64
+        BN: tl.constexpr = ptr.shape[0]
+        blk = c0 // 64 + tl.arange(0, NB)
+        lane = tl.arange(0, 64)
+        # every block read as 64 E4M3 bytes without a column mask (the rope block's bytes are the first 32 of its
+        # bf16 values: read, then replaced below), and the rope block once as 64 bf16 values
+        raw = tl.load(ptr[:, None, None] + (blk[:, None] * 64 + lane[None, :])[None, :, :], mask=valid[:, None, None],
+                      other=0)  # [BN, NB, 64]
+        sc = tl.load(ptr[:, None] + (NOPE + 2 * R) + blk[None, :], mask=valid[:, None] & (blk[None, :] < NOPE // 64),
+                     other=127)  # [BN, NB] UE8M0, one per 64 dims
+        v = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32) * tl.exp2(sc.to(tl.float32) - 127.0)[:, :, None]
+        rptr = (ptr + NOPE).to(tl.pointer_type(tl.bfloat16))
+        rv = tl.load(rptr[:, None] + lane[None, :], mask=valid[:, None] & (c0 + DW > NOPE), other=0.0)  # [BN, 64]
+        v = tl.where((blk >= NOPE // 64)[None, :, None], rv.to(tl.float32)[:, None, :], v)
+        return tl.reshape(v, [BN, DW]).to(DOT_DT)
+    elif FP8:
         is_nope = cols < NOPE
         raw = tl.load(ptr[:, None] + cols[None, :], mask=valid[:, None] & is_nope[None, :], other=0)
         v8 = raw.to(tl.float8e4nv, bitcast=True).to(tl.float32)

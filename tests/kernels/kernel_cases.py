@@ -307,6 +307,12 @@ def interp_suite(op: str) -> list[tuple[str, float, float]]:
                                       block_size=16, fp8=True, device=dev, dtype=f32), {"pack": 1e9})
         add("csa-fp8", attention_case(specs, h=4, c=128, r=64, w=8, ratio=4, topk=4, block_size=16, fp8=True,
                                       device=dev, dtype=f32), {"pack": 1e9})
+    elif op == "attention-fp8":  # the FP8-entry cases alone (run under the kernels' switches, e.g. the rope-block load)
+        specs = [(0, 3), (37, 1), (9, 6), (4, 0)]
+        add("csa-fp8", attention_case(specs, h=4, c=128, r=64, w=8, ratio=4, topk=4, block_size=16, fp8=True,
+                                      device=dev, dtype=f32), {"pack": 1e9})
+        add("hca-fp8", attention_case([(0, 40), (21, 19), (70, 2)], h=4, c=128, r=64, w=8, ratio=2, topk=0,
+                                      block_size=16, fp8=True, device=dev, dtype=f32), {"pack": 1e9})
     elif op == "indexer":
         add("dense", indexer_case([(0, 3), (37, 1), (60, 6), (3, 0)], hi=4, ci=32, topk=4, block_size=16, fp8=False,
                                   device=dev), {"rows_mismatch": 0})
@@ -389,10 +395,11 @@ def model_logits_case(n_prefill: int, n_decode: int) -> dict:
     return {"rel": ((got - ref).norm() / ref.norm()).item()}
 
 
-def run_interp_subprocess(op: str, timeout: int = 300) -> list[tuple[str, float, float]]:
+def run_interp_subprocess(op: str, timeout: int = 300, env_extra: dict | None = None) -> list[tuple[str, float, float]]:
     """Run interp_suite(op) in a fresh interpreter with TRITON_INTERPRET=1 (it must be set before
     triton compiles our @triton.jit functions, i.e. before kernels.triton.* is imported; a
-    subprocess keeps it out of the pytest process, where GPU tests need the real compiler)."""
+    subprocess keeps it out of the pytest process, where GPU tests need the real compiler). env_extra: more
+    environment for that process (the kernels' import-time switches)."""
     import json
     import os
     import subprocess
@@ -400,7 +407,8 @@ def run_interp_subprocess(op: str, timeout: int = 300) -> list[tuple[str, float,
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               **(env_extra or {}))
     code = ("import json, sys; from tests.kernels.kernel_cases import interp_suite; "
             "print('RESULT', json.dumps(interp_suite(sys.argv[1])))")
     p = subprocess.run([sys.executable, "-c", code, op], cwd=root, env=env, capture_output=True, text=True,

@@ -4,6 +4,8 @@ accumulator lowers its stack (spills). Runs in a subprocess without TRITON_INTER
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -89,3 +91,47 @@ def compile_hca_prefill() -> int:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the kernel for real")
 def test_hca_prefill_compiles_for_sm90():
     assert compiled_count("test_attention_compile", "compile_hca_prefill") == 6
+
+
+def compile_fp8_rope_block() -> str:
+    """The CSA decode kernel with FP8 entries (32-key tiles, DSPLIT 1, the default decode shape) compiled for sm_90
+    under this process's V4_ATTN_FP8_ROPE_BLOCK -> "instructions global-loads local-bytes" of its SASS."""
+    import re
+    import subprocess
+    import tempfile
+
+    import triton
+    import triton.language as tl
+
+    import kernels.triton.attention as ta
+
+    kv = "*u8"
+    sig = dict(q_ptr="*bf16", cur_ptr=kv, ring_ptr=kv, pool_ptr=kv, topk_ptr="*i32", tables_ptr="*i32",
+               tok_seq_ptr="*i32", pos_ptr="*i32", qstart_ptr="*i32", ctx_ptr="*i32", slot_ptr="*i32",
+               sink_ptr="*fp32", out_ptr="*bf16", part_acc_ptr="*fp32", part_ml_ptr="*fp32", H="i32",
+               table_stride="i32", topk_stride="i32", split_len="i32", sm_scale_log2="fp32")
+    consts = dict(W=128, ROW=584, PB=32, RATIO=4, K=512, HAS_POOL=True, HAS_TOPK=True, NSPLIT=1, D=512, NOPE=448,
+                  R=64, FP8=True, BLOCK_H=64, BLOCK_N=32, DOT_DT=tl.bfloat16, DSPLIT=1)
+    k = compile_sm90(ta._sparse_attn_kernel, sig, consts, num_warps=8, num_stages=2)
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        out = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    ins = [x for x in out.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", x)]
+    return f"{len(ins)} {sum('LDG' in x for x in ins)} {resource_usage(k)['LOCAL']}"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the kernel for real")
+def test_fp8_rope_block_load_compiles_leaner(monkeypatch):
+    """attn_tiles.FP8_ROPE_BLOCK (read at import, so one compile process per setting): fewer instructions and global
+    loads, no local memory (6,272 -> 4,264 instructions, 316 -> 252 loads when written)."""
+    from tests.kernels.fp8_compile import run_without_interpreter
+
+    counts = {}
+    for on in ("0", "1"):
+        monkeypatch.setenv("V4_ATTN_FP8_ROPE_BLOCK", on)
+        out = run_without_interpreter("from tests.kernels.test_attention_compile import compile_fp8_rope_block; "
+                                      "print('COUNTS', compile_fp8_rope_block())")
+        counts[on] = [int(x) for x in out.split("COUNTS")[-1].split()]
+    assert counts["1"][2] == 0 and counts["1"][0] < counts["0"][0] and counts["1"][1] < counts["0"][1], counts

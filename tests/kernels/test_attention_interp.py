@@ -42,3 +42,12 @@ def test_packed_hca_choice(monkeypatch):
     assert not hca.use_packed_hca(decode, 128, q)
     monkeypatch.setattr(hca, "_ENV_MIN_QUERY", "0")
     assert not hca.use_packed_hca(prefill, 128, q)
+
+
+def test_attention_fp8_rope_block_load_matches_twin():
+    """The FP8 entries' unmasked block load with the rope block read once (attn_tiles.FP8_ROPE_BLOCK, an A/B switch)
+    against the twins: window, CSA and packed HCA paths, whole and sliced value columns."""
+    results = run_interp_subprocess("attention-fp8", env_extra={"V4_ATTN_FP8_ROPE_BLOCK": "1"})
+    assert results
+    bad = [(name, val, tol) for name, val, tol in results if not val <= tol]
+    assert not bad, bad
