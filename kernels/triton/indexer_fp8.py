@@ -155,7 +155,9 @@ def scores_fp8(q: torch.Tensor, w: torch.Tensor, packed, meta: AttnMeta, scores:
 # FP8 index scores for the rows of sequences whose chunk has at least this many tokens (prefill chunks), on the
 # measured GPU class only (fp8_table.MEASURED_CAPABILITY). Decided per sequence, not per call, so a sequence's
 # numerics never depend on what it is batched with: decode and speculative-verify rows (1 .. k+1 per sequence)
-# always keep the bf16 scores, also beside a prefill chunk. Measured on the H200: the 1M-token prompt 18,194 ->
+# always keep the bf16 scores, also beside a prefill chunk. A prompt's own rows do depend on how it was chunked
+# (the step budget, a prefix-cache hit leaving a short tail), as any shape-dependent kernel choice makes them.
+# Measured on the H200: the 1M-token prompt 18,194 ->
 # 24,370 tok/s (docs/benchmarks.md, session 6). V4_IDX_FP8_MIN_ROWS=<tokens> sets it (A/B switch, read once at
 # import; 0 = off).
 FP8_SCORE_MIN_ROWS: int | None = 512
