@@ -24,6 +24,20 @@ def _emit(ctx, op, us, bytes_=0.0, flops=0.0, **kw):
     return ctx.emit(**r)
 
 
+def _chunk_meta(n_ctx: int, chunk: int, n_blocks: int, g, dev: str = "cuda"):
+    """AttnMeta of one sequence's last `chunk` tokens of an n_ctx-token prompt over n_blocks shuffled blocks
+    (the long-prompt prefill benches) -> (meta, positions)."""
+    from models.state import ForwardBatch, batch_metadata
+    start = n_ctx - chunk
+    batch = ForwardBatch(input_ids=torch.zeros(chunk, dtype=torch.long, device=dev),
+                         positions=torch.arange(start, n_ctx, device=dev),
+                         slot_ids=torch.zeros(1, dtype=torch.long, device=dev),
+                         block_tables=torch.randperm(n_blocks, device=dev, generator=g)[None],
+                         logits_indices=torch.zeros(1, dtype=torch.long, device=dev),
+                         query_start=[0, chunk], context_lens=[start])
+    return batch_metadata(batch), batch.positions
+
+
 def _decode_setup(b, ctx_len, ratio, fp8, seed=0, topk=TOPK):
     """b decode tokens, each at position ctx_len-1 of its own sequence; random entries and tables."""
     from kernels.ref import kv_fp8
@@ -183,18 +197,11 @@ def install(register, bench_ms):
         indexer; HCA attention). tokens/s = chunk / time."""
         from kernels.triton import attention as ta
         from kernels.triton import indexer as ti
-        from models.state import ForwardBatch, batch_metadata
         n_ctx, chunk, dev = 131072, 4096, "cuda"
         start = n_ctx - chunk
         g = torch.Generator(device=dev).manual_seed(0)
         nb = n_ctx // BS
-        batch = ForwardBatch(input_ids=torch.zeros(chunk, dtype=torch.long, device=dev),
-                             positions=torch.arange(start, n_ctx, device=dev),
-                             slot_ids=torch.zeros(1, dtype=torch.long, device=dev),
-                             block_tables=torch.randperm(nb, device=dev, generator=g)[None],
-                             logits_indices=torch.zeros(1, dtype=torch.long, device=dev), query_start=[0, chunk],
-                             context_lens=[start])
-        meta = batch_metadata(batch)
+        meta, _ = _chunk_meta(n_ctx, chunk, nb, g)
         q = torch.randn(chunk, H, C, device=dev, dtype=torch.bfloat16, generator=g)
         kv_cur = torch.randn(chunk, C, device=dev, dtype=torch.bfloat16, generator=g)
         ring = torch.randn(1, W, C, device=dev, dtype=torch.bfloat16, generator=g)
@@ -230,7 +237,6 @@ def install(register, bench_ms):
 
         from kernels.triton import attention as ta
         from kernels.triton import attention_hca as hca
-        from models.state import ForwardBatch, batch_metadata
         dev, bs = "cuda", 128
         g = torch.Generator(device=dev).manual_seed(0)
         sweep = os.environ.get("V4_ATTN_HCA_SWEEP")
@@ -239,13 +245,7 @@ def install(register, bench_ms):
         for n_ctx, chunk in ((131072, 8192), (1048576, 8192)):
             start = n_ctx - chunk
             nb = n_ctx // bs
-            batch = ForwardBatch(input_ids=torch.zeros(chunk, dtype=torch.long, device=dev),
-                                 positions=torch.arange(start, n_ctx, device=dev),
-                                 slot_ids=torch.zeros(1, dtype=torch.long, device=dev),
-                                 block_tables=torch.randperm(nb, device=dev, generator=g)[None],
-                                 logits_indices=torch.zeros(1, dtype=torch.long, device=dev),
-                                 query_start=[0, chunk], context_lens=[start])
-            meta = batch_metadata(batch)
+            meta, _ = _chunk_meta(n_ctx, chunk, nb, g)
             q = torch.randn(chunk, H, C, device=dev, dtype=torch.bfloat16, generator=g)
             kv_cur = torch.randn(chunk, C, device=dev, dtype=torch.bfloat16, generator=g)
             ring = torch.randn(1, W, C, device=dev, dtype=torch.bfloat16, generator=g)
@@ -286,7 +286,6 @@ def install(register, bench_ms):
         from kernels.triton import indexer as ti
         from kernels.triton import indexer_fp8 as f8
         from kernels.triton import topk_prefill as tp
-        from models.state import ForwardBatch, batch_metadata
         dev = "cuda"
         g = torch.Generator(device=dev).manual_seed(0)
         # FP8 score configs rows:block_e:stages:warps (V4_IDX_FP8_SWEEP="2:64:3:4,4:64:3:8"); default the shipped one
@@ -298,20 +297,14 @@ def install(register, bench_ms):
             keys = torch.randn(nb, BS // 4, 128, device=dev, dtype=torch.bfloat16, generator=g)
             for rows in (256, 1024, 2048):
                 start = n_ctx - rows
-                batch = ForwardBatch(input_ids=torch.zeros(rows, dtype=torch.long, device=dev),
-                                     positions=torch.arange(start, n_ctx, device=dev),
-                                     slot_ids=torch.zeros(1, dtype=torch.long, device=dev),
-                                     block_tables=torch.randperm(nb, device=dev, generator=g)[None],
-                                     logits_indices=torch.zeros(1, dtype=torch.long, device=dev),
-                                     query_start=[0, rows], context_lens=[start])
-                meta = batch_metadata(batch)
+                meta, positions = _chunk_meta(n_ctx, rows, nb, g)
                 q = torch.randn(rows, 64, 128, device=dev, dtype=torch.bfloat16, generator=g)
                 w = torch.randn(rows, 64, device=dev, generator=g)
                 scores = torch.empty(rows, n_ctx // 4, device=dev)
                 flops = 2 * 64 * 128 * rows * (start + rows / 2) / 4
                 # only e < (pos+1)//4 is written (the rest of the buffer is stale): compare there
                 written = (torch.arange(n_ctx // 4, device=dev)[None, :]
-                           < torch.div(batch.positions + 1, 4, rounding_mode="floor")[:, None])
+                           < torch.div(positions + 1, 4, rounding_mode="floor")[:, None])
 
                 def rel_diff(a, b):
                     return ((a - b).abs().masked_fill(~written, 0).max()
