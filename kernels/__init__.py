@@ -271,13 +271,17 @@ def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta, sink, *, ratio: int,
                                                          scale=scale, rope_dim=rope_dim)
 
 
-def indexer_topk(q, w, keys, meta, topk: int, *, ratio: int = 4, key_format: str, score_fp8: bool | None = None):
+def indexer_topk(q, w, keys, meta, topk: int, *, ratio: int = 4, key_format: str, score_fp8: bool | None = None,
+                 reduce_scores=None):
     """Lightning-indexer scores + top-k -> [N, topk] int32 entry indices, -1 = none. `key_format`:
     "dense" | "fp8" | "fp4", the format of `keys` (the state's KVFormat.index_keys). `score_fp8`: q and k as
     FP8 with per-row scales (triton/indexer_fp8.py); None = the backend's choice (Triton: prefill-sized
-    chunks on the measured GPU class, per sequence: indexer_fp8.fp8_sequences; the twin: never)."""
+    chunks on the measured GPU class, per sequence: indexer_fp8.fp8_sequences; the twin: never).
+    `reduce_scores`: called in place on every block of scores before its top-k (tensor parallelism: q / w hold
+    this rank's heads and the callback all-reduces the head-partial scores, so every rank selects the same
+    entries from bounded score tiles)."""
     return _impl("indexer_topk", q).indexer_topk(q, w, keys, meta, topk, ratio=ratio, key_format=key_format,
-                                                 score_fp8=score_fp8)
+                                                 score_fp8=score_fp8, reduce_scores=reduce_scores)
 
 
 def compress_and_store(kv, score, kv_tail, score_tail, norm_weight, inv_freq, pool, meta, *, ratio: int,

@@ -153,35 +153,12 @@ class ParallelContext:
     # ---- indexer: head-partial scores all-reduced before top-k -----------------------------------
     def indexer_topk(self, q, w, keys, meta, topk: int, *, ratio: int = 4, key_format: str) -> torch.Tensor:
         """Same contract as kernels.indexer_topk, for q/w holding this rank's indexer heads only:
-        I[t, e] = sum over ALL heads = all-reduce of the local-head partial sums; then top-k."""
+        I[t, e] = sum over ALL heads = all-reduce of the local-head partial sums, per score tile of the kernels'
+        own bounded tiling (no [tokens, heads, entries] tensor at long context); then top-k."""
         import kernels as kops
 
-        if self.world_size == 1:
-            return kops.indexer_topk(q, w, keys, meta, topk, ratio=ratio, key_format=key_format)
-        from kernels.ref.attention import gather_entries
-        from kernels.ref.indexer import select_topk
-        from kernels.ref.kv_fp8 import read_keys, rotate_for_keys
-
-        n_tok, _, ci = q.shape
-        out = torch.full((n_tok, topk), -1, dtype=torch.int32, device=q.device)
-        q = rotate_for_keys(q, key_format)  # MXFP4 keys are stored rotated by H
-        parts = []  # (s0, s1, e, partial scores [n, e] fp32)
-        for b, s0, s1, start in meta.chunks():
-            e = (start + s1 - s0) // ratio
-            if e == 0:
-                continue
-            kb = read_keys(gather_entries(keys, meta.block_tables[b], e), ci, key_format)
-            sc = torch.einsum("nhc,ec->nhe", q[s0:s1].float(), kb.float()).relu_()
-            parts.append((s0, s1, e, (sc * w[s0:s1].float().unsqueeze(-1)).sum(1)))
-        if not parts:
-            return out
-        flat = self.all_reduce(torch.cat([p[3].reshape(-1) for p in parts]))
-        off = 0
-        for s0, s1, e, p in parts:
-            scores = flat[off:off + p.numel()].view(s1 - s0, e)
-            off += p.numel()
-            select_topk(scores, meta.positions[s0:s1].long(), topk, ratio, out[s0:s1])
-        return out
+        return kops.indexer_topk(q, w, keys, meta, topk, ratio=ratio, key_format=key_format,
+                                 reduce_scores=self.all_reduce if self.world_size > 1 else None)
 
 
 class ExpertParallel:

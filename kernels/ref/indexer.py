@@ -28,6 +28,7 @@ def indexer_topk(
     ratio: int = 4,
     key_format: str,  # "dense" | "fp8" | "fp4": the format of `keys` (the state's KVFormat.index_keys)
     score_fp8: bool | None = None,  # FP8 index scores (index_scores); None = False here (the Triton op decides)
+    reduce_scores=None,  # called in place on every score block before its top-k (tensor parallel: all-reduce)
 ) -> torch.Tensor:
     n_tok, _, ci = q.shape
     out = torch.full((n_tok, topk), -1, dtype=torch.int32, device=q.device)
@@ -38,6 +39,8 @@ def indexer_topk(
             continue
         rows = gather_entries(keys, meta.block_tables[b], e)
         scores = index_scores(q[s0:s1], w[s0:s1], rows, ci, key_format, bool(score_fp8))
+        if reduce_scores is not None:
+            reduce_scores(scores)
         select_topk(scores, meta.positions[s0:s1].long(), topk, ratio, out[s0:s1])
     return out
 

@@ -222,9 +222,11 @@ def score_rows_per_program(n_rows: int) -> int:
 
 
 def indexer_topk(q, w, keys, meta: AttnMeta, topk: int, *, ratio: int = 4, key_format: str,
-                 score_fp8: bool | None = None, row_tile: int | None = None):
+                 score_fp8: bool | None = None, row_tile: int | None = None, reduce_scores=None):
     """Twin: kernels/ref/indexer.indexer_topk. score_fp8: the FP8 index scores (triton/indexer_fp8.py) for every
-    row; None = per sequence, indexer_fp8.fp8_sequences (prefill chunks on the measured GPU class)."""
+    row; None = per sequence, indexer_fp8.fp8_sequences (prefill chunks on the measured GPU class).
+    reduce_scores: called in place on every score tile [n, E] before its top-k (tensor parallel: the all-reduce
+    of head-partial scores; the tile's columns past a row's limit hold no scores and are never read)."""
     n_tok = q.shape[0]
     out = torch.full((n_tok, topk), -1, dtype=torch.int32, device=q.device)
     e_cap = meta.max_seq_len // ratio
@@ -250,5 +252,7 @@ def indexer_topk(q, w, keys, meta: AttnMeta, topk: int, *, ratio: int = 4, key_f
                 f8.scores_fp8(q, w, packed, meta, scores, row0, n, ratio, SCORE_PROGRAMS)
             else:
                 indexer_scores(q, w, keys, meta, scores, row0, n, ratio, key_format)
+            if reduce_scores is not None:
+                reduce_scores(scores[:n])
             topk_rows(scores, meta.positions, out, row0, n, topk, ratio)
     return out

@@ -119,11 +119,14 @@ def attention_case(specs, *, h, c, r, w, ratio, topk, block_size, fp8, device, d
 
 
 def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_tile=None, group_rows=1,
-                 score_fp8=False):
+                 score_fp8=False, split_heads=False):
     """group_rows: rows per score program (the prefill grouping, forced here from the first row on; with
     score_fp8 the FP8 kernel's rows per program); score_fp8: the FP8 index scores (triton/indexer_fp8.py) in
     both implementations; an int m: the kernel's own per-sequence choice (indexer_fp8.fp8_sequences, here from
-    chunks of m tokens on, on any device), the twin's FP8 rows for those sequences and bf16 rows for the rest."""
+    chunks of m tokens on, on any device), the twin's FP8 rows for those sequences and bf16 rows for the rest.
+    split_heads: the kernel as two tensor-parallel ranks would run it, each on half the heads, the partial score
+    tiles summed by its reduce_scores hook (the second half's tiles recorded first), against the twin's all-heads
+    selection."""
     from kernels.ref import indexer as ri
     from kernels.triton import indexer as ti
     from kernels.triton import indexer_fp8 as f8
@@ -148,7 +151,16 @@ def indexer_case(specs, *, hi, ci, topk, block_size, fp8, device, seed=0, row_ti
     if isinstance(score_fp8, bool):
         row_fp8 = [score_fp8] * n
         ref = ri.indexer_topk(q, wt, keys, meta, topk, key_format=kf, score_fp8=score_fp8)
-        got = ti.indexer_topk(q, wt, keys, meta, topk, key_format=kf, row_tile=row_tile, score_fp8=score_fp8)
+        if split_heads:
+            half, tiles = hi // 2, []
+            ti.indexer_topk(q[:, half:], wt[:, half:], keys, meta, topk, key_format=kf, row_tile=row_tile,
+                            score_fp8=score_fp8, reduce_scores=lambda t: tiles.append(t.clone()))
+            other = iter(tiles)
+            got = ti.indexer_topk(q[:, :half], wt[:, :half], keys, meta, topk, key_format=kf, row_tile=row_tile,
+                                  score_fp8=score_fp8, reduce_scores=lambda t: t.add_(next(other)))
+            assert next(other, None) is None and tiles
+        else:
+            got = ti.indexer_topk(q, wt, keys, meta, topk, key_format=kf, row_tile=row_tile, score_fp8=score_fp8)
     else:  # the per-sequence choice
         from kernels.triton import fp8_table
         keep = f8._ENV_MIN_ROWS, fp8_table._on_measured_gpu
@@ -334,6 +346,11 @@ def interp_suite(op: str) -> list[tuple[str, float, float]]:
                                                            ci=32 if kf != "fp4" else 64, topk=4, block_size=16, fp8=kf,
                                                            device=dev, row_tile=5, score_fp8=True, group_rows=rows),
                 {"rows_mismatch": 0})
+        # two tensor-parallel halves of the heads, partial score tiles summed by the reduce hook (bf16 and FP8 scores)
+        for sf in (False, True):
+            add(f"split-heads-score-fp8-{sf}", indexer_case([(0, 3), (37, 1), (60, 6), (9, 5)], hi=4, ci=32, topk=4,
+                                                            block_size=16, fp8=True, device=dev, row_tile=5,
+                                                            score_fp8=sf, split_heads=True), {"rows_mismatch": 0})
         # the per-sequence choice: chunks of >= 5 tokens in FP8, the others (decode-like rows) in bf16, in one call
         add("score-fp8-per-sequence", indexer_case([(0, 3), (37, 1), (60, 6), (3, 0), (9, 5), (20, 2)], hi=4, ci=32,
                                                    topk=4, block_size=16, fp8=True, device=dev, row_tile=5,
