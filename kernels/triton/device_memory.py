@@ -2,7 +2,8 @@
 
 `torch.cuda.mem_get_info` calls cudaMemGetInfo, which waits for the device on some drivers: an ~8 ms host sync per
 call has been reported on H200-class machines (sglang#25225), and v4serve's MoE prefill asked it once per MoE layer
-and step, which left the GPU idle ~9 s of a 1M-token prompt (docs/benchmarks.md, sessions 6-7). The caching
+and step: the suspected cause of ~9 s of GPU idle in a 1M-token prompt (docs/benchmarks.md, sessions 6-7; not
+yet confirmed by a measurement). The caching
 allocator only moves bytes between "free in the driver" and "reserved by torch", so driver-free + torch-reserved
 stays the same until something outside torch allocates; the answer is that sum, queried at most once per
 REFRESH_S per device, minus what torch has allocated now (a host-side counter).

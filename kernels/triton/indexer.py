@@ -238,11 +238,12 @@ def indexer_topk(q, w, keys, meta: AttnMeta, topk: int, *, ratio: int = 4, key_f
         q = q.to(torch.bfloat16)
     if score_fp8 is None:
         segments = f8.row_segments(meta, f8.fp8_sequences(q, meta))
+        min_query = f8.min_query_rows() or 1  # the FP8-scored sequences are those chunks (packed alone)
     else:
-        segments = [(0, n_tok, bool(score_fp8))]
+        segments, min_query = [(0, n_tok, bool(score_fp8))], 1
     if any(use for _, _, use in segments):
         kfmt = {"dense": 0, "fp8": 1, "fp4": 2}[check_key_store(keys, q.shape[2], key_format)]
-        packed = f8.pack_keys(keys, meta, q.shape[2], ratio, kfmt)
+        packed = f8.pack_keys(keys, meta, q.shape[2], ratio, kfmt, min_query)
     tile = row_tile or max(1, min(n_tok, SCORE_BUDGET_BYTES // (4 * e_cap)))
     scores = torch.empty((min(tile, n_tok), e_cap), dtype=torch.float32, device=q.device)
     for r0, r1, fp8 in segments:

@@ -110,16 +110,18 @@ def _score_kernel(q_ptr, w_ptr, k8_ptr, ks_ptr, kbase_ptr, tok_seq_ptr, pos_ptr,
 
 
 @torch.compiler.disable
-def pack_keys(keys: torch.Tensor, meta: AttnMeta, ci: int, ratio: int, kfmt: int):
-    """Every sequence's indexer keys (those its chunk's rows can select) -> (codes [n, ci] float8_e4m3fn
+def pack_keys(keys: torch.Tensor, meta: AttnMeta, ci: int, ratio: int, kfmt: int, min_query: int = 1):
+    """The indexer keys (those its chunk's rows can select) of every sequence whose chunk has >= min_query tokens
+    (the FP8-scored ones: decode rows beside a prefill chunk are not packed) -> (codes [n, ci] float8_e4m3fn
     (fp32 under the interpreter), scales [n] fp32, kbase [B] int64: sequence b's first packed row). Sizes
     from the host lists, offsets on the device (no sync)."""
     qs, cl = meta.query_start_host, meta.context_lens_host
-    host_n = [(cl[b] + qs[b + 1] - qs[b]) // ratio if qs[b + 1] > qs[b] else 0 for b in range(len(cl))]
+    lo = max(min_query, 1)
+    host_n = [(cl[b] + qs[b + 1] - qs[b]) // ratio if qs[b + 1] - qs[b] >= lo else 0 for b in range(len(cl))]
     total, most = sum(host_n), max(host_n, default=0)
     dev = keys.device
     qlen = meta.query_start[1:] - meta.query_start[:-1]
-    nkeys = torch.where(qlen > 0, torch.div(meta.context_lens + qlen, ratio, rounding_mode="floor"), 0).to(torch.int32)
+    nkeys = torch.where(qlen >= lo, torch.div(meta.context_lens + qlen, ratio, rounding_mode="floor"), 0).to(torch.int32)
     kbase = (torch.cumsum(nkeys, 0, dtype=torch.int64) - nkeys)
     codes = torch.empty((max(total, 1), ci), dtype=torch.float32 if INTERPRET else torch.float8_e4m3fn, device=dev)
     scales = torch.empty(max(total, 1), dtype=torch.float32, device=dev)
@@ -164,12 +166,18 @@ FP8_SCORE_MIN_ROWS: int | None = 512
 _ENV_MIN_ROWS = os.environ.get("V4_IDX_FP8_MIN_ROWS")
 
 
+def min_query_rows() -> int | None:
+    """The chunk length from which a sequence's rows take the FP8 index scores (None: never)."""
+    return FP8_SCORE_MIN_ROWS if _ENV_MIN_ROWS is None else (int(_ENV_MIN_ROWS) or None)
+
+
 def fp8_sequences(q: torch.Tensor, meta: AttnMeta) -> list[bool]:
     """Per sequence of the batch: whether its rows take the FP8 index scores (the numerics choice of
-    `kernels.indexer_topk(score_fp8=None)` on the Triton backend); q [N, HI, cI] the indexer's query rows."""
+    `kernels.indexer_topk(score_fp8=None)` on the Triton backend): chunks of >= min_query_rows() tokens on the
+    measured GPU class; q [N, HI, cI] the indexer's query rows."""
     from .fp8_table import _on_measured_gpu
 
-    lo = FP8_SCORE_MIN_ROWS if _ENV_MIN_ROWS is None else (int(_ENV_MIN_ROWS) or None)
+    lo = min_query_rows()
     qs = meta.query_start_host
     if lo is None or meta.max_query_len < lo or not _on_measured_gpu(q):
         return [False] * (len(qs) - 1)

@@ -195,7 +195,7 @@ def transient_bytes(n: int, k: int, d: int, inter: int, num_e: int) -> int:
 def use_grouped(x, w1, ids, act_quant=False) -> bool:
     """The measured table above: MXFP4 experts, bf16 activations on CUDA, >= MIN_PAIRS_PER_EXPERT pairs per
     expert, and room for the transient dequantized stack (device_memory.allocatable_bytes: no device sync per
-    call; asking the driver every call idled the GPU ~9 s of a 1M-token prompt)."""
+    call; asking the driver every call is the suspected cause of ~9 s of GPU idle in a 1M-token prompt)."""
     if interpreting() or not x.is_cuda or x.dtype != torch.bfloat16 or not hasattr(torch, "_grouped_mm"):
         return False
     if isinstance(w1, torch.Tensor) or w1.fmt != "fp4":

@@ -33,7 +33,8 @@ def test_driver_asked_once_per_interval(monkeypatch):
 
 def test_moe_prefill_room_check_asks_the_driver_once(monkeypatch):
     """moe_prefill.use_grouped runs once per MoE layer and prefill step: it must not ask the driver each time (a
-    cudaMemGetInfo per call idled the GPU ~9 s of a 1M-token prompt)."""
+    cudaMemGetInfo per call, a device sync on some drivers, is the suspected cause of ~9 s of GPU idle in a
+    1M-token prompt)."""
     from types import SimpleNamespace
 
     from kernels.triton import moe_prefill as mp
