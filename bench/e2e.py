@@ -255,7 +255,8 @@ def build_engine(args, model_dir, kv, num_blocks, max_len, max_b, cached_model):
 
     return ckpt_util.engine_on_weights(EngineArgs(
         model=model_dir, device="cuda", dtype="bfloat16", max_num_seqs=max_b, max_num_batched_tokens=args.budget,
-        num_kv_blocks=num_blocks, kv_cache_dtype=kv, max_model_len=max_len, enforce_eager=args.enforce_eager),
+        num_kv_blocks=num_blocks, kv_cache_dtype=kv, max_model_len=max_len, enforce_eager=args.enforce_eager,
+        async_scheduling={"auto": None, "on": True, "off": False}[args.async_scheduling]),
         cached_model)
 
 
@@ -279,6 +280,8 @@ def main(argv=None):
     ap.add_argument("--profile-steps", type=int, default=3)
     ap.add_argument("--budget", type=int, default=8192, help="max_num_batched_tokens")
     ap.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs at all (the 'before' engine)")
+    ap.add_argument("--async-scheduling", choices=("auto", "on", "off"), default="auto",
+                    help="the overlapped loop (auto: on for one CUDA device, as the engine resolves it)")
     ap.add_argument("--compare-eager", action="store_true", help="also time eager decode on the same engine")
     ap.add_argument("--preload", default=None, help="python file executed before loading (workarounds)")
     args = ap.parse_args(argv)
