@@ -58,8 +58,6 @@ CAP = 256 if INTERPRET else int(os.environ.get("V4_TOPK_PF_CAP", 4096))  # candi
 BLOCK = 64 if INTERPRET else int(os.environ.get("V4_TOPK_PF_BLOCK", 4096))  # streamed entries per step
 WARPS = 4 if INTERPRET else int(os.environ.get("V4_TOPK_PF_WARPS", 16))  # sample and filter + select kernels
 FALLBACK_WARPS = 4 if INTERPRET else 8  # the streaming passes, as indexer.topk_rows runs them
-# the filter loop loads block i+1 before scanning block i (V4_TOPK_PF_PREFETCH=0: the plain loop, bench A/B)
-PREFETCH = os.environ.get("V4_TOPK_PF_PREFETCH", "1") != "0"
 PROGRAMS_PER_SM = int(os.environ.get("V4_TOPK_PF_PER_SM", 1))  # 16 warps x 128 registers: one CTA per SM
 SAMPLE_Z = 6.0  # spreads between K and the expected candidate count (see the docstring)
 # use_prefill: rows this variant is meant for (set by design, not swept: bench `topk_prefill` measured 2,048-row tiles)
@@ -85,21 +83,15 @@ def _sample_threshold(srow, limit, K: tl.constexpr, SAMPLE: tl.constexpr, SEG: t
 
 
 @triton.jit
-def _filter(srow, limit, t_sub, cid, cval, CAP: tl.constexpr, BLOCK: tl.constexpr, PREFETCH: tl.constexpr):
+def _filter(srow, limit, t_sub, cid, cval, CAP: tl.constexpr, BLOCK: tl.constexpr):
     """Compact every entry with key >= t_sub (id, score) into cid/cval in index order (the first CAP of
-    them) -> how many there are (counting on past CAP). PREFETCH: load block i+1 before block i's scan
-    (the loop was latency-bound: one CTA per SM, each block's load waited on by the scan behind it)."""
+    them) -> how many there are (counting on past CAP)."""
     offs = tl.arange(0, BLOCK)
     count = tl.zeros([], tl.int32)
-    x_next = tl.load(srow + offs, mask=offs < limit, other=0.0)
     for e0 in range(0, limit, BLOCK):
         e = e0 + offs
         ok = e < limit
-        x = x_next
-        if PREFETCH:  # the next block's load is in flight while this block is scanned and compacted
-            x_next = tl.load(srow + e + BLOCK, mask=e + BLOCK < limit, other=0.0)
-        else:
-            x = tl.load(srow + e, mask=ok, other=0.0)
+        x = tl.load(srow + e, mask=ok, other=0.0)
         hit = (ok & (ordered_key(x) >= t_sub)).to(tl.int32)
         slot = count + tl.cumsum(hit, 0) - 1
         keep = (hit != 0) & (slot < CAP)
@@ -162,7 +154,7 @@ def _sample_kernel(scores_ptr, pos_ptr, out_ptr, thr_ptr, count_ptr, row0, score
 @triton.jit
 def _filter_select_kernel(scores_ptr, pos_ptr, out_ptr, thr_ptr, count_ptr, cid_ptr, cval_ptr, row0, n_rows,
                           score_stride, out_stride, K: tl.constexpr, RATIO: tl.constexpr, SAMPLE: tl.constexpr,
-                          CAP: tl.constexpr, BLOCK: tl.constexpr, PREFETCH: tl.constexpr):
+                          CAP: tl.constexpr, BLOCK: tl.constexpr):
     """Program p: the rows p, p + G, ... longer than SAMPLE, through scratch row p; count[r] = candidates."""
     pid = tl.program_id(0)
     cid = cid_ptr + pid.to(tl.int64) * CAP
@@ -175,7 +167,7 @@ def _filter_select_kernel(scores_ptr, pos_ptr, out_ptr, thr_ptr, count_ptr, cid_
             srow = scores_ptr + r.to(tl.int64) * score_stride
             t_sub = tl.load(thr_ptr + r).to(tl.uint32, bitcast=True)
             tl.debug_barrier()  # every warp has read the previous row's candidates before they are overwritten
-            count = _filter(srow, limit, t_sub, cid, cval, CAP, BLOCK, PREFETCH)
+            count = _filter(srow, limit, t_sub, cid, cval, CAP, BLOCK)
             tl.debug_barrier()  # every warp's candidates are written before any warp reads them back
             if (count >= K) & (count <= CAP):  # >= K candidates: T >= t_sub, every top-K entry is among them
                 _select_candidates(cid, cval, count, out_ptr + t.to(tl.int64) * out_stride, K, CAP)
@@ -218,10 +210,10 @@ def use_prefill(n_rows: int, e_cap: int, topk: int) -> bool:
 def topk_rows_prefill(scores: torch.Tensor, positions: torch.Tensor, out: torch.Tensor, row0: int, n_rows: int,
                       topk: int, ratio: int, *, sample: int | None = None, cap: int | None = None,
                       block: int | None = None, programs: int | None = None,
-                      counts: torch.Tensor | None = None, prefetch: bool | None = None) -> None:
+                      counts: torch.Tensor | None = None) -> None:
     """Same contract as indexer.topk_rows (and the same output, order and tie choice as its _topk_kernel):
     top-k of scores[r, :(pos[row0+r]+1)//ratio] -> out[row0+r, :topk], -1 in unused slots, for r < n_rows.
-    sample / cap / block / programs / prefetch override the module settings (tests); counts (int32 [>= n_rows]) receives
+    sample / cap / block / programs override the module sizes (tests); counts (int32 [>= n_rows]) receives
     each row's candidate count (a row fell back to the streaming passes when count < k or count > cap)."""
     sample, cap, block = sample or SAMPLE, cap or CAP, block or BLOCK
     for name, v in (("sample", sample), ("cap", cap), ("block", block)):
@@ -242,7 +234,6 @@ def topk_rows_prefill(scores: torch.Tensor, positions: torch.Tensor, out: torch.
     _sample_kernel[(n_rows,)](*args, thr, counts, row0, *strides, K=topk, RATIO=ratio, SAMPLE=sample, SEG=SEG,
                               BLOCK=block, Z=SAMPLE_Z, num_warps=WARPS)
     _filter_select_kernel[(g,)](*args, thr, counts, cid, cval, row0, n_rows, *strides, K=topk, RATIO=ratio,
-                                SAMPLE=sample, CAP=cap, BLOCK=block, PREFETCH=PREFETCH if prefetch is None else prefetch,
-                                num_warps=WARPS)
+                                SAMPLE=sample, CAP=cap, BLOCK=block, num_warps=WARPS)
     _fallback_kernel[(n_rows,)](*args, counts, row0, *strides, K=topk, RATIO=ratio, SAMPLE=sample, CAP=cap,
                                 BLOCK=block, num_warps=FALLBACK_WARPS)
