@@ -11,6 +11,16 @@ from dataclasses import dataclass
 import torch
 
 
+@dataclass(frozen=True)
+class PackedLayout:
+    """Where each sequence's compressed entries go when a kernel packs them densely (AttnMeta.packed_layout)."""
+
+    total: int  # packed rows in all (host int: sizes the buffer)
+    most: int  # the largest sequence's packed rows (host int: bounds the pack grid)
+    counts: torch.Tensor  # [B] int32 on the device: packed rows of sequence b (0: not packed)
+    base: torch.Tensor  # [B] int64 on the device: sequence b's first packed row (exclusive prefix sum of counts)
+
+
 @dataclass
 class AttnMeta:
     """Per-batch metadata the kernels (kernels/__init__.py) consume; built once per forward.
@@ -44,3 +54,16 @@ class AttnMeta:
         for b in range(len(cl)):
             if qs[b + 1] > qs[b]:
                 yield b, qs[b], qs[b + 1], cl[b]
+
+    def packed_layout(self, ratio: int, min_query: int = 1) -> PackedLayout:
+        """Entries at compression `ratio` that the chunk of each sequence with >= min_query tokens can see,
+        (context_len + query_len) // ratio, packed sequence after sequence: sizes from the host lists, the
+        offsets computed on the device (no sync)."""
+        qs, cl = self.query_start_host, self.context_lens_host
+        lo = max(min_query, 1)
+        host_n = [(cl[b] + qs[b + 1] - qs[b]) // ratio if qs[b + 1] - qs[b] >= lo else 0 for b in range(len(cl))]
+        qlen = self.query_start[1:] - self.query_start[:-1]
+        counts = torch.where(qlen >= lo, torch.div(self.context_lens + qlen, ratio, rounding_mode="floor"),
+                             0).to(torch.int32)
+        base = torch.cumsum(counts, 0, dtype=torch.int64) - counts
+        return PackedLayout(sum(host_n), max(host_n, default=0), counts, base)

@@ -104,18 +104,14 @@ def pack_entries(pool: torch.Tensor, meta: AttnMeta, ratio: int, d: int, nope: i
                  dtype: torch.dtype):
     """Every sequence's compressed entries its chunk can see -> (rows [n, d] in `dtype`, ebase [B] int64:
     sequence b's first row). Sizes from the host lists, offsets on the device (no sync)."""
-    qs, cl = meta.query_start_host, meta.context_lens_host
-    host_n = [(cl[b] + qs[b + 1] - qs[b]) // ratio if qs[b + 1] > qs[b] else 0 for b in range(len(cl))]
-    total, most = sum(host_n), max(host_n, default=0)
-    qlen = meta.query_start[1:] - meta.query_start[:-1]
-    nent = torch.where(qlen > 0, torch.div(meta.context_lens + qlen, ratio, rounding_mode="floor"), 0).to(torch.int32)
-    ebase = torch.cumsum(nent, 0, dtype=torch.int64) - nent
-    rows = torch.empty((max(total, 1), d), dtype=dtype, device=pool.device)
-    if most:
+    lay = meta.packed_layout(ratio)
+    rows = torch.empty((max(lay.total, 1), d), dtype=dtype, device=pool.device)
+    if lay.most:
         dot_dt = tl.float32 if dtype == torch.float32 else tl.bfloat16
-        _pack_entries_kernel[(len(cl), triton.cdiv(most, PACK_BLOCK))](
-            pool, meta.block_tables, nent, ebase, rows, meta.block_tables.stride(0), ROW=pool.shape[2],
+        _pack_entries_kernel[(meta.num_seqs, triton.cdiv(lay.most, PACK_BLOCK))](
+            pool, meta.block_tables, lay.counts, lay.base, rows, meta.block_tables.stride(0), ROW=pool.shape[2],
             PB=pool.shape[1], D=d, NOPE=nope, R=r, FP8=fp8, BLOCK_E=PACK_BLOCK, DOT_DT=dot_dt, num_warps=4)
+    ebase = lay.base
     return rows, ebase
 
 

@@ -115,22 +115,18 @@ def pack_keys(keys: torch.Tensor, meta: AttnMeta, ci: int, ratio: int, kfmt: int
     (the FP8-scored ones: decode rows beside a prefill chunk are not packed) -> (codes [n, ci] float8_e4m3fn
     (fp32 under the interpreter), scales [n] fp32, kbase [B] int64: sequence b's first packed row). Sizes
     from the host lists, offsets on the device (no sync)."""
-    qs, cl = meta.query_start_host, meta.context_lens_host
-    lo = max(min_query, 1)
-    host_n = [(cl[b] + qs[b + 1] - qs[b]) // ratio if qs[b + 1] - qs[b] >= lo else 0 for b in range(len(cl))]
-    total, most = sum(host_n), max(host_n, default=0)
+    lay = meta.packed_layout(ratio, min_query)
     dev = keys.device
-    qlen = meta.query_start[1:] - meta.query_start[:-1]
-    nkeys = torch.where(qlen >= lo, torch.div(meta.context_lens + qlen, ratio, rounding_mode="floor"), 0).to(torch.int32)
-    kbase = (torch.cumsum(nkeys, 0, dtype=torch.int64) - nkeys)
-    codes = torch.empty((max(total, 1), ci), dtype=torch.float32 if INTERPRET else torch.float8_e4m3fn, device=dev)
-    scales = torch.empty(max(total, 1), dtype=torch.float32, device=dev)
-    if most:
+    codes = torch.empty((max(lay.total, 1), ci), dtype=torch.float32 if INTERPRET else torch.float8_e4m3fn,
+                        device=dev)
+    scales = torch.empty(max(lay.total, 1), dtype=torch.float32, device=dev)
+    if lay.most:
         row = keys.shape[2]
-        _pack_kernel[(len(cl), triton.cdiv(most, PACK_BLOCK))](
-            keys, meta.block_tables, nkeys, kbase, codes, scales, meta.block_tables.stride(0), row, CI=ci,
+        _pack_kernel[(meta.num_seqs, triton.cdiv(lay.most, PACK_BLOCK))](
+            keys, meta.block_tables, lay.counts, lay.base, codes, scales, meta.block_tables.stride(0), row, CI=ci,
             PB=keys.shape[1], KFMT=kfmt, BLOCK_E=PACK_BLOCK, ALIGN=math.gcd(row * keys.element_size(), 16),
             DOT_F32=INTERPRET, num_warps=8)
+    kbase = lay.base
     return codes, scales, kbase
 
 
