@@ -2,7 +2,7 @@
 call and the mix / finish kernels alone, at prefill row counts, plus a tile sweep at 8,192 rows; `mhc_mix_decode`:
 the decode kernel against the row-tile kernel at 1-384 rows),
 the token->expert alignment (`moe_align`: 8,192 x top-6 and decode sizes) and the MoE prefill paths
-(`moe_prefill`: fused MXFP4 kernel vs dequantize + torch grouped GEMM, 4K / 16K tokens). Registered into
+(`moe_prefill`: fused MXFP4 kernel vs dequantize + torch grouped GEMM, bf16 and FP8 operands, 4K / 16K tokens). Registered into
 bench/kernels.py's REGISTRY by `install(register, bench_ms)`.
 """
 
@@ -119,6 +119,10 @@ def install(register, bench_ms):
         ws = _experts("fp4")
         us = us_of(lambda: tp.dequant_mxfp4(ws[0]), graph=False, rep=20)
         ctx.emit(bench="moe_prefill_dequant", matrix="w1", us=us, TBps=E * inter * D * (0.5 + 1 / 32 + 2) / us / 1e6)
+        from kernels.triton.moe_prefill_fp8 import dequant_mxfp4_e4m3
+        us = us_of(lambda: dequant_mxfp4_e4m3(ws[0]), graph=False, rep=20)
+        ctx.emit(bench="moe_prefill_dequant", matrix="w1", out="e4m3", us=us,
+                 TBps=E * inter * D * (0.5 + 1 / 32 + 1) / us / 1e6)
         for n in (4096, 8192, 16384):
             logits = torch.randn(n, E, device="cuda", generator=g)
             x = torch.randn(n, D, device="cuda", generator=g).bfloat16()
@@ -126,7 +130,8 @@ def install(register, bench_ms):
             flops = 2 * n * TOPK * 3 * D * inter
             c1 = tm.pick_config(n * TOPK, E, inter, 2, True, False)  # explicit tiles: the fused kernel
             for tag, fn in (("fused", lambda: tm.moe_experts(x, *ws, w, ids, 10.0, config1=c1)),
-                            ("grouped", lambda: tp.moe_experts_grouped(x, *ws, w, ids, 10.0)),
+                            ("grouped", lambda: tp.moe_experts_grouped(x, *ws, w, ids, 10.0, fp8_operands=False)),
+                            ("grouped_fp8", lambda: tp.moe_experts_grouped(x, *ws, w, ids, 10.0, fp8_operands=True)),
                             ("dispatch", lambda: tm.moe_experts(x, *ws, w, ids, 10.0))):
                 try:
                     us = us_of(fn, graph=False, rep=50)

@@ -30,15 +30,32 @@ def act_quant_tile(a, DOT_F32: tl.constexpr):
     xs = tl.exp2(tl.ceil(tl.log2(amax / 448.0)))
     av = af / xs[:, None]
     if DOT_F32:
-        ev = tl.maximum(tl.floor(tl.log2(tl.maximum(tl.abs(av), 1e-30))), -6.0)
-        step = tl.exp2(ev - 3.0)
-        t = av / step
-        r = tl.floor(t + 0.5)
-        r = tl.where((r - t == 0.5) & (r - 2.0 * tl.floor(r * 0.5) != 0.0), r - 1.0, r)  # ties to even
-        aq = r * step
+        aq = round_e4m3(av)
     else:
         aq = av.to(tl.float8e4nv)
     return aq, xs
+
+
+@triton.jit
+def e2m1_value(c):
+    """E2M1 code (int32 0..15) -> fp32 value, built from the bits: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and negatives
+    (e2m1_f32 below is the value x 2^-14, for callers that fold the 2^14 into their scale)."""
+    e = (c >> 1) & 3
+    mt = c & 1
+    bits = tl.where(e == 0, mt * (126 << 23), ((126 + e) << 23) | (mt << 22)) | ((c & 8) << 28)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def round_e4m3(av):
+    """fp32 values (|v| <= 448) rounded to the E4M3 grid, kept in fp32: the interpreter's stand-in for the
+    fp32 -> float8e4nv cast (round to nearest even; its own cast mis-rounds across binades)."""
+    ev = tl.maximum(tl.floor(tl.log2(tl.maximum(tl.abs(av), 1e-30))), -6.0)
+    step = tl.exp2(ev - 3.0)
+    t = av / step
+    r = tl.floor(t + 0.5)
+    r = tl.where((r - t == 0.5) & (r - 2.0 * tl.floor(r * 0.5) != 0.0), r - 1.0, r)  # ties to even
+    return r * step
 
 
 @triton.jit

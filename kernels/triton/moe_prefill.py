@@ -20,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import act_quant_tile, interpreting
+from . import moe_prefill_fp8 as fp8ops
+from .common import act_quant_tile, e2m1_value, interpreting
 from .device_memory import allocatable_bytes
 
 
@@ -41,20 +42,11 @@ def _dequant_mxfp4_kernel(p_ptr, s_ptr, out_ptr, R, KH, BR: tl.constexpr, BKH: t
                 other=127).to(tl.int32) & 0xFF
     sc = tl.where(s == 0, 1 << 22, s << 23).to(tl.float32, bitcast=True)  # [BR, NG]
     sc = tl.reshape(tl.broadcast_to(sc[:, :, None], (BR, NG, 16)), (BR, BKH))
-    lo = _e2m1(b & 0xF) * sc
-    hi = _e2m1(b >> 4) * sc
+    lo = e2m1_value(b & 0xF) * sc
+    hi = e2m1_value(b >> 4) * sc
     v = tl.reshape(tl.join(lo, hi), (BR, 2 * BKH)).to(tl.bfloat16)
     kk = 2 * (tl.program_id(1) * BKH) + tl.arange(0, 2 * BKH)
     tl.store(out_ptr + r64[:, None] * (2 * KH) + kk[None, :], v, mask=rm[:, None] & (kk < 2 * KH)[None, :])
-
-
-@triton.jit
-def _e2m1(c):
-    """E2M1 code (int32 0..15) -> fp32 value, built from the bits: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and negatives."""
-    e = (c >> 1) & 3
-    mt = c & 1
-    bits = tl.where(e == 0, mt * (126 << 23), ((126 + e) << 23) | (mt << 22)) | ((c & 8) << 28)
-    return bits.to(tl.float32, bitcast=True)
 
 
 def dequant_mxfp4(w) -> torch.Tensor:
@@ -138,8 +130,9 @@ def _gmm(a, w, offs, dtype):
     return y
 
 
-def moe_experts_grouped(x, w1, w3, w2, weights, ids, limit, act_quant=False):
-    """Same contract as kernels.ref.moe.moe_experts -> [N, d] fp32 (bf16 activations)."""
+def moe_experts_grouped(x, w1, w3, w2, weights, ids, limit, act_quant=False, fp8_operands=None):
+    """Same contract as kernels.ref.moe.moe_experts -> [N, d] fp32 (bf16 activations). `fp8_operands`: the
+    E4M3 path of moe_prefill_fp8.py (None: as `moe_prefill_fp8.available` decides, off unless switched on)."""
     if x.dtype != torch.bfloat16:
         raise ValueError(f"the grouped-GEMM MoE path takes bf16 activations, got {x.dtype}")
     x = x.contiguous()
@@ -159,18 +152,33 @@ def moe_experts_grouped(x, w1, w3, w2, weights, ids, limit, act_quant=False):
     wsel = weights.reshape(-1).float()[order].contiguous()
     interp = interpreting()
     br = 16
-    xs = torch.empty(p, d, dtype=x.dtype, device=dev)
-    _gather_kernel[(triton.cdiv(p, br), triton.cdiv(d, 128))](x, tok, xs, p, d, QUANT=act_quant, INTERP=interp,
-                                                             BR=br, BD=128, num_warps=4)
-    g = _gmm(xs, w1, offs, x.dtype)
-    v = _gmm(xs, w3, offs, x.dtype)
-    del xs
+    if fp8_operands is None:
+        fp8_operands = fp8ops.available(x, act_quant)
+    if fp8_operands:  # E4M3 experts x row-scaled E4M3 activations (moe_prefill_fp8.py), the gather fused
+        if act_quant or isinstance(w1, torch.Tensor) or w1.fmt != "fp4":
+            raise ValueError("the FP8-operand MoE prefill takes MXFP4 experts and bf16 activations (no act_quant)")
+        xq, xsc = fp8ops.row_quant(x, tok)
+        g = fp8ops.scaled_gmm(xq, xsc, w1, offs)
+        v = fp8ops.scaled_gmm(xq, xsc, w3, offs)
+        del xq, xsc
+    else:
+        xs = torch.empty(p, d, dtype=x.dtype, device=dev)
+        _gather_kernel[(triton.cdiv(p, br), triton.cdiv(d, 128))](x, tok, xs, p, d, QUANT=act_quant, INTERP=interp,
+                                                                 BR=br, BD=128, num_warps=4)
+        g = _gmm(xs, w1, offs, x.dtype)
+        v = _gmm(xs, w3, offs, x.dtype)
+        del xs
     h = torch.empty(p, inter, dtype=x.dtype, device=dev)
     _swiglu_kernel[(triton.cdiv(p, br), triton.cdiv(inter, 128))](g, v, wsel, h, p, inter, float(limit),
                                                                   QUANT=act_quant, INTERP=interp, BR=br, BI=128,
                                                                   num_warps=4)
     del g, v
-    y = _gmm(h, w2, offs, x.dtype)
+    if fp8_operands:
+        hq, hsc = fp8ops.row_quant(h)
+        del h
+        y = fp8ops.scaled_gmm(hq, hsc, w2, offs)
+    else:
+        y = _gmm(h, w2, offs, x.dtype)
     out = torch.empty(n, d, dtype=torch.float32, device=dev)
     bd = 128 if interp else 1024
     _combine_kernel[(n, triton.cdiv(d, bd))](y, pos, out, n, d, TOPK=k, BD=bd, num_warps=4)

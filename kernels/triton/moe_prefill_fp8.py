@@ -1,0 +1,145 @@
+"""FP8 operands for the grouped-GEMM MoE prefill (moe_prefill.py): E4M3 experts x E4M3 activations.
+
+The bf16 path rebuilds a bf16 copy of every MXFP4 expert matrix per call (4.3 GB written per V4-Flash
+matrix) and runs torch's bf16 grouped GEMM; in the 1M-token prompt that is 5.0 s of dequantization and 5.1 s
+of GEMM (docs/benchmarks.md, session 8). Here the copy is E4M3 (half the bytes) and the GEMMs are
+`torch._scaled_grouped_mm` with row-wise scales:
+
+* weights: row n of an MXFP4 matrix is e2m1 x 2^(S[n, g] - 127) over its 1x32 groups g. With the row's
+  largest scale byte M, the code e2m1 x 2^(S - M + 6) is exact in E4M3 (at most 6 x 64 = 384 <= 448; E2M1's
+  one mantissa bit fits E4M3's three) while S - M >= -8 (subnormal E4M3 below that: groups 2^8 smaller than
+  the row's largest round or flush), and the row scale is 2^(M - 133). The same conversion the reference's
+  fp4_gemm makes in its kernel (architecture.md: FP4 -> FP8 is lossless).
+* activations: one fp32 scale per row (amax / 448), the gather by expert fused into the quantization pass.
+  This is the numerical change against the bf16 path: activations carry E4M3's 3 mantissa bits, as the
+  reference GEMMs' 1x128-block FP8 activations do, with one scale per row instead of one per 128 columns.
+
+Off by default (`FP8_OPERANDS`, env V4_MOE_PREFILL_FP8=1) until measured end to end. Off CUDA (the
+interpreter tests) the scaled grouped GEMM is emulated in torch with the same operands.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import derived, e2m1_value, interpreting, round_e4m3
+
+FP8_OPERANDS = os.environ.get("V4_MOE_PREFILL_FP8", "0") == "1"
+ROW_SHIFT = 6  # binades the row's largest group is lifted by: 6 x 2^6 = 384 <= 448, E4M3's largest finite
+
+
+@triton.jit
+def _dequant_e4m3_kernel(p_ptr, s_ptr, m_ptr, out_ptr, R, KH, SHIFT: tl.constexpr, BR: tl.constexpr,
+                         BKH: tl.constexpr):
+    """Packed int8 [R, KH] (low nibble = even k) + UE8M0 [R, 2*KH/32] + row max byte M [R] -> E4M3 [R, 2*KH]
+    (fp32 values on the E4M3 grid under the interpreter): e2m1 x 2^(S - M + SHIFT)."""
+    NG: tl.constexpr = BKH // 16
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    jj = tl.program_id(1) * BKH + tl.arange(0, BKH)
+    gg = tl.program_id(1) * NG + tl.arange(0, NG)
+    r64 = rows.to(tl.int64)
+    rm = rows < R
+    b = tl.load(p_ptr + r64[:, None] * KH + jj[None, :], mask=rm[:, None] & (jj < KH)[None, :], other=0)
+    b = b.to(tl.int32) & 0xFF
+    s = tl.load(s_ptr + r64[:, None] * (KH // 16) + gg[None, :], mask=rm[:, None] & (gg < KH // 16)[None, :],
+                other=0).to(tl.int32) & 0xFF
+    mx = tl.load(m_ptr + rows, mask=rm, other=0).to(tl.int32) & 0xFF
+    sh = s - mx[:, None] + SHIFT  # <= SHIFT; 2^sh as fp32 bits, 0 below fp32's normal range (flushes in E4M3)
+    sc = tl.where(sh >= -126, (sh + 127) << 23, 0).to(tl.float32, bitcast=True)  # [BR, NG]
+    sc = tl.reshape(tl.broadcast_to(sc[:, :, None], (BR, NG, 16)), (BR, BKH))
+    v = tl.reshape(tl.join(e2m1_value(b & 0xF) * sc, e2m1_value(b >> 4) * sc), (BR, 2 * BKH))
+    if out_ptr.dtype.element_ty == tl.float32:
+        v = round_e4m3(v)
+    kk = 2 * (tl.program_id(1) * BKH) + tl.arange(0, 2 * BKH)
+    tl.store(out_ptr + r64[:, None] * (2 * KH) + kk[None, :], v.to(out_ptr.dtype.element_ty),
+             mask=rm[:, None] & (kk < 2 * KH)[None, :])
+
+
+@triton.jit
+def _row_quant_kernel(x_ptr, tok_ptr, out_ptr, s_ptr, D, GATHER: tl.constexpr, BD: tl.constexpr):
+    """Row i (x[tok[i]] when GATHER): scale = max(amax, 1e-4) / 448 -> s[i]; codes x / scale -> out[i]
+    (E4M3, or fp32 on the E4M3 grid under the interpreter)."""
+    i = tl.program_id(0)
+    if GATHER:
+        src = tl.load(tok_ptr + i).to(tl.int64)
+    else:
+        src = i.to(tl.int64)
+    cc = tl.arange(0, BD)
+    amax = tl.zeros([BD], dtype=tl.float32)
+    for c0 in range(0, D, BD):
+        a = tl.load(x_ptr + src * D + c0 + cc, mask=c0 + cc < D, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(a))
+    scale = tl.maximum(tl.max(amax, 0), 1e-4) / 448.0
+    for c0 in range(0, D, BD):
+        a = tl.load(x_ptr + src * D + c0 + cc, mask=c0 + cc < D, other=0.0).to(tl.float32) / scale
+        if out_ptr.dtype.element_ty == tl.float32:
+            a = round_e4m3(a)
+        tl.store(out_ptr + i.to(tl.int64) * D + c0 + cc, a.to(out_ptr.dtype.element_ty), mask=c0 + cc < D)
+    tl.store(s_ptr + i, scale)
+
+
+def _code_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if interpreting() or device.type != "cuda" else torch.float8_e4m3fn
+
+
+def row_max_scale(w) -> torch.Tensor:
+    """Largest UE8M0 byte per output row of an MXFP4 stack [E, N, K/32] -> uint8 [E, N], made once per weight."""
+    su8 = w.scale_u8()
+    return derived(su8, "_v4serve_row_max_scale", lambda: su8.amax(dim=-1))
+
+
+def dequant_mxfp4_e4m3(w) -> tuple[torch.Tensor, torch.Tensor]:
+    """QuantWeight (fp4) [E, N, K/2] -> (codes E4M3 [E, N, K] (fp32 under the interpreter), row scales fp32
+    [E, N]) with codes x row scale == codecs.dequant_mxfp4 wherever a group is within 2^8 of its row's largest."""
+    data, scale = w.data, w.scale_u8()
+    *lead, n, kh = data.shape
+    rows = data.numel() // kh
+    mx = row_max_scale(w)
+    out = torch.empty(*lead, n, 2 * kh, dtype=_code_dtype(data.device), device=data.device)
+    br, bkh = (16, 256) if not interpreting() else (4, 32)
+    _dequant_e4m3_kernel[(triton.cdiv(rows, br), triton.cdiv(kh, bkh))](
+        data.contiguous(), scale.contiguous(), mx.contiguous(), out, rows, kh, SHIFT=ROW_SHIFT, BR=br, BKH=bkh,
+        num_warps=4)
+    rs = torch.exp2(mx.to(torch.float32) - (127 + ROW_SHIFT))
+    return out, rs
+
+
+def row_quant(x: torch.Tensor, tok: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of x (x[tok] when tok is given) -> (E4M3 codes [P, D] (fp32 under the interpreter), scales fp32 [P])."""
+    x = x.contiguous()
+    d = x.shape[1]
+    p = x.shape[0] if tok is None else tok.numel()
+    out = torch.empty(p, d, dtype=_code_dtype(x.device), device=x.device)
+    s = torch.empty(p, dtype=torch.float32, device=x.device)
+    if p:
+        bd = 64 if interpreting() else 1024
+        _row_quant_kernel[(p,)](x, tok if tok is not None else s, out, s, d, GATHER=tok is not None, BD=bd,
+                                num_warps=4)
+    return out, s
+
+
+def scaled_gmm(aq: torch.Tensor, sa: torch.Tensor, w, offs: torch.Tensor) -> torch.Tensor:
+    """(aq x sa) [P, K] x expert stack w (MXFP4 [E, N, K/2]) per group of rows (offs: group ends) -> bf16 [P, N]:
+    `torch._scaled_grouped_mm` on CUDA, the same products in fp32 torch elsewhere."""
+    wq, rs = dequant_mxfp4_e4m3(w)
+    if aq.is_cuda and aq.dtype == torch.float8_e4m3fn:
+        return torch._scaled_grouped_mm(aq, wq.transpose(-2, -1), sa, rs, offs=offs, out_dtype=torch.bfloat16)
+    out = torch.zeros(aq.shape[0], wq.shape[1], dtype=torch.bfloat16, device=aq.device)
+    a = aq.float() * sa[:, None]
+    start = 0
+    for e, end in enumerate(offs.tolist()):
+        if end > start:
+            out[start:end] = (a[start:end] @ (wq[e].float() * rs[e][:, None]).t()).to(torch.bfloat16)
+        start = end
+    return out
+
+
+def available(x: torch.Tensor, act_quant: bool) -> bool:
+    """The FP8-operand path for this call: switched on, bf16 activations without the reference's own 1x128
+    FP8 blocks (act_quant keeps the bf16 path: its products are the twin's exactly), and torch's scaled grouped
+    GEMM on CUDA (the interpreter tests call the path directly)."""
+    return FP8_OPERANDS and not act_quant and (not x.is_cuda or hasattr(torch, "_scaled_grouped_mm"))
