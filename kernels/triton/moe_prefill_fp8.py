@@ -26,37 +26,75 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import derived, e2m1_value, interpreting, round_e4m3
+from .common import derived, interpreting, round_e4m3
 
 FP8_OPERANDS = os.environ.get("V4_MOE_PREFILL_FP8", "0") == "1"
 ROW_SHIFT = 6  # binades the row's largest group is lifted by: 6 x 2^6 = 384 <= 448, E4M3's largest finite
 
 
 @triton.jit
-def _dequant_e4m3_kernel(p_ptr, s_ptr, m_ptr, out_ptr, R, KH, SHIFT: tl.constexpr, BR: tl.constexpr,
-                         BKH: tl.constexpr):
-    """Packed int8 [R, KH] (low nibble = even k) + UE8M0 [R, 2*KH/32] + row max byte M [R] -> E4M3 [R, 2*KH]
-    (fp32 values on the E4M3 grid under the interpreter): e2m1 x 2^(S - M + SHIFT)."""
-    NG: tl.constexpr = BKH // 16
+def _e4m3_bits(c, sh):
+    """E2M1 code c (int32 0..15) x 2^sh (sh <= 6) -> its E4M3 byte (int32 0..255), rounded to nearest even on
+    E4M3's subnormal grid below 2^-6; integer arithmetic only (the same bits in the interpreter and on the GPU)."""
+    e = (c >> 1) & 3
+    x = tl.where(e > 0, e - 1, -1) + sh  # the value's binary exponent (0.5 = 2^-1 for code 1)
+    m3 = tl.where(e > 0, (c & 1) << 2, 0)  # E2M1's one mantissa bit as E4M3's top one
+    normal = ((x + 7) << 3) | m3
+    k = tl.minimum(tl.maximum(-(x + 6), 1), 30)  # subnormal: (8 + m3) x 2^(x - 3) in units of 2^-9, >> k
+    v = 8 + m3
+    q = v >> k
+    rem = v - (q << k)
+    half = 1 << (k - 1)
+    sub = q + ((rem > half) | ((rem == half) & ((q & 1) == 1))).to(tl.int32)  # 8 = the smallest normal, exactly
+    mag = tl.where(x >= -6, normal, sub)
+    return tl.where((c & 7) != 0, mag, 0) | ((c & 8) << 4)
+
+
+@triton.jit
+def _bytes4(w, base, BIT0: tl.constexpr):
+    """The E4M3 bytes of the four codes at nibbles BIT0/4 .. BIT0/4 + 3 of w, packed little-endian, for
+    values known to be normal: code c with magnitude bits c & 7 = e m (e > 0) is 2^(e-1) (1 + m/2) x 2^sh, whose
+    byte is base + (c & 7) << 2 (exponent e - 1 + sh + 7, mantissa m << 2); c & 7 == 1 is 2^(sh-1) (base);
+    c & 7 == 0 is zero; bit 3 is the sign."""
+    acc = tl.zeros_like(w)
+    for j in tl.static_range(4):
+        c = (w >> (BIT0 + 4 * j)) & 0xF
+        m = c & 7
+        mag = tl.where(m > 1, base + (m << 2), tl.where(m == 1, base, 0))
+        acc |= (mag | ((c & 8) << 4)) << (8 * j)
+    return acc
+
+
+@triton.jit
+def _dequant_e4m3_kernel(p_ptr, s_ptr, m_ptr, out_ptr, R, KW, SHIFT: tl.constexpr, BR: tl.constexpr,
+                         BW: tl.constexpr):
+    """Packed MXFP4 as int32 words [R, KW] (8 codes a word, nibble j = k 8w + j) + UE8M0 [R, KW/4] + row max
+    byte M [R] -> E4M3 bytes as int32 words [R, 2 KW]: e2m1 x 2^(S - M + SHIFT), four bytes per stored word."""
+    NG: tl.constexpr = BW // 4  # 1x32 scale groups: four input words each
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
-    jj = tl.program_id(1) * BKH + tl.arange(0, BKH)
+    ww = tl.program_id(1) * BW + tl.arange(0, BW)
     gg = tl.program_id(1) * NG + tl.arange(0, NG)
     r64 = rows.to(tl.int64)
     rm = rows < R
-    b = tl.load(p_ptr + r64[:, None] * KH + jj[None, :], mask=rm[:, None] & (jj < KH)[None, :], other=0)
-    b = b.to(tl.int32) & 0xFF
-    s = tl.load(s_ptr + r64[:, None] * (KH // 16) + gg[None, :], mask=rm[:, None] & (gg < KH // 16)[None, :],
+    w = tl.load(p_ptr + r64[:, None] * KW + ww[None, :], mask=rm[:, None] & (ww < KW)[None, :], other=0)
+    s = tl.load(s_ptr + r64[:, None] * (KW // 4) + gg[None, :], mask=rm[:, None] & (gg < KW // 4)[None, :],
                 other=0).to(tl.int32) & 0xFF
     mx = tl.load(m_ptr + rows, mask=rm, other=0).to(tl.int32) & 0xFF
-    sh = s - mx[:, None] + SHIFT  # <= SHIFT; 2^sh as fp32 bits, 0 below fp32's normal range (flushes in E4M3)
-    sc = tl.where(sh >= -126, (sh + 127) << 23, 0).to(tl.float32, bitcast=True)  # [BR, NG]
-    sc = tl.reshape(tl.broadcast_to(sc[:, :, None], (BR, NG, 16)), (BR, BKH))
-    v = tl.reshape(tl.join(e2m1_value(b & 0xF) * sc, e2m1_value(b >> 4) * sc), (BR, 2 * BKH))
-    if out_ptr.dtype.element_ty == tl.float32:
-        v = round_e4m3(v)
-    kk = 2 * (tl.program_id(1) * BKH) + tl.arange(0, 2 * BKH)
-    tl.store(out_ptr + r64[:, None] * (2 * KH) + kk[None, :], v.to(out_ptr.dtype.element_ty),
-             mask=rm[:, None] & (kk < 2 * KH)[None, :])
+    sh = s - mx[:, None] + SHIFT
+    sh = tl.reshape(tl.broadcast_to(sh[:, :, None], (BR, NG, 4)), (BR, BW))
+    if tl.min(sh) >= -5:  # every value of the tile is normal in E4M3 (the usual case): 7 integer ops a code
+        base = (sh + 6) << 3  # E4M3 exponent field of 2^(sh - 1), in place
+        lo = _bytes4(w, base, 0)
+        hi = _bytes4(w, base, 16)
+    else:
+        lo = _e4m3_bits(w & 0xF, sh)
+        hi = _e4m3_bits((w >> 16) & 0xF, sh)
+        for j in tl.static_range(1, 4):
+            lo |= _e4m3_bits((w >> (4 * j)) & 0xF, sh) << (8 * j)
+            hi |= _e4m3_bits((w >> (16 + 4 * j)) & 0xF, sh) << (8 * j)
+    out = tl.reshape(tl.join(lo, hi), (BR, 2 * BW))
+    oo = 2 * (tl.program_id(1) * BW) + tl.arange(0, 2 * BW)
+    tl.store(out_ptr + r64[:, None] * (2 * KW) + oo[None, :], out, mask=rm[:, None] & (oo < 2 * KW)[None, :])
 
 
 @triton.jit
@@ -93,17 +131,20 @@ def row_max_scale(w) -> torch.Tensor:
 
 
 def dequant_mxfp4_e4m3(w) -> tuple[torch.Tensor, torch.Tensor]:
-    """QuantWeight (fp4) [E, N, K/2] -> (codes E4M3 [E, N, K] (fp32 under the interpreter), row scales fp32
-    [E, N]) with codes x row scale == codecs.dequant_mxfp4 wherever a group is within 2^8 of its row's largest."""
+    """QuantWeight (fp4) [E, N, K/2] -> (codes float8_e4m3fn [E, N, K], row scales fp32 [E, N]) with codes x row
+    scale == codecs.dequant_mxfp4 wherever a group is within 2^8 of its row's largest (rounded below that)."""
     data, scale = w.data, w.scale_u8()
     *lead, n, kh = data.shape
+    if kh % 16:
+        raise ValueError(f"the E4M3 expert copy needs K % 32 == 0, got K = {2 * kh}")
     rows = data.numel() // kh
     mx = row_max_scale(w)
-    out = torch.empty(*lead, n, 2 * kh, dtype=_code_dtype(data.device), device=data.device)
-    br, bkh = (16, 256) if not interpreting() else (4, 32)
-    _dequant_e4m3_kernel[(triton.cdiv(rows, br), triton.cdiv(kh, bkh))](
-        data.contiguous(), scale.contiguous(), mx.contiguous(), out, rows, kh, SHIFT=ROW_SHIFT, BR=br, BKH=bkh,
-        num_warps=4)
+    out = torch.empty(*lead, n, 2 * kh, dtype=torch.float8_e4m3fn, device=data.device)
+    br, bw = (16, 64) if not interpreting() else (4, 8)
+    kw = kh // 4
+    _dequant_e4m3_kernel[(triton.cdiv(rows, br), triton.cdiv(kw, bw))](
+        data.contiguous().view(torch.int32), scale.contiguous(), mx.contiguous(), out.view(torch.int32), rows, kw,
+        SHIFT=ROW_SHIFT, BR=br, BW=bw, num_warps=4)
     rs = torch.exp2(mx.to(torch.float32) - (127 + ROW_SHIFT))
     return out, rs
 

@@ -43,6 +43,20 @@ def _modules():
 
 
 @pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_dequant_e4m3_normal_tiles_bit_exact(dev):
+    """Scale bytes within 5 of their row's largest: every tile takes the all-normal branch; the bytes equal
+    torch's own E4M3 cast of the codec's values divided by the row scale (signed zeros included)."""
+    if (dev == "cuda") != torch.cuda.is_available():
+        pytest.skip("interpreter on CPU, the real cast on the GPU")
+    fp8, _ = _modules()
+    w = _weights(dev, 2, 8, 256, lo=119, hi=124)
+    codes, rs = fp8.dequant_mxfp4_e4m3(w)
+    want = (dequant_mxfp4(w.data, w.scale, dtype=torch.float32) / rs[..., None]).to(torch.float8_e4m3fn)
+    assert codes.dtype == torch.float8_e4m3fn
+    assert torch.equal(codes.view(torch.uint8), want.view(torch.uint8))
+
+
+@pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_dequant_e4m3_exact_within_range_and_rounded_below(dev):
     if (dev == "cuda") != torch.cuda.is_available():
         pytest.skip("interpreter on CPU, the real cast on the GPU")
@@ -60,7 +74,9 @@ def test_dequant_e4m3_exact_within_range_and_rounded_below(dev):
     got = codes.float() * rs[..., None]
     want = dequant_mxfp4(w.data, w.scale, dtype=torch.float32)
     assert codes.float().abs().max() <= 384
-    assert torch.equal(_e4m3(codes), codes.float())  # every code on the E4M3 grid
+    # the bytes are torch's E4M3 cast (round to nearest even, subnormals included) of value / row scale
+    cast = (want / rs[..., None]).to(torch.float8_e4m3fn)
+    assert torch.equal(codes.view(torch.uint8), cast.view(torch.uint8))
     mx = sc.amax(-1).int()
     in_range = (sc.int() - mx[..., None] >= -8).repeat_interleave(32, dim=-1)
     assert torch.equal(got[in_range], want[in_range])
