@@ -249,6 +249,20 @@ def run_profile(eng, B, steps, in_len, vocab_hi) -> dict:
 
 
 # ---- driver --------------------------------------------------------------------------------------
+def cache_plan(batches: list[int], prof_b: list[int], contexts: list[int], prefill: str, in_len: int,
+               out_len: int, bs: int, max_pos: int) -> tuple[int, int, int, int, int]:
+    """-> (prompts n, prompt length L, max_num_seqs, max_model_len, KV blocks) for the cases asked. max_num_seqs
+    covers every decode batch and every prompt of the prefill case (with --batches '' it once came from the
+    decode batches only: the 8 x 4,096 prompts ran one at a time, 4,096-token steps, 36K instead of 52K tok/s)."""
+    n, L = (int(x) for x in prefill.split("x")) if prefill else (0, 0)
+    max_b = max(batches + prof_b + [n, 1])
+    # long enough for every decode position and every prompt (+1 generated token), also with --contexts ''
+    max_len = min(max_pos, max(contexts + [4096, L + 1]) + 2 * bs)
+    num_blocks = (max(contexts + [0]) // bs + 2) + max_b * -(-(in_len + out_len + 16) // bs) \
+        + n * -(-(L + 1) // bs) + 64
+    return n, L, max_b, max_len, num_blocks
+
+
 def build_engine(args, model_dir, kv, num_blocks, max_len, max_b, cached_model):
     """cached_model: the first KV format's weights; a later format gets a new cache + graphs on them."""
     from engine.config import EngineArgs
@@ -308,14 +322,8 @@ def main(argv=None):
 
     cfg = ModelConfig.from_json(model_dir)
     bs = choose_block_size(cfg)
-    n, L = (int(x) for x in args.prefill.split("x")) if args.prefill else (0, 0)
-    # sequences at once: every decode batch and every prompt of the prefill case (with --batches '' the
-    # 8 x 4,096 prompts ran one at a time, 4,096-token steps: 36K instead of 52K tok/s, 2026-12-03)
-    max_b = max(batches + prof_b + [n, 1])
-    # long enough for every decode position and every prompt (+1 generated token), also with --contexts ''
-    max_len = min(cfg.max_position_embeddings, max(contexts + [4096, L + 1]) + 2 * bs)
-    num_blocks = (max(contexts + [0]) // bs + 2) + max_b * -(-(args.in_len + args.out_len + 16) // bs) \
-        + n * -(-(L + 1) // bs) + 64
+    n, L, max_b, max_len, num_blocks = cache_plan(batches, prof_b, contexts, args.prefill, args.in_len,
+                                                  args.out_len, bs, cfg.max_position_embeddings)
     result["cache"] = {"block_size": bs, "num_blocks": num_blocks, "max_model_len": max_len}
     cached_model = None
     result["formats"] = {}
