@@ -37,16 +37,6 @@ def act_quant_tile(a, DOT_F32: tl.constexpr):
 
 
 @triton.jit
-def e2m1_value(c):
-    """E2M1 code (int32 0..15) -> fp32 value, built from the bits: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and negatives
-    (e2m1_f32 below is the value x 2^-14, for callers that fold the 2^14 into their scale)."""
-    e = (c >> 1) & 3
-    mt = c & 1
-    bits = tl.where(e == 0, mt * (126 << 23), ((126 + e) << 23) | (mt << 22)) | ((c & 8) << 28)
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
 def round_e4m3(av):
     """fp32 values (|v| <= 448) rounded to the E4M3 grid, kept in fp32: the interpreter's stand-in for the
     fp32 -> float8e4nv cast (round to nearest even; its own cast mis-rounds across binades)."""

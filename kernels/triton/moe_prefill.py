@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from . import moe_prefill_fp8 as fp8ops
-from .common import act_quant_tile, e2m1_value, interpreting
+from .common import act_quant_tile, interpreting
 from .device_memory import allocatable_bytes
 
 
@@ -42,11 +42,20 @@ def _dequant_mxfp4_kernel(p_ptr, s_ptr, out_ptr, R, KH, BR: tl.constexpr, BKH: t
                 other=127).to(tl.int32) & 0xFF
     sc = tl.where(s == 0, 1 << 22, s << 23).to(tl.float32, bitcast=True)  # [BR, NG]
     sc = tl.reshape(tl.broadcast_to(sc[:, :, None], (BR, NG, 16)), (BR, BKH))
-    lo = e2m1_value(b & 0xF) * sc
-    hi = e2m1_value(b >> 4) * sc
+    lo = _e2m1(b & 0xF) * sc
+    hi = _e2m1(b >> 4) * sc
     v = tl.reshape(tl.join(lo, hi), (BR, 2 * BKH)).to(tl.bfloat16)
     kk = 2 * (tl.program_id(1) * BKH) + tl.arange(0, 2 * BKH)
     tl.store(out_ptr + r64[:, None] * (2 * KH) + kk[None, :], v, mask=rm[:, None] & (kk < 2 * KH)[None, :])
+
+
+@triton.jit
+def _e2m1(c):
+    """E2M1 code (int32 0..15) -> fp32 value, built from the bits: 0, 0.5, 1, 1.5, 2, 3, 4, 6 and negatives."""
+    e = (c >> 1) & 3
+    mt = c & 1
+    bits = tl.where(e == 0, mt * (126 << 23), ((126 + e) << 23) | (mt << 22)) | ((c & 8) << 28)
+    return bits.to(tl.float32, bitcast=True)
 
 
 def dequant_mxfp4(w) -> torch.Tensor:

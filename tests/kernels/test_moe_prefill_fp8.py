@@ -151,11 +151,16 @@ def test_fp8_path_interp(n, mode):
         tp.moe_experts_grouped(x, *ws, weights, ids, 10.0, act_quant=True, fp8_operands=True)
 
 
-def test_switch_defaults_off():
+def test_switch_off_by_default_and_cuda_only(monkeypatch):
     fp8, _ = _modules()
-    assert fp8.FP8_OPERANDS is (os.environ.get("V4_MOE_PREFILL_FP8", "0") == "1")
-    if not fp8.FP8_OPERANDS:
-        assert not fp8.available(torch.zeros(1, 8), False)
+    if "V4_MOE_PREFILL_FP8" not in os.environ:
+        assert not fp8.FP8_OPERANDS  # off until measured end to end
+    monkeypatch.setattr(fp8, "FP8_OPERANDS", True)
+    x = torch.zeros(1, 8, dtype=torch.bfloat16)
+    assert not fp8.available(x, False)  # CPU tensors: the bf16 path unless asked for explicitly
+    if torch.cuda.is_available():
+        assert fp8.available(x.cuda(), False) == hasattr(torch, "_scaled_grouped_mm")
+        assert not fp8.available(x.cuda(), True)  # act_quant keeps the bf16 path
 
 
 @pytest.mark.gpu
