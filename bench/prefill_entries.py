@@ -107,6 +107,28 @@ def install(register, bench_ms):
                 us = us_of(lambda: tr.moe_align(ids, E, bm, parallel=par))
                 ctx.emit(bench="moe_align", impl="parallel" if par else "one_program", tokens=n, block_m=bm, us=us)
 
+    @register("moe_copy_sweep")
+    def bench_moe_copy_sweep(ctx):
+        """The MXFP4 -> E4M3 expert copy (moe_prefill_fp8.dequant_mxfp4_e4m3) of one V4-Flash matrix (256 x [2048,
+        4096]) per tile (rows, input words, warps), and the default tile on scales spread over 2^30 (the exact
+        subnormal branch on most tiles). TBps counts bytes read + written."""
+        from kernels.quant_weight import QuantWeight
+        from kernels.triton.moe_prefill_fp8 import COPY_TILE, dequant_mxfp4_e4m3
+        w = _experts("fp4")[0]
+        nbytes = E * INTER * D * (0.5 + 1 / 32 + 1)
+        for tile in (COPY_TILE, (8, 64, 4), (32, 64, 4), (32, 64, 8), (16, 128, 4), (16, 128, 8), (32, 128, 8),
+                     (64, 64, 8), (8, 128, 4), (4, 256, 4), (16, 32, 4), (64, 128, 16)):
+            try:
+                us = us_of(lambda: dequant_mxfp4_e4m3(w, tile), graph=False, rep=20)
+                ctx.emit(bench="moe_copy_sweep", tile="x".join(map(str, tile)), us=us, TBps=nbytes / us / 1e6)
+            except Exception as ex:  # noqa: BLE001
+                ctx.emit(bench="moe_copy_sweep", tile="x".join(map(str, tile)), error=repr(ex)[:200])
+        g = torch.Generator(device="cuda").manual_seed(1)
+        wide = QuantWeight(w.data, torch.randint(100, 131, w.scale_u8().shape, device="cuda", generator=g,
+                                                 dtype=torch.uint8), "fp4")
+        us = us_of(lambda: dequant_mxfp4_e4m3(wide), graph=False, rep=20)
+        ctx.emit(bench="moe_copy_sweep", tile="default", scales="wide", us=us, TBps=nbytes / us / 1e6)
+
     @register("moe_prefill")
     def bench_moe_prefill(ctx):
         """Per call, MXFP4 experts (V4-Flash: 256 x [2048, 4096]), uniform routing: the fused Triton kernel

@@ -141,7 +141,7 @@ def _gmm(a, w, offs, dtype):
 
 def moe_experts_grouped(x, w1, w3, w2, weights, ids, limit, act_quant=False, fp8_operands=None):
     """Same contract as kernels.ref.moe.moe_experts -> [N, d] fp32 (bf16 activations). `fp8_operands`: the
-    E4M3 path of moe_prefill_fp8.py (None: as `moe_prefill_fp8.available` decides, off unless switched on)."""
+    E4M3 path of moe_prefill_fp8.py (None: as `moe_prefill_fp8.available` decides: on the measured GPU class)."""
     if x.dtype != torch.bfloat16:
         raise ValueError(f"the grouped-GEMM MoE path takes bf16 activations, got {x.dtype}")
     x = x.contiguous()
@@ -200,13 +200,17 @@ def moe_experts_grouped(x, w1, w3, w2, weights, ids, limit, act_quant=False, fp8
 #   4,096        96          ~8.4*      11.39     -> fused      (* not captured; fused scales ~linearly)
 #   8,192       192          13.16      12.25     -> grouped
 #  16,384       384          22.59      16.91     -> grouped
-MIN_PAIRS_PER_EXPERT = 192  # MXFP4 experts, bf16 activations
+# With FP8 operands (moe_prefill_fp8.py; session 9, same bench): 4,096 tokens fused 6.81 vs grouped FP8 6.47 ms,
+# 8,192: 13.11 vs 7.79, 16,384: 22.27 vs 11.46 -> grouped from 96 pairs per expert.
+MIN_PAIRS_PER_EXPERT = 192  # MXFP4 experts, bf16 activations, bf16 operands
+MIN_PAIRS_PER_EXPERT_FP8 = 96  # the same with E4M3 operands
 MEM_MARGIN = 1 << 30  # bytes kept free beyond the transient buffers
 
 
-def transient_bytes(n: int, k: int, d: int, inter: int, num_e: int) -> int:
-    """Peak extra device bytes of moe_experts_grouped: one dequantized bf16 stack + the activations."""
-    return num_e * inter * d * 2 + n * k * (2 * d + 3 * inter) * 2 + n * d * 4
+def transient_bytes(n: int, k: int, d: int, inter: int, num_e: int, weight_bytes: int = 2) -> int:
+    """Peak extra device bytes of moe_experts_grouped: one dequantized stack (`weight_bytes` an element: 2 bf16,
+    1 E4M3) + the activations (counted at bf16 width for both paths)."""
+    return num_e * inter * d * weight_bytes + n * k * (2 * d + 3 * inter) * 2 + n * d * 4
 
 
 def use_grouped(x, w1, ids, act_quant=False) -> bool:
@@ -219,6 +223,8 @@ def use_grouped(x, w1, ids, act_quant=False) -> bool:
         return False
     n, k = ids.shape
     num_e, inter, d = w1.shape[0], w1.shape[1], x.shape[1]
-    if n * k < MIN_PAIRS_PER_EXPERT * num_e:
+    fp8 = fp8ops.available(x, act_quant)
+    if n * k < (MIN_PAIRS_PER_EXPERT_FP8 if fp8 else MIN_PAIRS_PER_EXPERT) * num_e:
         return False
-    return allocatable_bytes(x.device) >= transient_bytes(n, k, d, inter, num_e) + MEM_MARGIN
+    need = transient_bytes(n, k, d, inter, num_e, 1 if fp8 else 2)
+    return allocatable_bytes(x.device) >= need + MEM_MARGIN

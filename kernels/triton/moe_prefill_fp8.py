@@ -14,7 +14,9 @@ of GEMM (docs/benchmarks.md, session 8). Here the copy is E4M3 (half the bytes) 
   This is the numerical change against the bf16 path: activations carry E4M3's 3 mantissa bits, as the
   reference GEMMs' 1x128-block FP8 activations do, with one scale per row instead of one per 128 columns.
 
-Off by default (`FP8_OPERANDS`, env V4_MOE_PREFILL_FP8=1) until measured end to end. Off CUDA (the
+Taken on the measured GPU class (fp8_table.MEASURED_CAPABILITY, H200): the 1M-token prompt 39.97 -> 37.38 s
+and the MoE call at 8,192 tokens 10.0 -> 7.8 ms (docs/benchmarks.md, session 9). `V4_MOE_PREFILL_FP8`:
+`auto` (default), `1` (any CUDA GPU with `torch._scaled_grouped_mm`), `0` (the bf16 path). Off CUDA (the
 interpreter tests) the scaled grouped GEMM is emulated in torch with the same operands.
 """
 
@@ -27,8 +29,12 @@ import triton
 import triton.language as tl
 
 from .common import derived, interpreting, round_e4m3
+from .device_info import capability
+from .fp8_table import MEASURED_CAPABILITY
 
-FP8_OPERANDS = os.environ.get("V4_MOE_PREFILL_FP8", "0") == "1"
+SWITCH = os.environ.get("V4_MOE_PREFILL_FP8", "auto")  # "auto": the measured GPU class; "1": on; "0": off
+if SWITCH not in ("auto", "0", "1"):
+    raise ValueError(f"V4_MOE_PREFILL_FP8 must be auto, 0 or 1, got {SWITCH!r}")
 ROW_SHIFT = 6  # binades the row's largest group is lifted by: 6 x 2^6 = 384 <= 448, E4M3's largest finite
 
 
@@ -131,9 +137,13 @@ def row_max_scale(w) -> torch.Tensor:
     return derived(su8, "_v4serve_row_max_scale", lambda: su8.amax(dim=-1))
 
 
-def dequant_mxfp4_e4m3(w) -> tuple[torch.Tensor, torch.Tensor]:
+COPY_TILE = (16, 64, 4)  # rows, int32 input words (8 codes each) a program, warps
+
+
+def dequant_mxfp4_e4m3(w, tile: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """QuantWeight (fp4) [E, N, K/2] -> (codes float8_e4m3fn [E, N, K], row scales fp32 [E, N]) with codes x row
-    scale == codecs.dequant_mxfp4 wherever a group is within 2^8 of its row's largest (rounded below that)."""
+    scale == codecs.dequant_mxfp4 wherever a group is within 2^8 of its row's largest (rounded below that).
+    `tile` (rows, input words, warps; bench sweeps) overrides COPY_TILE; input words a multiple of 4."""
     data, scale = w.data, w.scale_u8()
     *lead, n, kh = data.shape
     if kh % 16:
@@ -141,11 +151,13 @@ def dequant_mxfp4_e4m3(w) -> tuple[torch.Tensor, torch.Tensor]:
     rows = data.numel() // kh
     mx = row_max_scale(w)
     out = torch.empty(*lead, n, 2 * kh, dtype=torch.float8_e4m3fn, device=data.device)
-    br, bw = (16, 64) if not interpreting() else (4, 8)
+    br, bw, warps = tile or (COPY_TILE if not interpreting() else (4, 8, 4))
+    if bw % 4:
+        raise ValueError(f"the E4M3 copy's tile needs whole 1x32 groups (input words % 4 == 0), got {bw}")
     kw = kh // 4
     _dequant_e4m3_kernel[(triton.cdiv(rows, br), triton.cdiv(kw, bw))](
         data.contiguous().view(torch.int32), scale.contiguous(), mx.contiguous(), out.view(torch.int32), rows, kw,
-        SHIFT=ROW_SHIFT, BR=br, BW=bw, num_warps=4)
+        SHIFT=ROW_SHIFT, BR=br, BW=bw, num_warps=warps)
     rs = torch.exp2(mx.to(torch.float32) - (127 + ROW_SHIFT))
     return out, rs
 
@@ -181,7 +193,10 @@ def scaled_gmm(aq: torch.Tensor, sa: torch.Tensor, w, offs: torch.Tensor) -> tor
 
 
 def available(x: torch.Tensor, act_quant: bool) -> bool:
-    """The FP8-operand path for this call: switched on, bf16 activations without the reference's own 1x128
-    FP8 blocks (act_quant keeps the bf16 path: its products are the twin's exactly), and torch's scaled grouped
-    GEMM on CUDA (off CUDA only on request: the interpreter tests pass fp8_operands=True)."""
-    return FP8_OPERANDS and not act_quant and x.is_cuda and hasattr(torch, "_scaled_grouped_mm")
+    """The FP8-operand path for this call: switched on (SWITCH "1", or "auto" on the measured GPU class), bf16
+    activations without the reference's own 1x128 FP8 blocks (act_quant keeps the bf16 path: its products are
+    the twin's exactly), and torch's scaled grouped GEMM on CUDA (off CUDA only on request: the interpreter
+    tests pass fp8_operands=True)."""
+    if SWITCH == "0" or act_quant or not x.is_cuda or not hasattr(torch, "_scaled_grouped_mm"):
+        return False
+    return SWITCH == "1" or capability(x.device) == MEASURED_CAPABILITY

@@ -54,6 +54,10 @@ def test_dequant_e4m3_normal_tiles_bit_exact(dev):
     want = (dequant_mxfp4(w.data, w.scale, dtype=torch.float32) / rs[..., None]).to(torch.float8_e4m3fn)
     assert codes.dtype == torch.float8_e4m3fn
     assert torch.equal(codes.view(torch.uint8), want.view(torch.uint8))
+    other, _ = fp8.dequant_mxfp4_e4m3(w, (2, 16, 2))  # a bench sweep's tile: the same bytes
+    assert torch.equal(other.view(torch.uint8), codes.view(torch.uint8))
+    with pytest.raises(ValueError, match="whole 1x32 groups"):
+        fp8.dequant_mxfp4_e4m3(w, (2, 6, 2))
 
 
 @pytest.mark.parametrize("dev", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
@@ -151,16 +155,47 @@ def test_fp8_path_interp(n, mode):
         tp.moe_experts_grouped(x, *ws, weights, ids, 10.0, act_quant=True, fp8_operands=True)
 
 
-def test_switch_off_by_default_and_cuda_only(monkeypatch):
+def test_switch_takes_the_measured_gpu_class_only(monkeypatch):
+    """`auto` (the default) takes the FP8 operands on CUDA devices of fp8_table.MEASURED_CAPABILITY only; `1` on
+    any CUDA device, `0` never; CPU tensors and act_quant always keep the bf16 path."""
+    from types import SimpleNamespace
     fp8, _ = _modules()
     if "V4_MOE_PREFILL_FP8" not in os.environ:
-        assert not fp8.FP8_OPERANDS  # off until measured end to end
-    monkeypatch.setattr(fp8, "FP8_OPERANDS", True)
-    x = torch.zeros(1, 8, dtype=torch.bfloat16)
-    assert not fp8.available(x, False)  # CPU tensors: the bf16 path unless asked for explicitly
-    if torch.cuda.is_available():
-        assert fp8.available(x.cuda(), False) == hasattr(torch, "_scaled_grouped_mm")
-        assert not fp8.available(x.cuda(), True)  # act_quant keeps the bf16 path
+        assert fp8.SWITCH == "auto"
+    if not hasattr(torch, "_scaled_grouped_mm"):
+        monkeypatch.setattr(torch, "_scaled_grouped_mm", object(), raising=False)
+    cap = {"v": (9, 0)}
+    monkeypatch.setattr(fp8, "capability", lambda device: cap["v"])
+    x = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0))
+    cpu = torch.zeros(1, 8, dtype=torch.bfloat16)
+    for switch, on_h200, on_other in (("auto", True, False), ("1", True, True), ("0", False, False)):
+        monkeypatch.setattr(fp8, "SWITCH", switch)
+        cap["v"] = (9, 0)
+        assert fp8.available(x, False) == on_h200, switch
+        assert not fp8.available(x, True)  # act_quant keeps the bf16 path
+        assert not fp8.available(cpu, False)
+        cap["v"] = (8, 0)
+        assert fp8.available(x, False) == on_other, switch
+
+
+def test_grouped_threshold_follows_the_operands(monkeypatch):
+    """With FP8 operands the grouped path starts at 96 pairs per expert (measured: 4,096 tokens x top-6 over 256
+    experts), with bf16 operands at 192; the room check counts the E4M3 stack at one byte an element."""
+    from types import SimpleNamespace
+    fp8, tp = _modules()
+    monkeypatch.setattr(tp, "interpreting", lambda: False)
+    monkeypatch.setattr(tp, "allocatable_bytes", lambda device: 100 << 30)
+    if not hasattr(torch, "_grouped_mm"):
+        monkeypatch.setattr(torch, "_grouped_mm", object(), raising=False)
+    x = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(4096, 4096), device=torch.device("cuda", 0))
+    w1 = SimpleNamespace(fmt="fp4", shape=(256, 2048, 4096))
+    for fp8_on, want in ((True, True), (False, False)):
+        monkeypatch.setattr(fp8, "available", lambda x, act_quant, on=fp8_on: on)
+        assert tp.use_grouped(x, w1, SimpleNamespace(shape=(4096, 6))) == want
+        assert not tp.use_grouped(x, w1, SimpleNamespace(shape=(4095, 6)))
+        assert tp.use_grouped(x, w1, SimpleNamespace(shape=(8192, 6)))
+    assert tp.transient_bytes(8192, 6, 4096, 2048, 256, 1) == tp.transient_bytes(8192, 6, 4096, 2048, 256) - (
+        256 * 2048 * 4096)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,62 @@
+"""Triton JIT compilations inside a timed region: how many, how long, which kernels and argument types.
+
+A benchmark's warm-up is meant to compile every kernel the timed run launches. When the timed run uses a
+specialization the warm-up did not (Triton specializes integer arguments by size and divisibility: an offset
+past 2^31 turns an i32 argument into i64, a new compile), the compile lands in the timed number. Session 9's
+1M-token prompt measured 48.5 s in the first process on a fresh machine and 40.0 s in the next one: this
+watch reports such compiles so that a benchmark can name them instead of absorbing them.
+
+    with JitWatch() as jw:
+        run()
+    jw.summary()  # {"count": 3, "s": 2.41, "kernels": [["_score_kernel", 1.2, "i64 ..."], ...]}
+
+Uses `triton.knobs.runtime.jit_cache_hook` (called before a kernel-cache miss compiles, or loads from the
+on-disk cache) and `jit_post_compile_hook` (after); previous hooks are chained and restored on exit.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class JitWatch:
+    events: list[tuple[str, float, str]] = field(default_factory=list)  # (kernel, seconds, signature repr)
+    _start: dict = field(default_factory=dict)  # key -> perf_counter at the cache miss
+    _prev: tuple = ()  # hooks installed before ours, restored on exit
+
+    def __enter__(self) -> "JitWatch":
+        from triton import knobs
+        rt = knobs.runtime
+        self._prev = (rt.jit_cache_hook, rt.jit_post_compile_hook)
+        prev_pre, prev_post = self._prev
+
+        def pre(*, key, repr, fn, compile, is_manual_warmup, already_compiled):
+            self._start[str(key)] = time.perf_counter()
+            if prev_pre is not None:
+                return prev_pre(key=key, repr=repr, fn=fn, compile=compile, is_manual_warmup=is_manual_warmup,
+                                already_compiled=already_compiled)
+            return False
+
+        def post(*, key, repr, fn, compile, is_manual_warmup, already_compiled):
+            t0 = self._start.pop(str(key), None)
+            dt = time.perf_counter() - t0 if t0 is not None else 0.0
+            self.events.append((fn.name, dt, repr.split("](", 1)[-1].rstrip(")")[:300]))
+            if prev_post is not None:
+                return prev_post(key=key, repr=repr, fn=fn, compile=compile, is_manual_warmup=is_manual_warmup,
+                                 already_compiled=already_compiled)
+            return None
+
+        rt.jit_cache_hook, rt.jit_post_compile_hook = pre, post
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from triton import knobs
+        knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook = self._prev
+
+    def summary(self, top: int = 12) -> dict:
+        """{"count", "s" (sum of compile seconds), "kernels": the `top` slowest [name, s, argument types]}."""
+        ev = sorted(self.events, key=lambda e: -e[1])
+        return {"count": len(ev), "s": round(sum(e[1] for e in ev), 3),
+                "kernels": [[n, round(s, 3), sig] for n, s, sig in ev[:top]]}

@@ -1,0 +1,44 @@
+"""bench/jit_watch.py: compile events between Triton's two JIT hooks are counted and timed, hooks installed
+before the watch still run, and the watch puts them back on exit."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from triton import knobs
+
+from bench.jit_watch import JitWatch
+
+
+def _fire(name, key, sig):
+    kw = dict(key=key, repr=f"{name}[num_warps=4](x_ptr: *bf16, n: i64)", fn=SimpleNamespace(name=name),
+              compile={}, is_manual_warmup=False, already_compiled=False)
+    if knobs.runtime.jit_cache_hook(**kw):
+        return "skipped"
+    knobs.runtime.jit_post_compile_hook(**kw)
+    return "compiled"
+
+
+def test_counts_compiles_and_restores_the_hooks(monkeypatch):
+    seen = []
+    monkeypatch.setattr(knobs.runtime, "jit_cache_hook", lambda **kw: seen.append(("pre", kw["fn"].name)) or False)
+    monkeypatch.setattr(knobs.runtime, "jit_post_compile_hook", lambda **kw: seen.append(("post", kw["fn"].name)))
+    before = (knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook)
+    with JitWatch() as jw:
+        assert _fire("_score_kernel", ("k", 1), "") == "compiled"
+        assert _fire("_filter_kernel", ("k", 2), "") == "compiled"
+    assert (knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook) == before
+    assert seen == [("pre", "_score_kernel"), ("post", "_score_kernel"), ("pre", "_filter_kernel"),
+                    ("post", "_filter_kernel")]
+    s = jw.summary()
+    assert s["count"] == 2 and s["s"] >= 0
+    assert {k[0] for k in s["kernels"]} == {"_score_kernel", "_filter_kernel"}
+    assert s["kernels"][0][2] == "x_ptr: *bf16, n: i64"
+
+
+def test_an_earlier_hook_can_still_skip_the_compile(monkeypatch):
+    monkeypatch.setattr(knobs.runtime, "jit_cache_hook", lambda **kw: True)
+    monkeypatch.setattr(knobs.runtime, "jit_post_compile_hook", None)
+    with JitWatch() as jw:
+        assert _fire("_k", ("k",), "") == "skipped"
+    assert jw.summary()["count"] == 0
