@@ -8,7 +8,7 @@ watch reports such compiles so that a benchmark can name them instead of absorbi
 
     with JitWatch() as jw:
         run()
-    jw.summary()  # {"count": 3, "s": 2.41, "kernels": [["_score_kernel", 1.2, "i64 ..."], ...]}
+    jw.summary()  # {"count": 3, "s": 2.41, "kernels": [["_score_kernel", 1.2, "i64: n_keys,stride"], ...]}
 
 Uses `triton.knobs.runtime.jit_cache_hook` (called before a kernel-cache miss compiles, or loads from the
 on-disk cache) and `jit_post_compile_hook` (after); previous hooks are chained and restored on exit.
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class JitWatch:
-    events: list[tuple[str, float, str]] = field(default_factory=list)  # (kernel, seconds, signature repr)
+    events: list[tuple[str, float, str]] = field(default_factory=list)  # (kernel, seconds, its i64 arguments)
     _start: dict = field(default_factory=dict)  # key -> perf_counter at the cache miss
     _prev: tuple = ()  # hooks installed before ours, restored on exit
 
@@ -42,7 +42,9 @@ class JitWatch:
         def post(*, key, repr, fn, compile, is_manual_warmup, already_compiled):
             t0 = self._start.pop(str(key), None)
             dt = time.perf_counter() - t0 if t0 is not None else 0.0
-            self.events.append((fn.name, dt, repr.split("](", 1)[-1].rstrip(")")[:300]))
+            sig = compile.get("signature") or {}
+            wide = sorted(k for k, v in sig.items() if v == "i64")
+            self.events.append((fn.name, dt, "i64: " + ",".join(wide) if wide else "no i64 arguments"))
             if prev_post is not None:
                 return prev_post(key=key, repr=repr, fn=fn, compile=compile, is_manual_warmup=is_manual_warmup,
                                  already_compiled=already_compiled)
@@ -56,7 +58,7 @@ class JitWatch:
         knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook = self._prev
 
     def summary(self, top: int = 12) -> dict:
-        """{"count", "s" (sum of compile seconds), "kernels": the `top` slowest [name, s, argument types]}."""
+        """{"count", "s" (sum of compile seconds), "kernels": the `top` slowest [name, s, their i64 arguments]}."""
         ev = sorted(self.events, key=lambda e: -e[1])
         return {"count": len(ev), "s": round(sum(e[1] for e in ev), 3),
                 "kernels": [[n, round(s, 3), sig] for n, s, sig in ev[:top]]}

@@ -174,7 +174,9 @@ def row_max_scale(w) -> torch.Tensor:
     return derived(su8, "_v4serve_row_max_scale", lambda: su8.amax(dim=-1))
 
 
-COPY_TILE = (16, 64, 4)  # rows, int32 input words (8 codes each) a program, warps
+# rows, int32 input words (8 codes each) a program, warps: the `moe_copy_sweep` bench's fastest (session 9, one
+# V4-Flash matrix: 4x256x4 853 us, 16x128x4 889, 16x64x4 906 (the e2e runs' tile), 64x128x16 1,343)
+COPY_TILE = (4, 256, 4)
 USE_PRMT = os.environ.get("V4_E4M3_COPY_PRMT", "1") == "1"  # the all-normal tiles' PTX form (A/B switch)
 
 

@@ -12,7 +12,7 @@ from bench.jit_watch import JitWatch
 
 def _fire(name, key, sig):
     kw = dict(key=key, repr=f"{name}[num_warps=4](x_ptr: *bf16, n: i64)", fn=SimpleNamespace(name=name),
-              compile={}, is_manual_warmup=False, already_compiled=False)
+              compile={"signature": sig}, is_manual_warmup=False, already_compiled=False)
     if knobs.runtime.jit_cache_hook(**kw):
         return "skipped"
     knobs.runtime.jit_post_compile_hook(**kw)
@@ -25,20 +25,20 @@ def test_counts_compiles_and_restores_the_hooks(monkeypatch):
     monkeypatch.setattr(knobs.runtime, "jit_post_compile_hook", lambda **kw: seen.append(("post", kw["fn"].name)))
     before = (knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook)
     with JitWatch() as jw:
-        assert _fire("_score_kernel", ("k", 1), "") == "compiled"
-        assert _fire("_filter_kernel", ("k", 2), "") == "compiled"
+        assert _fire("_score_kernel", ("k", 1), {"q_ptr": "*bf16", "n": "i64", "m": "i32", "s": "i64"}) == "compiled"
+        assert _fire("_filter_kernel", ("k", 2), {"x_ptr": "*fp32", "n": "i32"}) == "compiled"
     assert (knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook) == before
     assert seen == [("pre", "_score_kernel"), ("post", "_score_kernel"), ("pre", "_filter_kernel"),
                     ("post", "_filter_kernel")]
     s = jw.summary()
     assert s["count"] == 2 and s["s"] >= 0
     assert {k[0] for k in s["kernels"]} == {"_score_kernel", "_filter_kernel"}
-    assert s["kernels"][0][2] == "x_ptr: *bf16, n: i64"
+    assert dict((k[0], k[2]) for k in s["kernels"]) == {"_score_kernel": "i64: n,s", "_filter_kernel": "no i64 arguments"}
 
 
 def test_an_earlier_hook_can_still_skip_the_compile(monkeypatch):
     monkeypatch.setattr(knobs.runtime, "jit_cache_hook", lambda **kw: True)
     monkeypatch.setattr(knobs.runtime, "jit_post_compile_hook", None)
     with JitWatch() as jw:
-        assert _fire("_k", ("k",), "") == "skipped"
+        assert _fire("_k", ("k",), {}) == "skipped"
     assert jw.summary()["count"] == 0
