@@ -21,7 +21,7 @@ def main(argv=None) -> None:
     ap.add_argument("--model", required=True, help="checkpoint dir (e.g. python -m models.synthetic ... --device cuda)")
     ap.add_argument("--n", type=int, default=8, help="prompts")
     ap.add_argument("--len", type=int, default=4096, help="tokens per prompt")
-    ap.add_argument("--budget", type=int, default=8192, help="max_num_batched_tokens")
+    ap.add_argument("--budget", type=int, default=None, help="max_num_batched_tokens (default: the engine's)")
     ap.add_argument("--kv", default="auto", help="KV cache format")
     ap.add_argument("--rows", type=int, default=30, help="kernel table rows")
     ap.add_argument("--no-profile", action="store_true", help="only the warm-up and the timed run")

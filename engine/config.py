@@ -22,7 +22,10 @@ class EngineArgs:
     device: str = "auto"  # "cpu" | "cuda" | "auto" (cuda when available)
     dtype: str | torch.dtype = "auto"  # "auto" = bfloat16 on cuda, float32 on cpu
     max_num_seqs: int = 64  # most sequences in one step (also the number of state slots)
-    max_num_batched_tokens: int = 2048  # token budget per step (decode tokens + prefill chunks)
+    # token budget per step (decode tokens + prefill chunks); None: by device and usage
+    # (resolve_max_num_batched_tokens, vLLM's defaults)
+    max_num_batched_tokens: int | None = None
+    usage: str = "offline"  # "offline" (LLM, benchmarks) or "server" (`v4serve serve`): picks the default budget
     max_model_len: int | None = None  # None = min(model max positions, what the cache holds)
     num_kv_blocks: int | None = None  # explicit cache size in blocks (overrides the memory budget)
     kv_cache_memory: int | None = None  # explicit byte budget for the KV cache (CPU default 256 MiB)
@@ -73,6 +76,19 @@ class EngineArgs:
             raise ValueError(f"unsupported dtype {self.dtype!r} (float32, bfloat16, float16 or auto)")
         return _DTYPES[self.dtype]
 
+    def resolve_max_num_batched_tokens(self, device: torch.device) -> int:
+        """The step's token budget: the value set, else vLLM's defaults -- on a CUDA GPU with >= 70 GiB that is
+        not an A100, 16,384 offline and 8,192 for the server (a 1M-token prompt on one H200: 30,954 tok/s at
+        16,384, 28,741 at 8,192; docs/benchmarks.md, session 9), on smaller GPUs 8,192 / 2,048, on CPU 2,048."""
+        if self.max_num_batched_tokens is not None:
+            return self.max_num_batched_tokens
+        if device.type != "cuda":
+            return 2048
+        props = torch.cuda.get_device_properties(device)
+        large = props.total_memory >= 70 * 2**30 and "a100" not in props.name.lower()
+        return {(True, "offline"): 16384, (True, "server"): 8192,
+                (False, "offline"): 8192, (False, "server"): 2048}[(large, self.usage)]
+
     def resolve_async_scheduling(self, device: torch.device) -> bool:
         if self.async_scheduling is None:
             return device.type == "cuda" and self.tensor_parallel_size == 1 and self.spec_config is None
@@ -86,8 +102,10 @@ class EngineArgs:
     def validate(self) -> None:
         if self.max_num_seqs < 1:
             raise ValueError("max_num_seqs must be >= 1")
-        if self.max_num_batched_tokens < 1:
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
             raise ValueError("max_num_batched_tokens must be >= 1")
+        if self.usage not in ("offline", "server"):
+            raise ValueError(f"usage must be 'offline' or 'server', got {self.usage!r}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError("max_model_len must be >= 1")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:

@@ -16,7 +16,7 @@ from .sampling_params import SamplingParams
 
 class LLM:
     def __init__(self, model: str | None = None, *, device: str = "auto", dtype: str | torch.dtype = "auto",
-                 max_num_seqs: int = 64, max_num_batched_tokens: int = 2048, max_model_len: int | None = None,
+                 max_num_seqs: int = 64, max_num_batched_tokens: int | None = None, max_model_len: int | None = None,
                  num_kv_blocks: int | None = None, kv_cache_memory: int | None = None, enforce_eager: bool = False,
                  enable_prefix_caching: bool = True, **kwargs: Any):
         fields = {f.name for f in dataclasses.fields(EngineArgs) if f.init}

@@ -83,11 +83,12 @@ class LLMEngine:
         weights_bytes = weight_bytes(self.model)  # parameters and buffers (resident FP8/MXFP4 scales too)
         cfg = self.model_config
         self.block_size = choose_block_size(cfg, args.block_size)
+        budget_tokens = args.resolve_max_num_batched_tokens(self.device)  # tokens per step
         num_slots = args.max_num_seqs
         snap_interval = None  # prefix caching: tokens between slot-state snapshots (kvcache/sizing.py)
         if args.enable_prefix_caching:
             snap_interval = prefix_snapshot_interval(cfg, self.block_size, self.dtype, args.kv_format,
-                                                     args.prefix_snapshot_interval, args.max_num_batched_tokens)
+                                                     args.prefix_snapshot_interval, budget_tokens)
         if args.num_kv_blocks is not None:
             num_blocks = args.num_kv_blocks
         else:
@@ -115,7 +116,7 @@ class LLMEngine:
             raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's "
                              f"max_position_embeddings {cfg.max_position_embeddings}")
         self.scheduler = Scheduler(SchedulerConfig(
-            max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+            max_num_seqs=args.max_num_seqs, max_num_batched_tokens=budget_tokens,
             max_model_len=self.max_model_len, max_queued_requests=args.max_queued_requests), self.kv)
         self.runner = ModelRunner(self.model, self.kv, self.device, self.tokenizer.vocab_size, executor=self.executor)
         self.load_s = time.monotonic() - t0  # load + cache allocation (start-up before the graph capture)
@@ -139,8 +140,8 @@ class LLMEngine:
         kv_bytes = sum(t.numel() * t.element_size() for layer in self.kv.state.layers for t in layer.values())
         log_cache_plan(log, weights_bytes=weights_bytes, kv_bytes=kv_bytes, num_blocks=num_blocks,
                        block_size=self.block_size, num_slots=num_slots, max_model_len=self.max_model_len)
-        log.info("engine ready in %.1fs: %s on %s (%s)", time.monotonic() - t0, self.model_dir, self.device,
-                 self.dtype)
+        log.info("engine ready in %.1fs: %s on %s (%s), %d tokens a step", time.monotonic() - t0, self.model_dir,
+                 self.device, self.dtype, budget_tokens)
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers (no-op for a single-process engine)."""

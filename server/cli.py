@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="context length cap, prompt + completion (default: the model's max_position_embeddings, "
                         "capped by what the KV cache holds)")
     s.add_argument("--max-num-seqs", type=int, default=64, help="most sequences decoded in one step")
-    s.add_argument("--max-num-batched-tokens", type=int, default=2048, help="token budget of one engine step")
+    s.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="token budget of one engine step (default: 8192 on a CUDA GPU with >= 70 GiB other than an "
+                        "A100, 2048 on smaller GPUs and on CPU, as vLLM's server)")
     s.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="fraction of free GPU memory used for the KV cache after the weights")
     s.add_argument("--kv-cache-memory", type=int, default=None,
@@ -111,7 +113,8 @@ def engine_args(ns: argparse.Namespace):
                       max_queued_requests=ns.max_queued_requests, tensor_parallel_size=ns.tensor_parallel_size,
                       served_model_name=ns.served_model_name, enforce_eager=ns.enforce_eager,
                       enable_prefix_caching=ns.enable_prefix_caching,
-                      async_scheduling=ns.async_scheduling, speculative_config=ns.speculative_config)
+                      async_scheduling=ns.async_scheduling, speculative_config=ns.speculative_config,
+                      usage="server")
     args.validate()
     return args
 

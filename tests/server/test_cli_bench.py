@@ -17,6 +17,9 @@ def test_cli_flags():
                                     "--default-reasoning-effort", "max", "--api-key", "k"])
     args = engine_args(ns)
     assert (args.model, args.max_model_len, args.max_num_seqs, args.max_queued_requests) == ("/m", 4096, 8, 10)
+    assert (args.max_num_batched_tokens, args.usage) == (None, "server")  # the engine's server default
+    assert engine_args(build_parser().parse_args(["serve", "--max-num-batched-tokens", "512"])).max_num_batched_tokens \
+        == 512
     assert build_parser().parse_args(["serve"]).model is None
     with pytest.raises(ValueError):
         engine_args(build_parser().parse_args(["serve", "--max-num-seqs", "0"]))
