@@ -200,8 +200,8 @@ def moe_experts_grouped(x, w1, w3, w2, weights, ids, limit, act_quant=False, fp8
 #   4,096        96          ~8.4*      11.39     -> fused      (* not captured; fused scales ~linearly)
 #   8,192       192          13.16      12.25     -> grouped
 #  16,384       384          22.59      16.91     -> grouped
-# With FP8 operands (moe_prefill_fp8.py; session 9, same bench): 4,096 tokens fused 6.81 vs grouped FP8 6.47 ms,
-# 8,192: 13.11 vs 7.79, 16,384: 22.27 vs 11.46 -> grouped from 96 pairs per expert.
+# With FP8 operands (moe_prefill_fp8.py; session 9, same bench, the prmt copy): 4,096 tokens fused 6.78 vs grouped
+# FP8 5.47 ms, 8,192: 13.05 vs 6.77, 16,384: 22.19 vs 10.34 -> grouped from 96 pairs per expert (fewer: unmeasured).
 MIN_PAIRS_PER_EXPERT = 192  # MXFP4 experts, bf16 activations, bf16 operands
 MIN_PAIRS_PER_EXPERT_FP8 = 96  # the same with E4M3 operands
 MEM_MARGIN = 1 << 30  # bytes kept free beyond the transient buffers
