@@ -7,9 +7,10 @@ of GEMM (docs/benchmarks.md, session 8). Here the copy is E4M3 (half the bytes) 
 
 * weights: row n of an MXFP4 matrix is e2m1 x 2^(S[n, g] - 127) over its 1x32 groups g. With the row's
   largest scale byte M, the code e2m1 x 2^(S - M + 6) is exact in E4M3 (at most 6 x 64 = 384 <= 448; E2M1's
-  one mantissa bit fits E4M3's three) while S - M >= -8 (subnormal E4M3 below that: groups 2^8 smaller than
-  the row's largest round or flush), and the row scale is 2^(M - 133). The same conversion the reference's
-  fp4_gemm makes in its kernel (architecture.md: FP4 -> FP8 is lossless).
+  one mantissa bit fits E4M3's three; every E2M1 magnitude is a multiple of 0.5 x 2^(S - M + 6)): normal for
+  S - M >= -11 (the kernel's fast tiles), on E4M3's subnormal grid (2^-9) down to S - M = -14, rounded to
+  nearest even below that (groups 2^15 smaller than the row's largest); the row scale is 2^(M - 133). The same
+  conversion the reference's fp4_gemm makes in its kernel (architecture.md: FP4 -> FP8 is lossless).
 * activations: one fp32 scale per row (amax / 448), the gather by expert fused into the quantization pass.
   This is the numerical change against the bf16 path: activations carry E4M3's 3 mantissa bits, as the
   reference GEMMs' 1x128-block FP8 activations do, with one scale per row instead of one per 128 columns.
@@ -122,8 +123,8 @@ def _dequant_e4m3_kernel(p_ptr, s_ptr, m_ptr, out_ptr, R, KW, SHIFT: tl.constexp
     mx = tl.load(m_ptr + rows, mask=rm, other=0).to(tl.int32) & 0xFF
     sh = s - mx[:, None] + SHIFT
     sh = tl.reshape(tl.broadcast_to(sh[:, :, None], (BR, NG, 4)), (BR, BW))
-    if tl.min(sh) >= -5:  # every value of the tile is normal in E4M3: 7 integer ops a code (how often real
-        # checkpoints' tiles stay within 2^5 of their rows' largest group is not measured)
+    if tl.min(sh) >= -5:  # every value of the tile is normal in E4M3: its groups within 2^11 of their rows'
+        # largest (sh = S - M + 6)
         base = (sh + 6) << 3  # E4M3 exponent field of 2^(sh - 1), in place
         if USE_ASM:
             lo, hi = _word_e4m3_asm(w, base)
@@ -182,7 +183,7 @@ USE_PRMT = os.environ.get("V4_E4M3_COPY_PRMT", "1") == "1"  # the all-normal til
 
 def dequant_mxfp4_e4m3(w, tile: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """QuantWeight (fp4) [E, N, K/2] -> (codes float8_e4m3fn [E, N, K], row scales fp32 [E, N]) with codes x row
-    scale == codecs.dequant_mxfp4 wherever a group is within 2^8 of its row's largest (rounded below that).
+    scale == codecs.dequant_mxfp4 wherever a group is within 2^14 of its row's largest (rounded below that).
     `tile` (rows, input words, warps; bench sweeps) overrides COPY_TILE; input words a multiple of 4."""
     data, scale = w.data, w.scale_u8()
     *lead, n, kh = data.shape
