@@ -5,7 +5,8 @@ topk_prefill   2048 rows of a prefill chunk ending at the context's end (limits 
                one row set with a rising trend, the sample's bias case): indexer.topk_rows' one-program-per-row
                streaming kernel against topk_prefill.topk_rows_prefill (sample, filter, select), us per call
                (CUDA-graph replay), the speed-up, whether the outputs are identical (ids, order, ties) and how
-               many rows fell back to the streaming passes. Registered by `install(register, bench_ms)`.
+               many rows fell back to the streaming passes; `atomic_us` / `atomic_exact`: the same with the filter's
+               atomic form (topk_prefill.ATOMIC). Registered by `install(register, bench_ms)`.
 """
 
 from __future__ import annotations
@@ -45,9 +46,15 @@ def install(register, bench_ms):
             finally:
                 tp.ENABLED = keep
             us_p = bench_ms(prefill) * 1e3
+            atomic = lambda: tp.topk_rows_prefill(scores, pos, got, 0, ROWS, K, RATIO, atomic=True)  # noqa: E731
+            us_a = bench_ms(atomic) * 1e3
+            got.fill_(-1)
+            atomic()
+            exact_a = bool(torch.equal(got, want))
             tp.topk_rows_prefill(scores, pos, got, 0, ROWS, K, RATIO, counts=counts)
             c = counts.float()
             ctx.emit(bench="topk_prefill", e_cap=e_cap, dist=dist, rows=ROWS, k=K, stream_us=us_s, prefill_us=us_p,
+                     atomic_us=us_a, atomic_exact=exact_a,
                      speedup=us_s / us_p, exact=bool(torch.equal(got, want)),
                      fallback_rows=int(((counts < K) | (counts > tp.CAP)).sum()),
                      cand_mean=float(c.mean()), cand_max=int(counts.max()), GBps=ROWS * e_cap * 4 / us_p / 1e3)

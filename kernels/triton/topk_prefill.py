@@ -59,6 +59,9 @@ BLOCK = 64 if INTERPRET else int(os.environ.get("V4_TOPK_PF_BLOCK", 4096))  # st
 WARPS = 4 if INTERPRET else int(os.environ.get("V4_TOPK_PF_WARPS", 16))  # sample and filter + select kernels
 FALLBACK_WARPS = 4 if INTERPRET else 8  # the streaming passes, as indexer.topk_rows runs them
 PROGRAMS_PER_SM = int(os.environ.get("V4_TOPK_PF_PER_SM", 1))  # 16 warps x 128 registers: one CTA per SM
+# the filter's slots from an atomic counter instead of a block-wide scan (the candidates then sorted by id in
+# the select): the scan is what bounds the filter at ~460 GB/s (session 8); off until measured
+ATOMIC = os.environ.get("V4_TOPK_PF_ATOMIC", "0") == "1"
 SAMPLE_Z = 6.0  # spreads between K and the expected candidate count (see the docstring)
 # use_prefill: rows this variant is meant for (set by design, not swept: bench `topk_prefill` measured 2,048-row tiles)
 PREFILL_MIN_ROWS = 132  # fewer long rows go to topk_long's split (one row per SM is not enough work)
@@ -102,14 +105,59 @@ def _filter(srow, limit, t_sub, cid, cval, CAP: tl.constexpr, BLOCK: tl.constexp
 
 
 @triton.jit
-def _select_candidates(cid, cval, count, orow, K: tl.constexpr, CAP: tl.constexpr):
-    """The top-K of the count (K <= count <= CAP) candidates in cid/cval -> orow, as _topk_kernel orders them."""
+def _filter_atomic(srow, limit, t_sub, cid, cval, cnt, CAP: tl.constexpr, BLOCK: tl.constexpr):
+    """_filter without the block-wide scan: each candidate takes its slot from an atomic counter (`cnt`, this
+    program's, zeroed here), so the first CAP candidates land in arbitrary order (_select_candidates sorts them
+    by id) -> how many there are (counting on past CAP)."""
+    offs = tl.arange(0, BLOCK)
+    tl.atomic_xchg(cnt, 0)
+    tl.debug_barrier()  # the zero is in place before any warp adds to it
+    one = tl.full([BLOCK], 1, tl.int32)
+    ptrs = cnt + tl.zeros([BLOCK], tl.int32)
+    for e0 in range(0, limit, BLOCK):
+        e = e0 + offs
+        ok = e < limit
+        x = tl.load(srow + e, mask=ok, other=0.0)
+        hit = ok & (ordered_key(x) >= t_sub)
+        slot = tl.atomic_add(ptrs, one, mask=hit, sem="relaxed")
+        keep = hit & (slot < CAP)
+        tl.store(cid + slot, e, mask=keep)
+        tl.store(cval + slot, x, mask=keep)
+    tl.debug_barrier()  # every warp's adds are done
+    return tl.atomic_add(cnt, 0)  # read at L2, where the adds went
+
+
+@triton.jit
+def _select_candidates(cid, cval, count, orow, K: tl.constexpr, CAP: tl.constexpr, UNORDERED: tl.constexpr):
+    """The top-K of the count (K <= count <= CAP) candidates in cid/cval -> orow, as _topk_kernel orders them;
+    -> whether it wrote the row. UNORDERED (the atomic filter's candidates, in any order): the entries with key
+    >= T are compacted into cid as words (id, or id + 2^30 for a tie == T) and sorted (CAP/4 of them at most:
+    sorts of CAP and CAP/2 spilled registers at 16 warps); the first K words are _topk_kernel's row. More than
+    CAP/4 at or above T (ties at T beyond CAP/4 - K, or K > CAP/4) -> not written (the caller sends the row to
+    the fallback)."""
     coffs = tl.arange(0, CAP)
     okc = coffs < count
     ids = tl.load(cid + coffs, mask=okc, other=0, cache_modifier=".cg")
     key = ordered_key(tl.load(cval + coffs, mask=okc, other=0.0, cache_modifier=".cg"))
     thr, need = radix_kth(key, okc, tl.full([], K, tl.int32))
-    emit_topk(ids, key, okc, thr, need, orow, K)
+    if UNORDERED:
+        SORT: tl.constexpr = CAP // 4
+        sel = okc & (key >= thr)
+        n_sel = tl.sum(sel.to(tl.int32), 0)
+        done = n_sel <= SORT
+        if done:
+            slot = tl.cumsum(sel.to(tl.int32), 0) - 1
+            tl.debug_barrier()  # every warp has its candidates in registers before cid is overwritten
+            tl.store(cid + slot, tl.where(key > thr, ids, ids + (1 << 30)), mask=sel)
+            tl.debug_barrier()
+            soffs = tl.arange(0, SORT)
+            word = tl.load(cid + soffs, mask=soffs < n_sel, other=0x7FFFFFFF, cache_modifier=".cg")
+            word = tl.sort(word, 0)  # ids above T ascending, then the ties ascending, then the empty slots
+            tl.store(orow + soffs, word & ((1 << 30) - 1), mask=soffs < K)
+    else:
+        emit_topk(ids, key, okc, thr, need, orow, K)
+        done = tl.full([], 1, tl.int1)
+    return done
 
 
 @triton.jit
@@ -152,10 +200,11 @@ def _sample_kernel(scores_ptr, pos_ptr, out_ptr, thr_ptr, count_ptr, row0, score
 
 
 @triton.jit
-def _filter_select_kernel(scores_ptr, pos_ptr, out_ptr, thr_ptr, count_ptr, cid_ptr, cval_ptr, row0, n_rows,
-                          score_stride, out_stride, K: tl.constexpr, RATIO: tl.constexpr, SAMPLE: tl.constexpr,
-                          CAP: tl.constexpr, BLOCK: tl.constexpr):
-    """Program p: the rows p, p + G, ... longer than SAMPLE, through scratch row p; count[r] = candidates."""
+def _filter_select_kernel(scores_ptr, pos_ptr, out_ptr, thr_ptr, count_ptr, cid_ptr, cval_ptr, cnt_ptr, row0,
+                          n_rows, score_stride, out_stride, K: tl.constexpr, RATIO: tl.constexpr,
+                          SAMPLE: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr, ATOMIC: tl.constexpr):
+    """Program p: the rows p, p + G, ... longer than SAMPLE, through scratch row p (ATOMIC: slots from the
+    counter cnt[p] instead of a scan); count[r] = candidates."""
     pid = tl.program_id(0)
     cid = cid_ptr + pid.to(tl.int64) * CAP
     cval = cval_ptr + pid.to(tl.int64) * CAP
@@ -167,10 +216,15 @@ def _filter_select_kernel(scores_ptr, pos_ptr, out_ptr, thr_ptr, count_ptr, cid_
             srow = scores_ptr + r.to(tl.int64) * score_stride
             t_sub = tl.load(thr_ptr + r).to(tl.uint32, bitcast=True)
             tl.debug_barrier()  # every warp has read the previous row's candidates before they are overwritten
-            count = _filter(srow, limit, t_sub, cid, cval, CAP, BLOCK)
+            if ATOMIC:
+                count = _filter_atomic(srow, limit, t_sub, cid, cval, cnt_ptr + pid, CAP, BLOCK)
+            else:
+                count = _filter(srow, limit, t_sub, cid, cval, CAP, BLOCK)
             tl.debug_barrier()  # every warp's candidates are written before any warp reads them back
             if (count >= K) & (count <= CAP):  # >= K candidates: T >= t_sub, every top-K entry is among them
-                _select_candidates(cid, cval, count, out_ptr + t.to(tl.int64) * out_stride, K, CAP)
+                done = _select_candidates(cid, cval, count, out_ptr + t.to(tl.int64) * out_stride, K, CAP, ATOMIC)
+                if not done:  # the atomic form's tie overflow: the streaming passes take the row
+                    count = CAP + 1
             tl.store(count_ptr + r, count)
 
 
@@ -210,11 +264,12 @@ def use_prefill(n_rows: int, e_cap: int, topk: int) -> bool:
 def topk_rows_prefill(scores: torch.Tensor, positions: torch.Tensor, out: torch.Tensor, row0: int, n_rows: int,
                       topk: int, ratio: int, *, sample: int | None = None, cap: int | None = None,
                       block: int | None = None, programs: int | None = None,
-                      counts: torch.Tensor | None = None) -> None:
+                      counts: torch.Tensor | None = None, atomic: bool | None = None) -> None:
     """Same contract as indexer.topk_rows (and the same output, order and tie choice as its _topk_kernel):
     top-k of scores[r, :(pos[row0+r]+1)//ratio] -> out[row0+r, :topk], -1 in unused slots, for r < n_rows.
     sample / cap / block / programs override the module sizes (tests); counts (int32 [>= n_rows]) receives
-    each row's candidate count (a row fell back to the streaming passes when count < k or count > cap)."""
+    each row's candidate count (a row fell back to the streaming passes when count < k or count > cap);
+    atomic overrides ATOMIC (the filter's slots from a counter, then a sort by id)."""
     sample, cap, block = sample or SAMPLE, cap or CAP, block or BLOCK
     for name, v in (("sample", sample), ("cap", cap), ("block", block)):
         if v & (v - 1) or v < SEG:
@@ -229,11 +284,13 @@ def topk_rows_prefill(scores: torch.Tensor, positions: torch.Tensor, out: torch.
     counts = torch.empty(n_rows, dtype=torch.int32, device=dev) if counts is None else counts
     cid = torch.empty((g, cap), dtype=torch.int32, device=dev)
     cval = torch.empty((g, cap), dtype=torch.float32, device=dev)
+    cnt = torch.empty(g, dtype=torch.int32, device=dev)  # the atomic filter's per-program counter
     args = (scores, positions, out)
     strides = (scores.stride(0), out.stride(0))
     _sample_kernel[(n_rows,)](*args, thr, counts, row0, *strides, K=topk, RATIO=ratio, SAMPLE=sample, SEG=SEG,
                               BLOCK=block, Z=SAMPLE_Z, num_warps=WARPS)
-    _filter_select_kernel[(g,)](*args, thr, counts, cid, cval, row0, n_rows, *strides, K=topk, RATIO=ratio,
-                                SAMPLE=sample, CAP=cap, BLOCK=block, num_warps=WARPS)
+    _filter_select_kernel[(g,)](*args, thr, counts, cid, cval, cnt, row0, n_rows, *strides, K=topk, RATIO=ratio,
+                                SAMPLE=sample, CAP=cap, BLOCK=block, ATOMIC=ATOMIC if atomic is None else atomic,
+                                num_warps=WARPS)
     _fallback_kernel[(n_rows,)](*args, counts, row0, *strides, K=topk, RATIO=ratio, SAMPLE=sample, CAP=cap,
                                 BLOCK=block, num_warps=FALLBACK_WARPS)

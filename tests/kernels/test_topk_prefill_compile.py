@@ -1,5 +1,5 @@
 """The prefill top-k kernels (kernels/triton/topk_prefill.py) compile for sm_90 at their real sizes (k 512,
-SAMPLE 8192, CAP 4096, BLOCK 4096) without a GPU (Triton frontend + the bundled ptxas), without spilling:
+SAMPLE 8192, CAP 4096, BLOCK 4096; the filter in both forms, scan and atomic) without a GPU (Triton frontend + the bundled ptxas), without spilling:
 cuobjdump -res-usage must report STACK:0 (the one persistent kernel that held every stage spilled ~200
 bytes a thread at 16 warps). Subprocess without TRITON_INTERPRET."""
 
@@ -38,9 +38,10 @@ def compile_all() -> int:
     cases = [
         (tp._sample_kernel, dict(P, thr_ptr="*i32", count_ptr="*i32", **TAIL), dict(common, SEG=tp.SEG, Z=tp.SAMPLE_Z),
          tp.WARPS),
-        (tp._filter_select_kernel, dict(P, thr_ptr="*i32", count_ptr="*i32", cid_ptr="*i32", cval_ptr="*fp32",
-                                        row0="i32", n_rows="i32", score_stride="i32", out_stride="i32"),
-         dict(common, CAP=tp.CAP), tp.WARPS),
+        *[(tp._filter_select_kernel, dict(P, thr_ptr="*i32", count_ptr="*i32", cid_ptr="*i32", cval_ptr="*fp32",
+                                          cnt_ptr="*i32", row0="i32", n_rows="i32", score_stride="i32",
+                                          out_stride="i32"),
+           dict(common, CAP=tp.CAP, ATOMIC=atomic), tp.WARPS) for atomic in (False, True)],
         (tp._fallback_kernel, dict(P, count_ptr="*i32", **TAIL), dict(common, CAP=tp.CAP), tp.FALLBACK_WARPS),
     ]
     for fn, sig, consts, warps in cases:
@@ -52,4 +53,4 @@ def compile_all() -> int:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run these kernels for real")
 def test_topk_prefill_kernels_compile_for_sm90_without_spills():
-    assert compiled_count("test_topk_prefill_compile", "compile_all") == 3
+    assert compiled_count("test_topk_prefill_compile", "compile_all") == 4

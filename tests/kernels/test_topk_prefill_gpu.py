@@ -1,6 +1,7 @@
 """Sampled top-k for many long rows (kernels/triton/topk_prefill.py) at V4 prefill shapes on the GPU: k 512,
 256 rows of up to 262,144 entries (1M context at ratio 4), exactly equal (ids, order, ties) to
-indexer.topk_rows' streaming kernel, with rows that fall back (ties, a defeated sample) and CUDA-graph replay."""
+indexer.topk_rows' streaming kernel (the filter in both forms, scan and atomic), with rows that fall back (ties,
+a defeated sample) and CUDA-graph replay."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def _rows():
 
 
 @pytest.mark.gpu
-def test_prefill_topk_real_shapes_gpu(monkeypatch):
+@pytest.mark.parametrize("atomic", [False, True], ids=["scan", "atomic"])
+def test_prefill_topk_real_shapes_gpu(monkeypatch, atomic):
     from kernels.triton import indexer as ti
     from kernels.triton import topk_prefill as tp
 
@@ -40,7 +42,7 @@ def test_prefill_topk_real_shapes_gpu(monkeypatch):
     got = want.clone()
     counts = torch.zeros(ROWS, dtype=torch.int32, device="cuda")
     ti.topk_rows(scores, pos, want, row0, ROWS, K, ratio)
-    tp.topk_rows_prefill(scores, pos, got, row0, ROWS, K, ratio, counts=counts)
+    tp.topk_rows_prefill(scores, pos, got, row0, ROWS, K, ratio, counts=counts, atomic=atomic)
     assert torch.equal(got, want), (got != want).any(1).nonzero().flatten().tolist()[:10]
     c = counts.tolist()
     assert c[8] > tp.CAP and c[9] > tp.CAP and c[10] < K, c[8:11]

@@ -20,6 +20,13 @@ from tests.kernels.interp_util import interp_modules  # noqa: E402
 # the interpreter converts 0-d arrays with __index__ in every loop over a tensor bound: noise, not signal
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim:DeprecationWarning")
 
+@pytest.fixture(params=[False, True], ids=["scan", "atomic"])
+def atomic(request):
+    """The filter's two forms: slots from a block-wide scan (in index order), or from an atomic counter (in
+    any order; the select sorts them by id)."""
+    return request.param
+
+
 def run_both(monkeypatch, scores, limits, k, ratio=1, row0=2, **kw):
     """-> (prefill out, streaming-kernel out, counts) for rows row0.. of a tile whose limits are given."""
     ti, tp = interp_modules("indexer", "topk_prefill")
@@ -45,12 +52,12 @@ def assert_same(got, want):
     assert not bad, f"rows {bad}: {got[bad[0]].tolist()} != {want[bad[0]].tolist()}"
 
 
-def test_random_mixed_lengths_match_stream_and_twin(monkeypatch):
+def test_random_mixed_lengths_match_stream_and_twin(monkeypatch, atomic):
     k = 16
     limits = [3, 16, 17, 100, 255, 256, 257, 700, 1301, 2000]  # <= k, in registers, sampled
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(len(limits), 2000, generator=g)
-    got, want, counts = run_both(monkeypatch, scores, limits, k, programs=3)
+    got, want, counts = run_both(monkeypatch, scores, limits, k, programs=3, atomic=atomic)
     assert_same(got, want)
     for r, lim in enumerate(limits):  # sampled rows took the candidate select, not the fallback
         assert counts[r] == lim if lim <= 256 else k <= counts[r] <= 256, (lim, int(counts[r]))
@@ -60,7 +67,7 @@ def test_random_mixed_lengths_match_stream_and_twin(monkeypatch):
         assert sorted(got[r].tolist()) == sorted(twin[r].tolist()), r
 
 
-def test_ratio4_and_negative_scores(monkeypatch):
+def test_ratio4_and_negative_scores(monkeypatch, atomic):
     k = 8
     limits = [5, 9, 300, 900, 1024]
     g = torch.Generator().manual_seed(1)
@@ -69,11 +76,11 @@ def test_ratio4_and_negative_scores(monkeypatch):
     scores[1, 5] = 0.0
     scores[3, ::97] = -0.0
     scores[3, 50] = 0.0
-    got, want, _ = run_both(monkeypatch, scores, limits, k, ratio=4, row0=5)
+    got, want, _ = run_both(monkeypatch, scores, limits, k, ratio=4, row0=5, atomic=atomic)
     assert_same(got, want)
 
 
-def test_ties_and_monotone_rows(monkeypatch):
+def test_ties_and_monotone_rows(monkeypatch, atomic):
     k = 16
     limits = [1200, 1200, 1500, 1500, 2000]
     g = torch.Generator().manual_seed(2)
@@ -83,13 +90,13 @@ def test_ties_and_monotone_rows(monkeypatch):
     scores[2] = torch.arange(2000, dtype=torch.float32)  # increasing: the top-k are the last entries
     scores[3] = -torch.arange(2000, dtype=torch.float32)  # decreasing
     scores[4] = torch.arange(2000, dtype=torch.float32) // 64  # increasing plateaus (ties at the end)
-    got, want, counts = run_both(monkeypatch, scores, limits, k, row0=0, programs=2)
+    got, want, counts = run_both(monkeypatch, scores, limits, k, row0=0, programs=2, atomic=atomic)
     assert_same(got, want)
     assert k <= counts[0] <= 256 and counts[1] > 256, counts.tolist()
     assert all(k <= int(c) <= 256 for c in counts[2:4]), counts.tolist()
 
 
-def test_sample_defeated_both_fallbacks(monkeypatch):
+def test_sample_defeated_both_fallbacks(monkeypatch, atomic):
     """Rank below k (k 64, sample 128, rows of 2048): a row whose sampled entries are low and all others
     high (count > cap), and one whose sampled entries are the only high ones (count < k)."""
     (tp,) = interp_modules("topk_prefill")
@@ -101,10 +108,27 @@ def test_sample_defeated_both_fallbacks(monkeypatch):
     scores[1, ids] -= 20.0  # sample low, the rest high: every unsampled entry is a candidate
     scores[2, ids] += 10.0  # sample high, the rest low: only ~rank entries reach t_sub
     scores[3, :1024] += 5.0  # a step: the top half of the sample tells the truth
-    got, want, counts = run_both(monkeypatch, scores, [lim] * 4, k, row0=1, sample=sample, cap=cap, programs=3)
+    got, want, counts = run_both(monkeypatch, scores, [lim] * 4, k, row0=1, sample=sample, cap=cap, programs=3,
+                                  atomic=atomic)
     assert_same(got, want)
     c = counts.tolist()
     assert k <= c[0] <= cap and c[1] > cap and c[2] < k and k <= c[3] <= cap, c
+
+
+def test_atomic_form_sends_tie_overflow_to_the_fallback(monkeypatch, atomic):
+    """100 ties at the top value, k 16, cap 256: the scan form selects among the candidates; the atomic form
+    sorts at most cap/4 = 64 entries at or above T, so it hands the row to the fallback (count cap + 1). Both
+    write the streaming kernel's row."""
+    k, cap = 16, 256
+    g = torch.Generator().manual_seed(4)
+    scores = torch.randn(3, 1300, generator=g)
+    ties = torch.randperm(1300, generator=g)[:100]
+    scores[1, ties] = 5.0
+    got, want, counts = run_both(monkeypatch, scores, [1300] * 3, k, row0=0, cap=cap, programs=2, atomic=atomic)
+    assert_same(got, want)
+    c = counts.tolist()
+    assert k <= c[0] <= cap and k <= c[2] <= cap, c
+    assert c[1] == cap + 1 if atomic else k <= c[1] <= cap, c
 
 
 def test_bad_sizes_rejected():
