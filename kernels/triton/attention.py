@@ -120,6 +120,10 @@ def _num_splits(n_tok: int, max_total: int, block_n: int) -> int:
 # value-column slices per program (1 = the whole 512-wide accumulator in one program, the measured default);
 # V4_ATTN_DSPLIT=2 halves the accumulator (each half recomputes the scores): prepared for the H200, not measured
 DSPLIT = _cfg("V4_ATTN_DSPLIT", 1)
+# FP8 entries alone (A/B switches for the FP8-KV batch-64 target, unmeasured): V4_ATTN_DSPLIT_FP8 and
+# V4_ATTN_BLOCK_N_FP8 override DSPLIT and the key tile for FP8 KV only (sm_90 stack per thread, bf16 / FP8:
+# 32-key tiles 304 / 528 B at DSPLIT 1, 16-key tiles 48 / 96 B; docs/benchmarks.md, session 5)
+DSPLIT_FP8 = _cfg("V4_ATTN_DSPLIT_FP8", DSPLIT)
 
 
 def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta: AttnMeta, sink, *, ratio: int, scale: float,
@@ -145,7 +149,8 @@ def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta: AttnMeta, sink, *, r
         max_total = w + meta.max_seq_len // ratio
     else:
         max_total = w
-    bn = block_n or (16 if INTERPRET else _cfg("V4_ATTN_BLOCK_N", 32))
+    bn = block_n or (16 if INTERPRET else _cfg("V4_ATTN_BLOCK_N_FP8" if fp8 else "V4_ATTN_BLOCK_N",
+                                                _cfg("V4_ATTN_BLOCK_N", 32)))
     ns = nsplit or _num_splits(n_tok, max_total, bn)
     split_len = triton.cdiv(triton.cdiv(max_total, ns), bn) * bn
     block_h = max(16, triton.next_power_of_2(h))
@@ -158,7 +163,7 @@ def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta: AttnMeta, sink, *, r
     dummy = kv_cur
     tables = meta.block_tables
     topk_t = topk_idx if has_topk else meta.tok_seq
-    ds = dsplit or DSPLIT
+    ds = dsplit or (DSPLIT_FP8 if fp8 else DSPLIT)
     if ds not in (1, 2, 4) or (fp8 and c // ds % 64) or c // ds < 16:
         raise ValueError(f"dsplit {ds}: 1, 2 or 4 slices of whole 64-column blocks of the {c}-wide entries")
     if has_pool and not has_topk:
