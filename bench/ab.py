@@ -10,7 +10,10 @@ process. Every benchmark in bench/ ends with one JSON line; this collects them s
 
 `--variant NAME=K1=V1,K2=V2` (an empty assignment list: the environment as it is). `--keys a.b,c`: the
 fields (dotted paths) printed per variant; the last line holds every variant's whole JSON, its exit status
-and wall time.
+and wall time. `--prime`: run the command once in the plain environment first and discard it (the first
+process on a fresh machine pays the Triton compiles: 48.5 against 40.0 s for the same 1M-token prompt in
+session 9). `--rounds N`: the variants in turn N times (A B A B ...); each variant then reports `rounds` (every
+run's rc, wall time and result) and `median` of each `--keys` field, and `result` is its last run's.
 """
 
 from __future__ import annotations
@@ -57,6 +60,28 @@ def pick(obj, path: str):
     return obj
 
 
+def _run(cmd: list[str], env: dict[str, str], timeout: float | None) -> dict:
+    """One process of `cmd` with `env` over the current environment -> {rc, wall_s, result[, stderr_tail]}."""
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
+        rc, out, err = p.returncode, p.stdout, p.stderr
+    except subprocess.TimeoutExpired as e:
+        rc, out, err = "timeout", e.stdout or "", e.stderr or ""
+        out, err = (x.decode() if isinstance(x, bytes) else x for x in (out, err))
+    return {"rc": rc, "wall_s": round(time.perf_counter() - t0, 1), "result": last_json(out),
+            **({} if rc == 0 else {"stderr_tail": err[-2000:]})}
+
+
+def _median(values: list):
+    """The median of the numbers among `values` (None when there are none)."""
+    nums = sorted(v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool))
+    if not nums:
+        return None
+    mid = len(nums) // 2
+    return nums[mid] if len(nums) % 2 else (nums[mid - 1] + nums[mid]) / 2
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     if "--" not in argv:
@@ -66,7 +91,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--variant", action="append", required=True, help="NAME=K1=V1,K2=V2 (repeat)")
     ap.add_argument("--keys", default="", help="comma-separated dotted JSON fields to print per variant")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per variant")
+    ap.add_argument("--rounds", type=int, default=1, help="run the variants in turn this many times")
+    ap.add_argument("--prime", action="store_true", help="one discarded run in the plain environment first")
     args = ap.parse_args(argv[:split])
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
     cmd = argv[split + 1:]
     if not cmd:
         ap.error("no command after --")
@@ -78,19 +107,23 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("variant names must differ")
     keys = [k for k in args.keys.split(",") if k]
     report = {"command": cmd, "variants": {}}
-    for name, env in variants:
-        t0 = time.perf_counter()
-        try:
-            p = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=args.timeout)
-            rc, out, err = p.returncode, p.stdout, p.stderr
-        except subprocess.TimeoutExpired as e:
-            rc, out, err = "timeout", e.stdout or "", e.stderr or ""
-            out, err = (x.decode() if isinstance(x, bytes) else x for x in (out, err))
-        res = last_json(out)
-        report["variants"][name] = {"env": env, "rc": rc, "wall_s": round(time.perf_counter() - t0, 1),
-                                    "result": res, **({} if rc == 0 else {"stderr_tail": err[-2000:]})}
-        shown = {k: pick(res, k) for k in keys} if res is not None else "no JSON line"
-        print(f"# {name} rc={rc}: {json.dumps(shown)}", flush=True)
+    if args.prime:
+        run = _run(cmd, {}, args.timeout)
+        report["prime"] = {"rc": run["rc"], "wall_s": run["wall_s"]}
+        print(f"# prime rc={run['rc']} ({run['wall_s']} s, discarded)", flush=True)
+    for rnd in range(args.rounds):
+        for name, env in variants:
+            run = _run(cmd, env, args.timeout)
+            res = run["result"]
+            earlier = report["variants"].get(name, {}).get("rounds", [])
+            report["variants"][name] = {"env": env, **run, **({"rounds": earlier + [run]} if args.rounds > 1 else {})}
+            shown = {k: pick(res, k) for k in keys} if res is not None else "no JSON line"
+            tag = f"{name} (round {rnd + 1})" if args.rounds > 1 else name
+            print(f"# {tag} rc={run['rc']}: {json.dumps(shown)}", flush=True)
+    if args.rounds > 1:
+        for entry in report["variants"].values():
+            entry["median"] = {k: _median([pick(r["result"], k) for r in entry["rounds"] if r["result"] is not None])
+                               for k in keys}
     print(json.dumps(report))
     return report
 
