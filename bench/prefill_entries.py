@@ -96,6 +96,11 @@ def install(register, bench_ms):
                 ctx.emit(bench="mhc_mix_sweep", rows=n, cfg=list(cfg), us=us, TBps=n * HC * D * 2 * 2.25 / us / 1e6)
             except Exception as ex:  # noqa: BLE001
                 ctx.emit(bench="mhc_mix_sweep", rows=n, cfg=list(cfg), error=repr(ex)[:200])
+        from kernels.triton.mhc_prefill import mix_config, mix_prefill
+        for per_sm in (2, 4, 8, 16):  # column splits of the default tiles (mhc_prefill.PROGRAMS_PER_SM)
+            us = us_of(lambda: mix_prefill(x, fn, o, post, comb, mix_config(n), programs_per_sm=per_sm))
+            ctx.emit(bench="mhc_mix_sweep", rows=n, programs_per_sm=per_sm, us=us,
+                     TBps=n * HC * D * 2 * 2.25 / us / 1e6)
 
     @register("moe_align")
     def bench_align(ctx):

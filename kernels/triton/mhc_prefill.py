@@ -15,6 +15,8 @@ bench/prefill_entries.py; `mhc._finish(..., br=)`).
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -194,7 +196,13 @@ def mix_partials(x, o, n: int, d: int, mp: int, bc: int, split: int):
     return c_per, split, part, sq, (torch.empty_like(x) if o is not None else x)
 
 
-def mix_prefill(x, fn, o=None, post=None, comb=None, cfg=None):
+# programs per SM the column splits aim for (tiles x splits ~ this x SMs): 2 as measured in session 3; a prefill
+# call (8,192 rows, 128 row tiles -> 3 splits) ran at ~1 TB/s in the 1M-token profile (0.57 ms for ~0.6 GB), so
+# V4_MHC_PROGRAMS_PER_SM (A/B switch, read at import; bench `mhc_sweep` times 2 / 4 / 8) asks for more splits
+PROGRAMS_PER_SM = int(os.environ.get("V4_MHC_PROGRAMS_PER_SM", 2))
+
+
+def mix_prefill(x, fn, o=None, post=None, comb=None, cfg=None, programs_per_sm: int | None = None):
     """Launch the mix kernel -> (x' (x itself without post), part [S, N, MP], sq [S, N], S)."""
     n, hc, d = x.shape
     mix = fn.shape[0]
@@ -204,7 +212,8 @@ def mix_prefill(x, fn, o=None, post=None, comb=None, cfg=None):
     presplit = presplit and bf16
     tiles = triton.cdiv(n, bm)
     chunks = triton.cdiv(d, bc)
-    split = max(1, min(chunks, triton.cdiv(2 * num_sms(), tiles))) if not interpreting() else min(chunks, 2)
+    per_sm = programs_per_sm or PROGRAMS_PER_SM
+    split = max(1, min(chunks, triton.cdiv(per_sm * num_sms(), tiles))) if not interpreting() else min(chunks, 2)
     c_per, split, part, sq, xo = mix_partials(x, o, n, d, mp, bc, split)
     has_post = o is not None
     _mix_prefill_kernel[(tiles, split)](
