@@ -2,7 +2,14 @@
 vs the pure-torch twins in kernels/ref. The kernels run in a subprocess that sets TRITON_INTERPRET=1
 before importing triton (see tests/kernels/kernel_cases.run_interp_subprocess)."""
 
-from tests.kernels.kernel_cases import run_interp_subprocess
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # the suite's convention: Triton is first imported with the interpreter on
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from tests.kernels.kernel_cases import run_interp_subprocess  # noqa: E402
 
 
 def test_indexer_interpreter_matches_twin():
@@ -42,3 +49,28 @@ def test_fp8_score_choice(monkeypatch):
     assert f8.fp8_sequences(q, mixed) == [False] * 6
     monkeypatch.setattr(f8, "_ENV_MIN_ROWS", "4")
     assert f8.fp8_sequences(q, mixed) == [True, False, True, False, True, True]
+
+
+def test_row_tiles_balanced_cover_the_rows_without_small_remainders():
+    """indexer_topk's score tiles: contiguous, covering [r0, r1), at most `tile` rows, equal up to one row when
+    balanced (the unbalanced form, for an explicit row_tile, steps by `tile`). For the prefill chunks of a 1M-token
+    prompt (8,192 / 16,384 rows and their 7,616 / 15,808-row last chunks) at every context's tile cap, no tile
+    falls under topk_prefill.PREFILL_MIN_ROWS (which sent remainders to topk_long's few-rows path)."""
+    from kernels.triton import indexer as ti
+    from kernels.triton import topk_prefill as tp
+
+    for r0, r1, tile in ((0, 8192, 545), (5, 7621, 256), (0, 10, 3), (2, 3, 8), (0, 16384, 2048)):
+        for balanced in (True, False):
+            tiles = ti.row_tiles(r0, r1, tile, balanced)
+            assert tiles[0][0] == r0 and sum(n for _, n in tiles) == r1 - r0
+            assert all(a + n == b for (a, n), (b, _) in zip(tiles, tiles[1:])) and max(n for _, n in tiles) <= tile
+            if balanced:
+                assert len(tiles) == -(-(r1 - r0) // tile) and max(n for _, n in tiles) - min(n for _, n in tiles) <= 1
+            else:
+                assert all(n == tile for _, n in tiles[:-1])
+    assert ti.row_tiles(4, 4, 8) == []
+    assert ti.row_tiles(0, 8192, 545) == [(512 * i, 512) for i in range(16)]  # not 15 x 545 + 17
+    for rows in (8192, 16384, 7616, 15808):
+        for e_cap in range(1024, 262145, 997):
+            cap = max(1, min(rows, ti.SCORE_BUDGET_BYTES // (4 * e_cap)))
+            assert min(n for _, n in ti.row_tiles(0, rows, cap)) >= tp.PREFILL_MIN_ROWS, (rows, e_cap, cap)
