@@ -44,7 +44,10 @@ class JitWatch:
             dt = time.perf_counter() - t0 if t0 is not None else 0.0
             sig = compile.get("signature") or {}
             wide = sorted(k for k, v in sig.items() if v == "i64")
-            self.events.append((fn.name, dt, "i64: " + ",".join(wide) if wide else "no i64 arguments"))
+            what = "i64: " + ",".join(wide) if wide else "no i64 arguments"
+            # the specialization key (argument types, divisibility by 16, constexpr values): two compiles of one
+            # kernel differ in it, which names the argument that made the second one
+            self.events.append((fn.name, dt, f"{what}; key {str(compile.get('key'))[:400]}"))
             if prev_post is not None:
                 return prev_post(key=key, repr=repr, fn=fn, compile=compile, is_manual_warmup=is_manual_warmup,
                                  already_compiled=already_compiled)
