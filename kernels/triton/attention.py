@@ -124,6 +124,8 @@ DSPLIT = _cfg("V4_ATTN_DSPLIT", 1)
 # V4_ATTN_BLOCK_N_FP8 override DSPLIT and the key tile for FP8 KV only (sm_90 stack per thread, bf16 / FP8:
 # 32-key tiles 304 / 528 B at DSPLIT 1, 16-key tiles 48 / 96 B; docs/benchmarks.md, session 5)
 DSPLIT_FP8 = _cfg("V4_ATTN_DSPLIT_FP8", DSPLIT)
+BLOCK_N = _cfg("V4_ATTN_BLOCK_N", 32)  # keys per tile (both read at import)
+BLOCK_N_FP8 = _cfg("V4_ATTN_BLOCK_N_FP8", BLOCK_N)
 
 
 def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta: AttnMeta, sink, *, ratio: int, scale: float,
@@ -149,8 +151,7 @@ def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta: AttnMeta, sink, *, r
         max_total = w + meta.max_seq_len // ratio
     else:
         max_total = w
-    bn = block_n or (16 if INTERPRET else _cfg("V4_ATTN_BLOCK_N_FP8" if fp8 else "V4_ATTN_BLOCK_N",
-                                                _cfg("V4_ATTN_BLOCK_N", 32)))
+    bn = block_n or (16 if INTERPRET else (BLOCK_N_FP8 if fp8 else BLOCK_N))
     ns = nsplit or _num_splits(n_tok, max_total, bn)
     split_len = triton.cdiv(triton.cdiv(max_total, ns), bn) * bn
     block_h = max(16, triton.next_power_of_2(h))

@@ -221,16 +221,14 @@ def score_rows_per_program(n_rows: int) -> int:
     return SCORE_GROUP_ROWS if n_rows >= SCORE_GROUP_MIN_ROWS else 1
 
 
-def row_tiles(r0: int, r1: int, tile: int, balanced: bool = True) -> list[tuple[int, int]]:
-    """Rows [r0, r1) as (first row, rows) tiles of at most `tile` rows. Balanced: as many tiles as `tile` needs,
-    of equal size up to one row, so no tile is a small remainder (e.g. 8,192 rows at tile 545 -> 16 x 512, not
-    15 x 545 + 17): a remainder under topk_prefill.PREFILL_MIN_ROWS rows took topk_long's few-rows path and its
-    first compiles inside a 1M-token prompt (session 9)."""
+def row_tiles(r0: int, r1: int, tile: int) -> list[tuple[int, int]]:
+    """Rows [r0, r1) as (first row, rows) tiles: as many as tiles of at most `tile` rows need, of equal size up to
+    one row, so no tile is a small remainder (e.g. 8,192 rows at tile 545 -> 16 x 512, not 15 x 545 + 17): a
+    remainder under topk_prefill.PREFILL_MIN_ROWS rows took topk_long's few-rows path and its first compiles
+    inside a 1M-token prompt (session 9)."""
     n = r1 - r0
     if n <= 0:
         return []
-    if not balanced:
-        return [(a, min(tile, r1 - a)) for a in range(r0, r1, tile)]
     k = -(-n // tile)
     q, extra = divmod(n, k)  # the first `extra` tiles take one row more
     starts = [r0 + i * q + min(i, extra) for i in range(k)]
@@ -263,7 +261,7 @@ def indexer_topk(q, w, keys, meta: AttnMeta, topk: int, *, ratio: int = 4, key_f
     tile = row_tile or max(1, min(n_tok, SCORE_BUDGET_BYTES // (4 * e_cap)))
     scores = torch.empty((min(tile, n_tok), e_cap), dtype=torch.float32, device=q.device)
     for r0, r1, fp8 in segments:
-        for row0, n in row_tiles(r0, r1, tile, balanced=row_tile is None):
+        for row0, n in row_tiles(r0, r1, tile):
             if fp8:
                 f8.scores_fp8(q, w, packed, meta, scores, row0, n, ratio, SCORE_PROGRAMS)
             else:

@@ -178,7 +178,6 @@ def row_max_scale(w) -> torch.Tensor:
 # rows, int32 input words (8 codes each) a program, warps: the `moe_copy_sweep` bench's fastest (session 9, one
 # V4-Flash matrix: 4x256x4 853 us, 16x128x4 889, 16x64x4 906 (the e2e runs' tile), 64x128x16 1,343)
 COPY_TILE = (4, 256, 4)
-USE_PRMT = os.environ.get("V4_E4M3_COPY_PRMT", "1") == "1"  # the all-normal tiles' PTX form (A/B switch)
 
 
 def dequant_mxfp4_e4m3(w, tile: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,7 +197,7 @@ def dequant_mxfp4_e4m3(w, tile: tuple[int, int, int] | None = None) -> tuple[tor
     kw = kh // 4
     _dequant_e4m3_kernel[(triton.cdiv(rows, br), triton.cdiv(kw, bw))](
         data.contiguous().view(torch.int32), scale.contiguous(), mx.contiguous(), out.view(torch.int32), rows, kw,
-        SHIFT=ROW_SHIFT, BR=br, BW=bw, USE_ASM=not interpreting() and USE_PRMT, num_warps=warps)
+        SHIFT=ROW_SHIFT, BR=br, BW=bw, USE_ASM=not interpreting(), num_warps=warps)
     rs = torch.exp2(mx.to(torch.float32) - (127 + ROW_SHIFT))
     return out, rs
 

@@ -52,22 +52,18 @@ def test_fp8_score_choice(monkeypatch):
 
 
 def test_row_tiles_balanced_cover_the_rows_without_small_remainders():
-    """indexer_topk's score tiles: contiguous, covering [r0, r1), at most `tile` rows, equal up to one row when
-    balanced (the unbalanced form, for an explicit row_tile, steps by `tile`). For the prefill chunks of a 1M-token
+    """indexer_topk's score tiles: contiguous, covering [r0, r1), at most `tile` rows, as few as that allows, equal
+    up to one row. For the prefill chunks of a 1M-token
     prompt (8,192 / 16,384 rows and their 7,616 / 15,808-row last chunks) at every context's tile cap, no tile
     falls under topk_prefill.PREFILL_MIN_ROWS (which sent remainders to topk_long's few-rows path)."""
     from kernels.triton import indexer as ti
     from kernels.triton import topk_prefill as tp
 
     for r0, r1, tile in ((0, 8192, 545), (5, 7621, 256), (0, 10, 3), (2, 3, 8), (0, 16384, 2048)):
-        for balanced in (True, False):
-            tiles = ti.row_tiles(r0, r1, tile, balanced)
-            assert tiles[0][0] == r0 and sum(n for _, n in tiles) == r1 - r0
-            assert all(a + n == b for (a, n), (b, _) in zip(tiles, tiles[1:])) and max(n for _, n in tiles) <= tile
-            if balanced:
-                assert len(tiles) == -(-(r1 - r0) // tile) and max(n for _, n in tiles) - min(n for _, n in tiles) <= 1
-            else:
-                assert all(n == tile for _, n in tiles[:-1])
+        tiles = ti.row_tiles(r0, r1, tile)
+        assert tiles[0][0] == r0 and sum(n for _, n in tiles) == r1 - r0
+        assert all(a + n == b for (a, n), (b, _) in zip(tiles, tiles[1:])) and max(n for _, n in tiles) <= tile
+        assert len(tiles) == -(-(r1 - r0) // tile) and max(n for _, n in tiles) - min(n for _, n in tiles) <= 1
     assert ti.row_tiles(4, 4, 8) == []
     assert ti.row_tiles(0, 8192, 545) == [(512 * i, 512) for i in range(16)]  # not 15 x 545 + 17
     for rows in (8192, 16384, 7616, 15808):
