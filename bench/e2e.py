@@ -368,7 +368,7 @@ def main(argv=None):
             # warm-up at the measured shapes (other tokens): every kernel config of the run compiles here
             # (--prefill-warmup-len: a shorter warm-up prompt for very long ones, e.g. 131072 before 1M)
             run_prefill(eng, n, min(L, args.prefill_warmup_len or L), vocab_hi, f"warm{kv}", seed=11)
-            with JitWatch() as jw:  # compiles the warm-up missed (e.g. i64 specializations past 2^31) land here
+            with JitWatch() as jw:  # the compiles the warm-up missed (other specializations) land here
                 dt = run_prefill(eng, n, L, vocab_hi, f"{kv}")
             fl = flops_per_token(eng.model, L) * n * L
             fmt["prefill"] = {"n": n, "len": L, "s": round(dt, 3), "tok_s": round(n * L / dt, 1),
