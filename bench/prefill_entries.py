@@ -81,8 +81,11 @@ def install(register, bench_ms):
 
     @register("mhc_sweep")
     def bench_mhc_sweep(ctx):
-        """Tile variants at 8,192 rows: prefill mix tiles, finish warps / rows per program."""
+        """Tile variants: prefill mix tiles at 2,048 / 8,192 / 16,384 rows (`default`: mix_config's pick), at 8,192
+        rows finish warps / rows per program and the mix's programs per SM."""
         import kernels.triton.mhc as tm
+        import kernels.triton.mhc_prefill as pre
+        from kernels.triton.mhc_prefill import mix_config, mix_prefill
         n = 8192
         x, fn, base, scale, w, o, post, comb = _streams(n, torch.Generator(device="cuda").manual_seed(n))
         xo, part, sq, split = tm._mix(x, fn, o, post, comb)
@@ -90,13 +93,20 @@ def install(register, bench_ms):
             us = us_of(lambda: tm._finish(xo, part, sq, split, base, scale, w, 20, 1e-6, 1e-6, False, warps, br))
             ctx.emit(bench="mhc_finish_sweep", rows=n, warps=warps, rows_per_program=br, us=us,
                      TBps=n * HC * D * 2 * 1.25 / us / 1e6)
-        for cfg in ((64, 32, 4, 2, True), (128, 32, 8, 2, True), (64, 64, 8, 1, True)):
-            try:
-                us = us_of(lambda: tm._mix(x, fn, o, post, comb, cfg=cfg))
-                ctx.emit(bench="mhc_mix_sweep", rows=n, cfg=list(cfg), us=us, TBps=n * HC * D * 2 * 2.25 / us / 1e6)
-            except Exception as ex:  # noqa: BLE001
-                ctx.emit(bench="mhc_mix_sweep", rows=n, cfg=list(cfg), error=repr(ex)[:200])
-        from kernels.triton.mhc_prefill import mix_config, mix_prefill
+        tiles = ((64, 64, 8), (64, 32, 4), (128, 32, 8), (128, 32, 4), (128, 64, 8), (256, 32, 8), (128, 16, 4),
+                 (256, 16, 8))
+        for rows in (2048, 8192, 16384):  # a 2K prompt, the server and the offline token budgets
+            streams = _streams(rows, torch.Generator(device="cuda").manual_seed(rows))
+            xs, fns, os_, posts, combs = streams[0], streams[1], streams[5], streams[6], streams[7]
+            for tile in tiles:
+                cfg = (*tile, 2, True)
+                try:
+                    us = us_of(lambda: tm._mix(xs, fns, os_, posts, combs, cfg=cfg))  # noqa: B023
+                    ctx.emit(bench="mhc_mix_sweep", rows=rows, cfg=list(cfg), default=cfg == pre.mix_config(rows),
+                             us=us, TBps=rows * HC * D * 2 * 2.25 / us / 1e6)
+                except Exception as ex:  # noqa: BLE001
+                    ctx.emit(bench="mhc_mix_sweep", rows=rows, cfg=list(cfg), error=repr(ex)[:200])
+            del streams, xs, fns, os_, posts, combs
         for per_sm in (2, 4, 8, 16):  # column splits of the default tiles (mhc_prefill.PROGRAMS_PER_SM)
             us = us_of(lambda: mix_prefill(x, fn, o, post, comb, mix_config(n), programs_per_sm=per_sm))
             ctx.emit(bench="mhc_mix_sweep", rows=n, programs_per_sm=per_sm, us=us,

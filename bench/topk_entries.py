@@ -5,8 +5,8 @@ topk_prefill   2048 rows of a prefill chunk ending at the context's end (limits 
                one row set with a rising trend, the sample's bias case): indexer.topk_rows' one-program-per-row
                streaming kernel against topk_prefill.topk_rows_prefill (sample, filter, select), us per call
                (CUDA-graph replay), the speed-up, whether the outputs are identical (ids, order, ties) and how
-               many rows fell back to the streaming passes; `atomic_us` / `atomic_exact`: the same with the filter's
-               atomic form (topk_prefill.ATOMIC). Registered by `install(register, bench_ms)`.
+               many rows fell back to the streaming passes (scan form's candidate counts); `prefill_us` / `exact` /
+               `speedup`: the default filter form (topk_prefill.ATOMIC), `scan_us` / `atomic_us` (+ `_exact`): each. Registered by `install(register, bench_ms)`.
 """
 
 from __future__ import annotations
@@ -39,23 +39,24 @@ def install(register, bench_ms):
             counts = torch.zeros(ROWS, dtype=torch.int32, device="cuda")
             stream = lambda: ti.topk_rows(scores, pos, want, 0, ROWS, K, RATIO)  # noqa: E731 (2048 rows: streaming)
             keep, tp.ENABLED = tp.ENABLED, False  # the reference is the streaming kernel whatever V4_TOPK_PREFILL says
-            prefill = lambda: tp.topk_rows_prefill(scores, pos, got, 0, ROWS, K, RATIO)  # noqa: E731
             try:
                 us_s = bench_ms(stream) * 1e3
                 stream()
             finally:
                 tp.ENABLED = keep
-            us_p = bench_ms(prefill) * 1e3
-            atomic = lambda: tp.topk_rows_prefill(scores, pos, got, 0, ROWS, K, RATIO, atomic=True)  # noqa: E731
-            us_a = bench_ms(atomic) * 1e3
-            got.fill_(-1)
-            atomic()
-            exact_a = bool(torch.equal(got, want))
-            tp.topk_rows_prefill(scores, pos, got, 0, ROWS, K, RATIO, counts=counts)
+            us, exact = {}, {}
+            for form in (False, True):  # the filter's scan and atomic forms
+                run = lambda: tp.topk_rows_prefill(scores, pos, got, 0, ROWS, K, RATIO, atomic=form)  # noqa: E731
+                us[form] = bench_ms(run) * 1e3
+                got.fill_(-1)
+                run()
+                exact[form] = bool(torch.equal(got, want))
+            tp.topk_rows_prefill(scores, pos, got, 0, ROWS, K, RATIO, counts=counts, atomic=False)
             c = counts.float()
+            us_p = us[tp.ATOMIC]
             ctx.emit(bench="topk_prefill", e_cap=e_cap, dist=dist, rows=ROWS, k=K, stream_us=us_s, prefill_us=us_p,
-                     atomic_us=us_a, atomic_exact=exact_a,
-                     speedup=us_s / us_p, exact=bool(torch.equal(got, want)),
+                     scan_us=us[False], scan_exact=exact[False], atomic_us=us[True], atomic_exact=exact[True],
+                     speedup=us_s / us_p, exact=exact[tp.ATOMIC],
                      fallback_rows=int(((counts < K) | (counts > tp.CAP)).sum()),
                      cand_mean=float(c.mean()), cand_max=int(counts.max()), GBps=ROWS * e_cap * 4 / us_p / 1e3)
             del scores, want, got

@@ -158,15 +158,29 @@ def _finish_rows_kernel(x_ptr, part_ptr, sq_ptr, base_ptr, scale_ptr, nw_ptr, u_
     tl.store(u_ptr + r64[:, None] * D + dd[None, :], u, mask=rm[:, None] & dmask[None, :])
 
 
+def _tile(text: str) -> tuple[int, int, int]:
+    """'ROWSxCOLSxWARPS' -> (row tile, column tile, warps)."""
+    parts = tuple(int(v) for v in text.lower().split("x"))
+    if len(parts) != 3 or min(parts) < 1:
+        raise ValueError(f"V4_MHC_MIX_TILE={text!r} is not ROWSxCOLSxWARPS, e.g. 128x32x8")
+    return parts
+
+
+# bf16 tiles from 512 rows on: bench mhc_sweep (one H200, session 10, 8,192 rows with the post-mix folded in)
+# 128 x 32 x 8 warps 375 us, 64 x 32 x 4 424 us, 64 x 64 x 8 (the earlier default) 590 us; V4_MHC_MIX_TILE (read
+# at import, ROWSxCOLSxWARPS) for an A/B
+MIX_TILE = _tile(os.environ.get("V4_MHC_MIX_TILE", "128x32x8"))
+
+
 def mix_config(n: int, dtype=torch.bfloat16) -> tuple[int, int, int, int, bool]:
     """(row tile, column tile, warps, stages, presplit fn) of `_mix_prefill_kernel` for n rows: bf16 streams take
-    64-row tiles (each X element read once, fn once per tile; 32 columns / 4 warps below 512 rows, measured) and
+    MIX_TILE from 512 rows on and 64 x 32 tiles / 4 warps below (each X element read once, fn once per row tile) and
     bf16 fn parts split once per weight (`_split_fn`), streamed straight into the MMA; fp32 streams 16-row
     tiles with 3xTF32 dots."""
     if interpreting():
         return 16, 16, 4, 1, False
     if dtype == torch.bfloat16:  # bench mhc_mix_decode / mhc_sweep (one H200): 64 x 32 tiles, 4 warps below 512 rows
-        return (64, 64, 8, 2, True) if n >= 512 else (64, 32, 4, 2, True)
+        return (*MIX_TILE, 2, True) if n >= 512 else (64, 32, 4, 2, True)
     return 16, 32, 4, 1, False
 
 

@@ -30,7 +30,7 @@ def _streams(n, g):
     return x, fn, base, scale
 
 
-@pytest.mark.parametrize("n", BATCHES + [1024, 8192])  # >= 512 rows: the prefill tiles (64 rows, bf16 split fn)
+@pytest.mark.parametrize("n", BATCHES + [600, 1024, 8192])  # >= 512 rows: prefill tiles (MIX_TILE; 600 a partial tile)
 def test_mhc_gpu(n):
     import kernels.triton.mhc as tri
     g = torch.Generator(device="cuda").manual_seed(n)
