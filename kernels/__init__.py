@@ -39,7 +39,8 @@ _OPS: dict[str, tuple[object, str, str]] = {
         "linear_scaled")},
     **{op: (_ref_mhc, "mhc", "main") for op in ("hc_pre", "hc_post", "hc_post_pre", "hc_head")},
     **{op: (_ref_norm, "norm", "main") for op in ("rms_norm", "rope", "norm_rope", "add_cast", "swiglu")},
-    **{op: (_ref_attn, "attention", "attention") for op in ("kv_pack", "window_store", "sparse_attention")},
+    **{op: (_ref_attn, "attention", "attention") for op in ("kv_pack", "kv_entries", "window_store",
+                                                            "sparse_attention")},
     "indexer_topk": (_ref_idx, "indexer", "attention"),
     "compress_and_store": (_ref_comp, "compressor", "attention"),
     **{op: (_ref_row_copy, "row_copy", "main") for op in ("row_copy", "spec_row_copy")},
@@ -257,6 +258,12 @@ def spec_row_copy(tensors, kinds, slots, first_pos, tables, n: int, block_size: 
 def kv_pack(kv, ring, rope_dim: int):
     """Chunk K=V [N, c] -> rows in the ring's storage format (dense cast or 584-byte FP8 pack)."""
     return _impl("kv_pack", kv).kv_pack(kv, ring, rope_dim)
+
+
+def kv_entries(x, weight, eps, cos, sin, ring, rope_dim: int):
+    """The chunk's K=V rows [N, c]: kv_norm + RoPE, then the ring's storage format (= kv_pack(norm_rope(...));
+    one kernel on CUDA, the FP8 pack included)."""
+    return _impl("kv_entries", x).kv_entries(x, weight, eps, cos, sin, ring, rope_dim)
 
 
 def window_store(kv_cur, ring, meta) -> None:

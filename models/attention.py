@@ -6,7 +6,7 @@ Per sequence b with chunk [start, start+n):
   compressed    = entries 0 .. (start+n)//m - 1 gathered through the block table
   query t sees  window positions (t-W, t] and compressed entries s < (t+1)//m
                 (CSA: only the indexer's top-k among those)
-The layer calls only the public ops of `kernels` (kv_pack, compress_and_store, indexer_topk,
+The layer calls only the public ops of `kernels` (kv_entries, compress_and_store, indexer_topk,
 sparse_attention, window_store): Triton on CUDA, the pure-torch twins in kernels/ref on CPU.
 """
 
@@ -95,9 +95,9 @@ class Attention(nn.Module):
         q = kops.norm_linear(q_lat, self.q_norm.weight, self.q_norm.eps, self.wq_b.quant_weight())
         # per-head weightless rms + rope, and kv_norm + rope: one kernel each on CUDA
         q = kops.norm_rope(q.view(n_tok, self.n_heads, self.head_dim), None, cfg.rms_norm_eps, cos, sin)
-        kv = kops.norm_rope(self.wkv(x), self.kv_norm.weight, self.kv_norm.eps, cos, sin)  # [N, c]
-        ring = state["window"]
-        kv_cur = kops.kv_pack(kv, ring, cfg.qk_rope_head_dim)
+        ring = state["window"]  # kv_norm + rope of K=V [N, c], in the ring's format (FP8: packed in the kernel)
+        kv_cur = kops.kv_entries(self.wkv(x), self.kv_norm.weight, self.kv_norm.eps, cos, sin, ring,
+                                 cfg.qk_rope_head_dim)
         pool = topk = None
         if self.compressor is not None:
             pool = state["compressed"]

@@ -17,11 +17,19 @@ import torch
 from kernels.attn_meta import AttnMeta
 
 from .kv_fp8 import is_packed, read_entries, write_entries
+from .norm import norm_rope
 
 
 def kv_pack(kv: torch.Tensor, ring: torch.Tensor, rope_dim: int) -> torch.Tensor:
     """Chunk K=V vectors [N, c] -> rows in the storage format of the window ring."""
     return write_entries(kv, ring, rope_dim)
+
+
+def kv_entries(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor,
+               ring: torch.Tensor, rope_dim: int) -> torch.Tensor:
+    """The chunk's K=V rows: kv_norm (weight, eps) + RoPE (cos, sin) of x [N, c], then rows in the ring's
+    storage format (kv_pack of norm_rope)."""
+    return kv_pack(norm_rope(x, weight, eps, cos, sin), ring, rope_dim)
 
 
 def window_store(kv_cur: torch.Tensor, ring: torch.Tensor, meta: AttnMeta) -> None:

@@ -28,6 +28,8 @@ from kernels.kv_format import check_kernel_dims
 from . import attention_hca as hca
 from .attn_tiles import _attend, _combine_kernel, _load_cols, _token_query, _window_ptr, _write_out
 from .device_info import num_sms
+from .kv_entry import store_entry_fp8_row
+from .norm import norm_rope, norm_rope_pack
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -191,32 +193,10 @@ def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta: AttnMeta, sink, *, r
 # ---- packing and window store ---------------------------------------------------------------
 
 @triton.jit
-def store_entry_fp8(x, row_ptr, D: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr, mask):
-    """Quantize one entry x [D] fp32 (rope = last R dims) into the packed row at row_ptr (uint8)."""
-    NB: tl.constexpr = D // 64
-    x2 = tl.reshape(x, [NB, 64])
-    blk = tl.arange(0, NB)
-    lane = tl.arange(0, 64)
-    amax = tl.max(tl.abs(x2), 1)
-    amax = tl.maximum(amax, 1e-30)
-    e = tl.ceil(tl.log2(amax / 448.0))
-    e = tl.minimum(tl.maximum(e, -127.0), 127.0)
-    qv = x2 * tl.exp2(-e)[:, None]
-    qv = tl.minimum(tl.maximum(qv, -448.0), 448.0)
-    qb = qv.to(tl.float8e4nv).to(tl.uint8, bitcast=True)
-    is_nope = blk < NOPE // 64
-    tl.store(row_ptr + blk[:, None] * 64 + lane[None, :], qb, mask=is_nope[:, None] & mask)
-    tl.store(row_ptr + NOPE + 2 * R + blk, (e + 127.0).to(tl.uint8), mask=is_nope & mask)
-    rptr = (row_ptr + NOPE).to(tl.pointer_type(tl.bfloat16))
-    tl.store(rptr + (blk[:, None] * 64 + lane[None, :] - NOPE), x2.to(tl.bfloat16),
-             mask=(blk[:, None] * 64 + lane[None, :] >= NOPE) & mask)
-
-
-@triton.jit
 def _pack_kernel(x_ptr, out_ptr, ROW: tl.constexpr, D: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr):
     t = tl.program_id(0).to(tl.int64)
     x = tl.load(x_ptr + t * D + tl.arange(0, D)).to(tl.float32)
-    store_entry_fp8(x, out_ptr + t * ROW, D, NOPE, R, True)
+    store_entry_fp8_row(x, out_ptr + t * ROW, D, NOPE, R, ROW)
 
 
 def kv_pack(kv, ring, rope_dim: int):
@@ -224,10 +204,18 @@ def kv_pack(kv, ring, rope_dim: int):
         return kv.to(ring.dtype).contiguous()
     n, c = kv.shape
     row = ring.shape[-1]
-    out = torch.zeros((n, row), dtype=torch.uint8, device=kv.device)
+    out = torch.empty((n, row), dtype=torch.uint8, device=kv.device)  # every byte written, the pad as 0
     if n:
         _pack_kernel[(n,)](kv.contiguous(), out, ROW=row, D=c, NOPE=c - rope_dim, R=rope_dim, num_warps=4)
     return out
+
+
+def kv_entries(x, weight, eps, cos, sin, ring, rope_dim: int):
+    """Same contract as kernels.ref.attention.kv_entries: one kernel (kv_norm + rope, then the ring's
+    format; FP8 rows packed in the same kernel)."""
+    if ring.dtype != torch.uint8:
+        return norm_rope(x, weight, eps, cos, sin, out_dtype=ring.dtype)
+    return norm_rope_pack(x, weight, eps, cos, sin, ring.shape[-1], rope_dim)
 
 
 @triton.jit

@@ -22,7 +22,7 @@ import triton.language as tl
 from kernels.ref.kv_fp8 import check_key_store
 from kernels.attn_meta import AttnMeta
 
-from .attention import store_entry_fp8
+from .kv_entry import store_entry_fp8
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 

@@ -1,7 +1,8 @@
 """Triton normalisation / RoPE glue: one program per row (token, or token x head).
 
 `norm_rope`: optional RMSNorm (weighted or weightless) over the row, then interleaved partial RoPE
-of the trailing r = 2 * cos.shape[-1] channels (pairs 2i, 2i+1; inverse = conjugate), then a cast.
+of the trailing r = 2 * cos.shape[-1] channels (pairs 2i, 2i+1; inverse = conjugate), then a cast, or
+(`norm_rope_pack`, the attention's kv_entries on an FP8 ring) one packed FP8 KV entry per row.
 Each step rounds to x's dtype as the separate torch ops do. `add_cast`: (a + b) -> dtype.
 """
 
@@ -11,11 +12,14 @@ import torch
 import triton
 import triton.language as tl
 
+from .kv_entry import store_entry_fp8_row
+
 
 @triton.jit
 def _norm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, y_ptr, H, D, R2, eps, stride_xr, stride_cs,
                       BH: tl.constexpr, NORM: tl.constexpr, HAS_W: tl.constexpr, ROPE: tl.constexpr,
-                      INVERSE: tl.constexpr):
+                      INVERSE: tl.constexpr, PACK: tl.constexpr = False, ROW: tl.constexpr = 0,
+                      NOPE: tl.constexpr = 0, R: tl.constexpr = 0):
     row = tl.program_id(0).to(tl.int64)
     tok = row // H
     p = tl.arange(0, BH)  # pair index: channels 2p, 2p+1
@@ -44,13 +48,34 @@ def _norm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, y_ptr, H, D, R2, eps, stri
         y1 = x0 * s + x1 * c
         x0 = tl.where(rmask, y0, x0).to(x_dt).to(tl.float32)
         x1 = tl.where(rmask, y1, x1).to(x_dt).to(tl.float32)
-    yb = y_ptr + row * D
-    tl.store(yb + 2 * p, x0.to(y_ptr.dtype.element_ty), mask=pmask)
-    tl.store(yb + 2 * p + 1, x1.to(y_ptr.dtype.element_ty), mask=pmask)
+    if PACK:  # the row (D = 2 * BH channels, pairs interleaved back) -> one packed FP8 KV entry of ROW bytes
+        store_entry_fp8_row(tl.reshape(tl.join(x0, x1), [2 * BH]), y_ptr + row * ROW, 2 * BH, NOPE, R, ROW)
+    else:
+        yb = y_ptr + row * D
+        tl.store(yb + 2 * p, x0.to(y_ptr.dtype.element_ty), mask=pmask)
+        tl.store(yb + 2 * p + 1, x1.to(y_ptr.dtype.element_ty), mask=pmask)
 
 
 def norm_rope(x, weight, eps, cos, sin, inverse=False, out_dtype=None):
     """Same contract as kernels.ref.norm.norm_rope."""
+    y = torch.empty(x.shape, dtype=out_dtype or x.dtype, device=x.device)
+    return _launch(x, weight, eps, cos, sin, inverse, y)
+
+
+def norm_rope_pack(x, weight, eps, cos, sin, row_bytes: int, rope_dim: int):
+    """norm_rope of the rows x [N, D] (D a power of two, its nope part D - rope_dim whole 64-dim blocks), each
+    row then packed as one FP8 KV entry (kernels/ref/kv_fp8.pack_entry, rope = the last rope_dim dims) ->
+    uint8 [N, row_bytes]. Equal to kv_pack(norm_rope(x, ...)) byte for byte: the values are rounded to x's
+    dtype before packing, as the two-kernel path stores and reloads them."""
+    n, d = x.shape
+    if d & (d - 1) or (d - rope_dim) % 64 or not 0 <= rope_dim < d:
+        raise ValueError(f"norm_rope_pack: row width {d} must be a power of two with whole 64-dim nope blocks "
+                         f"(rope_dim {rope_dim})")
+    y = torch.empty((n, row_bytes), dtype=torch.uint8, device=x.device)
+    return _launch(x, weight, eps, cos, sin, False, y, pack=(row_bytes, d - rope_dim, rope_dim))
+
+
+def _launch(x, weight, eps, cos, sin, inverse, y, pack=None):
     d = x.shape[-1]
     if d % 2:
         raise ValueError("norm_rope needs an even row width")
@@ -59,7 +84,6 @@ def norm_rope(x, weight, eps, cos, sin, inverse=False, out_dtype=None):
         rows = rows.contiguous()
     n_tok = x.shape[0]
     h = rows.shape[0] // max(n_tok, 1)
-    y = torch.empty(x.shape, dtype=out_dtype or x.dtype, device=x.device)
     if rows.shape[0] == 0:
         return y
     rope = cos is not None
@@ -67,11 +91,12 @@ def norm_rope(x, weight, eps, cos, sin, inverse=False, out_dtype=None):
     if rope:
         cos, sin = cos.float().contiguous(), sin.float().contiguous()
     bh = triton.next_power_of_2(d // 2)
+    row_bytes, nope, r = pack or (0, 0, 0)
     _norm_rope_kernel[(rows.shape[0],)](
         rows, weight if weight is not None else rows, cos if rope else rows, sin if rope else rows, y,
         h, d, r2, float(eps or 0.0), rows.stride(0), cos.stride(0) if rope else 0,
         BH=bh, NORM=eps is not None, HAS_W=weight is not None, ROPE=rope, INVERSE=inverse,
-        num_warps=max(1, min(8, bh // 128)))
+        PACK=pack is not None, ROW=row_bytes, NOPE=nope, R=r, num_warps=max(1, min(8, bh // 128)))
     return y
 
 

@@ -85,6 +85,33 @@ def test_norm_rope_gpu(n):
                                                                                      torch.bfloat16)) < 1e-2
 
 
+@pytest.mark.parametrize("n", BATCHES + [4096])
+def test_kv_entries_gpu(n):
+    """kv_norm + rope + the ring's format in one kernel (kernels.kv_entries) at the V4 entry (512 = 448 + 64
+    rope): FP8 rows == the two-kernel path (norm_rope, then kv_pack) byte for byte and == the twin's pack of
+    the same values but for rare e4m3 rounding ties (<= 0.1 %, as the attention GPU test allows kv_pack);
+    dense rows == norm_rope."""
+    import kernels.triton.attention as ta
+    import kernels.triton.norm as tri
+    from kernels.kv_format import entry_bytes
+    from kernels.ref import attention as ref_attn
+    from kernels.ref import kv_fp8
+    g = torch.Generator(device="cuda").manual_seed(n + 2)
+    ang = torch.randn(n, 32, device="cuda", generator=g) * 10
+    cos, sin = ang.cos(), ang.sin()
+    kv = torch.randn(n, 512, device="cuda", generator=g).bfloat16()
+    w = (1 + 0.02 * torch.randn(512, device="cuda", generator=g)).bfloat16()
+    ring8 = torch.zeros(2, 128, entry_bytes(512, 64), dtype=torch.uint8, device="cuda")
+    got = ta.kv_entries(kv, w, 1e-6, cos, sin, ring8, 64)
+    assert got.shape == (n, 584) and torch.equal(got, ta.kv_pack(tri.norm_rope(kv, w, 1e-6, cos, sin), ring8, 64))
+    twin = kv_fp8.pack_entry(tri.norm_rope(kv, w, 1e-6, cos, sin), 64)  # the twin's pack of the same values
+    assert (got != twin).sum().item() <= 0.001 * got.numel()
+    assert ref_attn.kv_entries(kv, w, 1e-6, cos, sin, ring8, 64).shape == got.shape
+    assert (got[:, 583] == 0).all()
+    ring16 = torch.zeros(2, 128, 512, dtype=torch.bfloat16, device="cuda")
+    assert torch.equal(ta.kv_entries(kv, w, 1e-6, cos, sin, ring16, 64), tri.norm_rope(kv, w, 1e-6, cos, sin))
+
+
 def _fp8w(n, k, g):
     wq = (torch.randn(n, k, device="cuda", generator=g) * 100).clamp(-448, 448).to(torch.float8_e4m3fn)
     ws = torch.randint(117, 121, (n // 128, k // 128), device="cuda", generator=g, dtype=torch.uint8)

@@ -132,6 +132,51 @@ def test_hc_head_interp(norm):
                                ref_mhc.hc_head(x, fn, base, scale, 1e-6, 1e-6, w), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("c,r", [(128, 64), (512, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("packed", [False, True])
+def test_kv_entries_interp(c, r, dtype, packed):
+    """kv_norm + RoPE + the ring's format in one kernel == the two-kernel Triton path (norm_rope, then
+    kv_pack) byte for byte; against the twin: dense rows within the dtype's rounding; FP8 rows' bf16 rope
+    dims within rounding, their UE8M0 scales equal and their pad bytes written as 0 into an uninitialised
+    output."""
+    from kernels.kv_format import entry_bytes
+    from kernels.ref import attention as ref_attn
+    from kernels.ref import kv_fp8
+    (tri_attn,) = interp_modules("attention")
+    g = torch.Generator().manual_seed(c + r + packed)
+    n = 3
+    x = (torch.randn(n, c, generator=g) * 3).to(dtype)
+    w = torch.randn(c, generator=g)
+    ang = torch.randn(n, r // 2, generator=g) * 3
+    cos, sin = ang.cos(), ang.sin()
+    ring = torch.zeros(2, 4, entry_bytes(c, r), dtype=torch.uint8) if packed else torch.zeros(2, 4, c, dtype=dtype)
+    got = tri_attn.kv_entries(x, w, 1e-6, cos, sin, ring, r)
+    two = tri_attn.kv_pack(tri_attn.norm_rope(x, w, 1e-6, cos, sin), ring, r)
+    want = ref_norm.norm_rope(x, w, 1e-6, cos, sin).float()
+    assert got.dtype == ring.dtype and got.shape == (n, ring.shape[-1])
+    assert torch.equal(got, two)
+    assert ref_attn.kv_entries(x, w, 1e-6, cos, sin, ring, r).shape == got.shape
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    if packed:  # the e4m3 codes are checked on the GPU (test_glue_gpu): the interpreter's fp32 -> e4m3 cast
+        # rounds ties away from zero and drops the carry into the exponent (127.2 -> 64)
+        vals = kv_fp8.unpack_entry(got, c, r)
+        torch.testing.assert_close(vals[:, c - r:], want[:, c - r:], rtol=8e-3, atol=tol)  # bf16 rope dims
+        nope, scales = c - r, c - r + 2 * r
+        twin = kv_fp8.pack_entry(want, r)
+        assert torch.equal(got[:, scales:scales + nope // 64], twin[:, scales:scales + nope // 64])
+        assert (got[:, scales + nope // 64:] == 0).all()
+    else:
+        torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
+
+
+def test_kv_entries_pack_refuses_widths_it_cannot_pack():
+    (tri_norm,) = interp_modules("norm")
+    x = torch.randn(2, 96)
+    with pytest.raises(ValueError, match="power of two"):
+        tri_norm.norm_rope_pack(x, None, 1e-6, None, None, 200, 32)
+
+
 @pytest.mark.parametrize("shape", [(3, 32), (4, 2, 48)])
 @pytest.mark.parametrize("mode", ["norm_w", "rms", "rope", "rms_rope", "norm_rope_inv"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
