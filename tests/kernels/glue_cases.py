@@ -102,12 +102,15 @@ _NO_LAUNCH = {"view", "_unsafe_view", "reshape", "expand", "unsqueeze", "squeeze
 HOST_SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "item"}
 
 
-def proxy_launches(ratios=(4, 128), batch: int = 2, prompt: int = 9) -> dict:
+def proxy_launches(ratios=(4, 128), batch: int = 2, prompt: int = 9, kv_format: str = "bf16",
+                   wide: bool = False) -> dict:
     """A tiny quantized model (resident FP8 weights, as on the GPU) under TRITON_INTERPRET=1 on CPU with
     every op on its Triton path: the torch ops that would launch
     a kernel on CUDA (everything but views and allocations) plus the Triton launches of one decode
     forward, per layer (full forward minus the forward without layers), and any host-syncing op
-    (.item() / int() / bool() of a tensor, nonzero, boolean-mask indexing; a CPU .tolist() is invisible)."""
+    (.item() / int() / bool() of a tensor, nonzero, boolean-mask indexing; a CPU .tolist() is invisible).
+    kv_format: the KV cache format; wide (implied by an FP8 one): head dims the FP8 kernels pack (128 = 64 nope +
+    64 rope, index keys 64)."""
     from collections import Counter
 
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -146,14 +149,16 @@ def proxy_launches(ratios=(4, 128), batch: int = 2, prompt: int = 9) -> dict:
 
     # FP8 dense linears + FP8 experts kept resident (the GPU layout), 2 heads x 64 per o-group so wo_a
     # is whole 128x128 scale blocks and runs grouped
+    wide = wide or kv_format != "bf16"
+    dims = dict(head_dim=128, qk_rope_head_dim=64, index_head_dim=64) if wide else {}
     cfg = tiny_config(compress_ratios=tuple(ratios), index_topk=4, o_lora_rank=128, num_attention_heads=4,
-                      o_groups=2)
+                      o_groups=2, **dims)
     with tempfile.TemporaryDirectory() as tmp:
         write_synthetic_checkpoint(cfg, tmp, seed=3, quantize=True, include_mtp=False)
         model = load_model(tmp, "cpu", torch.float32, resident_quant=True)
     cfg = model.cfg
     bs = max(128, cfg.ratio_lcm)
-    state = model.new_state(num_slots=batch, num_blocks=batch, block_size=bs)
+    state = model.new_state(num_slots=batch, num_blocks=batch, block_size=bs, kv_format=kv_format)
     tables = torch.arange(batch).view(batch, 1)
     g = torch.Generator().manual_seed(0)
     kernels.set_backend("triton")

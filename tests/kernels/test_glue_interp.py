@@ -329,6 +329,22 @@ def test_decode_launch_proxy_interp():
     assert r["full"].get("triton:_finish_kernel", 0) >= 4  # the fused mHC path ran
 
 
+def test_decode_launch_proxy_fp8_kv_interp():
+    """The FP8 KV formats' decode forward launches no more per layer than dense entries with the same head
+    dims (their entries are packed inside the kernels that make them: kv_entries, the compressor store), but
+    for MXFP4 index keys' one query rotation GEMM per CSA layer (kv_fp8.rotate_for_keys; ratios (4, 128): one
+    CSA layer of two)."""
+    from tests.kernels.glue_cases import proxy_launches
+    interp_modules("mhc", "norm", "fp8_linear", "linear_glue", "routing", "moe", "attention", "indexer",
+                   "compressor")
+    dense = proxy_launches(wide=True)
+    for fmt, rotation in (("fp8", {}), ("fp8_fp4idx", {"aten:mm": 1})):
+        r = proxy_launches(kv_format=fmt)
+        extra = {k: v - dense["full"].get(k, 0) for k, v in r["full"].items() if v > dense["full"].get(k, 0)}
+        assert not r["syncs"] and extra == rotation, (fmt, extra)
+        assert r["per_layer"] <= dense["per_layer"] + sum(rotation.values()) / 2
+
+
 @pytest.mark.parametrize("m,k,split", [(1, 256, 2), (5, 384, 3), (3, 128, 1)])
 def test_norm_linear_interp(m, k, split):
     """RMSNorm as the FP8 GEMM's prologue (every split recomputes the full-row norm) == norm then linear."""
