@@ -154,6 +154,7 @@ def install(register, bench_ms):
                     else:
                         keys = torch.randn(nb, BS // 4, 128, device="cuda", dtype=torch.bfloat16, generator=g)
                     kf = "fp4" if fp8 == "fp4" else ("fp8" if fp8 else "dense")
+                    # (MXFP4 keys: q's Hadamard rotation runs in the queries' RoPE kernel since session 10, not here)
                     us = us_of(lambda: ti.indexer_topk(q, w, keys, meta, TOPK, key_format=kf))
                     _emit(ctx, "indexer_score_topk", us, b * n_ent * keys.shape[-1] * keys.element_size(),
                           2 * 64 * 128 * n_ent * b, batch=b, context=n_ctx, fp8=fp8)

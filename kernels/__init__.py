@@ -217,10 +217,11 @@ def rope(x, cos, sin, inverse: bool = False) -> torch.Tensor:
     return impl.rope(x, cos, sin, inverse)
 
 
-def norm_rope(x, weight, eps, cos, sin, inverse: bool = False, out_dtype=None) -> torch.Tensor:
-    """rms_norm (eps None: none) then rope (cos None: none) then a cast, per row of x [N, (H,) D]."""
+def norm_rope(x, weight, eps, cos, sin, inverse: bool = False, out_dtype=None, rotate: bool = False) -> torch.Tensor:
+    """rms_norm (eps None: none) then rope (cos None: none) then (rotate) times the Hadamard matrix (queries
+    for MXFP4 index keys) then a cast, per row of x [N, (H,) D]."""
     impl = _impl("norm_rope", x)
-    return impl.norm_rope(x, weight, eps, cos, sin, inverse, out_dtype)
+    return impl.norm_rope(x, weight, eps, cos, sin, inverse, out_dtype, rotate)
 
 
 def add_cast(a, b, out_dtype) -> torch.Tensor:
@@ -281,7 +282,8 @@ def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta, sink, *, ratio: int,
 def indexer_topk(q, w, keys, meta, topk: int, *, ratio: int = 4, key_format: str, score_fp8: bool | None = None,
                  reduce_scores=None):
     """Lightning-indexer scores + top-k -> [N, topk] int32 entry indices, -1 = none. `key_format`:
-    "dense" | "fp8" | "fp4", the format of `keys` (the state's KVFormat.index_keys). `score_fp8`: q and k as
+    "dense" | "fp8" | "fp4", the format of `keys` (the state's KVFormat.index_keys); for "fp4" (keys stored
+    rotated by the Hadamard matrix) q comes rotated too (norm_rope(rotate=True), kv_fp8.rotate_for_keys). `score_fp8`: q and k as
     FP8 with per-row scales (triton/indexer_fp8.py); None = the backend's choice (Triton: prefill-sized
     chunks on the measured GPU class, per sequence: indexer_fp8.fp8_sequences; the twin: never).
     `reduce_scores`: called in place on every block of scores before its top-k (tensor parallelism: q / w hold

@@ -38,12 +38,13 @@ class Indexer(nn.Module):
         self.weights_proj = Linear(cfg.hidden_size, self.n_heads)
         self.compressor = Compressor(cfg.hidden_size, self.head_dim, CSA_RATIO, True, cfg.rms_norm_eps)
 
-    def queries(self, q_lat, q_norm: RMSNorm, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
+    def queries(self, q_lat, q_norm: RMSNorm, x, cos, sin, key_format: str) -> tuple[torch.Tensor, torch.Tensor]:
         """q_lat: wq_a(x) before the attention's q_norm (applied here, in the GEMM's prologue on CUDA)
-        -> (q [N, HI, cI] fp32 with RoPE, head weights [N, HI] fp32 incl. both scales)."""
+        -> (q [N, HI, cI] with RoPE in the activation dtype, rotated by the Hadamard matrix for MXFP4 keys
+        (`key_format` "fp4", stored rotated), head weights [N, HI] fp32 incl. both scales)."""
         q = kops.norm_linear(q_lat, q_norm.weight, q_norm.eps, self.wq_b.quant_weight())
         q = q.view(-1, self.n_heads, self.head_dim)
-        q = kops.norm_rope(q, None, None, cos, sin, out_dtype=torch.float32)  # rope, then fp32
+        q = kops.norm_rope(q, None, None, cos, sin, rotate=key_format == "fp4")  # one kernel on CUDA
         w = kops.linear_scaled(x, self.weights_proj.quant_weight(), self.weight_scale)
         return q, w
 
@@ -109,7 +110,7 @@ class Attention(nn.Module):
                 ikv, isc = self.indexer.compressor.project(x, batch.positions)
                 self.indexer.compressor.store(ikv, isc, state["idx_kv_tail"], state["idx_score_tail"],
                                               state["index_keys"], meta, rope, index_keys=key_format)
-                idx_q, idx_w = self.indexer.queries(q_lat, self.q_norm, x, cos, sin)
+                idx_q, idx_w = self.indexer.queries(q_lat, self.q_norm, x, cos, sin, key_format)
                 topk = self.indexer.select(idx_q, idx_w, state["index_keys"], meta, key_format)
         out = kops.sparse_attention(q, kv_cur, ring, pool, topk, meta, self.attn_sink, ratio=self.ratio,
                                     scale=cfg.softmax_scale, rope_dim=cfg.qk_rope_head_dim)

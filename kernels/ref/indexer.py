@@ -14,12 +14,12 @@ import torch
 from kernels.attn_meta import AttnMeta
 
 from .attention import gather_entries
-from .kv_fp8 import key_codes, read_keys, rotate_for_keys
+from .kv_fp8 import key_codes, read_keys
 from .quant import act_quant_codes
 
 
 def indexer_topk(
-    q: torch.Tensor,  # [N, HI, cI] (fp32 or bf16)
+    q: torch.Tensor,  # [N, HI, cI] (fp32 or bf16; for MXFP4 keys already rotated: kv_fp8.rotate_for_keys)
     w: torch.Tensor,  # [N, HI] fp32 head weights (scales included)
     keys: torch.Tensor,  # [num_blocks, per_block, cI] dense, uint8 [.., cI + 4] FP8 or [.., cI/2 + cI/32] MXFP4
     meta: AttnMeta,
@@ -32,7 +32,6 @@ def indexer_topk(
 ) -> torch.Tensor:
     n_tok, _, ci = q.shape
     out = torch.full((n_tok, topk), -1, dtype=torch.int32, device=q.device)
-    q = rotate_for_keys(q, key_format)  # MXFP4 keys are stored rotated by H
     for b, s0, s1, start in meta.chunks():
         e = (start + s1 - s0) // ratio
         if e == 0:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .kv_fp8 import hadamard
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """RMS normalisation over the last dim in fp32, times `weight` (None: weightless), in x's dtype."""
@@ -38,12 +40,16 @@ def norm_rope(
     sin: torch.Tensor | None,
     inverse: bool = False,
     out_dtype: torch.dtype | None = None,
+    rotate: bool = False,  # then each row times the Hadamard matrix H (kv_fp8.hadamard), in fp32
 ) -> torch.Tensor:
-    """rms_norm over the last dim (per head), then RoPE of the trailing r dims, then a cast to
-    `out_dtype`; each step rounds to x's dtype as the separate ops do."""
+    """rms_norm over the last dim (per head), then RoPE of the trailing r dims, then (rotate) the row
+    rotated by H, then a cast to `out_dtype`; each step but the rotation rounds to x's dtype as the
+    separate ops do (the rotation is rounded once, to the output dtype)."""
     y = x if eps is None else rms_norm(x, weight, eps)
     if cos is not None:
         y = rope(y, cos, sin, inverse)
+    if rotate:
+        return (y.float() @ hadamard(y.shape[-1], y.device)).to(out_dtype or x.dtype)
     return y if out_dtype is None else y.to(out_dtype)
 
 

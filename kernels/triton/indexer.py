@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.ref.kv_fp8 import check_key_store, rotate_for_keys
+from kernels.ref.kv_fp8 import check_key_store
 from kernels.attn_meta import AttnMeta
 
 from . import indexer_fp8 as f8
@@ -246,7 +246,7 @@ def indexer_topk(q, w, keys, meta: AttnMeta, topk: int, *, ratio: int = 4, key_f
     e_cap = meta.max_seq_len // ratio
     if n_tok == 0 or e_cap == 0:
         return out
-    q = rotate_for_keys(q, key_format).contiguous()  # MXFP4 keys are stored rotated by H
+    q = q.contiguous()  # (MXFP4 keys are stored rotated by H: q comes rotated too, Indexer.queries)
     w = w.float().contiguous()
     if not INTERPRET and q.dtype == torch.float32:
         q = q.to(torch.bfloat16)

@@ -73,7 +73,8 @@ def test_norm_rope_gpu(n):
     cases = [
         (q, None, 1e-6, cos, sin, False, None),  # per-head q rms + rope
         (kv, w, 1e-6, cos, sin, False, None),  # kv_norm + rope
-        (qi, None, None, cos, sin, False, torch.float32),  # indexer q rope -> fp32
+        (qi, None, None, cos, sin, False, torch.float32),  # rope -> fp32
+        (qi, None, None, cos, sin, False, None, True),  # indexer q for MXFP4 keys: rope + Hadamard rotation
         (q, None, None, cos, sin, True, None),  # inverse rope of the attention output
         (lat, w2, 1e-6, None, None, False, None),  # q_norm
     ]

@@ -73,6 +73,7 @@ def test_mxfp4_index_keys_rotated_round_trip_and_scores():
     q = torch.randn(1, 8, 128, generator=g)
     w = torch.rand(1, 8, generator=g)
     exact = set(indexer_topk(q, w, keys, meta, 20, key_format="dense").flatten().tolist())
-    fp4 = set(indexer_topk(q, w, kv_fp8.pack_index_key_fp4(keys), meta, 20, key_format="fp4").flatten().tolist())
+    fp4 = set(indexer_topk(kv_fp8.rotate_for_keys(q, "fp4"), w, kv_fp8.pack_index_key_fp4(keys), meta, 20,
+                           key_format="fp4").flatten().tolist())  # q rotated as the stored keys are
     assert len(exact & fp4) >= 14, (exact, fp4)
     assert kv_fp8.rotate_for_keys(q, "dense") is q  # dense keys: q untouched
