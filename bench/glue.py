@@ -2,7 +2,8 @@
 64 heads x 512, bf16): `python bench/glue.py [--batches 1,64,256] [--model]`.
 
 Per op and batch: eager wall time (launch overhead included: what an eager decode step pays) and
-CUDA-graph replay time (GPU time), old torch glue vs the fused op. `--model` also writes a 2-layer
+CUDA-graph replay time (GPU time), old torch glue vs the fused op (`kv_entries_fp8`, `idx_q_rope_rotate`: the
+earlier Triton path against its fusion). `--model` also writes a 2-layer
 V4-Flash-shaped checkpoint (CSA + HCA, 16 MXFP4 experts) and reports kernel launches per layer and
 the decode forward time at each batch. The last stdout line is one JSON object with everything.
 """
@@ -44,12 +45,15 @@ def _old_wo_a(xo, w, groups):
 def op_cases(n: int):
     """name -> (old torch glue, fused op) closures at batch n."""
     import kernels
+    import kernels.triton.attention as tattn
     import kernels.triton.linear_glue as tl_lin
     import kernels.triton.mhc as tmhc
     import kernels.triton.norm as tnorm
     from kernels.ref import linear_glue as rlin
     from kernels.ref import mhc as rmhc
     from kernels.ref import norm as rnorm
+    from kernels.kv_format import entry_bytes
+    from kernels.ref.kv_fp8 import rotate_for_keys
 
     g = torch.Generator(device=DEV).manual_seed(n)
     x = torch.randn(n, HC, D, device=DEV, generator=g).bfloat16()
@@ -78,6 +82,8 @@ def op_cases(n: int):
     qn = torch.ones(1024, device=DEV, dtype=torch.bfloat16)
     wq_b = _fp8w(32768, 1024, g)
     y32 = torch.randn(n, D, device=DEV, generator=g)
+    qi = torch.randn(n, 64, 128, device=DEV, generator=g).bfloat16()
+    ring8 = torch.zeros(1, 128, entry_bytes(512, 64), dtype=torch.uint8, device=DEV)
     it = 20
     return {
         "hc_pre+norm": (lambda: rmhc.hc_pre(x, fn, base, scale, HC, it, 1e-6, 1e-6, w),
@@ -91,6 +97,12 @@ def op_cases(n: int):
         "kv_norm_rope": (lambda: rnorm.norm_rope(kv, w512, 1e-6, cos, sin),
                          lambda: tnorm.norm_rope(kv, w512, 1e-6, cos, sin)),
         "inverse_rope": (lambda: rnorm.rope(q, cos, sin, True), lambda: tnorm.rope(q, cos, sin, True)),
+        # session 9's Triton paths against their fusions (session 10): FP8 KV rows, indexer q for MXFP4 keys
+        "kv_entries_fp8": (lambda: tattn.kv_pack(tnorm.norm_rope(kv, w512, 1e-6, cos, sin), ring8, 64),
+                           lambda: tattn.kv_entries(kv, w512, 1e-6, cos, sin, ring8, 64)),
+        "idx_q_rope_rotate": (lambda: rotate_for_keys(tnorm.norm_rope(qi, None, None, cos, sin,
+                                                                      out_dtype=torch.float32), "fp4").bfloat16(),
+                              lambda: tnorm.norm_rope(qi, None, None, cos, sin, rotate=True)),
         "wo_a_grouped_fp8": (lambda: _old_wo_a(xo, wo_a, 8), lambda: tl_lin.grouped_linear(xo, wo_a, 8)),
         "shared_swiglu_fp8": (lambda: rnorm.swiglu(kernels.fp8_linear(xd, w1.data, w1.scale),
                                                    kernels.fp8_linear(xd, w3.data, w3.scale), 10.0, xd.dtype),
