@@ -36,8 +36,9 @@ def test_failures_and_bad_arguments_are_reported():
 
 
 def test_rounds_alternate_and_report_medians(tmp_path, capsys, monkeypatch):
-    """--prime runs the command once first (discarded); --rounds 3 runs A B A B A B, each variant keeping
-    every run and the median of each --keys field; `result` is the last run's."""
+    """--prime runs the command once first, outside the comparison (its JSON kept, its --keys printed);
+    --rounds 3 runs A B A B A B, each variant keeping every run and the median of each --keys field; `result`
+    is the last run's."""
     log = tmp_path / "order.txt"
     cmd = [sys.executable, "-c",
            "import json, os; n = open(os.environ['AB_LOG'], 'a'); n.write(os.environ.get('AB_X', 'p') + '\\n'); "
@@ -49,9 +50,9 @@ def test_rounds_alternate_and_report_medians(tmp_path, capsys, monkeypatch):
     a, b = rep["variants"]["a"], rep["variants"]["b"]
     assert [r["result"]["k"] for r in a["rounds"]] == [2, 4, 6] and [r["result"]["k"] for r in b["rounds"]] == [3, 5, 7]
     assert a["median"] == {"k": 4} and b["median"] == {"k": 5} and a["result"] == {"k": 6}
-    assert rep["prime"]["rc"] == 0
+    assert rep["prime"]["rc"] == 0 and rep["prime"]["result"] == {"k": 1}  # the first process's JSON kept
     out = capsys.readouterr().out
-    assert "# prime rc=0" in out and "# b (round 3) rc=0" in out
+    assert '# prime rc=0' in out and '{"k": 1}' in out.splitlines()[0] and "# b (round 3) rc=0" in out
     with pytest.raises(SystemExit):
         ab.main(["--variant", "a=", "--rounds", "0", "--", "x"])
     assert ab._median([3, None, "x", 1, 2.0, True]) == 2.0 and ab._median([None]) is None
