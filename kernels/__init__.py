@@ -272,20 +272,22 @@ def window_store(kv_cur, ring, meta) -> None:
     return _impl("window_store", kv_cur).window_store(kv_cur, ring, meta)
 
 
-def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta, sink, *, ratio: int, scale: float, rope_dim: int):
-    """Window + compressed-entry attention with per-head sink, decode and (chunked) prefill.
-    See kernels.ref.attention.sparse_attention for the semantics."""
+def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta, sink, *, ratio: int, scale: float, rope_dim: int,
+                     out_rope=None):
+    """Window + compressed-entry attention with per-head sink, decode and (chunked) prefill; out_rope (cos, sin):
+    the output inverse-roped. See kernels.ref.attention.sparse_attention for the semantics."""
     return _impl("sparse_attention", q).sparse_attention(q, kv_cur, ring, pool, topk_idx, meta, sink, ratio=ratio,
-                                                         scale=scale, rope_dim=rope_dim)
+                                                         scale=scale, rope_dim=rope_dim, out_rope=out_rope)
 
 
 def indexer_topk(q, w, keys, meta, topk: int, *, ratio: int = 4, key_format: str, score_fp8: bool | None = None,
                  reduce_scores=None):
     """Lightning-indexer scores + top-k -> [N, topk] int32 entry indices, -1 = none. `key_format`:
     "dense" | "fp8" | "fp4", the format of `keys` (the state's KVFormat.index_keys); for "fp4" (keys stored
-    rotated by the Hadamard matrix) q comes rotated too (norm_rope(rotate=True), kv_fp8.rotate_for_keys). `score_fp8`: q and k as
-    FP8 with per-row scales (triton/indexer_fp8.py); None = the backend's choice (Triton: prefill-sized
-    chunks on the measured GPU class, per sequence: indexer_fp8.fp8_sequences; the twin: never).
+    rotated by the Hadamard matrix) q comes rotated too (norm_rope(rotate=True), kv_fp8.rotate_for_keys).
+    `score_fp8`: q and k as FP8 with per-row scales (triton/indexer_fp8.py); None = the backend's choice
+    (Triton: prefill-sized chunks on the measured GPU class, per sequence: indexer_fp8.fp8_sequences; the
+    twin: never).
     `reduce_scores`: called in place on every block of scores before its top-k (tensor parallelism: q / w hold
     this rank's heads and the callback all-reduces the head-partial scores, so every rank selects the same
     entries from bounded score tiles)."""

@@ -113,9 +113,8 @@ class Attention(nn.Module):
                 idx_q, idx_w = self.indexer.queries(q_lat, self.q_norm, x, cos, sin, key_format)
                 topk = self.indexer.select(idx_q, idx_w, state["index_keys"], meta, key_format)
         out = kops.sparse_attention(q, kv_cur, ring, pool, topk, meta, self.attn_sink, ratio=self.ratio,
-                                    scale=cfg.softmax_scale, rope_dim=cfg.qk_rope_head_dim)
+                                    scale=cfg.softmax_scale, rope_dim=cfg.qk_rope_head_dim, out_rope=(cos, sin))
         kops.window_store(kv_cur, ring, meta)
-        out = kops.rope(out, cos, sin, inverse=True)
         return self._project_out(out)
 
     def _project_out(self, o: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from kernels.attn_meta import AttnMeta
 
 from .kv_fp8 import is_packed, read_entries, write_entries
-from .norm import norm_rope
+from .norm import norm_rope, rope
 
 
 def kv_pack(kv: torch.Tensor, ring: torch.Tensor, rope_dim: int) -> torch.Tensor:
@@ -61,8 +61,13 @@ def sparse_attention(
     ratio: int,
     scale: float,
     rope_dim: int,
+    out_rope: tuple[torch.Tensor, torch.Tensor] | None = None,  # (cos, sin) [N, rope_dim/2]: inverse-rope the output
 ) -> torch.Tensor:
-    """-> [N, H, c] in q's dtype."""
+    """-> [N, H, c] in q's dtype (out_rope: then the inverse RoPE of its last rope_dim dims, norm.rope)."""
+    if out_rope is not None:
+        out = sparse_attention(q, kv_cur, ring, pool, topk_idx, meta, sink, ratio=ratio, scale=scale,
+                               rope_dim=rope_dim)
+        return rope(out, out_rope[0], out_rope[1], inverse=True)
     n_tok, h, c = q.shape
     w = ring.shape[1]
     out = torch.zeros_like(q)

@@ -29,7 +29,7 @@ from . import attention_hca as hca
 from .attn_tiles import _attend, _combine_kernel, _load_cols, _token_query, _window_ptr, _write_out
 from .device_info import num_sms
 from .kv_entry import store_entry_fp8_row
-from .norm import norm_rope, norm_rope_pack
+from .norm import norm_rope, norm_rope_pack, rope
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -41,12 +41,13 @@ def _cfg(name: str, default: int) -> int:
 @triton.jit
 def _sparse_attn_kernel(
     q_ptr, cur_ptr, ring_ptr, pool_ptr, topk_ptr, tables_ptr, tok_seq_ptr, pos_ptr, qstart_ptr, ctx_ptr,
-    slot_ptr, sink_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
-    H, table_stride, topk_stride, split_len, sm_scale_log2,
+    slot_ptr, sink_ptr, out_ptr, part_acc_ptr, part_ml_ptr, cos_ptr, sin_ptr,
+    H, table_stride, topk_stride, split_len, sm_scale_log2, cs_stride,
     W: tl.constexpr, ROW: tl.constexpr, PB: tl.constexpr, RATIO: tl.constexpr, K: tl.constexpr,
     HAS_POOL: tl.constexpr, HAS_TOPK: tl.constexpr, NSPLIT: tl.constexpr,
     D: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr, FP8: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, DOT_DT: tl.constexpr, DSPLIT: tl.constexpr,
+    ROPE_OUT: tl.constexpr = False,
 ):
     """One program: one token x one split of its keys x one 1/DSPLIT slice of the value columns (DSPLIT > 1
     recomputes the full-width scores in every slice's program for a DSPLIT-times smaller accumulator)."""
@@ -97,7 +98,8 @@ def _sparse_attn_kernel(
             vt = _load_cols(ptr, valid, c0, DV, NOPE, R, FP8, DOT_DT)  # [BN, DV]
         m_i, l_i, acc = _attend(q, kt, vt, valid, m_i, l_i, acc, sm_scale_log2, DOT_DT)
 
-    _write_out(m_i, l_i, acc, t, sp, c0, heads, hmask, H, sink_ptr, out_ptr, part_acc_ptr, part_ml_ptr, NSPLIT, D, DV)
+    _write_out(m_i, l_i, acc, t, sp, c0, heads, hmask, H, sink_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
+               cos_ptr, sin_ptr, cs_stride, NSPLIT, D, DV, R, ROPE_OUT)
 
 
 def _fmt(store: torch.Tensor, c: int, rope_dim: int):
@@ -128,17 +130,37 @@ DSPLIT = _cfg("V4_ATTN_DSPLIT", 1)
 DSPLIT_FP8 = _cfg("V4_ATTN_DSPLIT_FP8", DSPLIT)
 BLOCK_N = _cfg("V4_ATTN_BLOCK_N", 32)  # keys per tile (both read at import)
 BLOCK_N_FP8 = _cfg("V4_ATTN_BLOCK_N_FP8", BLOCK_N)
+# `out_rope` (the inverse RoPE of the output) in the kernels' output write instead of its own norm.rope pass
+# (a launch per layer and a read + write of the [N, 64, 512] output): V4_ATTN_ROPE_OUT=1, read at import; off
+# until timed on the GPU (interpreter-tested)
+ROPE_OUT = _cfg("V4_ATTN_ROPE_OUT", 0) == 1
 
 
 def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta: AttnMeta, sink, *, ratio: int, scale: float,
-                     rope_dim: int, nsplit: int | None = None, block_n: int | None = None, num_warps: int | None = None,
-                     dsplit: int | None = None, hca_packed: bool | None = None):
+                     rope_dim: int, out_rope=None, nsplit: int | None = None, block_n: int | None = None,
+                     num_warps: int | None = None, dsplit: int | None = None, hca_packed: bool | None = None,
+                     rope_out: bool | None = None):
     """hca_packed: an HCA layer's entries packed once per call, then read contiguously (triton/attention_hca.py);
-    None = attention_hca.use_packed_hca (prefill-sized chunks on the measured GPU class)."""
+    None = attention_hca.use_packed_hca (prefill-sized chunks on the measured GPU class). out_rope (cos, sin):
+    the output inverse-roped (the twin's contract), in the output write when rope_out (None = ROPE_OUT), else
+    by norm.rope after."""
     n_tok, h, c = q.shape
+    fuse = out_rope is not None and (ROPE_OUT if rope_out is None else rope_out)
+    if out_rope is not None and not fuse:
+        out = sparse_attention(q, kv_cur, ring, pool, topk_idx, meta, sink, ratio=ratio, scale=scale,
+                               rope_dim=rope_dim, nsplit=nsplit, block_n=block_n, num_warps=num_warps, dsplit=dsplit,
+                               hca_packed=hca_packed)
+        return rope(out, out_rope[0], out_rope[1], inverse=True)
     out = torch.empty_like(q)
     if n_tok == 0:
         return out
+    if fuse:
+        cos, sin = (t.float().contiguous() for t in out_rope)
+        if cos.shape != (n_tok, rope_dim // 2) or sin.shape != cos.shape:
+            raise ValueError(f"out_rope: cos / sin of shape {(n_tok, rope_dim // 2)} expected, got "
+                             f"{tuple(cos.shape)} / {tuple(sin.shape)}")
+    else:
+        cos = sin = sink
     assert c & (c - 1) == 0, "head_dim must be a power of two"
     fp8, nope, r = _fmt(ring, c, rope_dim)
     w = ring.shape[1]
@@ -175,18 +197,21 @@ def sparse_attention(q, kv_cur, ring, pool, topk_idx, meta: AttnMeta, sink, *, r
         if (ds == 1 and hca.use_packed_hca(meta, ratio, q)) if hca_packed is None else hca_packed:
             return hca.hca_prefill_attention(q, kv_cur, ring, pool, meta, sink, ratio=ratio, scale=scale, fp8=fp8,
                                              nope=nope, rope_dim=r, nsplit=nsplit or _num_splits(n_tok, max_total,
-                                                                                                  hca.BLOCK_N))
+                                                                                                  hca.BLOCK_N),
+                                             out_rope=(cos, sin) if fuse else None)
     _sparse_attn_kernel[(n_tok, ns, ds)](
         q.contiguous(), kv_cur, ring, pool if has_pool else dummy, topk_t, tables, meta.tok_seq, meta.positions,
         meta.query_start, meta.context_lens, meta.slot_ids, sink.float().contiguous(), out, part_acc, part_ml,
-        h, tables.stride(0), topk_t.stride(0) if has_topk else 0, split_len, scale * 1.4426950408889634,
+        cos, sin, h, tables.stride(0), topk_t.stride(0) if has_topk else 0, split_len, scale * 1.4426950408889634,
+        cos.stride(0) if fuse else 0,
         W=w, ROW=row, PB=pb, RATIO=max(ratio, 1), K=k, HAS_POOL=has_pool, HAS_TOPK=has_topk, NSPLIT=ns,
-        D=c, NOPE=nope, R=r, FP8=fp8, BLOCK_H=block_h, BLOCK_N=bn, DOT_DT=dot_dt, DSPLIT=ds,
+        D=c, NOPE=nope, R=r, FP8=fp8, BLOCK_H=block_h, BLOCK_N=bn, DOT_DT=dot_dt, DSPLIT=ds, ROPE_OUT=fuse,
         num_warps=num_warps or _cfg("V4_ATTN_WARPS", 8), num_stages=_cfg("V4_ATTN_STAGES", 2),
     )
     if ns > 1:
-        _combine_kernel[(n_tok, h)](part_acc, part_ml, sink.float().contiguous(), out, h, NSPLIT=ns,
-                                    NS_P2=triton.next_power_of_2(ns), D=c, num_warps=4)
+        _combine_kernel[(n_tok, h)](part_acc, part_ml, sink.float().contiguous(), out, h, cos, sin,
+                                    cos.stride(0) if fuse else 0, NSPLIT=ns, NS_P2=triton.next_power_of_2(ns), D=c,
+                                    R=r, ROPE_OUT=fuse, num_warps=4)
     return out
 
 

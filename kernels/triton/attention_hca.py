@@ -62,10 +62,10 @@ def _pack_entries_kernel(pool_ptr, tables_ptr, nent_ptr, ebase_ptr, out_ptr, tab
 @triton.jit
 def _hca_prefill_kernel(
     q_ptr, cur_ptr, ring_ptr, ent_ptr, ebase_ptr, tok_seq_ptr, pos_ptr, qstart_ptr, ctx_ptr, slot_ptr, sink_ptr,
-    out_ptr, part_acc_ptr, part_ml_ptr, H, split_len, sm_scale_log2,
+    out_ptr, part_acc_ptr, part_ml_ptr, cos_ptr, sin_ptr, H, split_len, sm_scale_log2, cs_stride,
     W: tl.constexpr, ROW: tl.constexpr, RATIO: tl.constexpr, NSPLIT: tl.constexpr, D: tl.constexpr,
     NOPE: tl.constexpr, R: tl.constexpr, FP8: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_DT: tl.constexpr, STAGES: tl.constexpr,
+    DOT_DT: tl.constexpr, STAGES: tl.constexpr, ROPE_OUT: tl.constexpr = False,
 ):
     """Program (t, sp): token t, list positions [sp*split_len, ...) of [W window slots | entries]."""
     t = tl.program_id(0)
@@ -96,7 +96,8 @@ def _hca_prefill_kernel(
         ok = e < e_hi
         kt = tl.load(ent_ptr + (kb + e)[:, None] * D + cols[None, :], mask=ok[:, None], other=0.0).to(DOT_DT)
         m_i, l_i, acc = _attend(q, kt, kt, ok, m_i, l_i, acc, sm_scale_log2, DOT_DT)
-    _write_out(m_i, l_i, acc, t, sp, 0, heads, hmask, H, sink_ptr, out_ptr, part_acc_ptr, part_ml_ptr, NSPLIT, D, D)
+    _write_out(m_i, l_i, acc, t, sp, 0, heads, hmask, H, sink_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
+               cos_ptr, sin_ptr, cs_stride, NSPLIT, D, D, R, ROPE_OUT)
 
 
 @torch.compiler.disable
@@ -117,9 +118,10 @@ def pack_entries(pool: torch.Tensor, meta: AttnMeta, ratio: int, d: int, nope: i
 
 def hca_prefill_attention(q, kv_cur, ring, pool, meta: AttnMeta, sink, *, ratio: int, scale: float, fp8: bool,
                           nope: int, rope_dim: int, nsplit: int, block_n: int | None = None,
-                          stages: int | None = None) -> torch.Tensor:
+                          stages: int | None = None, out_rope=None) -> torch.Tensor:
     """`attention.sparse_attention` for an HCA layer (pool, no top-k) through packed entries; the caller
-    (attention.sparse_attention) has checked the formats and chosen nsplit."""
+    (attention.sparse_attention) has checked the formats and chosen nsplit. out_rope: (cos, sin) fp32
+    contiguous [N, rope_dim / 2], the output inverse-roped in its write."""
     n_tok, h, c = q.shape
     out = torch.empty_like(q)
     w, row = ring.shape[1], ring.shape[2]
@@ -135,15 +137,18 @@ def hca_prefill_attention(q, kv_cur, ring, pool, meta: AttnMeta, sink, *, ratio:
     else:
         part_acc = part_ml = out
     sink32 = sink.float().contiguous()
+    fuse = out_rope is not None
+    cos, sin = out_rope if fuse else (sink32, sink32)
     _hca_prefill_kernel[(n_tok, nsplit)](
         q.contiguous(), kv_cur, ring, rows, ebase, meta.tok_seq, meta.positions, meta.query_start, meta.context_lens,
-        meta.slot_ids, sink32, out, part_acc, part_ml, h, split_len, scale * 1.4426950408889634,
-        W=w, ROW=row, RATIO=ratio, NSPLIT=nsplit, D=c, NOPE=nope, R=rope_dim, FP8=fp8,
+        meta.slot_ids, sink32, out, part_acc, part_ml, cos, sin, h, split_len, scale * 1.4426950408889634,
+        cos.stride(0) if fuse else 0, W=w, ROW=row, RATIO=ratio, NSPLIT=nsplit, D=c, NOPE=nope, R=rope_dim, FP8=fp8,
         BLOCK_H=max(16, triton.next_power_of_2(h)), BLOCK_N=bn, DOT_DT=dot_dt,
-        STAGES=1 if INTERPRET else (stages or STAGES), num_warps=8)
+        STAGES=1 if INTERPRET else (stages or STAGES), ROPE_OUT=fuse, num_warps=8)
     if nsplit > 1:
-        _combine_kernel[(n_tok, h)](part_acc, part_ml, sink32, out, h, NSPLIT=nsplit,
-                                    NS_P2=triton.next_power_of_2(nsplit), D=c, num_warps=4)
+        _combine_kernel[(n_tok, h)](part_acc, part_ml, sink32, out, h, cos, sin, cos.stride(0) if fuse else 0,
+                                    NSPLIT=nsplit, NS_P2=triton.next_power_of_2(nsplit), D=c, R=rope_dim,
+                                    ROPE_OUT=fuse, num_warps=4)
     return out
 
 

@@ -1,6 +1,6 @@
 """Tile-level pieces of the sparse-attention kernels (triton/attention.py, the gathering kernel; triton/attention_hca.py,
 packed HCA entries for prefill): one entry tile's columns dequantized once, window-slot addressing, the base-2
-online-softmax update, the output / split-partial write, and the split merge."""
+online-softmax update, the output / split-partial write (optionally inverse-roped), and the split merge."""
 
 from __future__ import annotations
 
@@ -104,16 +104,34 @@ def _attend(q, kt, vt, valid, m_i, l_i, acc, sm_scale_log2, DOT_DT: tl.constexpr
 
 
 @triton.jit
+def _rope_out(o, t, c0, cos_ptr, sin_ptr, cs_stride, D: tl.constexpr, R: tl.constexpr):
+    """Inverse RoPE of the output tile o [rows, DV] fp32 (columns [c0, c0 + DV) of token t's rows): pairs
+    (2i, 2i+1) among the last R of D columns, angle i - (D - R)/2 of token t's cos / sin [.., R/2] fp32
+    (kernels.ref.norm.rope(inverse=True), without the bf16 rounding in between)."""
+    BR: tl.constexpr = o.shape[0]
+    DV: tl.constexpr = o.shape[1]
+    ev, od = tl.split(tl.reshape(o, [BR, DV // 2, 2]))  # even / odd columns [rows, DV / 2]
+    j = c0 // 2 + tl.arange(0, DV // 2) - (D - R) // 2  # angle index of each column pair (< 0: not rotated)
+    rm = j >= 0
+    cs = tl.load(cos_ptr + t.to(tl.int64) * cs_stride + j, mask=rm, other=1.0)[None, :]
+    sn = tl.load(sin_ptr + t.to(tl.int64) * cs_stride + j, mask=rm, other=0.0)[None, :]
+    return tl.reshape(tl.join(ev * cs + od * sn, od * cs - ev * sn), [BR, DV])
+
+
+@triton.jit
 def _write_out(m_i, l_i, acc, t, sp, c0, heads, hmask, H, sink_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
-               NSPLIT: tl.constexpr, D: tl.constexpr, DV: tl.constexpr):
-    """Columns [c0, c0+DV) of token t's output (sink in the denominator), or split sp's partial (m, l, acc) for
-    `_combine_kernel` (the c0 = 0 slice writes (m, l))."""
+               cos_ptr, sin_ptr, cs_stride, NSPLIT: tl.constexpr, D: tl.constexpr, DV: tl.constexpr,
+               R: tl.constexpr, ROPE_OUT: tl.constexpr):
+    """Columns [c0, c0+DV) of token t's output (sink in the denominator; ROPE_OUT: inverse-roped, `_rope_out`),
+    or split sp's partial (m, l, acc) for `_combine_kernel` (the c0 = 0 slice writes (m, l))."""
     ocols = c0 + tl.arange(0, DV)
     if NSPLIT == 1:
         sink = tl.load(sink_ptr + heads, mask=hmask, other=0.0) * 1.4426950408889634
         mm = tl.maximum(m_i, sink)
         den = l_i * tl.exp2(m_i - mm) + tl.exp2(sink - mm)
         o = acc * (tl.exp2(m_i - mm) / den)[:, None]
+        if ROPE_OUT:
+            o = _rope_out(o, t, c0, cos_ptr, sin_ptr, cs_stride, D, R)
         tl.store(out_ptr + (t.to(tl.int64) * H + heads[:, None]) * D + ocols[None, :], o.to(out_ptr.dtype.element_ty),
                  mask=hmask[:, None])
     else:
@@ -125,8 +143,9 @@ def _write_out(m_i, l_i, acc, t, sp, c0, heads, hmask, H, sink_ptr, out_ptr, par
 
 
 @triton.jit
-def _combine_kernel(part_acc_ptr, part_ml_ptr, sink_ptr, out_ptr, H,
-                    NSPLIT: tl.constexpr, NS_P2: tl.constexpr, D: tl.constexpr):
+def _combine_kernel(part_acc_ptr, part_ml_ptr, sink_ptr, out_ptr, H, cos_ptr, sin_ptr, cs_stride,
+                    NSPLIT: tl.constexpr, NS_P2: tl.constexpr, D: tl.constexpr, R: tl.constexpr = 0,
+                    ROPE_OUT: tl.constexpr = False):
     t = tl.program_id(0)
     h = tl.program_id(1)
     sidx = tl.arange(0, NS_P2)
@@ -141,4 +160,6 @@ def _combine_kernel(part_acc_ptr, part_ml_ptr, sink_ptr, out_ptr, H,
     cols = tl.arange(0, D)
     a = tl.load(part_acc_ptr + base[:, None] * D + cols[None, :], mask=smask[:, None], other=0.0)
     o = tl.sum(a * wgt[:, None], 0) / den
+    if ROPE_OUT:
+        o = tl.reshape(_rope_out(tl.reshape(o, [1, D]), t, 0, cos_ptr, sin_ptr, cs_stride, D, R), [D])
     tl.store(out_ptr + (t.to(tl.int64) * H + h) * D + cols, o.to(out_ptr.dtype.element_ty))

@@ -115,6 +115,16 @@ def attention_case(specs, *, h, c, r, w, ratio, topk, block_size, fp8, device, d
     errs["window_store"] = float((ring2 != ring).sum().item())
     if fp8:  # pack kernel == torch pack
         errs["pack"] = float((ta.kv_pack(kv, ring, r) != kv_fp8.pack_entry(kv, r)).sum().item())
+    # the output's inverse RoPE in the kernels' output write (attention.ROPE_OUT), split lists and value slices
+    # through _combine_kernel, against the twin's attention then rope
+    ang = torch.randn(n, r // 2, generator=g).to(device) * 3
+    rot = (ang.cos(), ang.sin())
+    ref_rot = ra.sparse_attention(q, kv_cur, ring, pool, idx, meta, sink, ratio=ratio, scale=scale, rope_dim=r,
+                                  out_rope=rot)
+    for ns, ds, packed in ((None, 1, False), (3, 2, False), *(((3, 1, True),) if ratio not in (0, 4) else ())):
+        v = ta.sparse_attention(q, kv_cur, ring, pool, idx, meta, sink, ratio=ratio, scale=scale, rope_dim=r,
+                                out_rope=rot, rope_out=True, nsplit=ns, dsplit=ds, hca_packed=packed)
+        errs[f"rope_out:{ns},dsplit={ds}{',packed' if packed else ''}"] = _rel(v, ref_rot)
     return errs
 
 

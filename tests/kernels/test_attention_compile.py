@@ -23,8 +23,9 @@ def compile_attention() -> int:
         kv = "*u8" if fp8 else "*bf16"
         sig = dict(q_ptr="*bf16", cur_ptr=kv, ring_ptr=kv, pool_ptr=kv, topk_ptr="*i32", tables_ptr="*i32",
                    tok_seq_ptr="*i32", pos_ptr="*i32", qstart_ptr="*i32", ctx_ptr="*i32", slot_ptr="*i32",
-                   sink_ptr="*fp32", out_ptr="*bf16", part_acc_ptr="*fp32", part_ml_ptr="*fp32", H="i32",
-                   table_stride="i32", topk_stride="i32", split_len="i32", sm_scale_log2="fp32")
+                   sink_ptr="*fp32", out_ptr="*bf16", part_acc_ptr="*fp32", part_ml_ptr="*fp32", cos_ptr="*fp32",
+                   sin_ptr="*fp32", H="i32", table_stride="i32", topk_stride="i32", split_len="i32",
+                   sm_scale_log2="fp32", cs_stride="i32")
         stack = {}
         for ds in (1, 2, 4):
             consts = dict(W=128, ROW=584 if fp8 else 512, PB=32, RATIO=4, K=512, HAS_POOL=True, HAS_TOPK=True,
@@ -60,8 +61,8 @@ def compile_hca_prefill() -> int:
         kv = "*u8" if fp8 else "*bf16"
         sig = dict(q_ptr="*bf16", cur_ptr=kv, ring_ptr=kv, ent_ptr="*bf16", ebase_ptr="*i64", tok_seq_ptr="*i32",
                    pos_ptr="*i32", qstart_ptr="*i32", ctx_ptr="*i32", slot_ptr="*i32", sink_ptr="*fp32",
-                   out_ptr="*bf16", part_acc_ptr="*fp32", part_ml_ptr="*fp32", H="i32", split_len="i32",
-                   sm_scale_log2="fp32")
+                   out_ptr="*bf16", part_acc_ptr="*fp32", part_ml_ptr="*fp32", cos_ptr="*fp32", sin_ptr="*fp32",
+                   H="i32", split_len="i32", sm_scale_log2="fp32", cs_stride="i32")
         consts = dict(W=128, ROW=584 if fp8 else 512, RATIO=128, NSPLIT=1, D=512, NOPE=448 if fp8 else 512,
                       R=64 if fp8 else 0, FP8=fp8, BLOCK_H=64, BLOCK_N=hca.BLOCK_N, DOT_DT=tl.bfloat16,
                       STAGES=hca.STAGES)
@@ -108,8 +109,9 @@ def compile_fp8_rope_block() -> str:
     kv = "*u8"
     sig = dict(q_ptr="*bf16", cur_ptr=kv, ring_ptr=kv, pool_ptr=kv, topk_ptr="*i32", tables_ptr="*i32",
                tok_seq_ptr="*i32", pos_ptr="*i32", qstart_ptr="*i32", ctx_ptr="*i32", slot_ptr="*i32",
-               sink_ptr="*fp32", out_ptr="*bf16", part_acc_ptr="*fp32", part_ml_ptr="*fp32", H="i32",
-               table_stride="i32", topk_stride="i32", split_len="i32", sm_scale_log2="fp32")
+               sink_ptr="*fp32", out_ptr="*bf16", part_acc_ptr="*fp32", part_ml_ptr="*fp32", cos_ptr="*fp32",
+               sin_ptr="*fp32", H="i32", table_stride="i32", topk_stride="i32", split_len="i32",
+               sm_scale_log2="fp32", cs_stride="i32")
     consts = dict(W=128, ROW=584, PB=32, RATIO=4, K=512, HAS_POOL=True, HAS_TOPK=True, NSPLIT=1, D=512, NOPE=448,
                   R=64, FP8=True, BLOCK_H=64, BLOCK_N=32, DOT_DT=tl.bfloat16, DSPLIT=1)
     k = compile_sm90(ta._sparse_attn_kernel, sig, consts, num_warps=8, num_stages=2)
@@ -135,3 +137,53 @@ def test_fp8_rope_block_load_compiles_leaner(monkeypatch):
                                       "print('COUNTS', compile_fp8_rope_block())")
         counts[on] = [int(x) for x in out.split("COUNTS")[-1].split()]
     assert counts["1"][2] == 0 and counts["1"][0] < counts["0"][0] and counts["1"][1] < counts["0"][1], counts
+
+
+def compile_rope_out() -> str:
+    """The CSA decode kernel (both entry formats, 32-key tiles) and the packed HCA prefill kernel with and without the
+    output's inverse RoPE in their write (attention.ROPE_OUT) -> one line per kernel: registers, stack and local
+    bytes off / on."""
+    import triton.language as tl
+
+    import kernels.triton.attention as ta
+    import kernels.triton.attention_hca as hca
+    lines = []
+    for fp8 in (False, True):
+        kv = "*u8" if fp8 else "*bf16"
+        sig = dict(q_ptr="*bf16", cur_ptr=kv, ring_ptr=kv, pool_ptr=kv, topk_ptr="*i32", tables_ptr="*i32",
+                   tok_seq_ptr="*i32", pos_ptr="*i32", qstart_ptr="*i32", ctx_ptr="*i32", slot_ptr="*i32",
+                   sink_ptr="*fp32", out_ptr="*bf16", part_acc_ptr="*fp32", part_ml_ptr="*fp32", cos_ptr="*fp32",
+                   sin_ptr="*fp32", H="i32", table_stride="i32", topk_stride="i32", split_len="i32",
+                   sm_scale_log2="fp32", cs_stride="i32")
+        use = {}
+        for on in (False, True):
+            consts = dict(W=128, ROW=584 if fp8 else 512, PB=32, RATIO=4, K=512, HAS_POOL=True, HAS_TOPK=True,
+                          NSPLIT=1, D=512, NOPE=448 if fp8 else 512, R=64, FP8=fp8, BLOCK_H=64, BLOCK_N=32,
+                          DOT_DT=tl.bfloat16, DSPLIT=1, ROPE_OUT=on)
+            use[on] = resource_usage(compile_sm90(ta._sparse_attn_kernel, sig, consts, num_warps=8, num_stages=2))
+        lines.append(f"csa FP8={fp8}: " + " / ".join(f"{u['REG']} reg {u['STACK']} B stack {u['LOCAL']} B local"
+                                                     for u in use.values()))
+        hsig = dict(q_ptr="*bf16", cur_ptr=kv, ring_ptr=kv, ent_ptr="*bf16", ebase_ptr="*i64", tok_seq_ptr="*i32",
+                    pos_ptr="*i32", qstart_ptr="*i32", ctx_ptr="*i32", slot_ptr="*i32", sink_ptr="*fp32",
+                    out_ptr="*bf16", part_acc_ptr="*fp32", part_ml_ptr="*fp32", cos_ptr="*fp32", sin_ptr="*fp32",
+                    H="i32", split_len="i32", sm_scale_log2="fp32", cs_stride="i32")
+        for on in (False, True):
+            consts = dict(W=128, ROW=584 if fp8 else 512, RATIO=128, NSPLIT=1, D=512, NOPE=448 if fp8 else 512,
+                          R=64, FP8=fp8, BLOCK_H=64, BLOCK_N=hca.BLOCK_N, DOT_DT=tl.bfloat16, STAGES=hca.STAGES,
+                          ROPE_OUT=on)
+            use[on] = resource_usage(compile_sm90(hca._hca_prefill_kernel, hsig, consts,
+                                                  {(i,): [["tt.divisibility", 16]] for i in range(16)}, num_warps=8))
+        lines.append(f"hca FP8={fp8}: " + " / ".join(f"{u['REG']} reg {u['STACK']} B stack {u['LOCAL']} B local"
+                                                     for u in use.values()))
+    return "\n".join(lines)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests run the kernel for real")
+def test_rope_out_compiles_for_sm90():
+    """The output's inverse RoPE in the attention kernels' write compiles for sm_90 (its register cost printed:
+    the A/B switch attention.ROPE_OUT is off until timed)."""
+    from tests.kernels.fp8_compile import run_without_interpreter
+    out = run_without_interpreter("from tests.kernels.test_attention_compile import compile_rope_out; "
+                                  "print(compile_rope_out())")
+    print(out)
+    assert out.count(" reg ") == 8

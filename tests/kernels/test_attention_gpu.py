@@ -20,7 +20,7 @@ def test_attention_real_shapes(ratio, topk, fp8):
                           device="cuda", dtype=torch.bfloat16)
     print(errs)
     for k, v in errs.items():
-        if k.startswith("nsplit"):
+        if k.startswith(("nsplit", "rope_out")):  # rope_out: the output's inverse RoPE in the kernels' write
             assert v < 2e-2, (k, v)
     assert errs["window_store"] == 0
     if fp8:
@@ -31,7 +31,7 @@ def test_attention_hca_long_split():
     errs = attention_case([(1 << 20, 1), (300000, 1)], h=64, c=512, r=64, w=128, ratio=128, topk=0, block_size=256,
                           fp8=True, device="cuda", dtype=torch.bfloat16)
     print(errs)
-    assert max(v for k, v in errs.items() if k.startswith("nsplit")) < 2e-2
+    assert max(v for k, v in errs.items() if k.startswith(("nsplit", "rope_out"))) < 2e-2
 
 
 @pytest.mark.parametrize("group_rows", [1, 2])
