@@ -12,6 +12,23 @@ import torch
 from tests.kernels.fp8_compile import compile_sm90, compiled_count, resource_usage
 
 
+def _attn_sig(kv: str) -> dict:
+    """The runtime arguments of attention._sparse_attn_kernel with entries of Triton type `kv`."""
+    return dict(q_ptr="*bf16", cur_ptr=kv, ring_ptr=kv, pool_ptr=kv, topk_ptr="*i32", tables_ptr="*i32",
+                tok_seq_ptr="*i32", pos_ptr="*i32", qstart_ptr="*i32", ctx_ptr="*i32", slot_ptr="*i32",
+                sink_ptr="*fp32", out_ptr="*bf16", part_acc_ptr="*fp32", part_ml_ptr="*fp32", cos_ptr="*fp32",
+                sin_ptr="*fp32", H="i32", table_stride="i32", topk_stride="i32", split_len="i32",
+                sm_scale_log2="fp32", cs_stride="i32")
+
+
+def _hca_sig(kv: str) -> dict:
+    """The runtime arguments of attention_hca._hca_prefill_kernel with entries of Triton type `kv`."""
+    return dict(q_ptr="*bf16", cur_ptr=kv, ring_ptr=kv, ent_ptr="*bf16", ebase_ptr="*i64", tok_seq_ptr="*i32",
+                pos_ptr="*i32", qstart_ptr="*i32", ctx_ptr="*i32", slot_ptr="*i32", sink_ptr="*fp32",
+                out_ptr="*bf16", part_acc_ptr="*fp32", part_ml_ptr="*fp32", cos_ptr="*fp32", sin_ptr="*fp32",
+                H="i32", split_len="i32", sm_scale_log2="fp32", cs_stride="i32")
+
+
 def compile_attention() -> int:
     """Compile _sparse_attn_kernel for sm_90 (top-k CSA decode: window 128 + 512 entries, 8 warps, 16-key tiles)
     at DSPLIT 1 / 2 / 4 for both entry formats -> how many; asserts a sliced accumulator spills less."""
@@ -21,11 +38,7 @@ def compile_attention() -> int:
     n = 0
     for fp8 in (False, True):
         kv = "*u8" if fp8 else "*bf16"
-        sig = dict(q_ptr="*bf16", cur_ptr=kv, ring_ptr=kv, pool_ptr=kv, topk_ptr="*i32", tables_ptr="*i32",
-                   tok_seq_ptr="*i32", pos_ptr="*i32", qstart_ptr="*i32", ctx_ptr="*i32", slot_ptr="*i32",
-                   sink_ptr="*fp32", out_ptr="*bf16", part_acc_ptr="*fp32", part_ml_ptr="*fp32", cos_ptr="*fp32",
-                   sin_ptr="*fp32", H="i32", table_stride="i32", topk_stride="i32", split_len="i32",
-                   sm_scale_log2="fp32", cs_stride="i32")
+        sig = _attn_sig(kv)
         stack = {}
         for ds in (1, 2, 4):
             consts = dict(W=128, ROW=584 if fp8 else 512, PB=32, RATIO=4, K=512, HAS_POOL=True, HAS_TOPK=True,
@@ -59,10 +72,7 @@ def compile_hca_prefill() -> int:
     n = 0
     for fp8 in (False, True):
         kv = "*u8" if fp8 else "*bf16"
-        sig = dict(q_ptr="*bf16", cur_ptr=kv, ring_ptr=kv, ent_ptr="*bf16", ebase_ptr="*i64", tok_seq_ptr="*i32",
-                   pos_ptr="*i32", qstart_ptr="*i32", ctx_ptr="*i32", slot_ptr="*i32", sink_ptr="*fp32",
-                   out_ptr="*bf16", part_acc_ptr="*fp32", part_ml_ptr="*fp32", cos_ptr="*fp32", sin_ptr="*fp32",
-                   H="i32", split_len="i32", sm_scale_log2="fp32", cs_stride="i32")
+        sig = _hca_sig(kv)
         consts = dict(W=128, ROW=584 if fp8 else 512, RATIO=128, NSPLIT=1, D=512, NOPE=448 if fp8 else 512,
                       R=64 if fp8 else 0, FP8=fp8, BLOCK_H=64, BLOCK_N=hca.BLOCK_N, DOT_DT=tl.bfloat16,
                       STAGES=hca.STAGES)
@@ -107,11 +117,7 @@ def compile_fp8_rope_block() -> str:
     import kernels.triton.attention as ta
 
     kv = "*u8"
-    sig = dict(q_ptr="*bf16", cur_ptr=kv, ring_ptr=kv, pool_ptr=kv, topk_ptr="*i32", tables_ptr="*i32",
-               tok_seq_ptr="*i32", pos_ptr="*i32", qstart_ptr="*i32", ctx_ptr="*i32", slot_ptr="*i32",
-               sink_ptr="*fp32", out_ptr="*bf16", part_acc_ptr="*fp32", part_ml_ptr="*fp32", cos_ptr="*fp32",
-               sin_ptr="*fp32", H="i32", table_stride="i32", topk_stride="i32", split_len="i32",
-               sm_scale_log2="fp32", cs_stride="i32")
+    sig = _attn_sig(kv)
     consts = dict(W=128, ROW=584, PB=32, RATIO=4, K=512, HAS_POOL=True, HAS_TOPK=True, NSPLIT=1, D=512, NOPE=448,
                   R=64, FP8=True, BLOCK_H=64, BLOCK_N=32, DOT_DT=tl.bfloat16, DSPLIT=1)
     k = compile_sm90(ta._sparse_attn_kernel, sig, consts, num_warps=8, num_stages=2)
@@ -150,11 +156,7 @@ def compile_rope_out() -> str:
     lines = []
     for fp8 in (False, True):
         kv = "*u8" if fp8 else "*bf16"
-        sig = dict(q_ptr="*bf16", cur_ptr=kv, ring_ptr=kv, pool_ptr=kv, topk_ptr="*i32", tables_ptr="*i32",
-                   tok_seq_ptr="*i32", pos_ptr="*i32", qstart_ptr="*i32", ctx_ptr="*i32", slot_ptr="*i32",
-                   sink_ptr="*fp32", out_ptr="*bf16", part_acc_ptr="*fp32", part_ml_ptr="*fp32", cos_ptr="*fp32",
-                   sin_ptr="*fp32", H="i32", table_stride="i32", topk_stride="i32", split_len="i32",
-                   sm_scale_log2="fp32", cs_stride="i32")
+        sig = _attn_sig(kv)
         use = {}
         for on in (False, True):
             consts = dict(W=128, ROW=584 if fp8 else 512, PB=32, RATIO=4, K=512, HAS_POOL=True, HAS_TOPK=True,
@@ -163,10 +165,7 @@ def compile_rope_out() -> str:
             use[on] = resource_usage(compile_sm90(ta._sparse_attn_kernel, sig, consts, num_warps=8, num_stages=2))
         lines.append(f"csa FP8={fp8}: " + " / ".join(f"{u['REG']} reg {u['STACK']} B stack {u['LOCAL']} B local"
                                                      for u in use.values()))
-        hsig = dict(q_ptr="*bf16", cur_ptr=kv, ring_ptr=kv, ent_ptr="*bf16", ebase_ptr="*i64", tok_seq_ptr="*i32",
-                    pos_ptr="*i32", qstart_ptr="*i32", ctx_ptr="*i32", slot_ptr="*i32", sink_ptr="*fp32",
-                    out_ptr="*bf16", part_acc_ptr="*fp32", part_ml_ptr="*fp32", cos_ptr="*fp32", sin_ptr="*fp32",
-                    H="i32", split_len="i32", sm_scale_log2="fp32", cs_stride="i32")
+        hsig = _hca_sig(kv)
         for on in (False, True):
             consts = dict(W=128, ROW=584 if fp8 else 512, RATIO=128, NSPLIT=1, D=512, NOPE=448 if fp8 else 512,
                           R=64, FP8=fp8, BLOCK_H=64, BLOCK_N=hca.BLOCK_N, DOT_DT=tl.bfloat16, STAGES=hca.STAGES,
