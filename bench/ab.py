@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--keys", default="", help="comma-separated dotted JSON fields to print per variant")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per variant")
     ap.add_argument("--rounds", type=int, default=1, help="run the variants in turn this many times")
-    ap.add_argument("--prime", action="store_true", help="one discarded run in the plain environment first")
+    ap.add_argument("--prime", action="store_true",
+                    help="one run in the plain environment first, outside the comparison (kept under 'prime')")
     args = ap.parse_args(argv[:split])
     if args.rounds < 1:
         ap.error("--rounds must be >= 1")

@@ -6,7 +6,8 @@ topk_prefill   2048 rows of a prefill chunk ending at the context's end (limits 
                streaming kernel against topk_prefill.topk_rows_prefill (sample, filter, select), us per call
                (CUDA-graph replay), the speed-up, whether the outputs are identical (ids, order, ties) and how
                many rows fell back to the streaming passes (scan form's candidate counts); `prefill_us` / `exact` /
-               `speedup`: the default filter form (topk_prefill.ATOMIC), `scan_us` / `atomic_us` (+ `_exact`): each. Registered by `install(register, bench_ms)`.
+               `speedup`: the default filter form (topk_prefill.ATOMIC), `scan_us` / `atomic_us` (+ `_exact`):
+               each. Registered by `install(register, bench_ms)`.
 """
 
 from __future__ import annotations

@@ -122,11 +122,13 @@ def _num_splits(n_tok: int, max_total: int, block_n: int) -> int:
 
 
 # value-column slices per program (1 = the whole 512-wide accumulator in one program, the measured default);
-# V4_ATTN_DSPLIT=2 halves the accumulator (each half recomputes the scores): prepared for the H200, not measured
+# V4_ATTN_DSPLIT=2 halves the accumulator (each half recomputes the scores): 2 and 4 measured slower on the H200
+# (docs/benchmarks.md, session 5)
 DSPLIT = _cfg("V4_ATTN_DSPLIT", 1)
-# FP8 entries alone (A/B switches for the FP8-KV batch-64 target, unmeasured): V4_ATTN_DSPLIT_FP8 and
-# V4_ATTN_BLOCK_N_FP8 override DSPLIT and the key tile for FP8 KV only (sm_90 stack per thread, bf16 / FP8:
-# 32-key tiles 304 / 528 B at DSPLIT 1, 16-key tiles 48 / 96 B; docs/benchmarks.md, session 5)
+# FP8 entries alone (A/B switches): V4_ATTN_DSPLIT_FP8 and V4_ATTN_BLOCK_N_FP8 override DSPLIT and the key tile
+# for FP8 KV only (sm_90 stack per thread, bf16 / FP8: 32-key tiles 304 / 528 B at DSPLIT 1, 16-key tiles 48 / 96
+# B). Session 10, batch 64: FP8 KV 11.606 ms at the defaults, 11.711 with 16-key tiles, 11.911 with 16-key tiles
+# and 2 slices, so both stay at the shared defaults
 DSPLIT_FP8 = _cfg("V4_ATTN_DSPLIT_FP8", DSPLIT)
 BLOCK_N = _cfg("V4_ATTN_BLOCK_N", 32)  # keys per tile (both read at import)
 BLOCK_N_FP8 = _cfg("V4_ATTN_BLOCK_N_FP8", BLOCK_N)

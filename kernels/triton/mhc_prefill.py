@@ -210,9 +210,9 @@ def mix_partials(x, o, n: int, d: int, mp: int, bc: int, split: int):
     return c_per, split, part, sq, (torch.empty_like(x) if o is not None else x)
 
 
-# programs per SM the column splits aim for (tiles x splits ~ this x SMs): 2 as measured in session 3; a prefill
-# call (8,192 rows, 128 row tiles -> 3 splits) ran at ~1 TB/s in the 1M-token profile (0.57 ms for ~0.6 GB), so
-# V4_MHC_PROGRAMS_PER_SM (A/B switch, read at import; bench `mhc_sweep` times 2 / 4 / 8) asks for more splits
+# programs per SM the column splits aim for (tiles x splits ~ this x SMs): 2 as measured in session 3.
+# V4_MHC_PROGRAMS_PER_SM (A/B switch, read at import): bench `mhc_sweep` at 8,192 rows with MIX_TILE (session
+# 10) 2 / 4 / 8 / 16 -> 376 / 366 / 334 / 347 us; not changed until an end-to-end A/B (16,384-row chunks untimed)
 PROGRAMS_PER_SM = int(os.environ.get("V4_MHC_PROGRAMS_PER_SM", 2))
 
 

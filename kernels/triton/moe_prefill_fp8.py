@@ -175,8 +175,9 @@ def row_max_scale(w) -> torch.Tensor:
     return derived(su8, "_v4serve_row_max_scale", lambda: su8.amax(dim=-1))
 
 
-# rows, int32 input words (8 codes each) a program, warps: the `moe_copy_sweep` bench's fastest (session 9, one
-# V4-Flash matrix: 4x256x4 853 us, 16x128x4 889, 16x64x4 906 (the e2e runs' tile), 64x128x16 1,343)
+# rows, int32 input words (8 codes each) a program, warps: the `moe_copy_sweep` bench's fastest (one V4-Flash
+# matrix; session 9: 4x256x4 853 us, 16x128x4 889, 16x64x4 906 (session 9's e2e tile), 64x128x16 1,343;
+# session 10: 854 us, the tile of its 1M-token runs)
 COPY_TILE = (4, 256, 4)
 
 

@@ -95,7 +95,6 @@ def test_kv_entries_gpu(n):
     import kernels.triton.attention as ta
     import kernels.triton.norm as tri
     from kernels.kv_format import entry_bytes
-    from kernels.ref import attention as ref_attn
     from kernels.ref import kv_fp8
     g = torch.Generator(device="cuda").manual_seed(n + 2)
     ang = torch.randn(n, 32, device="cuda", generator=g) * 10
@@ -107,7 +106,6 @@ def test_kv_entries_gpu(n):
     assert got.shape == (n, 584) and torch.equal(got, ta.kv_pack(tri.norm_rope(kv, w, 1e-6, cos, sin), ring8, 64))
     twin = kv_fp8.pack_entry(tri.norm_rope(kv, w, 1e-6, cos, sin), 64)  # the twin's pack of the same values
     assert (got != twin).sum().item() <= 0.001 * got.numel()
-    assert ref_attn.kv_entries(kv, w, 1e-6, cos, sin, ring8, 64).shape == got.shape
     assert (got[:, 583] == 0).all()
     ring16 = torch.zeros(2, 128, 512, dtype=torch.bfloat16, device="cuda")
     assert torch.equal(ta.kv_entries(kv, w, 1e-6, cos, sin, ring16, 64), tri.norm_rope(kv, w, 1e-6, cos, sin))

@@ -153,21 +153,21 @@ def test_kv_entries_interp(c, r, dtype, packed):
     ring = torch.zeros(2, 4, entry_bytes(c, r), dtype=torch.uint8) if packed else torch.zeros(2, 4, c, dtype=dtype)
     got = tri_attn.kv_entries(x, w, 1e-6, cos, sin, ring, r)
     two = tri_attn.kv_pack(tri_attn.norm_rope(x, w, 1e-6, cos, sin), ring, r)
-    want = ref_norm.norm_rope(x, w, 1e-6, cos, sin).float()
-    assert got.dtype == ring.dtype and got.shape == (n, ring.shape[-1])
+    twin = ref_attn.kv_entries(x, w, 1e-6, cos, sin, ring, r)
+    want = ref_norm.norm_rope(x, w, 1e-6, cos, sin).float()  # the values the twin packs
+    assert got.dtype == twin.dtype == ring.dtype and got.shape == twin.shape == (n, ring.shape[-1])
     assert torch.equal(got, two)
-    assert ref_attn.kv_entries(x, w, 1e-6, cos, sin, ring, r).shape == got.shape
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     if packed:  # the e4m3 codes are checked on the GPU (test_glue_gpu): the interpreter's fp32 -> e4m3 cast
         # rounds ties away from zero and drops the carry into the exponent (127.2 -> 64)
         vals = kv_fp8.unpack_entry(got, c, r)
         torch.testing.assert_close(vals[:, c - r:], want[:, c - r:], rtol=8e-3, atol=tol)  # bf16 rope dims
         nope, scales = c - r, c - r + 2 * r
-        twin = kv_fp8.pack_entry(want, r)
         assert torch.equal(got[:, scales:scales + nope // 64], twin[:, scales:scales + nope // 64])
-        assert (got[:, scales + nope // 64:] == 0).all()
+        assert (got[:, scales + nope // 64:] == 0).all() and torch.equal(got[:, scales + nope // 64:],
+                                                                        twin[:, scales + nope // 64:])
     else:
-        torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
+        torch.testing.assert_close(got.float(), twin.float(), rtol=tol, atol=tol)
 
 
 def test_kv_entries_pack_refuses_widths_it_cannot_pack():
