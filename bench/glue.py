@@ -85,13 +85,14 @@ def op_cases(n: int):
     qi = torch.randn(n, 64, 128, device=DEV, generator=g).bfloat16()
     ring8 = torch.zeros(1, 128, entry_bytes(512, 64), dtype=torch.uint8, device=DEV)
     it = 20
+    fn_h, base_h, scale_h = fn[:HC], base[:HC], scale[:1]  # once: the head's derived weights key on these tensors
     return {
         "hc_pre+norm": (lambda: rmhc.hc_pre(x, fn, base, scale, HC, it, 1e-6, 1e-6, w),
                         lambda: tmhc.hc_pre(x, fn, base, scale, HC, it, 1e-6, 1e-6, w)),
         "hc_post+pre+norm": (lambda: rmhc.hc_post_pre(o, x, post, comb, fn, base, scale, HC, it, 1e-6, 1e-6, w),
                              lambda: tmhc.hc_post_pre(o, x, post, comb, fn, base, scale, HC, it, 1e-6, 1e-6, w)),
-        "hc_head+norm": (lambda: rmhc.hc_head(x, fn[:HC], base[:HC], scale[:1], 1e-6, 1e-6, w),
-                         lambda: tmhc.hc_head(x, fn[:HC], base[:HC], scale[:1], 1e-6, 1e-6, w)),
+        "hc_head+norm": (lambda: rmhc.hc_head(x, fn_h, base_h, scale_h, 1e-6, 1e-6, w),
+                         lambda: tmhc.hc_head(x, fn_h, base_h, scale_h, 1e-6, 1e-6, w)),
         "q_rms_rope": (lambda: rnorm.norm_rope(q, None, 1e-6, cos, sin),
                        lambda: tnorm.norm_rope(q, None, 1e-6, cos, sin)),
         "kv_norm_rope": (lambda: rnorm.norm_rope(kv, w512, 1e-6, cos, sin),
