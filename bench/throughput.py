@@ -204,7 +204,7 @@ def make_engine(args, model_dir: str, **overrides):
               num_kv_blocks=args.num_kv_blocks, kv_cache_memory=args.kv_cache_memory,
               block_size=args.block_size, seed=args.seed, async_scheduling=args.async_scheduling,
               kv_cache_dtype=args.kv_cache_dtype, enforce_eager=args.enforce_eager,
-              enable_prefix_caching=args.enable_prefix_caching)
+              enable_prefix_caching=args.enable_prefix_caching, usage=args.usage)
     kw.update(overrides)
     return LLMEngine(EngineArgs(**kw))
 
@@ -308,7 +308,8 @@ def run_throughput(args) -> dict:
         "async_scheduling": eng.async_scheduling,
         "dtype": str(eng.dtype).replace("torch.", ""),
         "num_prompts": len(reqs), "warmup_prompts": args.warmup_prompts, "input_len": list(args.input_len), "output_len": list(args.output_len),
-        "max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
+        "max_num_seqs": args.max_num_seqs, "usage": args.usage,
+        "max_num_batched_tokens": eng.scheduler.config.max_num_batched_tokens,  # resolved: the engine's default if unset
         "elapsed_s": elapsed, "requests_per_s": len(reqs) / elapsed, "input_tokens": n_in,
         "mean_input_tokens": n_in / len(reqs), "enable_prefix_caching": eng.kv.prefix is not None,
         "output_tokens": n_gen, "input_tokens_per_s": n_in / elapsed, "output_tokens_per_s": n_gen / elapsed,
@@ -325,7 +326,7 @@ def run_overhead(args) -> dict:
     out_len = args.overhead_warmup + args.overhead_steps + 2
     bs = args.block_size or 64
     blocks = n * (-(-(hi + out_len) // bs) + 1) + 8
-    eng = make_engine(args, model_dir, max_num_seqs=n, max_num_batched_tokens=max(args.max_num_batched_tokens, n * hi),
+    eng = make_engine(args, model_dir, max_num_seqs=n, max_num_batched_tokens=max(args.max_num_batched_tokens or 2048, n * hi),
                       num_kv_blocks=args.num_kv_blocks or blocks, kv_cache_memory=None,
                       max_model_len=args.max_model_len or hi + out_len)
     eng.runner.model = RandomLogitsModel(eng.model, eng.device)
@@ -364,7 +365,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--max-num-seqs", type=int, default=64)
-    ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=None,
+                    help="tokens per step (default: the engine's for --usage, as LLM() / `v4serve serve` would pick)")
+    ap.add_argument("--usage", choices=("offline", "server"), default="offline",
+                    help="whose default token budget to take: the offline LLM class's or the server's (compare the "
+                         "server with `--usage server`: the same budget)")
     ap.add_argument("--max-model-len", type=int, default=None)
     ap.add_argument("--num-kv-blocks", type=int, default=None)
     ap.add_argument("--kv-cache-memory", type=int, default=None, help="KV cache bytes")

@@ -28,6 +28,8 @@ def test_offline_serve_workload_is_what_the_server_gets(http, real, demo_dir, ca
     assert last == json.loads(json.dumps(res)) and last["output_kind"] == "delta"
     assert last["output_tokens"] == sum(n for _, n in work) and last["input_tokens"] == sum(map(len, served))
     assert last["output_tokens_per_s"] > 0 and last["max_num_seqs"] == 2
+    # the budget reported is the one the engine ran with: unset -> the engine's default for the usage (CPU: 2,048)
+    assert last["usage"] == "offline" and last["max_num_batched_tokens"] == 2048
 
 
 def test_offline_warmup_prompts_run_the_workload_untimed(demo_dir, capsys, monkeypatch):
@@ -45,5 +47,8 @@ def test_offline_warmup_prompts_run_the_workload_untimed(demo_dir, capsys, monke
                            "--warmup-prompts", "2"])
     assert seeds == [(4, 2), (1004, 2)]
     assert res["warmup_prompts"] == 2 and res["num_prompts"] == 2
+    res = throughput.main(["--model", str(demo_dir), "--device", "cpu", "--num-prompts", "1", "--input-len", "6:6",
+                           "--output-len", "2:2", "--usage", "server", "--max-num-batched-tokens", "96", "--no-warmup"])
+    assert res["usage"] == "server" and res["max_num_batched_tokens"] == 96  # an explicit budget wins
     with pytest.raises(SystemExit):
         throughput.main(["--warmup-prompts", "-1"])
