@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from bench import ckpt_util
-from bench.jit_watch import JitWatch
+from engine.kernel_compiles import JitWatch
 
 VOCAB_LO = 1000
 

@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -147,6 +148,47 @@ async def _converse(client, args, sem, shared: str, turns: list[str], out_len: i
     return results
 
 
+_COUNTER = re.compile(r'^v4serve:(engine_steps_total|engine_step_seconds_total|kernel_compiles_total|'
+                      r'kernel_compile_seconds_total)\{([^}]*)\} (\S+)$', re.M)
+
+
+def engine_counters(metrics_text: str) -> dict | None:
+    """v4serve's step counters from a /metrics page (engine/step_stats.py) -> {"steps": {kind: n}, "seconds":
+    {kind: s}, "kernel_compiles": n, "kernel_compile_s": s}; None for a server without them (not v4serve)."""
+    out = {"steps": {}, "seconds": {}, "kernel_compiles": 0.0, "kernel_compile_s": 0.0}
+    found = False
+    for name, labels, value in _COUNTER.findall(metrics_text):
+        found = True
+        kind = re.search(r'kind="(\w+)"', labels)
+        if name == "engine_steps_total" and kind:
+            out["steps"][kind.group(1)] = float(value)
+        elif name == "engine_step_seconds_total" and kind:
+            out["seconds"][kind.group(1)] = float(value)
+        elif name == "kernel_compiles_total":
+            out["kernel_compiles"] = float(value)
+        elif name == "kernel_compile_seconds_total":
+            out["kernel_compile_s"] = float(value)
+    return out if found else None
+
+
+def counters_delta(after: dict | None, before: dict | None) -> dict | None:
+    """What the engine did between two `engine_counters` reads (None if either is missing)."""
+    if after is None or before is None:
+        return None
+    return {"steps": {k: int(v - before["steps"].get(k, 0)) for k, v in after["steps"].items()},
+            "seconds": {k: round(v - before["seconds"].get(k, 0.0), 4) for k, v in after["seconds"].items()},
+            "kernel_compiles": int(after["kernel_compiles"] - before["kernel_compiles"]),
+            "kernel_compile_s": round(after["kernel_compile_s"] - before["kernel_compile_s"], 3)}
+
+
+async def _scrape(client: httpx.AsyncClient) -> dict | None:
+    try:
+        r = await client.get("/metrics")
+    except httpx.HTTPError:
+        return None
+    return engine_counters(r.text) if r.status_code == 200 else None
+
+
 async def run_on(args, base_url: str) -> dict:
     rng = random.Random(args.seed + 1)
     shared = make_prompt(random.Random(args.seed + 2), args.shared_prefix_len) if args.shared_prefix_len else ""
@@ -158,6 +200,7 @@ async def run_on(args, base_url: str) -> dict:
                                  limits=limits) as client:
         if not args.model:
             args.model = (await client.get("/v1/models")).json()["data"][0]["id"]
+        before = await _scrape(client)  # the engine's step counters around the timed run (v4serve servers)
         tasks = []
         t0 = time.perf_counter()
         for turns, out_len in work:
@@ -166,6 +209,7 @@ async def run_on(args, base_url: str) -> dict:
                 await asyncio.sleep(rng.expovariate(args.request_rate))
         results = [r for conv in await asyncio.gather(*tasks) for r in conv]
         duration = time.perf_counter() - t0
+        engine = counters_delta(await _scrape(client), before)
     ok = [r for r in results if r.ok]
     tpot = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1]
     out_tokens = sum(r.output_tokens for r in ok)
@@ -183,7 +227,10 @@ async def run_on(args, base_url: str) -> dict:
               **_summary("itl", [x for r in ok for x in r.itl]),
               **_summary("ttft_first_turn", [r.ttft for r in ok if r.turn == 0]),
               **_summary("ttft_later_turns", [r.ttft for r in ok if r.turn > 0]),
-              "errors": sorted({r.error for r in results if not r.ok})[:5]}
+              "errors": sorted({r.error for r in results if not r.ok})[:5],
+              # steps by kind and their wall seconds, kernel compiles, during the run (bench.throughput: the same
+              # fields offline, to compare kind by kind); None when the server does not export them
+              "engine": engine}
     return report
 
 

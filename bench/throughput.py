@@ -160,6 +160,14 @@ class RandomLogitsModel:
         return torch.randn(rows.numel(), self.vocab, device=self.device)
 
 
+def engine_delta(after, before) -> dict:
+    """Steps by kind with their wall seconds and the kernel compiles between two `LLMEngine.stats()`: the fields
+    of bench.serve's "engine" entry (read from the server's /metrics), so the two runs compare kind by kind."""
+    d = after.steps.minus(before.steps)
+    return {**d, "kernel_compiles": after.kernel_compiles_total - before.kernel_compiles_total,
+            "kernel_compile_s": round(after.kernel_compile_seconds_total - before.kernel_compile_seconds_total, 3)}
+
+
 def summarize(steps: list[dict[str, float]]) -> dict[str, float]:
     """Mean per step of every phase, in milliseconds (+ p50/p90 of host overhead, p50 of post)."""
     if not steps:
@@ -289,6 +297,7 @@ def run_throughput(args) -> dict:
         eng.add_request(f"r{i}", ids, params_for(args, lout), output_kind=output_kind(args))
     n_in = sum(len(ids) for ids, _ in reqs)
     gen0 = eng.generation_tokens_total
+    stats0 = eng.stats()  # step kinds and kernel compiles around the timed run (bench.serve reports the same)
     decode_steps = []
     t0 = time.perf_counter()
     while eng.has_unfinished():
@@ -315,6 +324,7 @@ def run_throughput(args) -> dict:
         "output_tokens": n_gen, "input_tokens_per_s": n_in / elapsed, "output_tokens_per_s": n_gen / elapsed,
         "total_tokens_per_s": (n_in + n_gen) / elapsed, "num_preemptions": eng.scheduler.num_preemptions_total,
         "per_step": summarize(timer.steps), "per_decode_step": summarize(decode_steps),
+        "engine": engine_delta(eng.stats(), stats0),
     }
     return res
 

@@ -24,6 +24,7 @@ from .async_step import LaunchedStep
 from .config import EngineArgs, SchedulerConfig
 from .detokenizer import IncrementalDetokenizer
 from .h2d import h2d
+from .kernel_compiles import JitWatch, log_compile as _log_compile
 from .guided.grammar import GuideCompiler, GuideCursor
 from .model_runner import ModelRunner, RunnerOutput
 from .outputs import OutputKind, RequestOutput
@@ -32,6 +33,7 @@ from .sampler import Sampler, SamplingMetadata, gather_logprobs, make_generator
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler, SchedulerOutput
 from .sequence import Sequence, SequenceStatus, reached_length, token_stop
+from .step_stats import StepStats
 from .tokenizer import Tokenizer
 
 log = logging.getLogger("v4serve.engine")
@@ -51,6 +53,9 @@ class EngineStats:
     prefix_cache_queries_total: int = 0  # prompt tokens looked up in the prefix cache
     prefix_cache_hits_total: int = 0  # of those, tokens reused
     spec_decode: object = None  # engine.spec_decode.SpecDecodeStats when speculative decoding is on
+    steps: StepStats | None = None  # steps and their wall seconds by kind (engine/step_stats.py), a copy
+    kernel_compiles_total: int = 0  # Triton compiles (or on-disk cache loads) after start-up: steps waited for them
+    kernel_compile_seconds_total: float = 0.0
 
 
 class LLMEngine:
@@ -137,6 +142,12 @@ class LLMEngine:
         self._token_texts: dict[bool, dict[int, str]] = {True: {}, False: {}}
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
+        self.step_stats = StepStats()
+        self._inflight_kind: str | None = None  # the step kind of `_inflight`
+        # kernels compiled after start-up (a specialization the warm-up did not meet): counted and logged (GPU)
+        self.kernel_compiles = None
+        if self.device.type == "cuda":
+            self.kernel_compiles = JitWatch(on_event=_log_compile, keep_events=False).__enter__()
         kv_bytes = sum(t.numel() * t.element_size() for layer in self.kv.state.layers for t in layer.values())
         log_cache_plan(log, weights_bytes=weights_bytes, kv_bytes=kv_bytes, num_blocks=num_blocks,
                        block_size=self.block_size, num_slots=num_slots, max_model_len=self.max_model_len)
@@ -144,9 +155,11 @@ class LLMEngine:
                  self.device, self.dtype, budget_tokens)
 
     def shutdown(self) -> None:
-        """Stop the tensor-parallel workers (no-op for a single-process engine)."""
+        """Stop the tensor-parallel workers (no-op for a single-process engine) and the compile watch."""
         if self.executor is not None:
             self.executor.shutdown()
+        if self.kernel_compiles is not None:
+            self.kernel_compiles.__exit__(None, None, None)
 
     # ---- requests ----------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
@@ -231,7 +244,8 @@ class LLMEngine:
                            self.scheduler.num_preemptions_total, self.prompt_tokens_total,
                            self.generation_tokens_total, len(self.requests),
                            pc.queries if pc else 0, pc.hits if pc else 0,
-                           self.spec.stats if self.spec is not None else None)
+                           self.spec.stats if self.spec is not None else None, self.step_stats.snapshot(),
+                           kc.count if (kc := self.kernel_compiles) else 0, kc.seconds if kc else 0.0)
 
     def reset_prefix_cache(self) -> int:
         """Drop every cached block no running sequence holds (and its state snapshot) -> blocks dropped."""
@@ -246,20 +260,38 @@ class LLMEngine:
         tokens, on the device), process step N on the host while it runs, then sample N+1 with the
         host state complete (grammar masks, penalties, ...) and leave it in flight; the outputs are
         step N's."""
+        t0 = time.perf_counter()
         if self.spec is not None:  # speculative decoding: verify + rollback + drafting, synchronous
             sched = self.scheduler.schedule()
-            return self.spec.step(self, sched) if not sched.is_empty else []
+            if sched.is_empty:
+                return []
+            outputs = self.spec.step(self, sched)
+            self.step_stats.record("speculative", time.perf_counter() - t0)
+            return outputs
         prev, self._inflight = self._inflight, None
+        prev_kind, self._inflight_kind = self._inflight_kind, None
         sched = self.scheduler.schedule()
+        graph_steps = self.runner.num_graph_steps
         fwd = self._forward(sched, prev) if not sched.is_empty else None
+        kind = self._step_kind(sched, graph_steps) if fwd is not None else None
         outputs = self._process(prev) if prev is not None else []
         if fwd is not None:
             cur = self._sample(sched, *fwd)
             if self.async_scheduling:
-                self._inflight = cur
+                self._inflight, self._inflight_kind = cur, kind
             else:
                 outputs += self._process(cur)
+        # overlapped: this call waited for the previous step's tokens, i.e. for that step (engine/step_stats.py)
+        charged = prev_kind if self.async_scheduling else kind
+        if charged is not None:
+            self.step_stats.record(charged, time.perf_counter() - t0)
         return outputs
+
+    def _step_kind(self, sched: SchedulerOutput, graph_steps_before: int) -> str:
+        """The kind (engine/step_stats.py) of the step just launched."""
+        if self.runner.num_graph_steps != graph_steps_before:
+            return "graph_decode"
+        return "eager_decode" if all(c.num_tokens == 1 and c.sample for c in sched.chunks) else "prefill"
 
     def _forward(self, sched: SchedulerOutput, prev: LaunchedStep | None) -> tuple[list[RequestState], RunnerOutput]:
         """Launch the model on one scheduled step (inputs still pending on the host come from `prev`'s

@@ -59,6 +59,30 @@ class _EngineStatsCollector:
             for pos, value in enumerate(list(sd.accepted_per_pos)):
                 c.add_metric(lv + [str(pos)], float(value))
             yield c
+        yield from _step_families(s, lv)
+
+
+def _step_families(s, lv: list[str]):
+    """v4serve's own counters (engine/step_stats.py): steps and their wall seconds by kind, and the Triton
+    compiles steps waited for after start-up -- where a server's time goes next to the same engine offline."""
+    C = CounterMetricFamily
+    if s.steps is not None:
+        n = C("v4serve:engine_steps", "Engine steps by kind (graph_decode, eager_decode, prefill, speculative).",
+              labels=["model_name", "kind"])
+        t = C("v4serve:engine_step_seconds", "Wall seconds of engine steps by kind (overlapped loop: the step a "
+              "call waited for).", labels=["model_name", "kind"])
+        for kind, count in s.steps.steps.items():
+            n.add_metric(lv + [kind], float(count))
+            t.add_metric(lv + [kind], float(s.steps.seconds[kind]))
+        yield n
+        yield t
+    k = C("v4serve:kernel_compiles", "Triton kernel compiles (or on-disk cache loads) after start-up.",
+          labels=["model_name"])
+    k.add_metric(lv, float(s.kernel_compiles_total))
+    yield k
+    ks = C("v4serve:kernel_compile_seconds", "Seconds spent in kernel compiles after start-up.", labels=["model_name"])
+    ks.add_metric(lv, float(s.kernel_compile_seconds_total))
+    yield ks
 
 
 class ServerMetrics:

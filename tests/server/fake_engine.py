@@ -54,6 +54,9 @@ class FakeStats:
     prefix_cache_queries_total: int = 0  # EngineStats' fields the metrics collector reads
     prefix_cache_hits_total: int = 0
     spec_decode: object = None
+    steps: object = None  # engine.step_stats.StepStats (None: the fake runs no engine steps)
+    kernel_compiles_total: int = 0
+    kernel_compile_seconds_total: float = 0.0
 
 
 class FakeAsyncLLM:

@@ -30,6 +30,8 @@ def test_offline_serve_workload_is_what_the_server_gets(http, real, demo_dir, ca
     assert last["output_tokens_per_s"] > 0 and last["max_num_seqs"] == 2
     # the budget reported is the one the engine ran with: unset -> the engine's default for the usage (CPU: 2,048)
     assert last["usage"] == "offline" and last["max_num_batched_tokens"] == 2048
+    eng = last["engine"]  # the timed run's steps by kind (CPU: eager), the fields bench.serve reads from /metrics
+    assert eng["steps"]["prefill"] >= 1 and eng["steps"]["eager_decode"] >= 1 and eng["kernel_compiles"] == 0
 
 
 def test_offline_warmup_prompts_run_the_workload_untimed(demo_dir, capsys, monkeypatch):

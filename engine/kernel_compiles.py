@@ -1,10 +1,12 @@
-"""Triton JIT compilations inside a timed region: how many, how long, which kernels and argument types.
+"""Triton JIT compilations while something runs: how many, how long, which kernels and argument types.
 
 A benchmark's warm-up is meant to compile every kernel the timed run launches. When the timed run uses a
 specialization the warm-up did not (Triton specializes integer arguments by size and divisibility: an offset
 past 2^31 turns an i32 argument into i64, a new compile), the compile lands in the timed number. Session 9's
 1M-token prompt measured 48.5 s in the first process on a fresh machine and 40.0 s in the next one: this
-watch reports such compiles so that a benchmark can name them instead of absorbing them.
+watch reports such compiles so that a benchmark can name them instead of absorbing them, and a serving engine
+counts the ones its requests wait for (`LLMEngine`: installed once start-up has compiled and captured what it
+knows; `on_event` logs each one, `/metrics` exports the totals):
 
     with JitWatch() as jw:
         run()
@@ -16,15 +18,32 @@ on-disk cache) and `jit_post_compile_hook` (after); previous hooks are chained a
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
+
+log = logging.getLogger("v4serve.engine")
+
+
+def log_compile(name: str, seconds: float, what: str) -> None:
+    """The serving engine's `on_event`: a step waited `seconds` for kernel `name` (a compile, or a load from the
+    on-disk cache: those take milliseconds and are logged at INFO)."""
+    log.log(logging.WARNING if seconds >= 0.5 else logging.INFO,
+            "kernel %s compiled while serving (%.2f s; %s): the step that launched it waited for it", name, seconds,
+            what[:200])
 
 
 @dataclass
 class JitWatch:
     events: list[tuple[str, float, str]] = field(default_factory=list)  # (kernel, seconds, its i64 arguments)
+    on_event: Callable[[str, float, str], None] | None = None  # called with each new event (e.g. a log line)
+    keep_events: bool = True  # False: count and time only (a long-running server keeps no list)
+    count: int = 0  # compile events seen (cache misses, including loads from Triton's on-disk cache)
+    seconds: float = 0.0  # their summed wall time
     _start: dict = field(default_factory=dict)  # key -> perf_counter at the cache miss
     _prev: tuple = ()  # hooks installed before ours, restored on exit
+    _ours: tuple = ()  # our (pre, post) hooks while installed
 
     def __enter__(self) -> "JitWatch":
         from triton import knobs
@@ -47,21 +66,31 @@ class JitWatch:
             what = "i64: " + ",".join(wide) if wide else "no i64 arguments"
             # the specialization key (argument types, divisibility by 16, constexpr values): two compiles of one
             # kernel differ in it, which names the argument that made the second one
-            self.events.append((fn.name, dt, f"{what}; key {str(compile.get('key'))[:400]}"))
+            event = (fn.name, dt, f"{what}; key {str(compile.get('key'))[:400]}")
+            self.count += 1
+            self.seconds += dt
+            if self.keep_events:
+                self.events.append(event)
+            if self.on_event is not None:
+                self.on_event(*event)
             if prev_post is not None:
                 return prev_post(key=key, repr=repr, fn=fn, compile=compile, is_manual_warmup=is_manual_warmup,
                                  already_compiled=already_compiled)
             return None
 
         rt.jit_cache_hook, rt.jit_post_compile_hook = pre, post
+        self._ours = (pre, post)
         return self
 
     def __exit__(self, *exc) -> None:
         from triton import knobs
-        knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook = self._prev
+        rt = knobs.runtime
+        # hooks installed after ours (and not yet removed) chain to ours: left in place, ours keeps counting
+        if (rt.jit_cache_hook, rt.jit_post_compile_hook) == self._ours:
+            rt.jit_cache_hook, rt.jit_post_compile_hook = self._prev
 
     def summary(self, top: int = 12) -> dict:
         """{"count", "s" (sum of compile seconds), "kernels": the `top` slowest [name, s, their i64 arguments]}."""
         ev = sorted(self.events, key=lambda e: -e[1])
-        return {"count": len(ev), "s": round(sum(e[1] for e in ev), 3),
+        return {"count": self.count, "s": round(self.seconds, 3),
                 "kernels": [[n, round(s, 3), sig] for n, s, sig in ev[:top]]}

@@ -1,4 +1,4 @@
-"""bench/jit_watch.py: compile events between Triton's two JIT hooks are counted and timed, hooks installed
+"""engine/kernel_compiles.py: compile events between Triton's two JIT hooks are counted and timed, hooks installed
 before the watch still run, and the watch puts them back on exit."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ if not torch.cuda.is_available():  # the suite's convention: Triton is first imp
 
 from triton import knobs  # noqa: E402
 
-from bench.jit_watch import JitWatch  # noqa: E402
+from engine.kernel_compiles import JitWatch  # noqa: E402
 
 
 def _fire(name, key, sig):
@@ -49,3 +49,21 @@ def test_an_earlier_hook_can_still_skip_the_compile(monkeypatch):
     with JitWatch() as jw:
         assert _fire("_k", ("k",), {}) == "skipped"
     assert jw.summary()["count"] == 0
+
+
+def test_engine_form_counts_without_a_list_and_calls_back(monkeypatch):
+    """The serving engine's form: no event list (a long-running process), totals and one callback per compile;
+    a hook installed after it and still in place is not removed when the watch exits."""
+    monkeypatch.setattr(knobs.runtime, "jit_cache_hook", None)
+    monkeypatch.setattr(knobs.runtime, "jit_post_compile_hook", None)
+    seen = []
+    jw = JitWatch(on_event=lambda name, s, sig: seen.append((name, sig.split(";")[0])), keep_events=False)
+    with jw:
+        _fire("_a", ("a",), {"n": "i64"})
+        _fire("_b", ("b",), {"n": "i32"})
+        later = (lambda **kw: False, lambda **kw: None)
+        knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook = later
+    assert jw.events == [] and jw.count == 2 and jw.seconds >= 0
+    assert seen == [("_a", "i64: n"), ("_b", "no i64 arguments")]
+    assert jw.summary()["count"] == 2
+    assert (knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook) == later
