@@ -160,6 +160,15 @@ class RandomLogitsModel:
         return torch.randn(rows.numel(), self.vocab, device=self.device)
 
 
+def use_random_logits(eng) -> None:
+    """Swap `eng`'s model for RandomLogitsModel where the step reaches it: the runner (LM head) and its one-process
+    executor (the forward). The runner alone was swapped before, so the real forward kept running."""
+    if eng.runner.executor.multi_process:
+        raise ValueError("--overhead-only needs a one-process engine (tensor parallel workers hold the model)")
+    fake = RandomLogitsModel(eng.model, eng.device)
+    eng.runner.model = eng.runner.executor.model = fake
+
+
 def engine_delta(after, before) -> dict:
     """Steps by kind with their wall seconds and the kernel compiles between two `LLMEngine.stats()`: the fields
     of bench.serve's "engine" entry (read from the server's /metrics), so the two runs compare kind by kind."""
@@ -339,7 +348,7 @@ def run_overhead(args) -> dict:
     eng = make_engine(args, model_dir, max_num_seqs=n, max_num_batched_tokens=max(args.max_num_batched_tokens or 2048, n * hi),
                       num_kv_blocks=args.num_kv_blocks or blocks, kv_cache_memory=None,
                       max_model_len=args.max_model_len or hi + out_len)
-    eng.runner.model = RandomLogitsModel(eng.model, eng.device)
+    use_random_logits(eng)
     reqs = random_prompts(eng, n, args.input_len, (out_len, out_len), args.seed)
     for i, (ids, lout) in enumerate(reqs):
         eng.add_request(f"r{i}", ids, params_for(args, lout), output_kind=output_kind(args))

@@ -54,3 +54,19 @@ def test_offline_warmup_prompts_run_the_workload_untimed(demo_dir, capsys, monke
     assert res["usage"] == "server" and res["max_num_batched_tokens"] == 96  # an explicit budget wins
     with pytest.raises(SystemExit):
         throughput.main(["--warmup-prompts", "-1"])
+
+
+def test_overhead_only_never_runs_the_model(demo_dir, monkeypatch):
+    """--overhead-only measures the host path: the model's forward must not run (it did, through the
+    executor, while only the runner's model was swapped)."""
+    from models.model import DeepseekV4
+    calls = []
+    real_forward = DeepseekV4.forward
+
+    def spy(self, *a, **kw):
+        calls.append(1)
+        return real_forward(self, *a, **kw)
+    monkeypatch.setattr(DeepseekV4, "forward", spy)
+    res = throughput.main(["--model", str(demo_dir), "--device", "cpu", "--overhead-only", "--overhead-seqs", "2",
+                           "--overhead-steps", "3", "--overhead-warmup", "1", "--input-len", "4:4"])
+    assert calls == [] and res["mode"] != "throughput"
