@@ -58,6 +58,11 @@ class EngineStats:
     kernel_compile_seconds_total: float = 0.0
 
 
+def _step_size(sched: SchedulerOutput) -> str:
+    """A step's size for the slow-step log line."""
+    return f"{len(sched.chunks)} sequences, {sum(c.num_tokens for c in sched.chunks)} tokens"
+
+
 class LLMEngine:
     def __init__(self, args: EngineArgs):
         args.validate()
@@ -143,7 +148,7 @@ class LLMEngine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.step_stats = StepStats()
-        self._inflight_kind: str | None = None  # the step kind of `_inflight`
+        self._inflight_kind: tuple[str, str] | None = None  # (step kind, its size) of `_inflight`
         # kernels compiled after start-up (a specialization the warm-up did not meet): counted and logged (GPU)
         self.kernel_compiles = None
         if self.device.type == "cuda":
@@ -260,20 +265,20 @@ class LLMEngine:
         tokens, on the device), process step N on the host while it runs, then sample N+1 with the
         host state complete (grammar masks, penalties, ...) and leave it in flight; the outputs are
         step N's."""
-        t0 = time.perf_counter()
+        t0, compile_s0 = time.perf_counter(), self._compile_seconds()
         if self.spec is not None:  # speculative decoding: verify + rollback + drafting, synchronous
             sched = self.scheduler.schedule()
             if sched.is_empty:
                 return []
             outputs = self.spec.step(self, sched)
-            self.step_stats.record("speculative", time.perf_counter() - t0)
+            self._charge(("speculative", _step_size(sched)), t0, compile_s0)
             return outputs
         prev, self._inflight = self._inflight, None
         prev_kind, self._inflight_kind = self._inflight_kind, None
         sched = self.scheduler.schedule()
         graph_steps = self.runner.num_graph_steps
         fwd = self._forward(sched, prev) if not sched.is_empty else None
-        kind = self._step_kind(sched, graph_steps) if fwd is not None else None
+        kind = (self._step_kind(sched, graph_steps), _step_size(sched)) if fwd is not None else None
         outputs = self._process(prev) if prev is not None else []
         if fwd is not None:
             cur = self._sample(sched, *fwd)
@@ -282,10 +287,19 @@ class LLMEngine:
             else:
                 outputs += self._process(cur)
         # overlapped: this call waited for the previous step's tokens, i.e. for that step (engine/step_stats.py)
-        charged = prev_kind if self.async_scheduling else kind
-        if charged is not None:
-            self.step_stats.record(charged, time.perf_counter() - t0)
+        self._charge(prev_kind if self.async_scheduling else kind, t0, compile_s0)
         return outputs
+
+    def _compile_seconds(self) -> float:
+        return self.kernel_compiles.seconds if self.kernel_compiles is not None else 0.0
+
+    def _charge(self, kind: tuple[str, str] | None, t0: float, compile_s0: float) -> None:
+        """Record the step this call waited for: (kind, its size) and the kernel compiles inside the call."""
+        if kind is None:
+            return
+        compiled = self._compile_seconds() - compile_s0
+        detail = kind[1] + (f"; {compiled:.2f} s of kernel compiles in this call" if compiled > 0 else "")
+        self.step_stats.record(kind[0], time.perf_counter() - t0, detail)
 
     def _step_kind(self, sched: SchedulerOutput, graph_steps_before: int) -> str:
         """The kind (engine/step_stats.py) of the step just launched."""

@@ -9,6 +9,8 @@ import os
 import triton
 import triton.language as tl
 
+from .common import rope_pair
+
 # FP8 entries with V4's 64-dim rope: 1 = read every 64-column block unmasked as E4M3 bytes and the rope block once
 # as bf16; 0 = the column-masked loads of both over the whole width (the measured kernels). sm_90 SASS of the CSA
 # decode kernel (FP8 entries, 32-key tiles): 6,272 -> 4,264 instructions, 316 -> 252 global loads, 528 -> 328 B
@@ -115,7 +117,8 @@ def _rope_out(o, t, c0, cos_ptr, sin_ptr, cs_stride, D: tl.constexpr, R: tl.cons
     rm = j >= 0
     cs = tl.load(cos_ptr + t.to(tl.int64) * cs_stride + j, mask=rm, other=1.0)[None, :]
     sn = tl.load(sin_ptr + t.to(tl.int64) * cs_stride + j, mask=rm, other=0.0)[None, :]
-    return tl.reshape(tl.join(ev * cs + od * sn, od * cs - ev * sn), [BR, DV])
+    a, b = rope_pair(ev, od, cs, -sn)
+    return tl.reshape(tl.join(a, b), [BR, DV])
 
 
 @triton.jit

@@ -49,6 +49,13 @@ def round_e4m3(av):
 
 
 @triton.jit
+def rope_pair(x0, x1, c, s):
+    """RoPE of the channel pairs (x0, x1) by the angles of cosine c and sine s (the inverse rotation: -s); the
+    one rotation the norm/RoPE kernel and the attention output's fused inverse RoPE share."""
+    return x0 * c - x1 * s, x0 * s + x1 * c
+
+
+@triton.jit
 def zero_share(zero_ptr, pid, ZERO_PER, ZERO_N):
     """Program `pid` clears fp32 elements [pid*ZERO_PER, min((pid+1)*ZERO_PER, ZERO_N)) of zero_ptr (a GEMM
     launch zeroing the next launch's atomic-add output instead of a separate memset)."""

@@ -15,6 +15,7 @@ import triton.language as tl
 from .common import (act_quant_tile, dot_dtype, e8m0_to_f32, fp4_use_asm, load_fp4_split, load_w_tile, mma,
                      weight_args, zero_share)
 from .moe_prefill import moe_experts_grouped, use_grouped
+from .moe_prefill_fp8 import available as fp8_operands_available
 from .routing import moe_align
 
 
@@ -187,8 +188,10 @@ def moe_experts(x, w1, w3, w2, weights, ids, limit, config1=None, config2=None, 
     if decode_kernel:
         from .moe_decode import moe_experts_decode
         return moe_experts_decode(x, w1, w3, w2, weights, ids, limit)
-    if config1 is None and config2 is None and fp4_mode == "interleave" and use_grouped(x, w1, ids, act_quant):
-        return moe_experts_grouped(x, w1, w3, w2, weights, ids, limit, act_quant)  # prefill: moe_prefill.py
+    if config1 is None and config2 is None and fp4_mode == "interleave":
+        fp8 = fp8_operands_available(x, act_quant)  # decided once: the size check and the path take the same
+        if use_grouped(x, w1, ids, act_quant, fp8):
+            return moe_experts_grouped(x, w1, w3, w2, weights, ids, limit, act_quant, fp8)  # prefill: moe_prefill.py
     out = torch.empty(n, d, dtype=torch.float32, device=x.device)  # zeroed by the gate/up launch
     wfmt = weight_args(w1)[2]
     interp = interpreting()

@@ -213,17 +213,18 @@ def transient_bytes(n: int, k: int, d: int, inter: int, num_e: int, weight_bytes
     return num_e * inter * d * weight_bytes + n * k * (2 * d + 3 * inter) * 2 + n * d * 4
 
 
-def use_grouped(x, w1, ids, act_quant=False) -> bool:
+def use_grouped(x, w1, ids, act_quant=False, fp8: bool | None = None) -> bool:
     """The measured table above: MXFP4 experts, bf16 activations on CUDA, >= MIN_PAIRS_PER_EXPERT pairs per
     expert, and room for the transient dequantized stack (device_memory.allocatable_bytes: no device sync per
-    call; asking the driver every call is the suspected cause of ~9 s of GPU idle in a 1M-token prompt)."""
+    call; asking the driver every call is the suspected cause of ~9 s of GPU idle in a 1M-token prompt). `fp8`:
+    the caller's `moe_prefill_fp8.available(x, act_quant)` (None: asked here), passed on to moe_experts_grouped."""
     if interpreting() or not x.is_cuda or x.dtype != torch.bfloat16 or not hasattr(torch, "_grouped_mm"):
         return False
     if isinstance(w1, torch.Tensor) or w1.fmt != "fp4":
         return False
     n, k = ids.shape
     num_e, inter, d = w1.shape[0], w1.shape[1], x.shape[1]
-    fp8 = fp8ops.available(x, act_quant)
+    fp8 = fp8ops.available(x, act_quant) if fp8 is None else fp8
     if n * k < (MIN_PAIRS_PER_EXPERT_FP8 if fp8 else MIN_PAIRS_PER_EXPERT) * num_e:
         return False
     need = transient_bytes(n, k, d, inter, num_e, 1 if fp8 else 2)

@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import rope_pair
 from .kv_entry import store_entry_fp8_row
 
 
@@ -67,8 +68,7 @@ def _norm_rope_kernel(x_ptr, w_ptr, cos_ptr, sin_ptr, y_ptr, H, D, R2, eps, stri
         s = tl.load(sin_ptr + tok * stride_cs + j, mask=rmask, other=0.0)
         if INVERSE:
             s = -s
-        y0 = x0 * c - x1 * s
-        y1 = x0 * s + x1 * c
+        y0, y1 = rope_pair(x0, x1, c, s)
         x0 = tl.where(rmask, y0, x0).to(x_dt).to(tl.float32)
         x1 = tl.where(rmask, y1, x1).to(x_dt).to(tl.float32)
     if ROTATE:  # y = x @ H (Sylvester order, D = 2 * BH): y[2i + j] = (H_BH (x0 + (-1)^j x1))[i] / sqrt(D), and

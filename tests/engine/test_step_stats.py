@@ -61,3 +61,18 @@ def test_snapshot_is_a_copy_and_kinds_are_checked():
     assert d["seconds"]["prefill"] == 0.25
     with pytest.raises(ValueError, match="unknown step kind 'decode'"):
         st.record("decode", 1.0)
+
+
+def test_a_step_far_above_its_kind_s_mean_is_logged(caplog):
+    """One line per stall, naming the kind, the time and what the step ran; ordinary steps and the first step of
+    a kind (no mean yet) are not logged."""
+    st = StepStats()
+    with caplog.at_level("WARNING", logger="v4serve.engine"):
+        st.record("prefill", 5.0)  # the first of its kind: no mean to compare with
+        for _ in range(20):
+            st.record("graph_decode", 0.011)
+        st.record("graph_decode", 0.2)  # 10x+ the mean but under SLOW_MIN_S: not a stall worth a line
+        st.record("graph_decode", 3.0, "64 sequences, 64 tokens; 2.90 s of kernel compiles in this call")
+    lines = [r.getMessage() for r in caplog.records]
+    assert st.slow_steps == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("slow graph_decode step: 3.000 s") and "2.90 s of kernel compiles" in lines[0]
