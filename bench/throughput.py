@@ -221,7 +221,8 @@ def make_engine(args, model_dir: str, **overrides):
               num_kv_blocks=args.num_kv_blocks, kv_cache_memory=args.kv_cache_memory,
               block_size=args.block_size, seed=args.seed, async_scheduling=args.async_scheduling,
               kv_cache_dtype=args.kv_cache_dtype, enforce_eager=args.enforce_eager,
-              enable_prefix_caching=args.enable_prefix_caching, usage=args.usage)
+              enable_prefix_caching=args.enable_prefix_caching, usage=args.usage,
+              scheduler_delay_factor=args.scheduler_delay_factor)
     kw.update(overrides)
     return LLMEngine(EngineArgs(**kw))
 
@@ -326,7 +327,7 @@ def run_throughput(args) -> dict:
         "async_scheduling": eng.async_scheduling,
         "dtype": str(eng.dtype).replace("torch.", ""),
         "num_prompts": len(reqs), "warmup_prompts": args.warmup_prompts, "input_len": list(args.input_len), "output_len": list(args.output_len),
-        "max_num_seqs": args.max_num_seqs, "usage": args.usage,
+        "max_num_seqs": args.max_num_seqs, "usage": args.usage, "scheduler_delay_factor": args.scheduler_delay_factor,
         "max_num_batched_tokens": eng.scheduler.config.max_num_batched_tokens,  # resolved: the engine's default if unset
         "elapsed_s": elapsed, "requests_per_s": len(reqs) / elapsed, "input_tokens": n_in,
         "mean_input_tokens": n_in / len(reqs), "enable_prefix_caching": eng.kv.prefix is not None,
@@ -386,6 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-num-seqs", type=int, default=64)
     ap.add_argument("--max-num-batched-tokens", type=int, default=None,
                     help="tokens per step (default: the engine's for --usage, as LLM() / `v4serve serve` would pick)")
+    ap.add_argument("--scheduler-delay-factor", type=float, default=0.0, help="as the server's flag")
     ap.add_argument("--usage", choices=("offline", "server"), default="offline",
                     help="whose default token budget to take: the offline LLM class's or the server's (compare the "
                          "server with `--usage server`: the same budget)")

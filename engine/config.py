@@ -33,6 +33,10 @@ class EngineArgs:
     kv_cache_dtype: str = "auto"  # a kernels/kv_format.py CLI_CHOICES value ("auto": dense in the activation dtype)
     block_size: int | None = None  # tokens per cache block; None = smallest multiple of every ratio >= 64
     max_queued_requests: int | None = None  # waiting sequences (n per request) beyond this: HTTP 429
+    # vLLM's --scheduler-delay-factor: while sequences run, a new prompt waits until the oldest waiting one has
+    # waited delay_factor x the last prompt step's duration, so arrivals close in time share one prefill step
+    # (each prompt step runs the eager forward: engine/cuda_graph.py); 0 = admit at the next step
+    scheduler_delay_factor: float = 0.0
     seed: int = 0
     tensor_parallel_size: int = 1
     served_model_name: str | None = None
@@ -114,6 +118,8 @@ class EngineArgs:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.max_queued_requests is not None and self.max_queued_requests < 0:
             raise ValueError("max_queued_requests must be >= 0")
+        if not self.scheduler_delay_factor >= 0.0:  # NaN fails too
+            raise ValueError(f"scheduler_delay_factor must be >= 0, got {self.scheduler_delay_factor}")
         kv_format_from_cli(self.kv_cache_dtype)  # raises on an unknown name
         if self.tensor_parallel_size < 1:
             raise ValueError("tensor_parallel_size must be >= 1")
@@ -131,3 +137,4 @@ class SchedulerConfig:
     max_num_batched_tokens: int  # tokens per step (decode + prefill chunks)
     max_model_len: int  # prompt + generated tokens of one sequence at most
     max_queued_requests: int | None = None  # waiting sequences beyond this are refused
+    delay_factor: float = 0.0  # EngineArgs.scheduler_delay_factor (Scheduler._passed_delay)

@@ -127,7 +127,8 @@ class LLMEngine:
                              f"max_position_embeddings {cfg.max_position_embeddings}")
         self.scheduler = Scheduler(SchedulerConfig(
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=budget_tokens,
-            max_model_len=self.max_model_len, max_queued_requests=args.max_queued_requests), self.kv)
+            max_model_len=self.max_model_len, max_queued_requests=args.max_queued_requests,
+            delay_factor=args.scheduler_delay_factor), self.kv)
         self.runner = ModelRunner(self.model, self.kv, self.device, self.tokenizer.vocab_size, executor=self.executor)
         self.load_s = time.monotonic() - t0  # load + cache allocation (start-up before the graph capture)
         if use_graphs:  # decode CUDA graphs (engine/cuda_graph.py); --enforce-eager skips them

@@ -7,6 +7,9 @@ each step spends `max_num_batched_tokens` to close those gaps:
      1 token, a partially prefilled one takes the rest of its prompt, cut to the remaining budget;
   2. then waiting sequences, FCFS, while slots (max_num_seqs) and budget remain; the first one
      that does not fit stops admission so the order is kept. No admission in a step that preempted.
+     With `delay_factor` > 0 (vLLM's scheduler_delay_factor) and sequences running, no admission until
+     the oldest waiting sequence has waited delay_factor x the duration of the last step with a prompt
+     chunk: arrivals close together are prefilled in one step instead of one step each.
 
 Before a chunk is scheduled its cache is grown with `kv.allocate(seq_id, start + len)`. When a
 running sequence cannot get blocks, the lowest-priority running sequence (latest arrival, which
@@ -32,9 +35,10 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 from kvcache.manager import KVCacheManager
 from kvcache.prefix_cache import PrefixHit
@@ -76,9 +80,14 @@ def _cut_at_snapshot(points: list[int], start: int, n: int) -> int:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.kv = kv
+        self._clock = clock  # the clock of Sequence.arrival_time (tests pass their own)
+        self._prev_time = 0.0  # the previous schedule() call
+        self._prev_prompt = False  # it scheduled a prompt chunk
+        self._last_prompt_latency = 0.0  # seconds from a prompt step's schedule() to the next one
         self.waiting: deque[Sequence] = deque()  # FCFS; preempted sequences re-enter at the front
         self.running: list[Sequence] = []  # sorted by priority (arrival_time, add order)
         self._seqs: dict[str, Sequence] = {}  # every unfinished sequence
@@ -155,7 +164,8 @@ class Scheduler:
             i += 1
 
         max_seqs, waiting = self.config.max_num_seqs, self.waiting
-        while not preempted and waiting and budget > 0 and len(running) < max_seqs:
+        admit_now = self._passed_delay()
+        while admit_now and not preempted and waiting and budget > 0 and len(running) < max_seqs:
             seq = waiting[0]
             if seq.num_pending_tokens:  # preempted while a step sampled for it: recompute once it is appended
                 break
@@ -177,7 +187,20 @@ class Scheduler:
             self._plan_snapshot(seq, start + n)
 
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
+        self._prev_prompt = any(c.start < c.seq.num_prompt_tokens for c in chunks)
         return out
+
+    def _passed_delay(self) -> bool:
+        """May waiting sequences be admitted in this step (`delay_factor`, module docstring)? Also times the
+        last step that had a prompt chunk (the schedule() calls around it)."""
+        now = self._clock()
+        if self._prev_prompt:
+            self._last_prompt_latency = now - self._prev_time
+        self._prev_time = now
+        if self.config.delay_factor <= 0 or not self.waiting or not self.running:
+            return True
+        # the queue's head waited longest: new sequences join at the back, preempted ones return to the front
+        return now - self.waiting[0].arrival_time > self.config.delay_factor * self._last_prompt_latency
 
     # ---- prefix caching (kvcache/prefix_cache.py) -------------------------------------------
     def _admit_cached(self, seq: Sequence, budget: int) -> int | None:

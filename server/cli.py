@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kv-cache-dtype", default="auto", choices=kv_format.CLI_CHOICES, help=kv_format.cli_help())
     s.add_argument("--block-size", type=int, default=None,
                    help="tokens per KV block (a multiple of every compression ratio; default: smallest >= 64)")
+    s.add_argument("--scheduler-delay-factor", type=float, default=0.0,
+                   help="while sequences run, hold a new prompt until the oldest waiting one has waited this many "
+                        "times the last prompt step's duration, so close arrivals share one prefill step (vLLM's "
+                        "flag; default 0: admit at the next step)")
     s.add_argument("--max-queued-requests", type=int, default=None,
                    help="waiting sequences (n per request) beyond this are refused with HTTP 429 (default: unbounded)")
     s.add_argument("--default-reasoning-effort", default=None, choices=_EFFORTS,
@@ -111,6 +115,7 @@ def engine_args(ns: argparse.Namespace):
                       gpu_memory_utilization=ns.gpu_memory_utilization, kv_cache_memory=ns.kv_cache_memory,
                       block_size=ns.block_size, kv_cache_dtype=ns.kv_cache_dtype,
                       max_queued_requests=ns.max_queued_requests, tensor_parallel_size=ns.tensor_parallel_size,
+                      scheduler_delay_factor=ns.scheduler_delay_factor,
                       served_model_name=ns.served_model_name, enforce_eager=ns.enforce_eager,
                       enable_prefix_caching=ns.enable_prefix_caching,
                       async_scheduling=ns.async_scheduling, speculative_config=ns.speculative_config,

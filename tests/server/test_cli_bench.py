@@ -21,6 +21,11 @@ def test_cli_flags():
     assert engine_args(build_parser().parse_args(["serve", "--max-num-batched-tokens", "512"])).max_num_batched_tokens \
         == 512
     assert build_parser().parse_args(["serve"]).model is None
+    assert engine_args(build_parser().parse_args(["serve"])).scheduler_delay_factor == 0.0
+    assert engine_args(build_parser().parse_args(["serve", "--scheduler-delay-factor", "0.5"])).scheduler_delay_factor \
+        == 0.5
+    with pytest.raises(ValueError, match="scheduler_delay_factor"):
+        engine_args(build_parser().parse_args(["serve", "--scheduler-delay-factor", "-1"]))
     with pytest.raises(ValueError):
         engine_args(build_parser().parse_args(["serve", "--max-num-seqs", "0"]))
     for dt, fmt in (("auto", "bf16"), ("fp8", "fp8"), ("fp8_fp4idx", "fp8_fp4idx")):
