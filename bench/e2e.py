@@ -146,6 +146,44 @@ def run_decode(eng, B, in_len, out_len, tag, vocab_hi) -> dict:
             "step_ms_p10": round(sorted(steps)[len(steps) // 10] * 1e3, 3), "tok_s": round(B / med, 1)}
 
 
+def run_mixed(eng, B: int, L: int, n: int, vocab_hi: int, tag: str) -> dict:
+    """What a prompt arriving among B decoding sequences costs: one L-token prompt (max_tokens 1) is added
+    before every other step, so steps alternate mixed (decodes + the prompt's chunk, eager) and pure decode.
+    An overlapped engine launches a step in one step() call and waits for it in the next, so the cost is read
+    over the pair of calls: `pair_ms` (the call that launched the mixed step + the one that waited for it)
+    against `decode_ms` (one call of the decode-only stretch before); `extra_ms` = pair - 2 x decode."""
+    from engine.sampling_params import SamplingParams
+
+    g = torch.Generator().manual_seed(1000 + B)
+    ids = [f"{tag}mix{B}-{i}" for i in range(B)]
+    for rid in ids:
+        eng.add_request(rid, rand_ids(g, 64, vocab_hi), SamplingParams(temperature=0.0, max_tokens=4 * n + 64,
+                                                                         ignore_eos=True))
+    sch = eng.scheduler
+    while sch.waiting or any(s.num_computed_tokens < s.num_prompt_tokens for s in sch.running):
+        eng.step()
+    decode = []
+    for _ in range(n + 2):
+        t = time.perf_counter()
+        eng.step()
+        decode.append(time.perf_counter() - t)
+    pairs = []
+    for i in range(n):
+        eng.add_request(f"{tag}mixp{B}-{i}", rand_ids(g, L, vocab_hi),
+                        SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True))
+        t = time.perf_counter()
+        eng.step()
+        eng.step()
+        pairs.append(time.perf_counter() - t)
+    for rid in ids:
+        eng.abort_request(rid)
+    while eng.has_unfinished():
+        eng.step()
+    dec, pair = statistics.median(decode[2:]), statistics.median(pairs[1:])
+    return {"batch": B, "prompt_len": L, "prompts": n, "decode_ms": round(dec * 1e3, 3),
+            "pair_ms": round(pair * 1e3, 3), "extra_ms": round((pair - 2 * dec) * 1e3, 3)}
+
+
 def run_prefill(eng, n, L, vocab_hi, tag, seed: int = 7) -> float:
     from engine.sampling_params import SamplingParams
 
@@ -251,16 +289,20 @@ def run_profile(eng, B, steps, in_len, vocab_hi) -> dict:
 
 # ---- driver --------------------------------------------------------------------------------------
 def cache_plan(batches: list[int], prof_b: list[int], contexts: list[int], prefill: str, in_len: int,
-               out_len: int, bs: int, max_pos: int) -> tuple[int, int, int, int, int]:
+               out_len: int, bs: int, max_pos: int, mixed: str = "") -> tuple[int, int, int, int, int]:
     """-> (prompts n, prompt length L, max_num_seqs, max_model_len, KV blocks) for the cases asked. max_num_seqs
     covers every decode batch and every prompt of the prefill case (with --batches '' it once came from the
     decode batches only: the 8 x 4,096 prompts ran one at a time, 4,096-token steps, 36K instead of 52K tok/s)."""
     n, L = (int(x) for x in prefill.split("x")) if prefill else (0, 0)
-    max_b = max(batches + prof_b + [n, 1])
+    mix = [tuple(int(v) for v in spec.split(":")) for spec in mixed.split(",")] if mixed else []
+    # run_mixed: B decoders of 64 + 4 x 16 + 64 tokens, and up to two of its prompts at once (async: a finished
+    # prompt's sequence is freed a step later)
+    max_b = max(batches + prof_b + [n, 1] + [b + 2 for b, _ in mix])
     # long enough for every decode position and every prompt (+1 generated token), also with --contexts ''
-    max_len = min(max_pos, max(contexts + [4096, L + 1]) + 2 * bs)
+    max_len = min(max_pos, max(contexts + [4096, L + 1] + [length + 1 for _, length in mix]) + 2 * bs)
     num_blocks = (max(contexts + [0]) // bs + 2) + max_b * -(-(in_len + out_len + 16) // bs) \
-        + n * -(-(L + 1) // bs) + 64
+        + n * -(-(L + 1) // bs) + 64 + sum(b * -(-(64 + 4 * 16 + 64 + 16) // bs) + 2 * -(-(length + 1) // bs)
+                                           for b, length in mix)
     return n, L, max_b, max_len, num_blocks
 
 
@@ -292,6 +334,8 @@ def main(argv=None):
     ap.add_argument("--contexts", default="4096,131072,1048000", help="decode positions ('' = skip)")
     ap.add_argument("--context-iters", type=int, default=20)
     ap.add_argument("--profile-batch", default="1,64", help="profiled decode batches ('' = skip)")
+    ap.add_argument("--mixed", default="", help="B:L[,B:L...]: the cost of one L-token prompt's step among B "
+                    "decoding sequences (run_mixed; '' = skip), e.g. 64:349 = bench.serve's chat prompts")
     ap.add_argument("--profile-steps", type=int, default=3)
     ap.add_argument("--budget", type=int, default=None,
                     help="max_num_batched_tokens (default: the engine's, 16384 on an H200; sessions <= 8 used 8192)")
@@ -325,7 +369,7 @@ def main(argv=None):
     cfg = ModelConfig.from_json(model_dir)
     bs = choose_block_size(cfg)
     n, L, max_b, max_len, num_blocks = cache_plan(batches, prof_b, contexts, args.prefill, args.in_len,
-                                                  args.out_len, bs, cfg.max_position_embeddings)
+                                                  args.out_len, bs, cfg.max_position_embeddings, args.mixed)
     result["cache"] = {"block_size": bs, "num_blocks": num_blocks, "max_model_len": max_len}
     cached_model = None
     result["formats"] = {}
@@ -364,6 +408,15 @@ def main(argv=None):
                 rows.append(r)
             fmt["decode"][mode] = rows
         eng.runner.graphs = graphs
+        if args.mixed:
+            fmt["mixed"] = []
+            for spec in args.mixed.split(","):
+                b, length = (int(v) for v in spec.split(":"))
+                run_mixed(eng, b, length, 4, vocab_hi, f"warm{kv}")  # compiles of the mixed shapes land here
+                with JitWatch() as jw:
+                    r = {**run_mixed(eng, b, length, 16, vocab_hi, f"{kv}"), "jit_in_timed": jw.summary()["count"]}
+                log({"case": "mixed", "kv": kv, **r})
+                fmt["mixed"].append(r)
         if n and kv in prefill_kvs:
             # warm-up at the measured shapes (other tokens): every kernel config of the run compiles here
             # (--prefill-warmup-len: a shorter warm-up prompt for very long ones, e.g. 131072 before 1M)
