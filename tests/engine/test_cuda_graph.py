@@ -200,3 +200,10 @@ def test_graph_engine_tokens_equal_eager_gpu(tiny_ckpt, fp8_shaped_ckpt, kv_dtyp
         same = sum(x == y for x, y in zip(_tokens(a), _tokens(b)))
         assert same >= n - 1  # bf16: at most one near-tie divergence
     assert graphs.engine.runner.num_graph_steps > 0
+    # the step accounting (engine/step_stats.py): every graph replay was counted as a graph decode step (async:
+    # a launched step is charged when a later call waits for it, so the very last one may be uncounted)
+    st = graphs.engine.stats()
+    assert 0 <= graphs.engine.runner.num_graph_steps - st.steps.steps["graph_decode"] <= 2
+    assert st.steps.steps["prefill"] >= 2 and st.steps.steps["eager_decode"] == 0
+    assert eager.engine.stats().steps.steps["graph_decode"] == 0
+    assert graphs.engine.kernel_compiles is not None  # the watch is on for a CUDA engine
