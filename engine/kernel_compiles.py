@@ -26,6 +26,18 @@ from typing import Callable
 log = logging.getLogger("v4serve.engine")
 
 
+_PROCESS_WATCH: list = []  # the one serving watch of this process (Triton's hooks are process-wide)
+
+
+def serving_watch() -> "JitWatch":
+    """The process's watch for engines (installed by the first CUDA engine once its start-up is done, then
+    shared: one hook and one log line per compile however many engines the process builds). An engine keeps
+    the totals it started at and reports the difference."""
+    if not _PROCESS_WATCH:
+        _PROCESS_WATCH.append(JitWatch(on_event=log_compile, keep_events=False).__enter__())
+    return _PROCESS_WATCH[0]
+
+
 def log_compile(name: str, seconds: float, what: str) -> None:
     """The serving engine's `on_event`: a step waited `seconds` for kernel `name` (a compile, or a load from the
     on-disk cache: those take milliseconds and are logged at INFO)."""

@@ -24,7 +24,7 @@ from .async_step import LaunchedStep
 from .config import EngineArgs, SchedulerConfig
 from .detokenizer import IncrementalDetokenizer
 from .h2d import h2d
-from .kernel_compiles import JitWatch, log_compile as _log_compile
+from .kernel_compiles import serving_watch
 from .guided.grammar import GuideCompiler, GuideCursor
 from .model_runner import ModelRunner, RunnerOutput
 from .outputs import OutputKind, RequestOutput
@@ -150,10 +150,11 @@ class LLMEngine:
         self.generation_tokens_total = 0
         self.step_stats = StepStats()
         self._inflight_kind: tuple[str, str] | None = None  # (step kind, its size) of `_inflight`
-        # kernels compiled after start-up (a specialization the warm-up did not meet): counted and logged (GPU)
-        self.kernel_compiles = None
-        if self.device.type == "cuda":
-            self.kernel_compiles = JitWatch(on_event=_log_compile, keep_events=False).__enter__()
+        # kernels compiled after start-up (a specialization the warm-up did not meet): counted and logged (GPU;
+        # the process's one watch, counted from here)
+        self.kernel_compiles = serving_watch() if self.device.type == "cuda" else None
+        self._compiles_at_start = (self.kernel_compiles.count, self.kernel_compiles.seconds) \
+            if self.kernel_compiles is not None else (0, 0.0)
         kv_bytes = sum(t.numel() * t.element_size() for layer in self.kv.state.layers for t in layer.values())
         log_cache_plan(log, weights_bytes=weights_bytes, kv_bytes=kv_bytes, num_blocks=num_blocks,
                        block_size=self.block_size, num_slots=num_slots, max_model_len=self.max_model_len)
@@ -161,11 +162,9 @@ class LLMEngine:
                  self.device, self.dtype, budget_tokens)
 
     def shutdown(self) -> None:
-        """Stop the tensor-parallel workers (no-op for a single-process engine) and the compile watch."""
+        """Stop the tensor-parallel workers (no-op for a single-process engine)."""
         if self.executor is not None:
             self.executor.shutdown()
-        if self.kernel_compiles is not None:
-            self.kernel_compiles.__exit__(None, None, None)
 
     # ---- requests ----------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
@@ -251,7 +250,7 @@ class LLMEngine:
                            self.generation_tokens_total, len(self.requests),
                            pc.queries if pc else 0, pc.hits if pc else 0,
                            self.spec.stats if self.spec is not None else None, self.step_stats.snapshot(),
-                           kc.count if (kc := self.kernel_compiles) else 0, kc.seconds if kc else 0.0)
+                           *self._compiles_since_start())
 
     def reset_prefix_cache(self) -> int:
         """Drop every cached block no running sequence holds (and its state snapshot) -> blocks dropped."""
@@ -293,6 +292,13 @@ class LLMEngine:
 
     def _compile_seconds(self) -> float:
         return self.kernel_compiles.seconds if self.kernel_compiles is not None else 0.0
+
+    def _compiles_since_start(self) -> tuple[int, float]:
+        """(kernel compiles, their seconds) in this process since this engine's start-up ended."""
+        kc = self.kernel_compiles
+        if kc is None:
+            return 0, 0.0
+        return kc.count - self._compiles_at_start[0], kc.seconds - self._compiles_at_start[1]
 
     def _charge(self, kind: tuple[str, str] | None, t0: float, compile_s0: float) -> None:
         """Record the step this call waited for: (kind, its size) and the kernel compiles inside the call."""

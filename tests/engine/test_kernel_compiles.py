@@ -67,3 +67,19 @@ def test_engine_form_counts_without_a_list_and_calls_back(monkeypatch):
     assert seen == [("_a", "i64: n"), ("_b", "no i64 arguments")]
     assert jw.summary()["count"] == 2
     assert (knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook) == later
+
+
+def test_serving_watch_is_one_per_process(monkeypatch, caplog):
+    """Engines share one installed watch: one hook, one log line per compile (WARNING from 0.5 s)."""
+    import engine.kernel_compiles as kc
+    monkeypatch.setattr(kc, "_PROCESS_WATCH", [])
+    monkeypatch.setattr(knobs.runtime, "jit_cache_hook", None)
+    monkeypatch.setattr(knobs.runtime, "jit_post_compile_hook", None)
+    a = kc.serving_watch()
+    hooks = (knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook)
+    assert kc.serving_watch() is a and (knobs.runtime.jit_cache_hook, knobs.runtime.jit_post_compile_hook) == hooks
+    with caplog.at_level("INFO", logger="v4serve.engine"):
+        _fire("_score_kernel", ("k", 9), {"n": "i32"})
+    assert a.count == 1 and a.events == []
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["kernel _score_kernel compiled while serving"]
+    a.__exit__(None, None, None)  # the test's own clean-up: hooks back as they were
