@@ -103,14 +103,15 @@ HOST_SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_
 
 
 def proxy_launches(ratios=(4, 128), batch: int = 2, prompt: int = 9, kv_format: str = "bf16",
-                   wide: bool = False) -> dict:
+                   wide: bool = False, prompts: int = 0) -> dict:
     """A tiny quantized model (resident FP8 weights, as on the GPU) under TRITON_INTERPRET=1 on CPU with
     every op on its Triton path: the torch ops that would launch
     a kernel on CUDA (everything but views and allocations) plus the Triton launches of one decode
     forward, per layer (full forward minus the forward without layers), and any host-syncing op
     (.item() / int() / bool() of a tensor, nonzero, boolean-mask indexing; a CPU .tolist() is invisible).
     kv_format: the KV cache format; wide (implied by an FP8 one): head dims the FP8 kernels pack (128 = 64 nope +
-    64 rope, index keys 64)."""
+    64 rope, index keys 64). prompts: the counted forward is a mixed step, the `batch` decoders plus this many
+    new `prompt`-token prompts (an eager step on the GPU: its launches are host time)."""
     from collections import Counter
 
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -158,19 +159,20 @@ def proxy_launches(ratios=(4, 128), batch: int = 2, prompt: int = 9, kv_format: 
         model = load_model(tmp, "cpu", torch.float32, resident_quant=True)
     cfg = model.cfg
     bs = max(128, cfg.ratio_lcm)
-    state = model.new_state(num_slots=batch, num_blocks=batch, block_size=bs, kv_format=kv_format)
-    tables = torch.arange(batch).view(batch, 1)
+    n = batch + prompts
+    state = model.new_state(num_slots=n, num_blocks=n, block_size=bs, kv_format=kv_format)
+    tables = torch.arange(n).view(n, 1)
     g = torch.Generator().manual_seed(0)
     kernels.set_backend("triton")
     InterpretedFunction.run = counted_run
     try:
         with torch.no_grad():
             ids = torch.randint(0, cfg.vocab_size, (batch * prompt,), generator=g)
-            model(batch_of(ids, [prompt] * batch, [0] * batch, tables), state)
+            model(batch_of(ids, [prompt] * batch, [0] * batch, tables[:batch]), state)
             out = {}
+            lens, starts = [1] * batch + [prompt] * prompts, [prompt] * batch + [0] * prompts
             for tag in ("full", "base"):
-                b = batch_of(torch.randint(0, cfg.vocab_size, (batch,), generator=g), [1] * batch, [prompt] * batch,
-                             tables)
+                b = batch_of(torch.randint(0, cfg.vocab_size, (sum(lens),), generator=g), lens, starts, tables)
                 batch_metadata(b)
                 layers = model.layers
                 if tag == "base":

@@ -366,6 +366,21 @@ def test_decode_launch_proxy_fp8_kv_interp():
         assert not r["syncs"] and r["full"] == dense["full"], (fmt, r["full"], dense["full"])
 
 
+def test_mixed_step_launch_proxy_interp():
+    """A mixed step (decoders + new prompts; eager on the GPU, so each launch is host time in the step) launches
+    as many kernels per layer as a decode step, whatever the number of prompts, and never syncs the host. The
+    GPU-class paths of long chunks (packed HCA entries, FP8 index scores, the grouped MoE) are outside this
+    CPU proxy; `bench.e2e --mixed` times the real step."""
+    from tests.kernels.glue_cases import proxy_launches
+    interp_modules("mhc", "norm", "fp8_linear", "linear_glue", "routing", "moe", "attention", "indexer",
+                   "compressor")
+    decode = proxy_launches()
+    for prompts in (1, 3):
+        r = proxy_launches(prompts=prompts, prompt=10)
+        assert not r["syncs"], (prompts, r["syncs"])
+        assert r["per_layer"] == decode["per_layer"], (prompts, r["full"], decode["full"])
+
+
 @pytest.mark.parametrize("m,k,split", [(1, 256, 2), (5, 384, 3), (3, 128, 1)])
 def test_norm_linear_interp(m, k, split):
     """RMSNorm as the FP8 GEMM's prologue (every split recomputes the full-row norm) == norm then linear."""
