@@ -60,6 +60,8 @@ from pathlib import Path
 
 import torch
 
+from bench.engine_counters import counters_delta, from_stats
+
 PHASES = ("schedule", "build_batch", "model", "sampling_meta", "sampler", "post")
 
 
@@ -167,14 +169,6 @@ def use_random_logits(eng) -> None:
         raise ValueError("--overhead-only needs a one-process engine (tensor parallel workers hold the model)")
     fake = RandomLogitsModel(eng.model, eng.device)
     eng.runner.model = eng.runner.executor.model = fake
-
-
-def engine_delta(after, before) -> dict:
-    """Steps by kind with their wall seconds and the kernel compiles between two `LLMEngine.stats()`: the fields
-    of bench.serve's "engine" entry (read from the server's /metrics), so the two runs compare kind by kind."""
-    d = after.steps.minus(before.steps)
-    return {**d, "kernel_compiles": after.kernel_compiles_total - before.kernel_compiles_total,
-            "kernel_compile_s": round(after.kernel_compile_seconds_total - before.kernel_compile_seconds_total, 3)}
 
 
 def summarize(steps: list[dict[str, float]]) -> dict[str, float]:
@@ -334,7 +328,7 @@ def run_throughput(args) -> dict:
         "output_tokens": n_gen, "input_tokens_per_s": n_in / elapsed, "output_tokens_per_s": n_gen / elapsed,
         "total_tokens_per_s": (n_in + n_gen) / elapsed, "num_preemptions": eng.scheduler.num_preemptions_total,
         "per_step": summarize(timer.steps), "per_decode_step": summarize(decode_steps),
-        "engine": engine_delta(eng.stats(), stats0),
+        "engine": counters_delta(from_stats(eng.stats()), from_stats(stats0)),
     }
     return res
 

@@ -59,8 +59,8 @@ class EngineStats:
 
 
 def _step_size(sched: SchedulerOutput) -> str:
-    """A step's size for the slow-step log line."""
-    return f"{len(sched.chunks)} sequences, {sum(c.num_tokens for c in sched.chunks)} tokens"
+    """A step's size for the slow-step log line (built only for a slow step)."""
+    return f"{len(sched.chunks)} sequences, {sched.num_batched_tokens} tokens"
 
 
 class LLMEngine:
@@ -149,7 +149,7 @@ class LLMEngine:
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
         self.step_stats = StepStats()
-        self._inflight_kind: tuple[str, str] | None = None  # (step kind, its size) of `_inflight`
+        self._inflight_kind: tuple[str, SchedulerOutput] | None = None  # (step kind, its schedule) of `_inflight`
         # kernels compiled after start-up (a specialization the warm-up did not meet): counted and logged (GPU;
         # the process's one watch, counted from here)
         self.kernel_compiles = serving_watch() if self.device.type == "cuda" else None
@@ -271,14 +271,14 @@ class LLMEngine:
             if sched.is_empty:
                 return []
             outputs = self.spec.step(self, sched)
-            self._charge(("speculative", _step_size(sched)), t0, compile_s0)
+            self._charge(("speculative", sched), t0, compile_s0)
             return outputs
         prev, self._inflight = self._inflight, None
         prev_kind, self._inflight_kind = self._inflight_kind, None
         sched = self.scheduler.schedule()
         graph_steps = self.runner.num_graph_steps
         fwd = self._forward(sched, prev) if not sched.is_empty else None
-        kind = (self._step_kind(sched, graph_steps), _step_size(sched)) if fwd is not None else None
+        kind = (self._step_kind(sched, graph_steps), sched) if fwd is not None else None
         outputs = self._process(prev) if prev is not None else []
         if fwd is not None:
             cur = self._sample(sched, *fwd)
@@ -300,13 +300,13 @@ class LLMEngine:
             return 0, 0.0
         return kc.count - self._compiles_at_start[0], kc.seconds - self._compiles_at_start[1]
 
-    def _charge(self, kind: tuple[str, str] | None, t0: float, compile_s0: float) -> None:
-        """Record the step this call waited for: (kind, its size) and the kernel compiles inside the call."""
+    def _charge(self, kind: tuple[str, SchedulerOutput] | None, t0: float, compile_s0: float) -> None:
+        """Record the step this call waited for: (kind, its schedule) and the kernel compiles inside the call."""
         if kind is None:
             return
         compiled = self._compile_seconds() - compile_s0
-        detail = kind[1] + (f"; {compiled:.2f} s of kernel compiles in this call" if compiled > 0 else "")
-        self.step_stats.record(kind[0], time.perf_counter() - t0, detail)
+        self.step_stats.record(kind[0], time.perf_counter() - t0, lambda: _step_size(kind[1]) + (
+            f"; {compiled:.2f} s of kernel compiles in this call" if compiled > 0 else ""))
 
     def _step_kind(self, sched: SchedulerOutput, graph_steps_before: int) -> str:
         """The kind (engine/step_stats.py) of the step just launched."""

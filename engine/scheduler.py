@@ -164,7 +164,7 @@ class Scheduler:
             i += 1
 
         max_seqs, waiting = self.config.max_num_seqs, self.waiting
-        admit_now = self._passed_delay()
+        admit_now = self.config.delay_factor <= 0 or self._passed_delay()
         while admit_now and not preempted and waiting and budget > 0 and len(running) < max_seqs:
             seq = waiting[0]
             if seq.num_pending_tokens:  # preempted while a step sampled for it: recompute once it is appended
@@ -187,7 +187,8 @@ class Scheduler:
             self._plan_snapshot(seq, start + n)
 
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
-        self._prev_prompt = any(c.start < c.seq.num_prompt_tokens for c in chunks)
+        if self.config.delay_factor > 0:  # only the delay needs to know (a pass over the chunks)
+            self._prev_prompt = any(c.start < c.seq.num_prompt_tokens for c in chunks)
         return out
 
     def _passed_delay(self) -> bool:
@@ -197,7 +198,7 @@ class Scheduler:
         if self._prev_prompt:
             self._last_prompt_latency = now - self._prev_time
         self._prev_time = now
-        if self.config.delay_factor <= 0 or not self.waiting or not self.running:
+        if not self.waiting or not self.running:
             return True
         # the queue's head waited longest: new sequences join at the back, preempted ones return to the front
         return now - self.waiting[0].arrival_time > self.config.delay_factor * self._last_prompt_latency

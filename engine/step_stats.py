@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Callable
 
 log = logging.getLogger("v4serve.engine")
 
@@ -38,9 +39,10 @@ class StepStats:
     mean_s: dict[str, float] = field(default_factory=dict)  # kind -> running mean of one step's seconds
     slow_steps: int = 0  # steps logged as slow (a stall: a compile, a fallback, a host pause)
 
-    def record(self, kind: str, seconds: float, detail: str = "") -> None:
+    def record(self, kind: str, seconds: float, detail: Callable[[], str] | None = None) -> None:
         """One step of `kind` that took `seconds` of step() wall time. A step far above its kind's running mean
-        is logged with `detail` (what it ran, the compiles it waited for): the server's stalls, one line each."""
+        is logged with `detail()` (what it ran, the compiles it waited for; built only then): the server's
+        stalls, one line each."""
         if kind not in self.steps:
             raise ValueError(f"unknown step kind {kind!r} (one of {', '.join(STEP_KINDS)})")
         self.steps[kind] += 1
@@ -48,8 +50,9 @@ class StepStats:
         mean = self.mean_s.get(kind)
         if mean is not None and seconds >= SLOW_MIN_S and seconds > SLOW_FACTOR * mean:
             self.slow_steps += 1
+            text = detail() if detail is not None else ""
             log.warning("slow %s step: %.3f s, %.0fx its running mean of %.1f ms%s", kind, seconds, seconds / mean,
-                        1e3 * mean, f" ({detail})" if detail else "")
+                        1e3 * mean, f" ({text})" if text else "")
         self.mean_s[kind] = seconds if mean is None else (1 - _EMA) * mean + _EMA * seconds
 
     def snapshot(self) -> StepStats:

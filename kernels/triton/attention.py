@@ -136,7 +136,7 @@ BLOCK_N_FP8 = _cfg("V4_ATTN_BLOCK_N_FP8", BLOCK_N)
 # (a launch per layer and a read + write of the [N, 64, 512] output); on (V4_ATTN_ROPE_OUT=0 for the separate
 # pass, read at import). Session 11, one H200: decode at batch 64 11.35-11.37 against 11.43-11.51 ms (bf16 KV) and
 # 11.36-11.45 against 11.48-11.51 (FP8 KV), batch 1 and 256 within noise; the 1M-token prompt 33,002 against
-# 32,468-32,479 tok/s in its compiled round (docs/benchmarks.md, session 11)
+# 32,468-32,479 tok/s in its second round (one run) (docs/benchmarks.md, session 11)
 ROPE_OUT = _cfg("V4_ATTN_ROPE_OUT", 1) == 1
 
 

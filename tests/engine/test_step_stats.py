@@ -72,7 +72,9 @@ def test_a_step_far_above_its_kind_s_mean_is_logged(caplog):
         for _ in range(20):
             st.record("graph_decode", 0.011)
         st.record("graph_decode", 0.2)  # 10x+ the mean but under SLOW_MIN_S: not a stall worth a line
-        st.record("graph_decode", 3.0, "64 sequences, 64 tokens; 2.90 s of kernel compiles in this call")
+        built = []
+        st.record("graph_decode", 0.011, lambda: built.append(1) or "never built")  # not slow: no detail
+        st.record("graph_decode", 3.0, lambda: "64 sequences, 64 tokens; 2.90 s of kernel compiles in this call")
     lines = [r.getMessage() for r in caplog.records]
-    assert st.slow_steps == 1 and len(lines) == 1, lines
+    assert st.slow_steps == 1 and len(lines) == 1 and built == [], lines
     assert lines[0].startswith("slow graph_decode step: 3.000 s") and "2.90 s of kernel compiles" in lines[0]

@@ -37,7 +37,7 @@ def test_a_request_shows_up_as_prefill_and_decode_steps(real, http):
 
 def test_bench_serve_reads_the_same_counters(real, http):
     """bench.serve's parser gives the page's numbers, and a server without them gives None."""
-    from bench.serve import counters_delta, engine_counters
+    from bench.engine_counters import counters_delta, engine_counters
     wait_idle(http)
     page = http.get("/metrics").text
     got, raw = engine_counters(page), _steps(http)
