@@ -146,12 +146,14 @@ def run_decode(eng, B, in_len, out_len, tag, vocab_hi) -> dict:
             "step_ms_p10": round(sorted(steps)[len(steps) // 10] * 1e3, 3), "tok_s": round(B / med, 1)}
 
 
-def run_mixed(eng, B: int, L: int, n: int, vocab_hi: int, tag: str) -> dict:
+def run_mixed(eng, B: int, L: int, n: int, vocab_hi: int, tag: str, profile_pairs: int = 0) -> dict:
     """What a prompt arriving among B decoding sequences costs: one L-token prompt (max_tokens 1) is added
     before every other step, so steps alternate mixed (decodes + the prompt's chunk, eager) and pure decode.
     An overlapped engine launches a step in one step() call and waits for it in the next, so the cost is read
     over the pair of calls: `pair_ms` (the call that launched the mixed step + the one that waited for it)
-    against `decode_ms` (one call of the decode-only stretch before); `extra_ms` = pair - 2 x decode."""
+    against `decode_ms` (one call of the decode-only stretch before); `extra_ms` = pair - 2 x decode.
+    profile_pairs > 0: that many more pairs under torch.profiler, summarized per pair as run_profile does
+    (`profile`: GPU busy, host launch calls, syncs, top kernels, and the top host ops by self CPU time)."""
     from engine.sampling_params import SamplingParams
 
     g = torch.Generator().manual_seed(1000 + B)
@@ -175,13 +177,30 @@ def run_mixed(eng, B: int, L: int, n: int, vocab_hi: int, tag: str) -> dict:
         eng.step()
         eng.step()
         pairs.append(time.perf_counter() - t)
+    prof = None
+    if profile_pairs:
+        from torch.profiler import ProfilerActivity, profile
+
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            t = time.perf_counter()
+            for i in range(profile_pairs):
+                eng.add_request(f"{tag}mixprof{B}-{i}", rand_ids(g, L, vocab_hi),
+                                SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True))
+                eng.step()
+                eng.step()
+            torch.cuda.synchronize()
+            wall = (time.perf_counter() - t) / profile_pairs
     for rid in ids:
         eng.abort_request(rid)
     while eng.has_unfinished():
         eng.step()
     dec, pair = statistics.median(decode[2:]), statistics.median(pairs[1:])
-    return {"batch": B, "prompt_len": L, "prompts": n, "decode_ms": round(dec * 1e3, 3),
-            "pair_ms": round(pair * 1e3, 3), "extra_ms": round((pair - 2 * dec) * 1e3, 3)}
+    out = {"batch": B, "prompt_len": L, "prompts": n, "decode_ms": round(dec * 1e3, 3),
+           "pair_ms": round(pair * 1e3, 3), "extra_ms": round((pair - 2 * dec) * 1e3, 3)}
+    if prof is not None:
+        out["profile"] = profile_summary(prof, profile_pairs, wall, host_top=20)
+    return out
 
 
 def run_prefill(eng, n, L, vocab_hi, tag, seed: int = 7) -> float:
@@ -270,6 +289,13 @@ def run_profile(eng, B, steps, in_len, vocab_hi) -> dict:
         wall = (time.perf_counter() - t) / steps
     while eng.has_unfinished():
         eng.step()
+    return {"batch": B, **profile_summary(prof, steps, wall)}
+
+
+def profile_summary(prof, steps: int, wall: float, host_top: int = 0) -> dict:
+    """Per step (or per unit of `steps`): wall, GPU kernel time and busy fraction, GPU ops, host launch calls,
+    host syncs, MoE kernel time, the 16 longest kernels; host_top > 0: also the longest host ops by self CPU
+    time (where an eager step's host time goes)."""
     ev = prof.key_averages()
     launch_keys = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaLaunchKernelExC",
                    "cudaGraphLaunch", "cudaMemcpyAsync", "cudaMemsetAsync")
@@ -280,11 +306,17 @@ def run_profile(eng, B, steps, in_len, vocab_hi) -> dict:
     syncs = {e.key: e.count / steps for e in ev if e.key in ("aten::item", "aten::_local_scalar_dense",
                                                              "cudaStreamSynchronize", "cudaDeviceSynchronize")}
     top = sorted(dev, key=lambda e: -e.self_device_time_total)[:16]
-    return {"batch": B, "wall_ms": round(wall * 1e3, 3), "gpu_ms": round(gpu_ms, 3),
+    out = {}
+    if host_top:
+        host = sorted((e for e in ev if e.device_type.name == "CPU"), key=lambda e: -e.self_cpu_time_total)
+        out["top_host_ops"] = [(e.key[:60], round(e.count / steps, 1), round(e.self_cpu_time_total / steps / 1e3, 3))
+                               for e in host[:host_top]]
+        out["host_ops_per_step"] = round(sum(e.count for e in ev if e.device_type.name == "CPU") / steps)
+    return {"wall_ms": round(wall * 1e3, 3), "gpu_ms": round(gpu_ms, 3),
             "gpu_busy": round(gpu_ms / (wall * 1e3), 3), "gpu_ops_per_step": round(sum(e.count for e in dev) / steps),
             "host_launch_calls_per_step": {k: round(v, 1) for k, v in launches.items()},
             "moe_ms": round(moe_ms, 3), "syncs_per_step": syncs,
-            "top_kernels": [(e.key[:60], round(e.self_device_time_total / steps / 1e3, 3)) for e in top]}
+            "top_kernels": [(e.key[:60], round(e.self_device_time_total / steps / 1e3, 3)) for e in top], **out}
 
 
 # ---- driver --------------------------------------------------------------------------------------
@@ -337,6 +369,8 @@ def main(argv=None):
     ap.add_argument("--mixed", default="", help="B:L[,B:L...]: the cost of one L-token prompt's step among B "
                     "decoding sequences (run_mixed; '' = skip), e.g. 64:349 = bench.serve's chat prompts")
     ap.add_argument("--profile-steps", type=int, default=3)
+    ap.add_argument("--profile-mixed", type=int, default=0,
+                    help="after each --mixed case, this many more pairs under torch.profiler (its `profile`)")
     ap.add_argument("--budget", type=int, default=None,
                     help="max_num_batched_tokens (default: the engine's, 16384 on an H200; sessions <= 8 used 8192)")
     ap.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs at all (the 'before' engine)")
@@ -414,7 +448,8 @@ def main(argv=None):
                 b, length = (int(v) for v in spec.split(":"))
                 run_mixed(eng, b, length, 4, vocab_hi, f"warm{kv}")  # compiles of the mixed shapes land here
                 with JitWatch() as jw:
-                    r = {**run_mixed(eng, b, length, 16, vocab_hi, f"{kv}"), "jit_in_timed": jw.summary()["count"]}
+                    r = {**run_mixed(eng, b, length, 16, vocab_hi, f"{kv}", args.profile_mixed),
+                         "jit_in_timed": jw.summary()["count"]}
                 log({"case": "mixed", "kv": kv, **r})
                 fmt["mixed"].append(r)
         if n and kv in prefill_kvs:

@@ -43,7 +43,7 @@ def log_compile(name: str, seconds: float, what: str) -> None:
     on-disk cache: those take milliseconds and are logged at INFO)."""
     log.log(logging.WARNING if seconds >= 0.5 else logging.INFO,
             "kernel %s compiled while serving (%.2f s; %s): the step that launched it waited for it", name, seconds,
-            what[:200])
+            what[:300])
 
 
 @dataclass
@@ -56,6 +56,7 @@ class JitWatch:
     _start: dict = field(default_factory=dict)  # key -> perf_counter at the cache miss
     _prev: tuple = ()  # hooks installed before ours, restored on exit
     _ours: tuple = ()  # our (pre, post) hooks while installed
+    _variants: dict = field(default_factory=dict)  # kernel name -> specialization keys compiled so far
 
     def __enter__(self) -> "JitWatch":
         from triton import knobs
@@ -78,7 +79,8 @@ class JitWatch:
             what = "i64: " + ",".join(wide) if wide else "no i64 arguments"
             # the specialization key (argument types, divisibility by 16, constexpr values): two compiles of one
             # kernel differ in it, which names the argument that made the second one
-            event = (fn.name, dt, f"{what}; key {str(compile.get('key'))[:400]}")
+            new = self._new_variant(fn, compile.get("key"))
+            event = (fn.name, dt, f"{what}; {new}" if new else f"{what}; key {str(compile.get('key'))[:400]}")
             self.count += 1
             self.seconds += dt
             if self.keep_events:
@@ -93,6 +95,28 @@ class JitWatch:
         rt.jit_cache_hook, rt.jit_post_compile_hook = pre, post
         self._ours = (pre, post)
         return self
+
+    def _new_variant(self, fn, key) -> str:
+        """What sets this compile's key apart from the kernel's closest earlier one in this process: "new variant:
+        arg old->new, ..." (the arguments by name, e.g. `N ('i32', 'D')->('i32', '')`: N was a multiple of 16
+        before), or "" for a kernel's first compile here or a key this watch cannot read."""
+        try:
+            spec, params = list(key[0]), [p.name for p in fn.jit_function.params]
+        except (AttributeError, IndexError, TypeError):
+            return ""
+        seen = self._variants.setdefault(fn.name, [])
+        best = None
+        for old in seen:
+            if len(old) == len(spec):
+                diff = [i for i, (a, b) in enumerate(zip(old, spec)) if a != b]
+                if best is None or len(diff) < len(best[1]):
+                    best = (old, diff)
+        seen.append(spec)
+        if best is None:
+            return ""
+        old, diff = best
+        return "new variant: " + ", ".join(f"{params[i] if i < len(params) else i} {old[i]}->{spec[i]}"
+                                           for i in diff[:6])
 
     def __exit__(self, *exc) -> None:
         from triton import knobs

@@ -16,7 +16,7 @@ import triton.language as tl
 from .common import act_quant_tile, interpreting
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "MP"])
 def _act_quant_kernel(x_ptr, q_ptr, s_ptr, M, MP, K, stride_xm, stride_qm, s_sm, s_sk, BM: tl.constexpr,
                       DOT_F32: tl.constexpr):
     pid_m = tl.program_id(0)

@@ -38,7 +38,9 @@ def _cfg(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["table_stride", "topk_stride", "split_len"],
+            do_not_specialize_on_alignment=["topk_ptr", "tables_ptr", "tok_seq_ptr", "pos_ptr", "qstart_ptr",
+                                            "ctx_ptr", "slot_ptr"])
 def _sparse_attn_kernel(
     q_ptr, cur_ptr, ring_ptr, pool_ptr, topk_ptr, tables_ptr, tok_seq_ptr, pos_ptr, qstart_ptr, ctx_ptr,
     slot_ptr, sink_ptr, out_ptr, part_acc_ptr, part_ml_ptr, cos_ptr, sin_ptr,
@@ -247,7 +249,7 @@ def kv_entries(x, weight, eps, cos, sin, ring, rope_dim: int):
     return norm_rope_pack(x, weight, eps, cos, sin, ring.shape[-1], rope_dim)
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["tok_seq_ptr", "pos_ptr", "qstart_ptr", "slot_ptr"])
 def _window_store_kernel(cur_ptr, ring_ptr, tok_seq_ptr, pos_ptr, qstart_ptr, slot_ptr,
                          W: tl.constexpr, ROW: tl.constexpr, BLOCK: tl.constexpr):
     t = tl.program_id(0)

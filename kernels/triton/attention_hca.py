@@ -38,7 +38,8 @@ STAGES = int(os.environ.get("V4_ATTN_HCA_STAGES", 3))  # software-pipeline stage
 BLOCK_N = int(os.environ.get("V4_ATTN_HCA_BLOCK_N", 32))  # keys per tile
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["table_stride"],
+            do_not_specialize_on_alignment=["tables_ptr", "nent_ptr", "ebase_ptr"])
 def _pack_entries_kernel(pool_ptr, tables_ptr, nent_ptr, ebase_ptr, out_ptr, table_stride, ROW,
                          PB: tl.constexpr, D: tl.constexpr, NOPE: tl.constexpr, R: tl.constexpr,
                          FP8: tl.constexpr, BLOCK_E: tl.constexpr, DOT_DT: tl.constexpr):
@@ -59,7 +60,8 @@ def _pack_entries_kernel(pool_ptr, tables_ptr, nent_ptr, ebase_ptr, out_ptr, tab
         tl.store(out_ptr + dst[:, None] * D + cols[None, :], tile.to(out_ptr.dtype.element_ty), mask=ok[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["split_len"],
+            do_not_specialize_on_alignment=["ebase_ptr", "tok_seq_ptr", "pos_ptr", "qstart_ptr", "ctx_ptr", "slot_ptr"])
 def _hca_prefill_kernel(
     q_ptr, cur_ptr, ring_ptr, ent_ptr, ebase_ptr, tok_seq_ptr, pos_ptr, qstart_ptr, ctx_ptr, slot_ptr, sink_ptr,
     out_ptr, part_acc_ptr, part_ml_ptr, cos_ptr, sin_ptr, H, split_len, sm_scale_log2, cs_stride,

@@ -88,7 +88,8 @@ def _store_key_fp4(x, ch, row_ptr, C: tl.constexpr, C_P2: tl.constexpr):
         tl.store(row_ptr + C // 2 + g, (ex + 127).to(tl.uint8))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["table_stride"],
+            do_not_specialize_on_alignment=["tables_ptr", "qstart_ptr", "ctx_ptr", "slot_ptr"])
 def _emit_kernel(kv_ptr, sc_ptr, kt_ptr, st_ptr, normw_ptr, invf_ptr, pool_ptr, tables_ptr, qstart_ptr, ctx_ptr,
                  slot_ptr, table_stride, eps,
                  M: tl.constexpr, COFF: tl.constexpr, C: tl.constexpr, C_P2: tl.constexpr, R: tl.constexpr,
@@ -152,7 +153,7 @@ def _emit_kernel(kv_ptr, sc_ptr, kt_ptr, st_ptr, normw_ptr, invf_ptr, pool_ptr, 
             tl.store(row_ptr + ch, x.to(pool_ptr.dtype.element_ty), mask=cmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["tok_seq_ptr", "pos_ptr", "qstart_ptr", "slot_ptr"])
 def _tail_kernel(kv_ptr, sc_ptr, kt_ptr, st_ptr, tok_seq_ptr, pos_ptr, qstart_ptr, slot_ptr,
                  RING: tl.constexpr, WIDTH: tl.constexpr, BLOCK: tl.constexpr):
     t = tl.program_id(0)

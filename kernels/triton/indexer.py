@@ -50,7 +50,8 @@ if SCORE_STAGES < 1:
     raise ValueError(f"V4_IDX_STAGES must be >= 1 (software-pipeline stages), got {SCORE_STAGES}")
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["row0", "HI", "table_stride", "score_stride", "n_split"],
+            do_not_specialize_on_alignment=["tables_ptr", "tok_seq_ptr", "pos_ptr"])
 def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scores_ptr,
                   row0, HI, table_stride, score_stride, ROW, n_split,
                   CI: tl.constexpr, PB: tl.constexpr, RATIO: tl.constexpr, KFMT: tl.constexpr,
@@ -84,7 +85,8 @@ def _score_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scor
             tl.store(scores_ptr + r.to(tl.int64) * score_stride + e, sc, mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["row0", "n_rows", "HI", "table_stride", "score_stride", "n_split"],
+            do_not_specialize_on_alignment=["tables_ptr", "tok_seq_ptr", "pos_ptr"])
 def _score_group_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr, scores_ptr,
                         row0, n_rows, HI, table_stride, score_stride, ROW, n_split,
                         CI: tl.constexpr, PB: tl.constexpr, RATIO: tl.constexpr, KFMT: tl.constexpr,
@@ -120,7 +122,7 @@ def _score_group_kernel(q_ptr, w_ptr, keys_ptr, tables_ptr, tok_seq_ptr, pos_ptr
                 tl.store(dst, sc, mask=(e[:, None] < lim_j[None, :]) & act_j[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["row0", "score_stride", "out_stride"], do_not_specialize_on_alignment=["pos_ptr"])
 def _topk_kernel(scores_ptr, pos_ptr, out_ptr, row0, score_stride, out_stride,
                  K: tl.constexpr, RATIO: tl.constexpr, BLOCK: tl.constexpr, IN_REG: tl.constexpr):
     """IN_REG: the whole row (<= BLOCK entries) is read once into registers and every pass runs

@@ -46,7 +46,8 @@ ROWS_CHOICES = (1, 2, 4)
 PACK_BLOCK = 64  # keys per packing program
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["table_stride"],
+            do_not_specialize_on_alignment=["tables_ptr", "nkeys_ptr", "kbase_ptr"])
 def _pack_kernel(keys_ptr, tables_ptr, nkeys_ptr, kbase_ptr, out_ptr, oscale_ptr, table_stride, ROW,
                  CI: tl.constexpr, PB: tl.constexpr, KFMT: tl.constexpr, BLOCK_E: tl.constexpr,
                  ALIGN: tl.constexpr, DOT_F32: tl.constexpr):
@@ -70,7 +71,8 @@ def _pack_kernel(keys_ptr, tables_ptr, nkeys_ptr, kbase_ptr, out_ptr, oscale_ptr
         tl.store(oscale_ptr + dst, kscale, mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["row0", "n_rows", "HI", "score_stride", "n_split"],
+            do_not_specialize_on_alignment=["kbase_ptr", "tok_seq_ptr", "pos_ptr"])
 def _score_kernel(q_ptr, w_ptr, k8_ptr, ks_ptr, kbase_ptr, tok_seq_ptr, pos_ptr, scores_ptr,
                   row0, n_rows, HI, score_stride, n_split,
                   CI: tl.constexpr, RATIO: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_E: tl.constexpr,

@@ -28,7 +28,7 @@ def _fp8_dot(aq, wq, DOT_F32: tl.constexpr):
     return tl.dot(aq, tl.trans(wq))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P"], do_not_specialize_on_alignment=["sorted_ptr", "eids_ptr", "npad_ptr"])
 def _moe_gemm_kernel(
     a_ptr, b_ptr, b2_ptr, bs_ptr, b2s_ptr, out_ptr, rw_ptr, sorted_ptr, eids_ptr, npad_ptr,
     N, K, P, limit,

@@ -130,7 +130,7 @@ def _x_words(a, BT: tl.constexpr, BK: tl.constexpr):
             tl.trans(x7))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P"], do_not_specialize_on_alignment=["sorted_ptr", "eids_ptr", "npad_ptr", "ids_ptr"])
 def _moe_swap_kernel(
     a_ptr, b_ptr, b2_ptr, bs_ptr, b2s_ptr, out_ptr, rw_ptr, sorted_ptr, eids_ptr, npad_ptr, ids_ptr,
     N, K, P, limit,

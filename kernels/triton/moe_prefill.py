@@ -70,7 +70,7 @@ def dequant_mxfp4(w) -> torch.Tensor:
     return out
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P"], do_not_specialize_on_alignment=["tok_ptr"])
 def _gather_kernel(x_ptr, tok_ptr, out_ptr, P, D, QUANT: tl.constexpr, INTERP: tl.constexpr, BR: tl.constexpr,
                    BD: tl.constexpr):
     """out[i] = x[tok[i]] (optionally FP8 fake-quantized per 1x128 block: exact in bf16)."""
@@ -86,7 +86,7 @@ def _gather_kernel(x_ptr, tok_ptr, out_ptr, P, D, QUANT: tl.constexpr, INTERP: t
     tl.store(out_ptr + rows.to(tl.int64)[:, None] * D + cc[None, :], a.to(out_ptr.dtype.element_ty), mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P"])
 def _swiglu_kernel(g_ptr, v_ptr, w_ptr, h_ptr, P, I, limit, QUANT: tl.constexpr, INTERP: tl.constexpr,
                    BR: tl.constexpr, BI: tl.constexpr):
     """h = silu(min(g, L)) * clamp(v, -L, L) * w (rounded to h's dtype, then FP8 fake-quant per 1x128 block)."""
@@ -109,7 +109,7 @@ def _swiglu_kernel(g_ptr, v_ptr, w_ptr, h_ptr, P, I, limit, QUANT: tl.constexpr,
     tl.store(h_ptr + off, h, mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"], do_not_specialize_on_alignment=["pos_ptr"])
 def _combine_kernel(y_ptr, pos_ptr, out_ptr, N, D, TOPK: tl.constexpr, BD: tl.constexpr):
     """out[t] = sum_j y[pos[t*k + j]] in fp32 (every output row written: no zero fill)."""
     t = tl.program_id(0).to(tl.int64)

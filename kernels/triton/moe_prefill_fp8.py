@@ -142,7 +142,7 @@ def _dequant_e4m3_kernel(p_ptr, s_ptr, m_ptr, out_ptr, R, KW, SHIFT: tl.constexp
     tl.store(out_ptr + r64[:, None] * (2 * KW) + oo[None, :], out, mask=rm[:, None] & (oo < 2 * KW)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["tok_ptr"])
 def _row_quant_kernel(x_ptr, tok_ptr, out_ptr, s_ptr, D, GATHER: tl.constexpr, BD: tl.constexpr):
     """Row i (x[tok[i]] when GATHER): scale = max(amax, 1e-4) / 448 -> s[i]; codes x / scale -> out[i]
     (E4M3, or fp32 on the E4M3 grid under the interpreter)."""

@@ -142,7 +142,7 @@ def rope(x, cos, sin, inverse=False):
     return norm_rope(x, None, None, cos, sin, inverse)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["numel"])
 def _add_cast_kernel(a_ptr, b_ptr, y_ptr, numel, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < numel
@@ -160,7 +160,7 @@ def add_cast(a, b, out_dtype):
     return y
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["numel"])
 def _swiglu_kernel(g_ptr, v_ptr, y_ptr, numel, limit, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < numel

@@ -10,7 +10,7 @@ import triton.language as tl
 from ..ref.routing import max_aligned_sizes
 
 
-@triton.jit
+@triton.jit(do_not_specialize_on_alignment=["tid_ptr", "tok_ptr"])
 def _route_kernel(logits_ptr, bias_ptr, tid_ptr, tok_ptr, w_out_ptr, id_out_ptr, E, scale,
                   TOPK: tl.constexpr, KP: tl.constexpr, BLOCK_E: tl.constexpr,
                   HAS_BIAS: tl.constexpr, HASH: tl.constexpr, RENORM: tl.constexpr):
@@ -64,7 +64,7 @@ def moe_route(logits, topk, routed_scaling, renorm=True, bias=None, tid2eid=None
     return w, ids
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "max_pad", "max_blocks"], do_not_specialize_on_alignment=["ids_ptr", "pos_ptr"])
 def _align_kernel(ids_ptr, P, sorted_ptr, eids_ptr, npad_ptr, pos_ptr, E, max_pad, max_blocks,
                   BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, CHUNK: tl.constexpr):
     """One program: histogram -> padded offsets -> block expert ids -> stable scatter of pair ids."""
@@ -108,7 +108,7 @@ def _align_kernel(ids_ptr, P, sorted_ptr, eids_ptr, npad_ptr, pos_ptr, E, max_pa
         tl.debug_barrier()
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "max_pad", "fill_per"], do_not_specialize_on_alignment=["ids_ptr"])
 def _align_count_kernel(ids_ptr, P, cnt_ptr, sorted_ptr, max_pad, fill_per, BLOCK_E: tl.constexpr,
                         CH: tl.constexpr):
     """Program g: expert histogram of pairs [g*CH, (g+1)*CH) -> cnt[g]; sentinel-fills its share of sorted."""
@@ -125,7 +125,7 @@ def _align_count_kernel(ids_ptr, P, cnt_ptr, sorted_ptr, max_pad, fill_per, BLOC
         tl.store(sorted_ptr + f, tl.zeros([CH], dtype=tl.int32) + P, mask=(f < max_pad) & (f < lo + fill_per))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["P", "G", "max_blocks", "blk_per"], do_not_specialize_on_alignment=["ids_ptr"])
 def _align_scatter_kernel(ids_ptr, P, G, cnt_ptr, sorted_ptr, eids_ptr, npad_ptr, max_blocks, blk_per,
                           BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, CH: tl.constexpr, GB: tl.constexpr):
     """Program g: totals and the prefix of chunks < g per expert from cnt (every program scans cnt itself:

@@ -36,7 +36,7 @@ def _copy_row(addr, buf_ptr, off, r, nu, ok, TO_BUF: tl.constexpr, WORD: tl.cons
             tl.store(row + o, tl.load(dst + o, mask=m), mask=m)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["R"], do_not_specialize_on_alignment=["desc_ptr", "i0_ptr", "i1_ptr", "keep_ptr"])
 def _row_copy_kernel(desc_ptr, i0_ptr, i1_ptr, keep_ptr, buf_ptr, R, HAS_KEEP: tl.constexpr, TO_BUF: tl.constexpr,
                      WORD: tl.constexpr, BLOCK: tl.constexpr):
     t = tl.program_id(0)
@@ -101,7 +101,8 @@ def row_copy(tensors: list[torch.Tensor], sets: list[int], i0: torch.Tensor, i1:
 _SDESC: dict[tuple, tuple[torch.Tensor, int, int]] = {}  # key -> (descriptors [T, 8], unit, max row units)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["tables_stride", "R", "n"],
+            do_not_specialize_on_alignment=["desc_ptr", "slots_ptr", "first_ptr", "tables_ptr", "bound_ptr"])
 def _spec_row_copy_kernel(desc_ptr, slots_ptr, first_ptr, tables_ptr, tables_stride, width, bound_ptr, buf_ptr, R, n,
                           block_size, TO_BUF: tl.constexpr, WORD: tl.constexpr, BLOCK: tl.constexpr):
     t = tl.program_id(0)

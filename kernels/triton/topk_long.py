@@ -42,7 +42,8 @@ def _select_block(key, ok, n, K: tl.constexpr, BLOCK: tl.constexpr):
     return take, slot
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["row0", "src_stride", "map_stride", "idx_stride", "idx_row_off", "n_fixed"],
+            do_not_specialize_on_alignment=["map_ptr", "pos_ptr"])
 def _chunk_topk_kernel(src_ptr, map_ptr, pos_ptr, idx_ptr, val_ptr, row0, src_stride, map_stride, idx_stride,
                        idx_row_off, n_fixed, K: tl.constexpr, RATIO: tl.constexpr, CHUNK: tl.constexpr,
                        FIRST: tl.constexpr, WRITE_VAL: tl.constexpr):

@@ -178,7 +178,7 @@ def _row(pos_ptr, row0, r, RATIO: tl.constexpr):
     return t, ((tl.load(pos_ptr + t) + 1) // RATIO).to(tl.int32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["row0", "score_stride", "out_stride"], do_not_specialize_on_alignment=["pos_ptr"])
 def _sample_kernel(scores_ptr, pos_ptr, out_ptr, thr_ptr, count_ptr, row0, score_stride, out_stride,
                    K: tl.constexpr, RATIO: tl.constexpr, SAMPLE: tl.constexpr, SEG: tl.constexpr,
                    BLOCK: tl.constexpr, Z: tl.constexpr):
@@ -200,7 +200,8 @@ def _sample_kernel(scores_ptr, pos_ptr, out_ptr, thr_ptr, count_ptr, row0, score
         tl.store(count_ptr + r, limit)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["row0", "n_rows", "score_stride", "out_stride"],
+            do_not_specialize_on_alignment=["pos_ptr"])
 def _filter_select_kernel(scores_ptr, pos_ptr, out_ptr, thr_ptr, count_ptr, cid_ptr, cval_ptr, cnt_ptr, row0,
                           n_rows, score_stride, out_stride, K: tl.constexpr, RATIO: tl.constexpr,
                           SAMPLE: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr, ATOMIC: tl.constexpr):
@@ -229,7 +230,7 @@ def _filter_select_kernel(scores_ptr, pos_ptr, out_ptr, thr_ptr, count_ptr, cid_
             tl.store(count_ptr + r, count)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["row0", "score_stride", "out_stride"], do_not_specialize_on_alignment=["pos_ptr"])
 def _fallback_kernel(scores_ptr, pos_ptr, out_ptr, count_ptr, row0, score_stride, out_stride, K: tl.constexpr,
                      RATIO: tl.constexpr, SAMPLE: tl.constexpr, CAP: tl.constexpr, BLOCK: tl.constexpr):
     """Program r: if row r was sampled and its candidates did not fit [K, CAP], the streaming passes."""

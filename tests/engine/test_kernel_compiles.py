@@ -83,3 +83,30 @@ def test_serving_watch_is_one_per_process(monkeypatch, caplog):
     assert a.count == 1 and a.events == []
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["kernel _score_kernel compiled while serving"]
     a.__exit__(None, None, None)  # the test's own clean-up: hooks back as they were
+
+
+def test_a_second_variant_names_the_arguments_that_differ(monkeypatch):
+    """A kernel's second compile in the process is reported by what changed against its closest earlier key,
+    argument by name (the first compile shows its key)."""
+    monkeypatch.setattr(knobs.runtime, "jit_cache_hook", None)
+    monkeypatch.setattr(knobs.runtime, "jit_post_compile_hook", None)
+    params = [SimpleNamespace(name=n) for n in ("x_ptr", "tok_ptr", "N", "BLOCK")]
+    fn = SimpleNamespace(name="_finish_kernel", jit_function=SimpleNamespace(params=params))
+
+    def fire(spec):
+        kw = dict(key=(spec, "opts"), repr="", fn=fn, compile={"signature": {}, "key": (spec, "opts")},
+                  is_manual_warmup=False, already_compiled=False)
+        knobs.runtime.jit_cache_hook(**kw)
+        knobs.runtime.jit_post_compile_hook(**kw)
+
+    a = (("*bf16", "D"), ("*i32", "D"), ("i32", "D"), ("constexpr", 64))
+    b = (("*bf16", "D"), ("*i32", ""), ("i32", ""), ("constexpr", 64))
+    c = (("*bf16", "D"), ("*i32", "D"), ("i32", "D"), ("constexpr", 128))
+    with JitWatch() as jw:
+        fire(a)
+        fire(b)
+        fire(c)
+    what = [e[2] for e in jw.events]
+    assert "key" in what[0] and "new variant" not in what[0]
+    assert what[1].endswith("new variant: tok_ptr ('*i32', 'D')->('*i32', ''), N ('i32', 'D')->('i32', '')")
+    assert what[2].endswith("new variant: BLOCK ('constexpr', 64)->('constexpr', 128)")
