@@ -46,6 +46,30 @@ def log_compile(name: str, seconds: float, what: str) -> None:
             what[:300])
 
 
+def _key_parts(key) -> list:
+    """Triton's cache key -> one entry per kernel argument, then the launch options. Triton 3.6 passes the key
+    as one string, str(specialization list) + str(options) ("[('*bf16', 'D'), ('i32', None), ('constexpr', 64)]"
+    "{'num_warps': 4, ...}"); a (specialization, options) pair is taken as it is."""
+    if isinstance(key, tuple):
+        return [*key[0], key[1]]
+    if not key.startswith("["):
+        raise ValueError("not a Triton cache key")
+    items, depth, start = [], 0, 1
+    for i, ch in enumerate(key):
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+            if depth == 0:  # the specialization list's closing bracket: the options follow
+                if key[start:i].strip():
+                    items.append(key[start:i].strip())
+                return items + [key[i + 1:]]
+        elif ch == "," and depth == 1:
+            items.append(key[start:i].strip())
+            start = i + 1
+    raise ValueError("unbalanced Triton cache key")
+
+
 @dataclass
 class JitWatch:
     events: list[tuple[str, float, str]] = field(default_factory=list)  # (kernel, seconds, its i64 arguments)
@@ -101,8 +125,8 @@ class JitWatch:
         arg old->new, ..." (the arguments by name, e.g. `N ('i32', 'D')->('i32', '')`: N was a multiple of 16
         before), or "" for a kernel's first compile here or a key this watch cannot read."""
         try:
-            spec, params = list(key[0]), [p.name for p in fn.jit_function.params]
-        except (AttributeError, IndexError, TypeError):
+            spec, params = _key_parts(key), [p.name for p in fn.jit_function.params] + ["options"]
+        except (AttributeError, IndexError, TypeError, ValueError):
             return ""
         seen = self._variants.setdefault(fn.name, [])
         best = None

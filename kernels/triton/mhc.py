@@ -21,7 +21,7 @@ from .common import interpreting
 from .device_info import num_sms
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["N", "C_PER"])
 def _mix_kernel(x_ptr, o_ptr, post_ptr, comb_ptr, xo_ptr, fn_ptr, part_ptr, sq_ptr, N, D, MIX, C_PER,
                 HC: tl.constexpr, MP: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, POST: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -62,7 +62,7 @@ def _mix_kernel(x_ptr, o_ptr, post_ptr, comb_ptr, xo_ptr, fn_ptr, part_ptr, sq_p
     tl.store(sq_ptr + pid_s * N + rows, sq, mask=rmask)
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["N", "S"])
 def _finish_kernel(x_ptr, part_ptr, sq_ptr, base_ptr, scale_ptr, nw_ptr, u_ptr, post_ptr, comb_ptr, N, D, S,
                    iters, hc_eps, norm_eps, HC: tl.constexpr, MP: tl.constexpr, SP: tl.constexpr,
                    BD: tl.constexpr, HEAD: tl.constexpr, NORM: tl.constexpr):

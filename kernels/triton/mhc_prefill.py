@@ -25,7 +25,7 @@ from .common import derived, interpreting
 from .device_info import num_sms
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["N", "C_PER"])
 def _mix_prefill_kernel(x_ptr, o_ptr, post_ptr, comb_ptr, xo_ptr, fn_ptr, part_ptr, sq_ptr, N, D, MIX, C_PER,
                 HC: tl.constexpr, MP: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr, POST: tl.constexpr,
                 BF16: tl.constexpr, INTERP: tl.constexpr, PRESPLIT: tl.constexpr):
@@ -109,7 +109,7 @@ def _split_fn_kernel(fn_ptr, out_ptr, MIX, K, MP: tl.constexpr, BK: tl.constexpr
     tl.store(out_ptr + (2 * MP + r) * K + kk, lo, mask=km)
 
 
-@triton.jit(do_not_specialize=["N"])
+@triton.jit(do_not_specialize=["N", "S"])
 def _finish_rows_kernel(x_ptr, part_ptr, sq_ptr, base_ptr, scale_ptr, nw_ptr, u_ptr, post_ptr, comb_ptr, N, D, S,
                         iters, hc_eps, norm_eps, HC: tl.constexpr, MP: tl.constexpr, SP: tl.constexpr,
                         BD: tl.constexpr, HEAD: tl.constexpr, NORM: tl.constexpr, BR: tl.constexpr):

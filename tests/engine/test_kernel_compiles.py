@@ -93,9 +93,10 @@ def test_a_second_variant_names_the_arguments_that_differ(monkeypatch):
     params = [SimpleNamespace(name=n) for n in ("x_ptr", "tok_ptr", "N", "BLOCK")]
     fn = SimpleNamespace(name="_finish_kernel", jit_function=SimpleNamespace(params=params))
 
-    def fire(spec):
-        kw = dict(key=(spec, "opts"), repr="", fn=fn, compile={"signature": {}, "key": (spec, "opts")},
-                  is_manual_warmup=False, already_compiled=False)
+    def fire(spec, warps=4):
+        key = str(list(spec)) + str({"num_warps": warps, "debug": False})  # Triton 3.6's form: one string
+        kw = dict(key=key, repr="", fn=fn, compile={"signature": {}, "key": key}, is_manual_warmup=False,
+                  already_compiled=False)
         knobs.runtime.jit_cache_hook(**kw)
         knobs.runtime.jit_post_compile_hook(**kw)
 
@@ -106,7 +107,9 @@ def test_a_second_variant_names_the_arguments_that_differ(monkeypatch):
         fire(a)
         fire(b)
         fire(c)
+        fire(c, warps=8)
     what = [e[2] for e in jw.events]
     assert "key" in what[0] and "new variant" not in what[0]
     assert what[1].endswith("new variant: tok_ptr ('*i32', 'D')->('*i32', ''), N ('i32', 'D')->('i32', '')")
     assert what[2].endswith("new variant: BLOCK ('constexpr', 64)->('constexpr', 128)")
+    assert what[3].endswith("new variant: options {'num_warps': 4, 'debug': False}->{'num_warps': 8, 'debug': False}")
