@@ -22,7 +22,9 @@ from .common import act_quant_tile, dot_dtype, e8m0_to_f32, interpreting, load_w
 from .device_info import num_sms
 
 
-@triton.jit(do_not_specialize=["M", "R"], do_not_specialize_on_alignment=["cnt_ptr", "tab_ptr", "idx_ptr"])
+# M stays specialized (M == 1 is the batch-1 GEMV's constant; an eager step's token count adds at most one
+# variant per tile config, which is itself chosen by M); R (the compressor's ratio) and the metadata pointers do not
+@triton.jit(do_not_specialize=["R"], do_not_specialize_on_alignment=["cnt_ptr", "tab_ptr", "idx_ptr"])
 def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, w2_ptr, s2_ptr, y_ptr, y2_ptr, ws_ptr, cnt_ptr, tab_ptr, idx_ptr,
                        M, N, K, stride_xm, stride_wn, stride_sn, stride_ym, x_gs, w_gs, y_gs, R, alpha, limit,
                        K_PER_SPLIT, nw_ptr, norm_eps, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,

@@ -6,7 +6,7 @@ metadata slices started at odd elements. Here (CPU, interpreter) a tiny model ru
 whose sizes and offsets vary the way a server's do, and every launch's key is recomputed as Triton would
 (tests/kernels/spec_keys.py). Outside its reach: the GPU-class paths (packed HCA entries, FP8 index scores,
 the grouped MoE: their kernels carry the same per-argument lists, checked on the GPU by the serving log's
-"new variant" lines) and sizes chosen from the SM count (the mHC split).""""""
+"new variant" lines) and sizes chosen from the SM count (the mHC split)."""
 
 from __future__ import annotations
 
