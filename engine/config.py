@@ -46,6 +46,9 @@ class EngineArgs:
     # tokens; None = on for CUDA with tensor_parallel_size 1, off on CPU (nothing to overlap there)
     async_scheduling: bool | None = None
     enforce_eager: bool = False  # True: no CUDA graphs (decode steps run the eager forward, as on CPU)
+    # start-up runs prompts of ~2x-spaced lengths up to the token budget through the engine, compiling the eager
+    # steps' kernel variants before serving (engine/eager_warmup.py); None = on with CUDA, off on CPU
+    eager_warmup: bool | None = None
     # speculative decoding (engine/spec_decode.py), vLLM's form: {"method": "mtp", "num_speculative_tokens": k},
     # k = 1..4 (a dict or its JSON text); None = off. On: MTP weights load, the loop runs synchronously
     # and decode steps run eagerly (no CUDA graphs)
@@ -102,6 +105,10 @@ class EngineArgs:
     def kv_format(self) -> str:
         """The engine kv_format name of kv_cache_dtype (kernels/kv_format.py: "bf16" = dense entries)."""
         return kv_format_from_cli(self.kv_cache_dtype).name
+
+    def resolve_eager_warmup(self, device: torch.device) -> bool:
+        """eager_warmup, or its default for the device (on with CUDA: nothing compiles on the CPU)."""
+        return self.eager_warmup if self.eager_warmup is not None else device.type == "cuda"
 
     def validate(self) -> None:
         if self.max_num_seqs < 1:

@@ -24,6 +24,7 @@ from .async_step import LaunchedStep
 from .config import EngineArgs, SchedulerConfig
 from .detokenizer import IncrementalDetokenizer
 from .h2d import h2d
+from .eager_warmup import run_eager_warmup, warmup_prompt_lens
 from .kernel_compiles import serving_watch
 from .guided.grammar import GuideCompiler, GuideCursor
 from .model_runner import ModelRunner, RunnerOutput
@@ -150,6 +151,10 @@ class LLMEngine:
         self.generation_tokens_total = 0
         self.step_stats = StepStats()
         self._inflight_kind: tuple[str, SchedulerOutput] | None = None  # (step kind, its schedule) of `_inflight`
+        self.kernel_compiles = None
+        self._compiles_at_start = (0, 0.0)
+        if args.resolve_eager_warmup(self.device):  # the eager steps' kernel variants compiled before serving
+            self._eager_warmup(budget_tokens, args.seed)
         # kernels compiled after start-up (a specialization the warm-up did not meet): counted and logged (GPU;
         # the process's one watch, counted from here)
         self.kernel_compiles = serving_watch() if self.device.type == "cuda" else None
@@ -160,6 +165,19 @@ class LLMEngine:
                        block_size=self.block_size, num_slots=num_slots, max_model_len=self.max_model_len)
         log.info("engine ready in %.1fs: %s on %s (%s), %d tokens a step", time.monotonic() - t0, self.model_dir,
                  self.device, self.dtype, budget_tokens)
+
+    def _eager_warmup(self, budget_tokens: int, seed: int) -> None:
+        """engine/eager_warmup.py, then the state as a fresh engine's: no prefix cache entries, zero counters."""
+        lens = warmup_prompt_lens(budget_tokens, self.max_model_len)
+        w = run_eager_warmup(self, lens, seed)
+        self.reset_prefix_cache()
+        if self.kv.prefix is not None:
+            self.kv.prefix.stats = type(self.kv.prefix.stats)()
+        self.prompt_tokens_total = self.generation_tokens_total = 0
+        self.scheduler.num_preemptions_total = 0
+        self.step_stats = StepStats()
+        log.info("eager warm-up: %d of %d prompts (%d-%d tokens), %d steps in %.1fs", w["prompts"], len(lens),
+                 lens[0] if lens else 0, lens[-1] if lens else 0, w["steps"], w["s"])
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers (no-op for a single-process engine)."""

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: on with CUDA and tensor parallel size 1, off on CPU)")
     s.add_argument("--enforce-eager", action="store_true",
                    help="no CUDA graphs: decode steps run the eager forward (start-up skips the capture)")
+    s.add_argument("--eager-warmup", action=argparse.BooleanOptionalAction, default=None,
+                   help="start-up runs prompts of ~2x-spaced lengths up to the token budget once, compiling the "
+                        "prompt steps' kernel variants before serving (default: on with CUDA, off on CPU)")
     s.add_argument("--speculative-config", default=None, metavar="JSON",
                    help='speculative decoding with the checkpoint\'s MTP block, e.g. \'{"method": "mtp", '
                         '"num_speculative_tokens": 2}\' (k = 1..4; loads the MTP weights; steps run synchronously '
@@ -117,6 +120,7 @@ def engine_args(ns: argparse.Namespace):
                       max_queued_requests=ns.max_queued_requests, tensor_parallel_size=ns.tensor_parallel_size,
                       scheduler_delay_factor=ns.scheduler_delay_factor,
                       served_model_name=ns.served_model_name, enforce_eager=ns.enforce_eager,
+                      eager_warmup=ns.eager_warmup,
                       enable_prefix_caching=ns.enable_prefix_caching,
                       async_scheduling=ns.async_scheduling, speculative_config=ns.speculative_config,
                       usage="server")
