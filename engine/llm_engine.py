@@ -176,8 +176,9 @@ class LLMEngine:
         self.prompt_tokens_total = self.generation_tokens_total = 0
         self.scheduler.num_preemptions_total = 0
         self.step_stats = StepStats()
-        log.info("eager warm-up: %d of %d prompts (%d-%d tokens), %d steps in %.1fs", w["prompts"], len(lens),
-                 lens[0] if lens else 0, lens[-1] if lens else 0, w["steps"], w["s"])
+        log.info("eager warm-up: %d of %d prompts (%d-%d tokens) and a crowd of %d sequences, %d steps in %.1fs",
+                 w["prompts"], len(lens), lens[0] if lens else 0, lens[-1] if lens else 0, w["crowd"], w["steps"],
+                 w["s"])
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers (no-op for a single-process engine)."""

@@ -59,8 +59,8 @@ def test_warmup_runs_its_prompts_and_is_off_by_default_on_cpu(tiny_ckpt, monkeyp
     LLM(str(tiny_ckpt), device="cpu", dtype="float32", max_num_seqs=2, num_kv_blocks=32,
         max_num_batched_tokens=32, eager_warmup=True)
     (lens, out), = seen
-    assert lens == [13, 25, 32, 42] and out["prompts"] == 4
-    assert out["steps"] >= 4 * 2  # each prompt: its chunk step(s), then a decode step
+    assert lens == [13, 25, 32, 42] and out["prompts"] == 4 and out["crowd"] == 2  # max_num_seqs 2: 1 + 1
+    assert out["steps"] >= 4 * 2 + 8  # each prompt: its chunk step(s), then a decode step; the crowd's 8 tokens
 
 
 def test_warmup_skips_prompts_the_cache_cannot_hold(tiny_ckpt):
@@ -68,4 +68,25 @@ def test_warmup_skips_prompts_the_cache_cannot_hold(tiny_ckpt):
     # queued and every block is free afterwards
     eng = LLM(str(tiny_ckpt), device="cpu", dtype="float32", max_num_seqs=2, num_kv_blocks=6,
               max_num_batched_tokens=256, eager_warmup=True).engine
+    assert not eng.has_unfinished() and eng.kv.num_free_blocks == eng.kv.pool.num_blocks
+
+
+def test_crowd_runs_a_mixed_step(tiny_ckpt, monkeypatch):
+    """The crowd's second half arrives while the first half decodes: one step carries both (a mixed step)."""
+    from engine.llm_engine import LLMEngine
+
+    mixed = []
+    real = LLMEngine.step
+
+    def step(self):
+        sch = self.scheduler
+        running = [q for q in sch.running if q.num_computed_tokens >= q.num_prompt_tokens]
+        if running and sch.waiting and any(r.startswith("__warmup-b") for r in (q.seq_id for q in sch.waiting)):
+            mixed.append(len(running))
+        return real(self)
+
+    monkeypatch.setattr(LLMEngine, "step", step)
+    eng = LLM(str(tiny_ckpt), device="cpu", dtype="float32", max_num_seqs=8, num_kv_blocks=64,
+              max_num_batched_tokens=64, eager_warmup=True).engine
+    assert mixed and mixed[0] == 4  # 4 decoders beside the 4 new prompts
     assert not eng.has_unfinished() and eng.kv.num_free_blocks == eng.kv.pool.num_blocks
