@@ -175,6 +175,7 @@ class LLMEngine:
             self.kv.prefix.stats = type(self.kv.prefix.stats)()
         self.prompt_tokens_total = self.generation_tokens_total = 0
         self.scheduler.num_preemptions_total = 0
+        self.runner.num_graph_steps = 0
         self.step_stats = StepStats()
         log.info("eager warm-up: %d of %d prompts (%d-%d tokens) and a crowd of %d sequences, %d steps in %.1fs",
                  w["prompts"], len(lens), lens[0] if lens else 0, lens[-1] if lens else 0, w["crowd"], w["steps"],

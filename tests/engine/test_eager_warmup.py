@@ -34,7 +34,7 @@ def test_warmup_leaves_a_fresh_engine(tiny_ckpt, overlapped):
     st = eng.stats()
     assert st.prompt_tokens_total == 0 and st.generation_tokens_total == 0 and st.num_preemptions_total == 0
     assert st.prefix_cache_queries_total == 0 and st.prefix_cache_hits_total == 0
-    assert sum(st.steps.steps.values()) == 0 and st.steps.slow_steps == 0
+    assert sum(st.steps.steps.values()) == 0 and st.steps.slow_steps == 0 and eng.runner.num_graph_steps == 0
     p = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
     prompts = [list(range(5, 5 + n)) for n in (3, 40, 70)]
     assert [o.outputs[0].token_ids for o in warm.generate(prompts, p)] == \
